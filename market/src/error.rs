@@ -1,0 +1,283 @@
+//! Why a transaction is refused.
+//!
+//! A refused transaction changes nothing: the state machine checks every rule before it
+//! mutates anything (see `state.rs`).
+
+use crate::hash::Hash32;
+use crate::tx::{AccountId, ListingId, OrderId, Purpose, ReceiptId, Role};
+use thiserror::Error;
+
+/// A transaction the ledger refuses, and the rule it breaks.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum TxError {
+    /// The envelope is larger than the ledger accepts.
+    #[error("transaction is {len} bytes, more than the {max} accepted")]
+    TooLarge {
+        /// Its size.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The envelope version byte is not one this ledger reads.
+    #[error("unsupported transaction version {0}")]
+    UnsupportedVersion(u8),
+    /// The envelope or body does not decode.
+    #[error("malformed transaction: {0}")]
+    Malformed(String),
+    /// The signer's key is not a valid, non-weak ed25519 point.
+    #[error("account key {0} is not a valid ed25519 key")]
+    InvalidKey(AccountId),
+    /// The signature does not verify under the signer's key.
+    #[error("bad signature from {0}")]
+    BadSignature(AccountId),
+    /// The transaction was signed for another ledger.
+    #[error("transaction is for chain {got}, this ledger is {expected}")]
+    WrongChain {
+        /// This ledger's chain id.
+        expected: Hash32,
+        /// The chain id in the transaction.
+        got: Hash32,
+    },
+    /// The signer (or a named account) is not registered.
+    #[error("unknown account {0}")]
+    UnknownAccount(AccountId),
+    /// The account's role does not allow this action.
+    #[error("account {account} is a {actual}, this needs a {required}")]
+    WrongRole {
+        /// The account.
+        account: AccountId,
+        /// Its role.
+        actual: Role,
+        /// The role(s) the action needs.
+        required: &'static str,
+    },
+    /// The account is already registered.
+    #[error("account {0} is already registered")]
+    AlreadyRegistered(AccountId),
+    /// A patient or buyer registration not signed by the account itself.
+    #[error("a {role} registers itself: signer {signer} is not account {account}")]
+    RegistrationNotSelfSigned {
+        /// The role asked for.
+        role: Role,
+        /// Who signed.
+        signer: AccountId,
+        /// The account being registered.
+        account: AccountId,
+    },
+    /// A privileged role (anything but patient or buyer) must be admitted by an issuer.
+    #[error("a {role} must be admitted by an issuer; signer {signer} is not registered")]
+    AdmissionRequiresIssuer {
+        /// The role asked for.
+        role: Role,
+        /// Who signed.
+        signer: AccountId,
+    },
+    /// The nonce was already used: a replayed transaction.
+    #[error("replayed transaction: account {account} expects nonce {expected}, got {got}")]
+    ReplayedNonce {
+        /// The signer.
+        account: AccountId,
+        /// The next nonce the account accepts.
+        expected: u64,
+        /// The nonce in the transaction.
+        got: u64,
+    },
+    /// The nonce skips ahead of the next expected one.
+    #[error("nonce gap: account {account} expects nonce {expected}, got {got}")]
+    NonceGap {
+        /// The signer.
+        account: AccountId,
+        /// The next nonce the account accepts.
+        expected: u64,
+        /// The nonce in the transaction.
+        got: u64,
+    },
+    /// The account's balance does not cover the amount.
+    #[error("insufficient funds: {account} has {balance} credits, needs {needed}")]
+    InsufficientFunds {
+        /// The account.
+        account: AccountId,
+        /// Its balance.
+        balance: u64,
+        /// What the transaction needs.
+        needed: u64,
+    },
+    /// An amount that must be positive is zero.
+    #[error("amount must be positive")]
+    ZeroAmount,
+    /// An arithmetic result does not fit in 64 bits.
+    #[error("amount overflows 64 bits")]
+    AmountOverflow,
+    /// A listing with this id exists already (withdrawn ids are not reused).
+    #[error("listing {0} already exists")]
+    ListingExists(ListingId),
+    /// No listing has this id.
+    #[error("unknown listing {0}")]
+    UnknownListing(ListingId),
+    /// The listing was withdrawn.
+    #[error("listing {0} is withdrawn")]
+    ListingWithdrawn(ListingId),
+    /// Only the owner may change or withdraw a listing.
+    #[error("account {signer} does not own listing {listing}")]
+    NotListingOwner {
+        /// The listing.
+        listing: ListingId,
+        /// Who signed.
+        signer: AccountId,
+    },
+    /// The listing's fields break a rule.
+    #[error("invalid listing: {0}")]
+    InvalidListing(&'static str),
+    /// The listing does not allow this purpose.
+    #[error("listing {listing} does not allow purpose {purpose:?}")]
+    PurposeNotAllowed {
+        /// The listing.
+        listing: ListingId,
+        /// The purpose asked for.
+        purpose: Purpose,
+    },
+    /// A named fund is not a registered account with role fund.
+    #[error("account {0} is not a registered fund")]
+    NotAFund(AccountId),
+    /// Consent signed by someone other than the patient it is for.
+    #[error("consent for patient {patient} must be signed by the patient, not {signer}")]
+    ConsentNotByPatient {
+        /// The patient named in the consent.
+        patient: AccountId,
+        /// Who signed.
+        signer: AccountId,
+    },
+    /// No active consent of the signer exists for this listing and purpose.
+    #[error("no active consent of {patient} for listing {listing} and purpose {purpose:?}")]
+    NoActiveConsent {
+        /// The patient.
+        patient: AccountId,
+        /// The listing.
+        listing: ListingId,
+        /// The purpose.
+        purpose: Purpose,
+    },
+    /// A time that must lie in the future does not.
+    #[error("expiry {expires_at} is not after the block time {now}")]
+    ExpiryNotInFuture {
+        /// The expiry asked for.
+        expires_at: u64,
+        /// The block time.
+        now: u64,
+    },
+    /// An order must name at least one and at most `MAX_LISTINGS_PER_ORDER` listings, each once.
+    #[error("invalid order: {0}")]
+    InvalidOrder(&'static str),
+    /// The listing's remaining privacy budget does not cover the request.
+    #[error(
+        "listing {listing} has {remaining_micro} micro-epsilon left, {requested_micro} requested"
+    )]
+    EpsilonBudgetExhausted {
+        /// The listing.
+        listing: ListingId,
+        /// Budget left (total minus spent minus reserved).
+        remaining_micro: u64,
+        /// Requested.
+        requested_micro: u64,
+    },
+    /// No order has this id.
+    #[error("unknown order {0}")]
+    UnknownOrder(OrderId),
+    /// The order already has a receipt, or was settled or refunded.
+    #[error("order {order} is {status}, not open")]
+    OrderNotOpen {
+        /// The order.
+        order: OrderId,
+        /// Its status.
+        status: &'static str,
+    },
+    /// The order has passed its expiry; no receipt can be recorded for it.
+    #[error("order {order} expired at {expires_at}")]
+    OrderExpired {
+        /// The order.
+        order: OrderId,
+        /// Its expiry.
+        expires_at: u64,
+    },
+    /// The buyer asks for a refund before the order expired.
+    #[error("order {order} expires at {expires_at}, block time is {now}")]
+    OrderNotExpired {
+        /// The order.
+        order: OrderId,
+        /// Its expiry.
+        expires_at: u64,
+        /// The block time.
+        now: u64,
+    },
+    /// The receipt's query hash is not the order's.
+    #[error("receipt query hash does not match order {0}")]
+    QueryHashMismatch(OrderId),
+    /// The receipt's listings are not exactly the order's, in the order's order.
+    #[error("receipt listings do not match the listings of order {0}")]
+    ReceiptListingsMismatch(OrderId),
+    /// More ε debited from a listing than the order requested.
+    #[error("receipt debits {debited_micro} micro-epsilon from {listing}, order requested {requested_micro}")]
+    EpsilonExceedsRequest {
+        /// The listing.
+        listing: ListingId,
+        /// Debited in the receipt.
+        debited_micro: u64,
+        /// Requested in the order.
+        requested_micro: u64,
+    },
+    /// The participant list is not strictly ascending (so a participant could be counted twice).
+    #[error("participants of listing {0} are not strictly ascending")]
+    ParticipantsNotCanonical(ListingId),
+    /// Fewer participants than the listing's minimum cohort size.
+    #[error("listing {listing} needs at least {min} participants, receipt has {got}")]
+    CohortTooSmall {
+        /// The listing.
+        listing: ListingId,
+        /// Its minimum cohort size.
+        min: u32,
+        /// Participants in the receipt.
+        got: usize,
+    },
+    /// A participant in the receipt has no active consent (never granted, revoked or expired).
+    #[error(
+        "participant {patient} has no active consent for listing {listing} and purpose {purpose:?}"
+    )]
+    ParticipantWithoutConsent {
+        /// The participant.
+        patient: AccountId,
+        /// The listing.
+        listing: ListingId,
+        /// The order's purpose.
+        purpose: Purpose,
+    },
+    /// No receipt has this id.
+    #[error("unknown receipt {0}")]
+    UnknownReceipt(ReceiptId),
+    /// The receipt belongs to a different order.
+    #[error("receipt {receipt} is for order {receipt_order}, not {order}")]
+    ReceiptForAnotherOrder {
+        /// The receipt.
+        receipt: ReceiptId,
+        /// The order it completes.
+        receipt_order: OrderId,
+        /// The order being settled.
+        order: OrderId,
+    },
+    /// The order was settled already.
+    #[error("order {0} is already settled")]
+    AlreadySettled(OrderId),
+    /// The order was refunded already.
+    #[error("order {0} is already refunded")]
+    AlreadyRefunded(OrderId),
+    /// The order has no receipt yet, so it cannot be settled.
+    #[error("order {0} has no receipt yet")]
+    OrderNotComputed(OrderId),
+    /// The signer may not settle or refund this order.
+    #[error("account {signer} may not act on order {order}")]
+    NotOrderParty {
+        /// The order.
+        order: OrderId,
+        /// Who signed.
+        signer: AccountId,
+    },
+}

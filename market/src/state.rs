@@ -1,0 +1,1199 @@
+//! The market state and its transition rules.
+//!
+//! [`State::apply`] is the whole of the market's logic. It is deterministic and does no I/O:
+//! its only inputs are the state, a signature-checked transaction and the block context
+//! (height and block time, chosen by the sequencer and signed into the block header).
+//!
+//! Every handler first checks every rule and only then mutates, so a refused transaction leaves
+//! the state exactly as it was (the tests compare [`State::hash`] before and after).
+//!
+//! # Payout rule
+//!
+//! When an order is settled, the price each listing charged (fixed when the order was placed) is
+//! split equally among *all* participants the receipt names for that listing: every consenting
+//! participant contributes (a zero when they do not match), so the split is the same whether or
+//! not a patient matched and payment reveals no membership. With `n` participants and price `p`,
+//! each participant's share is `p / n` (integer division); the remainder `p mod n` (less than
+//! `n` credits) goes back to the buyer. A share goes to the listing's fund if the listing is a
+//! donation listing, otherwise to the destination in the participant's consent (their own
+//! account or a fund). Nothing is created or lost: the sum of all balances plus the escrow of
+//! open and computed orders always equals the credits issued by deposits.
+
+use crate::error::TxError;
+use crate::hash::{Hash32, TaggedHasher, LABEL_STATE};
+use crate::tx::{
+    AccountId, Action, Compensation, ListingId, ListingTerms, OrderId, PayoutChoice, Purpose,
+    QueryReceipt, ReceiptId, Role, VerifiedTx, MAX_LISTINGS_PER_ORDER, MAX_LISTING_ID_LEN,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use thiserror::Error;
+
+/// Where in the chain a transaction is being applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockContext {
+    /// Height of the block being built.
+    pub height: u64,
+    /// Block time, unix seconds (the sequencer's clock, signed into the header).
+    pub time: u64,
+}
+
+/// A registered account.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    /// What it may do.
+    pub role: Role,
+    /// The nonce its next transaction must carry.
+    pub next_nonce: u64,
+    /// Credits.
+    pub balance: u64,
+}
+
+/// Whether a listing can still be ordered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ListingStatus {
+    /// Open for consents and orders.
+    Active,
+    /// Withdrawn by its owner at this block time; orders already placed may still complete.
+    Withdrawn {
+        /// Block time of the withdrawal.
+        at: u64,
+    },
+}
+
+/// A dataset listing, the tokenised asset.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Listing {
+    /// The compute node or patient that published it.
+    pub owner: AccountId,
+    /// Hash of the schema manifest.
+    pub schema_hash: Hash32,
+    /// Current terms.
+    pub terms: ListingTerms,
+    /// Active or withdrawn.
+    pub status: ListingStatus,
+    /// ε spent by recorded receipts, micro-epsilon.
+    pub epsilon_spent_micro: u64,
+    /// ε reserved by open orders, micro-epsilon.
+    pub epsilon_reserved_micro: u64,
+    /// Block time of publication.
+    pub published_at: u64,
+}
+
+impl Listing {
+    /// Budget neither spent nor reserved.
+    pub fn epsilon_remaining_micro(&self) -> u64 {
+        self.terms.epsilon_budget_micro.saturating_sub(
+            self.epsilon_spent_micro
+                .saturating_add(self.epsilon_reserved_micro),
+        )
+    }
+}
+
+/// A patient's consent for one listing and purpose.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Consent {
+    /// Block time of the grant.
+    pub granted_at: u64,
+    /// Block time from which it no longer holds.
+    pub expires_at: Option<u64>,
+    /// Where the patient's shares go.
+    pub payout: PayoutChoice,
+    /// Block time of the revocation, if revoked.
+    pub revoked_at: Option<u64>,
+}
+
+impl Consent {
+    /// Whether the consent holds at block time `time`.
+    pub fn is_active_at(&self, time: u64) -> bool {
+        self.revoked_at.is_none() && self.expires_at.is_none_or(|expiry| time < expiry)
+    }
+}
+
+/// One listing of an order, with the terms fixed when the order was placed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderedListing {
+    /// The listing.
+    pub listing: ListingId,
+    /// Its price per query at order time (the amount escrowed for it).
+    pub price: u64,
+    /// Its compensation at order time.
+    pub compensation: Compensation,
+}
+
+/// Where an order stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OrderStatus {
+    /// Escrowed, waiting for the computation.
+    Open,
+    /// A receipt was recorded; waiting for settlement.
+    Computed {
+        /// The receipt.
+        receipt: ReceiptId,
+    },
+    /// Paid out.
+    Settled {
+        /// The receipt it was settled against.
+        receipt: ReceiptId,
+    },
+    /// Escrow returned to the buyer.
+    Refunded,
+}
+
+impl OrderStatus {
+    fn name(&self) -> &'static str {
+        match self {
+            OrderStatus::Open => "open",
+            OrderStatus::Computed { .. } => "computed",
+            OrderStatus::Settled { .. } => "settled",
+            OrderStatus::Refunded => "refunded",
+        }
+    }
+}
+
+/// A query order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Order {
+    /// Who pays.
+    pub buyer: AccountId,
+    /// Hash of the query text.
+    pub query_hash: Hash32,
+    /// The listings queried, in the order's order.
+    pub listings: Vec<OrderedListing>,
+    /// Purpose of the query.
+    pub purpose: Purpose,
+    /// ε requested (and reserved) per listing, micro-epsilon.
+    pub epsilon_requested_micro: u64,
+    /// Credits escrowed (the sum of the listings' prices).
+    pub escrow: u64,
+    /// Block time of the order.
+    pub placed_at: u64,
+    /// Block time of expiry.
+    pub expires_at: u64,
+    /// Where it stands.
+    pub status: OrderStatus,
+}
+
+/// A participant's share and where it is paid.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Payee {
+    /// The participating patient.
+    pub participant: AccountId,
+    /// The account credited: the patient or a fund.
+    pub destination: AccountId,
+}
+
+/// What a receipt records for one listing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListingSettlement {
+    /// The listing.
+    pub listing: ListingId,
+    /// ε debited, micro-epsilon.
+    pub epsilon_debited_micro: u64,
+    /// Participants (ascending) with the destination of their share, fixed at receipt time.
+    pub payees: Vec<Payee>,
+}
+
+/// A recorded query receipt.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceiptRecord {
+    /// The order it completes.
+    pub order: OrderId,
+    /// Hash of the query.
+    pub query_hash: Hash32,
+    /// Merkle root of the accepted contributions.
+    pub contributions_root: Hash32,
+    /// Hash of the proofs.
+    pub proofs_hash: Hash32,
+    /// Hash of the result.
+    pub result_hash: Hash32,
+    /// Per listing: ε debited and payees.
+    pub listings: Vec<ListingSettlement>,
+    /// Committee member that recorded it.
+    pub recorded_by: AccountId,
+    /// Block time of recording.
+    pub recorded_at: u64,
+}
+
+/// The key of one state entry, as stored.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum StateKey {
+    /// An account.
+    Account(AccountId),
+    /// A listing.
+    Listing(ListingId),
+    /// A consent: patient, listing, purpose.
+    Consent(AccountId, ListingId, Purpose),
+    /// An order.
+    Order(OrderId),
+    /// A receipt.
+    Receipt(ReceiptId),
+    /// Total credits issued.
+    TotalIssued,
+}
+
+/// A stored state entry does not decode.
+#[derive(Debug, Error)]
+pub enum StateDecodeError {
+    /// The key bytes are not a `StateKey`.
+    #[error("state key does not decode: {0}")]
+    Key(postcard::Error),
+    /// The value bytes do not decode as the key's type.
+    #[error("state value for {key:?} does not decode: {source}")]
+    Value {
+        /// The key.
+        key: StateKey,
+        /// Why.
+        source: postcard::Error,
+    },
+}
+
+/// The whole market state.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct State {
+    accounts: BTreeMap<AccountId, Account>,
+    listings: BTreeMap<ListingId, Listing>,
+    consents: BTreeMap<(AccountId, ListingId, Purpose), Consent>,
+    orders: BTreeMap<OrderId, Order>,
+    receipts: BTreeMap<ReceiptId, ReceiptRecord>,
+    total_issued: u64,
+    /// Keys written since the last [`State::take_changes`]; not part of the state itself.
+    #[serde(skip)]
+    changed: BTreeSet<StateKey>,
+}
+
+const REQUIRES_LISTER: &str = "compute node or patient";
+
+impl State {
+    /// The state after genesis: the given accounts with zero balances.
+    pub fn with_accounts(accounts: impl IntoIterator<Item = (AccountId, Role)>) -> Self {
+        let mut state = State::default();
+        for (id, role) in accounts {
+            state.accounts.insert(
+                id,
+                Account {
+                    role,
+                    next_nonce: 0,
+                    balance: 0,
+                },
+            );
+            state.changed.insert(StateKey::Account(id));
+        }
+        state
+    }
+
+    /// `tagged_hash("cohortex/ledger/state/v1")` over the postcard encoding of the state
+    /// (maps in key order). Committed in every block header.
+    pub fn hash(&self) -> Hash32 {
+        let hasher = TaggedHasher::new(LABEL_STATE);
+        match postcard::to_io(self, hasher) {
+            Ok(hasher) => hasher.finalize(),
+            // Writing into a hasher cannot fail, and every field is serialisable.
+            Err(error) => unreachable!("state serialisation failed: {error}"),
+        }
+    }
+
+    /// An account.
+    pub fn account(&self, id: &AccountId) -> Option<&Account> {
+        self.accounts.get(id)
+    }
+
+    /// Balance of an account (zero if unknown).
+    pub fn balance(&self, id: &AccountId) -> u64 {
+        self.accounts.get(id).map_or(0, |a| a.balance)
+    }
+
+    /// All accounts.
+    pub fn accounts(&self) -> impl Iterator<Item = (&AccountId, &Account)> {
+        self.accounts.iter()
+    }
+
+    /// A listing.
+    pub fn listing(&self, id: &ListingId) -> Option<&Listing> {
+        self.listings.get(id)
+    }
+
+    /// A consent.
+    pub fn consent(
+        &self,
+        patient: &AccountId,
+        listing: &ListingId,
+        purpose: Purpose,
+    ) -> Option<&Consent> {
+        self.consents.get(&(*patient, listing.clone(), purpose))
+    }
+
+    /// An order.
+    pub fn order(&self, id: &OrderId) -> Option<&Order> {
+        self.orders.get(id)
+    }
+
+    /// A receipt.
+    pub fn receipt(&self, id: &ReceiptId) -> Option<&ReceiptRecord> {
+        self.receipts.get(id)
+    }
+
+    /// Credits issued by all deposits.
+    pub fn total_issued(&self) -> u64 {
+        self.total_issued
+    }
+
+    /// Sum of all balances.
+    pub fn total_balances(&self) -> u128 {
+        self.accounts.values().map(|a| u128::from(a.balance)).sum()
+    }
+
+    /// Credits held in escrow by open and computed orders.
+    pub fn escrow_held(&self) -> u128 {
+        self.orders
+            .values()
+            .filter(|o| matches!(o.status, OrderStatus::Open | OrderStatus::Computed { .. }))
+            .map(|o| u128::from(o.escrow))
+            .sum()
+    }
+
+    /// Drains the keys written since the last call, with their encoded values, for storage.
+    pub fn take_changes(&mut self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let keys = std::mem::take(&mut self.changed);
+        keys.into_iter()
+            .filter_map(|key| {
+                let value = match &key {
+                    StateKey::Account(id) => self.accounts.get(id).map(postcard::to_stdvec),
+                    StateKey::Listing(id) => self.listings.get(id).map(postcard::to_stdvec),
+                    StateKey::Consent(p, l, u) => self
+                        .consents
+                        .get(&(*p, l.clone(), *u))
+                        .map(postcard::to_stdvec),
+                    StateKey::Order(id) => self.orders.get(id).map(postcard::to_stdvec),
+                    StateKey::Receipt(id) => self.receipts.get(id).map(postcard::to_stdvec),
+                    StateKey::TotalIssued => Some(postcard::to_stdvec(&self.total_issued)),
+                }?;
+                let key = postcard::to_stdvec(&key);
+                match (key, value) {
+                    (Ok(key), Ok(value)) => Some((key, value)),
+                    // Serialising into a Vec cannot fail for these types.
+                    (Err(error), _) | (_, Err(error)) => {
+                        unreachable!("state entry serialisation failed: {error}")
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// Rebuilds a state from stored entries (as produced by [`State::take_changes`]).
+    pub fn from_entries<'a>(
+        entries: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+    ) -> Result<Self, StateDecodeError> {
+        fn value<T: for<'de> Deserialize<'de>>(
+            key: &StateKey,
+            bytes: &[u8],
+        ) -> Result<T, StateDecodeError> {
+            postcard::from_bytes(bytes).map_err(|source| StateDecodeError::Value {
+                key: key.clone(),
+                source,
+            })
+        }
+        let mut state = State::default();
+        for (key_bytes, value_bytes) in entries {
+            let key: StateKey = postcard::from_bytes(key_bytes).map_err(StateDecodeError::Key)?;
+            match &key {
+                StateKey::Account(id) => {
+                    state.accounts.insert(*id, value(&key, value_bytes)?);
+                }
+                StateKey::Listing(id) => {
+                    state.listings.insert(id.clone(), value(&key, value_bytes)?);
+                }
+                StateKey::Consent(p, l, u) => {
+                    state
+                        .consents
+                        .insert((*p, l.clone(), *u), value(&key, value_bytes)?);
+                }
+                StateKey::Order(id) => {
+                    state.orders.insert(*id, value(&key, value_bytes)?);
+                }
+                StateKey::Receipt(id) => {
+                    state.receipts.insert(*id, value(&key, value_bytes)?);
+                }
+                StateKey::TotalIssued => state.total_issued = value(&key, value_bytes)?,
+            }
+        }
+        Ok(state)
+    }
+
+    /// Applies one transaction. On `Err` the state is unchanged.
+    pub fn apply(
+        &mut self,
+        tx: &VerifiedTx,
+        chain_id: &Hash32,
+        ctx: &BlockContext,
+    ) -> Result<(), TxError> {
+        let body = tx.body();
+        if body.chain_id != *chain_id {
+            return Err(TxError::WrongChain {
+                expected: *chain_id,
+                got: body.chain_id,
+            });
+        }
+        let signer = body.signer;
+        let self_registration = matches!(
+            &body.action,
+            Action::RegisterAccount { account, .. } if *account == signer
+        );
+        let expected_nonce = match self.accounts.get(&signer) {
+            Some(account) => account.next_nonce,
+            None if self_registration => 0,
+            None => return Err(TxError::UnknownAccount(signer)),
+        };
+        if body.nonce < expected_nonce {
+            return Err(TxError::ReplayedNonce {
+                account: signer,
+                expected: expected_nonce,
+                got: body.nonce,
+            });
+        }
+        if body.nonce > expected_nonce {
+            return Err(TxError::NonceGap {
+                account: signer,
+                expected: expected_nonce,
+                got: body.nonce,
+            });
+        }
+        let next_nonce = expected_nonce
+            .checked_add(1)
+            .ok_or(TxError::AmountOverflow)?;
+
+        match &body.action {
+            Action::RegisterAccount { account, role } => self.register(signer, *account, *role)?,
+            Action::PublishListing {
+                listing,
+                schema_hash,
+                terms,
+            } => self.publish(signer, listing, *schema_hash, terms, ctx)?,
+            Action::UpdateListing { listing, terms } => self.update(signer, listing, terms)?,
+            Action::WithdrawListing { listing } => self.withdraw(signer, listing, ctx)?,
+            Action::GrantConsent {
+                patient,
+                listing,
+                purpose,
+                expires_at,
+                payout,
+            } => self.grant(
+                signer,
+                *patient,
+                listing,
+                *purpose,
+                *expires_at,
+                *payout,
+                ctx,
+            )?,
+            Action::RevokeConsent { listing, purpose } => {
+                self.revoke(signer, listing, *purpose, ctx)?
+            }
+            Action::Deposit { to, amount } => self.deposit(signer, *to, *amount)?,
+            Action::OrderQuery {
+                query_hash,
+                listings,
+                purpose,
+                epsilon_micro,
+                expires_at,
+            } => self.order_query(
+                signer,
+                OrderId(tx.id()),
+                *query_hash,
+                listings,
+                *purpose,
+                *epsilon_micro,
+                *expires_at,
+                ctx,
+            )?,
+            Action::RecordReceipt(receipt) => {
+                self.record_receipt(signer, ReceiptId(tx.id()), receipt, ctx)?
+            }
+            Action::Settle { order, receipt } => self.settle(signer, *order, *receipt)?,
+            Action::Refund { order } => self.refund(signer, *order, ctx)?,
+        }
+
+        // The signer exists now (a self-registration has just created it).
+        if let Some(account) = self.accounts.get_mut(&signer) {
+            account.next_nonce = next_nonce;
+            self.changed.insert(StateKey::Account(signer));
+        }
+        debug_assert_eq!(
+            self.total_balances() + self.escrow_held(),
+            u128::from(self.total_issued),
+            "credits are conserved"
+        );
+        Ok(())
+    }
+
+    fn require_role(
+        &self,
+        account: AccountId,
+        allowed: &[Role],
+        required: &'static str,
+    ) -> Result<&Account, TxError> {
+        let found = self
+            .accounts
+            .get(&account)
+            .ok_or(TxError::UnknownAccount(account))?;
+        if !allowed.contains(&found.role) {
+            return Err(TxError::WrongRole {
+                account,
+                actual: found.role,
+                required,
+            });
+        }
+        Ok(found)
+    }
+
+    fn require_fund(&self, fund: AccountId) -> Result<(), TxError> {
+        match self.accounts.get(&fund) {
+            Some(account) if account.role == Role::Fund => Ok(()),
+            _ => Err(TxError::NotAFund(fund)),
+        }
+    }
+
+    fn validate_terms(&self, terms: &ListingTerms) -> Result<(), TxError> {
+        if terms.allowed_purposes.is_empty() {
+            return Err(TxError::InvalidListing(
+                "at least one purpose must be allowed",
+            ));
+        }
+        if terms.min_cohort_size == 0 {
+            return Err(TxError::InvalidListing(
+                "minimum cohort size must be at least 1",
+            ));
+        }
+        if terms.epsilon_budget_micro == 0 {
+            return Err(TxError::InvalidListing("epsilon budget must be positive"));
+        }
+        if let Compensation::Donation { fund } = terms.compensation {
+            self.require_fund(fund)?;
+        }
+        Ok(())
+    }
+
+    fn active_listing(&self, id: &ListingId) -> Result<&Listing, TxError> {
+        let listing = self
+            .listings
+            .get(id)
+            .ok_or_else(|| TxError::UnknownListing(id.clone()))?;
+        if let ListingStatus::Withdrawn { .. } = listing.status {
+            return Err(TxError::ListingWithdrawn(id.clone()));
+        }
+        Ok(listing)
+    }
+
+    fn owned_active_listing(&self, signer: AccountId, id: &ListingId) -> Result<&Listing, TxError> {
+        let listing = self.active_listing(id)?;
+        if listing.owner != signer {
+            return Err(TxError::NotListingOwner {
+                listing: id.clone(),
+                signer,
+            });
+        }
+        Ok(listing)
+    }
+
+    fn register(
+        &mut self,
+        signer: AccountId,
+        account: AccountId,
+        role: Role,
+    ) -> Result<(), TxError> {
+        account.verifying_key()?;
+        if self.accounts.contains_key(&account) {
+            return Err(TxError::AlreadyRegistered(account));
+        }
+        match role {
+            Role::Patient | Role::Buyer => {
+                if signer != account {
+                    return Err(TxError::RegistrationNotSelfSigned {
+                        role,
+                        signer,
+                        account,
+                    });
+                }
+            }
+            _ => {
+                if !self.accounts.contains_key(&signer) {
+                    return Err(TxError::AdmissionRequiresIssuer { role, signer });
+                }
+                self.require_role(signer, &[Role::Issuer], "issuer")?;
+            }
+        }
+        self.accounts.insert(
+            account,
+            Account {
+                role,
+                next_nonce: 0,
+                balance: 0,
+            },
+        );
+        self.changed.insert(StateKey::Account(account));
+        Ok(())
+    }
+
+    fn publish(
+        &mut self,
+        signer: AccountId,
+        id: &ListingId,
+        schema_hash: Hash32,
+        terms: &ListingTerms,
+        ctx: &BlockContext,
+    ) -> Result<(), TxError> {
+        self.require_role(signer, &[Role::ComputeNode, Role::Patient], REQUIRES_LISTER)?;
+        if id.0.is_empty() || id.0.len() > MAX_LISTING_ID_LEN {
+            return Err(TxError::InvalidListing("listing id must be 1 to 64 bytes"));
+        }
+        if self.listings.contains_key(id) {
+            return Err(TxError::ListingExists(id.clone()));
+        }
+        self.validate_terms(terms)?;
+        self.listings.insert(
+            id.clone(),
+            Listing {
+                owner: signer,
+                schema_hash,
+                terms: terms.clone(),
+                status: ListingStatus::Active,
+                epsilon_spent_micro: 0,
+                epsilon_reserved_micro: 0,
+                published_at: ctx.time,
+            },
+        );
+        self.changed.insert(StateKey::Listing(id.clone()));
+        Ok(())
+    }
+
+    fn update(
+        &mut self,
+        signer: AccountId,
+        id: &ListingId,
+        terms: &ListingTerms,
+    ) -> Result<(), TxError> {
+        let listing = self.owned_active_listing(signer, id)?;
+        self.validate_terms(terms)?;
+        let committed = listing
+            .epsilon_spent_micro
+            .saturating_add(listing.epsilon_reserved_micro);
+        if terms.epsilon_budget_micro < committed {
+            return Err(TxError::InvalidListing(
+                "epsilon budget cannot drop below what is spent and reserved",
+            ));
+        }
+        if let Some(listing) = self.listings.get_mut(id) {
+            listing.terms = terms.clone();
+        }
+        self.changed.insert(StateKey::Listing(id.clone()));
+        Ok(())
+    }
+
+    fn withdraw(
+        &mut self,
+        signer: AccountId,
+        id: &ListingId,
+        ctx: &BlockContext,
+    ) -> Result<(), TxError> {
+        self.owned_active_listing(signer, id)?;
+        if let Some(listing) = self.listings.get_mut(id) {
+            listing.status = ListingStatus::Withdrawn { at: ctx.time };
+        }
+        self.changed.insert(StateKey::Listing(id.clone()));
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn grant(
+        &mut self,
+        signer: AccountId,
+        patient: AccountId,
+        id: &ListingId,
+        purpose: Purpose,
+        expires_at: Option<u64>,
+        payout: PayoutChoice,
+        ctx: &BlockContext,
+    ) -> Result<(), TxError> {
+        if signer != patient {
+            return Err(TxError::ConsentNotByPatient { patient, signer });
+        }
+        self.require_role(patient, &[Role::Patient], "patient")?;
+        let listing = self.active_listing(id)?;
+        if !listing.terms.allowed_purposes.contains(&purpose) {
+            return Err(TxError::PurposeNotAllowed {
+                listing: id.clone(),
+                purpose,
+            });
+        }
+        if let Some(expiry) = expires_at {
+            if expiry <= ctx.time {
+                return Err(TxError::ExpiryNotInFuture {
+                    expires_at: expiry,
+                    now: ctx.time,
+                });
+            }
+        }
+        if let PayoutChoice::DonateTo { fund } = payout {
+            self.require_fund(fund)?;
+        }
+        self.consents.insert(
+            (patient, id.clone(), purpose),
+            Consent {
+                granted_at: ctx.time,
+                expires_at,
+                payout,
+                revoked_at: None,
+            },
+        );
+        self.changed
+            .insert(StateKey::Consent(patient, id.clone(), purpose));
+        Ok(())
+    }
+
+    fn revoke(
+        &mut self,
+        signer: AccountId,
+        id: &ListingId,
+        purpose: Purpose,
+        ctx: &BlockContext,
+    ) -> Result<(), TxError> {
+        self.require_role(signer, &[Role::Patient], "patient")?;
+        let key = (signer, id.clone(), purpose);
+        match self.consents.get_mut(&key) {
+            Some(consent) if consent.is_active_at(ctx.time) => {
+                consent.revoked_at = Some(ctx.time);
+            }
+            _ => {
+                return Err(TxError::NoActiveConsent {
+                    patient: signer,
+                    listing: id.clone(),
+                    purpose,
+                })
+            }
+        }
+        self.changed
+            .insert(StateKey::Consent(signer, id.clone(), purpose));
+        Ok(())
+    }
+
+    fn deposit(&mut self, signer: AccountId, to: AccountId, amount: u64) -> Result<(), TxError> {
+        self.require_role(signer, &[Role::Issuer], "issuer")?;
+        if amount == 0 {
+            return Err(TxError::ZeroAmount);
+        }
+        let recipient = self.accounts.get(&to).ok_or(TxError::UnknownAccount(to))?;
+        let new_balance = recipient
+            .balance
+            .checked_add(amount)
+            .ok_or(TxError::AmountOverflow)?;
+        let new_total = self
+            .total_issued
+            .checked_add(amount)
+            .ok_or(TxError::AmountOverflow)?;
+        if let Some(recipient) = self.accounts.get_mut(&to) {
+            recipient.balance = new_balance;
+        }
+        self.total_issued = new_total;
+        self.changed.insert(StateKey::Account(to));
+        self.changed.insert(StateKey::TotalIssued);
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn order_query(
+        &mut self,
+        signer: AccountId,
+        order_id: OrderId,
+        query_hash: Hash32,
+        listing_ids: &[ListingId],
+        purpose: Purpose,
+        epsilon_micro: u64,
+        expires_at: u64,
+        ctx: &BlockContext,
+    ) -> Result<(), TxError> {
+        let buyer = self.require_role(signer, &[Role::Buyer], "buyer")?;
+        let balance = buyer.balance;
+        if listing_ids.is_empty() || listing_ids.len() > MAX_LISTINGS_PER_ORDER {
+            return Err(TxError::InvalidOrder("an order names 1 to 64 listings"));
+        }
+        let distinct: BTreeSet<&ListingId> = listing_ids.iter().collect();
+        if distinct.len() != listing_ids.len() {
+            return Err(TxError::InvalidOrder("a listing is named twice"));
+        }
+        if epsilon_micro == 0 {
+            return Err(TxError::InvalidOrder("epsilon requested must be positive"));
+        }
+        if expires_at <= ctx.time {
+            return Err(TxError::ExpiryNotInFuture {
+                expires_at,
+                now: ctx.time,
+            });
+        }
+        let mut escrow: u64 = 0;
+        let mut ordered = Vec::with_capacity(listing_ids.len());
+        for id in listing_ids {
+            let listing = self.active_listing(id)?;
+            if !listing.terms.allowed_purposes.contains(&purpose) {
+                return Err(TxError::PurposeNotAllowed {
+                    listing: id.clone(),
+                    purpose,
+                });
+            }
+            let remaining = listing.epsilon_remaining_micro();
+            if remaining < epsilon_micro {
+                return Err(TxError::EpsilonBudgetExhausted {
+                    listing: id.clone(),
+                    remaining_micro: remaining,
+                    requested_micro: epsilon_micro,
+                });
+            }
+            escrow = escrow
+                .checked_add(listing.terms.price_per_query)
+                .ok_or(TxError::AmountOverflow)?;
+            ordered.push(OrderedListing {
+                listing: id.clone(),
+                price: listing.terms.price_per_query,
+                compensation: listing.terms.compensation,
+            });
+        }
+        if balance < escrow {
+            return Err(TxError::InsufficientFunds {
+                account: signer,
+                balance,
+                needed: escrow,
+            });
+        }
+        debug_assert!(
+            !self.orders.contains_key(&order_id),
+            "order ids are transaction ids"
+        );
+
+        for id in listing_ids {
+            if let Some(listing) = self.listings.get_mut(id) {
+                // Cannot overflow: reserved + requested <= budget was checked above.
+                listing.epsilon_reserved_micro += epsilon_micro;
+            }
+            self.changed.insert(StateKey::Listing(id.clone()));
+        }
+        if let Some(buyer) = self.accounts.get_mut(&signer) {
+            buyer.balance = balance - escrow;
+        }
+        self.changed.insert(StateKey::Account(signer));
+        self.orders.insert(
+            order_id,
+            Order {
+                buyer: signer,
+                query_hash,
+                listings: ordered,
+                purpose,
+                epsilon_requested_micro: epsilon_micro,
+                escrow,
+                placed_at: ctx.time,
+                expires_at,
+                status: OrderStatus::Open,
+            },
+        );
+        self.changed.insert(StateKey::Order(order_id));
+        Ok(())
+    }
+
+    fn record_receipt(
+        &mut self,
+        signer: AccountId,
+        receipt_id: ReceiptId,
+        receipt: &QueryReceipt,
+        ctx: &BlockContext,
+    ) -> Result<(), TxError> {
+        self.require_role(signer, &[Role::CommitteeMember], "committee member")?;
+        let order_id = receipt.order;
+        let order = self
+            .orders
+            .get(&order_id)
+            .ok_or(TxError::UnknownOrder(order_id))?;
+        if order.status != OrderStatus::Open {
+            return Err(TxError::OrderNotOpen {
+                order: order_id,
+                status: order.status.name(),
+            });
+        }
+        if ctx.time >= order.expires_at {
+            return Err(TxError::OrderExpired {
+                order: order_id,
+                expires_at: order.expires_at,
+            });
+        }
+        if receipt.query_hash != order.query_hash {
+            return Err(TxError::QueryHashMismatch(order_id));
+        }
+        let listings_match = receipt.listings.len() == order.listings.len()
+            && receipt
+                .listings
+                .iter()
+                .zip(&order.listings)
+                .all(|(got, ordered)| got.listing == ordered.listing);
+        if !listings_match {
+            return Err(TxError::ReceiptListingsMismatch(order_id));
+        }
+
+        let mut settlements = Vec::with_capacity(receipt.listings.len());
+        for (contribution, ordered) in receipt.listings.iter().zip(&order.listings) {
+            let id = &contribution.listing;
+            if contribution.epsilon_debited_micro > order.epsilon_requested_micro {
+                return Err(TxError::EpsilonExceedsRequest {
+                    listing: id.clone(),
+                    debited_micro: contribution.epsilon_debited_micro,
+                    requested_micro: order.epsilon_requested_micro,
+                });
+            }
+            let ascending = contribution.participants.windows(2).all(|w| w[0] < w[1]);
+            if !ascending {
+                return Err(TxError::ParticipantsNotCanonical(id.clone()));
+            }
+            let listing = self
+                .listings
+                .get(id)
+                .ok_or_else(|| TxError::UnknownListing(id.clone()))?;
+            let min = listing.terms.min_cohort_size;
+            if contribution.participants.len() < min as usize {
+                return Err(TxError::CohortTooSmall {
+                    listing: id.clone(),
+                    min,
+                    got: contribution.participants.len(),
+                });
+            }
+            let mut payees = Vec::with_capacity(contribution.participants.len());
+            for participant in &contribution.participants {
+                let consent = self
+                    .consents
+                    .get(&(*participant, id.clone(), order.purpose))
+                    .filter(|consent| consent.is_active_at(ctx.time))
+                    .ok_or_else(|| TxError::ParticipantWithoutConsent {
+                        patient: *participant,
+                        listing: id.clone(),
+                        purpose: order.purpose,
+                    })?;
+                let destination = match (ordered.compensation, consent.payout) {
+                    (Compensation::Donation { fund }, _) => fund,
+                    (Compensation::Payment, PayoutChoice::DonateTo { fund }) => fund,
+                    (Compensation::Payment, PayoutChoice::ToPatient) => *participant,
+                };
+                payees.push(Payee {
+                    participant: *participant,
+                    destination,
+                });
+            }
+            settlements.push(ListingSettlement {
+                listing: id.clone(),
+                epsilon_debited_micro: contribution.epsilon_debited_micro,
+                payees,
+            });
+        }
+        let requested = order.epsilon_requested_micro;
+
+        for settlement in &settlements {
+            if let Some(listing) = self.listings.get_mut(&settlement.listing) {
+                debug_assert!(listing.epsilon_reserved_micro >= requested);
+                listing.epsilon_reserved_micro =
+                    listing.epsilon_reserved_micro.saturating_sub(requested);
+                // Cannot overflow: spent + debited <= spent + reserved <= budget.
+                listing.epsilon_spent_micro += settlement.epsilon_debited_micro;
+            }
+            self.changed
+                .insert(StateKey::Listing(settlement.listing.clone()));
+        }
+        if let Some(order) = self.orders.get_mut(&order_id) {
+            order.status = OrderStatus::Computed {
+                receipt: receipt_id,
+            };
+        }
+        self.changed.insert(StateKey::Order(order_id));
+        self.receipts.insert(
+            receipt_id,
+            ReceiptRecord {
+                order: order_id,
+                query_hash: receipt.query_hash,
+                contributions_root: receipt.contributions_root,
+                proofs_hash: receipt.proofs_hash,
+                result_hash: receipt.result_hash,
+                listings: settlements,
+                recorded_by: signer,
+                recorded_at: ctx.time,
+            },
+        );
+        self.changed.insert(StateKey::Receipt(receipt_id));
+        Ok(())
+    }
+
+    fn settle(
+        &mut self,
+        signer: AccountId,
+        order_id: OrderId,
+        receipt_id: ReceiptId,
+    ) -> Result<(), TxError> {
+        let signer_role = self
+            .accounts
+            .get(&signer)
+            .ok_or(TxError::UnknownAccount(signer))?
+            .role;
+        let order = self
+            .orders
+            .get(&order_id)
+            .ok_or(TxError::UnknownOrder(order_id))?;
+        if signer != order.buyer && signer_role != Role::CommitteeMember {
+            return Err(TxError::NotOrderParty {
+                order: order_id,
+                signer,
+            });
+        }
+        let receipt = self
+            .receipts
+            .get(&receipt_id)
+            .ok_or(TxError::UnknownReceipt(receipt_id))?;
+        if receipt.order != order_id {
+            return Err(TxError::ReceiptForAnotherOrder {
+                receipt: receipt_id,
+                receipt_order: receipt.order,
+                order: order_id,
+            });
+        }
+        match order.status {
+            OrderStatus::Settled { .. } => return Err(TxError::AlreadySettled(order_id)),
+            OrderStatus::Refunded => return Err(TxError::AlreadyRefunded(order_id)),
+            OrderStatus::Open => return Err(TxError::OrderNotComputed(order_id)),
+            OrderStatus::Computed { receipt } => {
+                debug_assert_eq!(receipt, receipt_id, "one receipt per order");
+            }
+        }
+
+        let credits = payouts(order, receipt);
+        let mut new_balances: BTreeMap<AccountId, u64> = BTreeMap::new();
+        for (account, amount) in &credits {
+            let current = self
+                .accounts
+                .get(account)
+                .ok_or(TxError::UnknownAccount(*account))?
+                .balance;
+            let updated = current
+                .checked_add(*amount)
+                .ok_or(TxError::AmountOverflow)?;
+            new_balances.insert(*account, updated);
+        }
+        debug_assert_eq!(
+            credits.values().map(|v| u128::from(*v)).sum::<u128>(),
+            u128::from(order.escrow)
+        );
+
+        for (account, balance) in new_balances {
+            if let Some(found) = self.accounts.get_mut(&account) {
+                found.balance = balance;
+            }
+            self.changed.insert(StateKey::Account(account));
+        }
+        if let Some(order) = self.orders.get_mut(&order_id) {
+            order.status = OrderStatus::Settled {
+                receipt: receipt_id,
+            };
+        }
+        self.changed.insert(StateKey::Order(order_id));
+        Ok(())
+    }
+
+    fn refund(
+        &mut self,
+        signer: AccountId,
+        order_id: OrderId,
+        ctx: &BlockContext,
+    ) -> Result<(), TxError> {
+        let signer_role = self
+            .accounts
+            .get(&signer)
+            .ok_or(TxError::UnknownAccount(signer))?
+            .role;
+        let order = self
+            .orders
+            .get(&order_id)
+            .ok_or(TxError::UnknownOrder(order_id))?;
+        match order.status {
+            OrderStatus::Open => {}
+            OrderStatus::Settled { .. } => return Err(TxError::AlreadySettled(order_id)),
+            OrderStatus::Refunded => return Err(TxError::AlreadyRefunded(order_id)),
+            OrderStatus::Computed { .. } => {
+                return Err(TxError::OrderNotOpen {
+                    order: order_id,
+                    status: order.status.name(),
+                })
+            }
+        }
+        if signer_role == Role::CommitteeMember {
+            // The committee declares the computation failed; no expiry needed.
+        } else if signer == order.buyer {
+            if ctx.time < order.expires_at {
+                return Err(TxError::OrderNotExpired {
+                    order: order_id,
+                    expires_at: order.expires_at,
+                    now: ctx.time,
+                });
+            }
+        } else {
+            return Err(TxError::NotOrderParty {
+                order: order_id,
+                signer,
+            });
+        }
+        let buyer = order.buyer;
+        let escrow = order.escrow;
+        let requested = order.epsilon_requested_micro;
+        let listing_ids: Vec<ListingId> =
+            order.listings.iter().map(|l| l.listing.clone()).collect();
+        let new_balance = self
+            .accounts
+            .get(&buyer)
+            .ok_or(TxError::UnknownAccount(buyer))?
+            .balance
+            .checked_add(escrow)
+            .ok_or(TxError::AmountOverflow)?;
+
+        if let Some(account) = self.accounts.get_mut(&buyer) {
+            account.balance = new_balance;
+        }
+        self.changed.insert(StateKey::Account(buyer));
+        for id in listing_ids {
+            if let Some(listing) = self.listings.get_mut(&id) {
+                listing.epsilon_reserved_micro =
+                    listing.epsilon_reserved_micro.saturating_sub(requested);
+            }
+            self.changed.insert(StateKey::Listing(id));
+        }
+        if let Some(order) = self.orders.get_mut(&order_id) {
+            order.status = OrderStatus::Refunded;
+        }
+        self.changed.insert(StateKey::Order(order_id));
+        Ok(())
+    }
+}
+
+/// The credits a settlement pays, per account (see the module documentation for the rule).
+///
+/// For each listing: `share = price / n` to each payee's destination and `price mod n` back to
+/// the buyer, where `n` is the number of participants (at least the listing's minimum cohort
+/// size, itself at least 1).
+pub fn payouts(order: &Order, receipt: &ReceiptRecord) -> BTreeMap<AccountId, u64> {
+    let mut credits: BTreeMap<AccountId, u64> = BTreeMap::new();
+    for (ordered, settlement) in order.listings.iter().zip(&receipt.listings) {
+        debug_assert_eq!(ordered.listing, settlement.listing);
+        let participants = settlement.payees.len() as u64;
+        let (share, remainder) = match participants {
+            0 => (0, ordered.price),
+            n => (ordered.price / n, ordered.price % n),
+        };
+        for payee in &settlement.payees {
+            // Sums of parts of the escrow cannot exceed the escrow, a u64.
+            *credits.entry(payee.destination).or_default() += share;
+        }
+        if remainder > 0 {
+            *credits.entry(order.buyer).or_default() += remainder;
+        }
+    }
+    credits.retain(|_, amount| *amount > 0);
+    credits
+}

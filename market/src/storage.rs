@@ -1,0 +1,548 @@
+//! SQLite storage: the durable ledger.
+//!
+//! One file, WAL journal, `synchronous=FULL`, one writer. A block, its transactions (the log's
+//! leaves) and the state entries it wrote are inserted in ONE SQL transaction, so after a crash
+//! a block is either entirely present or absent. On open, the state is loaded from
+//! `state_entries`, the Merkle tree is rebuilt from the stored transaction ids, and both are
+//! checked against the last signed tree head before anything is appended.
+//!
+//! Schema (see `docs/ledger.md` for the column meanings):
+//!
+//! ```sql
+//! meta(key TEXT PRIMARY KEY, value BLOB)            -- 'schema_version', 'genesis'
+//! blocks(height INTEGER PRIMARY KEY, head BLOB, block_hash BLOB, time INTEGER, tree_size INTEGER)
+//! transactions(leaf_index INTEGER PRIMARY KEY, height INTEGER, position INTEGER,
+//!              txid BLOB UNIQUE, tx BLOB)
+//! state_entries(key BLOB PRIMARY KEY, value BLOB, height INTEGER)
+//! ```
+
+use crate::audit::{AuditFailure, AuditReport, Auditor, StoredBlock, StoredTx};
+use crate::error::TxError;
+use crate::hash::Hash32;
+use crate::log::{LogError, MerkleLog, Receipt, SignedTreeHead};
+use crate::machine::{BlockError, FinalizedBlock, Genesis, ResumeError, StateMachine};
+use crate::sequencer::{InProcessSequencer, Sequencer};
+use crate::state::State;
+use crate::tx::{TxId, VerifiedTx};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+/// Version of the SQL schema.
+pub const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS blocks (
+    height     INTEGER PRIMARY KEY,
+    head       BLOB NOT NULL,
+    block_hash BLOB NOT NULL,
+    time       INTEGER NOT NULL,
+    tree_size  INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS transactions (
+    leaf_index INTEGER PRIMARY KEY,
+    height     INTEGER NOT NULL REFERENCES blocks(height),
+    position   INTEGER NOT NULL,
+    txid       BLOB NOT NULL UNIQUE,
+    tx         BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS state_entries (
+    key    BLOB PRIMARY KEY,
+    value  BLOB NOT NULL,
+    height INTEGER NOT NULL
+);
+";
+
+/// Errors of the durable ledger.
+#[derive(Debug, Error)]
+pub enum LedgerError {
+    /// SQLite failed.
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The database already holds a ledger.
+    #[error("database {0} already holds a ledger")]
+    AlreadyInitialised(PathBuf),
+    /// The database holds no ledger.
+    #[error("database {0} holds no ledger")]
+    NotInitialised(PathBuf),
+    /// The schema version is not this code's.
+    #[error("database schema version {0} is not supported")]
+    UnsupportedSchema(i64),
+    /// The sequencer's key is not the genesis ledger key.
+    #[error("sequencer key does not match the genesis ledger key")]
+    SequencerKeyMismatch,
+    /// Stored data does not decode.
+    #[error("stored {what} is corrupt: {reason}")]
+    Corrupt {
+        /// What.
+        what: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// Stored state or log does not match the last signed head.
+    #[error("stored ledger does not match its last signed head: {0}")]
+    Resume(#[from] ResumeError),
+    /// The block could not be built or committed.
+    #[error(transparent)]
+    Block(#[from] BlockError),
+    /// A proof could not be produced.
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// Another writer appended to the database.
+    #[error("another writer appended block {0}; reopen the ledger")]
+    ConcurrentWriter(u64),
+    /// No stored transaction has this id.
+    #[error("no transaction {0} in the log")]
+    UnknownTransaction(TxId),
+}
+
+/// A transaction left out of a block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// Position in the input to [`Ledger::append`].
+    pub index: usize,
+    /// Why.
+    pub error: TxError,
+}
+
+/// What [`Ledger::append`] did.
+#[derive(Debug, Clone)]
+pub struct AppendOutcome {
+    /// The signed head of the new block, if any transaction was accepted.
+    pub head: Option<SignedTreeHead>,
+    /// Transactions refused; the state is as if they had never been sent.
+    pub refused: Vec<Refusal>,
+}
+
+/// The durable ledger: state machine + SQLite + sequencer.
+pub struct Ledger<S: Sequencer = InProcessSequencer> {
+    conn: Connection,
+    path: PathBuf,
+    machine: StateMachine,
+    sequencer: S,
+}
+
+fn open_connection(path: &Path) -> Result<Connection, LedgerError> {
+    let conn = Connection::open(path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(conn)
+}
+
+fn corrupt(what: &'static str) -> impl Fn(String) -> LedgerError {
+    move |reason| LedgerError::Corrupt { what, reason }
+}
+
+fn read_genesis(conn: &Connection, path: &Path) -> Result<Genesis, LedgerError> {
+    let version: Option<i64> = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'schema_version'",
+            [],
+            |row| row.get(0),
+        )
+        .optional()?;
+    match version {
+        None => return Err(LedgerError::NotInitialised(path.to_path_buf())),
+        Some(SCHEMA_VERSION) => {}
+        Some(other) => return Err(LedgerError::UnsupportedSchema(other)),
+    }
+    let bytes: Vec<u8> =
+        conn.query_row("SELECT value FROM meta WHERE key = 'genesis'", [], |row| {
+            row.get(0)
+        })?;
+    Genesis::from_bytes(&bytes).map_err(|e| corrupt("genesis")(e.to_string()))
+}
+
+fn load_state(conn: &Connection) -> Result<Result<State, String>, rusqlite::Error> {
+    let mut statement = conn.prepare("SELECT key, value FROM state_entries")?;
+    let rows = statement
+        .query_map([], |row| {
+            Ok((row.get::<_, Vec<u8>>(0)?, row.get::<_, Vec<u8>>(1)?))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(
+        State::from_entries(rows.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))
+            .map_err(|e| e.to_string()),
+    )
+}
+
+impl<S: Sequencer> Ledger<S> {
+    /// Creates a new ledger in `path` (which must not hold one yet).
+    pub fn create(
+        path: impl AsRef<Path>,
+        genesis: Genesis,
+        sequencer: S,
+    ) -> Result<Self, LedgerError> {
+        let path = path.as_ref().to_path_buf();
+        if sequencer.verifying_key().to_bytes() != genesis.ledger_key {
+            return Err(LedgerError::SequencerKeyMismatch);
+        }
+        let mut machine = StateMachine::from_genesis(genesis.clone())?;
+        let mut conn = open_connection(&path)?;
+        let sql = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        sql.execute_batch(SCHEMA)?;
+        let existing: Option<i64> = sql
+            .query_row("SELECT COUNT(*) FROM meta", [], |row| row.get(0))
+            .optional()?;
+        if existing.unwrap_or(0) > 0 {
+            return Err(LedgerError::AlreadyInitialised(path));
+        }
+        sql.execute(
+            "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)",
+            params![SCHEMA_VERSION],
+        )?;
+        sql.execute(
+            "INSERT INTO meta (key, value) VALUES ('genesis', ?1)",
+            params![genesis.to_bytes()],
+        )?;
+        for (key, value) in machine.take_state_changes() {
+            sql.execute(
+                "INSERT INTO state_entries (key, value, height) VALUES (?1, ?2, 0)",
+                params![key, value],
+            )?;
+        }
+        sql.commit()?;
+        tracing::info!(path = %path.display(), chain_id = %machine.chain_id(), "ledger created");
+        Ok(Ledger {
+            conn,
+            path,
+            machine,
+            sequencer,
+        })
+    }
+
+    /// Opens an existing ledger: loads the state, rebuilds the log and checks both against the
+    /// last signed head.
+    pub fn open(path: impl AsRef<Path>, sequencer: S) -> Result<Self, LedgerError> {
+        let path = path.as_ref().to_path_buf();
+        let conn = open_connection(&path)?;
+        let machine = Self::load_machine(&conn, &path)?;
+        if sequencer.verifying_key() != machine.ledger_key() {
+            return Err(LedgerError::SequencerKeyMismatch);
+        }
+        tracing::info!(
+            path = %path.display(),
+            height = machine.height(),
+            tree_size = machine.log().size(),
+            "ledger opened"
+        );
+        Ok(Ledger {
+            conn,
+            path,
+            machine,
+            sequencer,
+        })
+    }
+
+    fn load_machine(conn: &Connection, path: &Path) -> Result<StateMachine, LedgerError> {
+        let genesis = read_genesis(conn, path)?;
+        let state = load_state(conn)?.map_err(corrupt("state entries"))?;
+        let mut log = MerkleLog::new();
+        {
+            let mut statement =
+                conn.prepare("SELECT leaf_index, txid FROM transactions ORDER BY leaf_index")?;
+            let mut rows = statement.query([])?;
+            while let Some(row) = rows.next()? {
+                let index: u64 = row.get(0)?;
+                let txid: Vec<u8> = row.get(1)?;
+                let txid: [u8; 32] = txid
+                    .try_into()
+                    .map_err(|_| corrupt("transaction id")(format!("leaf {index}")))?;
+                if index != log.size() {
+                    return Err(corrupt("transactions")(format!(
+                        "leaf {index} out of sequence"
+                    )));
+                }
+                log.push(TxId(Hash32(txid)));
+            }
+        }
+        let head_bytes: Option<Vec<u8>> = conn
+            .query_row(
+                "SELECT head FROM blocks ORDER BY height DESC LIMIT 1",
+                [],
+                |row| row.get(0),
+            )
+            .optional()?;
+        let last_head = head_bytes
+            .map(|bytes| SignedTreeHead::from_bytes(&bytes))
+            .transpose()
+            .map_err(|e| corrupt("last tree head")(e.to_string()))?;
+        let machine = StateMachine::resume(genesis, state, log, last_head)?;
+        machine.check_resumed()?;
+        Ok(machine)
+    }
+
+    /// The state machine (committed state, log, last head).
+    pub fn machine(&self) -> &StateMachine {
+        &self.machine
+    }
+
+    /// The committed state.
+    pub fn state(&self) -> &State {
+        self.machine.state()
+    }
+
+    /// The chain id.
+    pub fn chain_id(&self) -> Hash32 {
+        self.machine.chain_id()
+    }
+
+    /// The last signed tree head.
+    pub fn head(&self) -> Option<&SignedTreeHead> {
+        self.machine.last_head()
+    }
+
+    /// The database path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The sequencer.
+    pub fn sequencer_mut(&mut self) -> &mut S {
+        &mut self.sequencer
+    }
+
+    /// Checks, orders and applies `txs`, and commits the accepted ones as one block (durably,
+    /// before returning). Refused transactions change nothing.
+    pub fn append(&mut self, txs: Vec<Vec<u8>>) -> Result<AppendOutcome, LedgerError> {
+        let mut refused = Vec::new();
+        let mut input_index: HashMap<TxId, usize> = HashMap::new();
+        let mut checked = Vec::with_capacity(txs.len());
+        for (index, result) in self.machine.check_txs(txs).into_iter().enumerate() {
+            match result {
+                Ok(tx) => {
+                    input_index.entry(tx.id()).or_insert(index);
+                    checked.push(tx);
+                }
+                Err(error) => refused.push(Refusal { index, error }),
+            }
+        }
+        let ordered = self.sequencer.order(checked);
+        let time = self.sequencer.block_time(self.machine.last_time());
+        // Indices refer to the sequencer's order; map them back to the input.
+        let ordered_ids: Vec<TxId> = ordered.iter().map(VerifiedTx::id).collect();
+        let preparation = self.machine.prepare_block(ordered, time)?;
+        for (position, error) in preparation.refused {
+            let index = ordered_ids
+                .get(position)
+                .and_then(|id| input_index.get(id))
+                .copied()
+                .unwrap_or(position);
+            refused.push(Refusal { index, error });
+        }
+        refused.sort_by_key(|r| r.index);
+        let Some(block) = preparation.block else {
+            return Ok(AppendOutcome {
+                head: None,
+                refused,
+            });
+        };
+        let finalized = self.machine.finalize_block(block)?;
+        let signature = self.sequencer.sign_head(&finalized.header);
+        let head = SignedTreeHead {
+            header: finalized.header.clone(),
+            signature,
+        };
+        let persisted = head
+            .verify(&self.machine.ledger_key())
+            .map_err(LedgerError::from)
+            .and_then(|()| self.persist(&head, &finalized));
+        if let Err(error) = persisted {
+            // The in-memory log already holds the block's leaves; the database is the truth.
+            tracing::warn!(%error, "block not persisted; reloading the ledger from storage");
+            self.machine = Self::load_machine(&self.conn, &self.path)?;
+            return Err(error);
+        }
+        let head = self.machine.commit(finalized, signature)?;
+        tracing::info!(
+            height = head.header.height,
+            txs = head.header.tx_count,
+            refused = refused.len(),
+            "block appended"
+        );
+        Ok(AppendOutcome {
+            head: Some(head),
+            refused,
+        })
+    }
+
+    fn persist(
+        &mut self,
+        head: &SignedTreeHead,
+        block: &FinalizedBlock,
+    ) -> Result<(), LedgerError> {
+        let height = head.header.height;
+        let sql = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let stored_height: u64 =
+            sql.query_row("SELECT COALESCE(MAX(height), 0) FROM blocks", [], |row| {
+                row.get(0)
+            })?;
+        if stored_height + 1 != height {
+            return Err(LedgerError::ConcurrentWriter(stored_height));
+        }
+        sql.execute(
+            "INSERT INTO blocks (height, head, block_hash, time, tree_size) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                height,
+                head.to_bytes(),
+                head.block_hash().as_bytes().to_vec(),
+                head.header.time,
+                head.header.tree_size
+            ],
+        )?;
+        {
+            let mut insert_tx = sql.prepare_cached(
+                "INSERT INTO transactions (leaf_index, height, position, txid, tx) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            let first_leaf = head.header.tree_size - u64::from(head.header.tx_count);
+            for (position, tx) in block.txs.iter().enumerate() {
+                insert_tx.execute(params![
+                    first_leaf + position as u64,
+                    height,
+                    position as u64,
+                    tx.id().0.as_bytes().to_vec(),
+                    tx.bytes()
+                ])?;
+            }
+            let mut upsert_state = sql.prepare_cached(
+                "INSERT INTO state_entries (key, value, height) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value, height = excluded.height",
+            )?;
+            for (key, value) in &block.changes {
+                upsert_state.execute(params![key, value, height])?;
+            }
+        }
+        sql.commit()?;
+        Ok(())
+    }
+
+    /// A receipt for transaction `txid` against the current signed head.
+    pub fn receipt(&self, txid: &TxId) -> Result<Receipt, LedgerError> {
+        let found: Option<(u64, Vec<u8>)> = self
+            .conn
+            .query_row(
+                "SELECT leaf_index, tx FROM transactions WHERE txid = ?1",
+                params![txid.0.as_bytes().to_vec()],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()?;
+        let Some((leaf_index, tx)) = found else {
+            return Err(LedgerError::UnknownTransaction(*txid));
+        };
+        let head = self
+            .machine
+            .last_head()
+            .cloned()
+            .ok_or(LedgerError::UnknownTransaction(*txid))?;
+        Ok(Receipt {
+            tx,
+            leaf_index,
+            inclusion_proof: self.machine.log().prove_inclusion(leaf_index)?,
+            head,
+        })
+    }
+
+    /// Consistency proof from the tree of `old_size` leaves to the current head's tree.
+    pub fn consistency_proof(&self, old_size: u64) -> Result<Vec<u8>, LedgerError> {
+        Ok(self.machine.log().prove_consistency(old_size)?)
+    }
+
+    /// The signed head of block `height`.
+    pub fn head_at(&self, height: u64) -> Result<Option<SignedTreeHead>, LedgerError> {
+        let bytes: Option<Vec<u8>> = self
+            .conn
+            .query_row(
+                "SELECT head FROM blocks WHERE height = ?1",
+                params![height],
+                |row| row.get(0),
+            )
+            .optional()?;
+        bytes
+            .map(|b| SignedTreeHead::from_bytes(&b))
+            .transpose()
+            .map_err(|e| corrupt("tree head")(e.to_string()))
+    }
+}
+
+/// Why an audit of a database did not complete.
+#[derive(Debug, Error)]
+pub enum AuditError {
+    /// The database could not be read.
+    #[error("cannot read the ledger database: {0}")]
+    Storage(#[from] LedgerError),
+    /// Verification failed at the named block and transaction.
+    #[error("verification failed at {0}")]
+    Failed(Box<AuditFailure>),
+}
+
+impl From<rusqlite::Error> for AuditError {
+    fn from(error: rusqlite::Error) -> Self {
+        AuditError::Storage(LedgerError::Sqlite(error))
+    }
+}
+
+/// Re-verifies a whole database from genesis (see [`crate::audit`]), opening it read-only.
+pub fn audit_database(path: impl AsRef<Path>) -> Result<AuditReport, AuditError> {
+    let path = path.as_ref();
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // A consistent snapshot of the whole file for the duration of the audit.
+    conn.execute_batch("BEGIN")?;
+    let genesis_bytes: Option<Vec<u8>> = conn
+        .query_row("SELECT value FROM meta WHERE key = 'genesis'", [], |row| {
+            row.get(0)
+        })
+        .optional()
+        .map_err(|e| match e {
+            rusqlite::Error::SqliteFailure(_, _) => LedgerError::NotInitialised(path.to_path_buf()),
+            other => LedgerError::Sqlite(other),
+        })?;
+    let genesis_bytes =
+        genesis_bytes.ok_or_else(|| LedgerError::NotInitialised(path.to_path_buf()))?;
+    let mut auditor = Auditor::new(&genesis_bytes).map_err(AuditError::Failed)?;
+
+    let mut blocks = conn.prepare("SELECT height, head, block_hash FROM blocks ORDER BY height")?;
+    let mut txs = conn.prepare(
+        "SELECT position, leaf_index, txid, tx FROM transactions WHERE height = ?1 ORDER BY position",
+    )?;
+    let mut rows = blocks.query([])?;
+    while let Some(row) = rows.next()? {
+        let height: u64 = row.get(0)?;
+        let block_txs = txs
+            .query_map(params![height], |tx| {
+                Ok(StoredTx {
+                    position: tx.get(0)?,
+                    leaf_index: tx.get(1)?,
+                    txid: tx.get(2)?,
+                    bytes: tx.get(3)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        auditor
+            .check_block(StoredBlock {
+                height,
+                head: row.get(1)?,
+                block_hash: row.get(2)?,
+                txs: block_txs,
+            })
+            .map_err(AuditError::Failed)?;
+    }
+    let stored_transactions: u64 =
+        conn.query_row("SELECT COUNT(*) FROM transactions", [], |row| row.get(0))?;
+    let stored_state = load_state(&conn)?;
+    auditor
+        .finish(stored_transactions, stored_state)
+        .map_err(AuditError::Failed)
+}

@@ -1,0 +1,473 @@
+//! Transactions: the actions a party can take, and the signed envelope that carries them.
+//!
+//! A signed transaction is `0x01 || signature(64) || body`, where `body` is the postcard
+//! encoding of [`TxBody`] and the signature is ed25519 over
+//! `tagged_hash("cohortex/ledger/tx-signature/v1", [body])` with the key of `body.signer`.
+//! The body names the chain id (the hash of the genesis configuration), so a transaction signed
+//! for one ledger is refused by every other. Its id is
+//! `tagged_hash("cohortex/ledger/txid/v1", [signed bytes])`, and that id is the RFC 6962 leaf.
+
+use crate::error::TxError;
+use crate::hash::{tagged_hash, Hash32, LABEL_TXID, LABEL_TX_SIGNATURE};
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::fmt;
+
+/// Version byte of the signed-transaction envelope.
+pub const SIGNED_TX_VERSION: u8 = 1;
+/// Largest signed transaction accepted, in bytes (checked before decoding).
+pub const MAX_SIGNED_TX_LEN: usize = 64 * 1024;
+/// Longest listing id, in bytes.
+pub const MAX_LISTING_ID_LEN: usize = 64;
+/// Most listings one order may name.
+pub const MAX_LISTINGS_PER_ORDER: usize = 64;
+
+/// An account: its ed25519 verifying key.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct AccountId(pub [u8; 32]);
+
+impl AccountId {
+    /// The account of a signing key.
+    pub fn of(key: &SigningKey) -> Self {
+        AccountId(key.verifying_key().to_bytes())
+    }
+
+    /// Parses the key; refuses bytes that are not a point and small-order ("weak") keys, for
+    /// which batch and single verification could disagree.
+    pub fn verifying_key(&self) -> Result<VerifyingKey, TxError> {
+        let key = VerifyingKey::from_bytes(&self.0).map_err(|_| TxError::InvalidKey(*self))?;
+        if key.is_weak() {
+            return Err(TxError::InvalidKey(*self));
+        }
+        Ok(key)
+    }
+}
+
+impl fmt::Display for AccountId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for AccountId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AccountId({})", hex::encode(self.0))
+    }
+}
+
+/// The id of a transaction: `tagged_hash("cohortex/ledger/txid/v1", [signed bytes])`.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Debug)]
+pub struct TxId(pub Hash32);
+
+impl AsRef<[u8]> for TxId {
+    fn as_ref(&self) -> &[u8] {
+        &self.0 .0
+    }
+}
+
+impl fmt::Display for TxId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// An order is named by the id of the transaction that placed it.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Debug)]
+pub struct OrderId(pub TxId);
+
+impl fmt::Display for OrderId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A query receipt is named by the id of the transaction that recorded it.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Debug)]
+pub struct ReceiptId(pub TxId);
+
+impl fmt::Display for ReceiptId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// The unique id of a dataset listing, chosen by its owner (1 to 64 bytes).
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Debug)]
+pub struct ListingId(pub String);
+
+impl ListingId {
+    /// Builds a listing id.
+    pub fn new(id: impl Into<String>) -> Self {
+        ListingId(id.into())
+    }
+}
+
+impl fmt::Display for ListingId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What an account may do.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Debug)]
+pub enum Role {
+    /// Owns records, lists them, grants and revokes consent, receives payouts.
+    Patient,
+    /// Deposits are spent by buyers on query orders.
+    Buyer,
+    /// Hosts vaults and lists datasets on behalf of the patients it hosts.
+    ComputeNode,
+    /// Member of the key committee: records query receipts, settles and fails orders.
+    CommitteeMember,
+    /// Reads and checks the ledger; takes no market action.
+    Auditor,
+    /// Issues credits (deposits) and admits accounts with privileged roles.
+    Issuer,
+    /// Receives donated shares.
+    Fund,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = match self {
+            Role::Patient => "patient",
+            Role::Buyer => "buyer",
+            Role::ComputeNode => "compute node",
+            Role::CommitteeMember => "committee member",
+            Role::Auditor => "auditor",
+            Role::Issuer => "issuer",
+            Role::Fund => "fund",
+        };
+        f.write_str(name)
+    }
+}
+
+/// The purpose a consent or a query is scoped to.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Debug)]
+pub enum Purpose {
+    /// Non-commercial research by an academic institution.
+    AcademicResearch,
+    /// Research by a commercial firm (pharma, AI).
+    CommercialResearch,
+    /// Counting a cohort to decide whether a trial is feasible.
+    TrialFeasibility,
+    /// Finding participants for a clinical trial.
+    TrialRecruitment,
+}
+
+/// How the shares of a listing are paid out.
+#[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Debug)]
+pub enum Compensation {
+    /// Each participant's share goes to the destination named in their consent.
+    Payment,
+    /// Every share goes to this fund account, whatever the consents say.
+    Donation {
+        /// The fund account (role [`Role::Fund`]).
+        fund: AccountId,
+    },
+}
+
+/// Where a patient's share goes, as chosen in the consent.
+#[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Debug)]
+pub enum PayoutChoice {
+    /// Paid to the patient's own account.
+    ToPatient,
+    /// Donated to this fund account (role [`Role::Fund`]).
+    DonateTo {
+        /// The fund account.
+        fund: AccountId,
+    },
+}
+
+/// The terms of a listing that its owner may change.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Debug)]
+pub struct ListingTerms {
+    /// Credits charged per query (split among the contributing participants).
+    pub price_per_query: u64,
+    /// Purposes the listing may be queried for.
+    pub allowed_purposes: BTreeSet<Purpose>,
+    /// Fewest participants a query over the listing must include.
+    pub min_cohort_size: u32,
+    /// Total privacy budget of the dataset, in micro-epsilon (ε · 10⁶).
+    pub epsilon_budget_micro: u64,
+    /// Payment to participants or donation to a fund.
+    pub compensation: Compensation,
+}
+
+/// What one listing's participants contributed to a computed query.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Debug)]
+pub struct ListingContribution {
+    /// The listing.
+    pub listing: ListingId,
+    /// Privacy budget spent on this listing, in micro-epsilon (at most the order's request).
+    pub epsilon_debited_micro: u64,
+    /// Every consenting participant whose contribution was accepted, in strictly ascending
+    /// order. Every consenting participant contributes (a zero when they do not match), so this
+    /// list reveals consent, which is public, and not cohort membership.
+    pub participants: Vec<AccountId>,
+}
+
+/// The hashes that describe a computed query.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Debug)]
+pub struct QueryReceipt {
+    /// The order this receipt completes.
+    pub order: OrderId,
+    /// Hash of the query text (must equal the order's).
+    pub query_hash: Hash32,
+    /// Merkle root of the accepted (encrypted, proven) contributions.
+    pub contributions_root: Hash32,
+    /// Hash of the proofs (range proofs, decryption-share proofs).
+    pub proofs_hash: Hash32,
+    /// Hash of the released (re-encrypted) result.
+    pub result_hash: Hash32,
+    /// One entry per listing of the order, in the order's listing order.
+    pub listings: Vec<ListingContribution>,
+}
+
+/// The action a transaction asks for.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Debug)]
+pub enum Action {
+    /// Registers `account` with `role`. Patients and buyers register themselves (the signer is
+    /// the account); every other role is admitted by an issuer.
+    RegisterAccount {
+        /// The new account's key.
+        account: AccountId,
+        /// Its role.
+        role: Role,
+    },
+    /// Publishes a dataset listing (signer: compute node or patient, who becomes the owner).
+    PublishListing {
+        /// Unique id.
+        listing: ListingId,
+        /// Hash of the dataset's schema manifest.
+        schema_hash: Hash32,
+        /// Terms.
+        terms: ListingTerms,
+    },
+    /// Replaces the terms of an active listing (signer: its owner).
+    UpdateListing {
+        /// The listing.
+        listing: ListingId,
+        /// New terms.
+        terms: ListingTerms,
+    },
+    /// Withdraws a listing; no order may name it afterwards (signer: its owner).
+    WithdrawListing {
+        /// The listing.
+        listing: ListingId,
+    },
+    /// Grants consent to use `patient`'s records in `listing` for `purpose` (signer: the patient).
+    GrantConsent {
+        /// The patient whose consent this is; must be the signer.
+        patient: AccountId,
+        /// The listing.
+        listing: ListingId,
+        /// The purpose.
+        purpose: Purpose,
+        /// Block time (unix seconds) from which the consent no longer holds.
+        expires_at: Option<u64>,
+        /// Where the patient's shares go.
+        payout: PayoutChoice,
+    },
+    /// Revokes the signer's consent for `listing` and `purpose`.
+    RevokeConsent {
+        /// The listing.
+        listing: ListingId,
+        /// The purpose.
+        purpose: Purpose,
+    },
+    /// Credits `amount` to `to` (signer: issuer).
+    Deposit {
+        /// Credited account.
+        to: AccountId,
+        /// Credits.
+        amount: u64,
+    },
+    /// Orders a query; the price of every listing moves from the buyer into escrow and ε is
+    /// reserved on every listing (signer: buyer). The order id is this transaction's id.
+    OrderQuery {
+        /// Hash of the query text.
+        query_hash: Hash32,
+        /// Listings queried (distinct).
+        listings: Vec<ListingId>,
+        /// Purpose of the query.
+        purpose: Purpose,
+        /// ε requested per listing, in micro-epsilon.
+        epsilon_micro: u64,
+        /// Block time after which the buyer may take the escrow back if no receipt exists.
+        expires_at: u64,
+    },
+    /// Records the receipt of a computed query (signer: committee member). The receipt id is
+    /// this transaction's id.
+    RecordReceipt(QueryReceipt),
+    /// Pays out the escrow of a computed order (signer: its buyer or a committee member).
+    Settle {
+        /// The order.
+        order: OrderId,
+        /// The receipt it is settled against.
+        receipt: ReceiptId,
+    },
+    /// Returns the escrow of an order without a receipt to its buyer: by the buyer once the
+    /// order has expired, or by a committee member when the computation failed.
+    Refund {
+        /// The order.
+        order: OrderId,
+    },
+}
+
+/// The signed part of a transaction.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Debug)]
+pub struct TxBody {
+    /// Chain id of the ledger the transaction is meant for.
+    pub chain_id: Hash32,
+    /// Account whose key signs.
+    pub signer: AccountId,
+    /// Per-account sequence number, starting at 0; each accepted transaction uses the next one.
+    pub nonce: u64,
+    /// What to do.
+    pub action: Action,
+}
+
+impl TxBody {
+    /// Encodes, signs with `key` and returns the envelope bytes.
+    ///
+    /// The caller must pass the key of `self.signer`; a mismatch yields a transaction that the
+    /// ledger refuses with [`TxError::BadSignature`].
+    pub fn sign(&self, key: &SigningKey) -> Result<SignedTx, TxError> {
+        let body = postcard::to_stdvec(self).map_err(|e| TxError::Malformed(e.to_string()))?;
+        let digest = tagged_hash(LABEL_TX_SIGNATURE, &[&body]);
+        let signature = key.sign(digest.as_bytes());
+        let mut bytes = Vec::with_capacity(1 + 64 + body.len());
+        bytes.push(SIGNED_TX_VERSION);
+        bytes.extend_from_slice(&signature.to_bytes());
+        bytes.extend_from_slice(&body);
+        Ok(SignedTx { bytes })
+    }
+}
+
+/// The envelope bytes of a signed transaction, as stored and as hashed into the log.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct SignedTx {
+    /// `0x01 || signature(64) || postcard(TxBody)`.
+    pub bytes: Vec<u8>,
+}
+
+impl SignedTx {
+    /// The transaction id.
+    pub fn id(&self) -> TxId {
+        txid_of(&self.bytes)
+    }
+}
+
+/// The id of envelope bytes.
+pub fn txid_of(bytes: &[u8]) -> TxId {
+    TxId(tagged_hash(LABEL_TXID, &[bytes]))
+}
+
+/// A transaction whose envelope parsed; its signature is not yet checked.
+#[derive(Clone, Debug)]
+pub struct UncheckedTx {
+    bytes: Vec<u8>,
+    signature: Signature,
+    body: TxBody,
+    key: VerifyingKey,
+    digest: Hash32,
+}
+
+impl UncheckedTx {
+    /// Parses envelope bytes (size checked before anything else).
+    pub fn parse(bytes: Vec<u8>) -> Result<Self, TxError> {
+        if bytes.len() > MAX_SIGNED_TX_LEN {
+            return Err(TxError::TooLarge {
+                len: bytes.len(),
+                max: MAX_SIGNED_TX_LEN,
+            });
+        }
+        let Some((&version, rest)) = bytes.split_first() else {
+            return Err(TxError::Malformed("empty transaction".into()));
+        };
+        if version != SIGNED_TX_VERSION {
+            return Err(TxError::UnsupportedVersion(version));
+        }
+        if rest.len() < 64 {
+            return Err(TxError::Malformed("shorter than a signature".into()));
+        }
+        let (signature_bytes, body_bytes) = rest.split_at(64);
+        let signature = Signature::from_slice(signature_bytes)
+            .map_err(|_| TxError::Malformed("signature has the wrong length".into()))?;
+        let (body, trailing): (TxBody, &[u8]) = postcard::take_from_bytes(body_bytes)
+            .map_err(|e| TxError::Malformed(format!("body: {e}")))?;
+        if !trailing.is_empty() {
+            return Err(TxError::Malformed(format!(
+                "{} trailing bytes after the body",
+                trailing.len()
+            )));
+        }
+        let key = body.signer.verifying_key()?;
+        let digest = tagged_hash(LABEL_TX_SIGNATURE, &[body_bytes]);
+        Ok(UncheckedTx {
+            bytes,
+            signature,
+            body,
+            key,
+            digest,
+        })
+    }
+
+    /// Checks the signature alone.
+    pub fn verify(self) -> Result<VerifiedTx, TxError> {
+        self.key
+            .verify_strict(self.digest.as_bytes(), &self.signature)
+            .map_err(|_| TxError::BadSignature(self.body.signer))?;
+        Ok(self.into_verified())
+    }
+
+    fn into_verified(self) -> VerifiedTx {
+        let id = txid_of(&self.bytes);
+        VerifiedTx {
+            id,
+            bytes: self.bytes,
+            body: self.body,
+        }
+    }
+}
+
+/// Parses and verifies many transactions; one result per input, in order.
+///
+/// Each signature is checked with `verify_strict` (canonical encodings, no small-order keys,
+/// cofactorless equation). ed25519 batch verification is deliberately not used: with a
+/// cofactorless batch equation a signature carrying a small-torsion component passes or fails
+/// depending on the random coefficients, so two honest verifiers (the sequencer and an auditor
+/// replaying the block) could disagree. Validity must be a function of the transaction alone.
+pub fn verify_all(txs: Vec<Vec<u8>>) -> Vec<Result<VerifiedTx, TxError>> {
+    txs.into_iter()
+        .map(|bytes| UncheckedTx::parse(bytes)?.verify())
+        .collect()
+}
+
+/// A transaction whose envelope parsed and whose signature verified. Only these reach the state
+/// machine.
+#[derive(Clone, Debug)]
+pub struct VerifiedTx {
+    id: TxId,
+    bytes: Vec<u8>,
+    body: TxBody,
+}
+
+impl VerifiedTx {
+    /// Transaction id (the Merkle leaf).
+    pub fn id(&self) -> TxId {
+        self.id
+    }
+
+    /// Envelope bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The signed body.
+    pub fn body(&self) -> &TxBody {
+        &self.body
+    }
+}

@@ -2,6 +2,8 @@
 //! (hash, balances, head) is unchanged, both for the state rule applied alone and through the
 //! durable ledger (see `common::Fixture::refuse`).
 
+#![cfg(feature = "storage")]
+
 mod common;
 
 use common::*;

@@ -1,0 +1,105 @@
+//! Restart: the state and log come back from SQLite and are checked against the last signed
+//! head; tampered storage is refused on open and named by the audit.
+
+#![cfg(feature = "storage")]
+
+mod common;
+
+use common::*;
+use market::machine::ResumeError;
+use market::{audit_database, AuditError, AuditProblem, Ledger, LedgerError};
+
+#[test]
+fn ledger_reopens_with_the_same_state_log_and_head() {
+    let mut scene = Scene::new();
+    let order = scene.order();
+    let ids = scene.patient_ids();
+    scene.record(order, ids);
+    let state_hash = scene.f.ledger.state().hash();
+    let head = scene.f.ledger.head().cloned().expect("head");
+    let path = scene.f.ledger.path().to_path_buf();
+    let Scene { f, .. } = scene;
+    let Fixture {
+        ledger,
+        ledger_key,
+        clock,
+        dir,
+        ..
+    } = f;
+    drop(ledger);
+
+    let reopened = Ledger::open(&path, ledger_sequencer(&ledger_key, &clock)).expect("reopen");
+    assert_eq!(reopened.state().hash(), state_hash);
+    assert_eq!(reopened.head(), Some(&head));
+    assert_eq!(reopened.machine().log().size(), head.header.tree_size);
+    let report = audit_database(&path).expect("audit passes");
+    assert_eq!(report.blocks, head.header.height);
+    assert_eq!(report.state_hash, state_hash);
+    drop(dir);
+}
+
+#[test]
+fn ledger_refuses_to_open_when_stored_state_disagrees_with_the_signed_head() {
+    let scene = Scene::new();
+    let buyer = scene.buyer.id;
+    let path = scene.f.ledger.path().to_path_buf();
+    let Fixture {
+        ledger,
+        ledger_key,
+        clock,
+        dir,
+        ..
+    } = scene.f;
+    drop(ledger);
+
+    // Give the buyer a million credits behind the ledger's back.
+    let conn = rusqlite::Connection::open(&path).expect("open");
+    let key = postcard::to_stdvec(&market::state::StateKey::Account(buyer)).expect("key");
+    let value: Vec<u8> = conn
+        .query_row(
+            "SELECT value FROM state_entries WHERE key = ?1",
+            [&key],
+            |row| row.get(0),
+        )
+        .expect("buyer entry");
+    let mut account: market::state::Account = postcard::from_bytes(&value).expect("decode");
+    account.balance += 1_000_000;
+    conn.execute(
+        "UPDATE state_entries SET value = ?1 WHERE key = ?2",
+        rusqlite::params![postcard::to_stdvec(&account).expect("encode"), key],
+    )
+    .expect("update");
+    drop(conn);
+
+    let reopened = Ledger::open(&path, ledger_sequencer(&ledger_key, &clock));
+    assert!(matches!(
+        reopened,
+        Err(LedgerError::Resume(ResumeError::StateMismatch))
+    ));
+    match audit_database(&path) {
+        Err(AuditError::Failed(failure)) => {
+            assert!(matches!(
+                failure.problem,
+                AuditProblem::StoredStateMismatch(_)
+            ))
+        }
+        other => panic!("audit must fail, got {other:?}"),
+    }
+    drop(dir);
+}
+
+#[test]
+fn ledger_refuses_a_sequencer_with_another_key() {
+    let scene = Scene::new();
+    let path = scene.f.ledger.path().to_path_buf();
+    let Fixture {
+        ledger, clock, dir, ..
+    } = scene.f;
+    drop(ledger);
+    let stranger = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+    assert!(matches!(
+        Ledger::open(&path, ledger_sequencer(&stranger, &clock)),
+        Err(LedgerError::SequencerKeyMismatch)
+    ));
+    drop(dir);
+}

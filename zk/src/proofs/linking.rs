@@ -20,7 +20,7 @@
 //! covers the whole vector.
 
 use curve25519_dalek::constants::RISTRETTO_BASEPOINT_TABLE;
-use curve25519_dalek::ristretto::RistrettoPoint;
+use curve25519_dalek::ristretto::{CompressedRistretto, RistrettoPoint};
 use curve25519_dalek::scalar::Scalar;
 use merlin::Transcript;
 use rand_core::{CryptoRng, RngCore};
@@ -46,23 +46,34 @@ struct LinkingItem {
     k1: RistrettoPoint,
     /// K2 = k_m·G + k_r·Y.
     k2: RistrettoPoint,
+    /// K1 and K2 compressed, as the transcript absorbs them.
+    k1_compressed: CompressedRistretto,
+    k2_compressed: CompressedRistretto,
     /// z_m = k_m + c·m.
     z_message: Scalar,
     /// z_r = k_r + c·r.
     z_randomness: Scalar,
 }
 
+/// (C1, C2) compressed once per verification and shared by the transcripts that absorb them.
+pub(crate) fn compress_all(ciphertexts: &[Ciphertext]) -> Vec<(CompressedRistretto, CompressedRistretto)> {
+    ciphertexts
+        .iter()
+        .map(|ciphertext| (ciphertext.c1.compress(), ciphertext.c2.compress()))
+        .collect()
+}
+
 fn statement_transcript(
     context: &ProofContext,
     key: &PublicKey,
-    ciphertexts: &[Ciphertext],
+    compressed: &[(CompressedRistretto, CompressedRistretto)],
 ) -> Transcript {
     let mut transcript = context.transcript(labels::LINKING);
     transcript.append_point(b"collective-key", key.as_point());
-    transcript.append_u64(b"count", ciphertexts.len() as u64);
-    for ciphertext in ciphertexts {
-        transcript.append_point(b"c1", &ciphertext.c1);
-        transcript.append_point(b"c2", &ciphertext.c2);
+    transcript.append_u64(b"count", compressed.len() as u64);
+    for (c1, c2) in compressed {
+        transcript.append_compressed(b"c1", c1);
+        transcript.append_compressed(b"c2", c2);
     }
     transcript
 }
@@ -91,7 +102,7 @@ impl LinkingProof {
                 return Err(ProofError::OpeningMismatch { index });
             }
         }
-        let mut transcript = statement_transcript(context, key, ciphertexts);
+        let mut transcript = statement_transcript(context, key, &compress_all(ciphertexts));
         let mut nonce_rng = {
             let mut builder = transcript.build_rng();
             for opening in openings {
@@ -114,18 +125,23 @@ impl LinkingProof {
                 )
             })
             .collect();
-        for (k1, k2) in &commitments {
-            transcript.append_point(b"k1", k1);
-            transcript.append_point(b"k2", k2);
+        let compressed_commitments: Vec<(CompressedRistretto, CompressedRistretto)> =
+            commitments.iter().map(|(k1, k2)| (k1.compress(), k2.compress())).collect();
+        for (k1, k2) in &compressed_commitments {
+            transcript.append_compressed(b"k1", k1);
+            transcript.append_compressed(b"k2", k2);
         }
         let challenge = transcript.challenge_scalar(b"challenge");
         let items = commitments
             .into_iter()
+            .zip(compressed_commitments)
             .zip(nonces)
             .zip(openings)
-            .map(|(((k1, k2), (k_message, k_randomness)), opening)| LinkingItem {
+            .map(|((((k1, k2), (k1_compressed, k2_compressed)), (k_message, k_randomness)), opening)| LinkingItem {
                 k1,
                 k2,
+                k1_compressed,
+                k2_compressed,
                 z_message: k_message + challenge * opening.message,
                 z_randomness: k_randomness + challenge * opening.randomness,
             })
@@ -141,6 +157,33 @@ impl LinkingProof {
         ciphertexts: &[Ciphertext],
         verifier: &mut BatchVerifier,
     ) -> Result<(), ProofError> {
+        let mut c2_coefficients = vec![Scalar::ZERO; ciphertexts.len()];
+        self.queue_sharing_c2(
+            context,
+            key,
+            ciphertexts,
+            &compress_all(ciphertexts),
+            verifier,
+            &mut c2_coefficients,
+        )?;
+        for (coefficient, ciphertext) in c2_coefficients.into_iter().zip(ciphertexts) {
+            verifier.add_point(coefficient, ciphertext.c2);
+        }
+        Ok(())
+    }
+
+    /// Queues the equations, but adds the (weighted) coefficients of each C2 to
+    /// `c2_coefficients` instead of the verifier, so a caller whose own equations also contain
+    /// C2 (the range proof) puts each C2 into the multiscalar multiplication once.
+    pub(crate) fn queue_sharing_c2(
+        &self,
+        context: &ProofContext,
+        key: &PublicKey,
+        ciphertexts: &[Ciphertext],
+        compressed: &[(CompressedRistretto, CompressedRistretto)],
+        verifier: &mut BatchVerifier,
+        c2_coefficients: &mut [Scalar],
+    ) -> Result<(), ProofError> {
         if self.items.len() != ciphertexts.len() {
             return Err(ProofError::Malformed {
                 proof: NAME,
@@ -151,14 +194,18 @@ impl LinkingProof {
                 ),
             });
         }
-        let mut transcript = statement_transcript(context, key, ciphertexts);
+        debug_assert_eq!(compressed.len(), ciphertexts.len());
+        debug_assert_eq!(c2_coefficients.len(), ciphertexts.len());
+        let mut transcript = statement_transcript(context, key, compressed);
         for item in &self.items {
-            transcript.append_point(b"k1", &item.k1);
-            transcript.append_point(b"k2", &item.k2);
+            transcript.append_compressed(b"k1", &item.k1_compressed);
+            transcript.append_compressed(b"k2", &item.k2_compressed);
         }
         let challenge = transcript.challenge_scalar(b"challenge");
         let y = key.as_point();
-        for (item, ciphertext) in self.items.iter().zip(ciphertexts) {
+        for ((item, ciphertext), c2_coefficient) in
+            self.items.iter().zip(ciphertexts).zip(c2_coefficients.iter_mut())
+        {
             // z_r·G − K1 − c·C1 = 0
             queue_equation(
                 verifier,
@@ -168,16 +215,12 @@ impl LinkingProof {
                     (-challenge, Base::Own(ciphertext.c1)),
                 ],
             );
-            // z_m·G + z_r·Y − K2 − c·C2 = 0
-            queue_equation(
-                verifier,
-                &[
-                    (item.z_message, Base::G),
-                    (item.z_randomness, Base::Shared(y)),
-                    (-Scalar::ONE, Base::Own(item.k2)),
-                    (-challenge, Base::Own(ciphertext.c2)),
-                ],
-            );
+            // z_m·G + z_r·Y − K2 − c·C2 = 0 (the C2 term goes to c2_coefficients)
+            let weight = verifier.weight();
+            verifier.add_basepoint(weight * item.z_message);
+            verifier.add_shared(y, weight * item.z_randomness);
+            verifier.add_point(-weight, item.k2);
+            *c2_coefficient -= weight * challenge;
         }
         Ok(())
     }
@@ -211,8 +254,8 @@ impl LinkingProof {
     pub(crate) fn encode_into(&self, writer: &mut Writer) {
         writer.len(self.items.len());
         for item in &self.items {
-            writer.point(&item.k1);
-            writer.point(&item.k2);
+            writer.compressed(&item.k1_compressed);
+            writer.compressed(&item.k2_compressed);
             writer.scalar(&item.z_message);
             writer.scalar(&item.z_randomness);
         }
@@ -226,9 +269,13 @@ impl LinkingProof {
         )?;
         let mut items = Vec::with_capacity(len);
         for _ in 0..len {
+            let k1_compressed = reader.compressed("linking k1")?;
+            let k2_compressed = reader.compressed("linking k2")?;
             items.push(LinkingItem {
-                k1: reader.point("linking k1")?,
-                k2: reader.point("linking k2")?,
+                k1: crate::wire::decode_point(&k1_compressed.0, "linking k1")?,
+                k2: crate::wire::decode_point(&k2_compressed.0, "linking k2")?,
+                k1_compressed,
+                k2_compressed,
                 z_message: reader.scalar("linking z_m")?,
                 z_randomness: reader.scalar("linking z_r")?,
             });

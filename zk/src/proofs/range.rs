@@ -34,7 +34,7 @@ use merlin::Transcript;
 use rand_core::{CryptoRng, RngCore};
 
 use super::batch::{verify_each, BatchVerifier};
-use super::linking::LinkingProof;
+use super::linking::{compress_all, LinkingProof};
 use crate::elgamal::{Ciphertext, Opening, PublicKey, MAX_VECTOR_LEN};
 use crate::errors::{DecodeError, ProofError};
 use crate::generators::{pedersen_gens, RangeGenerators, MAX_AGGREGATION};
@@ -353,14 +353,36 @@ impl CiphertextRangeProof {
                 ),
             });
         }
+        // Each C2 is compressed once and enters the multiscalar multiplication once, with the
+        // range and linking coefficients summed.
+        let compressed = compress_all(ciphertexts);
+        let mut c2_coefficients = vec![Scalar::ZERO; ciphertexts.len()];
         let mut offset = 0;
         for (chunk, size) in self.chunks.iter().zip(sizes) {
-            let chunk_ciphertexts = &ciphertexts[offset..offset + size];
             let transcript = chunk_transcript(context, key, self.bits, offset, ciphertexts.len());
-            queue_chunk(chunk, self.bits, key, chunk_ciphertexts, transcript, verifier);
+            queue_chunk(
+                chunk,
+                self.bits,
+                key,
+                &compressed[offset..offset + size],
+                &mut c2_coefficients[offset..offset + size],
+                transcript,
+                verifier,
+            );
             offset += size;
         }
-        self.linking.queue(context, key, ciphertexts, verifier)
+        self.linking.queue_sharing_c2(
+            context,
+            key,
+            ciphertexts,
+            &compressed,
+            verifier,
+            &mut c2_coefficients,
+        )?;
+        for (coefficient, ciphertext) in c2_coefficients.into_iter().zip(ciphertexts) {
+            verifier.add_point(coefficient, ciphertext.c2);
+        }
+        Ok(())
     }
 
     /// Verifies on its own (one multiscalar multiplication).
@@ -394,15 +416,18 @@ impl CiphertextRangeProof {
 }
 
 /// Replays the bulletproofs transcript for one chunk and queues its verification equation.
+/// `compressed` holds the chunk's (C1, C2) encodings; the coefficient of each C2 = V_j is added
+/// to `c2_coefficients` rather than to the verifier.
 fn queue_chunk(
     chunk: &RangeChunk,
     bits: usize,
     key: &PublicKey,
-    ciphertexts: &[Ciphertext],
+    compressed: &[(CompressedRistretto, CompressedRistretto)],
+    c2_coefficients: &mut [Scalar],
     mut transcript: Transcript,
     verifier: &mut BatchVerifier,
 ) {
-    let m = ciphertexts.len();
+    let m = compressed.len();
     let nm = bits * m;
     debug_assert_eq!(1usize << chunk.rounds.len(), nm);
 
@@ -410,8 +435,8 @@ fn queue_chunk(
     transcript.append_message(b"dom-sep", b"rangeproof v1");
     transcript.append_u64(b"n", bits as u64);
     transcript.append_u64(b"m", m as u64);
-    for ciphertext in ciphertexts {
-        transcript.append_point(b"V", &ciphertext.c2);
+    for (_, c2) in compressed {
+        transcript.append_compressed(b"V", c2);
     }
     transcript.append_compressed(b"A", &chunk.a.compressed);
     transcript.append_compressed(b"S", &chunk.s.compressed);
@@ -434,8 +459,12 @@ fn queue_chunk(
     }
 
     // Inner-product verification scalars: s_0 = Π u_k⁻¹, s_i = s_{i−2^⌊lg i⌋}·u²_{lg n − 1 − ⌊lg i⌋}.
+    // y joins the u_k in one batch inversion.
     let mut u_inverse = u.clone();
-    let product_of_inverses = Scalar::batch_invert(&mut u_inverse);
+    u_inverse.push(y);
+    let product_of_inverses = Scalar::batch_invert(&mut u_inverse) * y;
+    let y_inverse = u_inverse[u.len()];
+    u_inverse.truncate(u.len());
     let u_squared: Vec<Scalar> = u.iter().map(|value| value * value).collect();
     let u_inverse_squared: Vec<Scalar> = u_inverse.iter().map(|value| value * value).collect();
     let lg_nm = chunk.rounds.len();
@@ -456,7 +485,8 @@ fn queue_chunk(
     // δ(y, z) = (z − z²)·Σ_{i<nm} y^i − z³·(2^n − 1)·Σ_{j<m} z^j
     let sum_y: Scalar = powers(y).take(nm).sum();
     let sum_z: Scalar = powers(z).take(m).sum();
-    let sum_2: Scalar = powers(Scalar::from(2u64)).take(bits).sum();
+    // Σ_{i<n} 2^i = 2^n − 1, which fits a u64 for n ≤ 64.
+    let sum_2 = Scalar::from(u64::MAX >> (64 - bits));
     let delta = (z - zz) * sum_y - zz * z * sum_2 * sum_z;
 
     verifier.add_point(weight, chunk.a.point);
@@ -473,11 +503,10 @@ fn queue_chunk(
     );
     verifier.add_basepoint(weight * (w * (chunk.t_x - a * b) + c * (delta - chunk.t_x)));
 
-    let y_inverse = y.invert();
     let powers_of_2: Vec<Scalar> = powers(Scalar::from(2u64)).take(bits).collect();
     let mut y_inverse_power = Scalar::ONE;
     let mut z_power = zz; // z^(2 + j)
-    for (party, ciphertext) in ciphertexts.iter().enumerate() {
+    for (party, c2_coefficient) in c2_coefficients.iter_mut().enumerate() {
         let base = party * bits;
         let g_coefficients: Vec<Scalar> = (0..bits)
             .map(|bit| weight * (-z - a * s[base + bit]))
@@ -490,7 +519,7 @@ fn queue_chunk(
             y_inverse_power *= y_inverse;
         }
         verifier.add_vector_generators(party, g_coefficients.into_iter(), h_coefficients.into_iter());
-        verifier.add_point(weight * c * z_power, ciphertext.c2);
+        *c2_coefficient += weight * c * z_power;
         z_power *= z;
     }
 }

@@ -472,3 +472,67 @@ impl<'a> Reader<'a> {
         self.bytes.is_empty()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ed25519_dalek::{Signer, SigningKey};
+
+    fn header() -> BlockHeader {
+        BlockHeader {
+            chain_id: Hash32([1; 32]),
+            height: 7,
+            time: 1_700_000_000,
+            prev_block_hash: Hash32([2; 32]),
+            tx_count: 3,
+            tree_size: 12,
+            tree_root: Hash32([4; 32]),
+            state_hash: Hash32([5; 32]),
+        }
+    }
+
+    #[test]
+    fn header_layout_is_157_bytes_and_round_trips() {
+        let bytes = header().to_bytes();
+        assert_eq!(bytes.len(), 157);
+        assert_eq!(bytes[0], BLOCK_HEADER_VERSION);
+        assert_eq!(&bytes[33..41], &7u64.to_be_bytes());
+        assert_eq!(&bytes[81..85], &3u32.to_be_bytes());
+        assert_eq!(BlockHeader::from_bytes(&bytes), Ok(header()));
+        assert!(BlockHeader::from_bytes(&bytes[..156]).is_err());
+        let mut wrong_version = bytes;
+        wrong_version[0] = 2;
+        assert!(matches!(
+            BlockHeader::from_bytes(&wrong_version),
+            Err(LogError::UnsupportedVersion { .. })
+        ));
+    }
+
+    #[test]
+    fn signed_head_round_trips_and_detects_a_changed_field() {
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let signature = key.sign(header().signing_digest().as_bytes());
+        let head = SignedTreeHead {
+            header: header(),
+            signature,
+        };
+        let decoded = SignedTreeHead::from_bytes(&head.to_bytes()).expect("decode");
+        assert_eq!(decoded, head);
+        assert!(decoded.verify(&key.verifying_key()).is_ok());
+        let mut changed = head;
+        changed.header.tree_size += 1;
+        assert_eq!(
+            changed.verify(&key.verifying_key()),
+            Err(LogError::BadHeadSignature)
+        );
+    }
+
+    #[test]
+    fn receipt_decoder_refuses_oversized_lengths_before_allocating() {
+        let mut bytes = vec![RECEIPT_VERSION];
+        bytes.extend_from_slice(&[0u8; SIGNED_TREE_HEAD_LEN]);
+        bytes.extend_from_slice(&0u64.to_be_bytes());
+        bytes.push(200); // more proof hashes than any tree needs
+        assert!(Receipt::from_bytes(&bytes).is_err());
+    }
+}

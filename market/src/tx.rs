@@ -471,3 +471,57 @@ impl VerifiedTx {
         &self.body
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn signed() -> (SigningKey, Vec<u8>) {
+        let key = SigningKey::from_bytes(&[3; 32]);
+        let body = TxBody {
+            chain_id: Hash32([1; 32]),
+            signer: AccountId::of(&key),
+            nonce: 0,
+            action: Action::Deposit {
+                to: AccountId::of(&key),
+                amount: 5,
+            },
+        };
+        let bytes = body.sign(&key).expect("sign").bytes;
+        (key, bytes)
+    }
+
+    #[test]
+    fn envelope_round_trips_and_verifies() {
+        let (key, bytes) = signed();
+        assert_eq!(bytes[0], SIGNED_TX_VERSION);
+        let tx = UncheckedTx::parse(bytes.clone())
+            .and_then(UncheckedTx::verify)
+            .expect("valid");
+        assert_eq!(tx.body().signer, AccountId::of(&key));
+        assert_eq!(tx.id(), txid_of(&bytes));
+    }
+
+    #[test]
+    fn envelope_refuses_trailing_bytes_wrong_version_and_truncation() {
+        let (_, bytes) = signed();
+        let mut trailing = bytes.clone();
+        trailing.push(0);
+        assert!(matches!(
+            UncheckedTx::parse(trailing),
+            Err(TxError::Malformed(_))
+        ));
+        let mut version = bytes.clone();
+        version[0] = 9;
+        assert_eq!(
+            UncheckedTx::parse(version).err(),
+            Some(TxError::UnsupportedVersion(9))
+        );
+        assert!(UncheckedTx::parse(bytes[..40].to_vec()).is_err());
+        assert!(UncheckedTx::parse(Vec::new()).is_err());
+        assert!(matches!(
+            UncheckedTx::parse(vec![1; MAX_SIGNED_TX_LEN + 1]),
+            Err(TxError::TooLarge { .. })
+        ));
+    }
+}

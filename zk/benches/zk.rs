@@ -14,20 +14,30 @@ use merlin::Transcript;
 use rand::rngs::OsRng;
 use zk::dkg::{run_local_ceremony_with_rng, DkgParameters};
 use zk::proofs::range::RangeStatement;
-use zk::{BsgsConfig, Ciphertext, CiphertextRangeProof, DecryptionTable, KeyPair, Opening, ProofContext};
+use zk::{
+    BsgsConfig, Ciphertext, CiphertextRangeProof, DecryptionTable, KeyPair, Opening, ProofContext,
+};
 
 fn context() -> ProofContext {
     ProofContext::new(b"bench-query", b"bench-node").expect("context")
 }
 
 fn encrypt_values(keys: &KeyPair, values: &[u64]) -> (Vec<Ciphertext>, Vec<Opening>) {
-    values.iter().map(|&v| keys.public.encrypt_with_opening(Scalar::from(v), &mut OsRng)).unzip()
+    values
+        .iter()
+        .map(|&v| {
+            keys.public
+                .encrypt_with_opening(Scalar::from(v), &mut OsRng)
+        })
+        .unzip()
 }
 
 fn elgamal(c: &mut Criterion) {
     let keys = KeyPair::generate_with_rng(&mut OsRng);
     let mut group = c.benchmark_group("elgamal");
-    group.bench_function("encrypt", |b| b.iter(|| keys.public.encrypt_with_rng(123_456, &mut OsRng)));
+    group.bench_function("encrypt", |b| {
+        b.iter(|| keys.public.encrypt_with_rng(123_456, &mut OsRng))
+    });
     let x = keys.public.encrypt_with_rng(5, &mut OsRng);
     let y = keys.public.encrypt_with_rng(7, &mut OsRng);
     group.bench_function("add", |b| b.iter(|| &x + &y));
@@ -38,9 +48,11 @@ fn elgamal(c: &mut Criterion) {
     let table = DecryptionTable::load_or_build(&cache, BsgsConfig::default()).expect("table");
     for value in [1_000i64, 1 << 32, 1 << 40] {
         let ciphertext = keys.public.encrypt_with_rng(value, &mut OsRng);
-        group.bench_with_input(BenchmarkId::new("decrypt_k20", value), &ciphertext, |b, ct| {
-            b.iter(|| keys.secret.decrypt(ct, &table).expect("decrypts"))
-        });
+        group.bench_with_input(
+            BenchmarkId::new("decrypt_k20", value),
+            &ciphertext,
+            |b, ct| b.iter(|| keys.secret.decrypt(ct, &table).expect("decrypts")),
+        );
     }
     group.finish();
 }
@@ -49,10 +61,13 @@ fn dkg(c: &mut Criterion) {
     let mut group = c.benchmark_group("dkg");
     group.sample_size(10);
     for members in [3u16, 5, 7] {
-        let parameters = DkgParameters::new(members / 2 + 1, members, b"bench").expect("parameters");
-        group.bench_with_input(BenchmarkId::new("local_ceremony", members), &parameters, |b, p| {
-            b.iter(|| run_local_ceremony_with_rng(p, &mut OsRng).expect("ceremony"))
-        });
+        let parameters =
+            DkgParameters::new(members / 2 + 1, members, b"bench").expect("parameters");
+        group.bench_with_input(
+            BenchmarkId::new("local_ceremony", members),
+            &parameters,
+            |b, p| b.iter(|| run_local_ceremony_with_rng(p, &mut OsRng).expect("ceremony")),
+        );
     }
     group.finish();
 }
@@ -67,8 +82,15 @@ fn key_switch(c: &mut Criterion) {
     let mut group = c.benchmark_group("key_switch");
     group.bench_function("share_plus_verify", |b| {
         b.iter(|| {
-            let share = outputs[0].share.key_switch_with_rng(&context, &[ciphertext], &buyer.public, &mut OsRng);
-            committee.verify_share(&context, &[ciphertext], &buyer.public, &share).expect("valid")
+            let share = outputs[0].share.key_switch_with_rng(
+                &context,
+                &[ciphertext],
+                &buyer.public,
+                &mut OsRng,
+            );
+            committee
+                .verify_share(&context, &[ciphertext], &buyer.public, &share)
+                .expect("valid")
         })
     });
     group.finish();
@@ -78,30 +100,52 @@ fn range(c: &mut Criterion) {
     let keys = KeyPair::generate_with_rng(&mut OsRng);
     let context = context();
     let mut prove = c.benchmark_group("range_prove");
-    prove.sample_size(10).measurement_time(Duration::from_secs(3));
+    prove
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(3));
     for bits in [8usize, 16, 32, 64] {
         for m in [1usize, 4, 16] {
             let values: Vec<u64> = (0..m as u64).map(|i| i * 3 % (1 << bits.min(63))).collect();
             let (ciphertexts, openings) = encrypt_values(&keys, &values);
             prove.bench_function(BenchmarkId::new(format!("n{bits}"), format!("m{m}")), |b| {
                 b.iter(|| {
-                    CiphertextRangeProof::prove_with_rng(&context, &keys.public, bits, &ciphertexts, &openings, &mut OsRng)
-                        .expect("proof")
+                    CiphertextRangeProof::prove_with_rng(
+                        &context,
+                        &keys.public,
+                        bits,
+                        &ciphertexts,
+                        &openings,
+                        &mut OsRng,
+                    )
+                    .expect("proof")
                 })
             });
         }
     }
     prove.finish();
     let mut verify = c.benchmark_group("range_verify");
-    verify.sample_size(10).measurement_time(Duration::from_secs(3));
+    verify
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(3));
     for bits in [8usize, 16, 32, 64] {
         for m in [1usize, 4, 16] {
             let values: Vec<u64> = (0..m as u64).collect();
             let (ciphertexts, openings) = encrypt_values(&keys, &values);
-            let proof = CiphertextRangeProof::prove_with_rng(&context, &keys.public, bits, &ciphertexts, &openings, &mut OsRng)
-                .expect("proof");
+            let proof = CiphertextRangeProof::prove_with_rng(
+                &context,
+                &keys.public,
+                bits,
+                &ciphertexts,
+                &openings,
+                &mut OsRng,
+            )
+            .expect("proof");
             verify.bench_function(BenchmarkId::new(format!("n{bits}"), format!("m{m}")), |b| {
-                b.iter(|| proof.verify(&context, &keys.public, &ciphertexts).expect("valid"))
+                b.iter(|| {
+                    proof
+                        .verify(&context, &keys.public, &ciphertexts)
+                        .expect("valid")
+                })
             });
         }
     }
@@ -112,29 +156,48 @@ fn batch_verify(c: &mut Criterion) {
     const PROOFS: usize = 64;
     let keys = KeyPair::generate_with_rng(&mut OsRng);
     let contexts: Vec<ProofContext> = (0..PROOFS)
-        .map(|i| ProofContext::new(b"bench-query", format!("node-{i}").as_bytes()).expect("context"))
+        .map(|i| {
+            ProofContext::new(b"bench-query", format!("node-{i}").as_bytes()).expect("context")
+        })
         .collect();
     let items: Vec<(Vec<Ciphertext>, CiphertextRangeProof)> = contexts
         .iter()
         .enumerate()
         .map(|(i, context)| {
             let (ciphertexts, openings) = encrypt_values(&keys, &[i as u64 * 1000]);
-            let proof = CiphertextRangeProof::prove_with_rng(context, &keys.public, 32, &ciphertexts, &openings, &mut OsRng)
-                .expect("proof");
+            let proof = CiphertextRangeProof::prove_with_rng(
+                context,
+                &keys.public,
+                32,
+                &ciphertexts,
+                &openings,
+                &mut OsRng,
+            )
+            .expect("proof");
             (ciphertexts, proof)
         })
         .collect();
     let statements: Vec<RangeStatement<'_>> = items
         .iter()
         .zip(&contexts)
-        .map(|((ciphertexts, proof), context)| RangeStatement { context, key: &keys.public, ciphertexts, proof })
+        .map(|((ciphertexts, proof), context)| RangeStatement {
+            context,
+            key: &keys.public,
+            ciphertexts,
+            proof,
+        })
         .collect();
     let mut group = c.benchmark_group("batch_verify_64_proofs_32_bits");
-    group.sample_size(10).measurement_time(Duration::from_secs(5));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(5));
     group.bench_function("one_by_one", |b| {
         b.iter(|| {
             for statement in &statements {
-                statement.proof.verify(statement.context, statement.key, statement.ciphertexts).expect("valid");
+                statement
+                    .proof
+                    .verify(statement.context, statement.key, statement.ciphertexts)
+                    .expect("valid");
             }
         })
     });
@@ -154,20 +217,51 @@ fn crate_reference(c: &mut Criterion) {
         b.iter_batched(
             || Scalar::random(&mut OsRng),
             |blinding| {
-                RangeProof::prove_single(&bp_gens, &pc_gens, &mut Transcript::new(b"ref"), 1 << 40, &blinding, 64)
-                    .expect("proof")
+                RangeProof::prove_single(
+                    &bp_gens,
+                    &pc_gens,
+                    &mut Transcript::new(b"ref"),
+                    1 << 40,
+                    &blinding,
+                    64,
+                )
+                .expect("proof")
             },
             BatchSize::SmallInput,
         )
     });
-    let (proof, commitment) =
-        RangeProof::prove_single(&bp_gens, &pc_gens, &mut Transcript::new(b"ref"), 1 << 40, &Scalar::random(&mut OsRng), 64)
-            .expect("proof");
+    let (proof, commitment) = RangeProof::prove_single(
+        &bp_gens,
+        &pc_gens,
+        &mut Transcript::new(b"ref"),
+        1 << 40,
+        &Scalar::random(&mut OsRng),
+        64,
+    )
+    .expect("proof");
     group.bench_function("verify", |b| {
-        b.iter(|| proof.verify_single(&bp_gens, &pc_gens, &mut Transcript::new(b"ref"), &commitment, 64).expect("valid"))
+        b.iter(|| {
+            proof
+                .verify_single(
+                    &bp_gens,
+                    &pc_gens,
+                    &mut Transcript::new(b"ref"),
+                    &commitment,
+                    64,
+                )
+                .expect("valid")
+        })
     });
     group.finish();
 }
 
-criterion_group!(benches, elgamal, dkg, key_switch, range, batch_verify, crate_reference);
+criterion_group!(
+    benches,
+    elgamal,
+    dkg,
+    key_switch,
+    range,
+    batch_verify,
+    crate_reference
+);
 criterion_main!(benches);

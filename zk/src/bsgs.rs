@@ -261,7 +261,8 @@ impl DecryptionTable {
                 }
                 if nonnegative_left {
                     candidates.push(next_nonnegative);
-                    next_nonnegative = (next_nonnegative.0 + 1, next_nonnegative.1 - self.giant_step);
+                    next_nonnegative =
+                        (next_nonnegative.0 + 1, next_nonnegative.1 - self.giant_step);
                 }
                 if negative_left {
                     candidates.push(next_negative);

@@ -230,7 +230,9 @@ pub enum KeySwitchError {
         member: MemberIndex,
     },
     /// The share covers a different number of ciphertexts than requested.
-    #[error("key-switch share from member {member} covers {found} ciphertexts, expected {expected}")]
+    #[error(
+        "key-switch share from member {member} covers {found} ciphertexts, expected {expected}"
+    )]
     WrongLength {
         /// The member.
         member: MemberIndex,

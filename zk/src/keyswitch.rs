@@ -150,8 +150,13 @@ impl KeyShare {
         rng: &mut R,
     ) -> KeySwitchShare {
         let verification_key = self.verification_key();
-        let mut transcript =
-            share_transcript(context, self.member, &verification_key, recipient, ciphertexts);
+        let mut transcript = share_transcript(
+            context,
+            self.member,
+            &verification_key,
+            recipient,
+            ciphertexts,
+        );
         let mut nonce_rng = transcript
             .build_rng()
             .rekey_with_witness_bytes(b"x", self.secret.as_bytes())
@@ -370,7 +375,10 @@ impl CommitteePublic {
     }
 }
 
-pub(crate) fn read_member(reader: &mut Reader<'_>, field: &'static str) -> Result<MemberIndex, DecodeError> {
+pub(crate) fn read_member(
+    reader: &mut Reader<'_>,
+    field: &'static str,
+) -> Result<MemberIndex, DecodeError> {
     let index = reader.u16(field)?;
     MemberIndex::new(index).ok_or(DecodeError::Invalid {
         field,

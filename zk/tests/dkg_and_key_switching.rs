@@ -15,7 +15,11 @@ fn member(index: u16) -> MemberIndex {
 }
 
 fn small_table() -> DecryptionTable {
-    DecryptionTable::build(BsgsConfig { table_bits: 12, max_abs: 1 << 30 }).expect("table")
+    DecryptionTable::build(BsgsConfig {
+        table_bits: 12,
+        max_abs: 1 << 30,
+    })
+    .expect("table")
 }
 
 proptest! {
@@ -65,7 +69,10 @@ fn cheating_dealer_is_excluded_and_named() {
     let broadcasts = vec![b1, b2, b3];
     let all: Vec<DealerShare> = shares1.into_iter().chain(shares2).chain(shares3).collect();
     let for_member = |m: u16| -> Vec<DealerShare> {
-        all.iter().filter(|s| s.recipient == member(m)).cloned().collect()
+        all.iter()
+            .filter(|s| s.recipient == member(m))
+            .cloned()
+            .collect()
     };
     let (r1, c1) = s1.receive(&broadcasts, &for_member(1)).expect("receive");
     let (r2, c2) = s2.receive(&broadcasts, &for_member(2)).expect("receive");
@@ -80,11 +87,16 @@ fn cheating_dealer_is_excluded_and_named() {
     for answer in &mut bad_answers {
         answer.share += curve25519_dalek::scalar::Scalar::ONE;
     }
-    let output = r1.finish(&complaints, &bad_answers).expect("two dealers remain");
+    let output = r1
+        .finish(&complaints, &bad_answers)
+        .expect("two dealers remain");
     assert_eq!(output.qualified, vec![member(1), member(2)]);
     assert_eq!(
         output.excluded,
-        vec![DkgFault::BadShare { dealer: member(3), recipient: member(1) }]
+        vec![DkgFault::BadShare {
+            dealer: member(3),
+            recipient: member(1)
+        }]
     );
     assert!(output.excluded[0].to_string().contains("dealer 3"));
 
@@ -93,9 +105,15 @@ fn cheating_dealer_is_excluded_and_named() {
     let output2 = r2.finish(&complaints, &silent).expect("two dealers remain");
     assert_eq!(
         output2.excluded,
-        vec![DkgFault::UnansweredComplaint { dealer: member(3), recipient: member(1) }]
+        vec![DkgFault::UnansweredComplaint {
+            dealer: member(3),
+            recipient: member(1)
+        }]
     );
-    assert_eq!(output2.committee.collective_key(), output.committee.collective_key());
+    assert_eq!(
+        output2.committee.collective_key(),
+        output.committee.collective_key()
+    );
 }
 
 #[test]
@@ -110,7 +128,10 @@ fn dealer_that_justifies_correctly_stays_qualified() {
     let broadcasts = vec![b1, b2, b3];
     let all: Vec<DealerShare> = shares1.into_iter().chain(shares2).chain(shares3).collect();
     let for_member = |m: u16| -> Vec<DealerShare> {
-        all.iter().filter(|s| s.recipient == member(m)).cloned().collect()
+        all.iter()
+            .filter(|s| s.recipient == member(m))
+            .cloned()
+            .collect()
     };
     let (r1, c1) = s1.receive(&broadcasts, &for_member(1)).expect("receive");
     let (r2, c2) = s2.receive(&broadcasts, &for_member(2)).expect("receive");
@@ -134,10 +155,20 @@ fn dealer_that_justifies_correctly_stays_qualified() {
     let context = common::context("q", "committee");
     let shares: Vec<KeySwitchShare> = [&outputs[0], &outputs[2]]
         .iter()
-        .map(|o| o.share.key_switch_with_rng(&context, &[ciphertext], &buyer.public, &mut rng))
+        .map(|o| {
+            o.share
+                .key_switch_with_rng(&context, &[ciphertext], &buyer.public, &mut rng)
+        })
         .collect();
-    let outcome = committee.combine(&context, &[ciphertext], &buyer.public, &shares).expect("combine");
-    assert_eq!(buyer.secret.decrypt_vector(&outcome.ciphertexts, &small_table()), Ok(vec![4242]));
+    let outcome = committee
+        .combine(&context, &[ciphertext], &buyer.public, &shares)
+        .expect("combine");
+    assert_eq!(
+        buyer
+            .secret
+            .decrypt_vector(&outcome.ciphertexts, &small_table()),
+        Ok(vec![4242])
+    );
 }
 
 #[test]
@@ -148,12 +179,18 @@ fn dealer_with_a_bad_proof_of_knowledge_is_excluded() {
     let (_, b2, shares2) = deal_with_rng(&parameters, member(2), &mut rng).expect("deal");
     let (_, mut b3, shares3) = deal_with_rng(&parameters, member(3), &mut rng).expect("deal");
     b3.proof_response += curve25519_dalek::scalar::Scalar::ONE;
-    let mine: Vec<DealerShare> =
-        shares2.into_iter().chain(shares3).filter(|s| s.recipient == member(1)).collect();
+    let mine: Vec<DealerShare> = shares2
+        .into_iter()
+        .chain(shares3)
+        .filter(|s| s.recipient == member(1))
+        .collect();
     let (r1, complaints) = s1.receive(&[b1, b2, b3], &mine).expect("receive");
     assert!(complaints.is_empty());
     let output = r1.finish(&[], &[]).expect("finish");
-    assert_eq!(output.excluded, vec![DkgFault::BadProofOfKnowledge { dealer: member(3) }]);
+    assert_eq!(
+        output.excluded,
+        vec![DkgFault::BadProofOfKnowledge { dealer: member(3) }]
+    );
 }
 
 #[test]
@@ -179,14 +216,25 @@ fn setup(seed: u64) -> Setup {
         .committee
         .collective_key()
         .encrypt_vector_with_rng(&[17, -3], &mut rng);
-    Setup { outputs, buyer, ciphertexts: ciphertexts.0, context: common::context("q", "committee"), rng }
+    Setup {
+        outputs,
+        buyer,
+        ciphertexts: ciphertexts.0,
+        context: common::context("q", "committee"),
+        rng,
+    }
 }
 
 #[test]
 fn key_switch_share_with_a_wrong_proof_is_rejected_and_named() {
     let mut s = setup(10);
     let committee = &s.outputs[0].committee;
-    let honest = s.outputs[1].share.key_switch_with_rng(&s.context, &s.ciphertexts, &s.buyer.public, &mut s.rng);
+    let honest = s.outputs[1].share.key_switch_with_rng(
+        &s.context,
+        &s.ciphertexts,
+        &s.buyer.public,
+        &mut s.rng,
+    );
     // Relabel member 2's share as member 3's: the proof is for X_2, not X_3.
     let mut bytes = honest.to_bytes();
     bytes[6..8].copy_from_slice(&3u16.to_le_bytes());
@@ -207,30 +255,66 @@ fn key_switch_share_with_a_wrong_proof_is_rejected_and_named() {
     );
     // A share made for another query does not verify for this one.
     let other = common::context("another-query", "committee");
-    let replayed = s.outputs[1].share.key_switch_with_rng(&other, &s.ciphertexts, &s.buyer.public, &mut s.rng);
+    let replayed =
+        s.outputs[1]
+            .share
+            .key_switch_with_rng(&other, &s.ciphertexts, &s.buyer.public, &mut s.rng);
     assert_eq!(
         committee.verify_share(&s.context, &s.ciphertexts, &s.buyer.public, &replayed),
         Err(KeySwitchError::BadProof { member: member(2) })
     );
     // With the forged share and two honest ones, combining skips the forgery and still decrypts.
-    let share1 = s.outputs[0].share.key_switch_with_rng(&s.context, &s.ciphertexts, &s.buyer.public, &mut s.rng);
-    let share3 = s.outputs[2].share.key_switch_with_rng(&s.context, &s.ciphertexts, &s.buyer.public, &mut s.rng);
+    let share1 = s.outputs[0].share.key_switch_with_rng(
+        &s.context,
+        &s.ciphertexts,
+        &s.buyer.public,
+        &mut s.rng,
+    );
+    let share3 = s.outputs[2].share.key_switch_with_rng(
+        &s.context,
+        &s.ciphertexts,
+        &s.buyer.public,
+        &mut s.rng,
+    );
     let outcome = committee
-        .combine(&s.context, &s.ciphertexts, &s.buyer.public, &[forged, share1, share3])
+        .combine(
+            &s.context,
+            &s.ciphertexts,
+            &s.buyer.public,
+            &[forged, share1, share3],
+        )
         .expect("two valid shares");
-    assert_eq!(outcome.rejected, vec![KeySwitchError::BadProof { member: member(2) }]);
+    assert_eq!(
+        outcome.rejected,
+        vec![KeySwitchError::BadProof { member: member(2) }]
+    );
     assert_eq!(outcome.used, vec![member(1), member(3)]);
-    assert_eq!(s.buyer.secret.decrypt_vector(&outcome.ciphertexts, &small_table()), Ok(vec![17, -3]));
+    assert_eq!(
+        s.buyer
+            .secret
+            .decrypt_vector(&outcome.ciphertexts, &small_table()),
+        Ok(vec![17, -3])
+    );
 }
 
 #[test]
 fn fewer_than_t_key_switch_shares_cannot_decrypt() {
     let mut s = setup(11);
     let committee = &s.outputs[0].committee;
-    let one = s.outputs[0].share.key_switch_with_rng(&s.context, &s.ciphertexts, &s.buyer.public, &mut s.rng);
+    let one = s.outputs[0].share.key_switch_with_rng(
+        &s.context,
+        &s.ciphertexts,
+        &s.buyer.public,
+        &mut s.rng,
+    );
     let duplicate = one.clone();
     let error = committee
-        .combine(&s.context, &s.ciphertexts, &s.buyer.public, &[one, duplicate])
+        .combine(
+            &s.context,
+            &s.ciphertexts,
+            &s.buyer.public,
+            &[one, duplicate],
+        )
         .expect_err("one distinct share is below t = 2");
     assert_eq!(
         error,
@@ -246,7 +330,12 @@ fn fewer_than_t_key_switch_shares_cannot_decrypt() {
 fn a_single_share_does_not_reveal_the_plaintext_to_its_holder() {
     // With t = 2, one member's share combined alone (λ = 1) is not a decryption for the buyer.
     let mut s = setup(12);
-    let share = s.outputs[0].share.key_switch_with_rng(&s.context, &s.ciphertexts, &s.buyer.public, &mut s.rng);
+    let share = s.outputs[0].share.key_switch_with_rng(
+        &s.context,
+        &s.ciphertexts,
+        &s.buyer.public,
+        &mut s.rng,
+    );
     let threshold_one = zk::CommitteePublic::from_bytes(&{
         let mut bytes = s.outputs[0].committee.to_bytes();
         bytes[6..8].copy_from_slice(&1u16.to_le_bytes());

@@ -44,9 +44,14 @@ fn vectors_add_elementwise() {
     let mut rng = common::rng(1);
     let keys = KeyPair::generate_with_rng(&mut rng);
     let (x, _) = keys.public.encrypt_vector_with_rng(&[1, -2, 300], &mut rng);
-    let (y, _) = keys.public.encrypt_vector_with_rng(&[10, 20, -30], &mut rng);
+    let (y, _) = keys
+        .public
+        .encrypt_vector_with_rng(&[10, 20, -30], &mut rng);
     let sum = x.checked_add(&y).expect("same length");
-    assert_eq!(keys.secret.decrypt_vector(&sum, table()).expect("decrypts"), vec![11, 18, 270]);
+    assert_eq!(
+        keys.secret.decrypt_vector(&sum, table()).expect("decrypts"),
+        vec![11, 18, 270]
+    );
     let (short, _) = keys.public.encrypt_vector_with_rng(&[1], &mut rng);
     assert!(x.checked_add(&short).is_none());
 }
@@ -56,9 +61,23 @@ fn decryption_covers_plus_minus_two_to_the_forty() {
     let mut rng = common::rng(2);
     let keys = KeyPair::generate_with_rng(&mut rng);
     let edge = 1i64 << 40;
-    for value in [0, 1, -1, (1 << 20) - 1, 1 << 20, -(1 << 20), edge, -edge, 123_456_789_012] {
+    for value in [
+        0,
+        1,
+        -1,
+        (1 << 20) - 1,
+        1 << 20,
+        -(1 << 20),
+        edge,
+        -edge,
+        123_456_789_012,
+    ] {
         let ciphertext = keys.public.encrypt_with_rng(value, &mut rng);
-        assert_eq!(keys.secret.decrypt(&ciphertext, table()), Ok(value), "value {value}");
+        assert_eq!(
+            keys.secret.decrypt(&ciphertext, table()),
+            Ok(value),
+            "value {value}"
+        );
     }
 }
 
@@ -66,7 +85,11 @@ fn decryption_covers_plus_minus_two_to_the_forty() {
 fn decryption_outside_the_configured_range_is_an_error() {
     let mut rng = common::rng(3);
     let keys = KeyPair::generate_with_rng(&mut rng);
-    let small = DecryptionTable::build(BsgsConfig { table_bits: 10, max_abs: 5000 }).expect("table");
+    let small = DecryptionTable::build(BsgsConfig {
+        table_bits: 10,
+        max_abs: 5000,
+    })
+    .expect("table");
     let inside = keys.public.encrypt_with_rng(-5000, &mut rng);
     assert_eq!(keys.secret.decrypt(&inside, &small), Ok(-5000));
     let outside = keys.public.encrypt_with_rng(5001, &mut rng);
@@ -79,7 +102,10 @@ fn decryption_outside_the_configured_range_is_an_error() {
 #[test]
 fn table_is_cached_on_disk_and_a_corrupt_cache_is_rebuilt() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = BsgsConfig { table_bits: 12, max_abs: 1 << 24 };
+    let config = BsgsConfig {
+        table_bits: 12,
+        max_abs: 1 << 24,
+    };
     let path = dir.path().join(config.file_name());
     let first = DecryptionTable::load_or_build(dir.path(), config).expect("build");
     let written = std::fs::read(&path).expect("cache file written");
@@ -116,11 +142,17 @@ fn fixed_point_clips_to_bounds_and_round_trips() {
     assert!(FixedPoint::new(2.0, 1.0, 2).is_err());
     // A sum of encoded values decodes to the sum of the clipped reals.
     let values = [5.5, 7.25, 30.0];
-    let sum: i64 = values.iter().map(|v| hba1c.encode(*v).expect("encode").value).sum();
+    let sum: i64 = values
+        .iter()
+        .map(|v| hba1c.encode(*v).expect("encode").value)
+        .sum();
     assert!((hba1c.decode(sum) - (5.5 + 7.25 + 20.0)).abs() < 1e-9);
 }
 
 #[test]
 fn scalar_from_negative_integer_is_the_additive_inverse() {
-    assert_eq!(zk::elgamal::scalar_from_i64(-7) + Scalar::from(7u64), Scalar::ZERO);
+    assert_eq!(
+        zk::elgamal::scalar_from_i64(-7) + Scalar::from(7u64),
+        Scalar::ZERO
+    );
 }

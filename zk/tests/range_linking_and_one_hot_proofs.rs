@@ -12,7 +12,10 @@ use zk::{Ciphertext, CiphertextRangeProof, KeyPair, OneHotProof, Opening, ProofE
 
 fn encrypt(key: &PublicKey, values: &[u64], seed: u64) -> (Vec<Ciphertext>, Vec<Opening>) {
     let mut rng = common::rng(seed);
-    values.iter().map(|&v| key.encrypt_with_opening(Scalar::from(v), &mut rng)).unzip()
+    values
+        .iter()
+        .map(|&v| key.encrypt_with_opening(Scalar::from(v), &mut rng))
+        .unzip()
 }
 
 proptest! {
@@ -60,16 +63,30 @@ fn value_out_of_range_is_refused_by_the_prover_and_rejected_by_the_verifier() {
         Err(ProofError::ValueOutOfRange { index: 1, bits: 8 })
     );
     // A cheating node that skips the check gets a proof that does not verify.
-    let cheat = CiphertextRangeProof::hazmat_prove_without_range_check(&context, &key, 8, &ciphertexts, &openings, &mut rng)
-        .expect("cheating prover runs");
+    let cheat = CiphertextRangeProof::hazmat_prove_without_range_check(
+        &context,
+        &key,
+        8,
+        &ciphertexts,
+        &openings,
+        &mut rng,
+    )
+    .expect("cheating prover runs");
     assert_eq!(
         cheat.verify(&context, &key, &ciphertexts),
         Err(ProofError::VerificationFailed { proof: "range" })
     );
     // Negative values wrap to ℓ − |m| and are out of every range.
     let (negative, negative_opening) = key.encrypt_with_opening(-Scalar::ONE, &mut rng);
-    let cheat = CiphertextRangeProof::hazmat_prove_without_range_check(&context, &key, 64, &[negative], &[negative_opening], &mut rng)
-        .expect("cheating prover runs");
+    let cheat = CiphertextRangeProof::hazmat_prove_without_range_check(
+        &context,
+        &key,
+        64,
+        &[negative],
+        &[negative_opening],
+        &mut rng,
+    )
+    .expect("cheating prover runs");
     assert!(cheat.verify(&context, &key, &[negative]).is_err());
 }
 
@@ -79,8 +96,9 @@ fn wrong_c1_is_rejected_by_the_linking_proof() {
     let key = KeyPair::generate_with_rng(&mut rng).public;
     let (mut ciphertexts, openings) = encrypt(&key, &[10, 20], 4);
     let context = common::context("q", "node-a");
-    let proof = CiphertextRangeProof::prove_with_rng(&context, &key, 16, &ciphertexts, &openings, &mut rng)
-        .expect("honest proof");
+    let proof =
+        CiphertextRangeProof::prove_with_rng(&context, &key, 16, &ciphertexts, &openings, &mut rng)
+            .expect("honest proof");
     // Swap in a C1 from an unrelated encryption: C2 (the commitment) is unchanged.
     ciphertexts[1].c1 = key.encrypt_with_rng(20, &mut rng).c1;
     assert_eq!(
@@ -88,7 +106,13 @@ fn wrong_c1_is_rejected_by_the_linking_proof() {
         Err(ProofError::VerificationFailed { proof: "range" })
     );
     // A node that proves the wrong C1 with a fresh linking proof cannot: it has no opening.
-    let fresh = zk::proofs::linking::LinkingProof::prove_with_rng(&context, &key, &ciphertexts, &openings, &mut rng);
+    let fresh = zk::proofs::linking::LinkingProof::prove_with_rng(
+        &context,
+        &key,
+        &ciphertexts,
+        &openings,
+        &mut rng,
+    );
     assert_eq!(fresh.err(), Some(ProofError::OpeningMismatch { index: 1 }));
 }
 
@@ -98,10 +122,14 @@ fn proof_replayed_into_another_query_or_node_is_rejected() {
     let key = KeyPair::generate_with_rng(&mut rng).public;
     let (ciphertexts, openings) = encrypt(&key, &[1, 2, 3], 6);
     let context = common::context("query-1", "node-a");
-    let proof = CiphertextRangeProof::prove_with_rng(&context, &key, 32, &ciphertexts, &openings, &mut rng)
-        .expect("honest proof");
+    let proof =
+        CiphertextRangeProof::prove_with_rng(&context, &key, 32, &ciphertexts, &openings, &mut rng)
+            .expect("honest proof");
     assert_eq!(proof.verify(&context, &key, &ciphertexts), Ok(()));
-    for other in [common::context("query-2", "node-a"), common::context("query-1", "node-b")] {
+    for other in [
+        common::context("query-2", "node-a"),
+        common::context("query-1", "node-b"),
+    ] {
         assert_eq!(
             proof.verify(&other, &key, &ciphertexts),
             Err(ProofError::VerificationFailed { proof: "range" })
@@ -109,9 +137,19 @@ fn proof_replayed_into_another_query_or_node_is_rejected() {
     }
     let (bins, bin_openings) = encrypt(&key, &[0, 1], 7);
     let (matched, match_opening) = key.encrypt_with_opening(Scalar::ONE, &mut rng);
-    let one_hot = OneHotProof::prove_with_rng(&context, &key, &bins, &bin_openings, &matched, &match_opening, &mut rng)
-        .expect("honest");
-    assert!(one_hot.verify(&common::context("query-2", "node-a"), &key, &bins, &matched).is_err());
+    let one_hot = OneHotProof::prove_with_rng(
+        &context,
+        &key,
+        &bins,
+        &bin_openings,
+        &matched,
+        &match_opening,
+        &mut rng,
+    )
+    .expect("honest");
+    assert!(one_hot
+        .verify(&common::context("query-2", "node-a"), &key, &bins, &matched)
+        .is_err());
 }
 
 #[test]
@@ -121,8 +159,9 @@ fn proof_under_another_collective_key_is_rejected() {
     let other_key = KeyPair::generate_with_rng(&mut rng).public;
     let (ciphertexts, openings) = encrypt(&key, &[9], 9);
     let context = common::context("q", "node-a");
-    let proof = CiphertextRangeProof::prove_with_rng(&context, &key, 8, &ciphertexts, &openings, &mut rng)
-        .expect("honest proof");
+    let proof =
+        CiphertextRangeProof::prove_with_rng(&context, &key, 8, &ciphertexts, &openings, &mut rng)
+            .expect("honest proof");
     assert!(proof.verify(&context, &other_key, &ciphertexts).is_err());
 }
 
@@ -134,19 +173,48 @@ fn non_one_hot_histograms_are_refused_and_mismatched_statements_rejected() {
     let (matched, match_opening) = key.encrypt_with_opening(Scalar::ONE, &mut rng);
     // Two bins set for one match.
     let (two_hot, two_hot_openings) = encrypt(&key, &[1, 1, 0], 11);
-    assert!(OneHotProof::prove_with_rng(&context, &key, &two_hot, &two_hot_openings, &matched, &match_opening, &mut rng).is_err());
+    assert!(OneHotProof::prove_with_rng(
+        &context,
+        &key,
+        &two_hot,
+        &two_hot_openings,
+        &matched,
+        &match_opening,
+        &mut rng
+    )
+    .is_err());
     // A bin holding 2.
     let (big, big_openings) = encrypt(&key, &[2, 0, 0], 12);
     assert_eq!(
-        OneHotProof::prove_with_rng(&context, &key, &big, &big_openings, &matched, &match_opening, &mut rng).err(),
+        OneHotProof::prove_with_rng(
+            &context,
+            &key,
+            &big,
+            &big_openings,
+            &matched,
+            &match_opening,
+            &mut rng
+        )
+        .err(),
         Some(ProofError::ValueOutOfRange { index: 0, bits: 1 })
     );
     // An honest proof does not verify against a bin vector with the hot bin moved.
     let (bins, bin_openings) = encrypt(&key, &[0, 1, 0], 13);
-    let proof = OneHotProof::prove_with_rng(&context, &key, &bins, &bin_openings, &matched, &match_opening, &mut rng)
-        .expect("honest");
+    let proof = OneHotProof::prove_with_rng(
+        &context,
+        &key,
+        &bins,
+        &bin_openings,
+        &matched,
+        &match_opening,
+        &mut rng,
+    )
+    .expect("honest");
     let moved = vec![bins[1], bins[0], bins[2]];
-    assert!(proof.verify(&context, &key, &moved, &matched).is_err(), "the proof binds the bin order");
+    assert!(
+        proof.verify(&context, &key, &moved, &matched).is_err(),
+        "the proof binds the bin order"
+    );
     let (not_matched, _) = key.encrypt_with_opening(Scalar::ZERO, &mut rng);
     assert!(proof.verify(&context, &key, &bins, &not_matched).is_err());
     let doubled = vec![bins[1], bins[1], bins[2]];
@@ -161,13 +229,25 @@ fn batch_verification_accepts_honest_batches_and_names_the_bad_item() {
     for node in 0..6u64 {
         let (ciphertexts, openings) = encrypt(&key, &[node, node * 100, 7], 20 + node);
         let context = common::context("q", &format!("node-{node}"));
-        let proof = CiphertextRangeProof::prove_with_rng(&context, &key, 16, &ciphertexts, &openings, &mut rng)
-            .expect("honest");
+        let proof = CiphertextRangeProof::prove_with_rng(
+            &context,
+            &key,
+            16,
+            &ciphertexts,
+            &openings,
+            &mut rng,
+        )
+        .expect("honest");
         items.push((context, ciphertexts, proof));
     }
     let batch: Vec<RangeStatement<'_>> = items
         .iter()
-        .map(|(context, ciphertexts, proof)| RangeStatement { context, key: &key, ciphertexts, proof })
+        .map(|(context, ciphertexts, proof)| RangeStatement {
+            context,
+            key: &key,
+            ciphertexts,
+            proof,
+        })
         .collect();
     assert_eq!(CiphertextRangeProof::verify_batch(&batch, &mut rng), Ok(()));
 
@@ -176,7 +256,12 @@ fn batch_verification_accepts_honest_batches_and_names_the_bad_item() {
     tampered[4].1[2] = key.encrypt_with_rng(7, &mut rng);
     let batch: Vec<RangeStatement<'_>> = tampered
         .iter()
-        .map(|(context, ciphertexts, proof)| RangeStatement { context, key: &key, ciphertexts, proof })
+        .map(|(context, ciphertexts, proof)| RangeStatement {
+            context,
+            key: &key,
+            ciphertexts,
+            proof,
+        })
         .collect();
     assert_eq!(
         CiphertextRangeProof::verify_batch(&batch, &mut rng),
@@ -190,12 +275,27 @@ fn batch_verification_accepts_honest_batches_and_names_the_bad_item() {
         let values: Vec<u64> = (0..3).map(|i| u64::from(i == hot)).collect();
         let (bins, openings) = encrypt(&key, &values, 40 + hot as u64);
         let (matched, match_opening) = key.encrypt_with_opening(Scalar::ONE, &mut rng);
-        let proof = OneHotProof::prove_with_rng(&context, &key, &bins, &openings, &matched, &match_opening, &mut rng).expect("honest");
+        let proof = OneHotProof::prove_with_rng(
+            &context,
+            &key,
+            &bins,
+            &openings,
+            &matched,
+            &match_opening,
+            &mut rng,
+        )
+        .expect("honest");
         one_hot_items.push((bins, matched, proof));
     }
     let statements: Vec<OneHotStatement<'_>> = one_hot_items
         .iter()
-        .map(|(bins, matched, proof)| OneHotStatement { context: &context, key: &key, bins, matched, proof })
+        .map(|(bins, matched, proof)| OneHotStatement {
+            context: &context,
+            key: &key,
+            bins,
+            matched,
+            proof,
+        })
         .collect();
     assert_eq!(OneHotProof::verify_batch(&statements, &mut rng), Ok(()));
 }

@@ -56,7 +56,9 @@ struct LinkingItem {
 }
 
 /// (C1, C2) compressed once per verification and shared by the transcripts that absorb them.
-pub(crate) fn compress_all(ciphertexts: &[Ciphertext]) -> Vec<(CompressedRistretto, CompressedRistretto)> {
+pub(crate) fn compress_all(
+    ciphertexts: &[Ciphertext],
+) -> Vec<(CompressedRistretto, CompressedRistretto)> {
     ciphertexts
         .iter()
         .map(|ciphertext| (ciphertext.c1.compress(), ciphertext.c2.compress()))
@@ -114,7 +116,12 @@ impl LinkingProof {
         };
         let nonces: Vec<(Scalar, Scalar)> = openings
             .iter()
-            .map(|_| (Scalar::random(&mut nonce_rng), Scalar::random(&mut nonce_rng)))
+            .map(|_| {
+                (
+                    Scalar::random(&mut nonce_rng),
+                    Scalar::random(&mut nonce_rng),
+                )
+            })
             .collect();
         let commitments: Vec<(RistrettoPoint, RistrettoPoint)> = nonces
             .iter()
@@ -125,8 +132,10 @@ impl LinkingProof {
                 )
             })
             .collect();
-        let compressed_commitments: Vec<(CompressedRistretto, CompressedRistretto)> =
-            commitments.iter().map(|(k1, k2)| (k1.compress(), k2.compress())).collect();
+        let compressed_commitments: Vec<(CompressedRistretto, CompressedRistretto)> = commitments
+            .iter()
+            .map(|(k1, k2)| (k1.compress(), k2.compress()))
+            .collect();
         for (k1, k2) in &compressed_commitments {
             transcript.append_compressed(b"k1", k1);
             transcript.append_compressed(b"k2", k2);
@@ -137,14 +146,19 @@ impl LinkingProof {
             .zip(compressed_commitments)
             .zip(nonces)
             .zip(openings)
-            .map(|((((k1, k2), (k1_compressed, k2_compressed)), (k_message, k_randomness)), opening)| LinkingItem {
-                k1,
-                k2,
-                k1_compressed,
-                k2_compressed,
-                z_message: k_message + challenge * opening.message,
-                z_randomness: k_randomness + challenge * opening.randomness,
-            })
+            .map(
+                |(
+                    (((k1, k2), (k1_compressed, k2_compressed)), (k_message, k_randomness)),
+                    opening,
+                )| LinkingItem {
+                    k1,
+                    k2,
+                    k1_compressed,
+                    k2_compressed,
+                    z_message: k_message + challenge * opening.message,
+                    z_randomness: k_randomness + challenge * opening.randomness,
+                },
+            )
             .collect();
         Ok(Self { items })
     }
@@ -203,8 +217,11 @@ impl LinkingProof {
         }
         let challenge = transcript.challenge_scalar(b"challenge");
         let y = key.as_point();
-        for ((item, ciphertext), c2_coefficient) in
-            self.items.iter().zip(ciphertexts).zip(c2_coefficients.iter_mut())
+        for ((item, ciphertext), c2_coefficient) in self
+            .items
+            .iter()
+            .zip(ciphertexts)
+            .zip(c2_coefficients.iter_mut())
         {
             // z_r·G − K1 − c·C1 = 0
             queue_equation(
@@ -262,11 +279,7 @@ impl LinkingProof {
     }
 
     pub(crate) fn decode_from(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        let len = reader.len(
-            "linking proof length",
-            crate::elgamal::MAX_VECTOR_LEN,
-            128,
-        )?;
+        let len = reader.len("linking proof length", crate::elgamal::MAX_VECTOR_LEN, 128)?;
         let mut items = Vec::with_capacity(len);
         for _ in 0..len {
             let k1_compressed = reader.compressed("linking k1")?;

@@ -103,7 +103,11 @@ fn statement_transcript(
     transcript
 }
 
-fn append_commitments(transcript: &mut Transcript, bits: &[BitProof], zero: (&RistrettoPoint, &RistrettoPoint)) {
+fn append_commitments(
+    transcript: &mut Transcript,
+    bits: &[BitProof],
+    zero: (&RistrettoPoint, &RistrettoPoint),
+) {
     for bit in bits {
         for branch in 0..2 {
             transcript.append_point(b"t1", &bit.t1[branch]);
@@ -183,8 +187,7 @@ fn queue_bit_proof(
     verifier: &mut BatchVerifier,
 ) {
     let challenges = [proof.c0, challenge - proof.c0];
-    for branch in 0..2 {
-        let c = challenges[branch];
+    for (branch, c) in challenges.into_iter().enumerate() {
         // z·G − T1 − c·C1 = 0
         queue_equation(
             verifier,
@@ -286,7 +289,8 @@ impl OneHotProof {
             .zip(bin_openings)
             .map(|(pending, opening)| finish_bit_proof(pending, &challenge, &opening.randomness))
             .collect();
-        let matched_proof = finish_bit_proof(pending_match, &challenge, &matched_opening.randomness);
+        let matched_proof =
+            finish_bit_proof(pending_match, &challenge, &matched_opening.randomness);
         let difference_randomness: Scalar = bin_openings
             .iter()
             .map(|opening| opening.randomness)
@@ -329,7 +333,11 @@ impl OneHotProof {
             .chain(std::iter::once(&self.matched))
             .copied()
             .collect();
-        append_commitments(&mut transcript, &commitments, (&self.zero.k1, &self.zero.k2));
+        append_commitments(
+            &mut transcript,
+            &commitments,
+            (&self.zero.k1, &self.zero.k2),
+        );
         let challenge = transcript.challenge_scalar(b"challenge");
         for (proof, bin) in self.bins.iter().zip(bins) {
             queue_bit_proof(proof, &challenge, key, bin, verifier);
@@ -408,7 +416,10 @@ fn decode_bit(reader: &mut Reader<'_>) -> Result<BitProof, DecodeError> {
         t1: [t1_0, t1_1],
         t2: [t2_0, t2_1],
         c0: reader.scalar("bit proof c0")?,
-        z: [reader.scalar("bit proof z[0]")?, reader.scalar("bit proof z[1]")?],
+        z: [
+            reader.scalar("bit proof z[0]")?,
+            reader.scalar("bit proof z[1]")?,
+        ],
     })
 }
 

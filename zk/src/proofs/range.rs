@@ -156,7 +156,8 @@ impl RangeChunk {
         let mut writer = Writer::default();
         self.encode_into(&mut writer);
         // Skip our one-byte rounds prefix: the rest is the crate's layout.
-        RangeProof::from_bytes(&writer.into_bytes()[1..]).expect("our encoding is the crate's layout")
+        RangeProof::from_bytes(&writer.into_bytes()[1..])
+            .expect("our encoding is the crate's layout")
     }
 }
 
@@ -302,12 +303,12 @@ impl CiphertextRangeProof {
                 proof: NAME,
                 reason: error.to_string(),
             })?;
-            chunks.push(RangeChunk::from_crate(&proof).map_err(|error| {
-                ProofError::Malformed {
+            chunks.push(
+                RangeChunk::from_crate(&proof).map_err(|error| ProofError::Malformed {
                     proof: NAME,
                     reason: error.to_string(),
-                }
-            })?);
+                })?,
+            );
             offset += size;
         }
         Ok(Self {
@@ -408,9 +409,12 @@ impl CiphertextRangeProof {
         rng: &mut R,
     ) -> Result<(), ProofError> {
         verify_each(statements, rng, |statement, verifier| {
-            statement
-                .proof
-                .queue(statement.context, statement.key, statement.ciphertexts, verifier)
+            statement.proof.queue(
+                statement.context,
+                statement.key,
+                statement.ciphertexts,
+                verifier,
+            )
         })
     }
 }
@@ -515,10 +519,15 @@ fn queue_chunk(
         for (bit, power_of_2) in powers_of_2.iter().enumerate() {
             let i = base + bit;
             let s_inverse = s[nm - 1 - i];
-            h_coefficients.push(weight * (z + y_inverse_power * (z_power * power_of_2 - b * s_inverse)));
+            h_coefficients
+                .push(weight * (z + y_inverse_power * (z_power * power_of_2 - b * s_inverse)));
             y_inverse_power *= y_inverse;
         }
-        verifier.add_vector_generators(party, g_coefficients.into_iter(), h_coefficients.into_iter());
+        verifier.add_vector_generators(
+            party,
+            g_coefficients.into_iter(),
+            h_coefficients.into_iter(),
+        );
         *c2_coefficient += weight * c * z_power;
         z_power *= z;
     }
@@ -559,7 +568,9 @@ impl Wire for CiphertextRangeProof {
         }
         let linking = LinkingProof::decode_from(reader)?;
         let covered: usize = chunks.iter().map(|c| c.values(bits)).sum();
-        if covered != linking.len() || chunk_sizes(covered) != chunks.iter().map(|c| c.values(bits)).collect::<Vec<_>>() {
+        if covered != linking.len()
+            || chunk_sizes(covered) != chunks.iter().map(|c| c.values(bits)).collect::<Vec<_>>()
+        {
             return Err(DecodeError::Invalid {
                 field: "range proof chunks",
                 reason: "chunk sizes do not match the linking proof",
@@ -622,7 +633,12 @@ mod tests {
                 .map(|&v| keys.public.encrypt_with_opening(Scalar::from(v), &mut rng))
                 .unzip();
             let proof = CiphertextRangeProof::prove_with_rng(
-                &context, &keys.public, bits, &ciphertexts, &openings, &mut rng,
+                &context,
+                &keys.public,
+                bits,
+                &ciphertexts,
+                &openings,
+                &mut rng,
             )
             .expect("honest proof");
             proof

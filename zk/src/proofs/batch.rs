@@ -158,6 +158,21 @@ fn accumulate(totals: &mut Vec<Scalar>, coefficients: impl Iterator<Item = Scala
     }
 }
 
+/// Verifies one proof on its own: queues it into a fresh batch and runs the check. A failure
+/// is [`ProofError::VerificationFailed`] for `proof`.
+pub(crate) fn verify_alone<F>(proof: &'static str, queue: F) -> Result<(), ProofError>
+where
+    F: FnOnce(&mut BatchVerifier) -> Result<(), ProofError>,
+{
+    let mut verifier = BatchVerifier::new();
+    queue(&mut verifier)?;
+    if verifier.verify() {
+        Ok(())
+    } else {
+        Err(ProofError::VerificationFailed { proof })
+    }
+}
+
 /// Queues every item in one batch; if the batch fails, verifies each item on its own and
 /// returns [`ProofError::BatchFailed`] naming those that fail. An item whose equations cannot
 /// even be formed (wrong shape) counts as failed.

@@ -25,7 +25,7 @@ use curve25519_dalek::scalar::Scalar;
 use merlin::Transcript;
 use rand_core::{CryptoRng, RngCore};
 
-use super::batch::BatchVerifier;
+use super::batch::{verify_alone, BatchVerifier};
 use super::sigma::{queue_equation, Base};
 use crate::elgamal::{Ciphertext, Opening, PublicKey};
 use crate::errors::{DecodeError, ProofError};
@@ -249,13 +249,9 @@ impl LinkingProof {
         key: &PublicKey,
         ciphertexts: &[Ciphertext],
     ) -> Result<(), ProofError> {
-        let mut verifier = BatchVerifier::new();
-        self.queue(context, key, ciphertexts, &mut verifier)?;
-        if verifier.verify() {
-            Ok(())
-        } else {
-            Err(ProofError::VerificationFailed { proof: NAME })
-        }
+        verify_alone(NAME, |verifier| {
+            self.queue(context, key, ciphertexts, verifier)
+        })
     }
 
     /// Number of ciphertexts covered.

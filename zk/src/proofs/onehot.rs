@@ -31,7 +31,7 @@ use curve25519_dalek::scalar::Scalar;
 use merlin::Transcript;
 use rand_core::{CryptoRng, RngCore};
 
-use super::batch::{verify_each, BatchVerifier};
+use super::batch::{verify_alone, verify_each, BatchVerifier};
 use super::sigma::{queue_equation, Base};
 use crate::elgamal::{Ciphertext, Opening, PublicKey};
 use crate::errors::{DecodeError, ProofError};
@@ -371,13 +371,9 @@ impl OneHotProof {
         bins: &[Ciphertext],
         matched: &Ciphertext,
     ) -> Result<(), ProofError> {
-        let mut verifier = BatchVerifier::new();
-        self.queue(context, key, bins, matched, &mut verifier)?;
-        if verifier.verify() {
-            Ok(())
-        } else {
-            Err(ProofError::VerificationFailed { proof: NAME })
-        }
+        verify_alone(NAME, |verifier| {
+            self.queue(context, key, bins, matched, verifier)
+        })
     }
 
     /// Verifies many statements in one multiscalar multiplication.

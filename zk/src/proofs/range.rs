@@ -33,7 +33,7 @@ use curve25519_dalek::scalar::Scalar;
 use merlin::Transcript;
 use rand_core::{CryptoRng, RngCore};
 
-use super::batch::{verify_each, BatchVerifier};
+use super::batch::{verify_alone, verify_each, BatchVerifier};
 use super::linking::{compress_all, LinkingProof};
 use crate::elgamal::{Ciphertext, Opening, PublicKey, MAX_VECTOR_LEN};
 use crate::errors::{DecodeError, ProofError};
@@ -393,13 +393,9 @@ impl CiphertextRangeProof {
         key: &PublicKey,
         ciphertexts: &[Ciphertext],
     ) -> Result<(), ProofError> {
-        let mut verifier = BatchVerifier::new();
-        self.queue(context, key, ciphertexts, &mut verifier)?;
-        if verifier.verify() {
-            Ok(())
-        } else {
-            Err(ProofError::VerificationFailed { proof: NAME })
-        }
+        verify_alone(NAME, |verifier| {
+            self.queue(context, key, ciphertexts, verifier)
+        })
     }
 
     /// Verifies many statements in one multiscalar multiplication; on failure the error names

@@ -218,15 +218,19 @@ fn check_bits(bits: usize) -> Result<(), ProofError> {
     }
 }
 
-/// The value of an opening as a u64, if its scalar is below 2^64.
-fn opening_value(opening: &Opening) -> Option<u64> {
-    let bytes = opening.message.as_bytes();
-    if bytes[8..].iter().any(|&byte| byte != 0) {
-        return None;
-    }
+/// The low 64 bits of an opening's value.
+fn low_u64(opening: &Opening) -> u64 {
     let mut low = [0u8; 8];
-    low.copy_from_slice(&bytes[..8]);
-    Some(u64::from_le_bytes(low))
+    low.copy_from_slice(&opening.message.as_bytes()[..8]);
+    u64::from_le_bytes(low)
+}
+
+/// Whether an opening's value lies in [0, 2^bits).
+fn in_range(opening: &Opening, bits: usize) -> bool {
+    let high_bytes_zero = opening.message.as_bytes()[8..]
+        .iter()
+        .all(|&byte| byte == 0);
+    high_bytes_zero && (bits == 64 || low_u64(opening) < (1u64 << bits))
 }
 
 impl CiphertextRangeProof {
@@ -241,13 +245,8 @@ impl CiphertextRangeProof {
         rng: &mut R,
     ) -> Result<Self, ProofError> {
         check_bits(bits)?;
-        for (index, opening) in openings.iter().enumerate() {
-            let in_range = opening_value(opening)
-                .map(|value| bits == 64 || value < (1u64 << bits))
-                .unwrap_or(false);
-            if !in_range {
-                return Err(ProofError::ValueOutOfRange { index, bits });
-            }
+        if let Some(index) = openings.iter().position(|opening| !in_range(opening, bits)) {
+            return Err(ProofError::ValueOutOfRange { index, bits });
         }
         Self::prove_unchecked(context, key, bits, ciphertexts, openings, rng)
     }
@@ -280,14 +279,7 @@ impl CiphertextRangeProof {
             let chunk_openings = &openings[offset..offset + size];
             // Low 64 bits of each value; an out-of-range value (only via the hazmat path)
             // yields a proof that does not verify.
-            let values: Vec<u64> = chunk_openings
-                .iter()
-                .map(|opening| {
-                    let mut low = [0u8; 8];
-                    low.copy_from_slice(&opening.message.as_bytes()[..8]);
-                    u64::from_le_bytes(low)
-                })
-                .collect();
+            let values: Vec<u64> = chunk_openings.iter().map(low_u64).collect();
             let blindings: Vec<Scalar> = chunk_openings.iter().map(|o| o.randomness).collect();
             let mut transcript = chunk_transcript(context, key, bits, offset, ciphertexts.len());
             let (proof, _commitments) = RangeProof::prove_multiple_with_rng(

@@ -1,0 +1,247 @@
+//! A node's contribution: its statistics vector encrypted under the collective key, with a
+//! proof that every slot lies within its public bound.
+//!
+//! For slot i with value vᵢ and public bound Bᵢ = capacity × (largest per-patient term), the
+//! node encrypts Cᵢ = Enc_Y(vᵢ; rᵢ) and proves, in one aggregated range proof bound to the
+//! (query id, node id) context, that both vᵢ and Bᵢ − vᵢ lie in [0, 2ⁿ) with 2ⁿ > Bᵢ. The
+//! verifier computes the complement ciphertext itself, C̄ᵢ = Enc(Bᵢ; 0) − Cᵢ = (−C1, Bᵢ·G − C2),
+//! so the two range statements together give vᵢ ∈ [0, Bᵢ] exactly: a node cannot add more
+//! than its capacity's worth of any statistic, and cannot subtract at all.
+
+use curve25519_dalek::constants::RISTRETTO_BASEPOINT_POINT;
+use curve25519_dalek::scalar::Scalar;
+use rand_core::{CryptoRng, RngCore};
+use zk::elgamal::{Ciphertext, Opening, PublicKey};
+use zk::proofs::range::{CiphertextRangeProof, RangeStatement, SUPPORTED_BITS};
+use zk::transcript::ProofContext;
+use zk::ProofError;
+
+use crate::evaluate::Statistics;
+use crate::plan::QueryPlan;
+
+/// Errors building or checking a contribution.
+#[derive(Debug, thiserror::Error)]
+pub enum ContributionError {
+    /// The statistics do not fit the plan.
+    #[error("statistics have {got} slots, the plan needs {expected}")]
+    Length {
+        /// Slots supplied.
+        got: usize,
+        /// Slots the plan needs.
+        expected: usize,
+    },
+    /// A slot's bound does not fit in 64 bits.
+    #[error("the plan's statistics cannot be bounded in 64 bits at capacity {capacity}; declare fewer decimals or tighter bounds")]
+    Unbounded {
+        /// The node's capacity.
+        capacity: u64,
+    },
+    /// A slot exceeds its bound (the node's statistics are inconsistent with its capacity).
+    #[error("slot {slot} holds {value}, above its bound {bound}")]
+    OutOfBounds {
+        /// The slot.
+        slot: usize,
+        /// Its value.
+        value: u64,
+        /// Its bound.
+        bound: u64,
+    },
+    /// Proving or verifying failed.
+    #[error(transparent)]
+    Proof(#[from] ProofError),
+}
+
+/// A node's encrypted, proven statistics for one query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Contribution {
+    /// Cᵢ = Enc_Y(vᵢ), one per slot of the plan's vector.
+    pub ciphertexts: Vec<Ciphertext>,
+    /// Range proof over (C₀ … Cₖ₋₁, C̄₀ … C̄ₖ₋₁).
+    pub proof: CiphertextRangeProof,
+}
+
+/// Smallest supported proof size n with 2ⁿ > every bound.
+fn proof_bits(bounds: &[u64]) -> usize {
+    let largest = bounds.iter().copied().max().unwrap_or(0);
+    SUPPORTED_BITS
+        .into_iter()
+        .find(|&bits| bits == 64 || largest < (1u64 << bits))
+        .unwrap_or(64)
+}
+
+/// Enc(B; 0) − C.
+fn complement(ciphertext: &Ciphertext, bound: u64) -> Ciphertext {
+    Ciphertext {
+        c1: -ciphertext.c1,
+        c2: Scalar::from(bound) * RISTRETTO_BASEPOINT_POINT - ciphertext.c2,
+    }
+}
+
+/// Encrypts and proves a node's statistics.
+pub fn build_contribution<R: RngCore + CryptoRng>(
+    context: &ProofContext,
+    collective_key: &PublicKey,
+    plan: &QueryPlan,
+    statistics: &Statistics,
+    capacity: u64,
+    rng: &mut R,
+) -> Result<Contribution, ContributionError> {
+    let expected = plan.vector_len();
+    if statistics.values.len() != expected {
+        return Err(ContributionError::Length {
+            got: statistics.values.len(),
+            expected,
+        });
+    }
+    let bounds = plan
+        .slot_bounds(capacity)
+        .ok_or(ContributionError::Unbounded { capacity })?;
+    for (slot, (&value, &bound)) in statistics.values.iter().zip(&bounds).enumerate() {
+        if value > bound {
+            return Err(ContributionError::OutOfBounds { slot, value, bound });
+        }
+    }
+    let mut ciphertexts = Vec::with_capacity(expected);
+    let mut openings = Vec::with_capacity(2 * expected);
+    for &value in &statistics.values {
+        let (ciphertext, opening) =
+            collective_key.encrypt_with_opening(Scalar::from(value), rng);
+        ciphertexts.push(ciphertext);
+        openings.push(opening);
+    }
+    let mut proven = ciphertexts.clone();
+    for (slot, (ciphertext, &bound)) in ciphertexts.iter().zip(&bounds).enumerate() {
+        proven.push(complement(ciphertext, bound));
+        openings.push(Opening {
+            message: Scalar::from(bound - statistics.values[slot]),
+            randomness: -openings[slot].randomness,
+        });
+    }
+    let proof = CiphertextRangeProof::prove_with_rng(
+        context,
+        collective_key,
+        proof_bits(&bounds),
+        &proven,
+        &openings,
+        rng,
+    )?;
+    Ok(Contribution { ciphertexts, proof })
+}
+
+/// What a verifier needs to check one node's contribution.
+pub struct ContributionStatement<'a> {
+    /// The (query id, node id) context.
+    pub context: &'a ProofContext,
+    /// The node's public capacity.
+    pub capacity: u64,
+    /// The contribution.
+    pub contribution: &'a Contribution,
+}
+
+/// The ciphertexts a contribution's proof covers, after checking the shape against the plan.
+fn proven_ciphertexts(
+    plan: &QueryPlan,
+    capacity: u64,
+    contribution: &Contribution,
+) -> Result<(Vec<Ciphertext>, usize), ContributionError> {
+    let expected = plan.vector_len();
+    if contribution.ciphertexts.len() != expected {
+        return Err(ContributionError::Length {
+            got: contribution.ciphertexts.len(),
+            expected,
+        });
+    }
+    let bounds = plan
+        .slot_bounds(capacity)
+        .ok_or(ContributionError::Unbounded { capacity })?;
+    let bits = proof_bits(&bounds);
+    if contribution.proof.bits() != bits {
+        return Err(ContributionError::Proof(ProofError::Malformed {
+            proof: "contribution",
+            reason: format!(
+                "proof is for {} bits, the plan's bounds need {bits}",
+                contribution.proof.bits()
+            ),
+        }));
+    }
+    let mut proven = contribution.ciphertexts.clone();
+    proven.extend(
+        contribution
+            .ciphertexts
+            .iter()
+            .zip(&bounds)
+            .map(|(ciphertext, &bound)| complement(ciphertext, bound)),
+    );
+    Ok((proven, bits))
+}
+
+/// Verifies many nodes' contributions in one batch. On failure, returns the positions (in
+/// `statements`) of the contributions that do not verify, each with its reason.
+pub fn verify_contributions<R: RngCore + CryptoRng>(
+    collective_key: &PublicKey,
+    plan: &QueryPlan,
+    statements: &[ContributionStatement<'_>],
+    rng: &mut R,
+) -> Result<(), Vec<(usize, ContributionError)>> {
+    let mut failed = Vec::new();
+    let mut prepared = Vec::new();
+    for (position, statement) in statements.iter().enumerate() {
+        match proven_ciphertexts(plan, statement.capacity, statement.contribution) {
+            Ok((proven, _bits)) => prepared.push((position, proven)),
+            Err(error) => failed.push((position, error)),
+        }
+    }
+    let range_statements: Vec<RangeStatement<'_>> = prepared
+        .iter()
+        .map(|(position, proven)| RangeStatement {
+            context: statements[*position].context,
+            key: collective_key,
+            ciphertexts: proven,
+            proof: &statements[*position].contribution.proof,
+        })
+        .collect();
+    if !range_statements.is_empty() {
+        if let Err(error) = CiphertextRangeProof::verify_batch(&range_statements, rng) {
+            // The batch names failing items by their position in the batch.
+            match error {
+                ProofError::BatchFailed { failed: items } => {
+                    for item in items {
+                        let position = prepared[item].0;
+                        failed.push((
+                            position,
+                            ContributionError::Proof(ProofError::VerificationFailed {
+                                proof: "contribution range",
+                            }),
+                        ));
+                    }
+                }
+                other => {
+                    for (position, _) in &prepared {
+                        failed.push((*position, ContributionError::Proof(other.clone())));
+                    }
+                }
+            }
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        failed.sort_by_key(|(position, _)| *position);
+        Err(failed)
+    }
+}
+
+/// Sums verified contributions slot by slot, homomorphically.
+pub fn sum_contributions(contributions: &[&Contribution]) -> Vec<Ciphertext> {
+    let len = contributions
+        .first()
+        .map_or(0, |first| first.ciphertexts.len());
+    (0..len)
+        .map(|slot| {
+            contributions
+                .iter()
+                .map(|contribution| contribution.ciphertexts[slot])
+                .sum()
+        })
+        .collect()
+}

@@ -1,0 +1,914 @@
+//! The aggregate-only SQL dialect: parsed with `sqlparser`, compiled to a [`QueryPlan`].
+//!
+//! See `docs/sql.md` for the dialect with examples. The compiler refuses, with a message that
+//! says why, anything whose answer is not a function of additive statistics over bounded
+//! values: row-level output, columns without declared bounds, groupings without declared
+//! values or beyond the dataset's cell limit, and SQL outside the dialect.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use sqlparser::ast::{
+    BinaryOperator, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr,
+    ObjectNamePart, Select, SelectItem, SetExpr, Statement, TableFactor, UnaryOperator,
+    Value as SqlValue,
+};
+use sqlparser::dialect::GenericDialect;
+use sqlparser::parser::Parser;
+
+use crate::plan::{
+    Aggregate, AggregateInputs, Codec, Comparison, GroupKey, Literal, Output, Predicate,
+    QueryPlan, Statistic,
+};
+use crate::schema::{ColumnSpec, ColumnType, Schema};
+
+/// Longest query text accepted.
+pub const MAX_QUERY_LEN: usize = 16 * 1024;
+
+/// Why a query was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QueryError {
+    /// The text is not SQL.
+    #[error("syntax error: {0}")]
+    Syntax(String),
+    /// The query would output patient-level rows.
+    #[error("row-level output is not allowed: {0}")]
+    RowLevel(String),
+    /// An aggregate over a column without declared bounds.
+    #[error("column `{column}` has no declared bounds, so it cannot be aggregated: declare bounds in the manifest to clip values and bound each patient's contribution")]
+    Unbounded {
+        /// The column.
+        column: String,
+    },
+    /// A GROUP BY with too many cells, or on a column without declared values.
+    #[error("grouping refused: {0}")]
+    Grouping(String),
+    /// A column that does not exist.
+    #[error("unknown column `{column}` (known columns: {known})")]
+    UnknownColumn {
+        /// The column.
+        column: String,
+        /// The dataset's columns.
+        known: String,
+    },
+    /// A construct outside the dialect.
+    #[error("not supported: {0}")]
+    Unsupported(String),
+    /// A type mismatch, such as comparing a category with a number.
+    #[error("type error: {0}")]
+    Type(String),
+}
+
+fn unsupported<T>(what: impl Into<String>) -> Result<T, QueryError> {
+    Err(QueryError::Unsupported(what.into()))
+}
+
+/// Compiles `sql` against `schema`.
+pub fn compile(sql: &str, schema: &Schema) -> Result<QueryPlan, QueryError> {
+    if sql.len() > MAX_QUERY_LEN {
+        return unsupported(format!(
+            "queries longer than {MAX_QUERY_LEN} bytes"
+        ));
+    }
+    let statements = Parser::parse_sql(&GenericDialect {}, sql)
+        .map_err(|error| QueryError::Syntax(error.to_string()))?;
+    let [statement] = statements.as_slice() else {
+        return unsupported(format!(
+            "{} statements; send exactly one SELECT",
+            statements.len()
+        ));
+    };
+    let Statement::Query(query) = statement else {
+        return unsupported("statements other than SELECT");
+    };
+    if query.with.is_some() {
+        return unsupported("WITH");
+    }
+    if query.order_by.is_some() {
+        return unsupported("ORDER BY (results come in group order)");
+    }
+    if query.limit_clause.is_some() || query.fetch.is_some() {
+        return unsupported("LIMIT / OFFSET / FETCH");
+    }
+    let SetExpr::Select(select) = query.body.as_ref() else {
+        return unsupported("UNION, INTERSECT, EXCEPT, VALUES and nested queries");
+    };
+    Compiler { schema }.select(sql, select)
+}
+
+struct Compiler<'a> {
+    schema: &'a Schema,
+}
+
+/// What one select item asks for, before statistics are assigned.
+enum Item {
+    Group {
+        name: String,
+        key: GroupKey,
+    },
+    Aggregate {
+        name: String,
+        function: Aggregate,
+        arguments: Vec<String>,
+    },
+    Histogram {
+        key: GroupKey,
+    },
+}
+
+impl Compiler<'_> {
+    fn select(&self, sql: &str, select: &Select) -> Result<QueryPlan, QueryError> {
+        if select.distinct.is_some() {
+            return unsupported("DISTINCT");
+        }
+        if select.having.is_some() {
+            return unsupported("HAVING");
+        }
+        if select.top.is_some() || select.into.is_some() {
+            return unsupported("TOP / INTO");
+        }
+        self.check_from(select)?;
+
+        let filter = select
+            .selection
+            .as_ref()
+            .map(|expr| self.predicate(expr))
+            .transpose()?;
+
+        let mut groups = match &select.group_by {
+            GroupByExpr::Expressions(expressions, modifiers) => {
+                if !modifiers.is_empty() {
+                    return unsupported("GROUP BY modifiers (ROLLUP, CUBE, TOTALS)");
+                }
+                expressions
+                    .iter()
+                    .map(|expr| self.group_key(expr))
+                    .collect::<Result<Vec<_>, _>>()?
+            }
+            GroupByExpr::All(_) => return unsupported("GROUP BY ALL"),
+        };
+        let mut seen = BTreeSet::new();
+        for group in &groups {
+            if !seen.insert(group.column().to_string()) {
+                return Err(QueryError::Grouping(format!(
+                    "`{}` is grouped twice",
+                    group.column()
+                )));
+            }
+        }
+
+        let mut items = Vec::new();
+        for item in &select.projection {
+            let (expr, alias) = match item {
+                SelectItem::UnnamedExpr(expr) => (expr, None),
+                SelectItem::ExprWithAlias { expr, alias } => (expr, Some(alias.value.clone())),
+                SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..) => {
+                    return Err(QueryError::RowLevel(
+                        "SELECT * returns patients' rows; select aggregates such as COUNT(*) or AVG(column)".into(),
+                    ))
+                }
+                _ => return unsupported("this kind of select item"),
+            };
+            items.push(self.item(expr, alias, &groups)?);
+        }
+        if items.is_empty() {
+            return unsupported("an empty select list");
+        }
+
+        // HISTOGRAM(x) is shorthand for SELECT BIN(x), COUNT(*) … GROUP BY BIN(x).
+        if let Some(position) = items
+            .iter()
+            .position(|item| matches!(item, Item::Histogram { .. }))
+        {
+            if items.len() != 1 || !groups.is_empty() {
+                return unsupported(
+                    "HISTOGRAM(column) together with other columns or GROUP BY; write SELECT BIN(column), COUNT(*) … GROUP BY BIN(column) instead",
+                );
+            }
+            let Item::Histogram { key } = items.remove(position) else {
+                unreachable!("position found a histogram");
+            };
+            let column = key.column().to_string();
+            groups.push(key.clone());
+            items = vec![
+                Item::Group {
+                    name: format!("{column}_bin"),
+                    key,
+                },
+                Item::Aggregate {
+                    name: "count".into(),
+                    function: Aggregate::Count,
+                    arguments: Vec::new(),
+                },
+            ];
+        }
+
+        let cells: usize = groups.iter().map(GroupKey::cardinality).product();
+        if cells > self.schema.max_groups {
+            let described: Vec<String> = groups
+                .iter()
+                .map(|group| format!("{} ({} values)", group.column(), group.cardinality()))
+                .collect();
+            return Err(QueryError::Grouping(format!(
+                "GROUP BY {} makes {cells} cells; this dataset allows at most {}",
+                described.join(" × "),
+                self.schema.max_groups
+            )));
+        }
+
+        // Group keys not selected are output first, so every row says which cell it is.
+        let mut outputs = Vec::new();
+        for (index, group) in groups.iter().enumerate() {
+            let selected = items.iter().any(
+                |item| matches!(item, Item::Group { key, .. } if key.column() == group.column()),
+            );
+            if !selected {
+                outputs.push(Output::Group {
+                    name: group_name(group),
+                    key: index,
+                });
+            }
+        }
+        let mut statistics: Vec<Statistic> = Vec::new();
+        let mut codecs = BTreeMap::new();
+        for item in items {
+            match item {
+                Item::Group { name, key } => {
+                    let index = groups
+                        .iter()
+                        .position(|group| group.column() == key.column())
+                        .ok_or_else(|| {
+                            QueryError::RowLevel(format!(
+                                "`{name}` is neither aggregated nor in GROUP BY"
+                            ))
+                        })?;
+                    outputs.push(Output::Group { name, key: index });
+                }
+                Item::Aggregate {
+                    name,
+                    function,
+                    arguments,
+                } => {
+                    if function != Aggregate::Count {
+                        for argument in &arguments {
+                            codecs.insert(argument.clone(), self.codec(argument)?);
+                        }
+                    }
+                    let inputs = assign_statistics(function, &arguments, &mut statistics);
+                    outputs.push(Output::Aggregate {
+                        name,
+                        function,
+                        arguments,
+                        inputs,
+                    });
+                }
+                Item::Histogram { .. } => unreachable!("histograms were rewritten above"),
+            }
+        }
+        if statistics.is_empty() {
+            return Err(QueryError::RowLevel(
+                "a query without an aggregate lists group values only; add COUNT(*) or another aggregate".into(),
+            ));
+        }
+        Ok(QueryPlan {
+            sql: sql.trim().to_string(),
+            table: self.schema.table.clone(),
+            filter,
+            groups,
+            outputs,
+            statistics,
+            codecs,
+        })
+    }
+
+    fn check_from(&self, select: &Select) -> Result<(), QueryError> {
+        let [from] = select.from.as_slice() else {
+            return unsupported(format!(
+                "FROM must name exactly one table: `{}`",
+                self.schema.table
+            ));
+        };
+        if !from.joins.is_empty() {
+            return unsupported("JOIN");
+        }
+        let TableFactor::Table { name, args, .. } = &from.relation else {
+            return unsupported("FROM must name a table, not a subquery or function");
+        };
+        if args.is_some() {
+            return unsupported("table functions");
+        }
+        let table = name.to_string().to_lowercase();
+        if table != self.schema.table {
+            return Err(QueryError::Unsupported(format!(
+                "unknown table `{table}`; this dataset's table is `{}`",
+                self.schema.table
+            )));
+        }
+        Ok(())
+    }
+
+    fn column(&self, name: &str) -> Result<&ColumnSpec, QueryError> {
+        let lower = name.to_lowercase();
+        if lower == self.schema.id_column || self.schema.key_column.as_deref() == Some(&lower) {
+            return Err(QueryError::RowLevel(format!(
+                "`{lower}` identifies patients and cannot be queried"
+            )));
+        }
+        self.schema
+            .column(&lower)
+            .ok_or_else(|| QueryError::UnknownColumn {
+                column: lower,
+                known: self
+                    .schema
+                    .columns
+                    .iter()
+                    .map(|column| column.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    }
+
+    fn codec(&self, name: &str) -> Result<Codec, QueryError> {
+        let spec = self.column(name)?;
+        if spec.column_type == ColumnType::Bool {
+            return Ok(Codec {
+                lower: 0.0,
+                upper: 1.0,
+                decimals: 0,
+            });
+        }
+        if !spec.is_numeric() {
+            return Err(QueryError::Type(format!(
+                "`{name}` is a {:?} column; only numeric and boolean columns can be aggregated",
+                spec.column_type
+            )));
+        }
+        let Some([lower, upper]) = spec.bounds else {
+            return Err(QueryError::Unbounded {
+                column: name.to_string(),
+            });
+        };
+        Ok(Codec {
+            lower,
+            upper,
+            decimals: spec.decimals,
+        })
+    }
+
+    fn column_name(&self, expr: &Expr) -> Option<String> {
+        match expr {
+            Expr::Identifier(ident) => Some(ident.value.to_lowercase()),
+            Expr::CompoundIdentifier(parts) if parts.len() == 2 => {
+                (parts[0].value.to_lowercase() == self.schema.table)
+                    .then(|| parts[1].value.to_lowercase())
+            }
+            Expr::Nested(inner) => self.column_name(inner),
+            _ => None,
+        }
+    }
+
+    fn bin_key(&self, column: &str) -> Result<GroupKey, QueryError> {
+        let spec = self.column(column)?;
+        let Some(edges) = &spec.bins else {
+            return Err(QueryError::Grouping(format!(
+                "`{column}` has no declared bins; declare bins in the manifest to group or histogram it"
+            )));
+        };
+        Ok(GroupKey::Bin {
+            column: spec.name.clone(),
+            edges: edges.clone(),
+        })
+    }
+
+    fn group_key(&self, expr: &Expr) -> Result<GroupKey, QueryError> {
+        if let Some(name) = self.column_name(expr) {
+            let spec = self.column(&name)?;
+            return match (&spec.categories, &spec.bins, spec.column_type) {
+                (Some(categories), _, ColumnType::Category) => Ok(GroupKey::Category {
+                    column: spec.name.clone(),
+                    categories: categories.clone(),
+                }),
+                (_, Some(_), _) => Err(QueryError::Grouping(format!(
+                    "`{name}` is numeric; group by its declared bins with BIN({name})"
+                ))),
+                _ => Err(QueryError::Grouping(format!(
+                    "`{name}` has no declared categories or bins, so its groups could single out patients"
+                ))),
+            };
+        }
+        if let Some((function, arguments)) = function_call(expr)? {
+            if function == "bin" {
+                let [argument] = arguments.as_slice() else {
+                    return unsupported("BIN takes one column");
+                };
+                let Some(column) = argument.and_then(|expr| self.column_name(expr)) else {
+                    return unsupported("BIN takes a column");
+                };
+                return self.bin_key(&column);
+            }
+        }
+        Err(QueryError::Grouping(format!(
+            "GROUP BY `{expr}`: group by a categorical column or BIN(column)"
+        )))
+    }
+
+    fn item(
+        &self,
+        expr: &Expr,
+        alias: Option<String>,
+        groups: &[GroupKey],
+    ) -> Result<Item, QueryError> {
+        let default_name = expr.to_string().to_lowercase();
+        let name = alias.map(|alias| alias.to_lowercase()).unwrap_or(default_name);
+        if let Some(column) = self.column_name(expr) {
+            self.column(&column)?;
+            if groups.iter().any(|group| group.column() == column && matches!(group, GroupKey::Category { .. })) {
+                let key = self.group_key(expr)?;
+                return Ok(Item::Group { name, key });
+            }
+            return Err(QueryError::RowLevel(format!(
+                "`{column}` is a bare column; aggregate it (AVG({column}), COUNT(*), …) or GROUP BY it if it is categorical"
+            )));
+        }
+        let Some((function, arguments)) = function_call(expr)? else {
+            return unsupported(format!(
+                "`{expr}` in the select list; select aggregates or group keys"
+            ));
+        };
+        let column_of = |position: usize| -> Result<String, QueryError> {
+            let Some(Some(argument)) = arguments.get(position) else {
+                return unsupported(format!("{}: expected a column argument", function.to_uppercase()));
+            };
+            let Some(column) = self.column_name(argument) else {
+                return unsupported(format!(
+                    "{}({argument}): arguments must be columns, not expressions",
+                    function.to_uppercase()
+                ));
+            };
+            self.column(&column)?;
+            Ok(column)
+        };
+        let expect_arguments = |count: usize| -> Result<(), QueryError> {
+            if arguments.len() == count {
+                Ok(())
+            } else {
+                unsupported(format!(
+                    "{} takes {count} argument(s), got {}",
+                    function.to_uppercase(),
+                    arguments.len()
+                ))
+            }
+        };
+        let one = |function: Aggregate| -> Result<Item, QueryError> {
+            expect_arguments(1)?;
+            Ok(Item::Aggregate {
+                name: name.clone(),
+                function,
+                arguments: vec![column_of(0)?],
+            })
+        };
+        let two = |function: Aggregate| -> Result<Item, QueryError> {
+            expect_arguments(2)?;
+            let y = column_of(0)?;
+            let x = column_of(1)?;
+            if x == y {
+                return unsupported(format!(
+                    "{}({y}, {x}) of a column with itself",
+                    function_label(function)
+                ));
+            }
+            Ok(Item::Aggregate {
+                name: name.clone(),
+                function,
+                arguments: vec![y, x],
+            })
+        };
+        match function.as_str() {
+            "count" => match arguments.as_slice() {
+                [None] => Ok(Item::Aggregate {
+                    name,
+                    function: Aggregate::Count,
+                    arguments: Vec::new(),
+                }),
+                [Some(_)] => {
+                    let column = column_of(0)?;
+                    // COUNT(x) counts patients with x present; it needs no bounds.
+                    Ok(Item::Aggregate {
+                        name,
+                        function: Aggregate::Count,
+                        arguments: vec![column],
+                    })
+                }
+                _ => unsupported("COUNT takes * or one column"),
+            },
+            "sum" => one(Aggregate::Sum),
+            "avg" | "mean" => one(Aggregate::Avg),
+            "var_samp" | "variance" => one(Aggregate::VarSamp),
+            "var_pop" => one(Aggregate::VarPop),
+            "stddev_samp" | "stddev" => one(Aggregate::StddevSamp),
+            "stddev_pop" => one(Aggregate::StddevPop),
+            "covar_samp" => two(Aggregate::CovarSamp),
+            "covar_pop" => two(Aggregate::CovarPop),
+            "corr" => two(Aggregate::Corr),
+            "regr_slope" => two(Aggregate::RegrSlope),
+            "regr_intercept" => two(Aggregate::RegrIntercept),
+            "histogram" => {
+                expect_arguments(1)?;
+                Ok(Item::Histogram {
+                    key: self.bin_key(&column_of(0)?)?,
+                })
+            }
+            "bin" => {
+                expect_arguments(1)?;
+                let column = column_of(0)?;
+                if groups.iter().any(|group| group.column() == column && matches!(group, GroupKey::Bin { .. })) {
+                    return Ok(Item::Group {
+                        name,
+                        key: self.bin_key(&column)?,
+                    });
+                }
+                Err(QueryError::RowLevel(format!(
+                    "BIN({column}) in the select list needs GROUP BY BIN({column})"
+                )))
+            }
+            "min" | "max" | "median" | "percentile_cont" | "percentile_disc" | "mode" => {
+                Err(QueryError::RowLevel(format!(
+                    "{} reveals an individual patient's value; use AVG, a HISTOGRAM or quantiles from bins",
+                    function.to_uppercase()
+                )))
+            }
+            other => unsupported(format!("the function {}", other.to_uppercase())),
+        }
+        .and_then(|item| {
+            // COUNT(column) needs no codec; every other aggregate needs bounds.
+            if let Item::Aggregate { function, arguments, .. } = &item {
+                if *function != Aggregate::Count {
+                    for argument in arguments {
+                        self.codec(argument)?;
+                    }
+                }
+            }
+            Ok(item)
+        })
+    }
+
+    fn literal(&self, expr: &Expr) -> Option<Literal> {
+        match expr {
+            Expr::Value(value) => match &value.value {
+                SqlValue::Number(text, _) => text.parse().ok().map(Literal::Number),
+                SqlValue::SingleQuotedString(text) => Some(Literal::Text(text.clone())),
+                SqlValue::Boolean(flag) => Some(Literal::Bool(*flag)),
+                _ => None,
+            },
+            Expr::UnaryOp {
+                op: UnaryOperator::Minus,
+                expr,
+            } => match self.literal(expr)? {
+                Literal::Number(x) => Some(Literal::Number(-x)),
+                _ => None,
+            },
+            Expr::Nested(inner) => self.literal(inner),
+            _ => None,
+        }
+    }
+
+    /// Checks that `literal` fits `column`'s type.
+    fn check_literal(
+        &self,
+        column: &str,
+        op: Comparison,
+        literal: &Literal,
+    ) -> Result<(), QueryError> {
+        let spec = self.column(column)?;
+        match (spec.column_type, literal) {
+            (ColumnType::Float | ColumnType::Integer, Literal::Number(_)) => Ok(()),
+            (ColumnType::Bool, Literal::Bool(_)) if matches!(op, Comparison::Eq | Comparison::NotEq) => Ok(()),
+            (ColumnType::Category, Literal::Text(text)) if matches!(op, Comparison::Eq | Comparison::NotEq) => {
+                let declared = spec.categories.as_deref().unwrap_or_default();
+                if declared.contains(text) {
+                    Ok(())
+                } else {
+                    Err(QueryError::Type(format!(
+                        "`{column}` has no category '{text}' (declared: {})",
+                        declared.join(", ")
+                    )))
+                }
+            }
+            (ColumnType::Codes, _) => Err(QueryError::Type(format!(
+                "`{column}` holds codes; test it with has_code({column}, 'prefix')"
+            ))),
+            (column_type, literal) => Err(QueryError::Type(format!(
+                "cannot compare the {column_type:?} column `{column}` with {literal:?} using {op:?}"
+            ))),
+        }
+    }
+
+    fn predicate(&self, expr: &Expr) -> Result<Predicate, QueryError> {
+        match expr {
+            Expr::Nested(inner) => self.predicate(inner),
+            Expr::BinaryOp { left, op, right } => match op {
+                BinaryOperator::And => Ok(Predicate::And(
+                    Box::new(self.predicate(left)?),
+                    Box::new(self.predicate(right)?),
+                )),
+                BinaryOperator::Or => Ok(Predicate::Or(
+                    Box::new(self.predicate(left)?),
+                    Box::new(self.predicate(right)?),
+                )),
+                _ => {
+                    let op = comparison(op)
+                        .ok_or_else(|| QueryError::Unsupported(format!("the operator {op}")))?;
+                    self.comparison(left, op, right)
+                }
+            },
+            Expr::UnaryOp {
+                op: UnaryOperator::Not,
+                expr,
+            } => Ok(Predicate::Not(Box::new(self.predicate(expr)?))),
+            Expr::Between {
+                expr,
+                negated,
+                low,
+                high,
+            } => {
+                let both = Predicate::And(
+                    Box::new(self.comparison(expr, Comparison::GtEq, low)?),
+                    Box::new(self.comparison(expr, Comparison::LtEq, high)?),
+                );
+                Ok(if *negated {
+                    Predicate::Not(Box::new(both))
+                } else {
+                    both
+                })
+            }
+            Expr::InList {
+                expr,
+                list,
+                negated,
+            } => {
+                let mut alternatives = list
+                    .iter()
+                    .map(|item| self.comparison(expr, Comparison::Eq, item));
+                let first = alternatives
+                    .next()
+                    .ok_or_else(|| QueryError::Unsupported("an empty IN list".into()))??;
+                let any = alternatives.try_fold(first, |all, next| {
+                    Ok::<_, QueryError>(Predicate::Or(Box::new(all), Box::new(next?)))
+                })?;
+                Ok(if *negated {
+                    Predicate::Not(Box::new(any))
+                } else {
+                    any
+                })
+            }
+            Expr::IsNull(inner) | Expr::IsNotNull(inner) => {
+                let Some(column) = self.column_name(inner) else {
+                    return unsupported("IS NULL on an expression");
+                };
+                self.column(&column)?;
+                Ok(Predicate::IsNull {
+                    column,
+                    negated: matches!(expr, Expr::IsNotNull(_)),
+                })
+            }
+            Expr::Identifier(_) | Expr::CompoundIdentifier(_) => {
+                let column = self.column_name(expr).ok_or_else(|| {
+                    QueryError::Unsupported(format!("`{expr}` as a condition"))
+                })?;
+                let spec = self.column(&column)?;
+                if spec.column_type != ColumnType::Bool {
+                    return Err(QueryError::Type(format!(
+                        "`{column}` is not boolean, so it cannot be a condition on its own"
+                    )));
+                }
+                Ok(Predicate::Flag { column })
+            }
+            Expr::Function(_) => self.code_predicate(expr),
+            _ => unsupported(format!("`{expr}` in WHERE")),
+        }
+    }
+
+    fn code_predicate(&self, expr: &Expr) -> Result<Predicate, QueryError> {
+        let Some((function, arguments)) = function_call(expr)? else {
+            return unsupported(format!("`{expr}` in WHERE"));
+        };
+        let prefix_of = |argument: Option<&Expr>| -> Result<String, QueryError> {
+            match argument.and_then(|expr| self.literal(expr)) {
+                Some(Literal::Text(prefix)) if crate::record::is_valid_code(&prefix) => Ok(prefix),
+                _ => unsupported(format!(
+                    "{}: the code prefix must be a quoted code such as 'E11'",
+                    function.to_uppercase()
+                )),
+            }
+        };
+        let (column, prefix) = match (function.as_str(), arguments.as_slice()) {
+            ("has_code", [Some(column), Some(prefix)]) => {
+                let Some(name) = self.column_name(column) else {
+                    return unsupported("HAS_CODE's first argument must be a codes column");
+                };
+                (name, prefix_of(Some(prefix))?)
+            }
+            ("has_condition", [Some(prefix)]) => ("conditions".to_string(), prefix_of(Some(prefix))?),
+            ("has_medication", [Some(prefix)]) => ("medications".to_string(), prefix_of(Some(prefix))?),
+            ("has_code" | "has_condition" | "has_medication", _) => {
+                return unsupported(format!(
+                    "{} takes (codes_column, 'prefix') or ('prefix')",
+                    function.to_uppercase()
+                ))
+            }
+            _ => return unsupported(format!("the function {} in WHERE", function.to_uppercase())),
+        };
+        let spec = self.column(&column)?;
+        if spec.column_type != ColumnType::Codes {
+            return Err(QueryError::Type(format!("`{column}` is not a codes column")));
+        }
+        Ok(Predicate::HasCode { column, prefix })
+    }
+
+    fn comparison(&self, left: &Expr, op: Comparison, right: &Expr) -> Result<Predicate, QueryError> {
+        match (self.column_name(left), self.column_name(right)) {
+            (Some(left_column), Some(right_column)) => {
+                for column in [&left_column, &right_column] {
+                    let spec = self.column(column)?;
+                    if !matches!(spec.column_type, ColumnType::Float | ColumnType::Integer) {
+                        return Err(QueryError::Type(format!(
+                            "only numeric columns can be compared with each other; `{column}` is {:?}",
+                            spec.column_type
+                        )));
+                    }
+                }
+                Ok(Predicate::CompareColumns {
+                    left: left_column,
+                    op,
+                    right: right_column,
+                })
+            }
+            (Some(column), None) => {
+                let value = self.literal(right).ok_or_else(|| {
+                    QueryError::Unsupported(format!("comparing `{column}` with `{right}`; compare with a literal"))
+                })?;
+                self.check_literal(&column, op, &value)?;
+                Ok(Predicate::Compare { column, op, value })
+            }
+            (None, Some(column)) => {
+                let value = self.literal(left).ok_or_else(|| {
+                    QueryError::Unsupported(format!("comparing `{left}` with `{column}`; compare with a literal"))
+                })?;
+                let flipped = flip(op);
+                self.check_literal(&column, flipped, &value)?;
+                Ok(Predicate::Compare {
+                    column,
+                    op: flipped,
+                    value,
+                })
+            }
+            (None, None) => unsupported(format!("`{left} {op:?} {right}`: one side must be a column")),
+        }
+    }
+}
+
+fn group_name(group: &GroupKey) -> String {
+    match group {
+        GroupKey::Category { column, .. } => column.clone(),
+        GroupKey::Bin { column, .. } => format!("bin({column})"),
+    }
+}
+
+fn function_label(function: Aggregate) -> &'static str {
+    match function {
+        Aggregate::CovarSamp => "COVAR_SAMP",
+        Aggregate::CovarPop => "COVAR_POP",
+        Aggregate::Corr => "CORR",
+        Aggregate::RegrSlope => "REGR_SLOPE",
+        Aggregate::RegrIntercept => "REGR_INTERCEPT",
+        _ => "aggregate",
+    }
+}
+
+fn comparison(op: &BinaryOperator) -> Option<Comparison> {
+    Some(match op {
+        BinaryOperator::Eq => Comparison::Eq,
+        BinaryOperator::NotEq => Comparison::NotEq,
+        BinaryOperator::Lt => Comparison::Lt,
+        BinaryOperator::LtEq => Comparison::LtEq,
+        BinaryOperator::Gt => Comparison::Gt,
+        BinaryOperator::GtEq => Comparison::GtEq,
+        _ => return None,
+    })
+}
+
+fn flip(op: Comparison) -> Comparison {
+    match op {
+        Comparison::Lt => Comparison::Gt,
+        Comparison::LtEq => Comparison::GtEq,
+        Comparison::Gt => Comparison::Lt,
+        Comparison::GtEq => Comparison::LtEq,
+        other => other,
+    }
+}
+
+/// A plain function call: its lowercase name and arguments (`None` for `*`).
+fn function_call(expr: &Expr) -> Result<Option<(String, Vec<Option<&Expr>>)>, QueryError> {
+    let Expr::Function(function) = expr else {
+        return Ok(None);
+    };
+    if function.over.is_some() {
+        return unsupported("window functions (OVER)");
+    }
+    if function.filter.is_some() {
+        return unsupported("FILTER (WHERE …) on aggregates; put the condition in WHERE");
+    }
+    if !function.within_group.is_empty() {
+        return unsupported("WITHIN GROUP");
+    }
+    let name = match function.name.0.as_slice() {
+        [ObjectNamePart::Identifier(ident)] => ident.value.to_lowercase(),
+        _ => return unsupported(format!("the function {}", function.name)),
+    };
+    let list = match &function.args {
+        FunctionArguments::List(list) => list,
+        FunctionArguments::None => return Ok(Some((name, Vec::new()))),
+        FunctionArguments::Subquery(_) => return unsupported("subqueries"),
+    };
+    if list.duplicate_treatment.is_some() {
+        return unsupported("DISTINCT or ALL inside an aggregate");
+    }
+    if !list.clauses.is_empty() {
+        return unsupported("clauses inside a function call");
+    }
+    let mut arguments = Vec::with_capacity(list.args.len());
+    for argument in &list.args {
+        match argument {
+            FunctionArg::Unnamed(FunctionArgExpr::Expr(expr)) => arguments.push(Some(expr)),
+            FunctionArg::Unnamed(FunctionArgExpr::Wildcard) => arguments.push(None),
+            _ => return unsupported(format!("the argument `{argument}`")),
+        }
+    }
+    Ok(Some((name, arguments)))
+}
+
+/// Adds (or reuses) the statistics an aggregate needs.
+fn assign_statistics(
+    function: Aggregate,
+    arguments: &[String],
+    statistics: &mut Vec<Statistic>,
+) -> AggregateInputs {
+    let mut index_of = |statistic: Statistic| -> usize {
+        match statistics.iter().position(|known| known == &statistic) {
+            Some(index) => index,
+            None => {
+                statistics.push(statistic);
+                statistics.len() - 1
+            }
+        }
+    };
+    let mut domain: Vec<String> = arguments.to_vec();
+    domain.sort();
+    domain.dedup();
+    let count = index_of(Statistic::Count {
+        domain: domain.clone(),
+    });
+    let mut inputs = AggregateInputs {
+        count,
+        sum_y: None,
+        squares_y: None,
+        sum_x: None,
+        squares_x: None,
+        products: None,
+    };
+    if function == Aggregate::Count {
+        return inputs;
+    }
+    let sum = |column: &String, index_of: &mut dyn FnMut(Statistic) -> usize| {
+        index_of(Statistic::Sum {
+            column: column.clone(),
+            domain: domain.clone(),
+        })
+    };
+    let squares = |column: &String, index_of: &mut dyn FnMut(Statistic) -> usize| {
+        index_of(Statistic::SumSquares {
+            column: column.clone(),
+            domain: domain.clone(),
+        })
+    };
+    let y = &arguments[0];
+    inputs.sum_y = Some(sum(y, &mut index_of));
+    match function {
+        Aggregate::Sum | Aggregate::Avg => {}
+        Aggregate::VarSamp | Aggregate::VarPop | Aggregate::StddevSamp | Aggregate::StddevPop => {
+            inputs.squares_y = Some(squares(y, &mut index_of));
+        }
+        _ => {
+            let x = &arguments[1];
+            inputs.sum_x = Some(sum(x, &mut index_of));
+            inputs.squares_y = Some(squares(y, &mut index_of));
+            inputs.squares_x = Some(squares(x, &mut index_of));
+            let (left, right) = if y <= x { (y, x) } else { (x, y) };
+            inputs.products = Some(index_of(Statistic::SumProducts {
+                left: left.clone(),
+                right: right.clone(),
+                domain: domain.clone(),
+            }));
+        }
+    }
+    inputs
+}

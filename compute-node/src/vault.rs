@@ -13,6 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
 use std::path::Path;
+use std::sync::OnceLock;
 
 use polars::prelude::*;
 
@@ -102,6 +103,8 @@ pub struct Vault {
     schema: Schema,
     records: Vec<PatientRecord>,
     index: BTreeMap<String, usize>,
+    /// The feature table, built on first use after a change (a clone shares its buffers).
+    frame: OnceLock<DataFrame>,
 }
 
 impl Vault {
@@ -111,6 +114,7 @@ impl Vault {
             schema,
             records: Vec::new(),
             index: BTreeMap::new(),
+            frame: OnceLock::new(),
         }
     }
 
@@ -170,6 +174,7 @@ impl Vault {
                     reason,
                 })?;
         }
+        self.frame = OnceLock::new();
         match self.index.get(&record.patient_id) {
             Some(&row) => self.records[row] = record,
             None => {
@@ -182,8 +187,16 @@ impl Vault {
     }
 
     /// The feature table as a polars frame: `patient_id`, then one column per feature
-    /// (codes columns as `;`-joined strings).
+    /// (codes columns as `;`-joined strings). Built once per change of the vault.
     pub fn frame(&self) -> PolarsResult<DataFrame> {
+        if let Some(frame) = self.frame.get() {
+            return Ok(frame.clone());
+        }
+        let frame = self.build_frame()?;
+        Ok(self.frame.get_or_init(|| frame).clone())
+    }
+
+    fn build_frame(&self) -> PolarsResult<DataFrame> {
         let mut columns = Vec::with_capacity(self.schema.columns.len() + 3);
         columns.push(Column::new(
             "patient_id".into(),

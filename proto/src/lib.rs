@@ -1,0 +1,12 @@
+//! Generated gRPC types for Cohortex (`cohortex.v1`). The types here are wire types only:
+//! services convert them into validated domain types at the boundary.
+#![allow(missing_docs, clippy::all)]
+
+/// Package `cohortex.v1`.
+pub mod v1 {
+    tonic::include_proto!("cohortex.v1");
+}
+
+/// The encoded `FileDescriptorSet` of every Cohortex service, for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/cohortex_descriptor.bin"));

@@ -22,7 +22,11 @@ fn synth_writes_a_deterministic_fhir_population() {
     let first = dir.path().join("first");
     let second = dir.path().join("second");
     let output = synth(&first, "5", &["--signed"]);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert!(String::from_utf8_lossy(&output.stdout).contains("wrote 250 patients"));
     assert!(synth(&second, "5", &["--signed"]).status.success());
     let read = |dir: &std::path::Path| std::fs::read(dir.join("bundles-0000.ndjson")).unwrap();
@@ -32,7 +36,12 @@ fn synth_writes_a_deterministic_fhir_population() {
     let policy = ProvenancePolicy {
         require_signature: true,
         trusted_sources: Some(
-            [hex::encode(compute_node::synth::source_key(5).verifying_key().as_bytes())].into(),
+            [hex::encode(
+                compute_node::synth::source_key(5)
+                    .verifying_key()
+                    .as_bytes(),
+            )]
+            .into(),
         ),
     };
     let report = ingest_fhir(&first, &mut vault, &REFERENCE_DATE, &policy).unwrap();

@@ -24,7 +24,9 @@ fn vault(patients: u64) -> Vault {
         let bundle = synth::patient(1, index).to_bundle().to_string();
         let record = bundle_to_record(&bundle, &REFERENCE_DATE, &ProvenancePolicy::default())
             .expect("synthetic bundles are valid");
-        vault.upsert(record).expect("synthetic records fit the schema");
+        vault
+            .upsert(record)
+            .expect("synthetic records fit the schema");
     }
     vault
 }
@@ -39,17 +41,26 @@ fn node_cost(c: &mut Criterion) {
     for patients in [10_000u64, 100_000] {
         let vault = vault(patients);
         let consents = ConsentBook::everyone(&vault, "research");
-        group.bench_with_input(BenchmarkId::new("evaluate_polars", patients), &vault, |b, vault| {
-            b.iter(|| evaluate(&plan, vault, &consents, "research").expect("evaluates"))
-        });
+        group.bench_with_input(
+            BenchmarkId::new("evaluate_polars", patients),
+            &vault,
+            |b, vault| b.iter(|| evaluate(&plan, vault, &consents, "research").expect("evaluates")),
+        );
         let statistics = evaluate(&plan, &vault, &consents, "research").expect("evaluates");
         group.bench_with_input(
             BenchmarkId::new("encrypt_and_prove", patients),
             &statistics,
             |b, statistics| {
                 b.iter(|| {
-                    build_contribution(&context, &key, &plan, statistics, vault.capacity(), &mut rng)
-                        .expect("proves")
+                    build_contribution(
+                        &context,
+                        &key,
+                        &plan,
+                        statistics,
+                        vault.capacity(),
+                        &mut rng,
+                    )
+                    .expect("proves")
                 })
             },
         );

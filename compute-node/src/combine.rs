@@ -102,7 +102,11 @@ pub fn combine(plan: &QueryPlan, totals: &[i128]) -> Result<QueryAnswer, Combine
     if let Some((slot, &value)) = totals.iter().enumerate().find(|(_, &value)| value < 0) {
         return Err(CombineError::Negative { slot, value });
     }
-    let columns = plan.outputs.iter().map(|output| output.name().to_string()).collect();
+    let columns = plan
+        .outputs
+        .iter()
+        .map(|output| output.name().to_string())
+        .collect();
     let mut rows = Vec::with_capacity(plan.cells());
     for cell in 0..plan.cells() {
         let keys = plan.cell_keys(cell);
@@ -193,8 +197,7 @@ fn aggregate(
                     number(cross as f64 / ((spread_x as f64).sqrt() * (spread_y as f64).sqrt()))
                 }
                 Aggregate::RegrSlope | Aggregate::RegrIntercept if spread_x > 0 => {
-                    let slope =
-                        cross as f64 / spread_x as f64 * x_codec.scale() / y_codec.scale();
+                    let slope = cross as f64 / spread_x as f64 * x_codec.scale() / y_codec.scale();
                     if function == Aggregate::RegrSlope {
                         return number(slope);
                     }

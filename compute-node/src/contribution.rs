@@ -104,8 +104,7 @@ pub fn build_contribution<R: RngCore + CryptoRng>(
     let mut ciphertexts = Vec::with_capacity(expected);
     let mut openings = Vec::with_capacity(2 * expected);
     for &value in &statistics.values {
-        let (ciphertext, opening) =
-            collective_key.encrypt_with_opening(Scalar::from(value), rng);
+        let (ciphertext, opening) = collective_key.encrypt_with_opening(Scalar::from(value), rng);
         ciphertexts.push(ciphertext);
         openings.push(opening);
     }

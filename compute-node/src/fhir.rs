@@ -438,7 +438,9 @@ pub fn bundle_to_record(
     let bundle: serde_json::Value =
         serde_json::from_str(json).map_err(|error| FhirError::NotABundle(error.to_string()))?;
     if bundle.get("resourceType").and_then(|t| t.as_str()) != Some("Bundle") {
-        return Err(FhirError::NotABundle("resourceType is not \"Bundle\"".into()));
+        return Err(FhirError::NotABundle(
+            "resourceType is not \"Bundle\"".into(),
+        ));
     }
     let source = verify_provenance(&bundle, policy)?;
     let entries = bundle
@@ -610,7 +612,10 @@ pub fn bundle_to_record(
             });
         }
     }
-    let lab = |column: &str| labs.get(column).map_or(Value::Null, |(_, x)| Value::Float(*x));
+    let lab = |column: &str| {
+        labs.get(column)
+            .map_or(Value::Null, |(_, x)| Value::Float(*x))
+    };
     let schema = Schema::fhir();
     let values = schema
         .columns

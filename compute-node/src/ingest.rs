@@ -266,7 +266,10 @@ fn row_to_record(
         .ok_or_else(|| blame(&schema.id_column, "patient id is empty".into()))?
         .to_string();
     if patient_id.len() > 128 {
-        return Err(blame(&schema.id_column, "patient id is over 128 bytes".into()));
+        return Err(blame(
+            &schema.id_column,
+            "patient id is over 128 bytes".into(),
+        ));
     }
     if seen_ids.contains(&patient_id) {
         return Err(blame(

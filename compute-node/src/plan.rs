@@ -311,9 +311,8 @@ pub struct Codec {
 impl Codec {
     /// The fixed-point codec.
     pub fn fixed_point(&self) -> FixedPoint {
-        FixedPoint::new(self.lower, self.upper, self.decimals).unwrap_or_else(|error| {
-            unreachable!("codecs come from validated manifests: {error}")
-        })
+        FixedPoint::new(self.lower, self.upper, self.decimals)
+            .unwrap_or_else(|error| unreachable!("codecs come from validated manifests: {error}"))
     }
 
     /// Largest offset-encoded value: round(U·10^d) − round(L·10^d).

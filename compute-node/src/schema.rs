@@ -291,7 +291,9 @@ impl Schema {
             )));
         }
         if max_groups == 0 {
-            return Err(SchemaError::Manifest("max_groups must be at least 1".into()));
+            return Err(SchemaError::Manifest(
+                "max_groups must be at least 1".into(),
+            ));
         }
         if columns.is_empty() {
             return Err(SchemaError::Manifest("declare at least one column".into()));
@@ -338,8 +340,8 @@ impl Schema {
 
     /// The schema of vaults built from FHIR R4 bundles (see [`crate::fhir`]).
     pub fn fhir() -> Self {
-        let float = |name: &str, unit: &str, coding: &str, bounds: [f64; 2], bins: &[f64]| {
-            ColumnSpec {
+        let float =
+            |name: &str, unit: &str, coding: &str, bounds: [f64; 2], bins: &[f64]| ColumnSpec {
                 name: name.into(),
                 column_type: ColumnType::Float,
                 unit: Some(unit.into()),
@@ -349,8 +351,7 @@ impl Schema {
                 bins: Some(bins.to_vec()),
                 categories: None,
                 nullable: true,
-            }
-        };
+            };
         let columns = vec![
             ColumnSpec {
                 name: "age".into(),

@@ -16,8 +16,8 @@ use sqlparser::dialect::GenericDialect;
 use sqlparser::parser::Parser;
 
 use crate::plan::{
-    Aggregate, AggregateInputs, Codec, Comparison, GroupKey, Literal, Output, Predicate,
-    QueryPlan, Statistic,
+    Aggregate, AggregateInputs, Codec, Comparison, GroupKey, Literal, Output, Predicate, QueryPlan,
+    Statistic,
 };
 use crate::schema::{ColumnSpec, ColumnType, Schema};
 
@@ -65,9 +65,7 @@ fn unsupported<T>(what: impl Into<String>) -> Result<T, QueryError> {
 /// Compiles `sql` against `schema`.
 pub fn compile(sql: &str, schema: &Schema) -> Result<QueryPlan, QueryError> {
     if sql.len() > MAX_QUERY_LEN {
-        return unsupported(format!(
-            "queries longer than {MAX_QUERY_LEN} bytes"
-        ));
+        return unsupported(format!("queries longer than {MAX_QUERY_LEN} bytes"));
     }
     let statements = Parser::parse_sql(&GenericDialect {}, sql)
         .map_err(|error| QueryError::Syntax(error.to_string()))?;
@@ -357,10 +355,9 @@ impl Compiler<'_> {
     fn column_name(&self, expr: &Expr) -> Option<String> {
         match expr {
             Expr::Identifier(ident) => Some(ident.value.to_lowercase()),
-            Expr::CompoundIdentifier(parts) if parts.len() == 2 => {
-                (parts[0].value.to_lowercase() == self.schema.table)
-                    .then(|| parts[1].value.to_lowercase())
-            }
+            Expr::CompoundIdentifier(parts) if parts.len() == 2 => (parts[0].value.to_lowercase()
+                == self.schema.table)
+                .then(|| parts[1].value.to_lowercase()),
             Expr::Nested(inner) => self.column_name(inner),
             _ => None,
         }
@@ -418,10 +415,15 @@ impl Compiler<'_> {
         groups: &[GroupKey],
     ) -> Result<Item, QueryError> {
         let default_name = expr.to_string().to_lowercase();
-        let name = alias.map(|alias| alias.to_lowercase()).unwrap_or(default_name);
+        let name = alias
+            .map(|alias| alias.to_lowercase())
+            .unwrap_or(default_name);
         if let Some(column) = self.column_name(expr) {
             self.column(&column)?;
-            if groups.iter().any(|group| group.column() == column && matches!(group, GroupKey::Category { .. })) {
+            if groups
+                .iter()
+                .any(|group| group.column() == column && matches!(group, GroupKey::Category { .. }))
+            {
                 let key = self.group_key(expr)?;
                 return Ok(Item::Group { name, key });
             }
@@ -436,7 +438,10 @@ impl Compiler<'_> {
         };
         let column_of = |position: usize| -> Result<String, QueryError> {
             let Some(Some(argument)) = arguments.get(position) else {
-                return unsupported(format!("{}: expected a column argument", function.to_uppercase()));
+                return unsupported(format!(
+                    "{}: expected a column argument",
+                    function.to_uppercase()
+                ));
             };
             let Some(column) = self.column_name(argument) else {
                 return unsupported(format!(
@@ -581,8 +586,14 @@ impl Compiler<'_> {
         let spec = self.column(column)?;
         match (spec.column_type, literal) {
             (ColumnType::Float | ColumnType::Integer, Literal::Number(_)) => Ok(()),
-            (ColumnType::Bool, Literal::Bool(_)) if matches!(op, Comparison::Eq | Comparison::NotEq) => Ok(()),
-            (ColumnType::Category, Literal::Text(text)) if matches!(op, Comparison::Eq | Comparison::NotEq) => {
+            (ColumnType::Bool, Literal::Bool(_))
+                if matches!(op, Comparison::Eq | Comparison::NotEq) =>
+            {
+                Ok(())
+            }
+            (ColumnType::Category, Literal::Text(text))
+                if matches!(op, Comparison::Eq | Comparison::NotEq) =>
+            {
                 let declared = spec.categories.as_deref().unwrap_or_default();
                 if declared.contains(text) {
                     Ok(())
@@ -671,9 +682,9 @@ impl Compiler<'_> {
                 })
             }
             Expr::Identifier(_) | Expr::CompoundIdentifier(_) => {
-                let column = self.column_name(expr).ok_or_else(|| {
-                    QueryError::Unsupported(format!("`{expr}` as a condition"))
-                })?;
+                let column = self
+                    .column_name(expr)
+                    .ok_or_else(|| QueryError::Unsupported(format!("`{expr}` as a condition")))?;
                 let spec = self.column(&column)?;
                 if spec.column_type != ColumnType::Bool {
                     return Err(QueryError::Type(format!(
@@ -707,8 +718,12 @@ impl Compiler<'_> {
                 };
                 (name, prefix_of(Some(prefix))?)
             }
-            ("has_condition", [Some(prefix)]) => ("conditions".to_string(), prefix_of(Some(prefix))?),
-            ("has_medication", [Some(prefix)]) => ("medications".to_string(), prefix_of(Some(prefix))?),
+            ("has_condition", [Some(prefix)]) => {
+                ("conditions".to_string(), prefix_of(Some(prefix))?)
+            }
+            ("has_medication", [Some(prefix)]) => {
+                ("medications".to_string(), prefix_of(Some(prefix))?)
+            }
             ("has_code" | "has_condition" | "has_medication", _) => {
                 return unsupported(format!(
                     "{} takes (codes_column, 'prefix') or ('prefix')",
@@ -719,12 +734,19 @@ impl Compiler<'_> {
         };
         let spec = self.column(&column)?;
         if spec.column_type != ColumnType::Codes {
-            return Err(QueryError::Type(format!("`{column}` is not a codes column")));
+            return Err(QueryError::Type(format!(
+                "`{column}` is not a codes column"
+            )));
         }
         Ok(Predicate::HasCode { column, prefix })
     }
 
-    fn comparison(&self, left: &Expr, op: Comparison, right: &Expr) -> Result<Predicate, QueryError> {
+    fn comparison(
+        &self,
+        left: &Expr,
+        op: Comparison,
+        right: &Expr,
+    ) -> Result<Predicate, QueryError> {
         match (self.column_name(left), self.column_name(right)) {
             (Some(left_column), Some(right_column)) => {
                 for column in [&left_column, &right_column] {
@@ -744,14 +766,18 @@ impl Compiler<'_> {
             }
             (Some(column), None) => {
                 let value = self.literal(right).ok_or_else(|| {
-                    QueryError::Unsupported(format!("comparing `{column}` with `{right}`; compare with a literal"))
+                    QueryError::Unsupported(format!(
+                        "comparing `{column}` with `{right}`; compare with a literal"
+                    ))
                 })?;
                 self.check_literal(&column, op, &value)?;
                 Ok(Predicate::Compare { column, op, value })
             }
             (None, Some(column)) => {
                 let value = self.literal(left).ok_or_else(|| {
-                    QueryError::Unsupported(format!("comparing `{left}` with `{column}`; compare with a literal"))
+                    QueryError::Unsupported(format!(
+                        "comparing `{left}` with `{column}`; compare with a literal"
+                    ))
                 })?;
                 let flipped = flip(op);
                 self.check_literal(&column, flipped, &value)?;
@@ -761,7 +787,9 @@ impl Compiler<'_> {
                     value,
                 })
             }
-            (None, None) => unsupported(format!("`{left} {op:?} {right}`: one side must be a column")),
+            (None, None) => unsupported(format!(
+                "`{left} {op:?} {right}`: one side must be a column"
+            )),
         }
     }
 }
@@ -806,8 +834,11 @@ fn flip(op: Comparison) -> Comparison {
     }
 }
 
+/// A function's lowercase name and its arguments (`None` for `*`).
+type FunctionCall<'a> = (String, Vec<Option<&'a Expr>>);
+
 /// A plain function call: its lowercase name and arguments (`None` for `*`).
-fn function_call(expr: &Expr) -> Result<Option<(String, Vec<Option<&Expr>>)>, QueryError> {
+fn function_call(expr: &Expr) -> Result<Option<FunctionCall<'_>>, QueryError> {
     let Expr::Function(function) = expr else {
         return Ok(None);
     };

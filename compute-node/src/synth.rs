@@ -139,9 +139,7 @@ pub fn patient(seed: u64, index: u64) -> SyntheticPatient {
     };
     let agef = age as f64;
     let true_bmi = normal(26.5 + 0.05 * (agef - 45.0), 5.0, &mut rng).max(15.0);
-    let diabetes = rng.gen_bool(logistic(
-        -5.6 + 0.05 * agef + 0.12 * (true_bmi - 27.0),
-    ));
+    let diabetes = rng.gen_bool(logistic(-5.6 + 0.05 * agef + 0.12 * (true_bmi - 27.0)));
     let hypertension = rng.gen_bool(logistic(
         -5.0 + 0.065 * agef + 0.08 * (true_bmi - 27.0) + if diabetes { 0.5 } else { 0.0 },
     ));
@@ -179,7 +177,8 @@ pub fn patient(seed: u64, index: u64) -> SyntheticPatient {
     let statin = rng
         .gen_bool(statin_probability)
         .then(|| ["83367", "36567", "301542"][rng.gen_range(0..3)]);
-    let true_ldl = normal(125.0, 32.0, &mut rng).max(30.0) * if statin.is_some() { 0.65 } else { 1.0 };
+    let true_ldl =
+        normal(125.0, 32.0, &mut rng).max(30.0) * if statin.is_some() { 0.65 } else { 1.0 };
 
     let bmi = rng.gen_bool(0.92).then(|| round_to(true_bmi, 1));
     let hba1c = (diabetes || rng.gen_bool(0.45)).then(|| round_to(true_hba1c, 1));
@@ -252,7 +251,12 @@ impl SyntheticPatient {
                 "birthDate": self.birth_date().to_string()
             }
         })];
-        let mut observation = |id: &str, loinc: &str, display: &str, value: f64, unit: &str, date: &str| {
+        let mut observation = |id: &str,
+                               loinc: &str,
+                               display: &str,
+                               value: f64,
+                               unit: &str,
+                               date: &str| {
             entries.push(json!({
                 "fullUrl": format!("urn:uuid:{id}-{}", self.id),
                 "resource": {
@@ -271,27 +275,76 @@ impl SyntheticPatient {
             }));
         };
         if let Some(bmi) = self.bmi {
-            observation("bmi", "39156-5", "Body mass index (BMI) [Ratio]", bmi, "kg/m2", "2025-06-12");
+            observation(
+                "bmi",
+                "39156-5",
+                "Body mass index (BMI) [Ratio]",
+                bmi,
+                "kg/m2",
+                "2025-06-12",
+            );
         }
         if let Some(hba1c) = self.hba1c {
             if self.hba1c_ifcc {
                 let ifcc = round_to((hba1c - 2.152) / 0.09148, 0);
-                observation("hba1c", "59261-8", "Hemoglobin A1c/Hemoglobin.total in Blood by IFCC protocol", ifcc, "mmol/mol", "2025-09-03");
+                observation(
+                    "hba1c",
+                    "59261-8",
+                    "Hemoglobin A1c/Hemoglobin.total in Blood by IFCC protocol",
+                    ifcc,
+                    "mmol/mol",
+                    "2025-09-03",
+                );
             } else {
-                observation("hba1c", "4548-4", "Hemoglobin A1c/Hemoglobin.total in Blood", hba1c, "%", "2025-09-03");
+                observation(
+                    "hba1c",
+                    "4548-4",
+                    "Hemoglobin A1c/Hemoglobin.total in Blood",
+                    hba1c,
+                    "%",
+                    "2025-09-03",
+                );
             }
         }
         if let Some(sbp) = self.systolic_bp {
-            observation("sbp", "8480-6", "Systolic blood pressure", sbp, "mm[Hg]", "2025-06-12");
+            observation(
+                "sbp",
+                "8480-6",
+                "Systolic blood pressure",
+                sbp,
+                "mm[Hg]",
+                "2025-06-12",
+            );
         }
         if let Some(dbp) = self.diastolic_bp {
-            observation("dbp", "8462-4", "Diastolic blood pressure", dbp, "mm[Hg]", "2025-06-12");
+            observation(
+                "dbp",
+                "8462-4",
+                "Diastolic blood pressure",
+                dbp,
+                "mm[Hg]",
+                "2025-06-12",
+            );
         }
         if let Some(ldl) = self.ldl {
             if self.ldl_mmol {
-                observation("ldl", "13457-7", "Cholesterol in LDL [Mass/volume] in Serum or Plasma by calculation", round_to(ldl / 38.67, 2), "mmol/L", "2025-09-03");
+                observation(
+                    "ldl",
+                    "13457-7",
+                    "Cholesterol in LDL [Mass/volume] in Serum or Plasma by calculation",
+                    round_to(ldl / 38.67, 2),
+                    "mmol/L",
+                    "2025-09-03",
+                );
             } else {
-                observation("ldl", "13457-7", "Cholesterol in LDL [Mass/volume] in Serum or Plasma by calculation", ldl, "mg/dL", "2025-09-03");
+                observation(
+                    "ldl",
+                    "13457-7",
+                    "Cholesterol in LDL [Mass/volume] in Serum or Plasma by calculation",
+                    ldl,
+                    "mg/dL",
+                    "2025-09-03",
+                );
             }
         }
         let mut condition = |id: &str, icd10: &str, snomed: &str, display: &str| {

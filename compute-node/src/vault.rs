@@ -223,10 +223,9 @@ impl Vault {
             let name = PlSmallStr::from(spec.name.as_str());
             let cells = self.records.iter().map(|record| &record.values[position]);
             let column = match spec.column_type {
-                ColumnType::Float => Column::new(
-                    name,
-                    cells.map(Value::as_f64).collect::<Vec<Option<f64>>>(),
-                ),
+                ColumnType::Float => {
+                    Column::new(name, cells.map(Value::as_f64).collect::<Vec<Option<f64>>>())
+                }
                 ColumnType::Integer => Column::new(
                     name,
                     cells

@@ -34,8 +34,14 @@ fn vault(rows: &str) -> Vault {
 fn answer(vault: &Vault, consents: &ConsentBook, sql: &str) -> (u64, Vec<f64>) {
     let plan = compile(sql, vault.schema()).unwrap();
     let statistics = evaluate(&plan, vault, consents, "research").unwrap();
-    let answer = combine(&plan, &sum_vectors(&[statistics.values.clone()])).unwrap();
-    (answer.participants, answer.rows[0].iter().map(|cell| cell.as_f64().unwrap_or(f64::NAN)).collect())
+    let answer = combine(&plan, &sum_vectors(std::slice::from_ref(&statistics.values))).unwrap();
+    (
+        answer.participants,
+        answer.rows[0]
+            .iter()
+            .map(|cell| cell.as_f64().unwrap_or(f64::NAN))
+            .collect(),
+    )
 }
 
 #[test]
@@ -64,7 +70,11 @@ fn consent_to_another_purpose_does_not_count() {
 fn every_consenting_patient_counts_as_a_participant_matching_or_not() {
     let vault = vault("a,40,100\nb,50,200\nc,60,300\n");
     let consents = ConsentBook::everyone(&vault, "research");
-    let (participants, row) = answer(&vault, &consents, "SELECT COUNT(*) FROM patients WHERE age >= 55");
+    let (participants, row) = answer(
+        &vault,
+        &consents,
+        "SELECT COUNT(*) FROM patients WHERE age >= 55",
+    );
     assert_eq!(participants, 3);
     assert_eq!(row, vec![1.0]);
 }
@@ -93,7 +103,11 @@ fn values_beyond_the_query_bounds_are_clipped() {
 fn missing_values_are_left_out_of_their_aggregates_only() {
     let vault = vault("a,40,100\nb,50,\nc,60,300\n");
     let consents = ConsentBook::everyone(&vault, "research");
-    let (_, row) = answer(&vault, &consents, "SELECT COUNT(*), COUNT(ldl), AVG(ldl), AVG(age) FROM patients");
+    let (_, row) = answer(
+        &vault,
+        &consents,
+        "SELECT COUNT(*), COUNT(ldl), AVG(ldl), AVG(age) FROM patients",
+    );
     assert_eq!(row, vec![3.0, 2.0, 200.0, 50.0]);
 }
 
@@ -104,7 +118,11 @@ fn offset_encoding_handles_values_at_and_between_fixed_point_steps() {
     // decimal, so 200.25 is encoded as 200.3 (round half away from zero).
     let vault = vault("a,40,100.5\nb,50,200.25\nc,60,300\n");
     let consents = ConsentBook::everyone(&vault, "research");
-    let (_, row) = answer(&vault, &consents, "SELECT AVG(ldl), VAR_SAMP(ldl) FROM patients");
+    let (_, row) = answer(
+        &vault,
+        &consents,
+        "SELECT AVG(ldl), VAR_SAMP(ldl) FROM patients",
+    );
     let encoded = [100.5f64, 200.3, 300.0];
     let mean = encoded.iter().sum::<f64>() / 3.0;
     let variance = encoded.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / 2.0;

@@ -33,7 +33,11 @@ struct Row {
 }
 
 fn column(record: &PatientRecord, name: &str) -> Value {
-    let position = Schema::fhir().columns.iter().position(|spec| spec.name == name).unwrap();
+    let position = Schema::fhir()
+        .columns
+        .iter()
+        .position(|spec| spec.name == name)
+        .unwrap();
     record.values[position].clone()
 }
 
@@ -73,9 +77,14 @@ fn covar_samp(pairs: &[(f64, f64)]) -> f64 {
 }
 
 fn close(actual: &Cell, expected: f64, what: &str) {
-    let actual = actual.as_f64().unwrap_or_else(|| panic!("{what}: got {actual:?}"));
+    let actual = actual
+        .as_f64()
+        .unwrap_or_else(|| panic!("{what}: got {actual:?}"));
     let tolerance = 1e-9 * expected.abs().max(1.0);
-    assert!((actual - expected).abs() <= tolerance, "{what}: {actual} vs plain {expected}");
+    assert!(
+        (actual - expected).abs() <= tolerance,
+        "{what}: {actual} vs plain {expected}"
+    );
 }
 
 struct Federation {
@@ -90,7 +99,8 @@ fn federation() -> Federation {
     let mut rows = Vec::new();
     for index in 0..PATIENTS {
         let bundle = synth::patient(42, index).to_bundle().to_string();
-        let record = bundle_to_record(&bundle, &REFERENCE_DATE, &ProvenancePolicy::default()).unwrap();
+        let record =
+            bundle_to_record(&bundle, &REFERENCE_DATE, &ProvenancePolicy::default()).unwrap();
         let node = (index % 3) as usize;
         // One patient in eight never consented; one in eleven consented and revoked.
         let consenting = index % 8 != 0;
@@ -100,8 +110,12 @@ fn federation() -> Federation {
                 consents[node].revoke(&record.patient_id, PURPOSE);
             }
         }
-        let Value::Integer(age) = column(&record, "age") else { panic!() };
-        let Value::Category(sex) = column(&record, "sex") else { panic!() };
+        let Value::Integer(age) = column(&record, "age") else {
+            panic!()
+        };
+        let Value::Category(sex) = column(&record, "sex") else {
+            panic!()
+        };
         rows.push(Row {
             consents: consenting && index % 11 != 0,
             age: age as f64,
@@ -115,7 +129,11 @@ fn federation() -> Federation {
         });
         vaults[node].upsert(record).unwrap();
     }
-    Federation { vaults, consents, rows }
+    Federation {
+        vaults,
+        consents,
+        rows,
+    }
 }
 
 /// Runs `sql` through the whole encrypted pipeline and returns the buyer's answer.
@@ -123,7 +141,7 @@ fn run_encrypted(federation: &Federation, sql: &str, query_id: &[u8]) -> compute
     let mut rng = ChaCha20Rng::seed_from_u64(7);
     let parameters = DkgParameters::new(2, 3, b"federated-numbers").unwrap();
     let committee = run_local_ceremony_with_rng(&parameters, &mut rng).unwrap();
-    let collective_key = committee[0].committee.collective_key().clone();
+    let collective_key = *committee[0].committee.collective_key();
     let buyer = KeyPair::generate_with_rng(&mut rng);
 
     let plan = compile(sql, &Schema::fhir()).unwrap();
@@ -137,7 +155,15 @@ fn run_encrypted(federation: &Federation, sql: &str, query_id: &[u8]) -> compute
         .zip(&contexts)
         .map(|((vault, consents), context)| {
             let statistics = evaluate(&plan, vault, consents, PURPOSE).unwrap();
-            build_contribution(context, &collective_key, &plan, &statistics, vault.capacity(), &mut rng).unwrap()
+            build_contribution(
+                context,
+                &collective_key,
+                &plan,
+                &statistics,
+                vault.capacity(),
+                &mut rng,
+            )
+            .unwrap()
         })
         .collect();
     let statements: Vec<ContributionStatement> = contributions
@@ -157,7 +183,11 @@ fn run_encrypted(federation: &Federation, sql: &str, query_id: &[u8]) -> compute
     let release_context = ProofContext::new(query_id, b"release").unwrap();
     let shares: Vec<_> = [&committee[0], &committee[2]]
         .iter()
-        .map(|member| member.share.key_switch_with_rng(&release_context, &summed, &buyer.public, &mut rng))
+        .map(|member| {
+            member
+                .share
+                .key_switch_with_rng(&release_context, &summed, &buyer.public, &mut rng)
+        })
         .collect();
     let switched = committee[0]
         .committee
@@ -165,7 +195,11 @@ fn run_encrypted(federation: &Federation, sql: &str, query_id: &[u8]) -> compute
         .unwrap();
     assert!(switched.rejected.is_empty());
 
-    let table = DecryptionTable::load_or_build(&std::env::temp_dir().join("cohortex-bsgs-cache"), BsgsConfig::default()).unwrap();
+    let table = DecryptionTable::load_or_build(
+        &std::env::temp_dir().join("cohortex-bsgs-cache"),
+        BsgsConfig::default(),
+    )
+    .unwrap();
     let totals: Vec<i128> = switched
         .ciphertexts
         .0
@@ -176,7 +210,9 @@ fn run_encrypted(federation: &Federation, sql: &str, query_id: &[u8]) -> compute
 }
 
 fn is_diabetic(row: &Row) -> bool {
-    row.conditions.iter().any(|code| code.starts_with("E11") || code == "44054006")
+    row.conditions
+        .iter()
+        .any(|code| code.starts_with("E11") || code == "44054006")
 }
 
 #[test]
@@ -193,8 +229,15 @@ fn every_supported_aggregate_matches_the_plaintext_computation() {
     );
     assert_eq!(answer.participants, consenting.len() as u64);
     let diabetics: Vec<&&Row> = consenting.iter().filter(|row| is_diabetic(row)).collect();
-    let hba1c: Vec<f64> = diabetics.iter().filter_map(|row| row.hba1c).map(|x| clip(x, 3.0, 20.0, 1)).collect();
-    assert!(hba1c.len() > 100, "enough diabetics to make the check meaningful");
+    let hba1c: Vec<f64> = diabetics
+        .iter()
+        .filter_map(|row| row.hba1c)
+        .map(|x| clip(x, 3.0, 20.0, 1))
+        .collect();
+    assert!(
+        hba1c.len() > 100,
+        "enough diabetics to make the check meaningful"
+    );
     let row = &answer.rows[0];
     close(&row[0], diabetics.len() as f64, "COUNT(*)");
     close(&row[1], hba1c.iter().sum(), "SUM");
@@ -203,7 +246,11 @@ fn every_supported_aggregate_matches_the_plaintext_computation() {
     close(&row[4], var_samp(&hba1c).sqrt(), "STDDEV_SAMP");
     let n = hba1c.len() as f64;
     close(&row[5], var_samp(&hba1c) * (n - 1.0) / n, "VAR_POP");
-    close(&row[6], (var_samp(&hba1c) * (n - 1.0) / n).sqrt(), "STDDEV_POP");
+    close(
+        &row[6],
+        (var_samp(&hba1c) * (n - 1.0) / n).sqrt(),
+        "STDDEV_POP",
+    );
     close(&row[7], n, "COUNT(hba1c)");
 
     // 2. Two-column aggregates over a numeric filter.
@@ -216,18 +263,30 @@ fn every_supported_aggregate_matches_the_plaintext_computation() {
     let pairs: Vec<(f64, f64)> = consenting
         .iter()
         .filter(|row| row.age >= 40.0)
-        .filter_map(|row| Some((clip(row.sbp?, 60.0, 260.0, 1), clip(row.bmi?, 10.0, 80.0, 1))))
+        .filter_map(|row| {
+            Some((
+                clip(row.sbp?, 60.0, 260.0, 1),
+                clip(row.bmi?, 10.0, 80.0, 1),
+            ))
+        })
         .collect();
     let ys: Vec<f64> = pairs.iter().map(|p| p.0).collect();
     let xs: Vec<f64> = pairs.iter().map(|p| p.1).collect();
     let covariance = covar_samp(&pairs);
     let slope = covariance / var_samp(&xs);
     let row = &answer.rows[0];
-    close(&row[0], covariance / (var_samp(&xs).sqrt() * var_samp(&ys).sqrt()), "CORR");
+    close(
+        &row[0],
+        covariance / (var_samp(&xs).sqrt() * var_samp(&ys).sqrt()),
+        "CORR",
+    );
     close(&row[1], covariance, "COVAR_SAMP");
     close(&row[2], slope, "REGR_SLOPE");
     close(&row[3], mean(&ys) - slope * mean(&xs), "REGR_INTERCEPT");
-    assert!(row[0].as_f64().unwrap() > 0.1, "BMI and systolic pressure correlate in the synthetic population");
+    assert!(
+        row[0].as_f64().unwrap() > 0.1,
+        "BMI and systolic pressure correlate in the synthetic population"
+    );
 
     // 3. GROUP BY declared bins and a category, with BETWEEN and IN.
     let answer = run_encrypted(
@@ -243,11 +302,19 @@ fn every_supported_aggregate_matches_the_plaintext_computation() {
         assert_eq!(output[0], Cell::Text(sex.to_string()));
         let members: Vec<&&Row> = consenting
             .iter()
-            .filter(|row| (30.0..=79.0).contains(&row.age) && (row.sex == "female" || row.sex == "male"))
-            .filter(|row| row.sex == sex && row.age >= edges[bin] && (row.age < edges[bin + 1] || bin == 6))
+            .filter(|row| {
+                (30.0..=79.0).contains(&row.age) && (row.sex == "female" || row.sex == "male")
+            })
+            .filter(|row| {
+                row.sex == sex && row.age >= edges[bin] && (row.age < edges[bin + 1] || bin == 6)
+            })
             .collect();
         close(&output[3], members.len() as f64, "COUNT per cell");
-        let ldl: Vec<f64> = members.iter().filter_map(|row| row.ldl).map(|x| clip(x, 20.0, 400.0, 1)).collect();
+        let ldl: Vec<f64> = members
+            .iter()
+            .filter_map(|row| row.ldl)
+            .map(|x| clip(x, 20.0, 400.0, 1))
+            .collect();
         if ldl.is_empty() {
             assert_eq!(output[2], Cell::Null, "AVG of nobody is NULL");
         } else {

@@ -41,7 +41,10 @@ fn fhir_bundle_round_trips_into_the_vault_and_back_from_parquet() {
             Some(hex::encode(patient.key.verifying_key().as_bytes()).as_str())
         );
         assert_eq!(value(&record, "age"), &Value::Integer(patient.age));
-        assert_eq!(value(&record, "sex"), &Value::Category(patient.sex.to_string()));
+        assert_eq!(
+            value(&record, "sex"),
+            &Value::Category(patient.sex.to_string())
+        );
         assert_eq!(float(value(&record, "bmi")), patient.bmi);
         assert_eq!(float(value(&record, "systolic_bp")), patient.systolic_bp);
         // HbA1c reported in mmol/mol comes back in % within the IFCC rounding (1 mmol/mol ≈ 0.09 %).
@@ -53,11 +56,19 @@ fn fhir_bundle_round_trips_into_the_vault_and_back_from_parquet() {
             (Some(read), Some(truth)) => assert!((read - truth).abs() <= 0.2, "{read} vs {truth}"),
             (read, truth) => assert_eq!(read, truth),
         }
-        let Value::Codes(conditions) = value(&record, "conditions") else { panic!() };
-        let has = |prefixes: &[&str]| conditions.iter().any(|code| prefixes.iter().any(|p| code.starts_with(p)));
+        let Value::Codes(conditions) = value(&record, "conditions") else {
+            panic!()
+        };
+        let has = |prefixes: &[&str]| {
+            conditions
+                .iter()
+                .any(|code| prefixes.iter().any(|p| code.starts_with(p)))
+        };
         assert_eq!(has(&["E11", "44054006"]), patient.diabetes);
         assert_eq!(has(&["I10", "38341003"]), patient.hypertension);
-        let Value::Codes(medications) = value(&record, "medications") else { panic!() };
+        let Value::Codes(medications) = value(&record, "medications") else {
+            panic!()
+        };
         assert_eq!(medications.contains(&"6809".to_string()), patient.metformin);
         vault.upsert(record).unwrap();
         patients.push(patient);
@@ -127,8 +138,16 @@ fn signed_bundle_records_its_source() {
     let source = SigningKey::from_bytes(&[9u8; 32]);
     let mut bundle = synth::patient(1, 0).to_bundle();
     sign_bundle(&mut bundle, &source, "2026-01-01T00:00:00Z");
-    let record = bundle_to_record(&bundle.to_string(), &REFERENCE_DATE, &ProvenancePolicy::default()).unwrap();
-    assert_eq!(record.source, Some(hex::encode(source.verifying_key().as_bytes())));
+    let record = bundle_to_record(
+        &bundle.to_string(),
+        &REFERENCE_DATE,
+        &ProvenancePolicy::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        record.source,
+        Some(hex::encode(source.verifying_key().as_bytes()))
+    );
 }
 
 #[test]
@@ -138,7 +157,12 @@ fn tampered_signed_bundle_is_rejected() {
     sign_bundle(&mut bundle, &source, "2026-01-01T00:00:00Z");
     // Change the birth date after signing.
     bundle["entry"][0]["resource"]["birthDate"] = serde_json::json!("1930-01-01");
-    let error = bundle_to_record(&bundle.to_string(), &REFERENCE_DATE, &ProvenancePolicy::default()).unwrap_err();
+    let error = bundle_to_record(
+        &bundle.to_string(),
+        &REFERENCE_DATE,
+        &ProvenancePolicy::default(),
+    )
+    .unwrap_err();
     assert!(matches!(error, FhirError::Provenance(_)), "{error}");
 }
 
@@ -153,13 +177,19 @@ fn bundle_signed_by_an_untrusted_source_is_rejected() {
         trusted_sources: Some([hex::encode(trusted.verifying_key().as_bytes())].into()),
     };
     let error = bundle_to_record(&bundle.to_string(), &REFERENCE_DATE, &policy).unwrap_err();
-    assert!(error.to_string().contains("not a trusted source"), "{error}");
+    assert!(
+        error.to_string().contains("not a trusted source"),
+        "{error}"
+    );
 }
 
 #[test]
 fn unsigned_bundle_is_rejected_when_signatures_are_required() {
     let bundle = synth::patient(1, 0).to_bundle();
-    let policy = ProvenancePolicy { require_signature: true, trusted_sources: None };
+    let policy = ProvenancePolicy {
+        require_signature: true,
+        trusted_sources: None,
+    };
     let error = bundle_to_record(&bundle.to_string(), &REFERENCE_DATE, &policy).unwrap_err();
     assert!(matches!(error, FhirError::Provenance(_)));
 }
@@ -176,17 +206,33 @@ fn bad_bundles_in_an_ndjson_file_are_reported_by_line_and_the_rest_ingested() {
     ];
     std::fs::write(&path, lines.join("\n")).unwrap();
     let mut vault = Vault::new(Schema::fhir());
-    let report = ingest_fhir(&path, &mut vault, &REFERENCE_DATE, &ProvenancePolicy::default()).unwrap();
+    let report = ingest_fhir(
+        &path,
+        &mut vault,
+        &REFERENCE_DATE,
+        &ProvenancePolicy::default(),
+    )
+    .unwrap();
     assert_eq!(report.accepted, 2);
     assert_eq!(vault.len(), 2);
-    let rows: Vec<usize> = report.rejected.iter().map(|rejected| rejected.location.row).collect();
+    let rows: Vec<usize> = report
+        .rejected
+        .iter()
+        .map(|rejected| rejected.location.row)
+        .collect();
     assert_eq!(rows, vec![2, 4]);
 }
 
 #[test]
 fn synthetic_population_is_deterministic_per_seed() {
-    assert_eq!(synth::patient(11, 5).to_bundle(), synth::patient(11, 5).to_bundle());
-    assert_ne!(synth::patient(11, 5).to_bundle(), synth::patient(12, 5).to_bundle());
+    assert_eq!(
+        synth::patient(11, 5).to_bundle(),
+        synth::patient(11, 5).to_bundle()
+    );
+    assert_ne!(
+        synth::patient(11, 5).to_bundle(),
+        synth::patient(12, 5).to_bundle()
+    );
     let date: Date = synth::patient(11, 5).birth_date();
     assert_eq!(date.years_until(&REFERENCE_DATE), synth::patient(11, 5).age);
 }

@@ -78,21 +78,32 @@ fn value_outside_declared_bounds_is_rejected_naming_file_row_and_column() {
     let mut vault = Vault::new(schema());
     let report = ingest_table(&path, &mut vault).unwrap();
     assert_eq!(report.accepted, 2, "the good rows are kept");
-    let [rejected] = report.rejected.as_slice() else { panic!("{:?}", report.rejected) };
+    let [rejected] = report.rejected.as_slice() else {
+        panic!("{:?}", report.rejected)
+    };
     assert_eq!(rejected.location.row, 2);
     assert_eq!(rejected.location.column.as_deref(), Some("hba1c"));
     let message = rejected.to_string();
-    assert!(message.contains("bounds.csv") && message.contains("row 2") && message.contains("hba1c"), "{message}");
+    assert!(
+        message.contains("bounds.csv") && message.contains("row 2") && message.contains("hba1c"),
+        "{message}"
+    );
     assert!(message.contains("[3, 20]"), "{message}");
 }
 
 #[test]
 fn unknown_column_fails_the_file_naming_the_column() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write(dir.path(), "unknown.csv", "patient_id,age,sex,ssn\na,50,female,123\n");
+    let path = write(
+        dir.path(),
+        "unknown.csv",
+        "patient_id,age,sex,ssn\na,50,female,123\n",
+    );
     let mut vault = Vault::new(schema());
     let error = ingest_table(&path, &mut vault).unwrap_err();
-    let IngestError::Layout { location, reason } = &error else { panic!("{error}") };
+    let IngestError::Layout { location, reason } = &error else {
+        panic!("{error}")
+    };
     assert_eq!(location.column.as_deref(), Some("ssn"));
     assert_eq!(location.row, 0);
     assert!(reason.contains("unknown column"), "{reason}");
@@ -103,13 +114,26 @@ fn unknown_column_fails_the_file_naming_the_column() {
 #[test]
 fn wrong_type_is_rejected_naming_file_row_and_column() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write(dir.path(), "types.csv", "patient_id,age,sex\na,fifty,female\nb,51,male\n");
+    let path = write(
+        dir.path(),
+        "types.csv",
+        "patient_id,age,sex\na,fifty,female\nb,51,male\n",
+    );
     let mut vault = Vault::new(schema());
     let report = ingest_table(&path, &mut vault).unwrap();
     assert_eq!(report.accepted, 1);
-    let [rejected] = report.rejected.as_slice() else { panic!() };
-    assert_eq!((rejected.location.row, rejected.location.column.as_deref()), (1, Some("age")));
-    assert!(rejected.reason.contains("not an integer"), "{}", rejected.reason);
+    let [rejected] = report.rejected.as_slice() else {
+        panic!()
+    };
+    assert_eq!(
+        (rejected.location.row, rejected.location.column.as_deref()),
+        (1, Some("age"))
+    );
+    assert!(
+        rejected.reason.contains("not an integer"),
+        "{}",
+        rejected.reason
+    );
 }
 
 #[test]
@@ -118,9 +142,15 @@ fn undeclared_category_is_rejected() {
     let path = write(dir.path(), "category.csv", "patient_id,age,sex\na,50,f\n");
     let mut vault = Vault::new(schema());
     let report = ingest_table(&path, &mut vault).unwrap();
-    let [rejected] = report.rejected.as_slice() else { panic!() };
+    let [rejected] = report.rejected.as_slice() else {
+        panic!()
+    };
     assert_eq!(rejected.location.column.as_deref(), Some("sex"));
-    assert!(rejected.reason.contains("female, male"), "{}", rejected.reason);
+    assert!(
+        rejected.reason.contains("female, male"),
+        "{}",
+        rejected.reason
+    );
 }
 
 #[test]
@@ -133,12 +163,18 @@ fn missing_id_column_fails_the_file() {
 
 #[test]
 fn missing_non_nullable_column_fails_the_file() {
-    let manifest = MANIFEST.replace("type = \"category\"", "type = \"category\"\nnullable = false");
+    let manifest = MANIFEST.replace(
+        "type = \"category\"",
+        "type = \"category\"\nnullable = false",
+    );
     let schema = Schema::from_toml(&manifest, "m").unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = write(dir.path(), "nosex.csv", "patient_id,age\na,50\n");
     let error = ingest_table(&path, &mut Vault::new(schema)).unwrap_err();
-    assert!(error.to_string().contains("`sex`") && error.to_string().contains("not nullable"), "{error}");
+    assert!(
+        error.to_string().contains("`sex`") && error.to_string().contains("not nullable"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -155,7 +191,11 @@ fn duplicate_patient_id_is_rejected_on_its_second_row() {
 #[test]
 fn ragged_csv_row_fails_the_file_naming_the_row() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write(dir.path(), "ragged.csv", "patient_id,age\na,50\nb,51,extra\n");
+    let path = write(
+        dir.path(),
+        "ragged.csv",
+        "patient_id,age\na,50\nb,51,extra\n",
+    );
     let error = ingest_table(&path, &mut Vault::new(schema())).unwrap_err();
     assert!(error.to_string().contains("row 2"), "{error}");
 }
@@ -171,35 +211,58 @@ fn parquet_input_is_checked_like_csv() {
         "hba1c" => [Some(6.5f64), None],
     )
     .unwrap();
-    ParquetWriter::new(std::fs::File::create(&path).unwrap()).finish(&mut frame).unwrap();
+    ParquetWriter::new(std::fs::File::create(&path).unwrap())
+        .finish(&mut frame)
+        .unwrap();
     let mut vault = Vault::new(schema());
     let report = ingest_table(&path, &mut vault).unwrap();
     assert_eq!(report.accepted, 1);
-    let [rejected] = report.rejected.as_slice() else { panic!() };
-    assert_eq!((rejected.location.row, rejected.location.column.as_deref()), (2, Some("age")));
+    let [rejected] = report.rejected.as_slice() else {
+        panic!()
+    };
+    assert_eq!(
+        (rejected.location.row, rejected.location.column.as_deref()),
+        (2, Some("age"))
+    );
 }
 
 #[test]
 fn manifest_with_an_unknown_key_is_refused() {
-    let error = Schema::from_toml(&MANIFEST.replace("unit = \"kg\"", "unit = \"kg\"\nbounds_typo = 3"), "m.toml").unwrap_err();
+    let error = Schema::from_toml(
+        &MANIFEST.replace("unit = \"kg\"", "unit = \"kg\"\nbounds_typo = 3"),
+        "m.toml",
+    )
+    .unwrap_err();
     assert!(matches!(error, SchemaError::Parse { .. }), "{error}");
     assert!(error.to_string().contains("bounds_typo"), "{error}");
 }
 
 #[test]
 fn manifest_bins_must_cover_the_bounds() {
-    let error = Schema::from_toml(&MANIFEST.replace("bins = [0, 40, 65, 120]", "bins = [18, 40, 65]"), "m.toml").unwrap_err();
-    assert!(error.to_string().contains("`age`") && error.to_string().contains("bins"), "{error}");
+    let error = Schema::from_toml(
+        &MANIFEST.replace("bins = [0, 40, 65, 120]", "bins = [18, 40, 65]"),
+        "m.toml",
+    )
+    .unwrap_err();
+    assert!(
+        error.to_string().contains("`age`") && error.to_string().contains("bins"),
+        "{error}"
+    );
 }
 
 #[test]
 fn manifest_category_without_categories_is_refused() {
-    let error = Schema::from_toml(&MANIFEST.replace("categories = [\"female\", \"male\"]", ""), "m.toml").unwrap_err();
+    let error = Schema::from_toml(
+        &MANIFEST.replace("categories = [\"female\", \"male\"]", ""),
+        "m.toml",
+    )
+    .unwrap_err();
     assert!(error.to_string().contains("`sex`"), "{error}");
 }
 
 #[test]
 fn manifest_of_another_version_is_refused() {
-    let error = Schema::from_toml(&MANIFEST.replace("version = 1", "version = 2"), "m.toml").unwrap_err();
+    let error =
+        Schema::from_toml(&MANIFEST.replace("version = 1", "version = 2"), "m.toml").unwrap_err();
     assert!(error.to_string().contains("version 2"), "{error}");
 }

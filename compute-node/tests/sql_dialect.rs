@@ -31,10 +31,21 @@ fn count_star_compiles_to_one_count() {
 #[test]
 fn sum_avg_and_variance_share_statistics() {
     let plan = accept("SELECT SUM(hba1c), AVG(hba1c), VAR_SAMP(hba1c), VARIANCE(hba1c), STDDEV_SAMP(hba1c) FROM patients");
-    assert_eq!(plan.statistics.len(), 3, "n, Σx and Σx² are reused: {:?}", plan.statistics);
+    assert_eq!(
+        plan.statistics.len(),
+        3,
+        "n, Σx and Σx² are reused: {:?}",
+        plan.statistics
+    );
     assert_eq!(
         functions(&plan),
-        vec![Aggregate::Sum, Aggregate::Avg, Aggregate::VarSamp, Aggregate::VarSamp, Aggregate::StddevSamp]
+        vec![
+            Aggregate::Sum,
+            Aggregate::Avg,
+            Aggregate::VarSamp,
+            Aggregate::VarSamp,
+            Aggregate::StddevSamp
+        ]
     );
 }
 
@@ -43,7 +54,10 @@ fn two_column_aggregates_compile() {
     let plan = accept("SELECT CORR(systolic_bp, bmi), COVAR_SAMP(systolic_bp, bmi), REGR_SLOPE(systolic_bp, bmi), REGR_INTERCEPT(systolic_bp, bmi) FROM patients");
     // n, Σy, Σx, Σy², Σx², Σxy over patients with both present.
     assert_eq!(plan.statistics.len(), 6);
-    assert!(plan.statistics.iter().all(|statistic| statistic.domain() == ["bmi", "systolic_bp"]));
+    assert!(plan
+        .statistics
+        .iter()
+        .all(|statistic| statistic.domain() == ["bmi", "systolic_bp"]));
 }
 
 #[test]
@@ -81,12 +95,18 @@ fn group_by_category_and_bins_compiles_with_keys_first() {
 fn histogram_over_declared_bins_compiles_to_counts_per_bin() {
     let plan = accept("SELECT HISTOGRAM(hba1c) FROM patients");
     assert!(matches!(&plan.groups[..], [GroupKey::Bin { column, .. }] if column == "hba1c"));
-    assert_eq!(plan.outputs.iter().map(|o| o.name()).collect::<Vec<_>>(), vec!["hba1c_bin", "count"]);
+    assert_eq!(
+        plan.outputs.iter().map(|o| o.name()).collect::<Vec<_>>(),
+        vec!["hba1c_bin", "count"]
+    );
 }
 
 #[test]
 fn select_star_is_refused_as_row_level() {
-    assert!(matches!(refuse("SELECT * FROM patients"), QueryError::RowLevel(_)));
+    assert!(matches!(
+        refuse("SELECT * FROM patients"),
+        QueryError::RowLevel(_)
+    ));
 }
 
 #[test]
@@ -98,12 +118,18 @@ fn bare_column_is_refused_as_row_level() {
 
 #[test]
 fn patient_id_is_refused_as_row_level() {
-    assert!(matches!(refuse("SELECT COUNT(*) FROM patients WHERE patient_id = 'x'"), QueryError::RowLevel(_)));
+    assert!(matches!(
+        refuse("SELECT COUNT(*) FROM patients WHERE patient_id = 'x'"),
+        QueryError::RowLevel(_)
+    ));
 }
 
 #[test]
 fn min_and_max_are_refused_as_row_level() {
-    assert!(matches!(refuse("SELECT MAX(hba1c) FROM patients"), QueryError::RowLevel(_)));
+    assert!(matches!(
+        refuse("SELECT MAX(hba1c) FROM patients"),
+        QueryError::RowLevel(_)
+    ));
 }
 
 #[test]
@@ -118,7 +144,12 @@ type = "float"
 "#;
     let schema = Schema::from_toml(manifest, "m").unwrap();
     let error = compile("SELECT AVG(weight) FROM patients", &schema).unwrap_err();
-    assert_eq!(error, QueryError::Unbounded { column: "weight".into() });
+    assert_eq!(
+        error,
+        QueryError::Unbounded {
+            column: "weight".into()
+        }
+    );
     // Counting patients with a weight needs no bounds.
     compile("SELECT COUNT(weight) FROM patients", &schema).unwrap();
 }
@@ -127,7 +158,10 @@ type = "float"
 fn grouping_beyond_the_declared_cardinality_is_refused() {
     let error = refuse("SELECT COUNT(*) FROM patients GROUP BY sex, BIN(age), BIN(bmi)");
     assert!(matches!(error, QueryError::Grouping(_)), "{error}");
-    assert!(error.to_string().contains("168 cells") && error.to_string().contains("at most 64"), "{error}");
+    assert!(
+        error.to_string().contains("168 cells") && error.to_string().contains("at most 64"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -140,7 +174,10 @@ fn grouping_on_a_raw_numeric_column_is_refused() {
 #[test]
 fn unknown_column_is_refused_with_the_known_ones_listed() {
     let error = refuse("SELECT AVG(hbaic) FROM patients");
-    assert!(matches!(&error, QueryError::UnknownColumn { column, .. } if column == "hbaic"), "{error}");
+    assert!(
+        matches!(&error, QueryError::UnknownColumn { column, .. } if column == "hbaic"),
+        "{error}"
+    );
     assert!(error.to_string().contains("hba1c"));
 }
 
@@ -163,13 +200,20 @@ fn joins_subqueries_order_limit_and_having_are_refused() {
         "DELETE FROM patients",
         "SELECT COUNT(*) FROM patients; SELECT COUNT(*) FROM patients",
     ] {
-        assert!(matches!(refuse(sql), QueryError::Unsupported(_)), "{sql}: {:?}", refuse(sql));
+        assert!(
+            matches!(refuse(sql), QueryError::Unsupported(_)),
+            "{sql}: {:?}",
+            refuse(sql)
+        );
     }
 }
 
 #[test]
 fn syntax_errors_are_reported_as_such() {
-    assert!(matches!(refuse("SELEC COUNT(*) FROM patients"), QueryError::Syntax(_)));
+    assert!(matches!(
+        refuse("SELEC COUNT(*) FROM patients"),
+        QueryError::Syntax(_)
+    ));
 }
 
 #[test]

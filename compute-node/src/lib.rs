@@ -24,6 +24,8 @@ pub mod ingest;
 pub mod plan;
 pub mod record;
 pub mod schema;
+#[cfg(feature = "server")]
+pub mod server;
 pub mod sql;
 pub mod synth;
 pub mod vault;

@@ -24,6 +24,8 @@ pub mod hash;
 pub mod log;
 pub mod machine;
 pub mod sequencer;
+#[cfg(feature = "server")]
+pub mod server;
 pub mod state;
 #[cfg(feature = "storage")]
 pub mod storage;

@@ -215,6 +215,15 @@ pub struct ReceiptRecord {
     pub recorded_at: u64,
 }
 
+/// Credits the settled queries paid for one patient's shares (see [`State::earnings_of`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PatientEarnings {
+    /// Shares paid to the patient's own account.
+    pub paid: u64,
+    /// Shares paid to a fund instead.
+    pub donated: u64,
+}
+
 /// The key of one state entry, as stored.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum StateKey {
@@ -321,6 +330,76 @@ impl State {
         purpose: Purpose,
     ) -> Option<&Consent> {
         self.consents.get(&(*patient, listing.clone(), purpose))
+    }
+
+    /// Every consent of `patient` (active or not), ordered by listing, then purpose.
+    pub fn consents_of<'a>(
+        &'a self,
+        patient: &'a AccountId,
+    ) -> impl Iterator<Item = (&'a ListingId, Purpose, &'a Consent)> + 'a {
+        // The smallest key of this patient: the empty listing id and the first purpose.
+        let first = (*patient, ListingId::new(""), Purpose::AcademicResearch);
+        self.consents
+            .range(first..)
+            .take_while(move |((holder, _, _), _)| holder == patient)
+            .map(|((_, listing, purpose), consent)| (listing, *purpose, consent))
+    }
+
+    /// The patients whose consent for `listing` and `purpose` is active at block time `time`,
+    /// ascending: exactly those a receipt recorded at `time` may name as participants.
+    ///
+    /// Linear in the number of consents of all patients (the state is keyed by patient first).
+    pub fn current_consents(
+        &self,
+        listing: &ListingId,
+        purpose: Purpose,
+        time: u64,
+    ) -> Vec<AccountId> {
+        self.consents
+            .iter()
+            .filter(|((_, consented_listing, consented_purpose), consent)| {
+                consented_listing == listing
+                    && *consented_purpose == purpose
+                    && consent.is_active_at(time)
+            })
+            .map(|((patient, _, _), _)| *patient)
+            .collect()
+    }
+
+    /// What the settled queries paid for `patient`'s shares, split by destination.
+    ///
+    /// Recomputed from the settled orders and their receipts with the payout rule of
+    /// [`payouts`] (each participant's share of a listing is `price / n`): nothing extra is
+    /// stored, so the state and its hash are unchanged. A share counts as donated when it went
+    /// to a fund, by the patient's choice or because the listing is a donation listing.
+    /// Linear in the number of orders.
+    pub fn earnings_of(&self, patient: &AccountId) -> PatientEarnings {
+        let mut earnings = PatientEarnings::default();
+        for order in self.orders.values() {
+            let OrderStatus::Settled { receipt } = order.status else {
+                continue;
+            };
+            let Some(receipt) = self.receipts.get(&receipt) else {
+                continue;
+            };
+            for (ordered, settlement) in order.listings.iter().zip(&receipt.listings) {
+                let participants = settlement.payees.len() as u64;
+                let Some(share) = ordered.price.checked_div(participants) else {
+                    continue;
+                };
+                for payee in settlement.payees.iter() {
+                    if payee.participant != *patient {
+                        continue;
+                    }
+                    if payee.destination == *patient {
+                        earnings.paid = earnings.paid.saturating_add(share);
+                    } else {
+                        earnings.donated = earnings.donated.saturating_add(share);
+                    }
+                }
+            }
+        }
+        earnings
     }
 
     /// An order.

@@ -110,6 +110,17 @@ pub struct Refusal {
     pub error: TxError,
 }
 
+/// A transaction as the log holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxRecord {
+    /// The signed envelope.
+    pub envelope: Vec<u8>,
+    /// Height of the block that holds it.
+    pub height: u64,
+    /// Its position in the log (the Merkle leaf index).
+    pub leaf_index: u64,
+}
+
 /// What [`Ledger::append`] did.
 #[derive(Debug, Clone)]
 pub struct AppendOutcome {
@@ -470,6 +481,42 @@ impl<S: Sequencer> Ledger<S> {
             .map(|b| SignedTreeHead::from_bytes(&b))
             .transpose()
             .map_err(|e| corrupt("tree head")(e.to_string()))
+    }
+
+    /// The stored transaction with id `txid`, if the log holds it.
+    pub fn transaction(&self, txid: &TxId) -> Result<Option<TxRecord>, LedgerError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT tx, height, leaf_index FROM transactions WHERE txid = ?1",
+                params![txid.0.as_bytes().to_vec()],
+                |row| {
+                    Ok(TxRecord {
+                        envelope: row.get(0)?,
+                        height: row.get(1)?,
+                        leaf_index: row.get(2)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// The ids of the transactions of block `height`, in block order (empty when there is no
+    /// such block).
+    pub fn block_tx_ids(&self, height: u64) -> Result<Vec<TxId>, LedgerError> {
+        let mut statement = self
+            .conn
+            .prepare_cached("SELECT txid FROM transactions WHERE height = ?1 ORDER BY position")?;
+        let ids = statement
+            .query_map(params![height], |row| row.get::<_, Vec<u8>>(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        ids.into_iter()
+            .map(|id| {
+                <[u8; 32]>::try_from(id.as_slice())
+                    .map(|bytes| TxId(Hash32(bytes)))
+                    .map_err(|_| corrupt("transaction id")(format!("block {height}")))
+            })
+            .collect()
     }
 }
 

@@ -16,8 +16,9 @@ use std::fmt;
 
 /// Version byte of the signed-transaction envelope.
 pub const SIGNED_TX_VERSION: u8 = 1;
-/// Largest signed transaction accepted, in bytes (checked before decoding).
-pub const MAX_SIGNED_TX_LEN: usize = 64 * 1024;
+/// Largest signed transaction accepted, in bytes (checked before decoding). A receipt lists
+/// every participant (32 bytes each), so this allows receipts for about 130,000 participants.
+pub const MAX_SIGNED_TX_LEN: usize = 4 * 1024 * 1024;
 /// Longest listing id, in bytes.
 pub const MAX_LISTING_ID_LEN: usize = 64;
 /// Most listings one order may name.

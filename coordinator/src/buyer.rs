@@ -1,0 +1,230 @@
+//! The buyer's side: order over gRPC, wait, decrypt the key-switched result with the buyer's
+//! own key, combine, and verify the receipt's inclusion in the ledger.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use cohortex_proto::v1::ledger_client::LedgerClient;
+use cohortex_proto::v1::market_client::MarketClient;
+use cohortex_proto::v1::{
+    GetOrderRequest, GetReceiptRequest, OrderQueryRequest, OrderState, OrderStatus,
+    SignedTransaction,
+};
+use compute_node::{combine, QueryAnswer, QueryPlan};
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use market::server::auth::{signed_request, unix_now};
+use market::{AccountId, Action, Hash32, ListingId, Purpose, Receipt, SignedTreeHead, TxBody, TxId};
+use tonic::transport::Channel;
+use zk::{Ciphertext, DecryptionTable, KeyPair, Wire};
+
+use crate::coordinator::query_hash;
+use crate::market_service::methods;
+
+/// A buyer: an account key, a result key pair, and the market's endpoint.
+pub struct Buyer {
+    key: SigningKey,
+    result_keys: KeyPair,
+    chain_id: Hash32,
+    next_nonce: AtomicU64,
+    market: String,
+}
+
+/// What the buyer got for an order.
+#[derive(Debug, Clone)]
+pub struct Release {
+    /// The order id.
+    pub order: TxId,
+    /// The final status.
+    pub status: OrderStatus,
+    /// The decrypted, combined answer.
+    pub answer: QueryAnswer,
+    /// The receipt id.
+    pub receipt: TxId,
+    /// Whether the receipt's inclusion proof verified against a head signed by the ledger.
+    pub receipt_verified: bool,
+}
+
+async fn channel(endpoint: &str) -> anyhow::Result<Channel> {
+    Channel::from_shared(endpoint.to_string())
+        .context("market endpoint")?
+        .connect()
+        .await
+        .with_context(|| format!("connecting to the market at {endpoint}"))
+}
+
+impl Buyer {
+    /// A buyer whose account's next ledger nonce is `next_nonce`.
+    pub fn new(key: SigningKey, chain_id: Hash32, market: String, next_nonce: u64) -> Self {
+        Self {
+            key,
+            result_keys: KeyPair::generate_with_rng(&mut rand::rngs::OsRng),
+            chain_id,
+            next_nonce: AtomicU64::new(next_nonce),
+            market,
+        }
+    }
+
+    /// The buyer's account.
+    pub fn account(&self) -> AccountId {
+        AccountId::of(&self.key)
+    }
+
+    fn sign(&self, action: Action) -> anyhow::Result<Vec<u8>> {
+        let nonce = self.next_nonce.fetch_add(1, Ordering::SeqCst);
+        Ok(TxBody {
+            chain_id: self.chain_id,
+            signer: self.account(),
+            nonce,
+            action,
+        }
+        .sign(&self.key)
+        .map_err(|error| anyhow!("signing: {error}"))?
+        .bytes)
+    }
+
+    /// Registers the buyer's account (self-signed) through the Ledger service.
+    pub async fn register(&self) -> anyhow::Result<()> {
+        let envelope = self.sign(Action::RegisterAccount {
+            account: self.account(),
+            role: market::Role::Buyer,
+        })?;
+        LedgerClient::new(channel(&self.market).await?)
+            .submit_transaction(SignedTransaction { envelope })
+            .await
+            .context("registering the buyer")?;
+        Ok(())
+    }
+
+    /// Orders `sql` over `listings`; returns the order id.
+    pub async fn order(
+        &self,
+        sql: &str,
+        listings: &[String],
+        purpose: Purpose,
+        epsilon_micro: u64,
+    ) -> Result<TxId, tonic::Status> {
+        let envelope = self
+            .sign(Action::OrderQuery {
+                query_hash: query_hash(sql),
+                listings: listings.iter().map(ListingId::new).collect(),
+                purpose,
+                epsilon_micro,
+                expires_at: unix_now() + 3600,
+            })
+            .map_err(|error| tonic::Status::internal(error.to_string()))?;
+        let channel = channel(&self.market)
+            .await
+            .map_err(|error| tonic::Status::unavailable(error.to_string()))?;
+        let response = MarketClient::new(channel)
+            .order_query(OrderQueryRequest {
+                transaction: Some(SignedTransaction { envelope }),
+                sql: sql.to_string(),
+                result_key: self.result_keys.public.to_bytes(),
+            })
+            .await;
+        if response.is_err() {
+            // A refused order used no nonce on the ledger.
+            self.next_nonce.fetch_sub(1, Ordering::SeqCst);
+        }
+        let order_id = response?.into_inner().order_id;
+        let bytes: [u8; 32] = order_id
+            .as_slice()
+            .try_into()
+            .map_err(|_| tonic::Status::internal("order id is not 32 bytes"))?;
+        Ok(TxId(Hash32(bytes)))
+    }
+
+    /// Polls the order until it completes or fails.
+    pub async fn wait(&self, order: TxId) -> anyhow::Result<OrderStatus> {
+        let mut client = MarketClient::new(channel(&self.market).await?)
+            .max_decoding_message_size(market::server::MAX_MESSAGE_BYTES);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+        loop {
+            let request = signed_request(
+                &self.key,
+                methods::GET_ORDER,
+                GetOrderRequest {
+                    order_id: order.0.as_bytes().to_vec(),
+                },
+            );
+            let status = client.get_order(request).await?.into_inner();
+            if status.state != OrderState::Computing as i32 {
+                return Ok(status);
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("order still computing after 10 minutes");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Decrypts a completed order's result with the buyer's key and combines it.
+    pub fn open(&self, status: &OrderStatus, table: &DecryptionTable) -> anyhow::Result<QueryAnswer> {
+        let plan: QueryPlan = serde_json::from_str(&status.plan).context("order plan")?;
+        let mut totals = Vec::with_capacity(status.result.len());
+        for bytes in &status.result {
+            let ciphertext = Ciphertext::from_bytes(bytes).context("result ciphertext")?;
+            totals.push(i128::from(
+                self.result_keys
+                    .secret
+                    .decrypt(&ciphertext, table)
+                    .context("decrypting the result")?,
+            ));
+        }
+        combine(&plan, &totals).context("combining the result")
+    }
+
+    /// Fetches a receipt and verifies it offline against the ledger's key.
+    pub async fn verify_receipt(&self, receipt: TxId, ledger_key: &VerifyingKey) -> anyhow::Result<bool> {
+        let proof = MarketClient::new(channel(&self.market).await?)
+            .max_decoding_message_size(market::server::MAX_MESSAGE_BYTES)
+            .get_receipt(GetReceiptRequest {
+                receipt_id: receipt.0.as_bytes().to_vec(),
+            })
+            .await?
+            .into_inner();
+        let inclusion = proof.inclusion.context("receipt without inclusion proof")?;
+        let head_message = inclusion.tree_head.context("inclusion proof without tree head")?;
+        let head = SignedTreeHead::try_from(head_message).map_err(|error| anyhow!("tree head: {error}"))?;
+        let receipt = Receipt {
+            tx: proof.envelope,
+            leaf_index: inclusion.leaf_index,
+            inclusion_proof: inclusion.hashes.concat(),
+            head,
+        };
+        Ok(receipt.verify(ledger_key).is_ok())
+    }
+
+    /// Orders, waits, opens and verifies: the whole buyer side of one query.
+    pub async fn query(
+        &self,
+        sql: &str,
+        listings: &[String],
+        purpose: Purpose,
+        epsilon_micro: u64,
+        table: &DecryptionTable,
+        ledger_key: &VerifyingKey,
+    ) -> anyhow::Result<Release> {
+        let order = self.order(sql, listings, purpose, epsilon_micro).await?;
+        let status = self.wait(order).await?;
+        if status.state != OrderState::Completed as i32 {
+            bail!("order failed: {}", status.message);
+        }
+        let answer = self.open(&status, table)?;
+        let receipt_bytes: [u8; 32] = status
+            .receipt_id
+            .as_slice()
+            .try_into()
+            .map_err(|_| anyhow!("completed order without a receipt id"))?;
+        let receipt = TxId(Hash32(receipt_bytes));
+        let receipt_verified = self.verify_receipt(receipt, ledger_key).await?;
+        Ok(Release {
+            order,
+            status,
+            answer,
+            receipt,
+            receipt_verified,
+        })
+    }
+}

@@ -1,0 +1,385 @@
+//! An in-process cluster on loopback: the market process (ledger, consent, market and the
+//! coordinator) and one process-like task per compute node, each a real gRPC server on an
+//! ephemeral port. `cohortex demo`, `cohortex local` and the end-to-end tests run on it.
+//!
+//! Start-up:
+//! 1. a ledger with a genesis issuer; the issuer admits the coordinator (committee member),
+//!    a donation fund and each node (compute node) in one bootstrap block;
+//! 2. the market and the nodes start serving;
+//! 3. each node publishes its listing through `Market.PublishListing`;
+//! 4. patients register and consent: each transaction is signed with the patient's own key
+//!    and verified by the ledger; they are appended in blocks of a few thousand (the
+//!    operator's bulk onboarding path) rather than one RPC each;
+//! 5. the coordinator runs the key ceremony across the nodes over gRPC (t of n).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{anyhow, bail, Context};
+use cohortex_proto::v1::ledger_client::LedgerClient;
+use cohortex_proto::v1::market_client::MarketClient;
+use cohortex_proto::v1::{PublishListingRequest, SignedTransaction};
+use compute_node::server::{Fault, NodeConfig, NodeService};
+use compute_node::Vault;
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use market::{
+    AccountId, Action, Compensation, Genesis, Hash32, InProcessSequencer, Ledger, ListingId,
+    ListingTerms, PayoutChoice, Purpose, Role, TxBody,
+};
+use rand::rngs::OsRng;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use zk::MemberIndex;
+
+use crate::buyer::Buyer;
+use crate::coordinator::{manifest_hash, Coordinator};
+use crate::serve::{serve_market, serve_node};
+
+/// Transactions appended per block during bulk onboarding.
+pub const ONBOARDING_BLOCK: usize = 4000;
+
+/// Where a consenting patient's share goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Payout {
+    /// To the patient.
+    ToPatient,
+    /// Donated to the cluster's fund.
+    Donate,
+}
+
+/// A patient of a node's vault: their key and their consent, if any.
+pub struct PatientEnrolment {
+    /// The patient's key (the vault row's `patient_key` is its public half).
+    pub key: SigningKey,
+    /// `None` if the patient does not consent.
+    pub consent: Option<Payout>,
+}
+
+/// One node to start.
+pub struct NodeSetup {
+    /// The listing id.
+    pub listing: String,
+    /// The vault.
+    pub vault: Vault,
+    /// The patients to enrol.
+    pub patients: Vec<PatientEnrolment>,
+    /// Credits per query.
+    pub price_per_query: u64,
+    /// Whether the listing donates every share to the fund.
+    pub donation: bool,
+    /// Smallest cohort a receipt may name.
+    pub min_cohort_size: u32,
+    /// Deliberate misbehaviour (tests).
+    pub fault: Option<Fault>,
+}
+
+/// Cluster-wide options.
+pub struct ClusterOptions {
+    /// The purpose every listing allows and every consent names.
+    pub purpose: Purpose,
+    /// Committee threshold t (n is the number of nodes).
+    pub threshold: u16,
+    /// Each listing's total ε budget, in micro-ε.
+    pub epsilon_budget_micro: u64,
+}
+
+/// A started node.
+pub struct RunningNode {
+    /// Its listing.
+    pub listing: String,
+    /// Its endpoint.
+    pub endpoint: String,
+    /// Its account.
+    pub account: AccountId,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+/// A running cluster.
+pub struct Cluster {
+    /// Directory holding the ledger database.
+    pub dir: PathBuf,
+    /// The market's endpoint.
+    pub market_endpoint: String,
+    /// The coordinator.
+    pub coordinator: Arc<Coordinator>,
+    /// The key that signs tree heads.
+    pub ledger_key: VerifyingKey,
+    /// The chain id.
+    pub chain_id: Hash32,
+    /// The donation fund.
+    pub fund: AccountId,
+    /// The nodes.
+    pub nodes: Vec<RunningNode>,
+    issuer: SigningKey,
+    issuer_nonce: Mutex<u64>,
+    market_stop: Option<oneshot::Sender<()>>,
+}
+
+fn sign(key: &SigningKey, chain_id: Hash32, nonce: u64, action: Action) -> anyhow::Result<Vec<u8>> {
+    Ok(TxBody {
+        chain_id,
+        signer: AccountId::of(key),
+        nonce,
+        action,
+    }
+    .sign(key)
+    .map_err(|error| anyhow!("signing: {error}"))?
+    .bytes)
+}
+
+/// Appends `txs` directly, in blocks, failing on the first refusal.
+async fn append_in_blocks(ledger: &market::server::SharedLedger, txs: Vec<Vec<u8>>) -> anyhow::Result<()> {
+    let ledger = Arc::clone(ledger);
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let mut ledger = ledger.lock().map_err(|_| anyhow!("ledger lock poisoned"))?;
+        for block in txs.chunks(ONBOARDING_BLOCK) {
+            let outcome = ledger.append(block.to_vec()).context("appending onboarding block")?;
+            if let Some(refusal) = outcome.refused.first() {
+                bail!("onboarding transaction {} refused: {}", refusal.index, refusal.error);
+            }
+        }
+        Ok(())
+    })
+    .await
+    .context("onboarding task")?
+}
+
+impl Cluster {
+    /// Starts a cluster in `dir` (which must not hold a ledger yet). `progress` hears each
+    /// start-up step.
+    pub async fn start(
+        dir: &Path,
+        setups: Vec<NodeSetup>,
+        options: &ClusterOptions,
+        mut progress: impl FnMut(&str),
+    ) -> anyhow::Result<Self> {
+        if setups.is_empty() {
+            bail!("a cluster needs at least one node");
+        }
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let ledger_signing = SigningKey::generate(&mut OsRng);
+        let issuer = SigningKey::generate(&mut OsRng);
+        let coordinator_key = SigningKey::generate(&mut OsRng);
+        let fund = SigningKey::generate(&mut OsRng);
+        let node_keys: Vec<SigningKey> = setups.iter().map(|_| SigningKey::generate(&mut OsRng)).collect();
+
+        progress("creating the ledger");
+        let genesis = Genesis {
+            name: "cohortex-local".into(),
+            ledger_key: ledger_signing.verifying_key().to_bytes(),
+            accounts: vec![(AccountId::of(&issuer), Role::Issuer)],
+        };
+        let ledger_path = dir.join("ledger.db");
+        let ledger = Ledger::create(&ledger_path, genesis, InProcessSequencer::new(ledger_signing.clone()))
+            .with_context(|| format!("creating the ledger {}", ledger_path.display()))?;
+        let chain_id = ledger.chain_id();
+        let ledger = Arc::new(Mutex::new(ledger));
+        let mut bootstrap = vec![
+            (AccountId::of(&coordinator_key), Role::CommitteeMember),
+            (AccountId::of(&fund), Role::Fund),
+        ];
+        bootstrap.extend(node_keys.iter().map(|key| (AccountId::of(key), Role::ComputeNode)));
+        let mut bootstrap_txs = Vec::new();
+        for (nonce, (account, role)) in bootstrap.into_iter().enumerate() {
+            bootstrap_txs.push(sign(&issuer, chain_id, nonce as u64, Action::RegisterAccount { account, role })?);
+        }
+        let issuer_nonce = bootstrap_txs.len() as u64;
+        append_in_blocks(&ledger, bootstrap_txs).await?;
+
+        let coordinator = Arc::new(Coordinator::new(Arc::clone(&ledger), coordinator_key));
+        let market_listener = TcpListener::bind("127.0.0.1:0").await.context("binding the market port")?;
+        let market_endpoint = format!("http://{}", market_listener.local_addr()?);
+        let (market_stop, market_stopped) = oneshot::channel::<()>();
+        {
+            let coordinator = Arc::clone(&coordinator);
+            tokio::spawn(async move {
+                if let Err(error) = serve_market(coordinator, market_listener, async {
+                    let _ = market_stopped.await;
+                })
+                .await
+                {
+                    tracing::error!(%error, "market server stopped");
+                }
+            });
+        }
+
+        progress("starting the compute nodes");
+        let peers: std::collections::BTreeSet<AccountId> = node_keys.iter().map(AccountId::of).collect();
+        let mut nodes = Vec::new();
+        let mut members = Vec::new();
+        let mut patient_txs_register = Vec::new();
+        let mut patient_txs_consent = Vec::new();
+        for (position, (setup, node_key)) in setups.into_iter().zip(&node_keys).enumerate() {
+            let listener = TcpListener::bind("127.0.0.1:0").await.context("binding a node port")?;
+            let endpoint = format!("http://{}", listener.local_addr()?);
+            let member = MemberIndex::new(position as u16 + 1).ok_or_else(|| anyhow!("member index"))?;
+            let manifest = setup.vault.schema().to_toml();
+            let vault = Arc::new(setup.vault);
+            let service = NodeService::new(
+                Arc::clone(&vault),
+                NodeConfig {
+                    listing: setup.listing.clone(),
+                    account: node_key.clone(),
+                    member,
+                    coordinator: coordinator.account(),
+                    peers: peers.clone(),
+                    market_endpoint: market_endpoint.clone(),
+                    fault: setup.fault,
+                },
+            );
+            let (stop, stopped) = oneshot::channel::<()>();
+            tokio::spawn(async move {
+                if let Err(error) = serve_node(service, listener, async {
+                    let _ = stopped.await;
+                })
+                .await
+                {
+                    tracing::error!(%error, "node server stopped");
+                }
+            });
+
+            // The node publishes its listing through the Market service.
+            let terms = ListingTerms {
+                price_per_query: setup.price_per_query,
+                allowed_purposes: [options.purpose].into(),
+                min_cohort_size: setup.min_cohort_size,
+                epsilon_budget_micro: options.epsilon_budget_micro,
+                compensation: if setup.donation {
+                    Compensation::Donation { fund: AccountId::of(&fund) }
+                } else {
+                    Compensation::Payment
+                },
+            };
+            let envelope = sign(
+                node_key,
+                chain_id,
+                0,
+                Action::PublishListing {
+                    listing: ListingId::new(setup.listing.clone()),
+                    schema_hash: manifest_hash(&manifest),
+                    terms,
+                },
+            )?;
+            connect_market(&market_endpoint)
+                .await?
+                .publish_listing(PublishListingRequest {
+                    transaction: Some(SignedTransaction { envelope }),
+                    manifest,
+                    node_endpoint: endpoint.clone(),
+                })
+                .await
+                .with_context(|| format!("publishing listing {}", setup.listing))?;
+
+            for patient in &setup.patients {
+                let account = AccountId::of(&patient.key);
+                patient_txs_register.push(sign(&patient.key, chain_id, 0, Action::RegisterAccount { account, role: Role::Patient })?);
+                if let Some(payout) = patient.consent {
+                    patient_txs_consent.push(sign(
+                        &patient.key,
+                        chain_id,
+                        1,
+                        Action::GrantConsent {
+                            patient: account,
+                            listing: ListingId::new(setup.listing.clone()),
+                            purpose: options.purpose,
+                            expires_at: None,
+                            payout: match payout {
+                                Payout::ToPatient => PayoutChoice::ToPatient,
+                                Payout::Donate => PayoutChoice::DonateTo { fund: AccountId::of(&fund) },
+                            },
+                        },
+                    )?);
+                }
+            }
+            members.push((member, endpoint.clone()));
+            nodes.push(RunningNode {
+                listing: setup.listing,
+                endpoint,
+                account: AccountId::of(node_key),
+                stop: Some(stop),
+            });
+        }
+
+        progress("enrolling patients and their consents");
+        append_in_blocks(&ledger, patient_txs_register).await?;
+        append_in_blocks(&ledger, patient_txs_consent).await?;
+
+        progress("running the committee's key ceremony");
+        coordinator
+            .run_key_ceremony(members, options.threshold)
+            .await
+            .map_err(|status| anyhow!("key ceremony: {}", status.message()))?;
+
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            market_endpoint,
+            coordinator,
+            ledger_key: ledger_signing.verifying_key(),
+            chain_id,
+            fund: AccountId::of(&fund),
+            nodes,
+            issuer,
+            issuer_nonce: Mutex::new(issuer_nonce),
+            market_stop: Some(market_stop),
+        })
+    }
+
+    /// The ledger database.
+    pub fn ledger_path(&self) -> PathBuf {
+        self.dir.join("ledger.db")
+    }
+
+    /// A new buyer: registers itself and receives `credits` from the issuer, over gRPC.
+    pub async fn new_buyer(&self, credits: u64) -> anyhow::Result<Buyer> {
+        let key = SigningKey::generate(&mut OsRng);
+        let buyer = Buyer::new(key, self.chain_id, self.market_endpoint.clone(), 0);
+        buyer.register().await?;
+        self.deposit(buyer.account(), credits).await?;
+        Ok(buyer)
+    }
+
+    /// The issuer credits `amount` to `to`, over gRPC.
+    pub async fn deposit(&self, to: AccountId, amount: u64) -> anyhow::Result<()> {
+        let envelope = {
+            let mut nonce = self.issuer_nonce.lock().map_err(|_| anyhow!("issuer nonce lock"))?;
+            let envelope = sign(&self.issuer, self.chain_id, *nonce, Action::Deposit { to, amount })?;
+            *nonce += 1;
+            envelope
+        };
+        LedgerClient::new(
+            tonic::transport::Channel::from_shared(self.market_endpoint.clone())?
+                .connect()
+                .await?,
+        )
+        .submit_transaction(SignedTransaction { envelope })
+        .await
+        .context("deposit")?;
+        Ok(())
+    }
+
+    /// Stops node `index` (it stops answering, as if its machine went down).
+    pub fn stop_node(&mut self, index: usize) {
+        if let Some(stop) = self.nodes.get_mut(index).and_then(|node| node.stop.take()) {
+            let _ = stop.send(());
+        }
+    }
+
+    /// Stops every server.
+    pub fn shutdown(mut self) {
+        for index in 0..self.nodes.len() {
+            self.stop_node(index);
+        }
+        if let Some(stop) = self.market_stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+async fn connect_market(endpoint: &str) -> anyhow::Result<MarketClient<tonic::transport::Channel>> {
+    Ok(MarketClient::new(
+        tonic::transport::Channel::from_shared(endpoint.to_string())?
+            .connect()
+            .await
+            .with_context(|| format!("connecting to the market at {endpoint}"))?,
+    ))
+}

@@ -1,0 +1,19 @@
+//! The market process's order coordinator and Market service, the buyer client, and an
+//! in-process cluster on loopback (see `docs/services.md`).
+//!
+//! This crate depends on both `market` and `compute-node`: the coordinator compiles queries,
+//! batch-verifies contributions and combines results (compute-node), and records receipts
+//! and settlements (market). It sits in its own crate so that neither of those depends on
+//! the other's services.
+#![deny(clippy::unwrap_used)]
+#![warn(missing_docs)]
+
+pub mod buyer;
+pub mod cluster;
+pub mod coordinator;
+pub mod market_service;
+pub mod serve;
+
+pub use buyer::{Buyer, Release};
+pub use cluster::{Cluster, ClusterOptions, NodeSetup, PatientEnrolment, Payout};
+pub use coordinator::{query_hash, Coordinator};

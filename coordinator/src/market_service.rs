@@ -1,0 +1,307 @@
+//! The gRPC Market service: listings, orders and receipts.
+
+use std::sync::Arc;
+
+use cohortex_proto::v1::market_server::Market;
+use cohortex_proto::v1::{
+    GetOrderRequest, GetReceiptRequest, InclusionProof, ListListingsRequest,
+    ListListingsResponse, Listing, OrderQueryRequest, OrderQueryResponse, OrderStatus,
+    PublishListingRequest, ReceiptProof, SignedTransaction, TransactionResult,
+};
+use compute_node::Schema;
+use market::server::auth::{unix_now, RequestVerifier};
+use market::server::{
+    envelope_field, purpose_field, purpose_name, read_ledger, submit, submit_if, tx_error_status,
+    tx_id_field, wrong_action,
+};
+use market::tx::UncheckedTx;
+use market::{Action, Compensation, TxId};
+use tonic::{Request, Response, Status};
+use zk::{PublicKey, Wire};
+
+use crate::coordinator::{compile_for, manifest_hash, query_hash, Coordinator, ListingInfo};
+
+/// Method paths, as signed in requests.
+pub mod methods {
+    /// GetOrder.
+    pub const GET_ORDER: &str = "/cohortex.v1.Market/GetOrder";
+}
+
+/// The Market service.
+pub struct MarketService {
+    coordinator: Arc<Coordinator>,
+    verifier: RequestVerifier,
+}
+
+impl MarketService {
+    /// The service over a coordinator.
+    pub fn new(coordinator: Arc<Coordinator>) -> Self {
+        Self {
+            coordinator,
+            verifier: RequestVerifier::new(),
+        }
+    }
+}
+
+fn transaction(message: Option<SignedTransaction>) -> Result<Vec<u8>, Status> {
+    envelope_field(message.ok_or_else(|| Status::invalid_argument("transaction is missing"))?)
+}
+
+#[tonic::async_trait]
+impl Market for MarketService {
+    #[tracing::instrument(skip(self, request))]
+    async fn list_listings(
+        &self,
+        request: Request<ListListingsRequest>,
+    ) -> Result<Response<ListListingsResponse>, Status> {
+        let message = request.into_inner();
+        let purpose = if message.purpose.is_empty() {
+            None
+        } else {
+            Some(purpose_field(&message.purpose, "purpose")?)
+        };
+        let infos = self.coordinator.listings()?;
+        let listings = read_ledger(self.coordinator.ledger(), move |ledger| {
+            let state = ledger.state();
+            let mut listings = Vec::new();
+            for (id, info) in infos {
+                let Some(listing) = state.listing(&market::ListingId::new(id.clone())) else {
+                    continue;
+                };
+                if listing.status != market::state::ListingStatus::Active {
+                    continue;
+                }
+                if purpose.is_some_and(|wanted| !listing.terms.allowed_purposes.contains(&wanted)) {
+                    continue;
+                }
+                listings.push(Listing {
+                    id,
+                    owner: listing.owner.0.to_vec(),
+                    manifest: info.manifest,
+                    price_per_query: listing.terms.price_per_query,
+                    allowed_purposes: listing
+                        .terms
+                        .allowed_purposes
+                        .iter()
+                        .map(|purpose| purpose_name(*purpose).to_string())
+                        .collect(),
+                    min_cohort_size: listing.terms.min_cohort_size,
+                    epsilon_budget_micro: listing.terms.epsilon_budget_micro,
+                    epsilon_remaining_micro: listing.epsilon_remaining_micro(),
+                    donation_fund: match listing.terms.compensation {
+                        Compensation::Payment => Vec::new(),
+                        Compensation::Donation { fund } => fund.0.to_vec(),
+                    },
+                    node_endpoint: info.endpoint,
+                });
+            }
+            Ok(listings)
+        })
+        .await?;
+        Ok(Response::new(ListListingsResponse { listings }))
+    }
+
+    #[tracing::instrument(skip(self, request))]
+    async fn publish_listing(
+        &self,
+        request: Request<PublishListingRequest>,
+    ) -> Result<Response<TransactionResult>, Status> {
+        let message = request.into_inner();
+        let envelope = transaction(message.transaction)?;
+        let schema = Schema::from_toml(&message.manifest, "manifest")
+            .map_err(|error| Status::invalid_argument(format!("manifest: {error}")))?;
+        if !(message.node_endpoint.starts_with("http://")
+            || message.node_endpoint.starts_with("https://"))
+        {
+            return Err(Status::invalid_argument(
+                "node_endpoint must be an http:// or https:// URL",
+            ));
+        }
+        let expected_hash = manifest_hash(&message.manifest);
+        let listing_id = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let found = Arc::clone(&listing_id);
+        let submitted = submit_if(self.coordinator.ledger(), envelope, move |body| {
+            match &body.action {
+                Action::PublishListing {
+                    listing,
+                    schema_hash,
+                    ..
+                } => {
+                    if *schema_hash != expected_hash {
+                        return Err(Status::invalid_argument(
+                            "manifest: its hash is not the transaction's schema_hash",
+                        ));
+                    }
+                    if let Ok(mut slot) = found.lock() {
+                        *slot = Some(listing.0.clone());
+                    }
+                    Ok(())
+                }
+                other => Err(wrong_action("PublishListing", other)),
+            }
+        })
+        .await?;
+        let listing = listing_id
+            .lock()
+            .ok()
+            .and_then(|slot| slot.clone())
+            .ok_or_else(|| Status::internal("listing id not recorded"))?;
+        self.coordinator.register_listing(
+            &listing,
+            ListingInfo {
+                manifest: message.manifest,
+                schema,
+                endpoint: message.node_endpoint,
+            },
+        )?;
+        Ok(Response::new(submitted.into()))
+    }
+
+    #[tracing::instrument(skip(self, request))]
+    async fn update_listing(
+        &self,
+        request: Request<SignedTransaction>,
+    ) -> Result<Response<TransactionResult>, Status> {
+        let envelope = envelope_field(request.into_inner())?;
+        let submitted = submit_if(self.coordinator.ledger(), envelope, |body| match &body.action {
+            Action::UpdateListing { .. } => Ok(()),
+            other => Err(wrong_action("UpdateListing", other)),
+        })
+        .await?;
+        Ok(Response::new(submitted.into()))
+    }
+
+    #[tracing::instrument(skip(self, request))]
+    async fn withdraw_listing(
+        &self,
+        request: Request<SignedTransaction>,
+    ) -> Result<Response<TransactionResult>, Status> {
+        let envelope = envelope_field(request.into_inner())?;
+        let submitted = submit_if(self.coordinator.ledger(), envelope, |body| match &body.action {
+            Action::WithdrawListing { .. } => Ok(()),
+            other => Err(wrong_action("WithdrawListing", other)),
+        })
+        .await?;
+        Ok(Response::new(submitted.into()))
+    }
+
+    #[tracing::instrument(skip(self, request))]
+    async fn order_query(
+        &self,
+        request: Request<OrderQueryRequest>,
+    ) -> Result<Response<OrderQueryResponse>, Status> {
+        let message = request.into_inner();
+        let envelope = transaction(message.transaction)?;
+        if message.sql.trim().is_empty() {
+            return Err(Status::invalid_argument("sql is empty"));
+        }
+        let result_key = PublicKey::from_bytes(&message.result_key)
+            .map_err(|error| Status::invalid_argument(format!("result_key: {error}")))?;
+        let verified = UncheckedTx::parse(envelope.clone())
+            .and_then(UncheckedTx::verify)
+            .map_err(|error| tx_error_status(&error))?;
+        let body = verified.body().clone();
+        let Action::OrderQuery {
+            query_hash: ordered_hash,
+            listings,
+            purpose,
+            epsilon_micro,
+            ..
+        } = &body.action
+        else {
+            return Err(wrong_action("OrderQuery", &body.action));
+        };
+        if *ordered_hash != query_hash(&message.sql) {
+            return Err(Status::invalid_argument(
+                "sql: its hash is not the transaction's query_hash",
+            ));
+        }
+        let mut infos = Vec::new();
+        for listing in listings {
+            let info = self.coordinator.listing(&listing.0)?.ok_or_else(|| {
+                Status::not_found(format!("listing {listing} has no compute node registered"))
+            })?;
+            infos.push(info);
+        }
+        let plan = compile_for(&message.sql, &infos)?;
+        if self.coordinator.committee()?.is_none() {
+            return Err(Status::failed_precondition(
+                "the key committee has not been formed yet",
+            ));
+        }
+        // Escrow and ε reservation happen here; a refused order changes nothing.
+        let submitted = submit(self.coordinator.ledger(), envelope).await?;
+        self.coordinator.start_order(
+            submitted.tx_id,
+            body.signer,
+            message.sql,
+            plan,
+            listings.clone(),
+            *purpose,
+            *epsilon_micro,
+            result_key,
+        )?;
+        Ok(Response::new(OrderQueryResponse {
+            order_id: submitted.tx_id.0.as_bytes().to_vec(),
+        }))
+    }
+
+    #[tracing::instrument(skip(self, request))]
+    async fn get_order(
+        &self,
+        request: Request<GetOrderRequest>,
+    ) -> Result<Response<OrderStatus>, Status> {
+        let caller = self
+            .verifier
+            .verify(methods::GET_ORDER, &request, unix_now())?;
+        let order: TxId = tx_id_field(&request.get_ref().order_id, "order_id")?;
+        let record = self
+            .coordinator
+            .order(&order)?
+            .ok_or_else(|| Status::not_found("order_id: no such order"))?;
+        if record.buyer != caller {
+            return Err(Status::permission_denied(
+                "only the order's buyer may read its status and result",
+            ));
+        }
+        Ok(Response::new(OrderStatus {
+            state: record.state as i32,
+            message: record.message,
+            nodes: record.nodes,
+            plan: record.plan,
+            result: record.result,
+            receipt_id: record
+                .receipt
+                .map(|id| id.0.as_bytes().to_vec())
+                .unwrap_or_default(),
+            committee_used: record.committee_used,
+        }))
+    }
+
+    #[tracing::instrument(skip(self, request))]
+    async fn get_receipt(
+        &self,
+        request: Request<GetReceiptRequest>,
+    ) -> Result<Response<ReceiptProof>, Status> {
+        let receipt_id = tx_id_field(&request.get_ref().receipt_id, "receipt_id")?;
+        let receipt = read_ledger(self.coordinator.ledger(), move |ledger| {
+            ledger
+                .receipt(&receipt_id)
+                .map_err(|error| market::server::ledger_error_status(&error))
+        })
+        .await?;
+        Ok(Response::new(ReceiptProof {
+            envelope: receipt.tx.clone(),
+            inclusion: Some(InclusionProof {
+                leaf_index: receipt.leaf_index,
+                tree_size: receipt.head.header.tree_size,
+                hashes: receipt
+                    .inclusion_proof
+                    .chunks(32)
+                    .map(<[u8]>::to_vec)
+                    .collect(),
+                tree_head: Some((&receipt.head).into()),
+            }),
+        }))
+    }
+}

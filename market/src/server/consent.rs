@@ -1,0 +1,228 @@
+//! The `cohortex.v1.Consent` service: patients register, grant and revoke consent, and read
+//! their consents and earnings; compute nodes read who consents at compute time.
+//!
+//! Register, Grant and Revoke take a signed ledger transaction (self-authenticating, like
+//! `Ledger/SubmitTransaction`) and refuse, before touching the ledger, an envelope that carries
+//! another action: a Grant RPC cannot be used to move credits.
+//!
+//! The List calls are authenticated with a request signature ([`super::auth`]): ListConsents
+//! and ListEarnings answer only the patient named in the request, ListCurrentConsents any
+//! registered account. The ledger is public, so this is not secrecy (an auditor can replay the
+//! chain); it keeps the convenience views from being scraped anonymously. Time-dependent
+//! answers (whether a consent is active) are read at the time of the ledger's last block,
+//! which is also the time the ledger's own rules use.
+
+use tonic::{Request, Response, Status};
+
+use cohortex_proto::v1;
+use cohortex_proto::v1::consent_server::Consent as ConsentRpc;
+
+use super::auth::{unix_now, RequestVerifier};
+use super::{
+    account_field, envelope_field, listing_field, purpose_field, purpose_name, read_ledger,
+    submit_if, wrong_action, SharedLedger,
+};
+use crate::state::Consent;
+use crate::storage::Ledger;
+use crate::tx::{AccountId, Action, ListingId, PayoutChoice, Purpose, Role, TxBody};
+
+/// Method path of `ListConsents`, which its request signature covers.
+pub const LIST_CONSENTS: &str = "/cohortex.v1.Consent/ListConsents";
+/// Method path of `ListEarnings`, which its request signature covers.
+pub const LIST_EARNINGS: &str = "/cohortex.v1.Consent/ListEarnings";
+/// Method path of `ListCurrentConsents`, which its request signature covers.
+pub const LIST_CURRENT_CONSENTS: &str = "/cohortex.v1.Consent/ListCurrentConsents";
+
+/// The Consent service over a shared ledger, with its own replay cache of request nonces.
+pub struct ConsentService {
+    ledger: SharedLedger,
+    verifier: RequestVerifier,
+}
+
+impl ConsentService {
+    /// A service answering from `ledger`.
+    pub fn new(ledger: SharedLedger) -> Self {
+        ConsentService {
+            ledger,
+            verifier: RequestVerifier::new(),
+        }
+    }
+}
+
+fn admit_patient_registration(body: &TxBody) -> Result<(), Status> {
+    match &body.action {
+        Action::RegisterAccount {
+            role: Role::Patient,
+            ..
+        } => Ok(()),
+        other => Err(wrong_action("a RegisterAccount of a patient", other)),
+    }
+}
+
+fn admit_grant(body: &TxBody) -> Result<(), Status> {
+    match &body.action {
+        Action::GrantConsent { .. } => Ok(()),
+        other => Err(wrong_action("a GrantConsent", other)),
+    }
+}
+
+fn admit_revoke(body: &TxBody) -> Result<(), Status> {
+    match &body.action {
+        Action::RevokeConsent { .. } => Ok(()),
+        other => Err(wrong_action("a RevokeConsent", other)),
+    }
+}
+
+/// `PERMISSION_DENIED` unless the authenticated caller is the patient asked about.
+fn require_own(caller: AccountId, patient: AccountId) -> Result<(), Status> {
+    if caller != patient {
+        return Err(Status::permission_denied(format!(
+            "account {caller} may only read its own consents and earnings"
+        )));
+    }
+    Ok(())
+}
+
+fn require_registered(ledger: &Ledger, account: &AccountId) -> Result<(), Status> {
+    match ledger.state().account(account) {
+        Some(_) => Ok(()),
+        None => Err(Status::not_found(format!("unknown account {account}"))),
+    }
+}
+
+fn consent_record(
+    listing: &ListingId,
+    purpose: Purpose,
+    consent: &Consent,
+    now: u64,
+) -> v1::ConsentRecord {
+    v1::ConsentRecord {
+        listing: listing.0.clone(),
+        purpose: purpose_name(purpose).to_owned(),
+        active: consent.is_active_at(now),
+        expires_at: consent.expires_at.unwrap_or(0),
+        donate_to: match consent.payout {
+            PayoutChoice::ToPatient => Vec::new(),
+            PayoutChoice::DonateTo { fund } => fund.0.to_vec(),
+        },
+        granted_at: consent.granted_at,
+        revoked_at: consent.revoked_at,
+    }
+}
+
+#[tonic::async_trait]
+impl ConsentRpc for ConsentService {
+    #[tracing::instrument(skip(self, request))]
+    async fn register(
+        &self,
+        request: Request<v1::SignedTransaction>,
+    ) -> Result<Response<v1::TransactionResult>, Status> {
+        let envelope = envelope_field(request.into_inner())?;
+        let submitted = submit_if(&self.ledger, envelope, admit_patient_registration).await?;
+        Ok(Response::new(submitted.into()))
+    }
+
+    #[tracing::instrument(skip(self, request))]
+    async fn grant(
+        &self,
+        request: Request<v1::SignedTransaction>,
+    ) -> Result<Response<v1::TransactionResult>, Status> {
+        let envelope = envelope_field(request.into_inner())?;
+        let submitted = submit_if(&self.ledger, envelope, admit_grant).await?;
+        Ok(Response::new(submitted.into()))
+    }
+
+    #[tracing::instrument(skip(self, request))]
+    async fn revoke(
+        &self,
+        request: Request<v1::SignedTransaction>,
+    ) -> Result<Response<v1::TransactionResult>, Status> {
+        let envelope = envelope_field(request.into_inner())?;
+        let submitted = submit_if(&self.ledger, envelope, admit_revoke).await?;
+        Ok(Response::new(submitted.into()))
+    }
+
+    #[tracing::instrument(skip(self, request))]
+    async fn list_consents(
+        &self,
+        request: Request<v1::ListConsentsRequest>,
+    ) -> Result<Response<v1::ListConsentsResponse>, Status> {
+        let caller = self.verifier.verify(LIST_CONSENTS, &request, unix_now())?;
+        let patient = account_field(&request.get_ref().patient, "patient")?;
+        require_own(caller, patient)?;
+        let response = read_ledger(&self.ledger, move |ledger| {
+            require_registered(ledger, &patient)?;
+            let now = ledger.machine().last_time();
+            let consents = ledger
+                .state()
+                .consents_of(&patient)
+                .map(|(listing, purpose, consent)| consent_record(listing, purpose, consent, now))
+                .collect();
+            Ok(v1::ListConsentsResponse {
+                consents,
+                height: ledger.machine().height(),
+            })
+        })
+        .await?;
+        Ok(Response::new(response))
+    }
+
+    /// `donated` and `paid` are recomputed from the settled orders ([`crate::State::earnings_of`]);
+    /// `balance` is the account's balance.
+    #[tracing::instrument(skip(self, request))]
+    async fn list_earnings(
+        &self,
+        request: Request<v1::ListEarningsRequest>,
+    ) -> Result<Response<v1::Earnings>, Status> {
+        let caller = self.verifier.verify(LIST_EARNINGS, &request, unix_now())?;
+        let patient = account_field(&request.get_ref().patient, "patient")?;
+        require_own(caller, patient)?;
+        let earnings = read_ledger(&self.ledger, move |ledger| {
+            require_registered(ledger, &patient)?;
+            let state = ledger.state();
+            let earned = state.earnings_of(&patient);
+            Ok(v1::Earnings {
+                balance: state.balance(&patient),
+                donated: earned.donated,
+                paid: earned.paid,
+            })
+        })
+        .await?;
+        Ok(Response::new(earnings))
+    }
+
+    #[tracing::instrument(skip(self, request))]
+    async fn list_current_consents(
+        &self,
+        request: Request<v1::ListCurrentConsentsRequest>,
+    ) -> Result<Response<v1::ListCurrentConsentsResponse>, Status> {
+        let caller = self
+            .verifier
+            .verify(LIST_CURRENT_CONSENTS, &request, unix_now())?;
+        let listing = listing_field(&request.get_ref().listing, "listing")?;
+        let purpose = purpose_field(&request.get_ref().purpose, "purpose")?;
+        let response = read_ledger(&self.ledger, move |ledger| {
+            let state = ledger.state();
+            if state.account(&caller).is_none() {
+                return Err(Status::permission_denied(format!(
+                    "caller {caller} is not a registered account"
+                )));
+            }
+            if state.listing(&listing).is_none() {
+                return Err(Status::not_found(format!("unknown listing {listing}")));
+            }
+            let now = ledger.machine().last_time();
+            let patients = state
+                .current_consents(&listing, purpose, now)
+                .iter()
+                .map(|patient| patient.0.to_vec())
+                .collect();
+            Ok(v1::ListCurrentConsentsResponse {
+                patients,
+                height: ledger.machine().height(),
+            })
+        })
+        .await?;
+        Ok(Response::new(response))
+    }
+}

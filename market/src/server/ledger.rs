@@ -1,0 +1,169 @@
+//! The `cohortex.v1.Ledger` service: submit a signed transaction, and read the public log.
+//!
+//! **Reads are public.** The ledger exists so that anyone holding its public key can audit it
+//! (docs/ledger.md): tree heads, blocks, transactions, proofs and balances are served to any
+//! caller without a request signature, as a certificate-transparency log serves its entries.
+//! Nothing secret is on the ledger: consent and balances are public by design, and query
+//! contents are only hashes. Submissions need no request signature either: a transaction is
+//! self-authenticating (its envelope is signed by its signer, and the ledger checks it).
+//!
+//! Every answer carries what a client needs to verify it offline: proofs come with the signed
+//! tree head they lead to, and blocks with their signed head.
+
+use tonic::{Request, Response, Status};
+
+use cohortex_proto::v1;
+use cohortex_proto::v1::ledger_server::Ledger as LedgerRpc;
+
+use super::{
+    account_field, envelope_field, latest_head, ledger_error_status, read_ledger, split_hashes,
+    submit, tx_id_field, SharedLedger,
+};
+use crate::storage::LedgerError;
+
+/// The Ledger service over a shared ledger.
+pub struct LedgerService {
+    ledger: SharedLedger,
+}
+
+impl LedgerService {
+    /// A service answering from `ledger`.
+    pub fn new(ledger: SharedLedger) -> Self {
+        LedgerService { ledger }
+    }
+}
+
+#[tonic::async_trait]
+impl LedgerRpc for LedgerService {
+    #[tracing::instrument(skip(self, request))]
+    async fn submit_transaction(
+        &self,
+        request: Request<v1::SignedTransaction>,
+    ) -> Result<Response<v1::TransactionResult>, Status> {
+        let envelope = envelope_field(request.into_inner())?;
+        let submitted = submit(&self.ledger, envelope).await?;
+        Ok(Response::new(submitted.into()))
+    }
+
+    #[tracing::instrument(skip(self, _request))]
+    async fn get_signed_tree_head(
+        &self,
+        _request: Request<v1::GetSignedTreeHeadRequest>,
+    ) -> Result<Response<v1::SignedTreeHead>, Status> {
+        let head = read_ledger(&self.ledger, latest_head).await?;
+        Ok(Response::new((&head).into()))
+    }
+
+    #[tracing::instrument(skip(self, request))]
+    async fn get_block(
+        &self,
+        request: Request<v1::GetBlockRequest>,
+    ) -> Result<Response<v1::Block>, Status> {
+        let height = request.into_inner().height;
+        if height == 0 {
+            return Err(Status::invalid_argument("height must be at least 1"));
+        }
+        let (head, tx_ids) = read_ledger(&self.ledger, move |ledger| {
+            let head = ledger
+                .head_at(height)
+                .map_err(|error| ledger_error_status(&error))?
+                .ok_or_else(|| Status::not_found(format!("no block at height {height}")))?;
+            let tx_ids = ledger
+                .block_tx_ids(height)
+                .map_err(|error| ledger_error_status(&error))?;
+            Ok((head, tx_ids))
+        })
+        .await?;
+        Ok(Response::new(v1::Block {
+            height,
+            header: head.header.to_bytes().to_vec(),
+            tx_ids: tx_ids.iter().map(|id| id.0.as_bytes().to_vec()).collect(),
+            tree_head: Some((&head).into()),
+        }))
+    }
+
+    #[tracing::instrument(skip(self, request))]
+    async fn get_transaction(
+        &self,
+        request: Request<v1::GetTransactionRequest>,
+    ) -> Result<Response<v1::TransactionRecord>, Status> {
+        let tx_id = tx_id_field(&request.get_ref().tx_id, "tx_id")?;
+        let record = read_ledger(&self.ledger, move |ledger| {
+            ledger
+                .transaction(&tx_id)
+                .and_then(|found| found.ok_or(LedgerError::UnknownTransaction(tx_id)))
+                .map_err(|error| ledger_error_status(&error))
+        })
+        .await?;
+        Ok(Response::new(v1::TransactionRecord {
+            envelope: record.envelope,
+            height: record.height,
+            leaf_index: record.leaf_index,
+        }))
+    }
+
+    #[tracing::instrument(skip(self, request))]
+    async fn get_inclusion_proof(
+        &self,
+        request: Request<v1::GetInclusionProofRequest>,
+    ) -> Result<Response<v1::InclusionProof>, Status> {
+        let tx_id = tx_id_field(&request.get_ref().tx_id, "tx_id")?;
+        let receipt = read_ledger(&self.ledger, move |ledger| {
+            ledger
+                .receipt(&tx_id)
+                .map_err(|error| ledger_error_status(&error))
+        })
+        .await?;
+        Ok(Response::new((&receipt).into()))
+    }
+
+    #[tracing::instrument(skip(self, request))]
+    async fn get_consistency_proof(
+        &self,
+        request: Request<v1::GetConsistencyProofRequest>,
+    ) -> Result<Response<v1::ConsistencyProof>, Status> {
+        let from_tree_size = request.into_inner().from_tree_size;
+        if from_tree_size == 0 {
+            return Err(Status::invalid_argument(
+                "from_tree_size must be at least 1",
+            ));
+        }
+        let (head, proof) = read_ledger(&self.ledger, move |ledger| {
+            let head = latest_head(ledger)?;
+            if from_tree_size > head.header.tree_size {
+                return Err(Status::out_of_range(format!(
+                    "from_tree_size {from_tree_size} is beyond the tree size {}",
+                    head.header.tree_size
+                )));
+            }
+            let proof = ledger
+                .consistency_proof(from_tree_size)
+                .map_err(|error| ledger_error_status(&error))?;
+            Ok((head, proof))
+        })
+        .await?;
+        Ok(Response::new(v1::ConsistencyProof {
+            from_tree_size,
+            to_tree_size: head.header.tree_size,
+            hashes: split_hashes(&proof),
+            tree_head: Some((&head).into()),
+        }))
+    }
+
+    #[tracing::instrument(skip(self, request))]
+    async fn get_balance(
+        &self,
+        request: Request<v1::GetBalanceRequest>,
+    ) -> Result<Response<v1::Balance>, Status> {
+        let account = account_field(&request.get_ref().account, "account")?;
+        let available = read_ledger(&self.ledger, move |ledger| {
+            ledger
+                .state()
+                .account(&account)
+                .map(|found| found.balance)
+                .ok_or_else(|| Status::not_found(format!("unknown account {account}")))
+        })
+        .await?;
+        Ok(Response::new(v1::Balance { available }))
+    }
+}

@@ -1,0 +1,552 @@
+//! gRPC services of the market process (feature `server`): the Ledger and Consent services
+//! over a shared [`Ledger`], request authentication, health checking and reflection.
+//!
+//! Handlers are thin: authenticate, convert the wire message into domain types (a missing or
+//! malformed field is `INVALID_ARGUMENT` naming the field), call the ledger on a blocking
+//! thread, and map the error through [`tx_error_status`] or [`ledger_error_status`].
+//!
+//! Every touch of the ledger runs on `tokio::task::spawn_blocking` ([`submit`],
+//! [`read_ledger`]): an append holds the ledger's mutex across a durable SQLite commit, and
+//! reads of stored blocks and transactions query SQLite, so neither may run on an async worker.
+//!
+//! Status codes follow the gRPC guide: a field that is wrong whatever the ledger holds is
+//! `INVALID_ARGUMENT`; a transaction whose signature does not verify is `UNAUTHENTICATED`; a
+//! rule that depends on the ledger's state (funds, nonces, listing and order status, consent,
+//! budgets) is `FAILED_PRECONDITION`; an unknown account, listing, order, receipt, block or
+//! transaction is `NOT_FOUND`; role and ownership rules are `PERMISSION_DENIED`.
+
+pub mod auth;
+pub mod consent;
+pub mod ledger;
+
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use cohortex_proto::v1;
+use cohortex_proto::v1::consent_server::ConsentServer;
+use cohortex_proto::v1::ledger_server::LedgerServer;
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Code, Status};
+use tonic_health::pb::health_server::{Health, HealthServer};
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
+use tonic_reflection::server::v1::{ServerReflection, ServerReflectionServer};
+
+use crate::error::TxError;
+use crate::hash::Hash32;
+use crate::log::{LogError, Receipt, SignedTreeHead};
+use crate::machine::BlockError;
+use crate::storage::{Ledger, LedgerError};
+use crate::tx::{
+    txid_of, AccountId, Action, ListingId, Purpose, TxBody, TxId, UncheckedTx, MAX_LISTING_ID_LEN,
+    MAX_SIGNED_TX_LEN,
+};
+
+pub use consent::ConsentService;
+pub use ledger::LedgerService;
+
+/// Largest gRPC message any Cohortex server decodes or encodes.
+pub const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
+
+/// Deadline a server applies to every request that does not bring a shorter one.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The ledger, shared by the services of one process.
+pub type SharedLedger = Arc<Mutex<Ledger>>;
+
+/// The gRPC code of every [`TxError`]: one closed mapping, so that a new refusal reason must
+/// be given a code here before the crate compiles.
+pub fn tx_error_code(error: &TxError) -> Code {
+    match error {
+        // Wrong whatever the ledger holds.
+        TxError::TooLarge { .. }
+        | TxError::UnsupportedVersion(_)
+        | TxError::Malformed(_)
+        | TxError::InvalidKey(_)
+        | TxError::WrongChain { .. }
+        | TxError::ZeroAmount
+        | TxError::InvalidListing(_)
+        | TxError::InvalidOrder(_)
+        | TxError::ParticipantsNotCanonical(_) => Code::InvalidArgument,
+        TxError::BadSignature(_) => Code::Unauthenticated,
+        TxError::UnknownAccount(_)
+        | TxError::UnknownListing(_)
+        | TxError::UnknownOrder(_)
+        | TxError::UnknownReceipt(_) => Code::NotFound,
+        TxError::WrongRole { .. }
+        | TxError::RegistrationNotSelfSigned { .. }
+        | TxError::AdmissionRequiresIssuer { .. }
+        | TxError::NotListingOwner { .. }
+        | TxError::ConsentNotByPatient { .. }
+        | TxError::NotOrderParty { .. } => Code::PermissionDenied,
+        TxError::AlreadyRegistered(_) | TxError::ListingExists(_) => Code::AlreadyExists,
+        // Rules that depend on the ledger's current state.
+        TxError::ReplayedNonce { .. }
+        | TxError::NonceGap { .. }
+        | TxError::InsufficientFunds { .. }
+        | TxError::AmountOverflow
+        | TxError::ListingWithdrawn(_)
+        | TxError::PurposeNotAllowed { .. }
+        | TxError::NotAFund(_)
+        | TxError::NoActiveConsent { .. }
+        | TxError::ExpiryNotInFuture { .. }
+        | TxError::EpsilonBudgetExhausted { .. }
+        | TxError::OrderNotOpen { .. }
+        | TxError::OrderExpired { .. }
+        | TxError::OrderNotExpired { .. }
+        | TxError::QueryHashMismatch(_)
+        | TxError::ReceiptListingsMismatch(_)
+        | TxError::EpsilonExceedsRequest { .. }
+        | TxError::CohortTooSmall { .. }
+        | TxError::ParticipantWithoutConsent { .. }
+        | TxError::ReceiptForAnotherOrder { .. }
+        | TxError::AlreadySettled(_)
+        | TxError::AlreadyRefunded(_)
+        | TxError::OrderNotComputed(_) => Code::FailedPrecondition,
+    }
+}
+
+/// A refused transaction as a gRPC status: [`tx_error_code`] with the refusal's message.
+pub fn tx_error_status(error: &TxError) -> Status {
+    Status::new(tx_error_code(error), error.to_string())
+}
+
+/// A ledger failure as a gRPC status. An unknown transaction is `NOT_FOUND`, a proof asked
+/// beyond the log is `OUT_OF_RANGE`, a lost race with another writer is `ABORTED` (the ledger
+/// reloads itself; the caller may retry); storage failures are `INTERNAL` with a generic
+/// message (logged in full here, so that no path or SQL reaches the caller).
+pub fn ledger_error_status(error: &LedgerError) -> Status {
+    match error {
+        LedgerError::UnknownTransaction(_) => Status::not_found(error.to_string()),
+        LedgerError::Log(LogError::OutOfRange { .. }) => Status::out_of_range(error.to_string()),
+        LedgerError::Block(BlockError::TxRefused { error, .. }) => tx_error_status(error),
+        LedgerError::ConcurrentWriter(_) => {
+            Status::aborted("another writer appended to the ledger; retry")
+        }
+        LedgerError::Sqlite(_)
+        | LedgerError::AlreadyInitialised(_)
+        | LedgerError::NotInitialised(_)
+        | LedgerError::UnsupportedSchema(_)
+        | LedgerError::SequencerKeyMismatch
+        | LedgerError::Corrupt { .. }
+        | LedgerError::Resume(_)
+        | LedgerError::Block(_)
+        | LedgerError::Log(_) => {
+            tracing::error!(%error, "ledger failure");
+            Status::internal("ledger storage failure")
+        }
+    }
+}
+
+/// A transaction the ledger accepted, and where the log put it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Submitted {
+    /// The transaction id (the Merkle leaf).
+    pub tx_id: TxId,
+    /// Height of the block that holds it (the transaction is alone in its block).
+    pub height: u64,
+    /// Its position in the log.
+    pub leaf_index: u64,
+}
+
+impl From<Submitted> for v1::TransactionResult {
+    fn from(submitted: Submitted) -> Self {
+        v1::TransactionResult {
+            tx_id: submitted.tx_id.0.as_bytes().to_vec(),
+            height: submitted.height,
+            leaf_index: submitted.leaf_index,
+        }
+    }
+}
+
+/// Appends one signed transaction as its own block (durably, before returning), on a blocking
+/// thread. A refused transaction changes nothing and maps through [`tx_error_status`].
+pub async fn submit(ledger: &SharedLedger, envelope: Vec<u8>) -> Result<Submitted, Status> {
+    let ledger = Arc::clone(ledger);
+    run_blocking(move || append_one(&ledger, envelope)).await
+}
+
+/// [`submit`] for services that accept only some actions: the envelope is parsed and its
+/// signature verified first, then `admit` sees the signed body and may refuse it (typically
+/// `INVALID_ARGUMENT` naming `envelope`, see [`wrong_action`]) before the ledger is touched.
+/// The ledger checks the signature again when it appends; the cost is one verification.
+pub async fn submit_if<F>(
+    ledger: &SharedLedger,
+    envelope: Vec<u8>,
+    admit: F,
+) -> Result<Submitted, Status>
+where
+    F: FnOnce(&TxBody) -> Result<(), Status> + Send + 'static,
+{
+    let ledger = Arc::clone(ledger);
+    run_blocking(move || {
+        let verified = UncheckedTx::parse(envelope)
+            .and_then(UncheckedTx::verify)
+            .map_err(|error| tx_error_status(&error))?;
+        admit(verified.body())?;
+        append_one(&ledger, verified.bytes().to_vec())
+    })
+    .await
+}
+
+fn append_one(ledger: &SharedLedger, envelope: Vec<u8>) -> Result<Submitted, Status> {
+    let tx_id = txid_of(&envelope);
+    let mut ledger = lock(ledger)?;
+    let outcome = ledger
+        .append(vec![envelope])
+        .map_err(|error| ledger_error_status(&error))?;
+    if let Some(refusal) = outcome.refused.first() {
+        return Err(tx_error_status(&refusal.error));
+    }
+    let head = outcome
+        .head
+        .ok_or_else(|| Status::internal("an accepted transaction made no block"))?;
+    debug_assert_eq!(head.header.tx_count, 1, "one transaction per block");
+    Ok(Submitted {
+        tx_id,
+        height: head.header.height,
+        // The block holds this transaction alone, so it is the log's last leaf.
+        leaf_index: head.header.tree_size.saturating_sub(1),
+    })
+}
+
+/// Runs `read` on the ledger on a blocking thread (it waits for the mutex, which an append
+/// holds across its SQLite commit, and may query SQLite itself).
+pub async fn read_ledger<T, F>(ledger: &SharedLedger, read: F) -> Result<T, Status>
+where
+    T: Send + 'static,
+    F: FnOnce(&Ledger) -> Result<T, Status> + Send + 'static,
+{
+    let ledger = Arc::clone(ledger);
+    run_blocking(move || read(&*lock(&ledger)?)).await
+}
+
+async fn run_blocking<T, F>(work: F) -> Result<T, Status>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, Status> + Send + 'static,
+{
+    tokio::task::spawn_blocking(work).await.map_err(|error| {
+        tracing::error!(%error, "ledger task failed");
+        Status::internal("ledger task failed")
+    })?
+}
+
+fn lock(ledger: &SharedLedger) -> Result<MutexGuard<'_, Ledger>, Status> {
+    ledger
+        .lock()
+        .map_err(|_| Status::internal("ledger lock poisoned by an earlier failure"))
+}
+
+/// The `INVALID_ARGUMENT` of an RPC that received an envelope carrying the wrong action.
+pub fn wrong_action(expected: &str, found: &Action) -> Status {
+    Status::invalid_argument(format!(
+        "envelope must carry {expected}, not a {} action",
+        action_name(found)
+    ))
+}
+
+/// The name of an action's variant, as in `docs/ledger.md`.
+pub fn action_name(action: &Action) -> &'static str {
+    match action {
+        Action::RegisterAccount { .. } => "RegisterAccount",
+        Action::PublishListing { .. } => "PublishListing",
+        Action::UpdateListing { .. } => "UpdateListing",
+        Action::WithdrawListing { .. } => "WithdrawListing",
+        Action::GrantConsent { .. } => "GrantConsent",
+        Action::RevokeConsent { .. } => "RevokeConsent",
+        Action::Deposit { .. } => "Deposit",
+        Action::OrderQuery { .. } => "OrderQuery",
+        Action::RecordReceipt(_) => "RecordReceipt",
+        Action::Settle { .. } => "Settle",
+        Action::Refund { .. } => "Refund",
+    }
+}
+
+/// The envelope of a `SignedTransaction`: present and at most [`MAX_SIGNED_TX_LEN`] bytes.
+pub fn envelope_field(message: v1::SignedTransaction) -> Result<Vec<u8>, Status> {
+    let envelope = message.envelope;
+    if envelope.is_empty() {
+        return Err(Status::invalid_argument("envelope must not be empty"));
+    }
+    if envelope.len() > MAX_SIGNED_TX_LEN {
+        return Err(Status::invalid_argument(format!(
+            "envelope is {} bytes, more than the {MAX_SIGNED_TX_LEN} accepted",
+            envelope.len()
+        )));
+    }
+    Ok(envelope)
+}
+
+fn bytes32_field(bytes: &[u8], field: &str) -> Result<[u8; 32], Status> {
+    <[u8; 32]>::try_from(bytes).map_err(|_| {
+        Status::invalid_argument(format!("{field} must be 32 bytes, got {}", bytes.len()))
+    })
+}
+
+/// An account field: exactly 32 bytes (whether it is a valid key is the ledger's concern).
+pub fn account_field(bytes: &[u8], field: &str) -> Result<AccountId, Status> {
+    bytes32_field(bytes, field).map(AccountId)
+}
+
+/// A transaction id field: exactly 32 bytes.
+pub fn tx_id_field(bytes: &[u8], field: &str) -> Result<TxId, Status> {
+    bytes32_field(bytes, field).map(|bytes| TxId(Hash32(bytes)))
+}
+
+/// A listing id field: 1 to [`MAX_LISTING_ID_LEN`] bytes.
+pub fn listing_field(id: &str, field: &str) -> Result<ListingId, Status> {
+    if id.is_empty() || id.len() > MAX_LISTING_ID_LEN {
+        return Err(Status::invalid_argument(format!(
+            "{field} must be 1 to {MAX_LISTING_ID_LEN} bytes, got {}",
+            id.len()
+        )));
+    }
+    Ok(ListingId::new(id))
+}
+
+/// The wire name of a purpose (`academic_research`, ...).
+pub const fn purpose_name(purpose: Purpose) -> &'static str {
+    match purpose {
+        Purpose::AcademicResearch => "academic_research",
+        Purpose::CommercialResearch => "commercial_research",
+        Purpose::TrialFeasibility => "trial_feasibility",
+        Purpose::TrialRecruitment => "trial_recruitment",
+    }
+}
+
+/// Every purpose with its wire name, in the purposes' order.
+pub const PURPOSE_NAMES: [(Purpose, &str); 4] = [
+    (
+        Purpose::AcademicResearch,
+        purpose_name(Purpose::AcademicResearch),
+    ),
+    (
+        Purpose::CommercialResearch,
+        purpose_name(Purpose::CommercialResearch),
+    ),
+    (
+        Purpose::TrialFeasibility,
+        purpose_name(Purpose::TrialFeasibility),
+    ),
+    (
+        Purpose::TrialRecruitment,
+        purpose_name(Purpose::TrialRecruitment),
+    ),
+];
+
+/// A purpose field: one of the names in [`PURPOSE_NAMES`].
+pub fn purpose_field(name: &str, field: &str) -> Result<Purpose, Status> {
+    PURPOSE_NAMES
+        .iter()
+        .find(|(_, known)| *known == name)
+        .map(|(purpose, _)| *purpose)
+        .ok_or_else(|| {
+            let known: Vec<&str> = PURPOSE_NAMES.iter().map(|(_, known)| *known).collect();
+            Status::invalid_argument(format!(
+                "{field} must be one of {}, got {name:?}",
+                known.join(", ")
+            ))
+        })
+}
+
+/// The last signed tree head, or `NOT_FOUND` before the first block.
+pub fn latest_head(ledger: &Ledger) -> Result<SignedTreeHead, Status> {
+    ledger
+        .head()
+        .cloned()
+        .ok_or_else(|| Status::not_found("the ledger has no block yet"))
+}
+
+/// Splits a concatenation of 32-byte hashes (an RFC 6962 proof) into the hashes.
+fn split_hashes(proof: &[u8]) -> Vec<Vec<u8>> {
+    debug_assert_eq!(proof.len() % 32, 0, "proofs are whole hashes");
+    proof.chunks(32).map(<[u8]>::to_vec).collect()
+}
+
+impl From<&SignedTreeHead> for v1::SignedTreeHead {
+    fn from(head: &SignedTreeHead) -> Self {
+        v1::SignedTreeHead {
+            tree_size: head.header.tree_size,
+            root: head.header.tree_root.as_bytes().to_vec(),
+            height: head.header.height,
+            signature: head.signature.to_bytes().to_vec(),
+            encoded: head.header.to_bytes().to_vec(),
+        }
+    }
+}
+
+/// Reads a tree head received over gRPC (does not check the signature: call
+/// [`SignedTreeHead::verify`]). The convenience copies of size, root and height must equal the
+/// encoded header's.
+impl TryFrom<v1::SignedTreeHead> for SignedTreeHead {
+    type Error = LogError;
+
+    fn try_from(message: v1::SignedTreeHead) -> Result<Self, LogError> {
+        let mut bytes = message.encoded;
+        bytes.extend_from_slice(&message.signature);
+        let head = SignedTreeHead::from_bytes(&bytes)?;
+        let copies_agree = head.header.tree_size == message.tree_size
+            && head.header.tree_root.as_bytes().as_slice() == message.root.as_slice()
+            && head.header.height == message.height;
+        if !copies_agree {
+            return Err(LogError::Malformed(
+                "tree head fields disagree with the encoded header",
+            ));
+        }
+        Ok(head)
+    }
+}
+
+impl From<&Receipt> for v1::InclusionProof {
+    fn from(receipt: &Receipt) -> Self {
+        v1::InclusionProof {
+            leaf_index: receipt.leaf_index,
+            tree_size: receipt.head.header.tree_size,
+            hashes: split_hashes(&receipt.inclusion_proof),
+            tree_head: Some((&receipt.head).into()),
+        }
+    }
+}
+
+/// Why [`serve_ledger_and_consent`] stopped with an error.
+#[derive(Debug, Error)]
+pub enum ServeError {
+    /// The reflection service could not read a descriptor set.
+    #[error("reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The transport failed.
+    #[error("grpc transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// The standard `grpc.health.v1.Health` and `grpc.reflection.v1.ServerReflection` services for
+/// a process that serves the Cohortex services named in `served` (e.g.
+/// [`cohortex_proto::v1::ledger_server::SERVICE_NAME`]): each is marked `SERVING` (as is the
+/// whole server, the empty name), and reflection describes the Cohortex and health descriptor
+/// sets but lists only `served`, health and reflection itself. Keep the reporter to mark a
+/// service `NOT_SERVING` later.
+pub async fn health_and_reflection(
+    served: &[&str],
+) -> Result<
+    (
+        HealthReporter,
+        HealthServer<impl Health>,
+        ServerReflectionServer<impl ServerReflection>,
+    ),
+    ServeError,
+> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    for name in served {
+        reporter
+            .set_service_status(name, ServingStatus::Serving)
+            .await;
+    }
+    let listed = served.iter().copied().chain([
+        tonic_health::pb::health_server::SERVICE_NAME,
+        tonic_reflection::pb::v1::server_reflection_server::SERVICE_NAME,
+    ]);
+    let reflection = listed
+        .fold(
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(cohortex_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET),
+            |builder, name| builder.with_service_name(name),
+        )
+        .build_v1()?;
+    Ok((reporter, health, reflection))
+}
+
+/// Serves the Ledger and Consent services over `ledger` on `listener`, with health and
+/// reflection, until `shutdown` completes; then stops accepting and drains open requests.
+///
+/// Each request gets [`REQUEST_TIMEOUT`] unless its client asks for less, and no message
+/// larger than [`MAX_MESSAGE_BYTES`] is decoded or encoded (`OUT_OF_RANGE`).
+pub async fn serve_ledger_and_consent(
+    ledger: SharedLedger,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let (_reporter, health, reflection) = health_and_reflection(&[
+        v1::ledger_server::SERVICE_NAME,
+        v1::consent_server::SERVICE_NAME,
+    ])
+    .await?;
+    let ledger_service = LedgerServer::new(LedgerService::new(Arc::clone(&ledger)))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let consent_service = ConsentServer::new(ConsentService::new(ledger))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    tracing::info!(address = ?listener.local_addr().ok(), "serving ledger and consent");
+    tonic::transport::Server::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(ledger_service)
+        .add_service(consent_service)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await?;
+    tracing::info!("ledger and consent services stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn purpose_names_round_trip_and_unknown_names_are_refused() {
+        for (purpose, name) in PURPOSE_NAMES {
+            assert_eq!(purpose_field(name, "purpose").ok(), Some(purpose));
+        }
+        let refused = purpose_field("marketing", "purpose").err();
+        assert_eq!(
+            refused.as_ref().map(Status::code),
+            Some(Code::InvalidArgument)
+        );
+        assert!(refused.is_some_and(|status| status.message().starts_with("purpose must be")));
+    }
+
+    #[test]
+    fn refusals_map_to_the_documented_codes() {
+        let account = AccountId([1; 32]);
+        let listing = ListingId::new("cohort");
+        let cases = [
+            (TxError::Malformed("x".into()), Code::InvalidArgument),
+            (TxError::BadSignature(account), Code::Unauthenticated),
+            (TxError::UnknownListing(listing.clone()), Code::NotFound),
+            (
+                TxError::ConsentNotByPatient {
+                    patient: account,
+                    signer: account,
+                },
+                Code::PermissionDenied,
+            ),
+            (TxError::AlreadyRegistered(account), Code::AlreadyExists),
+            (
+                TxError::ReplayedNonce {
+                    account,
+                    expected: 2,
+                    got: 1,
+                },
+                Code::FailedPrecondition,
+            ),
+            (TxError::ListingWithdrawn(listing), Code::FailedPrecondition),
+        ];
+        for (error, code) in cases {
+            let status = tx_error_status(&error);
+            assert_eq!(status.code(), code, "{error}");
+            assert_eq!(status.message(), error.to_string());
+        }
+        let unknown = LedgerError::UnknownTransaction(TxId(Hash32([2; 32])));
+        assert_eq!(ledger_error_status(&unknown).code(), Code::NotFound);
+        let path = LedgerError::NotInitialised("/secret/ledger.db".into());
+        let status = ledger_error_status(&path);
+        assert_eq!(status.code(), Code::Internal);
+        assert!(!status.message().contains("secret"), "no path leaks");
+    }
+}

@@ -1,0 +1,524 @@
+//! The Ledger service over real gRPC on loopback: what it serves verifies offline against the
+//! ledger's public key (inclusion, consistency, blocks), malformed and unknown inputs get the
+//! documented codes, oversized messages are refused, and the process answers health checks
+//! and reflection.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+
+use cohortex_proto::v1;
+use cohortex_proto::v1::ledger_client::LedgerClient;
+use common::{Fixture, Party};
+use ed25519_dalek::VerifyingKey;
+use market::server::{serve_ledger_and_consent, ServeError, MAX_MESSAGE_BYTES};
+use market::tx::MAX_SIGNED_TX_LEN;
+use market::{
+    verify_consistency, verify_inclusion, AccountId, Action, Hash32, Receipt, Role, SignedTreeHead,
+    TxBody, TxId,
+};
+use rand_chacha::ChaCha20Rng;
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+use tonic::Code;
+
+/// A ledger in a temporary directory served on an ephemeral loopback port.
+struct Served {
+    endpoint: String,
+    chain_id: Hash32,
+    ledger_key: VerifyingKey,
+    issuer: Party,
+    rng: ChaCha20Rng,
+    shutdown: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), ServeError>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Served {
+    async fn start() -> Self {
+        let Fixture {
+            ledger,
+            issuer,
+            rng,
+            dir,
+            ledger_key,
+            clock: _,
+        } = Fixture::new();
+        let chain_id = ledger.chain_id();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let (shutdown, stop) = oneshot::channel::<()>();
+        let task = tokio::spawn(serve_ledger_and_consent(
+            Arc::new(Mutex::new(ledger)),
+            listener,
+            async {
+                let _ = stop.await;
+            },
+        ));
+        Served {
+            endpoint,
+            chain_id,
+            ledger_key: ledger_key.verifying_key(),
+            issuer,
+            rng,
+            shutdown,
+            task,
+            _dir: dir,
+        }
+    }
+
+    async fn client(&self) -> LedgerClient<Channel> {
+        LedgerClient::connect(self.endpoint.clone()).await.unwrap()
+    }
+
+    async fn channel(&self) -> Channel {
+        Channel::from_shared(self.endpoint.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    fn envelope(&self, party: &Party, action: Action) -> v1::SignedTransaction {
+        let body = TxBody {
+            chain_id: self.chain_id,
+            signer: party.id,
+            nonce: party.nonce,
+            action,
+        };
+        v1::SignedTransaction {
+            envelope: body.sign(&party.key).unwrap().bytes,
+        }
+    }
+
+    /// Submits `action` signed by `party`, which must be accepted; advances the nonce.
+    async fn submit(
+        &self,
+        client: &mut LedgerClient<Channel>,
+        party: &mut Party,
+        action: Action,
+    ) -> v1::TransactionResult {
+        let result = client
+            .submit_transaction(self.envelope(party, action))
+            .await
+            .unwrap()
+            .into_inner();
+        party.nonce += 1;
+        result
+    }
+
+    /// A new buyer, registered through the service.
+    async fn new_buyer(&mut self, client: &mut LedgerClient<Channel>) -> (Party, TxId) {
+        let mut buyer = Party::new(&mut self.rng);
+        let register = Action::RegisterAccount {
+            account: buyer.id,
+            role: Role::Buyer,
+        };
+        let result = self.submit(client, &mut buyer, register).await;
+        (buyer, tx_id(&result.tx_id))
+    }
+
+    async fn stop(self) {
+        self.shutdown.send(()).unwrap();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+fn tx_id(bytes: &[u8]) -> TxId {
+    TxId(Hash32(bytes.try_into().unwrap()))
+}
+
+fn concat(hashes: &[Vec<u8>]) -> Vec<u8> {
+    assert!(hashes.iter().all(|hash| hash.len() == 32));
+    hashes.concat()
+}
+
+fn head_of(message: Option<v1::SignedTreeHead>) -> SignedTreeHead {
+    SignedTreeHead::try_from(message.unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn inclusion_proof_fetched_over_grpc_verifies_against_the_signed_tree_head() {
+    let mut served = Served::start().await;
+    let mut client = served.client().await;
+    let mut ids = Vec::new();
+    for expected_leaf in 0..5u64 {
+        let (_, id) = served.new_buyer(&mut client).await;
+        let stored = client
+            .get_transaction(v1::GetTransactionRequest {
+                tx_id: id.0 .0.to_vec(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        // One transaction per block: leaf i is in block i + 1.
+        assert_eq!(stored.leaf_index, expected_leaf);
+        assert_eq!(stored.height, expected_leaf + 1);
+        ids.push((id, stored.envelope));
+    }
+
+    let (txid, envelope) = &ids[2];
+    let proof = client
+        .get_inclusion_proof(v1::GetInclusionProofRequest {
+            tx_id: txid.0 .0.to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let head = head_of(proof.tree_head.clone());
+    head.verify(&served.ledger_key).unwrap();
+    assert_eq!(head.header.tree_size, 5);
+    assert_eq!(proof.tree_size, 5);
+    assert_eq!(proof.leaf_index, 2);
+    // A tree of 5 leaves: leaf 2's audit path is its sibling leaf 3, the node over leaves 0
+    // and 1, and leaf 4 (RFC 6962 §2.1.1), leaf hashes being SHA-256(0x00 || txid).
+    let leaf_hash = |id: &TxId| {
+        Sha256::new_with_prefix([0u8])
+            .chain_update(id.0 .0)
+            .finalize()
+    };
+    assert_eq!(proof.hashes.len(), 3);
+    assert_eq!(proof.hashes[0], leaf_hash(&ids[3].0).to_vec());
+    assert_eq!(proof.hashes[2], leaf_hash(&ids[4].0).to_vec());
+    let latest = client
+        .get_signed_tree_head(v1::GetSignedTreeHeadRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(SignedTreeHead::try_from(latest).unwrap(), head);
+
+    let path = concat(&proof.hashes);
+    verify_inclusion(
+        &head.header.tree_root,
+        head.header.tree_size,
+        txid,
+        2,
+        &path,
+    )
+    .unwrap();
+    let receipt = Receipt {
+        tx: envelope.clone(),
+        leaf_index: proof.leaf_index,
+        inclusion_proof: path.clone(),
+        head: head.clone(),
+    };
+    assert_eq!(receipt.verify(&served.ledger_key).unwrap().id(), *txid);
+
+    // The same proof does not place another transaction, or this one elsewhere.
+    assert!(verify_inclusion(&head.header.tree_root, 5, &ids[3].0, 2, &path).is_err());
+    assert!(verify_inclusion(&head.header.tree_root, 5, txid, 3, &path).is_err());
+    let mut flipped = path;
+    flipped[40] ^= 1;
+    assert!(verify_inclusion(&head.header.tree_root, 5, txid, 2, &flipped).is_err());
+    served.stop().await;
+}
+
+#[tokio::test]
+async fn consistency_proof_fetched_over_grpc_links_an_older_tree_head_to_the_newest() {
+    let mut served = Served::start().await;
+    let mut client = served.client().await;
+    for _ in 0..3 {
+        served.new_buyer(&mut client).await;
+    }
+    let old = client
+        .get_signed_tree_head(v1::GetSignedTreeHeadRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let old = SignedTreeHead::try_from(old).unwrap();
+    for _ in 0..4 {
+        served.new_buyer(&mut client).await;
+    }
+    let proof = client
+        .get_consistency_proof(v1::GetConsistencyProofRequest { from_tree_size: 3 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((proof.from_tree_size, proof.to_tree_size), (3, 7));
+    let new = head_of(proof.tree_head);
+    assert_eq!(new.header.tree_size, 7);
+    verify_consistency(&old, &new, &concat(&proof.hashes), &served.ledger_key).unwrap();
+    // The proof is for this pair of trees only.
+    let mut flipped = concat(&proof.hashes);
+    flipped[0] ^= 1;
+    assert!(verify_consistency(&old, &new, &flipped, &served.ledger_key).is_err());
+
+    let zero = client
+        .get_consistency_proof(v1::GetConsistencyProofRequest { from_tree_size: 0 })
+        .await
+        .unwrap_err();
+    assert_eq!(zero.code(), Code::InvalidArgument);
+    assert!(zero.message().contains("from_tree_size"), "{zero:?}");
+    let beyond = client
+        .get_consistency_proof(v1::GetConsistencyProofRequest { from_tree_size: 8 })
+        .await
+        .unwrap_err();
+    assert_eq!(beyond.code(), Code::OutOfRange);
+    assert!(beyond.message().contains("from_tree_size"), "{beyond:?}");
+    served.stop().await;
+}
+
+#[tokio::test]
+async fn block_lists_its_transaction_ids_under_its_signed_head() {
+    let mut served = Served::start().await;
+    let mut client = served.client().await;
+    let (_, first) = served.new_buyer(&mut client).await;
+    let (_, second) = served.new_buyer(&mut client).await;
+    for (height, id) in [(1u64, first), (2, second)] {
+        let block = client
+            .get_block(v1::GetBlockRequest { height })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(block.height, height);
+        assert_eq!(block.tx_ids, vec![id.0 .0.to_vec()]);
+        let head = head_of(block.tree_head.clone());
+        head.verify(&served.ledger_key).unwrap();
+        assert_eq!(block.header, head.header.to_bytes().to_vec());
+        assert_eq!(head.header.height, height);
+        assert_eq!(head.header.tx_count, 1);
+    }
+    let zero = client
+        .get_block(v1::GetBlockRequest { height: 0 })
+        .await
+        .unwrap_err();
+    assert_eq!(zero.code(), Code::InvalidArgument);
+    assert!(zero.message().contains("height"), "{zero:?}");
+    let missing = client
+        .get_block(v1::GetBlockRequest { height: 3 })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+    served.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_tx_id_is_not_found() {
+    let mut served = Served::start().await;
+    let mut client = served.client().await;
+    served.new_buyer(&mut client).await;
+    let unknown = vec![0xab; 32];
+    let read = client
+        .get_transaction(v1::GetTransactionRequest {
+            tx_id: unknown.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(read.code(), Code::NotFound, "{read:?}");
+    let proof = client
+        .get_inclusion_proof(v1::GetInclusionProofRequest { tx_id: unknown })
+        .await
+        .unwrap_err();
+    assert_eq!(proof.code(), Code::NotFound, "{proof:?}");
+    served.stop().await;
+}
+
+#[tokio::test]
+async fn empty_ledger_has_no_signed_tree_head() {
+    let served = Served::start().await;
+    let mut client = served.client().await;
+    let status = client
+        .get_signed_tree_head(v1::GetSignedTreeHeadRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    served.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_fields_are_invalid_argument_naming_the_field() {
+    let served = Served::start().await;
+    let mut client = served.client().await;
+    let short_id = client
+        .get_transaction(v1::GetTransactionRequest { tx_id: vec![1; 31] })
+        .await
+        .unwrap_err();
+    assert_eq!(short_id.code(), Code::InvalidArgument);
+    assert!(
+        short_id.message().contains("tx_id must be 32 bytes"),
+        "{short_id:?}"
+    );
+    let short_account = client
+        .get_balance(v1::GetBalanceRequest {
+            account: vec![1; 3],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(short_account.code(), Code::InvalidArgument);
+    assert!(
+        short_account.message().contains("account must be 32 bytes"),
+        "{short_account:?}"
+    );
+    let empty = client
+        .submit_transaction(v1::SignedTransaction { envelope: vec![] })
+        .await
+        .unwrap_err();
+    assert_eq!(empty.code(), Code::InvalidArgument);
+    assert!(empty.message().contains("envelope"), "{empty:?}");
+    let garbage = client
+        .submit_transaction(v1::SignedTransaction {
+            envelope: vec![1; 80],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(garbage.code(), Code::InvalidArgument, "{garbage:?}");
+    served.stop().await;
+}
+
+#[tokio::test]
+async fn refused_transactions_map_to_their_status_codes() {
+    let mut served = Served::start().await;
+    let mut client = served.client().await;
+    let (buyer, _) = served.new_buyer(&mut client).await;
+    let deposit = Action::Deposit {
+        to: buyer.id,
+        amount: 250,
+    };
+
+    // A buyer may not issue credits.
+    let by_buyer = client
+        .submit_transaction(served.envelope(&buyer, deposit.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(by_buyer.code(), Code::PermissionDenied, "{by_buyer:?}");
+
+    // A flipped signature byte.
+    let mut forged = served.envelope(&served.issuer, deposit.clone());
+    forged.envelope[5] ^= 1;
+    let forged = client.submit_transaction(forged).await.unwrap_err();
+    assert_eq!(forged.code(), Code::Unauthenticated, "{forged:?}");
+
+    // Accepted once, then replayed.
+    let signed = served.envelope(&served.issuer, deposit);
+    client.submit_transaction(signed.clone()).await.unwrap();
+    served.issuer.nonce += 1;
+    let replayed = client.submit_transaction(signed).await.unwrap_err();
+    assert_eq!(replayed.code(), Code::FailedPrecondition, "{replayed:?}");
+    assert!(replayed.message().contains("replayed"), "{replayed:?}");
+
+    // An account that registers twice.
+    let again = Action::RegisterAccount {
+        account: buyer.id,
+        role: Role::Buyer,
+    };
+    let twice = client
+        .submit_transaction(served.envelope(&buyer, again))
+        .await
+        .unwrap_err();
+    assert_eq!(twice.code(), Code::AlreadyExists, "{twice:?}");
+
+    let balance = client
+        .get_balance(v1::GetBalanceRequest {
+            account: buyer.id.0.to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(balance.available, 250);
+    let stranger = AccountId([9; 32]);
+    let unknown = client
+        .get_balance(v1::GetBalanceRequest {
+            account: stranger.0.to_vec(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+    served.stop().await;
+}
+
+#[tokio::test]
+async fn oversized_message_is_refused() {
+    let served = Served::start().await;
+    let mut client = served.client().await;
+    // Larger than the gRPC limit: refused by the transport before the handler runs.
+    let huge = client
+        .submit_transaction(v1::SignedTransaction {
+            envelope: vec![1; MAX_MESSAGE_BYTES + 1],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(huge.code(), Code::OutOfRange, "{huge:?}");
+    // Within the gRPC limit but larger than a transaction may be.
+    let large = client
+        .submit_transaction(v1::SignedTransaction {
+            envelope: vec![1; MAX_SIGNED_TX_LEN + 1],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(large.code(), Code::InvalidArgument, "{large:?}");
+    assert!(large.message().contains("envelope"), "{large:?}");
+    // The connection is still usable.
+    let status = client
+        .get_signed_tree_head(v1::GetSignedTreeHeadRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    served.stop().await;
+}
+
+#[tokio::test]
+async fn health_reports_serving() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+
+    let served = Served::start().await;
+    let mut health = HealthClient::new(served.channel().await);
+    for service in ["", "cohortex.v1.Ledger", "cohortex.v1.Consent"] {
+        let answer = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(answer.status(), ServingStatus::Serving, "{service:?}");
+    }
+    let unknown = health
+        .check(HealthCheckRequest {
+            service: "cohortex.v1.Market".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+    served.stop().await;
+}
+
+#[tokio::test]
+async fn reflection_lists_the_ledger_and_consent_services() {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+    let served = Served::start().await;
+    let mut reflection = ServerReflectionClient::new(served.channel().await);
+    let list = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = reflection
+        .server_reflection_info(tonic::codegen::tokio_stream::once(list))
+        .await
+        .unwrap()
+        .into_inner();
+    let answer = answers.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(listed)) = answer.message_response else {
+        panic!("not a list of services: {answer:?}");
+    };
+    let mut names: Vec<String> = listed.service.into_iter().map(|s| s.name).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "cohortex.v1.Consent",
+            "cohortex.v1.Ledger",
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+        ]
+    );
+    served.stop().await;
+}

@@ -4,6 +4,8 @@
 //! own groups.
 #![deny(clippy::unwrap_used)]
 
+mod federation;
+
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -27,9 +29,48 @@ enum Command {
     /// Inspect and audit the ledger.
     #[command(subcommand)]
     Ledger(LedgerCommand),
+    /// Run the whole product on this machine: a market, a ledger and 3 compute nodes on
+    /// loopback, 30,000 synthetic patients, and three buyer queries, with a readable report.
+    Demo(DemoArgs),
+    /// Run one federated query over your own CSV or Parquet files: each --node-data file is
+    /// one node's vault and each row one consenting patient.
+    Local(LocalCmd),
     /// Generate a seeded synthetic population as FHIR R4 bundles (NDJSON, one Bundle per
     /// line, 10,000 patients per file).
     Synth(SynthArgs),
+}
+
+#[derive(Args, Debug)]
+struct DemoArgs {
+    /// Number of synthetic patients, split evenly across the 3 nodes.
+    #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(300..=300_000))]
+    patients: u64,
+    /// Directory for the demo's ledger (default: a new directory under the system temp dir).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct LocalCmd {
+    /// A CSV (.csv) or Parquet (.parquet) file: one node's vault. Repeat for more nodes.
+    #[arg(long = "node-data", required = true, value_name = "FILE")]
+    node_data: Vec<PathBuf>,
+    /// The schema manifest (TOML) describing the files' columns (see docs/sql.md).
+    #[arg(long, value_name = "MANIFEST.toml")]
+    schema: PathBuf,
+    /// The aggregate SQL query, e.g. "SELECT COUNT(*), AVG(x) FROM patients".
+    #[arg(long, value_name = "SQL")]
+    query: String,
+    /// The purpose the patients consent to: academic_research, commercial_research,
+    /// trial_feasibility or trial_recruitment.
+    #[arg(long, default_value = "academic_research")]
+    purpose: String,
+    /// Print one JSON object (columns, rows, receipt) on stdout instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Directory for the run's ledger (default: a new directory under the system temp dir).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -90,7 +131,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Ledger(LedgerCommand::Verify(args)) => ledger_verify(&args),
         Command::Synth(args) => synth(&args),
+        Command::Demo(args) => runtime()?.block_on(federation::demo(args.patients, args.state_dir)).map(|()| ExitCode::SUCCESS),
+        Command::Local(args) => runtime()?
+            .block_on(federation::local(federation::LocalArgs {
+                node_data: args.node_data,
+                schema: args.schema,
+                query: args.query,
+                purpose: args.purpose,
+                json: args.json,
+                state_dir: args.state_dir,
+            }))
+            .map(|()| ExitCode::SUCCESS),
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
 }
 
 fn synth(args: &SynthArgs) -> anyhow::Result<ExitCode> {

@@ -110,6 +110,63 @@ fn consent_record(
     }
 }
 
+/// The patient's consents, with `active` evaluated at the last block's time.
+fn consents_of(ledger: &Ledger, patient: &AccountId) -> Result<v1::ListConsentsResponse, Status> {
+    require_registered(ledger, patient)?;
+    let now = ledger.machine().last_time();
+    let consents = ledger
+        .state()
+        .consents_of(patient)
+        .map(|(listing, purpose, consent)| consent_record(listing, purpose, consent, now))
+        .collect();
+    Ok(v1::ListConsentsResponse {
+        consents,
+        height: ledger.machine().height(),
+    })
+}
+
+/// The patient's balance, and the shares of settled queries paid to it and donated, recomputed
+/// from the settled orders ([`crate::State::earnings_of`]).
+fn earnings_of(ledger: &Ledger, patient: &AccountId) -> Result<v1::Earnings, Status> {
+    require_registered(ledger, patient)?;
+    let state = ledger.state();
+    let earned = state.earnings_of(patient);
+    Ok(v1::Earnings {
+        balance: state.balance(patient),
+        donated: earned.donated,
+        paid: earned.paid,
+    })
+}
+
+/// The patients consenting to `listing` for `purpose` at the last block's time, ascending;
+/// asked by `caller`, who must be registered.
+fn current_consents(
+    ledger: &Ledger,
+    caller: &AccountId,
+    listing: &ListingId,
+    purpose: Purpose,
+) -> Result<v1::ListCurrentConsentsResponse, Status> {
+    let state = ledger.state();
+    if state.account(caller).is_none() {
+        return Err(Status::permission_denied(format!(
+            "caller {caller} is not a registered account"
+        )));
+    }
+    if state.listing(listing).is_none() {
+        return Err(Status::not_found(format!("unknown listing {listing}")));
+    }
+    let now = ledger.machine().last_time();
+    let patients = state
+        .current_consents(listing, purpose, now)
+        .iter()
+        .map(|patient| patient.0.to_vec())
+        .collect();
+    Ok(v1::ListCurrentConsentsResponse {
+        patients,
+        height: ledger.machine().height(),
+    })
+}
+
 #[tonic::async_trait]
 impl ConsentRpc for ConsentService {
     #[tracing::instrument(skip(self, request))]
@@ -150,25 +207,10 @@ impl ConsentRpc for ConsentService {
         let caller = self.verifier.verify(LIST_CONSENTS, &request, unix_now())?;
         let patient = account_field(&request.get_ref().patient, "patient")?;
         require_own(caller, patient)?;
-        let response = read_ledger(&self.ledger, move |ledger| {
-            require_registered(ledger, &patient)?;
-            let now = ledger.machine().last_time();
-            let consents = ledger
-                .state()
-                .consents_of(&patient)
-                .map(|(listing, purpose, consent)| consent_record(listing, purpose, consent, now))
-                .collect();
-            Ok(v1::ListConsentsResponse {
-                consents,
-                height: ledger.machine().height(),
-            })
-        })
-        .await?;
-        Ok(Response::new(response))
+        let response = read_ledger(&self.ledger, move |ledger| consents_of(ledger, &patient));
+        Ok(Response::new(response.await?))
     }
 
-    /// `donated` and `paid` are recomputed from the settled orders ([`crate::State::earnings_of`]);
-    /// `balance` is the account's balance.
     #[tracing::instrument(skip(self, request))]
     async fn list_earnings(
         &self,
@@ -177,18 +219,8 @@ impl ConsentRpc for ConsentService {
         let caller = self.verifier.verify(LIST_EARNINGS, &request, unix_now())?;
         let patient = account_field(&request.get_ref().patient, "patient")?;
         require_own(caller, patient)?;
-        let earnings = read_ledger(&self.ledger, move |ledger| {
-            require_registered(ledger, &patient)?;
-            let state = ledger.state();
-            let earned = state.earnings_of(&patient);
-            Ok(v1::Earnings {
-                balance: state.balance(&patient),
-                donated: earned.donated,
-                paid: earned.paid,
-            })
-        })
-        .await?;
-        Ok(Response::new(earnings))
+        let response = read_ledger(&self.ledger, move |ledger| earnings_of(ledger, &patient));
+        Ok(Response::new(response.await?))
     }
 
     #[tracing::instrument(skip(self, request))]
@@ -202,27 +234,8 @@ impl ConsentRpc for ConsentService {
         let listing = listing_field(&request.get_ref().listing, "listing")?;
         let purpose = purpose_field(&request.get_ref().purpose, "purpose")?;
         let response = read_ledger(&self.ledger, move |ledger| {
-            let state = ledger.state();
-            if state.account(&caller).is_none() {
-                return Err(Status::permission_denied(format!(
-                    "caller {caller} is not a registered account"
-                )));
-            }
-            if state.listing(&listing).is_none() {
-                return Err(Status::not_found(format!("unknown listing {listing}")));
-            }
-            let now = ledger.machine().last_time();
-            let patients = state
-                .current_consents(&listing, purpose, now)
-                .iter()
-                .map(|patient| patient.0.to_vec())
-                .collect();
-            Ok(v1::ListCurrentConsentsResponse {
-                patients,
-                height: ledger.machine().height(),
-            })
-        })
-        .await?;
-        Ok(Response::new(response))
+            current_consents(ledger, &caller, &listing, purpose)
+        });
+        Ok(Response::new(response.await?))
     }
 }

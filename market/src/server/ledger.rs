@@ -19,7 +19,9 @@ use super::{
     account_field, envelope_field, latest_head, ledger_error_status, read_ledger, split_hashes,
     submit, tx_id_field, SharedLedger,
 };
-use crate::storage::LedgerError;
+use crate::log::SignedTreeHead;
+use crate::storage::{Ledger, LedgerError};
+use crate::tx::TxId;
 
 /// The Ledger service over a shared ledger.
 pub struct LedgerService {
@@ -31,6 +33,37 @@ impl LedgerService {
     pub fn new(ledger: SharedLedger) -> Self {
         LedgerService { ledger }
     }
+}
+
+/// The signed head of block `height` and its transaction ids, or `NOT_FOUND`.
+fn block_at(ledger: &Ledger, height: u64) -> Result<(SignedTreeHead, Vec<TxId>), Status> {
+    let head = ledger
+        .head_at(height)
+        .map_err(|error| ledger_error_status(&error))?
+        .ok_or_else(|| Status::not_found(format!("no block at height {height}")))?;
+    let tx_ids = ledger
+        .block_tx_ids(height)
+        .map_err(|error| ledger_error_status(&error))?;
+    Ok((head, tx_ids))
+}
+
+/// The latest head and the consistency proof to it from the tree of `from_tree_size` leaves
+/// (at least 1; beyond the current size is `OUT_OF_RANGE`).
+fn consistency_from(
+    ledger: &Ledger,
+    from_tree_size: u64,
+) -> Result<(SignedTreeHead, Vec<u8>), Status> {
+    let head = latest_head(ledger)?;
+    if from_tree_size > head.header.tree_size {
+        return Err(Status::out_of_range(format!(
+            "from_tree_size {from_tree_size} is beyond the tree size {}",
+            head.header.tree_size
+        )));
+    }
+    let proof = ledger
+        .consistency_proof(from_tree_size)
+        .map_err(|error| ledger_error_status(&error))?;
+    Ok((head, proof))
 }
 
 #[tonic::async_trait]
@@ -63,17 +96,8 @@ impl LedgerRpc for LedgerService {
         if height == 0 {
             return Err(Status::invalid_argument("height must be at least 1"));
         }
-        let (head, tx_ids) = read_ledger(&self.ledger, move |ledger| {
-            let head = ledger
-                .head_at(height)
-                .map_err(|error| ledger_error_status(&error))?
-                .ok_or_else(|| Status::not_found(format!("no block at height {height}")))?;
-            let tx_ids = ledger
-                .block_tx_ids(height)
-                .map_err(|error| ledger_error_status(&error))?;
-            Ok((head, tx_ids))
-        })
-        .await?;
+        let (head, tx_ids) =
+            read_ledger(&self.ledger, move |ledger| block_at(ledger, height)).await?;
         Ok(Response::new(v1::Block {
             height,
             header: head.header.to_bytes().to_vec(),
@@ -128,20 +152,10 @@ impl LedgerRpc for LedgerService {
                 "from_tree_size must be at least 1",
             ));
         }
-        let (head, proof) = read_ledger(&self.ledger, move |ledger| {
-            let head = latest_head(ledger)?;
-            if from_tree_size > head.header.tree_size {
-                return Err(Status::out_of_range(format!(
-                    "from_tree_size {from_tree_size} is beyond the tree size {}",
-                    head.header.tree_size
-                )));
-            }
-            let proof = ledger
-                .consistency_proof(from_tree_size)
-                .map_err(|error| ledger_error_status(&error))?;
-            Ok((head, proof))
-        })
-        .await?;
+        let consistency = read_ledger(&self.ledger, move |ledger| {
+            consistency_from(ledger, from_tree_size)
+        });
+        let (head, proof) = consistency.await?;
         Ok(Response::new(v1::ConsistencyProof {
             from_tree_size,
             to_tree_size: head.header.tree_size,

@@ -1,0 +1,387 @@
+//! `cohortex local` and `cohortex demo`: the full federated flow over gRPC on loopback, in
+//! one process (see `coordinator::cluster`).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use cohortex_coordinator::{Cluster, ClusterOptions, NodeSetup, PatientEnrolment, Payout, Release};
+use compute_node::fhir::{bundle_to_record, ProvenancePolicy};
+use compute_node::ingest::ingest_table;
+use compute_node::synth::{self, REFERENCE_DATE};
+use compute_node::{compile, Cell, QueryAnswer, Schema, Vault};
+use ed25519_dalek::SigningKey;
+use indicatif::{ProgressBar, ProgressStyle};
+use market::{AccountId, Purpose};
+use sha2::{Digest, Sha256};
+use zk::{BsgsConfig, DecryptionTable};
+
+/// Credits a listing charges per query in local runs and the demo.
+const PRICE_PER_QUERY: u64 = 3_000;
+/// ε per order (issue 6 makes this a flag).
+const EPSILON_MICRO: u64 = 1_000_000;
+
+fn spinner(message: &str, quiet: bool) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new_spinner();
+    if let Ok(style) = ProgressStyle::with_template("{spinner} {msg} ({elapsed})") {
+        bar.set_style(style);
+    }
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar.set_message(message.to_string());
+    bar
+}
+
+/// Where the decryption table is cached between runs.
+fn table_dir() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir)
+        .join(".cache/cohortex")
+}
+
+fn decryption_table(quiet: bool) -> anyhow::Result<DecryptionTable> {
+    let bar = spinner("loading the buyer's decryption table (built once, then cached)", quiet);
+    let table = DecryptionTable::load_or_build(&table_dir(), BsgsConfig::default())
+        .context("building the baby-step giant-step table")?;
+    bar.finish_and_clear();
+    Ok(table)
+}
+
+fn state_dir(requested: Option<PathBuf>, prefix: &str) -> anyhow::Result<PathBuf> {
+    let dir = match requested {
+        Some(dir) => dir,
+        None => std::env::temp_dir().join(format!(
+            "cohortex-{prefix}-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |elapsed| elapsed.as_secs())
+        )),
+    };
+    if dir.join("ledger.db").exists() {
+        bail!(
+            "{} already holds a ledger; pass another --state-dir or remove it",
+            dir.display()
+        );
+    }
+    Ok(dir)
+}
+
+fn local_patient_key(node: usize, patient_id: &str) -> SigningKey {
+    let digest = Sha256::new()
+        .chain_update(b"cohortex.local.patient.v1")
+        .chain_update((node as u64).to_le_bytes())
+        .chain_update(patient_id.as_bytes())
+        .finalize();
+    SigningKey::from_bytes(&digest.into())
+}
+
+/// Arguments of `cohortex local`.
+pub struct LocalArgs {
+    /// One CSV or Parquet file per node.
+    pub node_data: Vec<PathBuf>,
+    /// The manifest.
+    pub schema: PathBuf,
+    /// The SQL.
+    pub query: String,
+    /// The purpose.
+    pub purpose: String,
+    /// Print one JSON object.
+    pub json: bool,
+    /// Where to keep the ledger.
+    pub state_dir: Option<PathBuf>,
+}
+
+/// Runs `cohortex local`.
+pub async fn local(args: LocalArgs) -> anyhow::Result<()> {
+    let schema = Schema::from_path(&args.schema).map_err(anyhow::Error::msg)?;
+    let purpose = market::server::purpose_field(&args.purpose, "--purpose")
+        .map_err(|status| anyhow::anyhow!("{}", status.message()))?;
+    // Refuse a bad query before starting anything.
+    compile(&args.query, &schema).map_err(|error| anyhow::anyhow!("--query: {error}"))?;
+    let mut setups = Vec::new();
+    for (node, path) in args.node_data.iter().enumerate() {
+        let mut vault = Vault::new(schema.clone());
+        let report = ingest_table(path, &mut vault).map_err(anyhow::Error::msg)?;
+        for rejected in &report.rejected {
+            eprintln!("warning: record not ingested: {rejected}");
+        }
+        if report.accepted == 0 {
+            bail!("{}: no record could be ingested", path.display());
+        }
+        // Each row is a patient who consents; give each a key (derived from the file's position
+        // and the patient id) to register and sign their consent with.
+        let mut keyed = Vault::new(schema.clone());
+        let mut patients = Vec::new();
+        for record in vault.records() {
+            let key = local_patient_key(node, &record.patient_id);
+            let mut record = record.clone();
+            record.patient_key = Some(hex::encode(key.verifying_key().as_bytes()));
+            keyed.upsert(record).context("keying a record")?;
+            patients.push(PatientEnrolment {
+                key,
+                consent: Some(Payout::ToPatient),
+            });
+        }
+        setups.push(NodeSetup {
+            listing: format!("node-{}", node + 1),
+            vault: keyed,
+            patients,
+            price_per_query: PRICE_PER_QUERY,
+            donation: false,
+            min_cohort_size: 1,
+            fault: None,
+        });
+    }
+    let dir = state_dir(args.state_dir, "local")?;
+    let quiet = args.json;
+    let nodes = setups.len();
+    let bar = spinner("starting the market, ledger and nodes", quiet);
+    let options = ClusterOptions {
+        purpose,
+        threshold: if nodes >= 2 { 2 } else { 1 },
+        epsilon_budget_micro: 100 * EPSILON_MICRO,
+    };
+    let cluster = Cluster::start(&dir, setups, &options, |step| bar.set_message(step.to_string())).await?;
+    bar.finish_and_clear();
+    let table = decryption_table(quiet)?;
+    let buyer = cluster.new_buyer(100 * PRICE_PER_QUERY * nodes as u64).await?;
+    let listings: Vec<String> = cluster.nodes.iter().map(|node| node.listing.clone()).collect();
+    let bar = spinner("running the federated query", quiet);
+    let release = buyer
+        .query(&args.query, &listings, purpose, EPSILON_MICRO, &table, &cluster.ledger_key)
+        .await?;
+    bar.finish_and_clear();
+    let ledger_path = cluster.ledger_path();
+    cluster.shutdown();
+    if args.json {
+        let output = serde_json::json!({
+            "columns": release.answer.columns,
+            "rows": release.answer.rows,
+            "participants": release.answer.participants,
+            "receipt": {
+                "id": hex::encode(release.receipt.0.as_bytes()),
+                "verified": release.receipt_verified,
+            },
+            "state_dir": dir.display().to_string(),
+        });
+        println!("{output}");
+    } else {
+        print_answer(&release.answer);
+        println!();
+        println!(
+            "receipt {} — inclusion in the ledger {}",
+            hex::encode(release.receipt.0.as_bytes()),
+            if release.receipt_verified { "verified" } else { "NOT verified" }
+        );
+        println!("state directory: {}", dir.display());
+        println!("audit it with: cohortex ledger verify {}", ledger_path.display());
+    }
+    Ok(())
+}
+
+fn print_answer(answer: &QueryAnswer) {
+    let cells: Vec<Vec<String>> = answer
+        .rows
+        .iter()
+        .map(|row| row.iter().map(Cell::to_string).collect())
+        .collect();
+    let widths: Vec<usize> = answer
+        .columns
+        .iter()
+        .enumerate()
+        .map(|(index, name)| {
+            cells
+                .iter()
+                .map(|row| row[index].chars().count())
+                .chain([name.chars().count()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |values: Vec<&str>| {
+        let padded: Vec<String> = values
+            .iter()
+            .zip(&widths)
+            .map(|(value, width)| format!("{value:>width$}"))
+            .collect();
+        println!("  {}", padded.join("  "));
+    };
+    line(answer.columns.iter().map(String::as_str).collect());
+    line(widths.iter().map(|_| "").collect::<Vec<_>>());
+    for row in &cells {
+        line(row.iter().map(String::as_str).collect());
+    }
+}
+
+/// One of the demo's queries.
+struct DemoQuery {
+    title: &'static str,
+    sql: &'static str,
+}
+
+const DEMO_QUERIES: [DemoQuery; 3] = [
+    DemoQuery {
+        title: "HbA1c (%) among type 2 diabetics, by age band",
+        sql: "SELECT BIN(age), COUNT(*), AVG(hba1c), STDDEV_SAMP(hba1c) FROM patients \
+              WHERE has_condition('E11') OR has_condition('44054006') GROUP BY BIN(age)",
+    },
+    DemoQuery {
+        title: "Systolic blood pressure against BMI (all adults)",
+        sql: "SELECT COUNT(*), CORR(systolic_bp, bmi), REGR_SLOPE(systolic_bp, bmi), \
+              REGR_INTERCEPT(systolic_bp, bmi) FROM patients",
+    },
+    DemoQuery {
+        title: "LDL cholesterol (mg/dL) of patients on a statin, by sex",
+        sql: "SELECT sex, COUNT(ldl), AVG(ldl) FROM patients WHERE has_medication('83367') \
+              OR has_medication('36567') OR has_medication('301542') GROUP BY sex",
+    },
+];
+
+/// Runs `cohortex demo`.
+pub async fn demo(patients: u64, state_dir: Option<PathBuf>) -> anyhow::Result<()> {
+    let mut timings: Vec<(String, Duration)> = Vec::new();
+    let dir = state_dir_for_demo(state_dir)?;
+    println!("Cohortex demo: a federated query market on this machine\n");
+
+    // 1. Population.
+    let started = Instant::now();
+    let nodes = 3usize;
+    let per_node = patients / nodes as u64;
+    let bar = ProgressBar::new(per_node * nodes as u64);
+    if let Ok(style) = ProgressStyle::with_template("{spinner} generating patients' FHIR records {bar:30} {pos}/{len}") {
+        bar.set_style(style);
+    }
+    let hospitals = ["st-mary-diabetes-clinic", "northside-cardiology", "patient-cooperative"];
+    let mut setups = Vec::new();
+    let (mut paying, mut donating, mut declining) = (0u64, 0u64, 0u64);
+    let mut paying_accounts: Vec<AccountId> = Vec::new();
+    for (node, listing) in hospitals.iter().enumerate() {
+        let mut vault = Vault::new(Schema::fhir());
+        let mut enrolments = Vec::new();
+        for offset in 0..per_node {
+            let index = node as u64 * per_node + offset;
+            let patient = synth::patient(7, index);
+            let record = bundle_to_record(&patient.to_bundle().to_string(), &REFERENCE_DATE, &ProvenancePolicy::default())
+                .map_err(|error| anyhow::anyhow!("synthetic bundle {index}: {error}"))?;
+            vault.upsert(record).context("filling a vault")?;
+            let consent = match index % 20 {
+                0..=2 => None,
+                3..=6 => Some(Payout::Donate),
+                _ => Some(Payout::ToPatient),
+            };
+            match consent {
+                None => declining += 1,
+                Some(Payout::Donate) => donating += 1,
+                Some(Payout::ToPatient) => {
+                    paying += 1;
+                    paying_accounts.push(AccountId::of(&patient.key));
+                }
+            }
+            enrolments.push(PatientEnrolment { key: patient.key, consent });
+            bar.inc(1);
+        }
+        setups.push(NodeSetup {
+            listing: (*listing).to_string(),
+            vault,
+            patients: enrolments,
+            price_per_query: PRICE_PER_QUERY,
+            // The patient cooperative donates every share to a research fund.
+            donation: node == 2,
+            min_cohort_size: 10,
+            fault: None,
+        });
+    }
+    bar.finish_and_clear();
+    timings.push(("generate and ingest FHIR records".into(), started.elapsed()));
+    println!(
+        "Population: {} synthetic patients in 3 vaults ({} consent and are paid, {} consent and donate, {} do not consent).",
+        per_node * nodes as u64, paying, donating, declining
+    );
+
+    // 2. Cluster.
+    let started = Instant::now();
+    let bar = spinner("starting the market and 3 compute nodes", false);
+    let options = ClusterOptions {
+        purpose: Purpose::AcademicResearch,
+        threshold: 2,
+        epsilon_budget_micro: 20 * EPSILON_MICRO,
+    };
+    let cluster = Cluster::start(&dir, setups, &options, |step| bar.set_message(step.to_string())).await?;
+    bar.finish_and_clear();
+    timings.push(("start market, nodes; onboard patients; key ceremony (2 of 3)".into(), started.elapsed()));
+    println!("Market and ledger at {}; nodes:", cluster.market_endpoint);
+    for node in &cluster.nodes {
+        println!("  {:<26} {}", node.listing, node.endpoint);
+    }
+    println!("Key committee: 2 of 3 nodes must cooperate to release a result; none can alone.\n");
+
+    let started = Instant::now();
+    let table = decryption_table(false)?;
+    timings.push(("load the buyer's decryption table".into(), started.elapsed()));
+    let buyer = cluster.new_buyer(100 * PRICE_PER_QUERY).await?;
+    let listings: Vec<String> = cluster.nodes.iter().map(|node| node.listing.clone()).collect();
+
+    for (number, query) in DEMO_QUERIES.iter().enumerate() {
+        let started = Instant::now();
+        let bar = spinner(&format!("query {}: {}", number + 1, query.title), false);
+        let release: Release = buyer
+            .query(query.sql, &listings, Purpose::AcademicResearch, EPSILON_MICRO, &table, &cluster.ledger_key)
+            .await
+            .with_context(|| format!("query {}", number + 1))?;
+        bar.finish_and_clear();
+        timings.push((format!("query {}: order → release → receipt", number + 1), started.elapsed()));
+        println!("Query {}: {}", number + 1, query.title);
+        println!("  {}", query.sql.split_whitespace().collect::<Vec<_>>().join(" "));
+        print_answer(&release.answer);
+        println!(
+            "  {} consenting patients took part; receipt {}…, inclusion in the ledger {}\n",
+            release.answer.participants,
+            &hex::encode(release.receipt.0.as_bytes())[..16],
+            if release.receipt_verified { "verified ✓" } else { "NOT verified ✗" }
+        );
+    }
+
+    // 3. Money.
+    let (spent, paid, donated) = {
+        let ledger = cluster
+            .coordinator
+            .ledger()
+            .lock()
+            .map_err(|_| anyhow::anyhow!("ledger lock poisoned"))?;
+        let state = ledger.state();
+        let paid: u64 = paying_accounts.iter().map(|account| state.balance(account)).sum();
+        (
+            100 * PRICE_PER_QUERY - state.balance(&buyer.account()),
+            paid,
+            state.balance(&cluster.fund),
+        )
+    };
+    println!(
+        "Settlement: the buyer paid {spent} credits for {} queries; {paid} went to patients who chose payment and {donated} to the research fund.",
+        DEMO_QUERIES.len()
+    );
+    let started = Instant::now();
+    let ledger_path = cluster.ledger_path();
+    cluster.shutdown();
+    let audit = market::audit_database(&ledger_path).map_err(|error| anyhow::anyhow!("ledger audit: {error}"))?;
+    timings.push(("audit the whole ledger".into(), started.elapsed()));
+    println!(
+        "Ledger audit: {} blocks, {} transactions, every signature, hash link and Merkle root verified.\n",
+        audit.blocks, audit.transactions
+    );
+    println!("Timings");
+    for (step, elapsed) in &timings {
+        println!("  {:<62} {:>8.2} s", step, elapsed.as_secs_f64());
+    }
+    println!("\nState directory: {}", dir.display());
+    println!("Audit it yourself: cohortex ledger verify {}", ledger_path.display());
+    Ok(())
+}
+
+fn state_dir_for_demo(requested: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    state_dir(requested, "demo")
+}

@@ -16,8 +16,10 @@ use market::{AccountId, Purpose};
 use sha2::{Digest, Sha256};
 use zk::{BsgsConfig, DecryptionTable};
 
-/// Credits a listing charges per query in local runs and the demo.
-const PRICE_PER_QUERY: u64 = 3_000;
+/// Credits a listing charges per query, per patient it holds: the price is split evenly among
+/// the listing's participants (docs/ledger.md), so it must exceed their number for anyone to
+/// receive a whole credit.
+const PRICE_PER_PATIENT: u64 = 20;
 /// ε per order (issue 6 makes this a flag).
 const EPSILON_MICRO: u64 = 1_000_000;
 
@@ -43,7 +45,10 @@ fn table_dir() -> PathBuf {
 }
 
 fn decryption_table(quiet: bool) -> anyhow::Result<DecryptionTable> {
-    let bar = spinner("loading the buyer's decryption table (built once, then cached)", quiet);
+    let bar = spinner(
+        "loading the buyer's decryption table (built once, then cached)",
+        quiet,
+    );
     let table = DecryptionTable::load_or_build(&table_dir(), BsgsConfig::default())
         .context("building the baby-step giant-step table")?;
     bar.finish_and_clear();
@@ -126,16 +131,18 @@ pub async fn local(args: LocalArgs) -> anyhow::Result<()> {
                 consent: Some(Payout::ToPatient),
             });
         }
+        let price_per_query = PRICE_PER_PATIENT * patients.len() as u64;
         setups.push(NodeSetup {
             listing: format!("node-{}", node + 1),
             vault: keyed,
             patients,
-            price_per_query: PRICE_PER_QUERY,
+            price_per_query,
             donation: false,
             min_cohort_size: 1,
             fault: None,
         });
     }
+    let records_total: u64 = setups.iter().map(|setup| setup.patients.len() as u64).sum();
     let dir = state_dir(args.state_dir, "local")?;
     let quiet = args.json;
     let nodes = setups.len();
@@ -145,14 +152,29 @@ pub async fn local(args: LocalArgs) -> anyhow::Result<()> {
         threshold: if nodes >= 2 { 2 } else { 1 },
         epsilon_budget_micro: 100 * EPSILON_MICRO,
     };
-    let cluster = Cluster::start(&dir, setups, &options, |step| bar.set_message(step.to_string())).await?;
+    let cluster = Cluster::start(&dir, setups, &options, |step| {
+        bar.set_message(step.to_string())
+    })
+    .await?;
     bar.finish_and_clear();
     let table = decryption_table(quiet)?;
-    let buyer = cluster.new_buyer(100 * PRICE_PER_QUERY * nodes as u64).await?;
-    let listings: Vec<String> = cluster.nodes.iter().map(|node| node.listing.clone()).collect();
+    let total_price: u64 = PRICE_PER_PATIENT * records_total;
+    let buyer = cluster.new_buyer(10 * total_price).await?;
+    let listings: Vec<String> = cluster
+        .nodes
+        .iter()
+        .map(|node| node.listing.clone())
+        .collect();
     let bar = spinner("running the federated query", quiet);
     let release = buyer
-        .query(&args.query, &listings, purpose, EPSILON_MICRO, &table, &cluster.ledger_key)
+        .query(
+            &args.query,
+            &listings,
+            purpose,
+            EPSILON_MICRO,
+            &table,
+            &cluster.ledger_key,
+        )
         .await?;
     bar.finish_and_clear();
     let ledger_path = cluster.ledger_path();
@@ -175,10 +197,17 @@ pub async fn local(args: LocalArgs) -> anyhow::Result<()> {
         println!(
             "receipt {} — inclusion in the ledger {}",
             hex::encode(release.receipt.0.as_bytes()),
-            if release.receipt_verified { "verified" } else { "NOT verified" }
+            if release.receipt_verified {
+                "verified"
+            } else {
+                "NOT verified"
+            }
         );
         println!("state directory: {}", dir.display());
-        println!("audit it with: cohortex ledger verify {}", ledger_path.display());
+        println!(
+            "audit it with: cohortex ledger verify {}",
+            ledger_path.display()
+        );
     }
     Ok(())
 }
@@ -211,7 +240,8 @@ fn print_answer(answer: &QueryAnswer) {
         println!("  {}", padded.join("  "));
     };
     line(answer.columns.iter().map(String::as_str).collect());
-    line(widths.iter().map(|_| "").collect::<Vec<_>>());
+    let rules: Vec<String> = widths.iter().map(|width| "-".repeat(*width)).collect();
+    line(rules.iter().map(String::as_str).collect());
     for row in &cells {
         line(row.iter().map(String::as_str).collect());
     }
@@ -242,7 +272,11 @@ const DEMO_QUERIES: [DemoQuery; 3] = [
 ];
 
 /// Runs `cohortex demo`.
-pub async fn demo(patients: u64, state_dir: Option<PathBuf>) -> anyhow::Result<()> {
+pub async fn demo(
+    patients: u64,
+    state_dir: Option<PathBuf>,
+    keep_running: bool,
+) -> anyhow::Result<()> {
     let mut timings: Vec<(String, Duration)> = Vec::new();
     let dir = state_dir_for_demo(state_dir)?;
     println!("Cohortex demo: a federated query market on this machine\n");
@@ -252,10 +286,16 @@ pub async fn demo(patients: u64, state_dir: Option<PathBuf>) -> anyhow::Result<(
     let nodes = 3usize;
     let per_node = patients / nodes as u64;
     let bar = ProgressBar::new(per_node * nodes as u64);
-    if let Ok(style) = ProgressStyle::with_template("{spinner} generating patients' FHIR records {bar:30} {pos}/{len}") {
+    if let Ok(style) = ProgressStyle::with_template(
+        "{spinner} generating patients' FHIR records {bar:30} {pos}/{len}",
+    ) {
         bar.set_style(style);
     }
-    let hospitals = ["st-mary-diabetes-clinic", "northside-cardiology", "patient-cooperative"];
+    let hospitals = [
+        "st-mary-diabetes-clinic",
+        "northside-cardiology",
+        "patient-cooperative",
+    ];
     let mut setups = Vec::new();
     let (mut paying, mut donating, mut declining) = (0u64, 0u64, 0u64);
     let mut paying_accounts: Vec<AccountId> = Vec::new();
@@ -265,8 +305,12 @@ pub async fn demo(patients: u64, state_dir: Option<PathBuf>) -> anyhow::Result<(
         for offset in 0..per_node {
             let index = node as u64 * per_node + offset;
             let patient = synth::patient(7, index);
-            let record = bundle_to_record(&patient.to_bundle().to_string(), &REFERENCE_DATE, &ProvenancePolicy::default())
-                .map_err(|error| anyhow::anyhow!("synthetic bundle {index}: {error}"))?;
+            let record = bundle_to_record(
+                &patient.to_bundle().to_string(),
+                &REFERENCE_DATE,
+                &ProvenancePolicy::default(),
+            )
+            .map_err(|error| anyhow::anyhow!("synthetic bundle {index}: {error}"))?;
             vault.upsert(record).context("filling a vault")?;
             let consent = match index % 20 {
                 0..=2 => None,
@@ -281,14 +325,17 @@ pub async fn demo(patients: u64, state_dir: Option<PathBuf>) -> anyhow::Result<(
                     paying_accounts.push(AccountId::of(&patient.key));
                 }
             }
-            enrolments.push(PatientEnrolment { key: patient.key, consent });
+            enrolments.push(PatientEnrolment {
+                key: patient.key,
+                consent,
+            });
             bar.inc(1);
         }
         setups.push(NodeSetup {
             listing: (*listing).to_string(),
             vault,
             patients: enrolments,
-            price_per_query: PRICE_PER_QUERY,
+            price_per_query: PRICE_PER_PATIENT * per_node,
             // The patient cooperative donates every share to a research fund.
             donation: node == 2,
             min_cohort_size: 10,
@@ -310,9 +357,15 @@ pub async fn demo(patients: u64, state_dir: Option<PathBuf>) -> anyhow::Result<(
         threshold: 2,
         epsilon_budget_micro: 20 * EPSILON_MICRO,
     };
-    let cluster = Cluster::start(&dir, setups, &options, |step| bar.set_message(step.to_string())).await?;
+    let cluster = Cluster::start(&dir, setups, &options, |step| {
+        bar.set_message(step.to_string())
+    })
+    .await?;
     bar.finish_and_clear();
-    timings.push(("start market, nodes; onboard patients; key ceremony (2 of 3)".into(), started.elapsed()));
+    timings.push((
+        "start market, nodes; onboard patients; key ceremony (2 of 3)".into(),
+        started.elapsed(),
+    ));
     println!("Market and ledger at {}; nodes:", cluster.market_endpoint);
     for node in &cluster.nodes {
         println!("  {:<26} {}", node.listing, node.endpoint);
@@ -321,27 +374,52 @@ pub async fn demo(patients: u64, state_dir: Option<PathBuf>) -> anyhow::Result<(
 
     let started = Instant::now();
     let table = decryption_table(false)?;
-    timings.push(("load the buyer's decryption table".into(), started.elapsed()));
-    let buyer = cluster.new_buyer(100 * PRICE_PER_QUERY).await?;
-    let listings: Vec<String> = cluster.nodes.iter().map(|node| node.listing.clone()).collect();
+    timings.push((
+        "load the buyer's decryption table".into(),
+        started.elapsed(),
+    ));
+    let budget = 10 * PRICE_PER_PATIENT * per_node * nodes as u64;
+    let buyer = cluster.new_buyer(budget).await?;
+    let listings: Vec<String> = cluster
+        .nodes
+        .iter()
+        .map(|node| node.listing.clone())
+        .collect();
 
     for (number, query) in DEMO_QUERIES.iter().enumerate() {
         let started = Instant::now();
         let bar = spinner(&format!("query {}: {}", number + 1, query.title), false);
         let release: Release = buyer
-            .query(query.sql, &listings, Purpose::AcademicResearch, EPSILON_MICRO, &table, &cluster.ledger_key)
+            .query(
+                query.sql,
+                &listings,
+                Purpose::AcademicResearch,
+                EPSILON_MICRO,
+                &table,
+                &cluster.ledger_key,
+            )
             .await
             .with_context(|| format!("query {}", number + 1))?;
         bar.finish_and_clear();
-        timings.push((format!("query {}: order → release → receipt", number + 1), started.elapsed()));
+        timings.push((
+            format!("query {}: order → release → receipt", number + 1),
+            started.elapsed(),
+        ));
         println!("Query {}: {}", number + 1, query.title);
-        println!("  {}", query.sql.split_whitespace().collect::<Vec<_>>().join(" "));
+        println!(
+            "  {}",
+            query.sql.split_whitespace().collect::<Vec<_>>().join(" ")
+        );
         print_answer(&release.answer);
         println!(
             "  {} consenting patients took part; receipt {}…, inclusion in the ledger {}\n",
             release.answer.participants,
             &hex::encode(release.receipt.0.as_bytes())[..16],
-            if release.receipt_verified { "verified ✓" } else { "NOT verified ✗" }
+            if release.receipt_verified {
+                "verified ✓"
+            } else {
+                "NOT verified ✗"
+            }
         );
     }
 
@@ -353,21 +431,43 @@ pub async fn demo(patients: u64, state_dir: Option<PathBuf>) -> anyhow::Result<(
             .lock()
             .map_err(|_| anyhow::anyhow!("ledger lock poisoned"))?;
         let state = ledger.state();
-        let paid: u64 = paying_accounts.iter().map(|account| state.balance(account)).sum();
+        let paid: u64 = paying_accounts
+            .iter()
+            .map(|account| state.balance(account))
+            .sum();
         (
-            100 * PRICE_PER_QUERY - state.balance(&buyer.account()),
+            budget - state.balance(&buyer.account()),
             paid,
             state.balance(&cluster.fund),
         )
     };
     println!(
-        "Settlement: the buyer paid {spent} credits for {} queries; {paid} went to patients who chose payment and {donated} to the research fund.",
-        DEMO_QUERIES.len()
+        "Settlement: the buyer paid {spent} credits for {} queries ({} credits per listing per query, \
+         split evenly among its participants); {paid} went to patients who chose payment and \
+         {donated} to the research fund (donating patients, and every share of the patient cooperative's listing).",
+        DEMO_QUERIES.len(),
+        PRICE_PER_PATIENT * per_node
     );
+    if keep_running {
+        println!("\nThe market and nodes keep serving; try, in another terminal:");
+        println!(
+            "  grpcurl -plaintext {} list",
+            cluster.market_endpoint.trim_start_matches("http://")
+        );
+        println!(
+            "  grpcurl -plaintext {} grpc.health.v1.Health/Check",
+            cluster.market_endpoint.trim_start_matches("http://")
+        );
+        println!("Press Ctrl-C to stop and audit the ledger.");
+        tokio::signal::ctrl_c()
+            .await
+            .context("waiting for Ctrl-C")?;
+    }
     let started = Instant::now();
     let ledger_path = cluster.ledger_path();
     cluster.shutdown();
-    let audit = market::audit_database(&ledger_path).map_err(|error| anyhow::anyhow!("ledger audit: {error}"))?;
+    let audit = market::audit_database(&ledger_path)
+        .map_err(|error| anyhow::anyhow!("ledger audit: {error}"))?;
     timings.push(("audit the whole ledger".into(), started.elapsed()));
     println!(
         "Ledger audit: {} blocks, {} transactions, every signature, hash link and Merkle root verified.\n",
@@ -378,7 +478,10 @@ pub async fn demo(patients: u64, state_dir: Option<PathBuf>) -> anyhow::Result<(
         println!("  {:<62} {:>8.2} s", step, elapsed.as_secs_f64());
     }
     println!("\nState directory: {}", dir.display());
-    println!("Audit it yourself: cohortex ledger verify {}", ledger_path.display());
+    println!(
+        "Audit it yourself: cohortex ledger verify {}",
+        ledger_path.display()
+    );
     Ok(())
 }
 

@@ -48,6 +48,9 @@ struct DemoArgs {
     /// Directory for the demo's ledger (default: a new directory under the system temp dir).
     #[arg(long)]
     state_dir: Option<PathBuf>,
+    /// After the report, keep the servers running (for grpcurl) until Ctrl-C.
+    #[arg(long)]
+    keep_running: bool,
 }
 
 #[derive(Args, Debug)]
@@ -131,7 +134,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Ledger(LedgerCommand::Verify(args)) => ledger_verify(&args),
         Command::Synth(args) => synth(&args),
-        Command::Demo(args) => runtime()?.block_on(federation::demo(args.patients, args.state_dir)).map(|()| ExitCode::SUCCESS),
+        Command::Demo(args) => runtime()?
+            .block_on(federation::demo(
+                args.patients,
+                args.state_dir,
+                args.keep_running,
+            ))
+            .map(|()| ExitCode::SUCCESS),
         Command::Local(args) => runtime()?
             .block_on(federation::local(federation::LocalArgs {
                 node_data: args.node_data,

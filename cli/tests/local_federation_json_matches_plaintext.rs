@@ -68,18 +68,42 @@ fn local(dir: &Path, files: &[std::path::PathBuf], query: &str) -> std::process:
 fn local_federation_json_matches_the_plaintext_answer() {
     let dir = tempfile::tempdir().unwrap();
     let (files, rows) = write_inputs(dir.path());
-    let output = local(dir.path(), &files, "SELECT sex, COUNT(*), AVG(sbp) FROM patients WHERE age >= 30 GROUP BY sex");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let output = local(
+        dir.path(),
+        &files,
+        "SELECT sex, COUNT(*), AVG(sbp) FROM patients WHERE age >= 30 GROUP BY sex",
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    assert_eq!(json["columns"], serde_json::json!(["sex", "count(*)", "avg(sbp)"]));
+    assert_eq!(
+        json["columns"],
+        serde_json::json!(["sex", "count(*)", "avg(sbp)"])
+    );
     assert_eq!(json["receipt"]["verified"], serde_json::json!(true));
     assert_eq!(json["receipt"]["id"].as_str().unwrap().len(), 64);
-    for (row, sex) in json["rows"].as_array().unwrap().iter().zip(["female", "male"]) {
-        let values: Vec<f64> = rows.iter().filter(|r| r.1 == sex && r.0 >= 30.0).map(|r| r.2).collect();
+    for (row, sex) in json["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(["female", "male"])
+    {
+        let values: Vec<f64> = rows
+            .iter()
+            .filter(|r| r.1 == sex && r.0 >= 30.0)
+            .map(|r| r.2)
+            .collect();
         assert_eq!(row[0], serde_json::json!(sex));
         assert_eq!(row[1].as_f64().unwrap(), values.len() as f64);
         let mean = values.iter().sum::<f64>() / values.len() as f64;
-        assert!((row[2].as_f64().unwrap() - mean).abs() < 1e-9, "{} vs {mean}", row[2]);
+        assert!(
+            (row[2].as_f64().unwrap() - mean).abs() < 1e-9,
+            "{} vs {mean}",
+            row[2]
+        );
     }
     // The run's ledger passes an independent audit.
     let verify = Command::new(env!("CARGO_BIN_EXE_cohortex"))
@@ -87,7 +111,11 @@ fn local_federation_json_matches_the_plaintext_answer() {
         .arg(dir.path().join("state/ledger.db"))
         .output()
         .unwrap();
-    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stderr));
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
 }
 
 #[test]
@@ -97,5 +125,8 @@ fn local_with_a_row_level_query_says_what_to_fix() {
     let output = local(dir.path(), &files[..1], "SELECT * FROM patients");
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("--query") && stderr.contains("row-level"), "{stderr}");
+    assert!(
+        stderr.contains("--query") && stderr.contains("row-level"),
+        "{stderr}"
+    );
 }

@@ -15,8 +15,8 @@ use cohortex_proto::v1::consent_client::ConsentClient;
 use cohortex_proto::v1::{
     ContributeRequest, ContributeResponse, DeliverShareRequest, DeliverShareResponse,
     DkgDealRequest, DkgDealResponse, DkgFinishRequest, DkgFinishResponse, DkgJustifyRequest,
-    DkgJustifyResponse, DkgReceiveRequest, DkgReceiveResponse, KeySwitchRequest,
-    KeySwitchResponse, ListCurrentConsentsRequest,
+    DkgJustifyResponse, DkgReceiveRequest, DkgReceiveResponse, KeySwitchRequest, KeySwitchResponse,
+    ListCurrentConsentsRequest,
 };
 use ed25519_dalek::SigningKey;
 use market::server::auth::{signed_request, unix_now, RequestVerifier};
@@ -163,7 +163,7 @@ impl NodeService {
             .map_err(|_| Status::internal("node state lock poisoned"))
     }
 
-    fn from_coordinator<T: prost::Message>(
+    fn check_coordinator<T: prost::Message>(
         &self,
         method: &str,
         request: &Request<T>,
@@ -204,7 +204,10 @@ impl NodeService {
             .collect();
         let mut book = ConsentBook::new();
         for record in self.vault.records() {
-            let Some(key) = record.patient_key.as_deref().and_then(|k| hex::decode(k).ok())
+            let Some(key) = record
+                .patient_key
+                .as_deref()
+                .and_then(|k| hex::decode(k).ok())
             else {
                 continue;
             };
@@ -223,7 +226,7 @@ impl Compute for NodeService {
         &self,
         request: Request<DkgDealRequest>,
     ) -> Result<Response<DkgDealResponse>, Status> {
-        self.from_coordinator(methods::DKG_DEAL, &request)?;
+        self.check_coordinator(methods::DKG_DEAL, &request)?;
         let message = request.into_inner();
         let members = u16::try_from(message.peers.len())
             .map_err(|_| Status::invalid_argument("peers: too many"))?;
@@ -231,9 +234,8 @@ impl Compute for NodeService {
             .map_err(|_| Status::invalid_argument("threshold: too large"))?;
         let parameters = DkgParameters::new(threshold, members, &message.session_id)
             .map_err(|error| Status::invalid_argument(format!("threshold/peers: {error}")))?;
-        let (state, broadcast, shares) =
-            deal_with_rng(&parameters, self.config.member, &mut OsRng)
-                .map_err(|error| Status::invalid_argument(format!("peers: {error}")))?;
+        let (state, broadcast, shares) = deal_with_rng(&parameters, self.config.member, &mut OsRng)
+            .map_err(|error| Status::invalid_argument(format!("peers: {error}")))?;
         // Deliver each private share straight to its recipient.
         for share in shares {
             let peer = message
@@ -307,7 +309,7 @@ impl Compute for NodeService {
         &self,
         request: Request<DkgReceiveRequest>,
     ) -> Result<Response<DkgReceiveResponse>, Status> {
-        self.from_coordinator(methods::DKG_RECEIVE, &request)?;
+        self.check_coordinator(methods::DKG_RECEIVE, &request)?;
         let message = request.into_inner();
         let broadcasts: Vec<DealerBroadcast> = decode_all(&message.broadcasts, "broadcasts")?;
         let mut state = self.lock()?;
@@ -315,7 +317,9 @@ impl Compute for NodeService {
             return Err(Status::failed_precondition("no DKG round 1 in progress"));
         };
         if session != &message.session_id {
-            return Err(Status::invalid_argument("session_id: not the current session"));
+            return Err(Status::invalid_argument(
+                "session_id: not the current session",
+            ));
         }
         let session = session.clone();
         let shares = state.inbox.remove(&session).unwrap_or_default();
@@ -341,7 +345,7 @@ impl Compute for NodeService {
         &self,
         request: Request<DkgJustifyRequest>,
     ) -> Result<Response<DkgJustifyResponse>, Status> {
-        self.from_coordinator(methods::DKG_JUSTIFY, &request)?;
+        self.check_coordinator(methods::DKG_JUSTIFY, &request)?;
         let message = request.into_inner();
         let complaints: Vec<Complaint> = decode_all(&message.complaints, "complaints")?;
         let state = self.lock()?;
@@ -359,7 +363,7 @@ impl Compute for NodeService {
         &self,
         request: Request<DkgFinishRequest>,
     ) -> Result<Response<DkgFinishResponse>, Status> {
-        self.from_coordinator(methods::DKG_FINISH, &request)?;
+        self.check_coordinator(methods::DKG_FINISH, &request)?;
         let message = request.into_inner();
         let complaints: Vec<Complaint> = decode_all(&message.complaints, "complaints")?;
         let justifications: Vec<Justification> =
@@ -369,7 +373,9 @@ impl Compute for NodeService {
             return Err(Status::failed_precondition("no DKG round 2 completed"));
         };
         if session != &message.session_id {
-            return Err(Status::invalid_argument("session_id: not the current session"));
+            return Err(Status::invalid_argument(
+                "session_id: not the current session",
+            ));
         }
         let DkgRound::Received { state: round, .. } =
             std::mem::replace(&mut state.round, DkgRound::Idle)
@@ -389,7 +395,7 @@ impl Compute for NodeService {
         &self,
         request: Request<ContributeRequest>,
     ) -> Result<Response<ContributeResponse>, Status> {
-        self.from_coordinator(methods::CONTRIBUTE, &request)?;
+        self.check_coordinator(methods::CONTRIBUTE, &request)?;
         let message = request.into_inner();
         let order = order_id(&message.order_id)?;
         if message.listing != self.config.listing {
@@ -457,7 +463,11 @@ impl Compute for NodeService {
         .map_err(|error| Status::internal(format!("worker failed: {error}")))??;
         self.lock()?.contributed.insert(order);
         Ok(Response::new(ContributeResponse {
-            ciphertexts: contribution.ciphertexts.iter().map(Wire::to_bytes).collect(),
+            ciphertexts: contribution
+                .ciphertexts
+                .iter()
+                .map(Wire::to_bytes)
+                .collect(),
             proof: contribution.proof.to_bytes(),
             capacity: self.vault.capacity(),
             participants,
@@ -469,7 +479,7 @@ impl Compute for NodeService {
         &self,
         request: Request<KeySwitchRequest>,
     ) -> Result<Response<KeySwitchResponse>, Status> {
-        self.from_coordinator(methods::KEY_SWITCH, &request)?;
+        self.check_coordinator(methods::KEY_SWITCH, &request)?;
         if self.config.fault == Some(Fault::DownAtKeySwitch) {
             return Err(Status::unavailable("node is down"));
         }

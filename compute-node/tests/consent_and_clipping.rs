@@ -34,7 +34,11 @@ fn vault(rows: &str) -> Vault {
 fn answer(vault: &Vault, consents: &ConsentBook, sql: &str) -> (u64, Vec<f64>) {
     let plan = compile(sql, vault.schema()).unwrap();
     let statistics = evaluate(&plan, vault, consents, "research").unwrap();
-    let answer = combine(&plan, &sum_vectors(std::slice::from_ref(&statistics.values))).unwrap();
+    let answer = combine(
+        &plan,
+        &sum_vectors(std::slice::from_ref(&statistics.values)),
+    )
+    .unwrap();
     (
         answer.participants,
         answer.rows[0]

@@ -14,7 +14,9 @@ use cohortex_proto::v1::{
 use compute_node::{combine, QueryAnswer, QueryPlan};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use market::server::auth::{signed_request, unix_now};
-use market::{AccountId, Action, Hash32, ListingId, Purpose, Receipt, SignedTreeHead, TxBody, TxId};
+use market::{
+    AccountId, Action, Hash32, ListingId, Purpose, Receipt, SignedTreeHead, TxBody, TxId,
+};
 use tonic::transport::Channel;
 use zk::{Ciphertext, DecryptionTable, KeyPair, Wire};
 
@@ -160,7 +162,11 @@ impl Buyer {
     }
 
     /// Decrypts a completed order's result with the buyer's key and combines it.
-    pub fn open(&self, status: &OrderStatus, table: &DecryptionTable) -> anyhow::Result<QueryAnswer> {
+    pub fn open(
+        &self,
+        status: &OrderStatus,
+        table: &DecryptionTable,
+    ) -> anyhow::Result<QueryAnswer> {
         let plan: QueryPlan = serde_json::from_str(&status.plan).context("order plan")?;
         let mut totals = Vec::with_capacity(status.result.len());
         for bytes in &status.result {
@@ -176,7 +182,11 @@ impl Buyer {
     }
 
     /// Fetches a receipt and verifies it offline against the ledger's key.
-    pub async fn verify_receipt(&self, receipt: TxId, ledger_key: &VerifyingKey) -> anyhow::Result<bool> {
+    pub async fn verify_receipt(
+        &self,
+        receipt: TxId,
+        ledger_key: &VerifyingKey,
+    ) -> anyhow::Result<bool> {
         let proof = MarketClient::new(channel(&self.market).await?)
             .max_decoding_message_size(market::server::MAX_MESSAGE_BYTES)
             .get_receipt(GetReceiptRequest {
@@ -185,8 +195,11 @@ impl Buyer {
             .await?
             .into_inner();
         let inclusion = proof.inclusion.context("receipt without inclusion proof")?;
-        let head_message = inclusion.tree_head.context("inclusion proof without tree head")?;
-        let head = SignedTreeHead::try_from(head_message).map_err(|error| anyhow!("tree head: {error}"))?;
+        let head_message = inclusion
+            .tree_head
+            .context("inclusion proof without tree head")?;
+        let head = SignedTreeHead::try_from(head_message)
+            .map_err(|error| anyhow!("tree head: {error}"))?;
         let receipt = Receipt {
             tx: proof.envelope,
             leaf_index: inclusion.leaf_index,

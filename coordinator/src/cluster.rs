@@ -128,14 +128,23 @@ fn sign(key: &SigningKey, chain_id: Hash32, nonce: u64, action: Action) -> anyho
 }
 
 /// Appends `txs` directly, in blocks, failing on the first refusal.
-async fn append_in_blocks(ledger: &market::server::SharedLedger, txs: Vec<Vec<u8>>) -> anyhow::Result<()> {
+async fn append_in_blocks(
+    ledger: &market::server::SharedLedger,
+    txs: Vec<Vec<u8>>,
+) -> anyhow::Result<()> {
     let ledger = Arc::clone(ledger);
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
         let mut ledger = ledger.lock().map_err(|_| anyhow!("ledger lock poisoned"))?;
         for block in txs.chunks(ONBOARDING_BLOCK) {
-            let outcome = ledger.append(block.to_vec()).context("appending onboarding block")?;
+            let outcome = ledger
+                .append(block.to_vec())
+                .context("appending onboarding block")?;
             if let Some(refusal) = outcome.refused.first() {
-                bail!("onboarding transaction {} refused: {}", refusal.index, refusal.error);
+                bail!(
+                    "onboarding transaction {} refused: {}",
+                    refusal.index,
+                    refusal.error
+                );
             }
         }
         Ok(())
@@ -161,7 +170,10 @@ impl Cluster {
         let issuer = SigningKey::generate(&mut OsRng);
         let coordinator_key = SigningKey::generate(&mut OsRng);
         let fund = SigningKey::generate(&mut OsRng);
-        let node_keys: Vec<SigningKey> = setups.iter().map(|_| SigningKey::generate(&mut OsRng)).collect();
+        let node_keys: Vec<SigningKey> = setups
+            .iter()
+            .map(|_| SigningKey::generate(&mut OsRng))
+            .collect();
 
         progress("creating the ledger");
         let genesis = Genesis {
@@ -170,24 +182,39 @@ impl Cluster {
             accounts: vec![(AccountId::of(&issuer), Role::Issuer)],
         };
         let ledger_path = dir.join("ledger.db");
-        let ledger = Ledger::create(&ledger_path, genesis, InProcessSequencer::new(ledger_signing.clone()))
-            .with_context(|| format!("creating the ledger {}", ledger_path.display()))?;
+        let ledger = Ledger::create(
+            &ledger_path,
+            genesis,
+            InProcessSequencer::new(ledger_signing.clone()),
+        )
+        .with_context(|| format!("creating the ledger {}", ledger_path.display()))?;
         let chain_id = ledger.chain_id();
         let ledger = Arc::new(Mutex::new(ledger));
         let mut bootstrap = vec![
             (AccountId::of(&coordinator_key), Role::CommitteeMember),
             (AccountId::of(&fund), Role::Fund),
         ];
-        bootstrap.extend(node_keys.iter().map(|key| (AccountId::of(key), Role::ComputeNode)));
+        bootstrap.extend(
+            node_keys
+                .iter()
+                .map(|key| (AccountId::of(key), Role::ComputeNode)),
+        );
         let mut bootstrap_txs = Vec::new();
         for (nonce, (account, role)) in bootstrap.into_iter().enumerate() {
-            bootstrap_txs.push(sign(&issuer, chain_id, nonce as u64, Action::RegisterAccount { account, role })?);
+            bootstrap_txs.push(sign(
+                &issuer,
+                chain_id,
+                nonce as u64,
+                Action::RegisterAccount { account, role },
+            )?);
         }
         let issuer_nonce = bootstrap_txs.len() as u64;
         append_in_blocks(&ledger, bootstrap_txs).await?;
 
         let coordinator = Arc::new(Coordinator::new(Arc::clone(&ledger), coordinator_key));
-        let market_listener = TcpListener::bind("127.0.0.1:0").await.context("binding the market port")?;
+        let market_listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("binding the market port")?;
         let market_endpoint = format!("http://{}", market_listener.local_addr()?);
         let (market_stop, market_stopped) = oneshot::channel::<()>();
         {
@@ -204,15 +231,19 @@ impl Cluster {
         }
 
         progress("starting the compute nodes");
-        let peers: std::collections::BTreeSet<AccountId> = node_keys.iter().map(AccountId::of).collect();
+        let peers: std::collections::BTreeSet<AccountId> =
+            node_keys.iter().map(AccountId::of).collect();
         let mut nodes = Vec::new();
         let mut members = Vec::new();
         let mut patient_txs_register = Vec::new();
         let mut patient_txs_consent = Vec::new();
         for (position, (setup, node_key)) in setups.into_iter().zip(&node_keys).enumerate() {
-            let listener = TcpListener::bind("127.0.0.1:0").await.context("binding a node port")?;
+            let listener = TcpListener::bind("127.0.0.1:0")
+                .await
+                .context("binding a node port")?;
             let endpoint = format!("http://{}", listener.local_addr()?);
-            let member = MemberIndex::new(position as u16 + 1).ok_or_else(|| anyhow!("member index"))?;
+            let member =
+                MemberIndex::new(position as u16 + 1).ok_or_else(|| anyhow!("member index"))?;
             let manifest = setup.vault.schema().to_toml();
             let vault = Arc::new(setup.vault);
             let service = NodeService::new(
@@ -245,7 +276,9 @@ impl Cluster {
                 min_cohort_size: setup.min_cohort_size,
                 epsilon_budget_micro: options.epsilon_budget_micro,
                 compensation: if setup.donation {
-                    Compensation::Donation { fund: AccountId::of(&fund) }
+                    Compensation::Donation {
+                        fund: AccountId::of(&fund),
+                    }
                 } else {
                     Compensation::Payment
                 },
@@ -272,7 +305,15 @@ impl Cluster {
 
             for patient in &setup.patients {
                 let account = AccountId::of(&patient.key);
-                patient_txs_register.push(sign(&patient.key, chain_id, 0, Action::RegisterAccount { account, role: Role::Patient })?);
+                patient_txs_register.push(sign(
+                    &patient.key,
+                    chain_id,
+                    0,
+                    Action::RegisterAccount {
+                        account,
+                        role: Role::Patient,
+                    },
+                )?);
                 if let Some(payout) = patient.consent {
                     patient_txs_consent.push(sign(
                         &patient.key,
@@ -285,7 +326,9 @@ impl Cluster {
                             expires_at: None,
                             payout: match payout {
                                 Payout::ToPatient => PayoutChoice::ToPatient,
-                                Payout::Donate => PayoutChoice::DonateTo { fund: AccountId::of(&fund) },
+                                Payout::Donate => PayoutChoice::DonateTo {
+                                    fund: AccountId::of(&fund),
+                                },
                             },
                         },
                     )?);
@@ -341,8 +384,16 @@ impl Cluster {
     /// The issuer credits `amount` to `to`, over gRPC.
     pub async fn deposit(&self, to: AccountId, amount: u64) -> anyhow::Result<()> {
         let envelope = {
-            let mut nonce = self.issuer_nonce.lock().map_err(|_| anyhow!("issuer nonce lock"))?;
-            let envelope = sign(&self.issuer, self.chain_id, *nonce, Action::Deposit { to, amount })?;
+            let mut nonce = self
+                .issuer_nonce
+                .lock()
+                .map_err(|_| anyhow!("issuer nonce lock"))?;
+            let envelope = sign(
+                &self.issuer,
+                self.chain_id,
+                *nonce,
+                Action::Deposit { to, amount },
+            )?;
             *nonce += 1;
             envelope
         };

@@ -30,7 +30,9 @@ use market::{
 use rand::RngCore;
 use tonic::transport::Channel;
 use tonic::Status;
-use zk::{Ciphertext, CiphertextRangeProof, CommitteePublic, KeySwitchShare, MemberIndex, PublicKey, Wire};
+use zk::{
+    Ciphertext, CiphertextRangeProof, CommitteePublic, KeySwitchShare, MemberIndex, PublicKey, Wire,
+};
 
 /// Domain label of query hashes (the order's `query_hash` is this hash of the SQL text).
 pub const LABEL_QUERY: &str = "cohortex/market/query/v1";
@@ -153,7 +155,12 @@ impl Coordinator {
 
     /// A listing's information.
     pub fn listing(&self, listing: &str) -> Result<Option<ListingInfo>, Status> {
-        Ok(self.listings.lock().map_err(|_| poisoned())?.get(listing).cloned())
+        Ok(self
+            .listings
+            .lock()
+            .map_err(|_| poisoned())?
+            .get(listing)
+            .cloned())
     }
 
     /// Every listing's information.
@@ -186,7 +193,10 @@ impl Coordinator {
         let (chain_id, nonce) = read_ledger(&self.ledger, move |ledger| {
             Ok((
                 ledger.chain_id(),
-                ledger.state().account(&me).map_or(0, |account| account.next_nonce),
+                ledger
+                    .state()
+                    .account(&me)
+                    .map_or(0, |account| account.next_nonce),
             ))
         })
         .await?;
@@ -318,7 +328,15 @@ impl Coordinator {
         let coordinator = Arc::clone(self);
         tokio::spawn(async move {
             let outcome = coordinator
-                .compute(order, &sql, &plan, &listings, purpose, epsilon_micro, &result_key)
+                .compute(
+                    order,
+                    &sql,
+                    &plan,
+                    &listings,
+                    purpose,
+                    epsilon_micro,
+                    &result_key,
+                )
                 .await;
             if let Err(message) = outcome {
                 tracing::warn!(order = %hex::encode(order.0.as_bytes()), %message, "order failed; refunding");
@@ -387,7 +405,8 @@ impl Coordinator {
         }
         let mut answers = BTreeMap::new();
         while let Some(joined) = tasks.join_next().await {
-            let (position, answer) = joined.map_err(|error| format!("node task failed: {error}"))?;
+            let (position, answer) =
+                joined.map_err(|error| format!("node task failed: {error}"))?;
             answers.insert(position, answer);
         }
 
@@ -438,11 +457,13 @@ impl Coordinator {
         let statements: Vec<ContributionStatement<'_>> = decoded
             .iter()
             .zip(&contexts)
-            .map(|((_, contribution, capacity, _), context)| ContributionStatement {
-                context,
-                capacity: *capacity,
-                contribution,
-            })
+            .map(
+                |((_, contribution, capacity, _), context)| ContributionStatement {
+                    context,
+                    capacity: *capacity,
+                    contribution,
+                },
+            )
             .collect();
         let mut rejected_positions = Vec::new();
         if let Err(failures) =
@@ -459,7 +480,12 @@ impl Coordinator {
         let failed: Vec<String> = reports
             .iter()
             .filter(|report| report.outcome != "accepted")
-            .map(|report| format!("listing {} {}: {}", report.listing, report.outcome, report.reason))
+            .map(|report| {
+                format!(
+                    "listing {} {}: {}",
+                    report.listing, report.outcome, report.reason
+                )
+            })
             .collect();
         if !failed.is_empty() {
             return Err(format!(
@@ -501,16 +527,20 @@ impl Coordinator {
         let mut shares = Vec::new();
         let mut absent = Vec::new();
         while let Some(joined) = share_tasks.join_next().await {
-            let (member, answer) = joined.map_err(|error| format!("key-switch task failed: {error}"))?;
+            let (member, answer) =
+                joined.map_err(|error| format!("key-switch task failed: {error}"))?;
             match answer.and_then(|response| {
                 KeySwitchShare::from_bytes(&response.share)
                     .map_err(|error| Status::invalid_argument(format!("share: {error}")))
             }) {
                 Ok(share) => shares.push(share),
-                Err(status) => absent.push(format!("member {}: {}", member.get(), status.message())),
+                Err(status) => {
+                    absent.push(format!("member {}: {}", member.get(), status.message()))
+                }
             }
         }
-        let context = release_context(&order_bytes).map_err(|status| status.message().to_string())?;
+        let context =
+            release_context(&order_bytes).map_err(|status| status.message().to_string())?;
         let switched = committee
             .public
             .combine(&context, &summed, result_key, &shares)
@@ -518,7 +548,11 @@ impl Coordinator {
                 format!(
                     "key switching failed: {error} (threshold {}; {})",
                     committee.public.threshold(),
-                    if absent.is_empty() { "no member absent".to_string() } else { absent.join("; ") }
+                    if absent.is_empty() {
+                        "no member absent".to_string()
+                    } else {
+                        absent.join("; ")
+                    }
                 )
             })?;
         let result: Vec<Vec<u8>> = switched.ciphertexts.0.iter().map(Wire::to_bytes).collect();
@@ -538,7 +572,10 @@ impl Coordinator {
         let receipt = QueryReceipt {
             order: OrderId(order),
             query_hash: query_hash(sql),
-            contributions_root: tagged_hash("cohortex/market/contributions/v1", &[&contributions_hash]),
+            contributions_root: tagged_hash(
+                "cohortex/market/contributions/v1",
+                &[&contributions_hash],
+            ),
             proofs_hash: tagged_hash("cohortex/market/proofs/v1", &[&proofs_hash]),
             result_hash: tagged_hash("cohortex/market/result/v1", &[&result.concat()]),
             listings: decoded
@@ -560,7 +597,11 @@ impl Coordinator {
         })
         .await
         .map_err(|status| format!("the ledger refused the settlement: {}", status.message()))?;
-        let used: Vec<u32> = switched.used.iter().map(|member| u32::from(member.get())).collect();
+        let used: Vec<u32> = switched
+            .used
+            .iter()
+            .map(|member| u32::from(member.get()))
+            .collect();
         self.update_order(order, |record| {
             record.state = OrderState::Completed;
             record.message = format!(

@@ -4,9 +4,9 @@ use std::sync::Arc;
 
 use cohortex_proto::v1::market_server::Market;
 use cohortex_proto::v1::{
-    GetOrderRequest, GetReceiptRequest, InclusionProof, ListListingsRequest,
-    ListListingsResponse, Listing, OrderQueryRequest, OrderQueryResponse, OrderStatus,
-    PublishListingRequest, ReceiptProof, SignedTransaction, TransactionResult,
+    GetOrderRequest, GetReceiptRequest, InclusionProof, ListListingsRequest, ListListingsResponse,
+    Listing, OrderQueryRequest, OrderQueryResponse, OrderStatus, PublishListingRequest,
+    ReceiptProof, SignedTransaction, TransactionResult,
 };
 use compute_node::Schema;
 use market::server::auth::{unix_now, RequestVerifier};
@@ -120,25 +120,25 @@ impl Market for MarketService {
         let expected_hash = manifest_hash(&message.manifest);
         let listing_id = std::sync::Arc::new(std::sync::Mutex::new(None));
         let found = Arc::clone(&listing_id);
-        let submitted = submit_if(self.coordinator.ledger(), envelope, move |body| {
-            match &body.action {
-                Action::PublishListing {
-                    listing,
-                    schema_hash,
-                    ..
-                } => {
-                    if *schema_hash != expected_hash {
-                        return Err(Status::invalid_argument(
-                            "manifest: its hash is not the transaction's schema_hash",
-                        ));
-                    }
-                    if let Ok(mut slot) = found.lock() {
-                        *slot = Some(listing.0.clone());
-                    }
-                    Ok(())
+        let submitted = submit_if(self.coordinator.ledger(), envelope, move |body| match &body
+            .action
+        {
+            Action::PublishListing {
+                listing,
+                schema_hash,
+                ..
+            } => {
+                if *schema_hash != expected_hash {
+                    return Err(Status::invalid_argument(
+                        "manifest: its hash is not the transaction's schema_hash",
+                    ));
                 }
-                other => Err(wrong_action("PublishListing", other)),
+                if let Ok(mut slot) = found.lock() {
+                    *slot = Some(listing.0.clone());
+                }
+                Ok(())
             }
+            other => Err(wrong_action("PublishListing", other)),
         })
         .await?;
         let listing = listing_id
@@ -163,9 +163,11 @@ impl Market for MarketService {
         request: Request<SignedTransaction>,
     ) -> Result<Response<TransactionResult>, Status> {
         let envelope = envelope_field(request.into_inner())?;
-        let submitted = submit_if(self.coordinator.ledger(), envelope, |body| match &body.action {
-            Action::UpdateListing { .. } => Ok(()),
-            other => Err(wrong_action("UpdateListing", other)),
+        let submitted = submit_if(self.coordinator.ledger(), envelope, |body| {
+            match &body.action {
+                Action::UpdateListing { .. } => Ok(()),
+                other => Err(wrong_action("UpdateListing", other)),
+            }
         })
         .await?;
         Ok(Response::new(submitted.into()))
@@ -177,9 +179,11 @@ impl Market for MarketService {
         request: Request<SignedTransaction>,
     ) -> Result<Response<TransactionResult>, Status> {
         let envelope = envelope_field(request.into_inner())?;
-        let submitted = submit_if(self.coordinator.ledger(), envelope, |body| match &body.action {
-            Action::WithdrawListing { .. } => Ok(()),
-            other => Err(wrong_action("WithdrawListing", other)),
+        let submitted = submit_if(self.coordinator.ledger(), envelope, |body| {
+            match &body.action {
+                Action::WithdrawListing { .. } => Ok(()),
+                other => Err(wrong_action("WithdrawListing", other)),
+            }
         })
         .await?;
         Ok(Response::new(submitted.into()))

@@ -25,7 +25,7 @@ pub async fn serve_market(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    let (_reporter, health, reflection) = health_and_reflection(&[
+    let (_reporter, health, reflection, reflection_v1alpha) = health_and_reflection(&[
         cohortex_proto::v1::ledger_server::SERVICE_NAME,
         cohortex_proto::v1::consent_server::SERVICE_NAME,
         cohortex_proto::v1::market_server::SERVICE_NAME,
@@ -37,6 +37,7 @@ pub async fn serve_market(
         .timeout(REQUEST_TIMEOUT)
         .add_service(health)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(
             LedgerServer::new(LedgerService::new(Arc::clone(&ledger)))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -63,13 +64,14 @@ pub async fn serve_node(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    let (_reporter, health, reflection) =
+    let (_reporter, health, reflection, reflection_v1alpha) =
         health_and_reflection(&[cohortex_proto::v1::compute_server::SERVICE_NAME]).await?;
     tracing::info!(address = ?listener.local_addr().ok(), "serving compute");
     tonic::transport::Server::builder()
         .timeout(REQUEST_TIMEOUT)
         .add_service(health)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(
             ComputeServer::new(node)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)

@@ -32,7 +32,12 @@ fn consent_of(index: u64) -> Option<Payout> {
 }
 
 fn setups(faults: [Option<Fault>; 3]) -> (Vec<NodeSetup>, Truth) {
-    let mut truth = Truth { count: 0.0, hba1c: vec![], paying: vec![], donating: 0 };
+    let mut truth = Truth {
+        count: 0.0,
+        hba1c: vec![],
+        paying: vec![],
+        donating: 0,
+    };
     let mut setups = Vec::new();
     for (node, fault) in faults.into_iter().enumerate() {
         let mut vault = Vault::new(Schema::fhir());
@@ -40,11 +45,22 @@ fn setups(faults: [Option<Fault>; 3]) -> (Vec<NodeSetup>, Truth) {
         for offset in 0..PER_NODE {
             let index = node as u64 * PER_NODE + offset;
             let patient = synth::patient(99, index);
-            let record = bundle_to_record(&patient.to_bundle().to_string(), &REFERENCE_DATE, &ProvenancePolicy::default()).unwrap();
+            let record = bundle_to_record(
+                &patient.to_bundle().to_string(),
+                &REFERENCE_DATE,
+                &ProvenancePolicy::default(),
+            )
+            .unwrap();
             let consent = consent_of(index);
             if consent.is_some() {
-                let codes = match &record.values[7] { Value::Codes(codes) => codes.clone(), _ => vec![] };
-                if codes.iter().any(|code| code.starts_with("E11") || code == "44054006") {
+                let codes = match &record.values[7] {
+                    Value::Codes(codes) => codes.clone(),
+                    _ => vec![],
+                };
+                if codes
+                    .iter()
+                    .any(|code| code.starts_with("E11") || code == "44054006")
+                {
                     truth.count += 1.0;
                     if let Value::Float(x) = record.values[3] {
                         truth.hba1c.push((x.clamp(3.0, 20.0) * 10.0).round() / 10.0);
@@ -56,7 +72,10 @@ fn setups(faults: [Option<Fault>; 3]) -> (Vec<NodeSetup>, Truth) {
                 }
             }
             vault.upsert(record).unwrap();
-            patients.push(PatientEnrolment { key: patient.key, consent });
+            patients.push(PatientEnrolment {
+                key: patient.key,
+                consent,
+            });
         }
         setups.push(NodeSetup {
             listing: format!("clinic-{node}"),
@@ -74,27 +93,51 @@ fn setups(faults: [Option<Fault>; 3]) -> (Vec<NodeSetup>, Truth) {
 async fn start(faults: [Option<Fault>; 3]) -> (tempfile::TempDir, Cluster, Truth) {
     let dir = tempfile::tempdir().unwrap();
     let (setups, truth) = setups(faults);
-    let options = ClusterOptions { purpose: Purpose::AcademicResearch, threshold: 2, epsilon_budget_micro: 10_000_000 };
-    let cluster = Cluster::start(dir.path(), setups, &options, |_| {}).await.unwrap();
+    let options = ClusterOptions {
+        purpose: Purpose::AcademicResearch,
+        threshold: 2,
+        epsilon_budget_micro: 10_000_000,
+    };
+    let cluster = Cluster::start(dir.path(), setups, &options, |_| {})
+        .await
+        .unwrap();
     (dir, cluster, truth)
 }
 
 fn listings(cluster: &Cluster) -> Vec<String> {
-    cluster.nodes.iter().map(|node| node.listing.clone()).collect()
+    cluster
+        .nodes
+        .iter()
+        .map(|node| node.listing.clone())
+        .collect()
 }
 
 fn table() -> DecryptionTable {
-    DecryptionTable::load_or_build(&std::env::temp_dir().join("cohortex-bsgs-cache"), BsgsConfig::default()).unwrap()
+    DecryptionTable::load_or_build(
+        &std::env::temp_dir().join("cohortex-bsgs-cache"),
+        BsgsConfig::default(),
+    )
+    .unwrap()
 }
 
 async fn balance(cluster: &Cluster, account: AccountId) -> u64 {
-    cluster.coordinator.ledger().lock().unwrap().state().balance(&account)
+    cluster
+        .coordinator
+        .ledger()
+        .lock()
+        .unwrap()
+        .state()
+        .balance(&account)
 }
 
 fn books_balance(cluster: &Cluster) {
     let ledger = cluster.coordinator.ledger().lock().unwrap();
     let state = ledger.state();
-    assert_eq!(u128::from(state.total_issued()), state.total_balances() + state.escrow_held(), "credits are conserved");
+    assert_eq!(
+        u128::from(state.total_issued()),
+        state.total_balances() + state.escrow_held(),
+        "credits are conserved"
+    );
     drop(ledger);
     market::audit_database(cluster.ledger_path()).expect("ledger verify passes");
 }
@@ -108,26 +151,49 @@ async fn full_flow_matches_the_plaintext_answer_and_settles() {
     let (_dir, cluster, truth) = start([None, None, None]).await;
     let buyer = buyer(&cluster).await;
     let release = buyer
-        .query(SQL, &listings(&cluster), Purpose::AcademicResearch, 100_000, &table(), &cluster.ledger_key)
+        .query(
+            SQL,
+            &listings(&cluster),
+            Purpose::AcademicResearch,
+            100_000,
+            &table(),
+            &cluster.ledger_key,
+        )
         .await
         .unwrap();
     let row = &release.answer.rows[0];
     assert_eq!(row[0].as_f64(), Some(truth.count));
     let mean = truth.hba1c.iter().sum::<f64>() / truth.hba1c.len() as f64;
-    assert!((row[1].as_f64().unwrap() - mean).abs() < 1e-9, "{:?} vs {mean}", row[1]);
-    assert_eq!(release.answer.participants, (truth.paying.len() + truth.donating) as u64);
+    assert!(
+        (row[1].as_f64().unwrap() - mean).abs() < 1e-9,
+        "{:?} vs {mean}",
+        row[1]
+    );
+    assert_eq!(
+        release.answer.participants,
+        (truth.paying.len() + truth.donating) as u64
+    );
     assert!(release.receipt_verified);
 
     // Escrow settled: each listing's price is split evenly among its participants (the
     // remainder, fewer credits than participants, goes back to the buyer; docs/ledger.md).
     let participants_per_listing = [0u64, 1, 2].map(|node| {
-        (0..PER_NODE).filter(|offset| consent_of(node * PER_NODE + offset).is_some()).count() as u64
+        (0..PER_NODE)
+            .filter(|offset| consent_of(node * PER_NODE + offset).is_some())
+            .count() as u64
     });
     let refunded_remainder: u64 = participants_per_listing.iter().map(|n| PRICE % n).sum();
-    assert_eq!(balance(&cluster, buyer.account()).await, 10 * PRICE - 3 * PRICE + refunded_remainder);
+    assert_eq!(
+        balance(&cluster, buyer.account()).await,
+        10 * PRICE - 3 * PRICE + refunded_remainder
+    );
     let paid: u64 = futures_sum(&cluster, &truth.paying).await;
     let donated = balance(&cluster, cluster.fund).await;
-    assert_eq!(paid + donated + refunded_remainder, 3 * PRICE, "every escrowed credit reached a participant, the fund or the buyer");
+    assert_eq!(
+        paid + donated + refunded_remainder,
+        3 * PRICE,
+        "every escrowed credit reached a participant, the fund or the buyer"
+    );
     assert!(donated > 0 && paid > 0);
     books_balance(&cluster);
     cluster.shutdown();
@@ -146,7 +212,14 @@ async fn one_node_down_at_key_switch_still_completes_with_two_of_three() {
     let (_dir, cluster, truth) = start([None, None, Some(Fault::DownAtKeySwitch)]).await;
     let buyer = buyer(&cluster).await;
     let release = buyer
-        .query(SQL, &listings(&cluster), Purpose::AcademicResearch, 100_000, &table(), &cluster.ledger_key)
+        .query(
+            SQL,
+            &listings(&cluster),
+            Purpose::AcademicResearch,
+            100_000,
+            &table(),
+            &cluster.ledger_key,
+        )
         .await
         .unwrap();
     assert_eq!(release.answer.rows[0][0].as_f64(), Some(truth.count));
@@ -159,14 +232,30 @@ async fn one_node_down_at_key_switch_still_completes_with_two_of_three() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_down_fails_clearly_and_refunds_the_escrow() {
-    let (_dir, cluster, _) = start([None, Some(Fault::DownAtKeySwitch), Some(Fault::DownAtKeySwitch)]).await;
+    let (_dir, cluster, _) = start([
+        None,
+        Some(Fault::DownAtKeySwitch),
+        Some(Fault::DownAtKeySwitch),
+    ])
+    .await;
     let buyer = buyer(&cluster).await;
-    let order = buyer.order(SQL, &listings(&cluster), Purpose::AcademicResearch, 100_000).await.unwrap();
+    let order = buyer
+        .order(SQL, &listings(&cluster), Purpose::AcademicResearch, 100_000)
+        .await
+        .unwrap();
     let status = buyer.wait(order).await.unwrap();
     assert_eq!(status.state, cohortex_proto::v1::OrderState::Failed as i32);
-    assert!(status.message.contains("key switching failed"), "{}", status.message);
+    assert!(
+        status.message.contains("key switching failed"),
+        "{}",
+        status.message
+    );
     assert!(status.message.contains("refunded"), "{}", status.message);
-    assert_eq!(balance(&cluster, buyer.account()).await, 10 * PRICE, "escrow refunded");
+    assert_eq!(
+        balance(&cluster, buyer.account()).await,
+        10 * PRICE,
+        "escrow refunded"
+    );
     books_balance(&cluster);
     cluster.shutdown();
 }
@@ -175,13 +264,24 @@ async fn two_nodes_down_fails_clearly_and_refunds_the_escrow() {
 async fn out_of_range_contribution_is_rejected_and_named() {
     let (_dir, cluster, _) = start([None, Some(Fault::InflateAfterProving), None]).await;
     let buyer = buyer(&cluster).await;
-    let order = buyer.order(SQL, &listings(&cluster), Purpose::AcademicResearch, 100_000).await.unwrap();
+    let order = buyer
+        .order(SQL, &listings(&cluster), Purpose::AcademicResearch, 100_000)
+        .await
+        .unwrap();
     let status = buyer.wait(order).await.unwrap();
     assert_eq!(status.state, cohortex_proto::v1::OrderState::Failed as i32);
-    let rejected: Vec<_> = status.nodes.iter().filter(|node| node.outcome == "rejected").collect();
+    let rejected: Vec<_> = status
+        .nodes
+        .iter()
+        .filter(|node| node.outcome == "rejected")
+        .collect();
     assert_eq!(rejected.len(), 1);
     assert_eq!(rejected[0].listing, "clinic-1");
-    assert!(rejected[0].reason.contains("not summed"), "{}", rejected[0].reason);
+    assert!(
+        rejected[0].reason.contains("not summed"),
+        "{}",
+        rejected[0].reason
+    );
     assert!(status.result.is_empty(), "nothing was released");
     assert_eq!(balance(&cluster, buyer.account()).await, 10 * PRICE);
     books_balance(&cluster);
@@ -192,10 +292,18 @@ async fn out_of_range_contribution_is_rejected_and_named() {
 async fn proof_for_another_query_is_rejected_and_named() {
     let (_dir, cluster, _) = start([Some(Fault::ProveForAnotherQuery), None, None]).await;
     let buyer = buyer(&cluster).await;
-    let order = buyer.order(SQL, &listings(&cluster), Purpose::AcademicResearch, 100_000).await.unwrap();
+    let order = buyer
+        .order(SQL, &listings(&cluster), Purpose::AcademicResearch, 100_000)
+        .await
+        .unwrap();
     let status = buyer.wait(order).await.unwrap();
     assert_eq!(status.state, cohortex_proto::v1::OrderState::Failed as i32);
-    let rejected: Vec<_> = status.nodes.iter().filter(|node| node.outcome == "rejected").map(|node| node.listing.as_str()).collect();
+    let rejected: Vec<_> = status
+        .nodes
+        .iter()
+        .filter(|node| node.outcome == "rejected")
+        .map(|node| node.listing.as_str())
+        .collect();
     assert_eq!(rejected, vec!["clinic-0"]);
     books_balance(&cluster);
     cluster.shutdown();
@@ -205,7 +313,10 @@ async fn proof_for_another_query_is_rejected_and_named() {
 async fn unpaid_order_is_refused_before_anything_runs() {
     let (_dir, cluster, _) = start([None, None, None]).await;
     let poor = cluster.new_buyer(PRICE).await.unwrap();
-    let error = poor.order(SQL, &listings(&cluster), Purpose::AcademicResearch, 100_000).await.unwrap_err();
+    let error = poor
+        .order(SQL, &listings(&cluster), Purpose::AcademicResearch, 100_000)
+        .await
+        .unwrap_err();
     assert_eq!(error.code(), tonic::Code::FailedPrecondition, "{error}");
     assert!(error.message().contains("insufficient funds"), "{error}");
     books_balance(&cluster);
@@ -216,8 +327,22 @@ async fn unpaid_order_is_refused_before_anything_runs() {
 async fn purpose_the_listings_do_not_allow_is_refused() {
     let (_dir, cluster, _) = start([None, None, None]).await;
     let buyer = buyer(&cluster).await;
-    let error = buyer.order(SQL, &listings(&cluster), Purpose::CommercialResearch, 100_000).await.unwrap_err();
-    assert!(matches!(error.code(), tonic::Code::FailedPrecondition | tonic::Code::PermissionDenied), "{error}");
+    let error = buyer
+        .order(
+            SQL,
+            &listings(&cluster),
+            Purpose::CommercialResearch,
+            100_000,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            error.code(),
+            tonic::Code::FailedPrecondition | tonic::Code::PermissionDenied
+        ),
+        "{error}"
+    );
     assert_eq!(balance(&cluster, buyer.account()).await, 10 * PRICE);
     cluster.shutdown();
 }
@@ -228,21 +353,40 @@ async fn order_status_with_a_forged_signature_is_unauthenticated() {
     use cohortex_proto::v1::GetOrderRequest;
     let (_dir, cluster, _) = start([None, None, None]).await;
     let buyer = buyer(&cluster).await;
-    let order = buyer.order(SQL, &listings(&cluster), Purpose::AcademicResearch, 100_000).await.unwrap();
-    let mut client = MarketClient::connect(cluster.market_endpoint.clone()).await.unwrap();
+    let order = buyer
+        .order(SQL, &listings(&cluster), Purpose::AcademicResearch, 100_000)
+        .await
+        .unwrap();
+    let mut client = MarketClient::connect(cluster.market_endpoint.clone())
+        .await
+        .unwrap();
     let thief = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
     let mut request = market::server::auth::signed_request(
         &thief,
         "/cohortex.v1.Market/GetOrder",
-        GetOrderRequest { order_id: order.0.as_bytes().to_vec() },
+        GetOrderRequest {
+            order_id: order.0.as_bytes().to_vec(),
+        },
     );
     // Claim to be the buyer while signing with another key.
-    request.metadata_mut().insert(market::server::auth::ACCOUNT, hex::encode(buyer.account().0).parse().unwrap());
+    request.metadata_mut().insert(
+        market::server::auth::ACCOUNT,
+        hex::encode(buyer.account().0).parse().unwrap(),
+    );
     let error = client.get_order(request).await.unwrap_err();
     assert_eq!(error.code(), tonic::Code::Unauthenticated, "{error}");
     // Signed honestly by someone else: refused as well.
-    let other = market::server::auth::signed_request(&thief, "/cohortex.v1.Market/GetOrder", GetOrderRequest { order_id: order.0.as_bytes().to_vec() });
-    assert_eq!(client.get_order(other).await.unwrap_err().code(), tonic::Code::PermissionDenied);
+    let other = market::server::auth::signed_request(
+        &thief,
+        "/cohortex.v1.Market/GetOrder",
+        GetOrderRequest {
+            order_id: order.0.as_bytes().to_vec(),
+        },
+    );
+    assert_eq!(
+        client.get_order(other).await.unwrap_err().code(),
+        tonic::Code::PermissionDenied
+    );
     buyer.wait(order).await.unwrap();
     cluster.shutdown();
 }

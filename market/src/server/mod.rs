@@ -436,6 +436,9 @@ pub async fn health_and_reflection(
         HealthReporter,
         HealthServer<impl Health>,
         ServerReflectionServer<impl ServerReflection>,
+        tonic_reflection::server::v1alpha::ServerReflectionServer<
+            impl tonic_reflection::server::v1alpha::ServerReflection,
+        >,
     ),
     ServeError,
 > {
@@ -445,19 +448,26 @@ pub async fn health_and_reflection(
             .set_service_status(name, ServingStatus::Serving)
             .await;
     }
-    let listed = served.iter().copied().chain([
-        tonic_health::pb::health_server::SERVICE_NAME,
-        tonic_reflection::pb::v1::server_reflection_server::SERVICE_NAME,
-    ]);
-    let reflection = listed
-        .fold(
+    let listed: Vec<&str> = served
+        .iter()
+        .copied()
+        .chain([
+            tonic_health::pb::health_server::SERVICE_NAME,
+            tonic_reflection::pb::v1::server_reflection_server::SERVICE_NAME,
+        ])
+        .collect();
+    let builder = || {
+        listed.iter().fold(
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(cohortex_proto::FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET),
-            |builder, name| builder.with_service_name(name),
+            |builder, name| builder.with_service_name(*name),
         )
-        .build_v1()?;
-    Ok((reporter, health, reflection))
+    };
+    // v1 for current tools; v1alpha too, which older grpcurl and Python's grpcio-reflection use.
+    let reflection = builder().build_v1()?;
+    let reflection_v1alpha = builder().build_v1alpha()?;
+    Ok((reporter, health, reflection, reflection_v1alpha))
 }
 
 /// Serves the Ledger and Consent services over `ledger` on `listener`, with health and
@@ -470,7 +480,7 @@ pub async fn serve_ledger_and_consent(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    let (_reporter, health, reflection) = health_and_reflection(&[
+    let (_reporter, health, reflection, reflection_v1alpha) = health_and_reflection(&[
         v1::ledger_server::SERVICE_NAME,
         v1::consent_server::SERVICE_NAME,
     ])
@@ -486,6 +496,7 @@ pub async fn serve_ledger_and_consent(
         .timeout(REQUEST_TIMEOUT)
         .add_service(health)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(ledger_service)
         .add_service(consent_service)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)

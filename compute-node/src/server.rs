@@ -92,6 +92,9 @@ pub enum Fault {
     ProveForAnotherQuery,
     /// Contributes, then is unreachable for key switching (as if it went down in between).
     DownAtKeySwitch,
+    /// Waits this many milliseconds before reading consents (a slow node), so that a test can
+    /// revoke a consent between the order and the computation.
+    SlowToCompute(u64),
 }
 
 enum DkgRound {
@@ -423,6 +426,9 @@ impl Compute for NodeService {
         };
         let plan = compile(&message.sql, self.vault.schema())
             .map_err(|error| Status::invalid_argument(format!("sql: {error}")))?;
+        if let Some(Fault::SlowToCompute(millis)) = self.config.fault {
+            tokio::time::sleep(std::time::Duration::from_millis(millis)).await;
+        }
         let consents = self.current_consents(&message.purpose).await?;
         let vault = Arc::clone(&self.vault);
         let purpose = message.purpose.clone();

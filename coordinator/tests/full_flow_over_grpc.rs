@@ -390,3 +390,62 @@ async fn order_status_with_a_forged_signature_is_unauthenticated() {
     buyer.wait(order).await.unwrap();
     cluster.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consent_revoked_between_order_and_compute_is_honoured() {
+    use cohortex_proto::v1::consent_client::ConsentClient;
+    use cohortex_proto::v1::SignedTransaction;
+    // Node 0 waits before it reads consents, so the revocation lands after the order.
+    let (_dir, cluster, truth) = start([Some(Fault::SlowToCompute(1500)), None, None]).await;
+    let buyer = buyer(&cluster).await;
+    // A diabetic patient of node 0 who consented.
+    let (index, patient) = (0..PER_NODE)
+        .filter(|index| consent_of(*index).is_some())
+        .map(|index| (index, synth::patient(99, index)))
+        .find(|(_, patient)| patient.diabetes)
+        .unwrap();
+    let order = buyer
+        .order(SQL, &listings(&cluster), Purpose::AcademicResearch, 100_000)
+        .await
+        .unwrap();
+    let revoke = market::TxBody {
+        chain_id: cluster.chain_id,
+        signer: AccountId::of(&patient.key),
+        nonce: 2,
+        action: market::Action::RevokeConsent {
+            listing: market::ListingId::new("clinic-0"),
+            purpose: Purpose::AcademicResearch,
+        },
+    }
+    .sign(&patient.key)
+    .unwrap();
+    ConsentClient::connect(cluster.market_endpoint.clone())
+        .await
+        .unwrap()
+        .revoke(SignedTransaction {
+            envelope: revoke.bytes,
+        })
+        .await
+        .unwrap();
+    let status = buyer.wait(order).await.unwrap();
+    assert_eq!(
+        status.state,
+        cohortex_proto::v1::OrderState::Completed as i32,
+        "{}",
+        status.message
+    );
+    let answer = buyer.open(&status, &table()).unwrap();
+    let consenting = (truth.paying.len() + truth.donating) as u64;
+    assert_eq!(
+        answer.participants,
+        consenting - 1,
+        "patient {index} no longer counts"
+    );
+    assert_eq!(
+        answer.rows[0][0].as_f64(),
+        Some(truth.count - 1.0),
+        "nor matches"
+    );
+    books_balance(&cluster);
+    cluster.shutdown();
+}

@@ -55,7 +55,7 @@ fn decryption_table(quiet: bool) -> anyhow::Result<DecryptionTable> {
     Ok(table)
 }
 
-fn state_dir(requested: Option<PathBuf>, prefix: &str) -> anyhow::Result<PathBuf> {
+fn new_state_dir(requested: Option<PathBuf>, prefix: &str) -> anyhow::Result<PathBuf> {
     let dir = match requested {
         Some(dir) => dir,
         None => std::env::temp_dir().join(format!(
@@ -143,7 +143,7 @@ pub async fn local(args: LocalArgs) -> anyhow::Result<()> {
         });
     }
     let records_total: u64 = setups.iter().map(|setup| setup.patients.len() as u64).sum();
-    let dir = state_dir(args.state_dir, "local")?;
+    let dir = new_state_dir(args.state_dir, "local")?;
     let quiet = args.json;
     let nodes = setups.len();
     let bar = spinner("starting the market, ledger and nodes", quiet);
@@ -278,7 +278,7 @@ pub async fn demo(
     keep_running: bool,
 ) -> anyhow::Result<()> {
     let mut timings: Vec<(String, Duration)> = Vec::new();
-    let dir = state_dir_for_demo(state_dir)?;
+    let dir = new_state_dir(state_dir, "demo")?;
     println!("Cohortex demo: a federated query market on this machine\n");
 
     // 1. Population.
@@ -483,8 +483,4 @@ pub async fn demo(
         ledger_path.display()
     );
     Ok(())
-}
-
-fn state_dir_for_demo(requested: Option<PathBuf>) -> anyhow::Result<PathBuf> {
-    state_dir(requested, "demo")
 }

@@ -15,7 +15,7 @@ use market::server::{
     tx_id_field, wrong_action,
 };
 use market::tx::UncheckedTx;
-use market::{Action, Compensation, TxId};
+use market::{Action, Compensation, TxBody, TxId};
 use tonic::{Request, Response, Status};
 use zk::{PublicKey, Wire};
 
@@ -40,6 +40,33 @@ impl MarketService {
             coordinator,
             verifier: RequestVerifier::new(),
         }
+    }
+}
+
+fn admit_update(body: &TxBody) -> Result<(), Status> {
+    match &body.action {
+        Action::UpdateListing { .. } => Ok(()),
+        other => Err(wrong_action("UpdateListing", other)),
+    }
+}
+
+fn admit_withdraw(body: &TxBody) -> Result<(), Status> {
+    match &body.action {
+        Action::WithdrawListing { .. } => Ok(()),
+        other => Err(wrong_action("WithdrawListing", other)),
+    }
+}
+
+impl MarketService {
+    /// Submits a signed transaction whose action `admit` accepts.
+    async fn submit_admitted(
+        &self,
+        request: Request<SignedTransaction>,
+        admit: fn(&TxBody) -> Result<(), Status>,
+    ) -> Result<Response<TransactionResult>, Status> {
+        let envelope = envelope_field(request.into_inner())?;
+        let submitted = submit_if(self.coordinator.ledger(), envelope, admit).await?;
+        Ok(Response::new(submitted.into()))
     }
 }
 
@@ -162,15 +189,7 @@ impl Market for MarketService {
         &self,
         request: Request<SignedTransaction>,
     ) -> Result<Response<TransactionResult>, Status> {
-        let envelope = envelope_field(request.into_inner())?;
-        let submitted = submit_if(self.coordinator.ledger(), envelope, |body| {
-            match &body.action {
-                Action::UpdateListing { .. } => Ok(()),
-                other => Err(wrong_action("UpdateListing", other)),
-            }
-        })
-        .await?;
-        Ok(Response::new(submitted.into()))
+        self.submit_admitted(request, admit_update).await
     }
 
     #[tracing::instrument(skip(self, request))]
@@ -178,15 +197,7 @@ impl Market for MarketService {
         &self,
         request: Request<SignedTransaction>,
     ) -> Result<Response<TransactionResult>, Status> {
-        let envelope = envelope_field(request.into_inner())?;
-        let submitted = submit_if(self.coordinator.ledger(), envelope, |body| {
-            match &body.action {
-                Action::WithdrawListing { .. } => Ok(()),
-                other => Err(wrong_action("WithdrawListing", other)),
-            }
-        })
-        .await?;
-        Ok(Response::new(submitted.into()))
+        self.submit_admitted(request, admit_withdraw).await
     }
 
     #[tracing::instrument(skip(self, request))]

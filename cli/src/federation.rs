@@ -20,10 +20,12 @@ use zk::{BsgsConfig, DecryptionTable};
 /// the listing's participants (docs/ledger.md), so it must exceed their number for anyone to
 /// receive a whole credit.
 const PRICE_PER_PATIENT: u64 = 20;
-/// ε per order (issue 6 makes this a flag).
-const EPSILON_MICRO: u64 = 1_000_000;
+/// ε per demo query, micro-ε.
+const DEMO_EPSILON_MICRO: u64 = 2_000_000;
+/// Each demo listing's total ε budget, micro-ε.
+const DEMO_BUDGET_MICRO: u64 = 20_000_000;
 
-fn spinner(message: &str, quiet: bool) -> ProgressBar {
+pub(crate) fn spinner(message: &str, quiet: bool) -> ProgressBar {
     if quiet {
         return ProgressBar::hidden();
     }
@@ -44,7 +46,7 @@ fn table_dir() -> PathBuf {
         .join(".cache/cohortex")
 }
 
-fn decryption_table(quiet: bool) -> anyhow::Result<DecryptionTable> {
+pub(crate) fn decryption_table(quiet: bool) -> anyhow::Result<DecryptionTable> {
     let bar = spinner(
         "loading the buyer's decryption table (built once, then cached)",
         quiet,
@@ -98,6 +100,8 @@ pub struct LocalArgs {
     pub json: bool,
     /// Where to keep the ledger.
     pub state_dir: Option<PathBuf>,
+    /// ε of the release, micro-ε.
+    pub epsilon_micro: u64,
 }
 
 /// Runs `cohortex local`.
@@ -150,7 +154,9 @@ pub async fn local(args: LocalArgs) -> anyhow::Result<()> {
     let options = ClusterOptions {
         purpose,
         threshold: if nodes >= 2 { 2 } else { 1 },
-        epsilon_budget_micro: 100 * EPSILON_MICRO,
+        // The listings exist for this one run: a budget of ten such releases.
+        epsilon_budget_micro: args.epsilon_micro.saturating_mul(10),
+        extra_purposes: Vec::new(),
     };
     let cluster = Cluster::start(&dir, setups, &options, |step| {
         bar.set_message(step.to_string())
@@ -171,7 +177,7 @@ pub async fn local(args: LocalArgs) -> anyhow::Result<()> {
             &args.query,
             &listings,
             purpose,
-            EPSILON_MICRO,
+            args.epsilon_micro,
             &table,
             &cluster.ledger_key,
         )
@@ -184,6 +190,8 @@ pub async fn local(args: LocalArgs) -> anyhow::Result<()> {
             "columns": release.answer.columns,
             "rows": release.answer.rows,
             "participants": release.answer.participants,
+            "epsilon_spent": release.status.epsilon_micro as f64 / 1e6,
+            "suppressed_cells": release.status.suppressed.iter().filter(|&&hidden| hidden).count(),
             "receipt": {
                 "id": hex::encode(release.receipt.0.as_bytes()),
                 "verified": release.receipt_verified,
@@ -194,6 +202,11 @@ pub async fn local(args: LocalArgs) -> anyhow::Result<()> {
     } else {
         print_answer(&release.answer);
         println!();
+        println!(
+            "released with ε = {} differential privacy per listing: noise added under encryption by committee members {:?}",
+            release.status.epsilon_micro as f64 / 1e6,
+            release.status.noise_members
+        );
         println!(
             "receipt {} — inclusion in the ledger {}",
             hex::encode(release.receipt.0.as_bytes()),
@@ -212,7 +225,26 @@ pub async fn local(args: LocalArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_answer(answer: &QueryAnswer) {
+/// Each listing's ε budget left on the ledger, micro-ε.
+fn epsilon_left(cluster: &Cluster, listings: &[String]) -> anyhow::Result<Vec<(String, u64)>> {
+    let ledger = cluster
+        .coordinator
+        .ledger()
+        .lock()
+        .map_err(|_| anyhow::anyhow!("ledger lock poisoned"))?;
+    Ok(listings
+        .iter()
+        .map(|id| {
+            let left = ledger
+                .state()
+                .listing(&market::ListingId::new(id.clone()))
+                .map_or(0, |listing| listing.epsilon_remaining_micro());
+            (id.clone(), left)
+        })
+        .collect())
+}
+
+pub(crate) fn print_answer(answer: &QueryAnswer) {
     let cells: Vec<Vec<String>> = answer
         .rows
         .iter()
@@ -355,7 +387,8 @@ pub async fn demo(
     let options = ClusterOptions {
         purpose: Purpose::AcademicResearch,
         threshold: 2,
-        epsilon_budget_micro: 20 * EPSILON_MICRO,
+        epsilon_budget_micro: DEMO_BUDGET_MICRO,
+        extra_purposes: Vec::new(),
     };
     let cluster = Cluster::start(&dir, setups, &options, |step| {
         bar.set_message(step.to_string())
@@ -394,7 +427,7 @@ pub async fn demo(
                 query.sql,
                 &listings,
                 Purpose::AcademicResearch,
-                EPSILON_MICRO,
+                DEMO_EPSILON_MICRO,
                 &table,
                 &cluster.ledger_key,
             )
@@ -411,8 +444,19 @@ pub async fn demo(
             query.sql.split_whitespace().collect::<Vec<_>>().join(" ")
         );
         print_answer(&release.answer);
+        let budgets = epsilon_left(&cluster, &listings)?;
         println!(
-            "  {} consenting patients took part; receipt {}…, inclusion in the ledger {}\n",
+            "  Privacy: ε = {} spent on each listing (noise added under encryption by committee members {:?}); budget left: {}.",
+            release.status.epsilon_micro as f64 / 1e6,
+            release.status.noise_members,
+            budgets
+                .iter()
+                .map(|(listing, left)| format!("{listing} {:.1} of {:.1}", *left as f64 / 1e6, DEMO_BUDGET_MICRO as f64 / 1e6))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        println!(
+            "  About {} consenting patients took part (a noisy count); receipt {}…, inclusion in the ledger {}\n",
             release.answer.participants,
             &hex::encode(release.receipt.0.as_bytes())[..16],
             if release.receipt_verified {

@@ -4,7 +4,13 @@
 //! own groups.
 #![deny(clippy::unwrap_used)]
 
+mod buyer;
+mod config;
 mod federation;
+mod keys;
+mod market_process;
+mod node_process;
+mod patient;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -38,6 +44,71 @@ enum Command {
     /// Generate a seeded synthetic population as FHIR R4 bundles (NDJSON, one Bundle per
     /// line, 10,000 patients per file).
     Synth(SynthArgs),
+    /// Generate an account key: writes the secret seed to --out (mode 0600) and the account
+    /// id to the .pub file beside it, and prints the account id.
+    Keygen(KeygenArgs),
+    /// The market process: ledger, consent, listings, orders and the coordinator.
+    #[command(subcommand)]
+    Market(MarketCommand),
+    /// A compute node process: a vault, the Compute service and its listing.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// A patient's commands: register, consent, revoke, consents, earnings.
+    Patient(patient::PatientCmd),
+    /// A buyer's commands: register, balance, listings, query.
+    Buyer(buyer::BuyerCmd),
+}
+
+#[derive(Args, Debug)]
+struct KeygenArgs {
+    /// The key file to write (refused if it exists); the account id goes to FILE's .pub twin.
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+enum MarketCommand {
+    /// Serve the market (Ledger, Consent, Market) until Ctrl-C. Creates the ledger and the
+    /// market's keys in state_dir on first run and reopens them after; runs the key ceremony
+    /// once every committee member has published its listing.
+    Serve(MarketServeArgs),
+    /// As the market's issuer, credit an account (a registered buyer) through the running
+    /// market.
+    Deposit(DepositArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum NodeCommand {
+    /// Ingest the data file, serve the Compute service and publish the listing, until Ctrl-C.
+    Serve(NodeServeArgs),
+}
+
+#[derive(Args, Debug)]
+struct MarketServeArgs {
+    /// The market's config file (state_dir, listen, committee; see examples/walkthrough/).
+    #[arg(long, value_name = "market.toml")]
+    config: PathBuf,
+}
+
+#[derive(Args, Debug)]
+struct NodeServeArgs {
+    /// The node's config file (key_file, listen, market, committee, listing, data; see
+    /// examples/walkthrough/).
+    #[arg(long, value_name = "node.toml")]
+    config: PathBuf,
+}
+
+#[derive(Args, Debug)]
+struct DepositArgs {
+    /// The market's config file (its state_dir holds the issuer key).
+    #[arg(long, value_name = "market.toml")]
+    config: PathBuf,
+    /// The account to credit (64 hex digits).
+    #[arg(long, value_name = "ACCOUNT")]
+    to: String,
+    /// Credits to deposit.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    amount: u64,
 }
 
 #[derive(Args, Debug)]
@@ -74,6 +145,23 @@ struct LocalCmd {
     /// Directory for the run's ledger (default: a new directory under the system temp dir).
     #[arg(long)]
     state_dir: Option<PathBuf>,
+    /// The release's differential-privacy ε (greater than 0; smaller is more private and
+    /// noisier; see docs/privacy.md).
+    #[arg(long, default_value_t = 1.0, value_parser = parse_epsilon)]
+    epsilon: f64,
+}
+
+/// Parses `--epsilon`: a finite number from 0.000001 to 1,000,000.
+fn parse_epsilon(text: &str) -> Result<f64, String> {
+    let epsilon: f64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number; write e.g. --epsilon 0.5"))?;
+    if !epsilon.is_finite() || !(1e-6..=1e6).contains(&epsilon) {
+        return Err(format!(
+            "ε must be from 0.000001 to 1000000 (got {text}); smaller is more private"
+        ));
+    }
+    Ok(epsilon)
 }
 
 #[derive(Args, Debug)]
@@ -115,6 +203,7 @@ fn init_tracing(verbose: u8) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
@@ -141,6 +230,31 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 args.keep_running,
             ))
             .map(|()| ExitCode::SUCCESS),
+        Command::Keygen(args) => {
+            let account = keys::generate(&args.out)?;
+            println!("{account}");
+            eprintln!(
+                "wrote the secret key to {} (mode 0600) and the account id to {}",
+                args.out.display(),
+                keys::public_path(&args.out).display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Market(MarketCommand::Serve(args)) => runtime()?
+            .block_on(market_process::serve(&args.config))
+            .map(|()| ExitCode::SUCCESS),
+        Command::Market(MarketCommand::Deposit(args)) => runtime()?
+            .block_on(market_process::deposit(&args.config, &args.to, args.amount))
+            .map(|()| ExitCode::SUCCESS),
+        Command::Node(NodeCommand::Serve(args)) => runtime()?
+            .block_on(node_process::serve(&args.config))
+            .map(|()| ExitCode::SUCCESS),
+        Command::Patient(command) => runtime()?
+            .block_on(patient::run(command))
+            .map(|()| ExitCode::SUCCESS),
+        Command::Buyer(command) => runtime()?
+            .block_on(buyer::run(command))
+            .map(|()| ExitCode::SUCCESS),
         Command::Local(args) => runtime()?
             .block_on(federation::local(federation::LocalArgs {
                 node_data: args.node_data,
@@ -149,6 +263,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 purpose: args.purpose,
                 json: args.json,
                 state_dir: args.state_dir,
+                epsilon_micro: (args.epsilon * 1e6).round() as u64,
             }))
             .map(|()| ExitCode::SUCCESS),
     }

@@ -46,7 +46,12 @@ fn write_inputs(dir: &Path) -> (Vec<std::path::PathBuf>, Vec<(f64, &'static str,
     (files, rows)
 }
 
-fn local(dir: &Path, files: &[std::path::PathBuf], query: &str) -> std::process::Output {
+fn local(
+    dir: &Path,
+    files: &[std::path::PathBuf],
+    query: &str,
+    epsilon: &str,
+) -> std::process::Output {
     let manifest = dir.join("manifest.toml");
     std::fs::write(&manifest, MANIFEST).unwrap();
     let mut command = Command::new(env!("CARGO_BIN_EXE_cohortex"));
@@ -57,7 +62,14 @@ fn local(dir: &Path, files: &[std::path::PathBuf], query: &str) -> std::process:
     command
         .arg("--schema")
         .arg(&manifest)
-        .args(["--query", query, "--json", "--state-dir"])
+        .args([
+            "--query",
+            query,
+            "--epsilon",
+            epsilon,
+            "--json",
+            "--state-dir",
+        ])
         .arg(dir.join("state"))
         .env("HOME", std::env::temp_dir().join("cohortex-test-home"))
         .output()
@@ -72,6 +84,9 @@ fn local_federation_json_matches_the_plaintext_answer() {
         dir.path(),
         &files,
         "SELECT sex, COUNT(*), AVG(sbp) FROM patients WHERE age >= 30 GROUP BY sex",
+        // ε = 1000: count noise is zero but with probability about e^−250, sum noise a few
+        // fixed-point units, so the answer can be compared with the plaintext one.
+        "1000",
     );
     assert!(
         output.status.success(),
@@ -84,6 +99,7 @@ fn local_federation_json_matches_the_plaintext_answer() {
         serde_json::json!(["sex", "count(*)", "avg(sbp)"])
     );
     assert_eq!(json["receipt"]["verified"], serde_json::json!(true));
+    assert_eq!(json["epsilon_spent"], serde_json::json!(1000.0));
     assert_eq!(json["receipt"]["id"].as_str().unwrap().len(), 64);
     for (row, sex) in json["rows"]
         .as_array()
@@ -100,7 +116,7 @@ fn local_federation_json_matches_the_plaintext_answer() {
         assert_eq!(row[1].as_f64().unwrap(), values.len() as f64);
         let mean = values.iter().sum::<f64>() / values.len() as f64;
         assert!(
-            (row[2].as_f64().unwrap() - mean).abs() < 1e-9,
+            (row[2].as_f64().unwrap() - mean).abs() < 0.01,
             "{} vs {mean}",
             row[2]
         );
@@ -122,11 +138,28 @@ fn local_federation_json_matches_the_plaintext_answer() {
 fn local_with_a_row_level_query_says_what_to_fix() {
     let dir = tempfile::tempdir().unwrap();
     let (files, _) = write_inputs(dir.path());
-    let output = local(dir.path(), &files[..1], "SELECT * FROM patients");
+    let output = local(dir.path(), &files[..1], "SELECT * FROM patients", "1");
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.contains("--query") && stderr.contains("row-level"),
         "{stderr}"
     );
+}
+
+#[test]
+fn local_with_a_bad_epsilon_says_what_to_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let (files, _) = write_inputs(dir.path());
+    for bad in ["0", "-1", "lots", "NaN"] {
+        let output = local(
+            dir.path(),
+            &files[..1],
+            "SELECT COUNT(*) FROM patients",
+            bad,
+        );
+        assert!(!output.status.success(), "--epsilon {bad} was accepted");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("--epsilon"), "--epsilon {bad}: {stderr}");
+    }
 }

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::plan::{Aggregate, AggregateInputs, Output, QueryPlan};
 
 /// A cell of the answer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(untagged)]
 pub enum Cell {
     /// A number.
@@ -28,6 +28,23 @@ pub enum Cell {
     Text(String),
     /// Undefined for this cell.
     Null,
+    /// Withheld: the cell's noisy count is below the listing's minimum cohort.
+    #[serde(skip_deserializing)]
+    Suppressed,
+}
+
+/// What JSON output shows for a suppressed cell.
+pub const SUPPRESSED: &str = "suppressed";
+
+impl Serialize for Cell {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Cell::Number(x) => serializer.serialize_f64(*x),
+            Cell::Text(text) => serializer.serialize_str(text),
+            Cell::Null => serializer.serialize_none(),
+            Cell::Suppressed => serializer.serialize_str(SUPPRESSED),
+        }
+    }
 }
 
 impl Cell {
@@ -47,6 +64,7 @@ impl std::fmt::Display for Cell {
             Cell::Number(x) => write!(f, "{x:.4}"),
             Cell::Text(text) => f.write_str(text),
             Cell::Null => f.write_str("—"),
+            Cell::Suppressed => f.write_str(SUPPRESSED),
         }
     }
 }
@@ -102,6 +120,38 @@ pub fn combine(plan: &QueryPlan, totals: &[i128]) -> Result<QueryAnswer, Combine
     if let Some((slot, &value)) = totals.iter().enumerate().find(|(_, &value)| value < 0) {
         return Err(CombineError::Negative { slot, value });
     }
+    Ok(combine_cells(plan, totals, &vec![false; plan.cells()]))
+}
+
+/// Combines a differentially private release: `totals[s]` is `None` for a slot that was not
+/// released, and `suppressed[c]` marks the cells withheld for the minimum cohort. Noise can
+/// make a total negative; totals are clamped at 0 first (post-processing, which costs no
+/// privacy), and an aggregate the noisy totals leave undefined is NULL.
+pub fn combine_release(
+    plan: &QueryPlan,
+    totals: &[Option<i128>],
+    suppressed: &[bool],
+) -> Result<QueryAnswer, CombineError> {
+    if totals.len() != plan.vector_len() {
+        return Err(CombineError::Length {
+            got: totals.len(),
+            expected: plan.vector_len(),
+        });
+    }
+    if suppressed.len() != plan.cells() {
+        return Err(CombineError::Length {
+            got: suppressed.len(),
+            expected: plan.cells(),
+        });
+    }
+    let clamped: Vec<i128> = totals
+        .iter()
+        .map(|total| total.unwrap_or(0).max(0))
+        .collect();
+    Ok(combine_cells(plan, &clamped, suppressed))
+}
+
+fn combine_cells(plan: &QueryPlan, totals: &[i128], suppressed: &[bool]) -> QueryAnswer {
     let columns = plan
         .outputs
         .iter()
@@ -116,6 +166,7 @@ pub fn combine(plan: &QueryPlan, totals: &[i128]) -> Result<QueryAnswer, Combine
             .iter()
             .map(|output| match output {
                 Output::Group { key, .. } => Cell::Text(plan.groups[*key].label(keys[*key])),
+                Output::Aggregate { .. } if suppressed[cell] => Cell::Suppressed,
                 Output::Aggregate {
                     function,
                     arguments,
@@ -126,11 +177,11 @@ pub fn combine(plan: &QueryPlan, totals: &[i128]) -> Result<QueryAnswer, Combine
             .collect();
         rows.push(row);
     }
-    Ok(QueryAnswer {
+    QueryAnswer {
         columns,
         rows,
         participants: u64::try_from(totals[0]).unwrap_or(u64::MAX),
-    })
+    }
 }
 
 fn aggregate(
@@ -170,8 +221,11 @@ fn aggregate(
                 return Cell::Null;
             }
             let numerator = n * read(inputs.squares_y) - sum_y * sum_y;
+            // Exact totals never give a negative numerator; noisy ones can, and a variance is
+            // never below 0 (clamping is post-processing).
             let variance =
-                numerator as f64 / denominator as f64 / (y_codec.scale() * y_codec.scale());
+                (numerator as f64 / denominator as f64 / (y_codec.scale() * y_codec.scale()))
+                    .max(0.0);
             match function {
                 Aggregate::VarSamp | Aggregate::VarPop => number(variance),
                 _ => number(variance.max(0.0).sqrt()),
@@ -194,7 +248,11 @@ fn aggregate(
                 }
                 Aggregate::CovarPop if n >= 1 => number(cross as f64 / (n * n) as f64 / scales),
                 Aggregate::Corr if spread_x > 0 && spread_y > 0 => {
-                    number(cross as f64 / ((spread_x as f64).sqrt() * (spread_y as f64).sqrt()))
+                    // Noise can push the estimate outside [−1, 1]; a correlation never is.
+                    number(
+                        (cross as f64 / ((spread_x as f64).sqrt() * (spread_y as f64).sqrt()))
+                            .clamp(-1.0, 1.0),
+                    )
                 }
                 Aggregate::RegrSlope | Aggregate::RegrIntercept if spread_x > 0 => {
                     let slope = cross as f64 / spread_x as f64 * x_codec.scale() / y_codec.scale();

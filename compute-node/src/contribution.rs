@@ -20,7 +20,7 @@ use crate::evaluate::Statistics;
 use crate::plan::QueryPlan;
 
 /// Errors building or checking a contribution.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ContributionError {
     /// The statistics do not fit the plan.
     #[error("statistics have {got} slots, the plan needs {expected}")]
@@ -77,6 +77,52 @@ fn complement(ciphertext: &Ciphertext, bound: u64) -> Ciphertext {
     }
 }
 
+/// Encrypts `values` under `key` and proves, in one aggregated range proof bound to
+/// `context`, that each lies in [0, its bound]: both vᵢ and Bᵢ − vᵢ are proven in [0, 2ⁿ).
+pub fn encrypt_bounded<R: RngCore + CryptoRng>(
+    context: &ProofContext,
+    key: &PublicKey,
+    values: &[u64],
+    bounds: &[u64],
+    rng: &mut R,
+) -> Result<(Vec<Ciphertext>, CiphertextRangeProof), ContributionError> {
+    if values.len() != bounds.len() {
+        return Err(ContributionError::Length {
+            got: values.len(),
+            expected: bounds.len(),
+        });
+    }
+    for (slot, (&value, &bound)) in values.iter().zip(bounds).enumerate() {
+        if value > bound {
+            return Err(ContributionError::OutOfBounds { slot, value, bound });
+        }
+    }
+    let mut ciphertexts = Vec::with_capacity(values.len());
+    let mut openings = Vec::with_capacity(2 * values.len());
+    for &value in values {
+        let (ciphertext, opening) = key.encrypt_with_opening(Scalar::from(value), rng);
+        ciphertexts.push(ciphertext);
+        openings.push(opening);
+    }
+    let mut proven = ciphertexts.clone();
+    for (slot, (ciphertext, &bound)) in ciphertexts.iter().zip(bounds).enumerate() {
+        proven.push(complement(ciphertext, bound));
+        openings.push(Opening {
+            message: Scalar::from(bound - values[slot]),
+            randomness: -openings[slot].randomness,
+        });
+    }
+    let proof = CiphertextRangeProof::prove_with_rng(
+        context,
+        key,
+        proof_bits(bounds),
+        &proven,
+        &openings,
+        rng,
+    )?;
+    Ok((ciphertexts, proof))
+}
+
 /// Encrypts and proves a node's statistics.
 pub fn build_contribution<R: RngCore + CryptoRng>(
     context: &ProofContext,
@@ -96,34 +142,8 @@ pub fn build_contribution<R: RngCore + CryptoRng>(
     let bounds = plan
         .slot_bounds(capacity)
         .ok_or(ContributionError::Unbounded { capacity })?;
-    for (slot, (&value, &bound)) in statistics.values.iter().zip(&bounds).enumerate() {
-        if value > bound {
-            return Err(ContributionError::OutOfBounds { slot, value, bound });
-        }
-    }
-    let mut ciphertexts = Vec::with_capacity(expected);
-    let mut openings = Vec::with_capacity(2 * expected);
-    for &value in &statistics.values {
-        let (ciphertext, opening) = collective_key.encrypt_with_opening(Scalar::from(value), rng);
-        ciphertexts.push(ciphertext);
-        openings.push(opening);
-    }
-    let mut proven = ciphertexts.clone();
-    for (slot, (ciphertext, &bound)) in ciphertexts.iter().zip(&bounds).enumerate() {
-        proven.push(complement(ciphertext, bound));
-        openings.push(Opening {
-            message: Scalar::from(bound - statistics.values[slot]),
-            randomness: -openings[slot].randomness,
-        });
-    }
-    let proof = CiphertextRangeProof::prove_with_rng(
-        context,
-        collective_key,
-        proof_bits(&bounds),
-        &proven,
-        &openings,
-        rng,
-    )?;
+    let (ciphertexts, proof) =
+        encrypt_bounded(context, collective_key, &statistics.values, &bounds, rng)?;
     Ok(Contribution { ciphertexts, proof })
 }
 
@@ -137,66 +157,74 @@ pub struct ContributionStatement<'a> {
     pub contribution: &'a Contribution,
 }
 
-/// The ciphertexts a contribution's proof covers, after checking the shape against the plan.
+/// One statement of [`verify_bounded`]: ciphertexts claimed to lie in [0, bound] each.
+pub struct BoundedStatement<'a> {
+    /// The context the proof is bound to.
+    pub context: &'a ProofContext,
+    /// The ciphertexts.
+    pub ciphertexts: &'a [Ciphertext],
+    /// Their public bounds.
+    pub bounds: Vec<u64>,
+    /// The proof.
+    pub proof: &'a CiphertextRangeProof,
+}
+
+/// The ciphertexts a bounded statement's proof covers, after checking its shape.
 fn proven_ciphertexts(
-    plan: &QueryPlan,
-    capacity: u64,
-    contribution: &Contribution,
-) -> Result<(Vec<Ciphertext>, usize), ContributionError> {
-    let expected = plan.vector_len();
-    if contribution.ciphertexts.len() != expected {
+    statement: &BoundedStatement<'_>,
+) -> Result<Vec<Ciphertext>, ContributionError> {
+    if statement.ciphertexts.len() != statement.bounds.len() {
         return Err(ContributionError::Length {
-            got: contribution.ciphertexts.len(),
-            expected,
+            got: statement.ciphertexts.len(),
+            expected: statement.bounds.len(),
         });
     }
-    let bounds = plan
-        .slot_bounds(capacity)
-        .ok_or(ContributionError::Unbounded { capacity })?;
-    let bits = proof_bits(&bounds);
-    if contribution.proof.bits() != bits {
+    let bits = proof_bits(&statement.bounds);
+    if statement.proof.bits() != bits {
         return Err(ContributionError::Proof(ProofError::Malformed {
             proof: "contribution",
             reason: format!(
-                "proof is for {} bits, the plan's bounds need {bits}",
-                contribution.proof.bits()
+                "proof is for {} bits, the bounds need {bits}",
+                statement.proof.bits()
             ),
         }));
     }
-    let mut proven = contribution.ciphertexts.clone();
+    let mut proven = statement.ciphertexts.to_vec();
     proven.extend(
-        contribution
+        statement
             .ciphertexts
             .iter()
-            .zip(&bounds)
+            .zip(&statement.bounds)
             .map(|(ciphertext, &bound)| complement(ciphertext, bound)),
     );
-    Ok((proven, bits))
+    Ok(proven)
 }
 
-/// Verifies many nodes' contributions in one batch. On failure, returns the positions (in
-/// `statements`) of the contributions that do not verify, each with its reason.
-pub fn verify_contributions<R: RngCore + CryptoRng>(
-    collective_key: &PublicKey,
-    plan: &QueryPlan,
-    statements: &[ContributionStatement<'_>],
+/// Verifies many bounded statements in one batch (an `Err` entry is reported as it is). On
+/// failure, returns the positions of the statements that do not verify, each with its reason.
+pub fn verify_bounded<R: RngCore + CryptoRng>(
+    key: &PublicKey,
+    statements: &[Result<BoundedStatement<'_>, ContributionError>],
     rng: &mut R,
 ) -> Result<(), Vec<(usize, ContributionError)>> {
     let mut failed = Vec::new();
     let mut prepared = Vec::new();
     for (position, statement) in statements.iter().enumerate() {
-        match proven_ciphertexts(plan, statement.capacity, statement.contribution) {
-            Ok((proven, _bits)) => prepared.push((position, proven)),
-            Err(error) => failed.push((position, error)),
+        match statement {
+            Ok(statement) => match proven_ciphertexts(statement) {
+                Ok(proven) => prepared.push((position, statement, proven)),
+                Err(error) => failed.push((position, error)),
+            },
+            Err(error) => failed.push((position, error.clone())),
         }
     }
     let range_statements: Vec<RangeStatement<'_>> = prepared
         .iter()
-        .map(|(position, proven)| RangeStatement {
-            context: statements[*position].context,
-            key: collective_key,
+        .map(|(_, statement, proven)| RangeStatement {
+            context: statement.context,
+            key,
             ciphertexts: proven,
-            proof: &statements[*position].contribution.proof,
+            proof: statement.proof,
         })
         .collect();
     if !range_statements.is_empty() {
@@ -215,7 +243,7 @@ pub fn verify_contributions<R: RngCore + CryptoRng>(
                     }
                 }
                 other => {
-                    for (position, _) in &prepared {
+                    for (position, ..) in &prepared {
                         failed.push((*position, ContributionError::Proof(other.clone())));
                     }
                 }
@@ -228,6 +256,38 @@ pub fn verify_contributions<R: RngCore + CryptoRng>(
         failed.sort_by_key(|(position, _)| *position);
         Err(failed)
     }
+}
+
+/// Verifies many nodes' contributions in one batch. On failure, returns the positions (in
+/// `statements`) of the contributions that do not verify, each with its reason.
+pub fn verify_contributions<R: RngCore + CryptoRng>(
+    collective_key: &PublicKey,
+    plan: &QueryPlan,
+    statements: &[ContributionStatement<'_>],
+    rng: &mut R,
+) -> Result<(), Vec<(usize, ContributionError)>> {
+    let bounded: Vec<Result<BoundedStatement<'_>, ContributionError>> = statements
+        .iter()
+        .map(|statement| {
+            let capacity = statement.capacity;
+            let bounds = plan
+                .slot_bounds(capacity)
+                .ok_or(ContributionError::Unbounded { capacity })?;
+            if statement.contribution.ciphertexts.len() != plan.vector_len() {
+                return Err(ContributionError::Length {
+                    got: statement.contribution.ciphertexts.len(),
+                    expected: plan.vector_len(),
+                });
+            }
+            Ok(BoundedStatement {
+                context: statement.context,
+                ciphertexts: &statement.contribution.ciphertexts,
+                bounds,
+                proof: &statement.contribution.proof,
+            })
+        })
+        .collect();
+    verify_bounded(collective_key, &bounded, rng)
 }
 
 /// Sums verified contributions slot by slot, homomorphically.

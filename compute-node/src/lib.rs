@@ -18,9 +18,11 @@
 
 pub mod combine;
 pub mod contribution;
+pub mod dp;
 pub mod evaluate;
 pub mod fhir;
 pub mod ingest;
+pub mod noise;
 pub mod plan;
 pub mod record;
 pub mod schema;

@@ -11,7 +11,9 @@ use cohortex_proto::v1::{
     GetOrderRequest, GetReceiptRequest, OrderQueryRequest, OrderState, OrderStatus,
     SignedTransaction,
 };
-use compute_node::{combine, QueryAnswer, QueryPlan};
+use compute_node::combine::combine_release;
+use compute_node::noise::{count_slots, public_count_secret};
+use compute_node::{QueryAnswer, QueryPlan};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use market::server::auth::{signed_request, unix_now};
 use market::{
@@ -125,8 +127,12 @@ impl Buyer {
                 result_key: self.result_keys.public.to_bytes(),
             })
             .await;
-        if response.is_err() {
-            // A refused order used no nonce on the ledger.
+        let reused = response.as_ref().map_or(false, |answer| {
+            answer.get_ref().answered_from_earlier_release
+        });
+        if response.is_err() || reused {
+            // A refused order, or a repeat answered from an earlier release, used no nonce on
+            // the ledger.
             self.next_nonce.fetch_sub(1, Ordering::SeqCst);
         }
         let order_id = response?.into_inner().order_id;
@@ -168,17 +174,33 @@ impl Buyer {
         table: &DecryptionTable,
     ) -> anyhow::Result<QueryAnswer> {
         let plan: QueryPlan = serde_json::from_str(&status.plan).context("order plan")?;
+        let counts = count_slots(&plan);
+        let public = public_count_secret();
         let mut totals = Vec::with_capacity(status.result.len());
-        for bytes in &status.result {
+        for (slot, bytes) in status.result.iter().enumerate() {
+            if bytes.is_empty() {
+                // A slot of a suppressed cell.
+                totals.push(None);
+                continue;
+            }
             let ciphertext = Ciphertext::from_bytes(bytes).context("result ciphertext")?;
-            totals.push(i128::from(
-                self.result_keys
-                    .secret
-                    .decrypt(&ciphertext, table)
+            // Count slots were released to the public count key, the rest to this buyer.
+            let key = if counts.contains(&slot) {
+                &public
+            } else {
+                &self.result_keys.secret
+            };
+            totals.push(Some(i128::from(
+                key.decrypt(&ciphertext, table)
                     .context("decrypting the result")?,
-            ));
+            )));
         }
-        combine(&plan, &totals).context("combining the result")
+        let suppressed = if status.suppressed.is_empty() {
+            vec![false; plan.cells()]
+        } else {
+            status.suppressed.clone()
+        };
+        combine_release(&plan, &totals, &suppressed).context("combining the result")
     }
 
     /// Fetches a receipt and verifies it offline against the ledger's key.

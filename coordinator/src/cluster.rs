@@ -81,6 +81,8 @@ pub struct ClusterOptions {
     pub threshold: u16,
     /// Each listing's total ε budget, in micro-ε.
     pub epsilon_budget_micro: u64,
+    /// Further purposes every listing allows (patients consent to `purpose` only).
+    pub extra_purposes: Vec<Purpose>,
 }
 
 /// A started node.
@@ -272,7 +274,9 @@ impl Cluster {
             // The node publishes its listing through the Market service.
             let terms = ListingTerms {
                 price_per_query: setup.price_per_query,
-                allowed_purposes: [options.purpose].into(),
+                allowed_purposes: std::iter::once(options.purpose)
+                    .chain(options.extra_purposes.iter().copied())
+                    .collect(),
                 min_cohort_size: setup.min_cohort_size,
                 epsilon_budget_micro: options.epsilon_budget_micro,
                 compensation: if setup.donation {

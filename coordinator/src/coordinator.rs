@@ -7,17 +7,27 @@
 //! refunds orders. It never holds a key share and never sees a plaintext statistic: it only
 //! handles ciphertexts under the collective key and, after key switching, under the buyer's.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::OnceLock;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cohortex_proto::v1::compute_client::ComputeClient;
 use cohortex_proto::v1::{
-    ContributeRequest, DkgDealRequest, DkgFinishRequest, DkgJustifyRequest, DkgPeer,
-    DkgReceiveRequest, KeySwitchRequest, NodeReport, OrderState,
+    AddNoiseRequest, AddNoiseResponse, ContributeRequest, ContributionRecord, DkgDealRequest,
+    DkgFinishRequest, DkgJustifyRequest, DkgPeer, DkgReceiveRequest, KeySwitchPhase,
+    KeySwitchRequest, KeySwitchResponse, NodeReport, OrderState,
 };
 use compute_node::contribution::{sum_contributions, Contribution, ContributionStatement};
-use compute_node::server::{contribution_context, methods, release_context};
+use compute_node::dp::calibrate;
+use compute_node::noise::{
+    apply_noise, count_slots, public_count_key, public_count_secret, released_value_slots,
+    suppressed_cells, NoiseShare,
+};
+use compute_node::server::{
+    contribution_context, counts_context, decode_noise_share, encode_noise_share, methods,
+    release_context,
+};
 use compute_node::{compile, verify_contributions, QueryPlan, Schema};
 use ed25519_dalek::SigningKey;
 use market::hash::tagged_hash;
@@ -31,16 +41,11 @@ use rand::RngCore;
 use tonic::transport::Channel;
 use tonic::Status;
 use zk::{
-    Ciphertext, CiphertextRangeProof, CommitteePublic, KeySwitchShare, MemberIndex, PublicKey, Wire,
+    BsgsConfig, Ciphertext, CiphertextRangeProof, CommitteePublic, DecryptionTable, KeySwitchShare,
+    MemberIndex, PublicKey, Wire,
 };
 
-/// Domain label of query hashes (the order's `query_hash` is this hash of the SQL text).
-pub const LABEL_QUERY: &str = "cohortex/market/query/v1";
-
-/// The hash an order carries for its SQL text.
-pub fn query_hash(sql: &str) -> Hash32 {
-    tagged_hash(LABEL_QUERY, &[sql.as_bytes()])
-}
+pub use market::hash::{query_hash, LABEL_QUERY};
 
 /// Domain label of manifest hashes (a listing's `schema_hash`).
 pub const LABEL_MANIFEST: &str = "cohortex/market/manifest/v1";
@@ -89,7 +94,38 @@ pub struct OrderRecord {
     pub receipt: Option<TxId>,
     /// Committee members whose shares were combined.
     pub committee_used: Vec<u32>,
+    /// ε the release spent per listing, micro-ε.
+    pub epsilon_micro: u64,
+    /// Committee members whose noise the release includes.
+    pub noise_members: Vec<u32>,
+    /// Per cell: withheld for the minimum cohort.
+    pub suppressed: Vec<bool>,
+    /// What identifies a repeat of this order (see [`Coordinator::earlier_release`]).
+    pub identity: ReleaseIdentity,
+    /// When the order completed (Unix seconds).
+    pub completed_at: Option<u64>,
 }
+
+/// What makes two orders the same query: the buyer, the SQL's hash, the listings, the
+/// purpose, ε and the key the result is encrypted to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReleaseIdentity {
+    /// The buyer.
+    pub buyer: AccountId,
+    /// Hash of the SQL text.
+    pub query_hash: Hash32,
+    /// The listings, in order.
+    pub listings: Vec<ListingId>,
+    /// The purpose.
+    pub purpose: Purpose,
+    /// ε per listing, micro-ε.
+    pub epsilon_micro: u64,
+    /// The result key, encoded.
+    pub result_key: Vec<u8>,
+}
+
+/// How long a completed release answers identical repeat orders.
+pub const RELEASE_REUSE_SECONDS: u64 = 24 * 3600;
 
 /// The coordinator.
 pub struct Coordinator {
@@ -100,6 +136,9 @@ pub struct Coordinator {
     listings: Mutex<BTreeMap<String, ListingInfo>>,
     committee: Mutex<Option<Committee>>,
     orders: Mutex<BTreeMap<TxId, OrderRecord>>,
+    /// Members whose noise shares are left out of every release (test hook, see
+    /// [`Coordinator::withhold_noise_of`]).
+    withheld_noise: Mutex<BTreeSet<u16>>,
     /// How long a node may take to contribute or key-switch.
     pub node_timeout: Duration,
 }
@@ -130,8 +169,82 @@ impl Coordinator {
             listings: Mutex::new(BTreeMap::new()),
             committee: Mutex::new(None),
             orders: Mutex::new(BTreeMap::new()),
+            withheld_noise: Mutex::new(BTreeSet::new()),
             node_timeout: Duration::from_secs(120),
         }
+    }
+
+    /// Leaves these members' noise shares out of every later release, as a coordinator
+    /// colluding with them would. For attack tests: the release must keep its ε as long as
+    /// one honest member's share remains (members refuse to key-switch without their own).
+    pub fn withhold_noise_of(&self, members: &[u16]) -> Result<(), Status> {
+        *self.withheld_noise.lock().map_err(|_| poisoned())? = members.iter().copied().collect();
+        Ok(())
+    }
+
+    /// The largest minimum cohort among `listings`' terms on the ledger.
+    async fn min_cohort(&self, listings: &[ListingId]) -> Result<u64, String> {
+        let listings = listings.to_vec();
+        read_ledger(&self.ledger, move |ledger| {
+            Ok(listings
+                .iter()
+                .filter_map(|id| ledger.state().listing(id))
+                .map(|listing| u64::from(listing.terms.min_cohort_size))
+                .max()
+                .unwrap_or(0))
+        })
+        .await
+        .map_err(|status| status.message().to_string())
+    }
+
+    /// Asks every committee member for its noise share.
+    async fn add_noise_round(
+        &self,
+        committee: &Committee,
+        request: AddNoiseRequest,
+    ) -> Vec<(MemberIndex, Result<AddNoiseResponse, Status>)> {
+        let mut tasks = tokio::task::JoinSet::new();
+        for (member, endpoint) in committee.members.clone() {
+            let signed = signed_request(&self.account, methods::ADD_NOISE, request.clone());
+            let timeout = self.node_timeout;
+            tasks.spawn(async move {
+                let answer = async {
+                    let mut client = connect(&endpoint).await?;
+                    tokio::time::timeout(timeout, client.add_noise(signed))
+                        .await
+                        .map_err(|_| Status::deadline_exceeded("member did not answer in time"))?
+                        .map(tonic::Response::into_inner)
+                }
+                .await;
+                (member, answer)
+            });
+        }
+        collect(tasks).await
+    }
+
+    /// Asks every committee member for a key-switch share.
+    async fn key_switch_round(
+        &self,
+        committee: &Committee,
+        request: KeySwitchRequest,
+    ) -> Vec<(MemberIndex, Result<KeySwitchResponse, Status>)> {
+        let mut tasks = tokio::task::JoinSet::new();
+        for (member, endpoint) in committee.members.clone() {
+            let signed = signed_request(&self.account, methods::KEY_SWITCH, request.clone());
+            let timeout = self.node_timeout;
+            tasks.spawn(async move {
+                let answer = async {
+                    let mut client = connect(&endpoint).await?;
+                    tokio::time::timeout(timeout, client.key_switch(signed))
+                        .await
+                        .map_err(|_| Status::deadline_exceeded("member did not answer in time"))?
+                        .map(tonic::Response::into_inner)
+                }
+                .await;
+                (member, answer)
+            });
+        }
+        collect(tasks).await
     }
 
     /// The coordinator's account.
@@ -171,6 +284,23 @@ impl Coordinator {
     /// The committee, once the key ceremony has run.
     pub fn committee(&self) -> Result<Option<Committee>, Status> {
         Ok(self.committee.lock().map_err(|_| poisoned())?.clone())
+    }
+
+    /// The most recent completed order with this identity, completed within
+    /// [`RELEASE_REUSE_SECONDS`] of `now`: a repeat is answered from its release.
+    pub fn earlier_release(
+        &self,
+        identity: &ReleaseIdentity,
+        now: u64,
+    ) -> Result<Option<TxId>, Status> {
+        let orders = self.orders.lock().map_err(|_| poisoned())?;
+        Ok(orders
+            .iter()
+            .filter(|(_, record)| &record.identity == identity)
+            .filter_map(|(id, record)| record.completed_at.map(|at| (at, *id)))
+            .filter(|(at, _)| now.saturating_sub(*at) <= RELEASE_REUSE_SECONDS)
+            .max_by_key(|(at, _)| *at)
+            .map(|(_, id)| id))
     }
 
     /// An order's record.
@@ -312,6 +442,14 @@ impl Coordinator {
     ) -> Result<(), Status> {
         let plan_json = serde_json::to_string(&plan)
             .map_err(|error| Status::internal(format!("plan: {error}")))?;
+        let identity = ReleaseIdentity {
+            buyer,
+            query_hash: query_hash(&sql),
+            listings: listings.clone(),
+            purpose,
+            epsilon_micro,
+            result_key: result_key.to_bytes(),
+        };
         self.orders.lock().map_err(|_| poisoned())?.insert(
             order,
             OrderRecord {
@@ -323,6 +461,11 @@ impl Coordinator {
                 result: Vec::new(),
                 receipt: None,
                 committee_used: Vec::new(),
+                epsilon_micro,
+                noise_members: Vec::new(),
+                suppressed: Vec::new(),
+                identity,
+                completed_at: None,
             },
         );
         let coordinator = Arc::clone(self);
@@ -494,7 +637,8 @@ impl Coordinator {
             ));
         }
 
-        // 3. Sum and key-switch to the buyer with any t committee members.
+        // 3. Every committee member verifies the contributions, fixes their sum and adds its
+        //    share of the noise under encryption; at least t shares are needed.
         let accepted: Vec<&Contribution> = decoded
             .iter()
             .enumerate()
@@ -502,62 +646,162 @@ impl Coordinator {
             .map(|(_, (_, contribution, _, _))| contribution)
             .collect();
         let summed = sum_contributions(&accepted);
-        let summed_bytes: Vec<Vec<u8>> = summed.iter().map(Wire::to_bytes).collect();
-        let mut share_tasks = tokio::task::JoinSet::new();
-        for (member, endpoint) in committee.members.clone() {
-            let request = KeySwitchRequest {
-                order_id: order_bytes.clone(),
-                ciphertexts: summed_bytes.clone(),
-                recipient: result_key.to_bytes(),
-            };
-            let signed = signed_request(&self.account, methods::KEY_SWITCH, request);
-            let timeout = self.node_timeout;
-            share_tasks.spawn(async move {
-                let answer = async {
-                    let mut client = connect(&endpoint).await?;
-                    tokio::time::timeout(timeout, client.key_switch(signed))
-                        .await
-                        .map_err(|_| Status::deadline_exceeded("member did not answer in time"))?
-                        .map(tonic::Response::into_inner)
-                }
-                .await;
-                (member, answer)
-            });
-        }
-        let mut shares = Vec::new();
+        let records: Vec<ContributionRecord> = decoded
+            .iter()
+            .map(|(position, contribution, capacity, _)| ContributionRecord {
+                listing: listings[*position].0.clone(),
+                capacity: *capacity,
+                ciphertexts: contribution
+                    .ciphertexts
+                    .iter()
+                    .map(Wire::to_bytes)
+                    .collect(),
+                proof: contribution.proof.to_bytes(),
+            })
+            .collect();
+        let calibration = calibrate(plan, epsilon_micro).map_err(|error| error.to_string())?;
+        let noise_answers = self
+            .add_noise_round(
+                &committee,
+                AddNoiseRequest {
+                    order_id: order_bytes.clone(),
+                    sql: sql.to_string(),
+                    contributions: records,
+                },
+            )
+            .await;
+        let mut noise: Vec<NoiseShare> = Vec::new();
         let mut absent = Vec::new();
-        while let Some(joined) = share_tasks.join_next().await {
-            let (member, answer) =
-                joined.map_err(|error| format!("key-switch task failed: {error}"))?;
+        for (member, answer) in noise_answers {
             match answer.and_then(|response| {
-                KeySwitchShare::from_bytes(&response.share)
-                    .map_err(|error| Status::invalid_argument(format!("share: {error}")))
+                response
+                    .share
+                    .ok_or_else(|| Status::invalid_argument("share: missing"))
+                    .and_then(|share| decode_noise_share(&share, "share"))
             }) {
-                Ok(share) => shares.push(share),
+                Ok(share) if share.member == member.get() => noise.push(share),
+                Ok(_) => absent.push(format!(
+                    "member {}: share names another member",
+                    member.get()
+                )),
                 Err(status) => {
                     absent.push(format!("member {}: {}", member.get(), status.message()))
                 }
             }
         }
-        let context =
-            release_context(&order_bytes).map_err(|status| status.message().to_string())?;
-        let switched = committee
+        let threshold = usize::from(committee.public.threshold());
+        if noise.len() < threshold {
+            return Err(format!(
+                "only {} of the {threshold} committee members needed added noise ({})",
+                noise.len(),
+                absent.join("; ")
+            ));
+        }
+        {
+            // Test hook: a coordinator colluding with members who withhold their noise.
+            let withheld = self.withheld_noise.lock().map_err(|_| "coordinator lock")?;
+            noise.retain(|share| !withheld.contains(&share.member));
+        }
+        noise.sort_by_key(|share| share.member);
+        let noise_members: Vec<u32> = noise.iter().map(|share| u32::from(share.member)).collect();
+        let wire_noise: Vec<_> = noise.iter().map(encode_noise_share).collect();
+        let shares_included: Vec<&NoiseShare> = noise.iter().collect();
+        let noisy = apply_noise(&summed, &shares_included, &calibration);
+
+        // 4. Phase COUNTS: the noisy counts are key-switched to the public count key and
+        //    decrypted; cells below the minimum cohort are suppressed.
+        let counts = count_slots(plan);
+        let count_ciphertexts: Vec<Ciphertext> = counts.iter().map(|&slot| noisy[slot]).collect();
+        let count_answers = self
+            .key_switch_round(
+                &committee,
+                KeySwitchRequest {
+                    order_id: order_bytes.clone(),
+                    recipient: Vec::new(),
+                    phase: KeySwitchPhase::Counts as i32,
+                    noise: wire_noise.clone(),
+                    count_shares: Vec::new(),
+                    noisy_counts: Vec::new(),
+                },
+            )
+            .await;
+        let (count_shares, count_absent) = valid_shares(count_answers);
+        let counts_context =
+            counts_context(&order_bytes).map_err(|status| status.message().to_string())?;
+        let opened = committee
             .public
-            .combine(&context, &summed, result_key, &shares)
+            .combine(
+                &counts_context,
+                &count_ciphertexts,
+                &public_count_key(),
+                &count_shares,
+            )
             .map_err(|error| {
                 format!(
-                    "key switching failed: {error} (threshold {}; {})",
+                    "key switching the counts failed: {error} (threshold {}; {})",
                     committee.public.threshold(),
-                    if absent.is_empty() {
-                        "no member absent".to_string()
-                    } else {
-                        absent.join("; ")
-                    }
+                    describe_absent(&count_absent)
                 )
             })?;
-        let result: Vec<Vec<u8>> = switched.ciphertexts.0.iter().map(Wire::to_bytes).collect();
+        let table = count_table().map_err(|error| format!("count table: {error}"))?;
+        let noisy_counts: Vec<i64> = opened
+            .ciphertexts
+            .iter()
+            .map(|ciphertext| public_count_secret().decrypt(ciphertext, table))
+            .collect::<Result<_, _>>()
+            .map_err(|error| format!("decrypting the noisy counts: {error}"))?;
+        let min_cohort = self.min_cohort(listings).await?;
+        let suppressed = suppressed_cells(plan, &noisy_counts, min_cohort);
+        let value_slots = released_value_slots(plan, &suppressed);
 
-        // 4. Receipt and settlement on the ledger.
+        // 5. Phase VALUES: the other slots of the released cells, to the buyer's key.
+        let mut result: Vec<Vec<u8>> = vec![Vec::new(); plan.vector_len()];
+        let everything_suppressed = suppressed.iter().all(|&hidden| hidden);
+        for (position, &slot) in counts.iter().enumerate() {
+            let cell_hidden = slot != 0 && suppressed[(slot - 1) / plan.statistics.len()];
+            if !(cell_hidden || (slot == 0 && everything_suppressed)) {
+                result[slot] = opened.ciphertexts.0[position].to_bytes();
+            }
+        }
+        let mut used = opened.used.clone();
+        let mut value_shares = Vec::new();
+        if !value_slots.is_empty() {
+            let answers = self
+                .key_switch_round(
+                    &committee,
+                    KeySwitchRequest {
+                        order_id: order_bytes.clone(),
+                        recipient: result_key.to_bytes(),
+                        phase: KeySwitchPhase::Values as i32,
+                        noise: wire_noise.clone(),
+                        count_shares: count_shares.iter().map(Wire::to_bytes).collect(),
+                        noisy_counts: noisy_counts.clone(),
+                    },
+                )
+                .await;
+            let (shares, absent) = valid_shares(answers);
+            let context =
+                release_context(&order_bytes).map_err(|status| status.message().to_string())?;
+            let values: Vec<Ciphertext> = value_slots.iter().map(|&slot| noisy[slot]).collect();
+            let switched = committee
+                .public
+                .combine(&context, &values, result_key, &shares)
+                .map_err(|error| {
+                    format!(
+                        "key switching failed: {error} (threshold {}; {})",
+                        committee.public.threshold(),
+                        describe_absent(&absent)
+                    )
+                })?;
+            for (&slot, ciphertext) in value_slots.iter().zip(switched.ciphertexts.iter()) {
+                result[slot] = ciphertext.to_bytes();
+            }
+            used = switched.used.clone();
+            value_shares = shares;
+        }
+        let shares: Vec<KeySwitchShare> = count_shares.into_iter().chain(value_shares).collect();
+
+        // 6. Receipt and settlement on the ledger.
         let mut contributions_hash = Vec::new();
         let mut proofs_hash = Vec::new();
         for (_, contribution, _, _) in &decoded {
@@ -565,6 +809,12 @@ impl Coordinator {
                 contributions_hash.extend(ciphertext.to_bytes());
             }
             proofs_hash.extend(contribution.proof.to_bytes());
+        }
+        for share in &noise {
+            for ciphertext in &share.ciphertexts {
+                proofs_hash.extend(ciphertext.to_bytes());
+            }
+            proofs_hash.extend(share.proof.to_bytes());
         }
         for share in &shares {
             proofs_hash.extend(share.to_bytes());
@@ -597,25 +847,84 @@ impl Coordinator {
         })
         .await
         .map_err(|status| format!("the ledger refused the settlement: {}", status.message()))?;
-        let used: Vec<u32> = switched
-            .used
-            .iter()
-            .map(|member| u32::from(member.get()))
-            .collect();
+        let used: Vec<u32> = used.iter().map(|member| u32::from(member.get())).collect();
+        let hidden = suppressed.iter().filter(|&&hidden| hidden).count();
         self.update_order(order, |record| {
             record.state = OrderState::Completed;
             record.message = format!(
-                "computed by {} listing(s); key-switched by members {:?}; receipt recorded and escrow settled",
+                "computed by {} listing(s); noise added by members {:?} (ε = {}); key-switched by members {:?}; {hidden} of {} cell(s) suppressed below the minimum cohort of {min_cohort}; receipt recorded and escrow settled",
                 listings.len(),
-                used
+                noise_members,
+                epsilon_micro as f64 / 1e6,
+                used,
+                suppressed.len(),
             );
             record.result = result;
             record.receipt = Some(recorded.tx_id);
             record.committee_used = used.clone();
+            record.epsilon_micro = epsilon_micro;
+            record.noise_members = noise_members.clone();
+            record.suppressed = suppressed.clone();
+            record.completed_at = Some(market::server::auth::unix_now());
         })
         .map_err(|status| status.message().to_string())?;
         Ok(())
     }
+}
+
+async fn collect<T: 'static>(
+    mut tasks: tokio::task::JoinSet<(MemberIndex, Result<T, Status>)>,
+) -> Vec<(MemberIndex, Result<T, Status>)> {
+    let mut answers = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(answer) => answers.push(answer),
+            Err(error) => tracing::warn!(%error, "committee task failed"),
+        }
+    }
+    answers.sort_by_key(|(member, _)| member.get());
+    answers
+}
+
+/// The decodable key-switch shares of a round, and a line per member that gave none.
+fn valid_shares(
+    answers: Vec<(MemberIndex, Result<KeySwitchResponse, Status>)>,
+) -> (Vec<KeySwitchShare>, Vec<String>) {
+    let mut shares = Vec::new();
+    let mut absent = Vec::new();
+    for (member, answer) in answers {
+        match answer.and_then(|response| {
+            KeySwitchShare::from_bytes(&response.share)
+                .map_err(|error| Status::invalid_argument(format!("share: {error}")))
+        }) {
+            Ok(share) => shares.push(share),
+            Err(status) => absent.push(format!("member {}: {}", member.get(), status.message())),
+        }
+    }
+    (shares, absent)
+}
+
+fn describe_absent(absent: &[String]) -> String {
+    if absent.is_empty() {
+        "no member absent".to_string()
+    } else {
+        absent.join("; ")
+    }
+}
+
+/// A small decryption table for noisy counts (at most a few million, plus noise).
+fn count_table() -> Result<&'static DecryptionTable, String> {
+    static TABLE: OnceLock<Result<DecryptionTable, String>> = OnceLock::new();
+    TABLE
+        .get_or_init(|| {
+            DecryptionTable::build(BsgsConfig {
+                table_bits: 16,
+                max_abs: 1 << 40,
+            })
+            .map_err(|error| error.to_string())
+        })
+        .as_ref()
+        .map_err(Clone::clone)
 }
 
 fn decode_contribution(

@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod coordinator;
 pub mod market_service;
 pub mod serve;
+pub mod standalone;
 
 pub use buyer::{Buyer, Release};
 pub use cluster::{Cluster, ClusterOptions, NodeSetup, PatientEnrolment, Payout};

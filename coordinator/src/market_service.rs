@@ -19,7 +19,9 @@ use market::{Action, Compensation, TxBody, TxId};
 use tonic::{Request, Response, Status};
 use zk::{PublicKey, Wire};
 
-use crate::coordinator::{compile_for, manifest_hash, query_hash, Coordinator, ListingInfo};
+use crate::coordinator::{
+    compile_for, manifest_hash, query_hash, Coordinator, ListingInfo, ReleaseIdentity,
+};
 
 /// Method paths, as signed in requests.
 pub mod methods {
@@ -239,11 +241,49 @@ impl Market for MarketService {
             infos.push(info);
         }
         let plan = compile_for(&message.sql, &infos)?;
+        // The same buyer repeating a recent query: answer from the recorded release, with no
+        // new escrow, no budget and no fresh noise (averaging repeats would defeat the noise).
+        let identity = ReleaseIdentity {
+            buyer: body.signer,
+            query_hash: *ordered_hash,
+            listings: listings.clone(),
+            purpose: *purpose,
+            epsilon_micro: *epsilon_micro,
+            result_key: result_key.to_bytes(),
+        };
+        if let Some(earlier) = self.coordinator.earlier_release(&identity, unix_now())? {
+            tracing::info!(order = %hex::encode(earlier.0.as_bytes()), "repeat order answered from its earlier release");
+            return Ok(Response::new(OrderQueryResponse {
+                order_id: earlier.0.as_bytes().to_vec(),
+                answered_from_earlier_release: true,
+            }));
+        }
         if self.coordinator.committee()?.is_none() {
             return Err(Status::failed_precondition(
                 "the key committee has not been formed yet",
             ));
         }
+        // A purpose the listing allows but too few of its patients consent to would only
+        // compute to a refused receipt: refuse it now, naming the listing.
+        let (wanted, checked) = (*purpose, listings.clone());
+        read_ledger(self.coordinator.ledger(), move |ledger| {
+            let now = ledger.machine().last_time();
+            for listing in &checked {
+                let Some(terms) = ledger.state().listing(listing).map(|l| l.terms.clone()) else {
+                    continue;
+                };
+                let consenting = ledger.state().current_consents(listing, wanted, now).len();
+                if consenting < terms.min_cohort_size as usize {
+                    return Err(Status::failed_precondition(format!(
+                        "purpose: only {consenting} patient(s) of listing {listing} consent to {}; its minimum cohort is {}",
+                        purpose_name(wanted),
+                        terms.min_cohort_size
+                    )));
+                }
+            }
+            Ok(())
+        })
+        .await?;
         // Escrow and ε reservation happen here; a refused order changes nothing.
         let submitted = submit(self.coordinator.ledger(), envelope).await?;
         self.coordinator.start_order(
@@ -258,6 +298,7 @@ impl Market for MarketService {
         )?;
         Ok(Response::new(OrderQueryResponse {
             order_id: submitted.tx_id.0.as_bytes().to_vec(),
+            answered_from_earlier_release: false,
         }))
     }
 
@@ -290,6 +331,9 @@ impl Market for MarketService {
                 .map(|id| id.0.as_bytes().to_vec())
                 .unwrap_or_default(),
             committee_used: record.committee_used,
+            epsilon_micro: record.epsilon_micro,
+            noise_members: record.noise_members,
+            suppressed: record.suppressed,
         }))
     }
 

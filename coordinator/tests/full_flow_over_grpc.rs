@@ -1,150 +1,15 @@
 //! The whole product over real gRPC on loopback: patients consent, nodes list, the buyer
 //! deposits and orders, nodes check consent and contribute encrypted proven statistics, the
-//! coordinator verifies and sums, a 2-of-3 committee key-switches to the buyer, the buyer
-//! decrypts and combines, the receipt goes on the ledger and escrow settles.
+//! coordinator verifies and sums, a 2-of-3 committee adds noise and key-switches to the buyer,
+//! the buyer decrypts and combines, the receipt goes on the ledger and escrow settles.
 
-use cohortex_coordinator::{Buyer, Cluster, ClusterOptions, NodeSetup, PatientEnrolment, Payout};
-use compute_node::fhir::{bundle_to_record, ProvenancePolicy};
-use compute_node::record::Value;
+mod common;
+
+use cohortex_coordinator::Cluster;
+use common::*;
 use compute_node::server::Fault;
-use compute_node::synth::{self, REFERENCE_DATE};
-use compute_node::{Schema, Vault};
+use compute_node::synth;
 use market::{AccountId, Purpose};
-use zk::{BsgsConfig, DecryptionTable};
-
-const PER_NODE: u64 = 150;
-const PRICE: u64 = 1_000;
-const SQL: &str = "SELECT COUNT(*), AVG(hba1c) FROM patients WHERE has_condition('E11') OR has_condition('44054006')";
-
-struct Truth {
-    count: f64,
-    hba1c: Vec<f64>,
-    paying: Vec<AccountId>,
-    donating: usize,
-}
-
-fn consent_of(index: u64) -> Option<Payout> {
-    match index % 5 {
-        0 => None,
-        1 => Some(Payout::Donate),
-        _ => Some(Payout::ToPatient),
-    }
-}
-
-fn setups(faults: [Option<Fault>; 3]) -> (Vec<NodeSetup>, Truth) {
-    let mut truth = Truth {
-        count: 0.0,
-        hba1c: vec![],
-        paying: vec![],
-        donating: 0,
-    };
-    let mut setups = Vec::new();
-    for (node, fault) in faults.into_iter().enumerate() {
-        let mut vault = Vault::new(Schema::fhir());
-        let mut patients = Vec::new();
-        for offset in 0..PER_NODE {
-            let index = node as u64 * PER_NODE + offset;
-            let patient = synth::patient(99, index);
-            let record = bundle_to_record(
-                &patient.to_bundle().to_string(),
-                &REFERENCE_DATE,
-                &ProvenancePolicy::default(),
-            )
-            .unwrap();
-            let consent = consent_of(index);
-            if consent.is_some() {
-                let codes = match &record.values[7] {
-                    Value::Codes(codes) => codes.clone(),
-                    _ => vec![],
-                };
-                if codes
-                    .iter()
-                    .any(|code| code.starts_with("E11") || code == "44054006")
-                {
-                    truth.count += 1.0;
-                    if let Value::Float(x) = record.values[3] {
-                        truth.hba1c.push((x.clamp(3.0, 20.0) * 10.0).round() / 10.0);
-                    }
-                }
-                match consent {
-                    Some(Payout::ToPatient) => truth.paying.push(AccountId::of(&patient.key)),
-                    _ => truth.donating += 1,
-                }
-            }
-            vault.upsert(record).unwrap();
-            patients.push(PatientEnrolment {
-                key: patient.key,
-                consent,
-            });
-        }
-        setups.push(NodeSetup {
-            listing: format!("clinic-{node}"),
-            vault,
-            patients,
-            price_per_query: PRICE,
-            donation: false,
-            min_cohort_size: 1,
-            fault,
-        });
-    }
-    (setups, truth)
-}
-
-async fn start(faults: [Option<Fault>; 3]) -> (tempfile::TempDir, Cluster, Truth) {
-    let dir = tempfile::tempdir().unwrap();
-    let (setups, truth) = setups(faults);
-    let options = ClusterOptions {
-        purpose: Purpose::AcademicResearch,
-        threshold: 2,
-        epsilon_budget_micro: 10_000_000,
-    };
-    let cluster = Cluster::start(dir.path(), setups, &options, |_| {})
-        .await
-        .unwrap();
-    (dir, cluster, truth)
-}
-
-fn listings(cluster: &Cluster) -> Vec<String> {
-    cluster
-        .nodes
-        .iter()
-        .map(|node| node.listing.clone())
-        .collect()
-}
-
-fn table() -> DecryptionTable {
-    DecryptionTable::load_or_build(
-        &std::env::temp_dir().join("cohortex-bsgs-cache"),
-        BsgsConfig::default(),
-    )
-    .unwrap()
-}
-
-async fn balance(cluster: &Cluster, account: AccountId) -> u64 {
-    cluster
-        .coordinator
-        .ledger()
-        .lock()
-        .unwrap()
-        .state()
-        .balance(&account)
-}
-
-fn books_balance(cluster: &Cluster) {
-    let ledger = cluster.coordinator.ledger().lock().unwrap();
-    let state = ledger.state();
-    assert_eq!(
-        u128::from(state.total_issued()),
-        state.total_balances() + state.escrow_held(),
-        "credits are conserved"
-    );
-    drop(ledger);
-    market::audit_database(cluster.ledger_path()).expect("ledger verify passes");
-}
-
-async fn buyer(cluster: &Cluster) -> Buyer {
-    cluster.new_buyer(10 * PRICE).await.unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_flow_matches_the_plaintext_answer_and_settles() {
@@ -155,7 +20,7 @@ async fn full_flow_matches_the_plaintext_answer_and_settles() {
             SQL,
             &listings(&cluster),
             Purpose::AcademicResearch,
-            100_000,
+            EPSILON,
             &table(),
             &cluster.ledger_key,
         )
@@ -164,11 +29,14 @@ async fn full_flow_matches_the_plaintext_answer_and_settles() {
     let row = &release.answer.rows[0];
     assert_eq!(row[0].as_f64(), Some(truth.count));
     let mean = truth.hba1c.iter().sum::<f64>() / truth.hba1c.len() as f64;
+    // Noise on Σ hba1c at ε = 1000: scale 4·170/1000 fixed-point units, so well under 0.01.
     assert!(
-        (row[1].as_f64().unwrap() - mean).abs() < 1e-9,
+        (row[1].as_f64().unwrap() - mean).abs() < 0.01,
         "{:?} vs {mean}",
         row[1]
     );
+    assert_eq!(release.status.epsilon_micro, EPSILON);
+    assert_eq!(release.status.noise_members, vec![1, 2, 3]);
     assert_eq!(
         release.answer.participants,
         (truth.paying.len() + truth.donating) as u64
@@ -216,7 +84,7 @@ async fn one_node_down_at_key_switch_still_completes_with_two_of_three() {
             SQL,
             &listings(&cluster),
             Purpose::AcademicResearch,
-            100_000,
+            EPSILON,
             &table(),
             &cluster.ledger_key,
         )
@@ -240,13 +108,15 @@ async fn two_nodes_down_fails_clearly_and_refunds_the_escrow() {
     .await;
     let buyer = buyer(&cluster).await;
     let order = buyer
-        .order(SQL, &listings(&cluster), Purpose::AcademicResearch, 100_000)
+        .order(SQL, &listings(&cluster), Purpose::AcademicResearch, EPSILON)
         .await
         .unwrap();
     let status = buyer.wait(order).await.unwrap();
     assert_eq!(status.state, cohortex_proto::v1::OrderState::Failed as i32);
     assert!(
-        status.message.contains("key switching failed"),
+        status
+            .message
+            .contains("only 1 of the 2 committee members needed added noise"),
         "{}",
         status.message
     );
@@ -265,7 +135,7 @@ async fn out_of_range_contribution_is_rejected_and_named() {
     let (_dir, cluster, _) = start([None, Some(Fault::InflateAfterProving), None]).await;
     let buyer = buyer(&cluster).await;
     let order = buyer
-        .order(SQL, &listings(&cluster), Purpose::AcademicResearch, 100_000)
+        .order(SQL, &listings(&cluster), Purpose::AcademicResearch, EPSILON)
         .await
         .unwrap();
     let status = buyer.wait(order).await.unwrap();
@@ -293,7 +163,7 @@ async fn proof_for_another_query_is_rejected_and_named() {
     let (_dir, cluster, _) = start([Some(Fault::ProveForAnotherQuery), None, None]).await;
     let buyer = buyer(&cluster).await;
     let order = buyer
-        .order(SQL, &listings(&cluster), Purpose::AcademicResearch, 100_000)
+        .order(SQL, &listings(&cluster), Purpose::AcademicResearch, EPSILON)
         .await
         .unwrap();
     let status = buyer.wait(order).await.unwrap();
@@ -314,7 +184,7 @@ async fn unpaid_order_is_refused_before_anything_runs() {
     let (_dir, cluster, _) = start([None, None, None]).await;
     let poor = cluster.new_buyer(PRICE).await.unwrap();
     let error = poor
-        .order(SQL, &listings(&cluster), Purpose::AcademicResearch, 100_000)
+        .order(SQL, &listings(&cluster), Purpose::AcademicResearch, EPSILON)
         .await
         .unwrap_err();
     assert_eq!(error.code(), tonic::Code::FailedPrecondition, "{error}");
@@ -332,7 +202,7 @@ async fn purpose_the_listings_do_not_allow_is_refused() {
             SQL,
             &listings(&cluster),
             Purpose::CommercialResearch,
-            100_000,
+            EPSILON,
         )
         .await
         .unwrap_err();
@@ -354,7 +224,7 @@ async fn order_status_with_a_forged_signature_is_unauthenticated() {
     let (_dir, cluster, _) = start([None, None, None]).await;
     let buyer = buyer(&cluster).await;
     let order = buyer
-        .order(SQL, &listings(&cluster), Purpose::AcademicResearch, 100_000)
+        .order(SQL, &listings(&cluster), Purpose::AcademicResearch, EPSILON)
         .await
         .unwrap();
     let mut client = MarketClient::connect(cluster.market_endpoint.clone())
@@ -405,7 +275,7 @@ async fn consent_revoked_between_order_and_compute_is_honoured() {
         .find(|(_, patient)| patient.diabetes)
         .unwrap();
     let order = buyer
-        .order(SQL, &listings(&cluster), Purpose::AcademicResearch, 100_000)
+        .order(SQL, &listings(&cluster), Purpose::AcademicResearch, EPSILON)
         .await
         .unwrap();
     let revoke = market::TxBody {
@@ -446,6 +316,124 @@ async fn consent_revoked_between_order_and_compute_is_honoured() {
         Some(truth.count - 1.0),
         "nor matches"
     );
+    books_balance(&cluster);
+    cluster.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_contribution_is_rejected_and_named() {
+    let (_dir, cluster, truth) = start([None, Some(Fault::ReplayFirstContribution), None]).await;
+    let buyer = buyer(&cluster).await;
+    // The first order is answered honestly.
+    let first = buyer
+        .query(
+            SQL,
+            &listings(&cluster),
+            Purpose::AcademicResearch,
+            EPSILON,
+            &table(),
+            &cluster.ledger_key,
+        )
+        .await
+        .unwrap();
+    assert_eq!(first.answer.rows[0][0].as_f64(), Some(truth.count));
+    let before = balance(&cluster, buyer.account()).await;
+    // For the second, clinic-1 sends the first order's contribution again, byte for byte.
+    let order = buyer
+        .order(SQL, &listings(&cluster), Purpose::AcademicResearch, EPSILON)
+        .await
+        .unwrap();
+    let status = buyer.wait(order).await.unwrap();
+    assert_eq!(status.state, cohortex_proto::v1::OrderState::Failed as i32);
+    let rejected: Vec<_> = status
+        .nodes
+        .iter()
+        .filter(|node| node.outcome == "rejected")
+        .collect();
+    assert_eq!(rejected.len(), 1, "{:?}", status.nodes);
+    assert_eq!(rejected[0].listing, "clinic-1");
+    assert!(
+        rejected[0].reason.contains("not summed"),
+        "{}",
+        rejected[0].reason
+    );
+    assert!(status.result.is_empty(), "nothing was released");
+    assert_eq!(
+        balance(&cluster, buyer.account()).await,
+        before,
+        "the second escrow was refunded"
+    );
+    books_balance(&cluster);
+    cluster.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purpose_the_patients_did_not_consent_to_is_refused() {
+    // The listings allow commercial research, but their patients consented to academic
+    // research only.
+    let (_dir, cluster, _) = start_with(Setup {
+        extra_purposes: vec![Purpose::CommercialResearch],
+        ..Setup::default()
+    })
+    .await;
+    let buyer = buyer(&cluster).await;
+    let error = buyer
+        .order(
+            SQL,
+            &listings(&cluster),
+            Purpose::CommercialResearch,
+            EPSILON,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), tonic::Code::FailedPrecondition, "{error}");
+    assert!(
+        error.message().contains("consent to commercial_research"),
+        "{error}"
+    );
+    assert_eq!(balance(&cluster, buyer.account()).await, 10 * PRICE);
+    books_balance(&cluster);
+    cluster.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_message_is_refused_and_nothing_is_lost() {
+    use cohortex_proto::v1::market_client::MarketClient;
+    use cohortex_proto::v1::OrderQueryRequest;
+    let (_dir, cluster, truth) = start([None, None, None]).await;
+    let buyer = buyer(&cluster).await;
+    let mut client = MarketClient::connect(cluster.market_endpoint.clone())
+        .await
+        .unwrap()
+        .max_encoding_message_size(usize::MAX);
+    let error = client
+        .order_query(OrderQueryRequest {
+            transaction: None,
+            sql: "x".repeat(market::server::MAX_MESSAGE_BYTES + 1),
+            result_key: Vec::new(),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            error.code(),
+            tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
+        ),
+        "{error}"
+    );
+    // The market still serves, and an honest order goes through.
+    let release = buyer
+        .query(
+            SQL,
+            &listings(&cluster),
+            Purpose::AcademicResearch,
+            EPSILON,
+            &table(),
+            &cluster.ledger_key,
+        )
+        .await
+        .unwrap();
+    assert_eq!(release.answer.rows[0][0].as_f64(), Some(truth.count));
     books_balance(&cluster);
     cluster.shutdown();
 }

@@ -283,6 +283,39 @@ fn epsilon_budget_stops_queries_once_spent() {
     );
 }
 
+/// Budget splitting: many small orders placed together, none computed yet, cannot reserve
+/// more than the listing's total ε between them. Budget 10 ε, 0.5 ε per order: exactly 20.
+#[test]
+fn budget_splitting_across_many_small_orders_cannot_exceed_the_total() {
+    let mut scene = Scene::new();
+    let listing = scene.listing.clone();
+    let mut placed = 0;
+    loop {
+        scene.f.deposit(&scene.buyer, 1000);
+        let action = order_action(std::slice::from_ref(&listing), scene.f.now() + 100);
+        match scene.f.submit(&mut scene.buyer, action) {
+            Ok(_) => placed += 1,
+            Err(error) => {
+                assert_eq!(
+                    error,
+                    TxError::EpsilonBudgetExhausted {
+                        listing: listing.clone(),
+                        remaining_micro: 0,
+                        requested_micro: 500_000,
+                    }
+                );
+                break;
+            }
+        }
+        assert!(placed <= 20, "more than the budget was reserved");
+    }
+    assert_eq!(placed, 20);
+    let state = scene.f.ledger.state();
+    let record = state.listing(&listing).expect("listing");
+    assert_eq!(record.epsilon_reserved_micro, 10_000_000);
+    assert_eq!(record.epsilon_remaining_micro(), 0);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, .. ProptestConfig::default() })]
 

@@ -1,0 +1,559 @@
+//! The TOML config files of the separate processes: `market.toml`, `node.toml`,
+//! `patient.toml`, `buyer.toml`, and the `public.toml` the market writes for everyone else.
+//!
+//! Each file is versioned (`version = 1`), parsed with `deny_unknown_fields` (a misspelt key
+//! is an error, not a silent default), then validated into a typed config. Relative paths in a
+//! file are relative to the file's own directory, so a config works from any working directory.
+//! Every error names the file and the field to fix.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use ed25519_dalek::VerifyingKey;
+use market::{AccountId, Hash32, Purpose};
+use serde::{Deserialize, Serialize};
+
+use crate::keys::parse_account;
+
+/// The config format version these files must declare.
+pub const CONFIG_VERSION: u32 = 1;
+
+/// Reads and parses a TOML file into `T`, with errors naming the file.
+fn read_toml<T: for<'de> Deserialize<'de>>(path: &Path, what: &str) -> anyhow::Result<T> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the {what} config {}", path.display()))?;
+    toml::from_str(&text).map_err(|error| anyhow::anyhow!("{}: {error}", path.display()))
+}
+
+fn check_version(version: u32, path: &Path) -> anyhow::Result<()> {
+    if version != CONFIG_VERSION {
+        bail!(
+            "{}: version = {version} is not supported; this cohortex reads version = {CONFIG_VERSION}",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// `relative` resolved against the directory of the config file `config`.
+fn resolve(config: &Path, relative: &Path) -> PathBuf {
+    if relative.is_absolute() {
+        return relative.to_path_buf();
+    }
+    config
+        .parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .map_or_else(|| relative.to_path_buf(), |dir| dir.join(relative))
+}
+
+fn parse_listen(text: &str, path: &Path, field: &str) -> anyhow::Result<SocketAddr> {
+    text.parse().with_context(|| {
+        format!(
+            "{}: {field} = \"{text}\" is not a socket address like \"127.0.0.1:7700\"",
+            path.display()
+        )
+    })
+}
+
+fn check_advertise(advertise: Option<String>, path: &Path) -> anyhow::Result<Option<String>> {
+    match advertise {
+        Some(url) if !(url.starts_with("http://") || url.starts_with("https://")) => bail!(
+            "{}: advertise = \"{url}\" must be an http:// or https:// URL",
+            path.display()
+        ),
+        other => Ok(other),
+    }
+}
+
+fn epsilon_micro(epsilon: f64, path: &Path, field: &str) -> anyhow::Result<u64> {
+    if !(epsilon.is_finite() && epsilon > 0.0 && epsilon <= 1_000_000.0) {
+        bail!(
+            "{}: {field} = {epsilon} must be a positive number of at most 10⁶",
+            path.display()
+        );
+    }
+    let micro = (epsilon * 1e6).round() as u64;
+    if micro == 0 {
+        bail!("{}: {field} = {epsilon} is below 10⁻⁶", path.display());
+    }
+    Ok(micro)
+}
+
+fn purpose(name: &str, path: &Path, field: &str) -> anyhow::Result<Purpose> {
+    market::server::purpose_field(name, field)
+        .map_err(|status| anyhow::anyhow!("{}: {}", path.display(), status.message()))
+}
+
+// ---------------------------------------------------------------------------------------------
+// market.toml
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MarketFile {
+    version: u32,
+    state_dir: PathBuf,
+    listen: String,
+    advertise: Option<String>,
+    chain_name: Option<String>,
+    committee: MarketCommitteeFile,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MarketCommitteeFile {
+    threshold: u16,
+    members: Vec<String>,
+}
+
+/// `market.toml`, validated.
+#[derive(Debug, Clone)]
+pub struct MarketConfig {
+    /// The file it was read from.
+    pub path: PathBuf,
+    /// Ledger database and the market's keys (created on first run).
+    pub state_dir: PathBuf,
+    /// Where the market serves.
+    pub listen: SocketAddr,
+    /// The URL others reach it at, if not `http://<bound address>`.
+    pub advertise: Option<String>,
+    /// The ledger's name in its genesis.
+    pub chain_name: String,
+    /// Committee threshold t.
+    pub threshold: u16,
+    /// The compute nodes the operator admits, in member order (member 1 first).
+    pub members: Vec<AccountId>,
+}
+
+impl MarketConfig {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let file: MarketFile = read_toml(path, "market")?;
+        check_version(file.version, path)?;
+        let listen = parse_listen(&file.listen, path, "listen")?;
+        let advertise = check_advertise(file.advertise, path)?;
+        let mut members = Vec::new();
+        let mut seen = BTreeSet::new();
+        for (index, text) in file.committee.members.iter().enumerate() {
+            let field = format!("{}: committee.members[{index}]", path.display());
+            let account = parse_account(text, &field)?;
+            if !seen.insert(account) {
+                bail!("{field}: {account} is listed twice");
+            }
+            members.push(account);
+        }
+        let size = members.len();
+        if size == 0 {
+            bail!(
+                "{}: committee.members is empty; list the account id of every compute node \
+                 (`cohortex keygen` prints it)",
+                path.display()
+            );
+        }
+        if file.committee.threshold == 0 || usize::from(file.committee.threshold) > size {
+            bail!(
+                "{}: committee.threshold = {} must be between 1 and the number of members ({size})",
+                path.display(),
+                file.committee.threshold
+            );
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            state_dir: resolve(path, &file.state_dir),
+            listen,
+            advertise,
+            chain_name: file.chain_name.unwrap_or_else(|| "cohortex".into()),
+            threshold: file.committee.threshold,
+            members,
+        })
+    }
+
+    /// The file the market writes its public facts to.
+    pub fn public_path(&self) -> PathBuf {
+        self.state_dir.join(PUBLIC_FILE)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// public.toml
+
+/// The name of the file, in the market's state directory, that tells nodes, patients and
+/// buyers how to reach and check the market.
+pub const PUBLIC_FILE: &str = "public.toml";
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublicFile {
+    version: u32,
+    endpoint: String,
+    chain_id: String,
+    ledger_key: String,
+    coordinator: String,
+    fund: String,
+    issuer: String,
+}
+
+/// What the market publishes about itself (`public.toml`): no secrets, only where it answers
+/// and the keys that let others check it.
+#[derive(Debug, Clone)]
+pub struct MarketPublic {
+    /// `http://host:port` of the Ledger, Consent and Market services.
+    pub endpoint: String,
+    /// The ledger's chain id (every transaction names it).
+    pub chain_id: Hash32,
+    /// The key that signs tree heads: receipts are checked against it.
+    pub ledger_key: VerifyingKey,
+    /// The coordinator's account: the only caller nodes accept compute requests from.
+    pub coordinator: AccountId,
+    /// The donation fund.
+    pub fund: AccountId,
+    /// The issuer (admits nodes, deposits credits).
+    pub issuer: AccountId,
+}
+
+impl MarketPublic {
+    /// Writes the file atomically.
+    pub fn write(&self, path: &Path) -> anyhow::Result<()> {
+        let file = PublicFile {
+            version: CONFIG_VERSION,
+            endpoint: self.endpoint.clone(),
+            chain_id: self.chain_id.to_string(),
+            ledger_key: hex::encode(self.ledger_key.as_bytes()),
+            coordinator: self.coordinator.to_string(),
+            fund: self.fund.to_string(),
+            issuer: self.issuer.to_string(),
+        };
+        let text = format!(
+            "# Written by `cohortex market serve`: how to reach and check this market.\n\
+             # No secrets; give it to node operators, patients and buyers.\n{}",
+            toml::to_string(&file).context("encoding public.toml")?
+        );
+        let staged = path.with_extension("toml.tmp");
+        std::fs::write(&staged, text).with_context(|| format!("writing {}", staged.display()))?;
+        std::fs::rename(&staged, path).with_context(|| format!("writing {}", path.display()))?;
+        Ok(())
+    }
+
+    /// Reads the file; `field` is the config field that named it.
+    pub fn load(path: &Path, field: &str) -> anyhow::Result<Self> {
+        if !path.exists() {
+            bail!(
+                "{field}: {} does not exist; start the market (`cohortex market serve`) first, \
+                 or copy the public.toml from its state directory",
+                path.display()
+            );
+        }
+        let file: PublicFile = read_toml(path, "market's public")?;
+        check_version(file.version, path)?;
+        let at = |name: &str| format!("{}: {name}", path.display());
+        let mut chain = [0u8; 32];
+        hex::decode_to_slice(file.chain_id.trim(), &mut chain)
+            .with_context(|| format!("{}: not 64 hex digits", at("chain_id")))?;
+        let ledger_account = parse_account(&file.ledger_key, &at("ledger_key"))?;
+        let ledger_key = ledger_account
+            .verifying_key()
+            .map_err(|error| anyhow::anyhow!("{}: {error}", at("ledger_key")))?;
+        Ok(Self {
+            endpoint: file.endpoint,
+            chain_id: Hash32(chain),
+            ledger_key,
+            coordinator: parse_account(&file.coordinator, &at("coordinator"))?,
+            fund: parse_account(&file.fund, &at("fund"))?,
+            issuer: parse_account(&file.issuer, &at("issuer"))?,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// node.toml
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeFile {
+    version: u32,
+    key_file: PathBuf,
+    listen: String,
+    advertise: Option<String>,
+    market: PathBuf,
+    vault_dir: PathBuf,
+    committee: NodeCommitteeFile,
+    listing: ListingFile,
+    data: DataFile,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeCommitteeFile {
+    member: u16,
+    members: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListingFile {
+    id: String,
+    price_per_query: u64,
+    purposes: Vec<String>,
+    min_cohort_size: u32,
+    epsilon_budget: f64,
+    compensation: CompensationFile,
+}
+
+#[derive(Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum CompensationFile {
+    Payment,
+    Donation,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DataFile {
+    file: PathBuf,
+    manifest: PathBuf,
+}
+
+/// A node's listing terms, from `[listing]`.
+#[derive(Debug, Clone)]
+pub struct ListingConfig {
+    /// The listing id.
+    pub id: String,
+    /// Credits per query, split among the participants.
+    pub price_per_query: u64,
+    /// Purposes it may be queried for.
+    pub purposes: BTreeSet<Purpose>,
+    /// Fewest participants a query must include.
+    pub min_cohort_size: u32,
+    /// Total ε budget, in micro-ε.
+    pub epsilon_budget_micro: u64,
+    /// Whether every share is donated to the market's fund.
+    pub donation: bool,
+}
+
+/// `node.toml`, validated.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// The file it was read from.
+    pub path: PathBuf,
+    /// The node's account key.
+    pub key_file: PathBuf,
+    /// Where the Compute service listens.
+    pub listen: SocketAddr,
+    /// The URL the coordinator and peers reach it at, if not `http://<bound address>`.
+    pub advertise: Option<String>,
+    /// The market's `public.toml`.
+    pub market: PathBuf,
+    /// Where the vault is kept.
+    pub vault_dir: PathBuf,
+    /// This node's member index (1-based).
+    pub member: u16,
+    /// Every committee member's account, in member order.
+    pub members: Vec<AccountId>,
+    /// The listing.
+    pub listing: ListingConfig,
+    /// The CSV or Parquet file.
+    pub data_file: PathBuf,
+    /// The schema manifest.
+    pub manifest: PathBuf,
+}
+
+impl NodeConfig {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let file: NodeFile = read_toml(path, "node")?;
+        check_version(file.version, path)?;
+        let listen = parse_listen(&file.listen, path, "listen")?;
+        let advertise = check_advertise(file.advertise, path)?;
+        let mut members = Vec::new();
+        for (index, text) in file.committee.members.iter().enumerate() {
+            members.push(parse_account(
+                text,
+                &format!("{}: committee.members[{index}]", path.display()),
+            )?);
+        }
+        if file.committee.member == 0 || usize::from(file.committee.member) > members.len() {
+            bail!(
+                "{}: committee.member = {} must be this node's position (1-based) in \
+                 committee.members, which lists {} accounts",
+                path.display(),
+                file.committee.member,
+                members.len()
+            );
+        }
+        let listing = file.listing;
+        if listing.id.is_empty() || listing.id.len() > 64 {
+            bail!("{}: listing.id must be 1 to 64 bytes", path.display());
+        }
+        if listing.purposes.is_empty() {
+            bail!(
+                "{}: listing.purposes is empty; name at least one of academic_research, \
+                 commercial_research, trial_feasibility, trial_recruitment",
+                path.display()
+            );
+        }
+        let mut purposes = BTreeSet::new();
+        for (index, name) in listing.purposes.iter().enumerate() {
+            purposes.insert(purpose(name, path, &format!("listing.purposes[{index}]"))?);
+        }
+        if listing.min_cohort_size == 0 {
+            bail!(
+                "{}: listing.min_cohort_size must be at least 1",
+                path.display()
+            );
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            key_file: resolve(path, &file.key_file),
+            listen,
+            advertise,
+            market: resolve(path, &file.market),
+            vault_dir: resolve(path, &file.vault_dir),
+            member: file.committee.member,
+            members,
+            listing: ListingConfig {
+                id: listing.id,
+                price_per_query: listing.price_per_query,
+                purposes,
+                min_cohort_size: listing.min_cohort_size,
+                epsilon_budget_micro: epsilon_micro(
+                    listing.epsilon_budget,
+                    path,
+                    "listing.epsilon_budget",
+                )?,
+                donation: listing.compensation == CompensationFile::Donation,
+            },
+            data_file: resolve(path, &file.data.file),
+            manifest: resolve(path, &file.data.manifest),
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// patient.toml and buyer.toml
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatientFile {
+    version: u32,
+    key_file: PathBuf,
+    market: PathBuf,
+}
+
+/// `patient.toml`, validated.
+#[derive(Debug, Clone)]
+pub struct PatientConfig {
+    /// The file it was read from.
+    pub path: PathBuf,
+    /// The patient's key.
+    pub key_file: PathBuf,
+    /// The market's `public.toml`.
+    pub market: PathBuf,
+}
+
+impl PatientConfig {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let file: PatientFile = read_toml(path, "patient")?;
+        check_version(file.version, path)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            key_file: resolve(path, &file.key_file),
+            market: resolve(path, &file.market),
+        })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BuyerFile {
+    version: u32,
+    key_file: PathBuf,
+    market: PathBuf,
+    epsilon_per_query: Option<f64>,
+}
+
+/// `buyer.toml`, validated.
+#[derive(Debug, Clone)]
+pub struct BuyerConfig {
+    /// The file it was read from.
+    pub path: PathBuf,
+    /// The buyer's key.
+    pub key_file: PathBuf,
+    /// The market's `public.toml`.
+    pub market: PathBuf,
+    /// ε each order asks for, in micro-ε.
+    pub epsilon_micro: u64,
+}
+
+impl BuyerConfig {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let file: BuyerFile = read_toml(path, "buyer")?;
+        check_version(file.version, path)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            key_file: resolve(path, &file.key_file),
+            market: resolve(path, &file.market),
+            epsilon_micro: epsilon_micro(
+                file.epsilon_per_query.unwrap_or(1.0),
+                path,
+                "epsilon_per_query",
+            )?,
+        })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_misspelt_field_is_refused_with_its_name_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(
+            dir.path(),
+            "buyer.toml",
+            "version = 1\nkey_file = \"b.key\"\nmarket = \"p.toml\"\nepsilon = 2.0\n",
+        );
+        let error = format!("{:#}", BuyerConfig::load(&path).unwrap_err());
+        assert!(error.contains("buyer.toml"), "{error}");
+        assert!(error.contains("epsilon"), "{error}");
+    }
+
+    #[test]
+    fn relative_paths_are_relative_to_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(
+            dir.path(),
+            "patient.toml",
+            "version = 1\nkey_file = \"keys/p.key\"\nmarket = \"/abs/public.toml\"\n",
+        );
+        let config = PatientConfig::load(&path).unwrap();
+        assert_eq!(config.key_file, dir.path().join("keys/p.key"));
+        assert_eq!(config.market, PathBuf::from("/abs/public.toml"));
+    }
+
+    #[test]
+    fn a_threshold_above_the_committee_size_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let member = crate::keys::generate(&dir.path().join("n.key")).unwrap();
+        let path = write(
+            dir.path(),
+            "market.toml",
+            &format!(
+                "version = 1\nstate_dir = \"s\"\nlisten = \"127.0.0.1:0\"\n\
+                 [committee]\nthreshold = 2\nmembers = [\"{member}\"]\n"
+            ),
+        );
+        let error = format!("{:#}", MarketConfig::load(&path).unwrap_err());
+        assert!(error.contains("committee.threshold"), "{error}");
+    }
+}

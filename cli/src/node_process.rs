@@ -1,0 +1,222 @@
+//! `cohortex node serve`: one compute node as its own process. It ingests its data file into a
+//! vault (reporting every rejected row), serves the Compute service, publishes its listing
+//! through the market (which tells the coordinator where it answers), and serves until
+//! stopped. The key ceremony is the market's to start, once every member has published.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use cohortex_coordinator::serve::serve_node;
+use cohortex_coordinator::standalone::{publish_listing, ListingPublication};
+use compute_node::ingest::ingest_table;
+use compute_node::server::{NodeConfig as ServiceConfig, NodeService};
+use compute_node::{Schema, Vault};
+use market::{AccountId, Compensation, ListingTerms};
+use tokio::net::TcpListener;
+use zk::MemberIndex;
+
+use crate::config::{MarketPublic, NodeConfig};
+use crate::federation::spinner;
+use crate::keys;
+use crate::market_process::shutdown_signal;
+
+/// How long a starting node keeps trying to reach the market.
+const MARKET_WAIT: Duration = Duration::from_secs(60);
+
+/// Ingests the data file into a fresh vault and saves it in `vault_dir`.
+fn build_vault(config: &NodeConfig) -> anyhow::Result<Vault> {
+    let schema = Schema::from_path(&config.manifest)
+        .map_err(|error| anyhow!("{}: data.manifest: {error}", config.path.display()))?;
+    let mut vault = Vault::new(schema);
+    let report = ingest_table(&config.data_file, &mut vault)
+        .map_err(|error| anyhow!("{}: data.file: {error}", config.path.display()))?;
+    for rejected in &report.rejected {
+        eprintln!("warning: row not ingested: {rejected}");
+    }
+    if report.accepted == 0 {
+        bail!(
+            "{}: no row could be ingested (see the warnings above)",
+            config.data_file.display()
+        );
+    }
+    let keyless = vault
+        .records()
+        .iter()
+        .filter(|record| record.patient_key.is_none())
+        .count();
+    if vault.schema().key_column.is_none() {
+        eprintln!(
+            "warning: {} declares no key_column, so no patient of this vault can consent; \
+             add a column with each patient's account id",
+            config.manifest.display()
+        );
+    } else if keyless > 0 {
+        eprintln!(
+            "warning: {keyless} row(s) have an empty {} and can never consent",
+            vault.schema().key_column.as_deref().unwrap_or("key column")
+        );
+    }
+    vault
+        .save(&config.vault_dir)
+        .map_err(|error| anyhow!("vault_dir: {error}"))?;
+    tracing::info!(
+        accepted = report.accepted,
+        rejected = report.rejected.len(),
+        vault = %config.vault_dir.display(),
+        "ingested"
+    );
+    println!(
+        "ingested {} patient(s) from {} into the vault {} ({} row(s) rejected)",
+        report.accepted,
+        config.data_file.display(),
+        config.vault_dir.display(),
+        report.rejected.len()
+    );
+    Ok(vault)
+}
+
+/// Runs `cohortex node serve`.
+pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
+    let config = NodeConfig::load(config_path)?;
+    let key = keys::read(
+        &config.key_file,
+        &format!("{}: key_file", config.path.display()),
+    )?;
+    let account = AccountId::of(&key);
+    let position = usize::from(config.member) - 1;
+    if config.members[position] != account {
+        bail!(
+            "{}: committee.member = {} names {}, but key_file holds account {account}; \
+             the member index is this node's position in committee.members (1-based)",
+            config.path.display(),
+            config.member,
+            config.members[position]
+        );
+    }
+    let member = MemberIndex::new(config.member)
+        .ok_or_else(|| anyhow!("{}: committee.member must be ≥ 1", config.path.display()))?;
+    let public = MarketPublic::load(
+        &config.market,
+        &format!("{}: market", config.path.display()),
+    )?;
+
+    let vault = Arc::new(build_vault(&config)?);
+    let manifest = vault.schema().to_toml();
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("{}: listen = {}", config.path.display(), config.listen))?;
+    let bound = listener.local_addr().context("reading the bound address")?;
+    let endpoint = config
+        .advertise
+        .clone()
+        .unwrap_or_else(|| format!("http://{bound}"));
+    let peers: BTreeSet<AccountId> = config.members.iter().copied().collect();
+    let service = NodeService::new(
+        Arc::clone(&vault),
+        ServiceConfig {
+            listing: config.listing.id.clone(),
+            account: key.clone(),
+            member,
+            coordinator: public.coordinator,
+            peers,
+            market_endpoint: public.endpoint.clone(),
+            fault: None,
+        },
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        serve_node(service, listener, async {
+            let _ = stopped.await;
+        })
+        .await
+    });
+
+    let terms = ListingTerms {
+        price_per_query: config.listing.price_per_query,
+        allowed_purposes: config.listing.purposes.clone(),
+        min_cohort_size: config.listing.min_cohort_size,
+        epsilon_budget_micro: config.listing.epsilon_budget_micro,
+        compensation: if config.listing.donation {
+            Compensation::Donation { fund: public.fund }
+        } else {
+            Compensation::Payment
+        },
+    };
+    let bar = spinner(
+        &format!(
+            "publishing listing {} at {}",
+            config.listing.id, public.endpoint
+        ),
+        false,
+    );
+    let deadline = tokio::time::Instant::now() + MARKET_WAIT;
+    let published = loop {
+        let attempt = publish_listing(
+            &public.endpoint,
+            &key,
+            public.chain_id,
+            ListingPublication {
+                listing: &config.listing.id,
+                manifest: manifest.clone(),
+                terms: terms.clone(),
+                node_endpoint: endpoint.clone(),
+            },
+        )
+        .await;
+        match attempt {
+            Ok(result) => break result,
+            // Only an unreachable market is worth waiting for; a refusal is final.
+            Err(error)
+                if format!("{error:#}").contains("connecting to the market")
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tracing::debug!(error = %format!("{error:#}"), "market not reachable yet");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(error) => {
+                bar.finish_and_clear();
+                let _ = stop.send(());
+                if format!("{error:#}").contains("AlreadyExists") {
+                    return Err(error.context(format!(
+                        "listing {} is already on this market's ledger, from an earlier run: \
+                         a node cannot yet re-announce a published listing, so give \
+                         [listing] id a new value or start the market with a fresh state_dir",
+                        config.listing.id
+                    )));
+                }
+                return Err(error);
+            }
+        }
+    };
+    bar.finish_and_clear();
+    tracing::info!(listing = %config.listing.id, height = published.height, "listing published");
+    println!(
+        "node {account} (committee member {}) serving compute at {endpoint}",
+        config.member
+    );
+    println!(
+        "  listing {} published on the ledger (block {}); {} patient(s) in the vault",
+        config.listing.id,
+        published.height,
+        vault.len()
+    );
+    println!("Press Ctrl-C to stop.");
+
+    tokio::select! {
+        () = shutdown_signal() => {
+            let _ = stop.send(());
+        }
+        finished = server => {
+            finished
+                .context("node server task")?
+                .map_err(|error| anyhow!("node server: {error}"))?;
+            bail!("the node server stopped");
+        }
+    }
+    println!("node stopped");
+    Ok(())
+}

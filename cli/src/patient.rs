@@ -1,0 +1,294 @@
+//! `cohortex patient …`: a patient's own commands through the market's Consent service. Every
+//! grant and revocation is a ledger transaction signed with the patient's key; listing
+//! consents and earnings is a request signed with it.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::anyhow;
+use clap::{Args, Subcommand};
+use cohortex_coordinator::standalone::{connect, next_nonce, sign_action};
+use cohortex_proto::v1::consent_client::ConsentClient;
+use cohortex_proto::v1::{ListConsentsRequest, ListEarningsRequest, SignedTransaction};
+use ed25519_dalek::SigningKey;
+use market::server::auth::{signed_request, unix_now};
+use market::server::consent::{LIST_CONSENTS, LIST_EARNINGS};
+use market::{AccountId, Action, ListingId, PayoutChoice, Role};
+use tonic::transport::Channel;
+
+use crate::config::{MarketPublic, PatientConfig};
+use crate::keys;
+
+/// `cohortex patient …`.
+#[derive(Args, Debug)]
+pub struct PatientCmd {
+    /// The patient's config file (key_file, market).
+    #[arg(long, value_name = "patient.toml", global = true)]
+    config: Option<PathBuf>,
+    /// Use this key file instead of the config's key_file (one config for many patients).
+    #[arg(long, value_name = "FILE", global = true)]
+    key: Option<PathBuf>,
+    #[command(subcommand)]
+    command: PatientCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum PatientCommand {
+    /// Register the key's account as a patient on the market's ledger.
+    Register,
+    /// Consent to a listing's use of your record for one purpose.
+    Consent(ConsentArgs),
+    /// Revoke a consent; it holds for every query not yet computed.
+    Revoke(RevokeArgs),
+    /// List your consents.
+    Consents,
+    /// Show your balance, and what you were paid and donated.
+    Earnings,
+}
+
+#[derive(Args, Debug)]
+struct ConsentArgs {
+    /// The listing id (as the node published it).
+    #[arg(long)]
+    listing: String,
+    /// academic_research, commercial_research, trial_feasibility or trial_recruitment.
+    #[arg(long)]
+    purpose: String,
+    /// Donate your share of each query to the market's research fund instead of being paid.
+    #[arg(long)]
+    donate: bool,
+    /// Let the consent lapse after this many days (default: until revoked).
+    #[arg(long, value_name = "DAYS", value_parser = clap::value_parser!(u64).range(1..=36_500))]
+    expires_in_days: Option<u64>,
+}
+
+#[derive(Args, Debug)]
+struct RevokeArgs {
+    /// The listing id.
+    #[arg(long)]
+    listing: String,
+    /// The purpose consented to.
+    #[arg(long)]
+    purpose: String,
+}
+
+struct Patient {
+    key: SigningKey,
+    public: MarketPublic,
+}
+
+impl Patient {
+    fn load(config: &Path, key_override: Option<&Path>) -> anyhow::Result<Self> {
+        let config = PatientConfig::load(config)?;
+        let (key_path, field) = match key_override {
+            Some(path) => (path.to_path_buf(), "--key".to_string()),
+            None => (
+                config.key_file.clone(),
+                format!("{}: key_file", config.path.display()),
+            ),
+        };
+        Ok(Self {
+            key: keys::read(&key_path, &field)?,
+            public: MarketPublic::load(
+                &config.market,
+                &format!("{}: market", config.path.display()),
+            )?,
+        })
+    }
+
+    fn account(&self) -> AccountId {
+        AccountId::of(&self.key)
+    }
+
+    async fn client(&self) -> anyhow::Result<ConsentClient<Channel>> {
+        Ok(ConsentClient::new(connect(&self.public.endpoint).await?))
+    }
+
+    async fn nonce(&self) -> anyhow::Result<u64> {
+        next_nonce(&self.public.endpoint, &self.key, self.public.chain_id)
+            .await?
+            .ok_or_else(|| {
+                anyhow!(
+                    "account {} is not registered; run `cohortex patient register` first",
+                    self.account()
+                )
+            })
+    }
+
+    async fn signed(&self, action: Action) -> anyhow::Result<SignedTransaction> {
+        let nonce = self.nonce().await?;
+        Ok(SignedTransaction {
+            envelope: sign_action(&self.key, self.public.chain_id, nonce, action)?,
+        })
+    }
+}
+
+fn purpose(name: &str) -> anyhow::Result<market::Purpose> {
+    market::server::purpose_field(name, "--purpose")
+        .map_err(|status| anyhow!("{}", status.message()))
+}
+
+/// Runs `cohortex patient …`.
+pub async fn run(command: PatientCmd) -> anyhow::Result<()> {
+    let config = command.config.clone().ok_or_else(|| {
+        anyhow!("--config patient.toml is required (it names key_file and market)")
+    })?;
+    let patient = Patient::load(&config, command.key.as_deref())?;
+    let account = patient.account();
+    match command.command {
+        PatientCommand::Register => {
+            let envelope = sign_action(
+                &patient.key,
+                patient.public.chain_id,
+                0,
+                Action::RegisterAccount {
+                    account,
+                    role: Role::Patient,
+                },
+            )?;
+            let result = patient
+                .client()
+                .await?
+                .register(SignedTransaction { envelope })
+                .await
+                .map_err(|status| anyhow!("registering {account}: {}", status.message()))?
+                .into_inner();
+            println!(
+                "registered patient {account} (ledger block {})",
+                result.height
+            );
+        }
+        PatientCommand::Consent(args) => {
+            let purpose_value = purpose(&args.purpose)?;
+            let expires_at = args.expires_in_days.map(|days| unix_now() + days * 86_400);
+            let payout = if args.donate {
+                PayoutChoice::DonateTo {
+                    fund: patient.public.fund,
+                }
+            } else {
+                PayoutChoice::ToPatient
+            };
+            let transaction = patient
+                .signed(Action::GrantConsent {
+                    patient: account,
+                    listing: ListingId::new(args.listing.clone()),
+                    purpose: purpose_value,
+                    expires_at,
+                    payout,
+                })
+                .await?;
+            let result = patient
+                .client()
+                .await?
+                .grant(transaction)
+                .await
+                .map_err(|status| {
+                    anyhow!(
+                        "consent to {} for {}: {}",
+                        args.listing,
+                        args.purpose,
+                        status.message()
+                    )
+                })?
+                .into_inner();
+            println!(
+                "patient {account} consents to listing {} for {}{}, {} (ledger block {})",
+                args.listing,
+                args.purpose,
+                expires_at.map_or(String::new(), |at| format!(" until unix time {at}")),
+                if args.donate {
+                    "donating their share to the research fund"
+                } else {
+                    "paid to their own account"
+                },
+                result.height
+            );
+        }
+        PatientCommand::Revoke(args) => {
+            let transaction = patient
+                .signed(Action::RevokeConsent {
+                    listing: ListingId::new(args.listing.clone()),
+                    purpose: purpose(&args.purpose)?,
+                })
+                .await?;
+            let result = patient
+                .client()
+                .await?
+                .revoke(transaction)
+                .await
+                .map_err(|status| {
+                    anyhow!(
+                        "revoking consent to {} for {}: {}",
+                        args.listing,
+                        args.purpose,
+                        status.message()
+                    )
+                })?
+                .into_inner();
+            println!(
+                "patient {account} revoked consent to listing {} for {} (ledger block {}); \
+                 no query computed from now on counts them",
+                args.listing, args.purpose, result.height
+            );
+        }
+        PatientCommand::Consents => {
+            let request = signed_request(
+                &patient.key,
+                LIST_CONSENTS,
+                ListConsentsRequest {
+                    patient: account.0.to_vec(),
+                },
+            );
+            let response = patient
+                .client()
+                .await?
+                .list_consents(request)
+                .await
+                .map_err(|status| anyhow!("listing consents: {}", status.message()))?
+                .into_inner();
+            println!(
+                "consents of patient {account} (ledger height {}):",
+                response.height
+            );
+            if response.consents.is_empty() {
+                println!("  none");
+            }
+            for consent in response.consents {
+                let payout = if consent.donate_to.is_empty() {
+                    "paid".to_string()
+                } else {
+                    format!("donated to {}", hex::encode(&consent.donate_to))
+                };
+                let state = match (consent.active, consent.revoked_at) {
+                    (true, _) => "active".to_string(),
+                    (false, Some(at)) => format!("revoked at {at}"),
+                    (false, None) => "expired".to_string(),
+                };
+                println!(
+                    "  {:<28} {:<20} {:<16} {payout}",
+                    consent.listing, consent.purpose, state
+                );
+            }
+        }
+        PatientCommand::Earnings => {
+            let request = signed_request(
+                &patient.key,
+                LIST_EARNINGS,
+                ListEarningsRequest {
+                    patient: account.0.to_vec(),
+                },
+            );
+            let earnings = patient
+                .client()
+                .await?
+                .list_earnings(request)
+                .await
+                .map_err(|status| anyhow!("listing earnings: {}", status.message()))?
+                .into_inner();
+            println!("patient {account}");
+            println!("  balance  {} credits", earnings.balance);
+            println!("  paid     {} credits", earnings.paid);
+            println!("  donated  {} credits", earnings.donated);
+        }
+    }
+    Ok(())
+}

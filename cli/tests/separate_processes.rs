@@ -1,0 +1,401 @@
+//! The market, three compute nodes, patients and a buyer as separate `cohortex` processes
+//! talking gRPC over TCP: `market serve`, `node serve`, `patient …`, `buyer …`,
+//! `market deposit` and finally `ledger verify`. The buyer's numbers are checked against the
+//! plaintext answer computed here from the CSV rows, and the payouts against the ledger's
+//! payout rule (docs/ledger.md §4).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const MANIFEST: &str = r#"
+version = 1
+table = "patients"
+id_column = "patient_id"
+key_column = "patient_key"
+
+[[columns]]
+name = "age"
+type = "integer"
+bounds = [0, 120]
+
+[[columns]]
+name = "sex"
+type = "category"
+categories = ["female", "male"]
+
+[[columns]]
+name = "sbp"
+type = "float"
+unit = "mm[Hg]"
+bounds = [60.0, 260.0]
+decimals = 1
+"#;
+
+/// Price of each listing per query.
+const PRICE: u64 = 90;
+const NODES: usize = 3;
+/// ε per order. Every release is differentially private: the committee adds discrete Laplace
+/// noise of scale b = (1 + k)·Δ/ε to each slot (docs/privacy.md). At this ε, b is below 0.1
+/// fixed-point units for every slot of the queries below, so counts come out exact and means
+/// within [`MEAN_TOLERANCE`] of the plaintext with overwhelming probability.
+const EPSILON: f64 = 100_000.0;
+/// How far a noisy mean may be from the plaintext mean (sbp has one decimal).
+const MEAN_TOLERANCE: f64 = 0.05;
+const PATIENTS_PER_NODE: usize = 3;
+
+/// A child process killed when the test ends, however it ends.
+struct Running {
+    child: std::process::Child,
+    log: PathBuf,
+}
+
+impl Running {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn assert_alive(&mut self, what: &str) {
+        if let Some(status) = self.child.try_wait().unwrap() {
+            panic!("{what} exited ({status}):\n{}", self.log());
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn home() -> PathBuf {
+    // Shares the decryption table cache with the other CLI tests.
+    std::env::temp_dir().join("cohortex-test-home")
+}
+
+fn cohortex(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cohortex"))
+        .args(args)
+        .env("HOME", home())
+        .output()
+        .unwrap()
+}
+
+fn ok(args: &[&str]) -> String {
+    let output = cohortex(args);
+    assert!(
+        output.status.success(),
+        "cohortex {}:\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+fn spawn(args: &[&str], log: PathBuf) -> Running {
+    let file = std::fs::File::create(&log).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_cohortex"))
+        .args(args)
+        .env("HOME", home())
+        .env("RUST_LOG", "info")
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    Running { child, log }
+}
+
+fn path(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+fn keygen(dir: &Path, name: &str) -> String {
+    let key = dir.join(format!("keys/{name}.key"));
+    let account = ok(&["keygen", "--out", path(&key)]).trim().to_string();
+    assert_eq!(account.len(), 64);
+    assert_eq!(
+        std::fs::read_to_string(dir.join(format!("keys/{name}.pub")))
+            .unwrap()
+            .trim(),
+        account
+    );
+    account
+}
+
+/// One patient: node, id, key name, age, sex, sbp, and whether they consent.
+struct Row {
+    node: usize,
+    key: String,
+    age: i64,
+    sex: &'static str,
+    sbp: f64,
+    consents: bool,
+}
+
+fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !ready() {
+        assert!(started.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn market_nodes_patients_and_buyer_as_separate_processes() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path();
+    std::fs::write(dir.join("manifest.toml"), MANIFEST).unwrap();
+
+    // Keys: every party makes its own.
+    let nodes: Vec<String> = (1..=NODES)
+        .map(|node| keygen(dir, &format!("node-{node}")))
+        .collect();
+    let mut rows = Vec::new();
+    for node in 0..NODES {
+        let mut csv = String::from("patient_id,patient_key,age,sex,sbp\n");
+        for i in 0..PATIENTS_PER_NODE {
+            let name = format!("patient-{node}-{i}");
+            let account = keygen(dir, &name);
+            let age = 35 + ((node * 7 + i * 11) % 40) as i64;
+            let sex = if (node + i) % 2 == 0 {
+                "female"
+            } else {
+                "male"
+            };
+            let sbp = 110.0 + 0.7 * age as f64 + i as f64 * 2.3;
+            let sbp = (sbp * 10.0_f64).round() / 10.0;
+            csv.push_str(&format!("{name},{account},{age},{sex},{sbp:.1}\n"));
+            rows.push(Row {
+                node,
+                key: name,
+                age,
+                sex,
+                sbp,
+                // The last patient of the last node never consents.
+                consents: !(node == NODES - 1 && i == PATIENTS_PER_NODE - 1),
+            });
+        }
+        std::fs::write(dir.join(format!("site-{}.csv", node + 1)), csv).unwrap();
+    }
+    keygen(dir, "buyer");
+
+    // Configs. Every server takes a free port (port 0) and reports its real address: the
+    // market in state/market/public.toml, the nodes by publishing their listing.
+    let members = nodes
+        .iter()
+        .map(|account| format!("\"{account}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    std::fs::write(
+        dir.join("market.toml"),
+        format!(
+            "version = 1\nstate_dir = \"state/market\"\nlisten = \"127.0.0.1:0\"\n\
+             chain_name = \"separate-processes-test\"\n\n\
+             [committee]\nthreshold = 2\nmembers = [{members}]\n"
+        ),
+    )
+    .unwrap();
+    for node in 1..=NODES {
+        std::fs::write(
+            dir.join(format!("node-{node}.toml")),
+            format!(
+                "version = 1\nkey_file = \"keys/node-{node}.key\"\nlisten = \"127.0.0.1:0\"\n\
+                 market = \"state/market/public.toml\"\nvault_dir = \"state/node-{node}/vault\"\n\n\
+                 [committee]\nmember = {node}\nmembers = [{members}]\n\n\
+                 [listing]\nid = \"site-{node}\"\nprice_per_query = {PRICE}\n\
+                 purposes = [\"academic_research\"]\nmin_cohort_size = 1\nepsilon_budget = 1000000.0\n\
+                 compensation = \"payment\"\n\n\
+                 [data]\nfile = \"site-{node}.csv\"\nmanifest = \"manifest.toml\"\n"
+            ),
+        )
+        .unwrap();
+    }
+    std::fs::write(
+        dir.join("patient.toml"),
+        "version = 1\nkey_file = \"keys/patient-0-0.key\"\nmarket = \"state/market/public.toml\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("buyer.toml"),
+        format!(
+            "version = 1\nkey_file = \"keys/buyer.key\"\nmarket = \"state/market/public.toml\"\n\
+         epsilon_per_query = {EPSILON:.1}\n"
+        ),
+    )
+    .unwrap();
+    let market_toml = dir.join("market.toml");
+    let patient_toml = dir.join("patient.toml");
+    let buyer_toml = dir.join("buyer.toml");
+
+    // Terminal 1: the market.
+    let mut market = spawn(
+        &["market", "serve", "--config", path(&market_toml)],
+        dir.join("market.log"),
+    );
+    wait_for("the market's public.toml", Duration::from_secs(60), || {
+        market.assert_alive("the market");
+        dir.join("state/market/public.toml").exists()
+    });
+
+    // Terminal 2: three nodes.
+    let mut node_processes: Vec<Running> = (1..=NODES)
+        .map(|node| {
+            let config = dir.join(format!("node-{node}.toml"));
+            spawn(
+                &["node", "serve", "--config", path(&config)],
+                dir.join(format!("node-{node}.log")),
+            )
+        })
+        .collect();
+    wait_for("three published listings", Duration::from_secs(120), || {
+        for (index, node) in node_processes.iter_mut().enumerate() {
+            node.assert_alive(&format!("node {}", index + 1));
+        }
+        let output = cohortex(&["buyer", "listings", "--config", path(&buyer_toml), "--json"]);
+        output.status.success()
+            && serde_json::from_slice::<serde_json::Value>(&output.stdout)
+                .map(|listings| listings.as_array().map_or(0, Vec::len) == NODES)
+                .unwrap_or(false)
+    });
+
+    // Terminal 3: patients register and consent with their own keys.
+    for row in &rows {
+        let key = dir.join(format!("keys/{}.key", row.key));
+        let base = ["--config", path(&patient_toml), "--key", path(&key)];
+        ok(&[&["patient", "register"], &base[..]].concat());
+        if row.consents {
+            let listing = format!("site-{}", row.node + 1);
+            ok(&[
+                &["patient", "consent", "--listing", &listing],
+                &["--purpose", "academic_research"][..],
+                &base[..],
+            ]
+            .concat());
+        }
+    }
+    let consents = ok(&["patient", "consents", "--config", path(&patient_toml)]);
+    assert!(consents.contains("site-1"), "{consents}");
+    assert!(consents.contains("active"), "{consents}");
+
+    // The buyer registers and the operator credits it.
+    let buyer_account = std::fs::read_to_string(dir.join("keys/buyer.pub"))
+        .unwrap()
+        .trim()
+        .to_string();
+    ok(&["buyer", "register", "--config", path(&buyer_toml)]);
+    ok(&[
+        "market",
+        "deposit",
+        "--config",
+        path(&market_toml),
+        "--to",
+        &buyer_account,
+        "--amount",
+        "10000",
+    ]);
+
+    let sql = "SELECT sex, COUNT(*), AVG(sbp) FROM patients WHERE age >= 40 GROUP BY sex";
+    let query = |sql: &str| -> serde_json::Value {
+        let started = Instant::now();
+        loop {
+            let output = cohortex(&[
+                "buyer",
+                "query",
+                "--config",
+                path(&buyer_toml),
+                "--purpose",
+                "academic_research",
+                "--query",
+                sql,
+                "--json",
+            ]);
+            let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+            if output.status.success() {
+                return serde_json::from_slice(&output.stdout).unwrap();
+            }
+            // The market runs the key ceremony in the background once all nodes published.
+            assert!(
+                stderr.contains("committee has not been formed")
+                    && started.elapsed() < Duration::from_secs(60),
+                "buyer query failed:\n{stderr}"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    };
+    let json = query(sql);
+    assert_eq!(
+        json["columns"],
+        serde_json::json!(["sex", "count(*)", "avg(sbp)"])
+    );
+    assert_eq!(json["receipt"]["verified"], serde_json::json!(true));
+    let consenting: Vec<&Row> = rows.iter().filter(|row| row.consents).collect();
+    assert_eq!(
+        json["participants"].as_u64().unwrap(),
+        consenting.len() as u64
+    );
+    let answer_rows = json["rows"].as_array().unwrap();
+    for sex in ["female", "male"] {
+        let values: Vec<f64> = consenting
+            .iter()
+            .filter(|row| row.sex == sex && row.age >= 40)
+            .map(|row| row.sbp)
+            .collect();
+        let row = answer_rows
+            .iter()
+            .find(|row| row[0] == serde_json::json!(sex))
+            .unwrap_or_else(|| panic!("no {sex} row in {json}"));
+        assert_eq!(row[1].as_f64().unwrap(), values.len() as f64, "{json}");
+        let mean = values.iter().sum::<f64>() / values.len() as f64;
+        assert!(
+            (row[2].as_f64().unwrap() - mean).abs() < MEAN_TOLERANCE,
+            "{} vs {mean}",
+            row[2]
+        );
+    }
+
+    // Payout rule: each listing's price split evenly among its consenting participants.
+    let participants_of_node_1 = consenting.iter().filter(|row| row.node == 0).count() as u64;
+    let earnings = ok(&["patient", "earnings", "--config", path(&patient_toml)]);
+    let paid_line = earnings
+        .lines()
+        .find(|line| line.trim_start().starts_with("paid"))
+        .unwrap();
+    assert!(
+        paid_line.contains(&format!("{} credits", PRICE / participants_of_node_1)),
+        "{earnings}"
+    );
+
+    // A revocation holds for the next query.
+    let revoking = dir.join("keys/patient-0-1.key");
+    ok(&[
+        "patient",
+        "revoke",
+        "--config",
+        path(&patient_toml),
+        "--key",
+        path(&revoking),
+        "--listing",
+        "site-1",
+        "--purpose",
+        "academic_research",
+    ]);
+    let after = query("SELECT COUNT(*) FROM patients");
+    assert_eq!(
+        after["rows"][0][0].as_f64().unwrap(),
+        (consenting.len() - 1) as f64,
+        "{after}"
+    );
+
+    // Stop everything, then audit the ledger independently.
+    drop(node_processes);
+    drop(market);
+    let verify = ok(&[
+        "ledger",
+        "verify",
+        path(&dir.join("state/market/ledger.db")),
+    ]);
+    assert!(verify.contains("verified"), "{verify}");
+}

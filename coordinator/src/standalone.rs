@@ -1,0 +1,364 @@
+//! The pieces of [`crate::cluster`] that separate processes need: the market process opens
+//! (or creates) its ledger and admits the operator's accounts; once every admitted committee
+//! member has published its listing, it runs the key ceremony; a node publishes its listing
+//! over gRPC; and a client learns its account's next ledger nonce.
+//!
+//! `cohortex market serve`, `cohortex node serve`, `cohortex patient …` and
+//! `cohortex buyer …` are built on these.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use cohortex_proto::v1::ledger_client::LedgerClient;
+use cohortex_proto::v1::market_client::MarketClient;
+use cohortex_proto::v1::{PublishListingRequest, SignedTransaction, TransactionResult};
+use ed25519_dalek::SigningKey;
+use market::server::{read_ledger, SharedLedger};
+use market::{
+    AccountId, Action, Genesis, Hash32, InProcessSequencer, Ledger, ListingId, ListingTerms, Role,
+    TxBody,
+};
+use tonic::transport::Channel;
+use tonic::Code;
+use zk::{MemberIndex, Wire};
+
+use crate::coordinator::{manifest_hash, Coordinator};
+
+/// Signs `action` as `key` at `nonce` on `chain_id`.
+pub fn sign_action(
+    key: &SigningKey,
+    chain_id: Hash32,
+    nonce: u64,
+    action: Action,
+) -> anyhow::Result<Vec<u8>> {
+    Ok(TxBody {
+        chain_id,
+        signer: AccountId::of(key),
+        nonce,
+        action,
+    }
+    .sign(key)
+    .map_err(|error| anyhow!("signing: {error}"))?
+    .bytes)
+}
+
+/// Opens the ledger at `path`, or creates it with `issuer` as its genesis issuer when the file
+/// does not exist yet. Returns the ledger and whether it was created.
+pub fn open_or_create_ledger(
+    path: &Path,
+    name: &str,
+    ledger_key: &SigningKey,
+    issuer: AccountId,
+) -> anyhow::Result<(Ledger, bool)> {
+    let sequencer = InProcessSequencer::new(ledger_key.clone());
+    if path.exists() {
+        let ledger = Ledger::open(path, sequencer)
+            .with_context(|| format!("opening the ledger {}", path.display()))?;
+        return Ok((ledger, false));
+    }
+    let genesis = Genesis {
+        name: name.to_string(),
+        ledger_key: ledger_key.verifying_key().to_bytes(),
+        accounts: vec![(issuer, Role::Issuer)],
+    };
+    let ledger = Ledger::create(path, genesis, sequencer)
+        .with_context(|| format!("creating the ledger {}", path.display()))?;
+    Ok((ledger, true))
+}
+
+/// Has `issuer` admit every account of `accounts` the ledger does not know yet, in one block.
+/// Returns the accounts admitted now. An account already registered with another role is an
+/// error naming it.
+pub async fn admit_accounts(
+    ledger: &SharedLedger,
+    issuer: &SigningKey,
+    accounts: &[(AccountId, Role)],
+) -> anyhow::Result<Vec<(AccountId, Role)>> {
+    let issuer_account = AccountId::of(issuer);
+    let wanted = accounts.to_vec();
+    let (chain_id, mut nonce, missing) = read_ledger(ledger, move |ledger| {
+        let state = ledger.state();
+        let mut missing = Vec::new();
+        for (account, role) in wanted {
+            match state.account(&account) {
+                None => missing.push((account, role)),
+                Some(existing) if existing.role == role => {}
+                Some(existing) => {
+                    return Err(tonic::Status::failed_precondition(format!(
+                        "account {account} is registered as {:?}, not {role:?}",
+                        existing.role
+                    )))
+                }
+            }
+        }
+        let nonce = state
+            .account(&issuer_account)
+            .map_or(0, |account| account.next_nonce);
+        Ok((ledger.chain_id(), nonce, missing))
+    })
+    .await
+    .map_err(|status| anyhow!("{}", status.message()))?;
+    if missing.is_empty() {
+        return Ok(missing);
+    }
+    let mut txs = Vec::with_capacity(missing.len());
+    for (account, role) in &missing {
+        txs.push(sign_action(
+            issuer,
+            chain_id,
+            nonce,
+            Action::RegisterAccount {
+                account: *account,
+                role: *role,
+            },
+        )?);
+        nonce += 1;
+    }
+    let ledger = Arc::clone(ledger);
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let mut ledger = ledger.lock().map_err(|_| anyhow!("ledger lock poisoned"))?;
+        let outcome = ledger.append(txs).context("appending admissions")?;
+        if let Some(refusal) = outcome.refused.first() {
+            bail!("admission {} refused: {}", refusal.index, refusal.error);
+        }
+        Ok(())
+    })
+    .await
+    .context("admission task")??;
+    Ok(missing)
+}
+
+/// Where the market's committee stands, for logs and status output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommitteeProgress {
+    /// Members that have published a listing so far, of the committee's size.
+    Waiting {
+        /// Members with a known endpoint.
+        published: usize,
+        /// Committee size.
+        size: usize,
+    },
+    /// The ceremony ran; the collective key is known.
+    Formed,
+}
+
+/// Forms the key committee as soon as every member of `members` (in member order: the first
+/// is member 1) has published a listing through the Market service, and again whenever a
+/// member announces a new endpoint (a restarted node lost its key share). Runs until the
+/// process ends; a failed ceremony is logged and retried.
+pub async fn form_committee_when_published(
+    coordinator: Arc<Coordinator>,
+    members: Vec<AccountId>,
+    threshold: u16,
+    progress: Arc<Mutex<CommitteeProgress>>,
+) {
+    let size = members.len();
+    let mut formed_with: Option<Vec<(MemberIndex, String)>> = None;
+    let mut last_published = usize::MAX;
+    loop {
+        match member_endpoints(&coordinator, &members).await {
+            Ok(endpoints) => {
+                let published = endpoints.len();
+                if published != last_published && formed_with.is_none() {
+                    tracing::info!(
+                        published,
+                        size,
+                        "committee members with a published listing"
+                    );
+                    last_published = published;
+                }
+                if published == size && formed_with.as_ref() != Some(&endpoints) {
+                    tracing::info!(threshold, size, "running the committee's key ceremony");
+                    match coordinator
+                        .run_key_ceremony(endpoints.clone(), threshold)
+                        .await
+                    {
+                        Ok(public) => {
+                            tracing::info!(
+                                threshold,
+                                size,
+                                collective_key = %hex::encode(public.collective_key().to_bytes()),
+                                "key committee formed"
+                            );
+                            formed_with = Some(endpoints);
+                            if let Ok(mut slot) = progress.lock() {
+                                *slot = CommitteeProgress::Formed;
+                            }
+                        }
+                        Err(status) => {
+                            tracing::warn!(error = %status.message(), "key ceremony failed; retrying");
+                            tokio::time::sleep(Duration::from_secs(2)).await;
+                        }
+                    }
+                } else if formed_with.is_none() {
+                    if let Ok(mut slot) = progress.lock() {
+                        *slot = CommitteeProgress::Waiting { published, size };
+                    }
+                }
+            }
+            Err(status) => tracing::warn!(error = %status.message(), "reading listings"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The endpoint of every member that has published a listing, in member order.
+async fn member_endpoints(
+    coordinator: &Arc<Coordinator>,
+    members: &[AccountId],
+) -> Result<Vec<(MemberIndex, String)>, tonic::Status> {
+    let listings = coordinator.listings()?;
+    let owners = read_ledger(coordinator.ledger(), move |ledger| {
+        let state = ledger.state();
+        let mut owners = BTreeMap::new();
+        for (id, info) in listings {
+            if let Some(listing) = state.listing(&ListingId::new(id)) {
+                owners.insert(listing.owner, info.endpoint);
+            }
+        }
+        Ok(owners)
+    })
+    .await?;
+    let mut endpoints = Vec::new();
+    for (position, account) in members.iter().enumerate() {
+        let Some(endpoint) = owners.get(account) else {
+            continue;
+        };
+        let index = u16::try_from(position + 1)
+            .ok()
+            .and_then(MemberIndex::new)
+            .ok_or_else(|| tonic::Status::internal("member index out of range"))?;
+        endpoints.push((index, endpoint.clone()));
+    }
+    Ok(endpoints)
+}
+
+/// Connects to a market endpoint (`http://host:port`).
+pub async fn connect(endpoint: &str) -> anyhow::Result<Channel> {
+    Channel::from_shared(endpoint.to_string())
+        .with_context(|| format!("market endpoint `{endpoint}` is not a URL"))?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .with_context(|| format!("connecting to the market at {endpoint}"))
+}
+
+/// The next nonce the ledger accepts from `key`'s account, or `None` when the account is not
+/// registered.
+///
+/// The Ledger service has no nonce query, so this submits a probe: a transaction signed at
+/// nonce `u64::MAX`, which the ledger refuses at its nonce rule (before any action rule, and
+/// a refused transaction changes nothing) with a message that names the expected nonce; an
+/// unregistered signer is refused earlier as an unknown account.
+pub async fn next_nonce(
+    endpoint: &str,
+    key: &SigningKey,
+    chain_id: Hash32,
+) -> anyhow::Result<Option<u64>> {
+    let account = AccountId::of(key);
+    let probe = sign_action(
+        key,
+        chain_id,
+        u64::MAX,
+        Action::Deposit {
+            to: account,
+            amount: 0,
+        },
+    )?;
+    let refusal = match LedgerClient::new(connect(endpoint).await?)
+        .submit_transaction(SignedTransaction { envelope: probe })
+        .await
+    {
+        Ok(_) => bail!("the ledger accepted a nonce probe; refusing to continue"),
+        Err(status) => status,
+    };
+    if refusal.code() == Code::NotFound && refusal.message().contains("unknown account") {
+        return Ok(None);
+    }
+    parse_expected_nonce(refusal.message())
+        .map(Some)
+        .ok_or_else(|| anyhow!("reading the account's nonce: {}", refusal.message()))
+}
+
+/// The `N` of a ledger refusal "… expects nonce N, got M".
+fn parse_expected_nonce(message: &str) -> Option<u64> {
+    let (_, rest) = message.split_once("expects nonce ")?;
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+/// A listing a node publishes.
+pub struct ListingPublication<'a> {
+    /// The listing id.
+    pub listing: &'a str,
+    /// The vault's manifest text (its hash goes on the ledger).
+    pub manifest: String,
+    /// The terms.
+    pub terms: ListingTerms,
+    /// Where the node's Compute service answers.
+    pub node_endpoint: String,
+}
+
+/// Publishes a node's listing through `Market.PublishListing` (signed by `key`, at the
+/// account's next nonce), which also tells the coordinator the node's endpoint.
+pub async fn publish_listing(
+    market_endpoint: &str,
+    key: &SigningKey,
+    chain_id: Hash32,
+    publication: ListingPublication<'_>,
+) -> anyhow::Result<TransactionResult> {
+    let nonce = next_nonce(market_endpoint, key, chain_id)
+        .await?
+        .ok_or_else(|| {
+            anyhow!(
+                "account {} is not admitted on the market's ledger; the market operator must \
+                 list it in [committee] members of market.toml",
+                AccountId::of(key)
+            )
+        })?;
+    let envelope = sign_action(
+        key,
+        chain_id,
+        nonce,
+        Action::PublishListing {
+            listing: ListingId::new(publication.listing.to_string()),
+            schema_hash: manifest_hash(&publication.manifest),
+            terms: publication.terms,
+        },
+    )?;
+    let result = MarketClient::new(connect(market_endpoint).await?)
+        .publish_listing(PublishListingRequest {
+            transaction: Some(SignedTransaction { envelope }),
+            manifest: publication.manifest,
+            node_endpoint: publication.node_endpoint,
+        })
+        .await
+        .map_err(|status| {
+            anyhow!(
+                "publishing listing {}: {} ({:?})",
+                publication.listing,
+                status.message(),
+                status.code()
+            )
+        })?;
+    Ok(result.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_expected_nonce;
+
+    #[test]
+    fn reads_the_expected_nonce_of_a_nonce_refusal() {
+        assert_eq!(
+            parse_expected_nonce(
+                "nonce gap: account ab12 expects nonce 7, got 18446744073709551615"
+            ),
+            Some(7)
+        );
+        assert_eq!(parse_expected_nonce("unknown account ab12"), None);
+    }
+}

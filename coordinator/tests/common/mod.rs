@@ -1,0 +1,182 @@
+//! Shared set-up of the end-to-end tests: a 3-node cluster over loopback gRPC with a seeded
+//! synthetic population, and the plaintext truth computed independently from the records.
+#![allow(dead_code)]
+
+use cohortex_coordinator::{Buyer, Cluster, ClusterOptions, NodeSetup, PatientEnrolment, Payout};
+use compute_node::fhir::{bundle_to_record, ProvenancePolicy};
+use compute_node::record::Value;
+use compute_node::server::Fault;
+use compute_node::synth::{self, REFERENCE_DATE};
+use compute_node::{Schema, Vault};
+use market::{AccountId, Purpose};
+use zk::{BsgsConfig, DecryptionTable};
+
+pub const PER_NODE: u64 = 150;
+pub const PRICE: u64 = 1_000;
+/// ε = 1000 per order: the noise on counts is then zero except with probability about
+/// e^−250 and the noise on sums a few fixed-point units, so these functional tests can compare
+/// with the plaintext answer. The disclosure-control tests use realistic ε.
+pub const EPSILON: u64 = 1_000_000_000;
+pub const SQL: &str = "SELECT COUNT(*), AVG(hba1c) FROM patients WHERE has_condition('E11') OR has_condition('44054006')";
+
+pub struct Truth {
+    pub count: f64,
+    pub hba1c: Vec<f64>,
+    pub paying: Vec<AccountId>,
+    pub donating: usize,
+}
+
+pub fn consent_of(index: u64) -> Option<Payout> {
+    match index % 5 {
+        0 => None,
+        1 => Some(Payout::Donate),
+        _ => Some(Payout::ToPatient),
+    }
+}
+
+pub fn setups(faults: [Option<Fault>; 3], min_cohort_size: u32) -> (Vec<NodeSetup>, Truth) {
+    let mut truth = Truth {
+        count: 0.0,
+        hba1c: vec![],
+        paying: vec![],
+        donating: 0,
+    };
+    let mut setups = Vec::new();
+    for (node, fault) in faults.into_iter().enumerate() {
+        let mut vault = Vault::new(Schema::fhir());
+        let mut patients = Vec::new();
+        for offset in 0..PER_NODE {
+            let index = node as u64 * PER_NODE + offset;
+            let patient = synth::patient(99, index);
+            let record = bundle_to_record(
+                &patient.to_bundle().to_string(),
+                &REFERENCE_DATE,
+                &ProvenancePolicy::default(),
+            )
+            .unwrap();
+            let consent = consent_of(index);
+            if consent.is_some() {
+                let codes = match &record.values[7] {
+                    Value::Codes(codes) => codes.clone(),
+                    _ => vec![],
+                };
+                if codes
+                    .iter()
+                    .any(|code| code.starts_with("E11") || code == "44054006")
+                {
+                    truth.count += 1.0;
+                    if let Value::Float(x) = record.values[3] {
+                        truth.hba1c.push((x.clamp(3.0, 20.0) * 10.0).round() / 10.0);
+                    }
+                }
+                match consent {
+                    Some(Payout::ToPatient) => truth.paying.push(AccountId::of(&patient.key)),
+                    _ => truth.donating += 1,
+                }
+            }
+            vault.upsert(record).unwrap();
+            patients.push(PatientEnrolment {
+                key: patient.key,
+                consent,
+            });
+        }
+        setups.push(NodeSetup {
+            listing: format!("clinic-{node}"),
+            vault,
+            patients,
+            price_per_query: PRICE,
+            donation: false,
+            min_cohort_size,
+            fault,
+        });
+    }
+    (setups, truth)
+}
+
+/// How a test cluster differs from the default.
+pub struct Setup {
+    /// Per node.
+    pub faults: [Option<Fault>; 3],
+    /// Every listing's minimum cohort.
+    pub min_cohort_size: u32,
+    /// Every listing's ε budget, micro-ε.
+    pub epsilon_budget_micro: u64,
+    /// Purposes the listings allow beyond the one patients consent to.
+    pub extra_purposes: Vec<Purpose>,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Self {
+            faults: [None, None, None],
+            min_cohort_size: 1,
+            epsilon_budget_micro: 100 * EPSILON,
+            extra_purposes: Vec::new(),
+        }
+    }
+}
+
+pub async fn start(faults: [Option<Fault>; 3]) -> (tempfile::TempDir, Cluster, Truth) {
+    start_with(Setup {
+        faults,
+        ..Setup::default()
+    })
+    .await
+}
+
+pub async fn start_with(setup: Setup) -> (tempfile::TempDir, Cluster, Truth) {
+    let dir = tempfile::tempdir().unwrap();
+    let (setups, truth) = setups(setup.faults, setup.min_cohort_size);
+    let options = ClusterOptions {
+        purpose: Purpose::AcademicResearch,
+        threshold: 2,
+        epsilon_budget_micro: setup.epsilon_budget_micro,
+        extra_purposes: setup.extra_purposes,
+    };
+    let cluster = Cluster::start(dir.path(), setups, &options, |_| {})
+        .await
+        .unwrap();
+    (dir, cluster, truth)
+}
+
+pub fn listings(cluster: &Cluster) -> Vec<String> {
+    cluster
+        .nodes
+        .iter()
+        .map(|node| node.listing.clone())
+        .collect()
+}
+
+pub fn table() -> DecryptionTable {
+    DecryptionTable::load_or_build(
+        &std::env::temp_dir().join("cohortex-bsgs-cache"),
+        BsgsConfig::default(),
+    )
+    .unwrap()
+}
+
+pub async fn balance(cluster: &Cluster, account: AccountId) -> u64 {
+    cluster
+        .coordinator
+        .ledger()
+        .lock()
+        .unwrap()
+        .state()
+        .balance(&account)
+}
+
+pub fn books_balance(cluster: &Cluster) {
+    let ledger = cluster.coordinator.ledger().lock().unwrap();
+    let state = ledger.state();
+    assert_eq!(
+        u128::from(state.total_issued()),
+        state.total_balances() + state.escrow_held(),
+        "credits are conserved"
+    );
+    drop(ledger);
+    market::audit_database(cluster.ledger_path()).expect("ledger verify passes");
+}
+
+pub async fn buyer(cluster: &Cluster) -> Buyer {
+    cluster.new_buyer(10 * PRICE).await.unwrap()
+}

@@ -1,0 +1,213 @@
+//! Disclosure control end to end over gRPC: the minimum cohort, the ledger's ε budget against
+//! repetition, and committee members who withhold their noise.
+
+mod common;
+
+use common::*;
+use compute_node::fhir::{bundle_to_record, ProvenancePolicy};
+use compute_node::record::Value;
+use compute_node::synth::{self, REFERENCE_DATE};
+use compute_node::{Cell, Schema};
+use market::Purpose;
+
+/// The consenting patients of the test population per age band of the FHIR schema, computed
+/// from the records independently of the pipeline.
+fn consenting_per_age_band() -> Vec<u64> {
+    let bins = [0.0, 18.0, 40.0, 50.0, 60.0, 70.0, 80.0, 120.0];
+    let age = Schema::fhir()
+        .columns
+        .iter()
+        .position(|column| column.name == "age")
+        .unwrap();
+    let mut counts = vec![0u64; bins.len() - 1];
+    for index in 0..3 * PER_NODE {
+        if consent_of(index).is_none() {
+            continue;
+        }
+        let record = bundle_to_record(
+            &synth::patient(99, index).to_bundle().to_string(),
+            &REFERENCE_DATE,
+            &ProvenancePolicy::default(),
+        )
+        .unwrap();
+        let years = match record.values[age] {
+            Value::Float(x) => x,
+            Value::Integer(x) => x as f64,
+            ref other => panic!("age is {other:?}"),
+        };
+        let band = bins
+            .windows(2)
+            .position(|pair| years >= pair[0] && (years < pair[1] || pair[1] == 120.0))
+            .unwrap();
+        counts[band] += 1;
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_cohort_cells_are_suppressed_not_zero() {
+    const MIN: u32 = 30;
+    let truth = consenting_per_age_band();
+    assert!(
+        truth.iter().any(|&n| n < u64::from(MIN)) && truth.iter().any(|&n| n >= u64::from(MIN)),
+        "the population must have bands on both sides of the minimum: {truth:?}"
+    );
+    let (_dir, cluster, _) = start_with(Setup {
+        min_cohort_size: MIN,
+        ..Setup::default()
+    })
+    .await;
+    let buyer = buyer(&cluster).await;
+    let release = buyer
+        .query(
+            "SELECT BIN(age), COUNT(*), AVG(age) FROM patients GROUP BY BIN(age)",
+            &listings(&cluster),
+            Purpose::AcademicResearch,
+            EPSILON,
+            &table(),
+            &cluster.ledger_key,
+        )
+        .await
+        .unwrap();
+    assert_eq!(release.answer.rows.len(), truth.len());
+    for (band, (row, &count)) in release.answer.rows.iter().zip(&truth).enumerate() {
+        if count < u64::from(MIN) {
+            assert_eq!(row[1], Cell::Suppressed, "band {band}: {count} patients");
+            assert_eq!(row[2], Cell::Suppressed, "band {band}");
+        } else {
+            assert_eq!(row[1].as_f64(), Some(count as f64), "band {band}");
+            assert!(row[2].as_f64().is_some(), "band {band}: {:?}", row[2]);
+        }
+    }
+    let hidden = release.status.suppressed.iter().filter(|&&s| s).count();
+    assert_eq!(
+        hidden,
+        truth.iter().filter(|&&n| n < u64::from(MIN)).count()
+    );
+    books_balance(&cluster);
+    cluster.shutdown();
+}
+
+fn epsilon_left(cluster: &cohortex_coordinator::Cluster) -> Vec<u64> {
+    let ledger = cluster.coordinator.ledger().lock().unwrap();
+    listings(cluster)
+        .iter()
+        .map(|id| {
+            ledger
+                .state()
+                .listing(&market::ListingId::new(id.clone()))
+                .unwrap()
+                .epsilon_remaining_micro()
+        })
+        .collect()
+}
+
+async fn release(
+    cluster: &cohortex_coordinator::Cluster,
+    buyer: &cohortex_coordinator::Buyer,
+) -> anyhow::Result<cohortex_coordinator::Release> {
+    buyer
+        .query(
+            SQL,
+            &listings(cluster),
+            Purpose::AcademicResearch,
+            1_000_000,
+            &table(),
+            &cluster.ledger_key,
+        )
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn averaging_by_repetition_gets_the_same_release_or_runs_out_of_budget() {
+    // Budget 2.5 ε per listing; the query at ε = 1.
+    let (_dir, cluster, _) = start_with(Setup {
+        epsilon_budget_micro: 2_500_000,
+        ..Setup::default()
+    })
+    .await;
+    let first_buyer = buyer(&cluster).await;
+    let first = release(&cluster, &first_buyer).await.unwrap();
+    assert_eq!(epsilon_left(&cluster), vec![1_500_000; 3]);
+    // The same buyer repeats the query: the same release, no fresh noise, no budget.
+    let repeat = release(&cluster, &first_buyer).await.unwrap();
+    assert_eq!(repeat.order, first.order);
+    assert_eq!(repeat.answer, first.answer, "not a fresh noisy answer");
+    assert_eq!(epsilon_left(&cluster), vec![1_500_000; 3]);
+    // Another buyer's order is a new release and spends budget; a third runs out.
+    let second_buyer = buyer(&cluster).await;
+    let second = release(&cluster, &second_buyer).await.unwrap();
+    assert_ne!(second.order, first.order);
+    assert_eq!(epsilon_left(&cluster), vec![500_000; 3]);
+    let third_buyer = buyer(&cluster).await;
+    let error = third_buyer
+        .order(
+            SQL,
+            &listings(&cluster),
+            Purpose::AcademicResearch,
+            1_000_000,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), tonic::Code::FailedPrecondition, "{error}");
+    assert!(
+        error
+            .message()
+            .contains("500000 micro-epsilon left, 1000000 requested"),
+        "{error}"
+    );
+    books_balance(&cluster);
+    cluster.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_member_withholding_its_noise_still_releases_with_the_others() {
+    let (_dir, cluster, _) = start([None, None, None]).await;
+    cluster.coordinator.withhold_noise_of(&[1]).unwrap();
+    let buyer = buyer(&cluster).await;
+    let release = buyer
+        .query(
+            SQL,
+            &listings(&cluster),
+            Purpose::AcademicResearch,
+            EPSILON,
+            &table(),
+            &cluster.ledger_key,
+        )
+        .await
+        .unwrap();
+    assert_eq!(release.status.noise_members, vec![2, 3]);
+    let mut used = release.status.committee_used.clone();
+    used.sort();
+    assert_eq!(
+        used,
+        vec![2, 3],
+        "member 1 refuses: its own noise is missing"
+    );
+    books_balance(&cluster);
+    cluster.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn withholding_noise_of_t_members_stops_the_release() {
+    let (_dir, cluster, _) = start([None, None, None]).await;
+    // A coordinator colluding to drop the noise of t = 2 members: only member 3's noise would
+    // remain, and members 1 and 2 refuse to decrypt without their own.
+    cluster.coordinator.withhold_noise_of(&[1, 2]).unwrap();
+    let buyer = buyer(&cluster).await;
+    let order = buyer
+        .order(SQL, &listings(&cluster), Purpose::AcademicResearch, EPSILON)
+        .await
+        .unwrap();
+    let status = buyer.wait(order).await.unwrap();
+    assert_eq!(status.state, cohortex_proto::v1::OrderState::Failed as i32);
+    assert!(
+        status.message.contains("own noise share is not included"),
+        "{}",
+        status.message
+    );
+    assert!(status.result.is_empty(), "nothing was released");
+    assert_eq!(balance(&cluster, buyer.account()).await, 10 * PRICE);
+    books_balance(&cluster);
+    cluster.shutdown();
+}

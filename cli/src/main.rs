@@ -147,7 +147,7 @@ struct LocalCmd {
     state_dir: Option<PathBuf>,
     /// The release's differential-privacy ε (greater than 0; smaller is more private and
     /// noisier; see docs/privacy.md).
-    #[arg(long, default_value_t = 1.0, value_parser = parse_epsilon)]
+    #[arg(long, default_value_t = 1.0, value_parser = parse_epsilon, allow_negative_numbers = true)]
     epsilon: f64,
 }
 

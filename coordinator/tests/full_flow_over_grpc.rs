@@ -339,8 +339,9 @@ async fn replayed_contribution_is_rejected_and_named() {
     assert_eq!(first.answer.rows[0][0].as_f64(), Some(truth.count));
     let before = balance(&cluster, buyer.account()).await;
     // For the second, clinic-1 sends the first order's contribution again, byte for byte.
+    // (Another ε, so that the market does not answer it from the first release.)
     let order = buyer
-        .order(SQL, &listings(&cluster), Purpose::AcademicResearch, EPSILON)
+        .order(SQL, &listings(&cluster), Purpose::AcademicResearch, EPSILON - 1)
         .await
         .unwrap();
     let status = buyer.wait(order).await.unwrap();

@@ -12,7 +12,7 @@ use compute_node::synth::{self, REFERENCE_DATE};
 use compute_node::{compile, Cell, QueryAnswer, Schema, Vault};
 use ed25519_dalek::SigningKey;
 use indicatif::{ProgressBar, ProgressStyle};
-use market::{AccountId, Purpose};
+use market::{AccountId, ListingId, Purpose};
 use sha2::{Digest, Sha256};
 use zk::{BsgsConfig, DecryptionTable};
 
@@ -24,6 +24,8 @@ const PRICE_PER_PATIENT: u64 = 20;
 const DEMO_EPSILON_MICRO: u64 = 2_000_000;
 /// Each demo listing's total ε budget, micro-ε.
 const DEMO_BUDGET_MICRO: u64 = 20_000_000;
+/// The personal limit some demo patients set in their consent: two queries' worth.
+const DEMO_PERSONAL_LIMIT_MICRO: u64 = 2 * DEMO_EPSILON_MICRO;
 
 pub(crate) fn spinner(message: &str, quiet: bool) -> ProgressBar {
     if quiet {
@@ -133,6 +135,7 @@ pub async fn local(args: LocalArgs) -> anyhow::Result<()> {
             patients.push(PatientEnrolment {
                 key,
                 consent: Some(Payout::ToPatient),
+                epsilon_limit_micro: None,
             });
         }
         let price_per_query = PRICE_PER_PATIENT * patients.len() as u64;
@@ -331,6 +334,8 @@ pub async fn demo(
     let mut setups = Vec::new();
     let (mut paying, mut donating, mut declining) = (0u64, 0u64, 0u64);
     let mut paying_accounts: Vec<AccountId> = Vec::new();
+    // Patients who set their own privacy limit in the consent, with the listing it is on.
+    let mut limited: Vec<(AccountId, ListingId)> = Vec::new();
     for (node, listing) in hospitals.iter().enumerate() {
         let mut vault = Vault::new(Schema::fhir());
         let mut enrolments = Vec::new();
@@ -357,9 +362,16 @@ pub async fn demo(
                     paying_accounts.push(AccountId::of(&patient.key));
                 }
             }
+            // One paid patient in twenty allows only two of the demo's queries on their record.
+            let epsilon_limit_micro =
+                (index % 20 == 7).then_some(DEMO_PERSONAL_LIMIT_MICRO);
+            if epsilon_limit_micro.is_some() {
+                limited.push((AccountId::of(&patient.key), ListingId::new(*listing)));
+            }
             enrolments.push(PatientEnrolment {
                 key: patient.key,
                 consent,
+                epsilon_limit_micro,
             });
             bar.inc(1);
         }
@@ -379,6 +391,11 @@ pub async fn demo(
     println!(
         "Population: {} synthetic patients in 3 vaults ({} consent and are paid, {} consent and donate, {} do not consent).",
         per_node * nodes as u64, paying, donating, declining
+    );
+    println!(
+        "{} of the paid patients set a personal privacy limit of ε = {} in their consent: enough for two of the queries below, so their records sit out the third.",
+        limited.len(),
+        DEMO_PERSONAL_LIMIT_MICRO as f64 / 1e6
     );
 
     // 2. Cluster.
@@ -455,6 +472,26 @@ pub async fn demo(
                 .collect::<Vec<_>>()
                 .join(", ")
         );
+        let exhausted = {
+            let ledger = cluster
+                .coordinator
+                .ledger()
+                .lock()
+                .map_err(|_| anyhow::anyhow!("ledger lock poisoned"))?;
+            let state = ledger.state();
+            limited
+                .iter()
+                .filter(|(account, listing)| {
+                    state.personal_spent_micro(account, listing) + DEMO_EPSILON_MICRO
+                        > DEMO_PERSONAL_LIMIT_MICRO
+                })
+                .count()
+        };
+        if exhausted > 0 {
+            println!(
+                "  {exhausted} patients have now used their whole personal limit; the nodes leave them out of later queries."
+            );
+        }
         println!(
             "  About {} consenting patients took part (a noisy count); receipt {}…, inclusion in the ledger {}\n",
             release.answer.participants,

@@ -152,7 +152,7 @@ struct LocalCmd {
 }
 
 /// Parses `--epsilon`: a finite number from 0.000001 to 1,000,000.
-fn parse_epsilon(text: &str) -> Result<f64, String> {
+pub(crate) fn parse_epsilon(text: &str) -> Result<f64, String> {
     let epsilon: f64 = text
         .parse()
         .map_err(|_| format!("`{text}` is not a number; write e.g. --epsilon 0.5"))?;

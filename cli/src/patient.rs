@@ -59,6 +59,10 @@ struct ConsentArgs {
     /// Let the consent lapse after this many days (default: until revoked).
     #[arg(long, value_name = "DAYS", value_parser = clap::value_parser!(u64).range(1..=36_500))]
     expires_in_days: Option<u64>,
+    /// Your personal privacy limit on this listing: queries may use your record only while
+    /// the total ε spent on it stays within this (default: only the listing's budget).
+    #[arg(long, value_name = "EPSILON", value_parser = crate::parse_epsilon)]
+    epsilon_limit: Option<f64>,
 }
 
 #[derive(Args, Debug)]
@@ -174,6 +178,9 @@ pub async fn run(command: PatientCmd) -> anyhow::Result<()> {
                     purpose: purpose_value,
                     expires_at,
                     payout,
+                    epsilon_limit_micro: args
+                        .epsilon_limit
+                        .map(|epsilon| (epsilon * 1e6).round() as u64),
                 })
                 .await?;
             let result = patient
@@ -263,8 +270,19 @@ pub async fn run(command: PatientCmd) -> anyhow::Result<()> {
                     (false, Some(at)) => format!("revoked at {at}"),
                     (false, None) => "expired".to_string(),
                 };
+                let privacy = match consent.epsilon_limit_micro {
+                    Some(limit) => format!(
+                        "ε spent {:.2} of your limit {:.2}",
+                        consent.epsilon_spent_micro as f64 / 1e6,
+                        limit as f64 / 1e6
+                    ),
+                    None => format!(
+                        "ε spent {:.2} (no personal limit)",
+                        consent.epsilon_spent_micro as f64 / 1e6
+                    ),
+                };
                 println!(
-                    "  {:<28} {:<20} {:<16} {payout}",
+                    "  {:<28} {:<20} {:<16} {payout}; {privacy}",
                     consent.listing, consent.purpose, state
                 );
             }

@@ -194,6 +194,7 @@ struct Release {
 /// What the ledger and the market say about an order, as a member checks it.
 struct OrderFacts {
     plan: QueryPlan,
+    purpose: market::Purpose,
     epsilon_micro: u64,
     min_cohort: u64,
     listings: Vec<String>,
@@ -264,9 +265,13 @@ impl NodeService {
         Ok(())
     }
 
-    /// The patients of this vault whose consent to the listing and purpose holds now,
-    /// according to the ledger.
-    async fn current_consents(&self, purpose: &str) -> Result<ConsentBook, Status> {
+    /// The patients of this vault whose consent to the listing and purpose holds now and whose
+    /// personal privacy limit allows `epsilon_micro` more, according to the ledger.
+    async fn current_consents(
+        &self,
+        purpose: &str,
+        epsilon_micro: u64,
+    ) -> Result<ConsentBook, Status> {
         let channel = Channel::from_shared(self.config.market_endpoint.clone())
             .map_err(|error| Status::internal(format!("market endpoint: {error}")))?
             .connect()
@@ -280,6 +285,7 @@ impl NodeService {
             ListCurrentConsentsRequest {
                 listing: self.config.listing.clone(),
                 purpose: purpose.to_string(),
+                epsilon_micro,
             },
         );
         let consenting: BTreeSet<Vec<u8>> = client
@@ -344,6 +350,7 @@ impl NodeService {
         let market::Action::OrderQuery {
             query_hash,
             listings,
+            purpose,
             epsilon_micro,
             ..
         } = verified.body().action.clone()
@@ -393,6 +400,7 @@ impl NodeService {
         }
         Ok(OrderFacts {
             plan: plan.ok_or_else(|| Status::failed_precondition("the order names no listing"))?,
+            purpose,
             epsilon_micro,
             min_cohort,
             listings: names,
@@ -682,10 +690,29 @@ impl Compute for NodeService {
         };
         let plan = compile(&message.sql, self.vault.schema())
             .map_err(|error| Status::invalid_argument(format!("sql: {error}")))?;
+        // The buyer's signed order, not the coordinator, says what is asked, for which
+        // purpose, and how much ε each included patient spends.
+        let facts = self.order_facts(&order, &message.sql).await?;
+        if !facts.listings.contains(&self.config.listing) {
+            return Err(Status::failed_precondition(format!(
+                "order_id: the order does not name listing {}",
+                self.config.listing
+            )));
+        }
+        if market::server::purpose_name(facts.purpose) != message.purpose {
+            return Err(Status::invalid_argument(format!(
+                "purpose: the order's purpose is {}",
+                market::server::purpose_name(facts.purpose)
+            )));
+        }
         if let Some(Fault::SlowToCompute(millis)) = self.config.fault {
             tokio::time::sleep(std::time::Duration::from_millis(millis)).await;
         }
-        let consents = self.current_consents(&message.purpose).await?;
+        // A patient whose personal limit the order would exceed is left out, exactly like one
+        // who never consented: the release cannot tell them apart.
+        let consents = self
+            .current_consents(&message.purpose, facts.epsilon_micro)
+            .await?;
         let vault = Arc::clone(&self.vault);
         let purpose = message.purpose.clone();
         let context_order = match self.config.fault {

@@ -53,6 +53,8 @@ pub struct PatientEnrolment {
     pub key: SigningKey,
     /// `None` if the patient does not consent.
     pub consent: Option<Payout>,
+    /// The personal privacy limit set in the consent, micro-ε (`None`: only the listing's).
+    pub epsilon_limit_micro: Option<u64>,
 }
 
 /// One node to start.
@@ -334,6 +336,7 @@ impl Cluster {
                                     fund: AccountId::of(&fund),
                                 },
                             },
+                            epsilon_limit_micro: patient.epsilon_limit_micro,
                         },
                     )?);
                 }

@@ -211,3 +211,90 @@ async fn withholding_noise_of_t_members_stops_the_release() {
     books_balance(&cluster);
     cluster.shutdown();
 }
+
+/// A patient whose personal limit one order fills is left out of the next release by the
+/// node, and the receipt (which the ledger would refuse otherwise) settles without them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patient_past_their_personal_limit_is_left_out_of_the_next_release() {
+    use cohortex_proto::v1::consent_client::ConsentClient;
+    use cohortex_proto::v1::SignedTransaction;
+    let (_dir, cluster, truth) = start([None, None, None]).await;
+    let buyer = buyer(&cluster).await;
+    // A diabetic patient of node 0 who consented and is paid, and who now consents again
+    // with a personal limit of exactly one order's ε.
+    let (index, patient) = (0..PER_NODE)
+        .filter(|index| consent_of(*index) == Some(cohortex_coordinator::Payout::ToPatient))
+        .map(|index| (index, synth::patient(99, index)))
+        .find(|(_, patient)| patient.diabetes)
+        .unwrap();
+    let account = market::AccountId::of(&patient.key);
+    let listing = market::ListingId::new("clinic-0");
+    let grant = market::TxBody {
+        chain_id: cluster.chain_id,
+        signer: account,
+        nonce: 2,
+        action: market::Action::GrantConsent {
+            patient: account,
+            listing: listing.clone(),
+            purpose: Purpose::AcademicResearch,
+            expires_at: None,
+            payout: market::PayoutChoice::ToPatient,
+            epsilon_limit_micro: Some(EPSILON),
+        },
+    }
+    .sign(&patient.key)
+    .unwrap();
+    ConsentClient::connect(cluster.market_endpoint.clone())
+        .await
+        .unwrap()
+        .grant(SignedTransaction {
+            envelope: grant.bytes,
+        })
+        .await
+        .unwrap();
+    let consenting = (truth.paying.len() + truth.donating) as u64;
+
+    // The first order fits the limit exactly: the patient is in it.
+    let first = buyer
+        .query(
+            SQL,
+            &listings(&cluster),
+            Purpose::AcademicResearch,
+            EPSILON,
+            &table(),
+            &cluster.ledger_key,
+        )
+        .await
+        .unwrap();
+    assert_eq!(first.answer.participants, consenting);
+    assert_eq!(first.answer.rows[0][0].as_f64(), Some(truth.count));
+
+    // The second (a different ε, so not the cached release) would exceed it.
+    let second = buyer
+        .query(
+            SQL,
+            &listings(&cluster),
+            Purpose::AcademicResearch,
+            EPSILON - 1,
+            &table(),
+            &cluster.ledger_key,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        second.answer.participants,
+        consenting - 1,
+        "patient {index} is left out"
+    );
+    assert_eq!(second.answer.rows[0][0].as_f64(), Some(truth.count - 1.0));
+    {
+        let ledger = cluster.coordinator.ledger().lock().unwrap();
+        assert_eq!(
+            ledger.state().personal_spent_micro(&account, &listing),
+            EPSILON,
+            "only the first order was spent on the patient's record"
+        );
+    }
+    books_balance(&cluster);
+    cluster.shutdown();
+}

@@ -157,6 +157,24 @@ pub enum TxError {
         /// The purpose.
         purpose: Purpose,
     },
+    /// A personal privacy limit of zero, which would exclude the patient from every query.
+    #[error("personal epsilon limit must be positive; revoke the consent instead")]
+    ZeroPersonalLimit,
+    /// A personal privacy limit below what the patient's records in the listing already spent.
+    #[error(
+        "personal epsilon limit {limit_micro} is below the {spent_micro} micro-epsilon already \
+         spent on {patient}'s records in listing {listing}"
+    )]
+    PersonalLimitBelowSpent {
+        /// The patient.
+        patient: AccountId,
+        /// The listing.
+        listing: ListingId,
+        /// The limit asked for.
+        limit_micro: u64,
+        /// Already spent on the patient's records in the listing.
+        spent_micro: u64,
+    },
     /// A time that must lie in the future does not.
     #[error("expiry {expires_at} is not after the block time {now}")]
     ExpiryNotInFuture {
@@ -249,6 +267,23 @@ pub enum TxError {
         listing: ListingId,
         /// The order's purpose.
         purpose: Purpose,
+    },
+    /// A participant whose personal privacy limit the receipt's debit would exceed.
+    #[error(
+        "participant {patient} of listing {listing} has spent {spent_micro} of a personal limit of \
+         {limit_micro} micro-epsilon; the receipt debits {debited_micro}"
+    )]
+    PersonalBudgetExceeded {
+        /// The participant.
+        patient: AccountId,
+        /// The listing.
+        listing: ListingId,
+        /// Spent on the patient's records in the listing so far.
+        spent_micro: u64,
+        /// The limit in the consent used by the order.
+        limit_micro: u64,
+        /// Debited by the receipt.
+        debited_micro: u64,
     },
     /// No receipt has this id.
     #[error("unknown receipt {0}")]

@@ -101,12 +101,24 @@ pub struct Consent {
     pub payout: PayoutChoice,
     /// Block time of the revocation, if revoked.
     pub revoked_at: Option<u64>,
+    /// The patient's personal privacy limit for queries under this consent, micro-epsilon:
+    /// a receipt may name the patient only while the ε spent on their records in the listing
+    /// (every purpose, see [`State::personal_spent_micro`]) plus its own debit stays within
+    /// it. `None`: only the listing's budget applies.
+    pub epsilon_limit_micro: Option<u64>,
 }
 
 impl Consent {
     /// Whether the consent holds at block time `time`.
     pub fn is_active_at(&self, time: u64) -> bool {
         self.revoked_at.is_none() && self.expires_at.is_none_or(|expiry| time < expiry)
+    }
+
+    /// Whether a query debiting `epsilon_micro` may use the records under this consent, given
+    /// `spent_micro` already spent on them in the listing.
+    pub fn affords(&self, spent_micro: u64, epsilon_micro: u64) -> bool {
+        self.epsilon_limit_micro
+            .is_none_or(|limit| spent_micro.saturating_add(epsilon_micro) <= limit)
     }
 }
 
@@ -239,6 +251,8 @@ pub enum StateKey {
     Receipt(ReceiptId),
     /// Total credits issued.
     TotalIssued,
+    /// ε spent on a patient's records in a listing: patient, listing.
+    PersonalSpent(AccountId, ListingId),
 }
 
 /// A stored state entry does not decode.
@@ -263,6 +277,9 @@ pub struct State {
     accounts: BTreeMap<AccountId, Account>,
     listings: BTreeMap<ListingId, Listing>,
     consents: BTreeMap<(AccountId, ListingId, Purpose), Consent>,
+    /// ε (micro) debited by recorded receipts that named the patient, per listing, over every
+    /// purpose. Never reset: revoking and granting again keeps it.
+    personal_spent: BTreeMap<(AccountId, ListingId), u64>,
     orders: BTreeMap<OrderId, Order>,
     receipts: BTreeMap<ReceiptId, ReceiptRecord>,
     total_issued: u64,
@@ -330,6 +347,36 @@ impl State {
         purpose: Purpose,
     ) -> Option<&Consent> {
         self.consents.get(&(*patient, listing.clone(), purpose))
+    }
+
+    /// ε (micro) spent on `patient`'s records in `listing` by recorded receipts, over every
+    /// purpose.
+    pub fn personal_spent_micro(&self, patient: &AccountId, listing: &ListingId) -> u64 {
+        self.personal_spent
+            .get(&(*patient, listing.clone()))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The patients of [`State::current_consents`] whose personal limit also allows a query
+    /// debiting `epsilon_micro` now: those a node may include in such a query.
+    pub fn current_consents_affording(
+        &self,
+        listing: &ListingId,
+        purpose: Purpose,
+        time: u64,
+        epsilon_micro: u64,
+    ) -> Vec<AccountId> {
+        self.current_consents(listing, purpose, time)
+            .into_iter()
+            .filter(|patient| {
+                self.consents
+                    .get(&(*patient, listing.clone(), purpose))
+                    .is_some_and(|consent| {
+                        consent.affords(self.personal_spent_micro(patient, listing), epsilon_micro)
+                    })
+            })
+            .collect()
     }
 
     /// Every consent of `patient` (active or not), ordered by listing, then purpose.
@@ -446,6 +493,10 @@ impl State {
                     StateKey::Order(id) => self.orders.get(id).map(postcard::to_stdvec),
                     StateKey::Receipt(id) => self.receipts.get(id).map(postcard::to_stdvec),
                     StateKey::TotalIssued => Some(postcard::to_stdvec(&self.total_issued)),
+                    StateKey::PersonalSpent(p, l) => self
+                        .personal_spent
+                        .get(&(*p, l.clone()))
+                        .map(postcard::to_stdvec),
                 }?;
                 let key = postcard::to_stdvec(&key);
                 match (key, value) {
@@ -494,6 +545,11 @@ impl State {
                     state.receipts.insert(*id, value(&key, value_bytes)?);
                 }
                 StateKey::TotalIssued => state.total_issued = value(&key, value_bytes)?,
+                StateKey::PersonalSpent(p, l) => {
+                    state
+                        .personal_spent
+                        .insert((*p, l.clone()), value(&key, value_bytes)?);
+                }
             }
         }
         Ok(state)
@@ -556,6 +612,7 @@ impl State {
                 purpose,
                 expires_at,
                 payout,
+                epsilon_limit_micro,
             } => self.grant(
                 signer,
                 *patient,
@@ -563,6 +620,7 @@ impl State {
                 *purpose,
                 *expires_at,
                 *payout,
+                *epsilon_limit_micro,
                 ctx,
             )?,
             Action::RevokeConsent { listing, purpose } => {
@@ -791,6 +849,7 @@ impl State {
         purpose: Purpose,
         expires_at: Option<u64>,
         payout: PayoutChoice,
+        epsilon_limit_micro: Option<u64>,
         ctx: &BlockContext,
     ) -> Result<(), TxError> {
         if signer != patient {
@@ -815,6 +874,20 @@ impl State {
         if let PayoutChoice::DonateTo { fund } = payout {
             self.require_fund(fund)?;
         }
+        if let Some(limit) = epsilon_limit_micro {
+            if limit == 0 {
+                return Err(TxError::ZeroPersonalLimit);
+            }
+            let spent = self.personal_spent_micro(&patient, id);
+            if limit < spent {
+                return Err(TxError::PersonalLimitBelowSpent {
+                    patient,
+                    listing: id.clone(),
+                    limit_micro: limit,
+                    spent_micro: spent,
+                });
+            }
+        }
         self.consents.insert(
             (patient, id.clone(), purpose),
             Consent {
@@ -822,6 +895,7 @@ impl State {
                 expires_at,
                 payout,
                 revoked_at: None,
+                epsilon_limit_micro,
             },
         );
         self.changed
@@ -1051,6 +1125,16 @@ impl State {
                         listing: id.clone(),
                         purpose: order.purpose,
                     })?;
+                let spent = self.personal_spent_micro(participant, id);
+                if !consent.affords(spent, contribution.epsilon_debited_micro) {
+                    return Err(TxError::PersonalBudgetExceeded {
+                        patient: *participant,
+                        listing: id.clone(),
+                        spent_micro: spent,
+                        limit_micro: consent.epsilon_limit_micro.unwrap_or(u64::MAX),
+                        debited_micro: contribution.epsilon_debited_micro,
+                    });
+                }
                 let destination = match (ordered.compensation, consent.payout) {
                     (Compensation::Donation { fund }, _) => fund,
                     (Compensation::Payment, PayoutChoice::DonateTo { fund }) => fund,
@@ -1079,6 +1163,18 @@ impl State {
             }
             self.changed
                 .insert(StateKey::Listing(settlement.listing.clone()));
+            if settlement.epsilon_debited_micro > 0 {
+                for payee in &settlement.payees {
+                    let key = (payee.participant, settlement.listing.clone());
+                    let spent = self.personal_spent.entry(key).or_insert(0);
+                    // Saturates only past u64::MAX micro-epsilon, far beyond any limit.
+                    *spent = spent.saturating_add(settlement.epsilon_debited_micro);
+                    self.changed.insert(StateKey::PersonalSpent(
+                        payee.participant,
+                        settlement.listing.clone(),
+                    ));
+                }
+            }
         }
         if let Some(order) = self.orders.get_mut(&order_id) {
             order.status = OrderStatus::Computed {

@@ -270,6 +270,10 @@ pub enum Action {
         expires_at: Option<u64>,
         /// Where the patient's shares go.
         payout: PayoutChoice,
+        /// The patient's personal privacy limit, in micro-epsilon: a query may use the records
+        /// only while the ε spent on them in this listing, over every purpose and including the
+        /// query's own, stays within it. `None` leaves only the listing's budget.
+        epsilon_limit_micro: Option<u64>,
     },
     /// Revokes the signer's consent for `listing` and `purpose`.
     RevokeConsent {

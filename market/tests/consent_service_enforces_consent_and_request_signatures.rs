@@ -181,6 +181,7 @@ impl Served {
         let request = v1::ListCurrentConsentsRequest {
             listing: self.listing.0.clone(),
             purpose: purpose.into(),
+            epsilon_micro: 0,
         };
         let request = signed_request(&self.node.key, LIST_CURRENT_CONSENTS, request);
         let answer = self
@@ -282,6 +283,7 @@ async fn consent_past_its_expiry_leaves_current_consents_at_the_next_block() {
         purpose: Purpose::TrialFeasibility,
         expires_at: Some(START_TIME + 60),
         payout: PayoutChoice::DonateTo { fund: fund.id },
+        epsilon_limit_micro: None,
     };
     served.net.grant(&mut patient, grant).await;
     let (holding, _) = served.current("trial_feasibility").await;
@@ -417,6 +419,7 @@ async fn consent_transactions_breaking_ledger_rules_get_their_status_codes() {
         purpose: Purpose::CommercialResearch,
         expires_at: None,
         payout: PayoutChoice::ToPatient,
+        epsilon_limit_micro: None,
     };
     let not_allowed = served
         .net
@@ -433,6 +436,7 @@ async fn consent_transactions_breaking_ledger_rules_get_their_status_codes() {
         purpose: Purpose::AcademicResearch,
         expires_at: None,
         payout: PayoutChoice::ToPatient,
+        epsilon_limit_micro: None,
     };
     let unknown = served
         .net
@@ -559,6 +563,7 @@ async fn current_consents_need_a_registered_caller_and_well_formed_fields() {
     let request = |listing: &str, purpose: &str| v1::ListCurrentConsentsRequest {
         listing: listing.into(),
         purpose: purpose.into(),
+        epsilon_micro: 0,
     };
     let stranger = Party::new(&mut served.rng);
     let unregistered = signed_request(

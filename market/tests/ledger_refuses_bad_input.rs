@@ -375,6 +375,7 @@ fn ledger_refuses_expired_consent_and_expired_order() {
                 purpose: market::Purpose::AcademicResearch,
                 expires_at: Some(expiry),
                 payout: PayoutChoice::ToPatient,
+                epsilon_limit_micro: None,
             },
         )
         .expect("grant with expiry");

@@ -78,6 +78,7 @@ pub fn setups(faults: [Option<Fault>; 3], min_cohort_size: u32) -> (Vec<NodeSetu
             patients.push(PatientEnrolment {
                 key: patient.key,
                 consent,
+                epsilon_limit_micro: None,
             });
         }
         setups.push(NodeSetup {

@@ -95,6 +95,7 @@ fn consent_record(
     purpose: Purpose,
     consent: &Consent,
     now: u64,
+    spent_micro: u64,
 ) -> v1::ConsentRecord {
     v1::ConsentRecord {
         listing: listing.0.clone(),
@@ -107,6 +108,8 @@ fn consent_record(
         },
         granted_at: consent.granted_at,
         revoked_at: consent.revoked_at,
+        epsilon_limit_micro: consent.epsilon_limit_micro,
+        epsilon_spent_micro: spent_micro,
     }
 }
 
@@ -114,10 +117,13 @@ fn consent_record(
 fn consents_of(ledger: &Ledger, patient: &AccountId) -> Result<v1::ListConsentsResponse, Status> {
     require_registered(ledger, patient)?;
     let now = ledger.machine().last_time();
-    let consents = ledger
-        .state()
+    let state = ledger.state();
+    let consents = state
         .consents_of(patient)
-        .map(|(listing, purpose, consent)| consent_record(listing, purpose, consent, now))
+        .map(|(listing, purpose, consent)| {
+            let spent = state.personal_spent_micro(patient, listing);
+            consent_record(listing, purpose, consent, now, spent)
+        })
         .collect();
     Ok(v1::ListConsentsResponse {
         consents,
@@ -138,13 +144,15 @@ fn earnings_of(ledger: &Ledger, patient: &AccountId) -> Result<v1::Earnings, Sta
     })
 }
 
-/// The patients consenting to `listing` for `purpose` at the last block's time, ascending;
+/// The patients consenting to `listing` for `purpose` at the last block's time, ascending,
+/// less those whose personal limit would not allow `epsilon_micro` more (when it is not 0);
 /// asked by `caller`, who must be registered.
 fn current_consents(
     ledger: &Ledger,
     caller: &AccountId,
     listing: &ListingId,
     purpose: Purpose,
+    epsilon_micro: u64,
 ) -> Result<v1::ListCurrentConsentsResponse, Status> {
     let state = ledger.state();
     if state.account(caller).is_none() {
@@ -157,7 +165,7 @@ fn current_consents(
     }
     let now = ledger.machine().last_time();
     let patients = state
-        .current_consents(listing, purpose, now)
+        .current_consents_affording(listing, purpose, now, epsilon_micro)
         .iter()
         .map(|patient| patient.0.to_vec())
         .collect();
@@ -233,8 +241,9 @@ impl ConsentRpc for ConsentService {
             .verify(LIST_CURRENT_CONSENTS, &request, unix_now())?;
         let listing = listing_field(&request.get_ref().listing, "listing")?;
         let purpose = purpose_field(&request.get_ref().purpose, "purpose")?;
+        let epsilon_micro = request.get_ref().epsilon_micro;
         let response = read_ledger(&self.ledger, move |ledger| {
-            current_consents(ledger, &caller, &listing, purpose)
+            current_consents(ledger, &caller, &listing, purpose, epsilon_micro)
         });
         Ok(Response::new(response.await?))
     }

@@ -68,6 +68,7 @@ pub fn tx_error_code(error: &TxError) -> Code {
         | TxError::InvalidKey(_)
         | TxError::WrongChain { .. }
         | TxError::ZeroAmount
+        | TxError::ZeroPersonalLimit
         | TxError::InvalidListing(_)
         | TxError::InvalidOrder(_)
         | TxError::ParticipantsNotCanonical(_) => Code::InvalidArgument,
@@ -102,6 +103,8 @@ pub fn tx_error_code(error: &TxError) -> Code {
         | TxError::EpsilonExceedsRequest { .. }
         | TxError::CohortTooSmall { .. }
         | TxError::ParticipantWithoutConsent { .. }
+        | TxError::PersonalLimitBelowSpent { .. }
+        | TxError::PersonalBudgetExceeded { .. }
         | TxError::ReceiptForAnotherOrder { .. }
         | TxError::AlreadySettled(_)
         | TxError::AlreadyRefunded(_)

@@ -243,6 +243,7 @@ pub fn grant_action(patient: &Party, listing: &ListingId, payout: PayoutChoice) 
         purpose: Purpose::AcademicResearch,
         expires_at: None,
         payout,
+        epsilon_limit_micro: None,
     }
 }
 

@@ -1,0 +1,218 @@
+//! Each patient's personal privacy limit, set in the consent: the ledger refuses a receipt
+//! that would take a patient past it, keeps what was spent across revocations, and tells a
+//! node which patients a query may still use.
+//!
+//! The scene's orders request 0.5 ε and its receipts debit 0.4 ε (see `common`).
+
+#![cfg(feature = "storage")]
+
+mod common;
+
+use common::*;
+use market::{Action, Ledger, PayoutChoice, Purpose, TxError};
+
+/// Debited by every receipt of the scene, micro-epsilon.
+const DEBIT: u64 = 400_000;
+
+fn grant_with_limit(scene: &mut Scene, index: usize, limit: Option<u64>) -> Result<(), TxError> {
+    let mut action = grant_action(&scene.patients[index], &scene.listing, PayoutChoice::ToPatient);
+    if let Action::GrantConsent {
+        epsilon_limit_micro,
+        ..
+    } = &mut action
+    {
+        *epsilon_limit_micro = limit;
+    }
+    scene
+        .f
+        .submit(&mut scene.patients[index], action)
+        .map(|_| ())
+}
+
+#[test]
+fn receipt_that_would_take_a_patient_past_their_personal_limit_is_refused() {
+    let mut scene = Scene::new();
+    // Room for exactly one receipt: 0.4 ≤ 0.6 < 0.8.
+    grant_with_limit(&mut scene, 0, Some(600_000)).expect("grant with a limit");
+    let ids = scene.patient_ids();
+
+    let first = scene.order();
+    scene.record(first, ids.clone());
+    let state = scene.f.ledger.state();
+    assert_eq!(state.personal_spent_micro(&ids[0], &scene.listing), DEBIT);
+    assert_eq!(state.personal_spent_micro(&ids[1], &scene.listing), DEBIT);
+
+    let second = scene.order();
+    let naming_everyone = receipt_action(second, vec![(scene.listing.clone(), ids.clone())]);
+    scene.f.refuse(
+        &scene.committee,
+        naming_everyone,
+        TxError::PersonalBudgetExceeded {
+            patient: ids[0],
+            listing: scene.listing.clone(),
+            spent_micro: DEBIT,
+            limit_micro: 600_000,
+            debited_micro: DEBIT,
+        },
+    );
+
+    // Without the patient the receipt stands, and their spending does not move.
+    scene.record(second, ids[1..].to_vec());
+    let state = scene.f.ledger.state();
+    assert_eq!(state.personal_spent_micro(&ids[0], &scene.listing), DEBIT);
+    assert_eq!(state.personal_spent_micro(&ids[1], &scene.listing), 2 * DEBIT);
+    assert!(scene.f.conserved());
+}
+
+#[test]
+fn node_is_told_to_leave_out_a_patient_whose_limit_the_order_would_exceed() {
+    let mut scene = Scene::new();
+    grant_with_limit(&mut scene, 0, Some(600_000)).expect("grant with a limit");
+    let ids = scene.patient_ids();
+    let order = scene.order();
+    scene.record(order, ids.clone());
+
+    let state = scene.f.ledger.state();
+    let now = scene.f.ledger.machine().last_time();
+    let purpose = Purpose::AcademicResearch;
+    // 0.4 spent: 0.2 more fits the limit, 0.4 more does not.
+    let small = state.current_consents_affording(&scene.listing, purpose, now, 200_000);
+    assert_eq!(small, ids);
+    let large = state.current_consents_affording(&scene.listing, purpose, now, DEBIT);
+    assert_eq!(large, ids[1..].to_vec());
+    // The consent itself still holds: only the limit leaves the patient out.
+    assert_eq!(state.current_consents(&scene.listing, purpose, now), ids);
+}
+
+#[test]
+fn revoking_and_consenting_again_does_not_reset_what_was_spent() {
+    let mut scene = Scene::new();
+    grant_with_limit(&mut scene, 0, Some(1_000_000)).expect("grant with a limit");
+    let ids = scene.patient_ids();
+    let order = scene.order();
+    scene.record(order, ids.clone());
+
+    let revoke = Action::RevokeConsent {
+        listing: scene.listing.clone(),
+        purpose: Purpose::AcademicResearch,
+    };
+    scene
+        .f
+        .submit(&mut scene.patients[0], revoke)
+        .expect("revoke");
+
+    // A new limit below what is already spent is refused, naming both numbers.
+    let mut too_low = grant_action(&scene.patients[0], &scene.listing, PayoutChoice::ToPatient);
+    if let Action::GrantConsent {
+        epsilon_limit_micro,
+        ..
+    } = &mut too_low
+    {
+        *epsilon_limit_micro = Some(300_000);
+    }
+    scene.f.refuse(
+        &scene.patients[0],
+        too_low,
+        TxError::PersonalLimitBelowSpent {
+            patient: ids[0],
+            listing: scene.listing.clone(),
+            limit_micro: 300_000,
+            spent_micro: DEBIT,
+        },
+    );
+
+    grant_with_limit(&mut scene, 0, Some(1_000_000)).expect("grant again");
+    assert_eq!(
+        scene
+            .f
+            .ledger
+            .state()
+            .personal_spent_micro(&ids[0], &scene.listing),
+        DEBIT,
+        "consenting again keeps what was spent"
+    );
+}
+
+#[test]
+fn spending_under_another_purpose_counts_against_the_same_limit() {
+    let mut scene = Scene::new();
+    let ids = scene.patient_ids();
+    // The patient consents to feasibility counts with a limit that one receipt fills.
+    let mut feasibility = grant_action(&scene.patients[0], &scene.listing, PayoutChoice::ToPatient);
+    if let Action::GrantConsent {
+        purpose,
+        epsilon_limit_micro,
+        ..
+    } = &mut feasibility
+    {
+        *purpose = Purpose::TrialFeasibility;
+        *epsilon_limit_micro = Some(DEBIT);
+    }
+    scene
+        .f
+        .submit(&mut scene.patients[0], feasibility)
+        .expect("grant for feasibility");
+    // An academic query (no limit on that consent) spends 0.4 on the patient's records.
+    let order = scene.order();
+    scene.record(order, ids.clone());
+
+    let state = scene.f.ledger.state();
+    let now = scene.f.ledger.machine().last_time();
+    let left = state.current_consents_affording(
+        &scene.listing,
+        Purpose::TrialFeasibility,
+        now,
+        DEBIT,
+    );
+    assert!(
+        left.is_empty(),
+        "the records already spent the feasibility consent's whole limit"
+    );
+}
+
+#[test]
+fn zero_personal_limit_is_refused() {
+    let mut scene = Scene::new();
+    let mut action = grant_action(&scene.patients[0], &scene.listing, PayoutChoice::ToPatient);
+    if let Action::GrantConsent {
+        epsilon_limit_micro,
+        ..
+    } = &mut action
+    {
+        *epsilon_limit_micro = Some(0);
+    }
+    scene
+        .f
+        .refuse(&scene.patients[0], action, TxError::ZeroPersonalLimit);
+}
+
+#[test]
+fn personal_spending_is_rebuilt_from_storage_after_a_restart() {
+    let mut scene = Scene::new();
+    grant_with_limit(&mut scene, 0, Some(600_000)).expect("grant with a limit");
+    let ids = scene.patient_ids();
+    let order = scene.order();
+    scene.record(order, ids.clone());
+    let hash = scene.f.ledger.state().hash();
+
+    let path = scene.f.dir.path().join("ledger.db");
+    let Scene { f, .. } = scene;
+    let common::Fixture {
+        ledger,
+        clock,
+        ledger_key,
+        dir,
+        ..
+    } = f;
+    drop(ledger);
+    let reopened =
+        Ledger::open(&path, ledger_sequencer(&ledger_key, &clock)).expect("reopen the ledger");
+    assert_eq!(reopened.state().hash(), hash);
+    assert_eq!(
+        reopened
+            .state()
+            .personal_spent_micro(&ids[0], &market::ListingId::new("diabetes-cohort")),
+        DEBIT
+    );
+    drop(dir);
+}

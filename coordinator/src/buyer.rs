@@ -127,9 +127,9 @@ impl Buyer {
                 result_key: self.result_keys.public.to_bytes(),
             })
             .await;
-        let reused = response.as_ref().map_or(false, |answer| {
-            answer.get_ref().answered_from_earlier_release
-        });
+        let reused = response
+            .as_ref()
+            .is_ok_and(|answer| answer.get_ref().answered_from_earlier_release);
         if response.is_err() || reused {
             // A refused order, or a repeat answered from an earlier release, used no nonce on
             // the ledger.

@@ -341,7 +341,12 @@ async fn replayed_contribution_is_rejected_and_named() {
     // For the second, clinic-1 sends the first order's contribution again, byte for byte.
     // (Another ε, so that the market does not answer it from the first release.)
     let order = buyer
-        .order(SQL, &listings(&cluster), Purpose::AcademicResearch, EPSILON - 1)
+        .order(
+            SQL,
+            &listings(&cluster),
+            Purpose::AcademicResearch,
+            EPSILON - 1,
+        )
         .await
         .unwrap();
     let status = buyer.wait(order).await.unwrap();

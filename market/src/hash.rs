@@ -111,6 +111,14 @@ impl std::io::Write for TaggedHasher {
     }
 }
 
+/// Domain label of query hashes (an order's `query_hash` is this hash of the SQL text).
+pub const LABEL_QUERY: &str = "cohortex/market/query/v1";
+
+/// The hash an order carries for its SQL text.
+pub fn query_hash(sql: &str) -> Hash32 {
+    tagged_hash(LABEL_QUERY, &[sql.as_bytes()])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,12 +150,4 @@ mod tests {
             tagged_hash(LABEL_TXID, &[b"a", b"bc"])
         );
     }
-}
-
-/// Domain label of query hashes (an order's `query_hash` is this hash of the SQL text).
-pub const LABEL_QUERY: &str = "cohortex/market/query/v1";
-
-/// The hash an order carries for its SQL text.
-pub fn query_hash(sql: &str) -> Hash32 {
-    tagged_hash(LABEL_QUERY, &[sql.as_bytes()])
 }

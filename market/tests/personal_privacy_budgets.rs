@@ -15,7 +15,11 @@ use market::{Action, Ledger, PayoutChoice, Purpose, TxError};
 const DEBIT: u64 = 400_000;
 
 fn grant_with_limit(scene: &mut Scene, index: usize, limit: Option<u64>) -> Result<(), TxError> {
-    let mut action = grant_action(&scene.patients[index], &scene.listing, PayoutChoice::ToPatient);
+    let mut action = grant_action(
+        &scene.patients[index],
+        &scene.listing,
+        PayoutChoice::ToPatient,
+    );
     if let Action::GrantConsent {
         epsilon_limit_micro,
         ..
@@ -60,7 +64,10 @@ fn receipt_that_would_take_a_patient_past_their_personal_limit_is_refused() {
     scene.record(second, ids[1..].to_vec());
     let state = scene.f.ledger.state();
     assert_eq!(state.personal_spent_micro(&ids[0], &scene.listing), DEBIT);
-    assert_eq!(state.personal_spent_micro(&ids[1], &scene.listing), 2 * DEBIT);
+    assert_eq!(
+        state.personal_spent_micro(&ids[1], &scene.listing),
+        2 * DEBIT
+    );
     assert!(scene.f.conserved());
 }
 
@@ -158,12 +165,8 @@ fn spending_under_another_purpose_counts_against_the_same_limit() {
 
     let state = scene.f.ledger.state();
     let now = scene.f.ledger.machine().last_time();
-    let left = state.current_consents_affording(
-        &scene.listing,
-        Purpose::TrialFeasibility,
-        now,
-        DEBIT,
-    );
+    let left =
+        state.current_consents_affording(&scene.listing, Purpose::TrialFeasibility, now, DEBIT);
     assert!(
         left.is_empty(),
         "the records already spent the feasibility consent's whole limit"

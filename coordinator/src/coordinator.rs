@@ -182,6 +182,61 @@ impl Coordinator {
         Ok(())
     }
 
+    /// Checks, at the ledger's last block, what `RecordReceipt` will check of the
+    /// participants: each holds an active consent to the listing and purpose whose personal
+    /// limit allows `epsilon_micro` more, and each listing has at least its minimum cohort.
+    async fn check_receipt_rules(
+        &self,
+        named: Vec<(ListingId, Vec<AccountId>)>,
+        purpose: Purpose,
+        epsilon_micro: u64,
+    ) -> Result<(), String> {
+        read_ledger(&self.ledger, move |ledger| {
+            let state = ledger.state();
+            let now = ledger.machine().last_time();
+            let mut problems = Vec::new();
+            for (listing, participants) in &named {
+                let usable = state
+                    .current_consents_affording(listing, purpose, now, epsilon_micro)
+                    .into_iter()
+                    .collect::<BTreeSet<_>>();
+                let unusable = participants
+                    .iter()
+                    .filter(|participant| !usable.contains(participant))
+                    .count();
+                if unusable > 0 {
+                    problems.push(format!(
+                        "listing {listing} named {unusable} participant(s) without a current \
+                         consent whose personal limit allows this ε"
+                    ));
+                }
+                let min = state
+                    .listing(listing)
+                    .map_or(0, |listing| listing.terms.min_cohort_size as usize);
+                if participants.len() < min {
+                    problems.push(format!(
+                        "listing {listing} has {} participant(s) who consent and whose personal \
+                         limit allows this ε; its minimum cohort is {min}",
+                        participants.len()
+                    ));
+                }
+            }
+            Ok(problems)
+        })
+        .await
+        .map_err(|status| status.message().to_string())
+        .and_then(|problems| {
+            if problems.is_empty() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "the ledger would refuse the receipt, so nothing was released ({})",
+                    problems.join("; ")
+                ))
+            }
+        })
+    }
+
     /// The largest minimum cohort among `listings`' terms on the ledger.
     async fn min_cohort(&self, listings: &[ListingId]) -> Result<u64, String> {
         let listings = listings.to_vec();
@@ -636,6 +691,17 @@ impl Coordinator {
                 failed.join("; ")
             ));
         }
+        // 2b. The receipt's rules, checked against the ledger before any noise is drawn or
+        //     anything decrypted: every participant may still be used (consent, personal
+        //     limit) and every listing keeps its minimum cohort. A refusal here costs no ε.
+        let named: Vec<(ListingId, Vec<AccountId>)> = decoded
+            .iter()
+            .map(|(position, _, _, participants)| {
+                (listings[*position].clone(), participants.clone())
+            })
+            .collect();
+        self.check_receipt_rules(named, purpose, epsilon_micro)
+            .await?;
 
         // 3. Every committee member verifies the contributions, fixes their sum and adds its
         //    share of the noise under encryption; at least t shares are needed.

@@ -212,23 +212,26 @@ async fn withholding_noise_of_t_members_stops_the_release() {
     cluster.shutdown();
 }
 
-/// A patient whose personal limit one order fills is left out of the next release by the
-/// node, and the receipt (which the ledger would refuse otherwise) settles without them.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn patient_past_their_personal_limit_is_left_out_of_the_next_release() {
-    use cohortex_proto::v1::consent_client::ConsentClient;
-    use cohortex_proto::v1::SignedTransaction;
-    let (_dir, cluster, truth) = start([None, None, None]).await;
-    let buyer = buyer(&cluster).await;
-    // A diabetic patient of node 0 who consented and is paid, and who now consents again
-    // with a personal limit of exactly one order's ε.
-    let (index, patient) = (0..PER_NODE)
+/// A paid, diabetic patient of node 0 who consented (index and record).
+fn diabetic_paid_patient_of_node_0() -> (u64, synth::SyntheticPatient) {
+    (0..PER_NODE)
         .filter(|index| consent_of(*index) == Some(cohortex_coordinator::Payout::ToPatient))
         .map(|index| (index, synth::patient(99, index)))
         .find(|(_, patient)| patient.diabetes)
-        .unwrap();
-    let account = market::AccountId::of(&patient.key);
-    let listing = market::ListingId::new("clinic-0");
+        .unwrap()
+}
+
+/// The patient consents again to `listing` for academic research, paid, with a personal
+/// privacy limit (their third transaction: registration and first consent came before).
+async fn set_personal_limit(
+    cluster: &cohortex_coordinator::Cluster,
+    key: &ed25519_dalek::SigningKey,
+    listing: &market::ListingId,
+    limit_micro: u64,
+) {
+    use cohortex_proto::v1::consent_client::ConsentClient;
+    use cohortex_proto::v1::SignedTransaction;
+    let account = market::AccountId::of(key);
     let grant = market::TxBody {
         chain_id: cluster.chain_id,
         signer: account,
@@ -239,10 +242,10 @@ async fn patient_past_their_personal_limit_is_left_out_of_the_next_release() {
             purpose: Purpose::AcademicResearch,
             expires_at: None,
             payout: market::PayoutChoice::ToPatient,
-            epsilon_limit_micro: Some(EPSILON),
+            epsilon_limit_micro: Some(limit_micro),
         },
     }
-    .sign(&patient.key)
+    .sign(key)
     .unwrap();
     ConsentClient::connect(cluster.market_endpoint.clone())
         .await
@@ -252,6 +255,20 @@ async fn patient_past_their_personal_limit_is_left_out_of_the_next_release() {
         })
         .await
         .unwrap();
+}
+
+/// A patient whose personal limit one order fills is left out of the next release by the
+/// node, and the receipt (which the ledger would refuse otherwise) settles without them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patient_past_their_personal_limit_is_left_out_of_the_next_release() {
+    let (_dir, cluster, truth) = start([None, None, None]).await;
+    let buyer = buyer(&cluster).await;
+    // A diabetic patient of node 0 who consented and is paid, and who now consents again
+    // with a personal limit of exactly one order's ε.
+    let (index, patient) = diabetic_paid_patient_of_node_0();
+    let account = market::AccountId::of(&patient.key);
+    let listing = market::ListingId::new("clinic-0");
+    set_personal_limit(&cluster, &patient.key, &listing, EPSILON).await;
     let consenting = (truth.paying.len() + truth.donating) as u64;
 
     // The first order fits the limit exactly: the patient is in it.
@@ -295,6 +312,70 @@ async fn patient_past_their_personal_limit_is_left_out_of_the_next_release() {
             "only the first order was spent on the patient's record"
         );
     }
+    books_balance(&cluster);
+    cluster.shutdown();
+}
+
+/// Leaving a patient out for their personal limit takes a listing below its minimum cohort:
+/// the coordinator sees that the ledger would refuse the receipt and stops before any noise
+/// is drawn or anything decrypted, and the order is refunded with its ε.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn personal_limit_that_breaks_the_minimum_cohort_stops_the_order_before_any_noise() {
+    // Every listing has exactly 120 consenting patients (4 in 5 of 150), its minimum cohort.
+    let consenting_per_listing = (0..PER_NODE)
+        .filter(|index| consent_of(*index).is_some())
+        .count() as u32;
+    assert_eq!(consenting_per_listing, 120);
+    let (_dir, cluster, _) = start_with(Setup {
+        min_cohort_size: consenting_per_listing,
+        ..Setup::default()
+    })
+    .await;
+    let buyer = buyer(&cluster).await;
+    let (_, patient) = diabetic_paid_patient_of_node_0();
+    let listing = market::ListingId::new("clinic-0");
+    set_personal_limit(&cluster, &patient.key, &listing, EPSILON).await;
+    buyer
+        .query(
+            SQL,
+            &listings(&cluster),
+            Purpose::AcademicResearch,
+            EPSILON,
+            &table(),
+            &cluster.ledger_key,
+        )
+        .await
+        .unwrap();
+    let spent_before = 100 * EPSILON - epsilon_left(&cluster)[0];
+    let balance_before = balance(&cluster, buyer.account()).await;
+
+    let order = buyer
+        .order(SQL, &listings(&cluster), Purpose::AcademicResearch, EPSILON - 1)
+        .await
+        .unwrap();
+    let status = buyer.wait(order).await.unwrap();
+    assert_eq!(
+        status.state,
+        cohortex_proto::v1::OrderState::Failed as i32,
+        "{}",
+        status.message
+    );
+    assert!(
+        status
+            .message
+            .contains("listing clinic-0 has 119 participant(s)")
+            && status.message.contains("minimum cohort is 120")
+            && status.message.contains("nothing was released"),
+        "{}",
+        status.message
+    );
+    assert!(status.noise_members.is_empty(), "no member drew noise");
+    assert_eq!(balance(&cluster, buyer.account()).await, balance_before);
+    assert_eq!(
+        100 * EPSILON - epsilon_left(&cluster)[0],
+        spent_before,
+        "the refused order spent no ε"
+    );
     books_balance(&cluster);
     cluster.shutdown();
 }

@@ -350,7 +350,12 @@ async fn personal_limit_that_breaks_the_minimum_cohort_stops_the_order_before_an
     let balance_before = balance(&cluster, buyer.account()).await;
 
     let order = buyer
-        .order(SQL, &listings(&cluster), Purpose::AcademicResearch, EPSILON - 1)
+        .order(
+            SQL,
+            &listings(&cluster),
+            Purpose::AcademicResearch,
+            EPSILON - 1,
+        )
         .await
         .unwrap();
     let status = buyer.wait(order).await.unwrap();

@@ -29,7 +29,10 @@ async fn full_flow_matches_the_plaintext_answer_and_settles() {
     let row = &release.answer.rows[0];
     assert_eq!(row[0].as_f64(), Some(truth.count));
     let mean = truth.hba1c.iter().sum::<f64>() / truth.hba1c.len() as f64;
-    // Noise on Σ hba1c at ε = 1000: scale 4·170/1000 fixed-point units, so well under 0.01.
+    // Noise on Σ hba1c at ε = 10⁵: each member's scale is 4·170/10⁵ fixed-point units, so
+    // its draw is 0 except with probability about 2·e^−147; the mean is then exact to the
+    // 0.1 % fixed point. (At ε = 1000, 3 members' noise of a few units over 26 patients
+    // moved the mean by more than 0.01 in about one run in twelve.)
     assert!(
         (row[1].as_f64().unwrap() - mean).abs() < 0.01,
         "{:?} vs {mean}",

@@ -258,23 +258,13 @@ impl Coordinator {
         committee: &Committee,
         request: AddNoiseRequest,
     ) -> Vec<(MemberIndex, Result<AddNoiseResponse, Status>)> {
-        let mut tasks = tokio::task::JoinSet::new();
-        for (member, endpoint) in committee.members.clone() {
-            let signed = signed_request(&self.account, methods::ADD_NOISE, request.clone());
-            let timeout = self.node_timeout;
-            tasks.spawn(async move {
-                let answer = async {
-                    let mut client = connect(&endpoint).await?;
-                    tokio::time::timeout(timeout, client.add_noise(signed))
-                        .await
-                        .map_err(|_| Status::deadline_exceeded("member did not answer in time"))?
-                        .map(tonic::Response::into_inner)
-                }
-                .await;
-                (member, answer)
-            });
-        }
-        collect(tasks).await
+        self.member_round(
+            committee,
+            methods::ADD_NOISE,
+            request,
+            |mut client, signed| async move { client.add_noise(signed).await },
+        )
+        .await
     }
 
     /// Asks every committee member for a key-switch share.
@@ -283,14 +273,44 @@ impl Coordinator {
         committee: &Committee,
         request: KeySwitchRequest,
     ) -> Vec<(MemberIndex, Result<KeySwitchResponse, Status>)> {
+        self.member_round(
+            committee,
+            methods::KEY_SWITCH,
+            request,
+            |mut client, signed| async move { client.key_switch(signed).await },
+        )
+        .await
+    }
+
+    /// Sends `request`, signed for `method`, to every committee member in parallel with `call`;
+    /// returns each member's answer (or why it gave none within the node timeout), in member
+    /// order.
+    async fn member_round<Req, Resp, Call, Answer>(
+        &self,
+        committee: &Committee,
+        method: &'static str,
+        request: Req,
+        call: Call,
+    ) -> Vec<(MemberIndex, Result<Resp, Status>)>
+    where
+        Req: prost::Message + Clone + 'static,
+        Resp: Send + 'static,
+        Call: Fn(ComputeClient<Channel>, tonic::Request<Req>) -> Answer
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        Answer: std::future::Future<Output = Result<tonic::Response<Resp>, Status>> + Send,
+    {
         let mut tasks = tokio::task::JoinSet::new();
         for (member, endpoint) in committee.members.clone() {
-            let signed = signed_request(&self.account, methods::KEY_SWITCH, request.clone());
+            let signed = signed_request(&self.account, method, request.clone());
             let timeout = self.node_timeout;
+            let call = call.clone();
             tasks.spawn(async move {
                 let answer = async {
-                    let mut client = connect(&endpoint).await?;
-                    tokio::time::timeout(timeout, client.key_switch(signed))
+                    let client = connect(&endpoint).await?;
+                    tokio::time::timeout(timeout, call(client, signed))
                         .await
                         .map_err(|_| Status::deadline_exceeded("member did not answer in time"))?
                         .map(tonic::Response::into_inner)

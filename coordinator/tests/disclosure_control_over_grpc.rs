@@ -106,16 +106,7 @@ async fn release(
     cluster: &cohortex_coordinator::Cluster,
     buyer: &cohortex_coordinator::Buyer,
 ) -> anyhow::Result<cohortex_coordinator::Release> {
-    buyer
-        .query(
-            SQL,
-            &listings(cluster),
-            Purpose::AcademicResearch,
-            1_000_000,
-            &table(),
-            &cluster.ledger_key,
-        )
-        .await
+    query_sql(cluster, buyer, 1_000_000).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -165,17 +156,7 @@ async fn one_member_withholding_its_noise_still_releases_with_the_others() {
     let (_dir, cluster, _) = start([None, None, None]).await;
     cluster.coordinator.withhold_noise_of(&[1]).unwrap();
     let buyer = buyer(&cluster).await;
-    let release = buyer
-        .query(
-            SQL,
-            &listings(&cluster),
-            Purpose::AcademicResearch,
-            EPSILON,
-            &table(),
-            &cluster.ledger_key,
-        )
-        .await
-        .unwrap();
+    let release = query_sql(&cluster, &buyer, EPSILON).await.unwrap();
     assert_eq!(release.status.noise_members, vec![2, 3]);
     let mut used = release.status.committee_used.clone();
     used.sort();
@@ -272,32 +253,12 @@ async fn patient_past_their_personal_limit_is_left_out_of_the_next_release() {
     let consenting = (truth.paying.len() + truth.donating) as u64;
 
     // The first order fits the limit exactly: the patient is in it.
-    let first = buyer
-        .query(
-            SQL,
-            &listings(&cluster),
-            Purpose::AcademicResearch,
-            EPSILON,
-            &table(),
-            &cluster.ledger_key,
-        )
-        .await
-        .unwrap();
+    let first = query_sql(&cluster, &buyer, EPSILON).await.unwrap();
     assert_eq!(first.answer.participants, consenting);
     assert_eq!(first.answer.rows[0][0].as_f64(), Some(truth.count));
 
     // The second (a different ε, so not the cached release) would exceed it.
-    let second = buyer
-        .query(
-            SQL,
-            &listings(&cluster),
-            Purpose::AcademicResearch,
-            EPSILON - 1,
-            &table(),
-            &cluster.ledger_key,
-        )
-        .await
-        .unwrap();
+    let second = query_sql(&cluster, &buyer, EPSILON - 1).await.unwrap();
     assert_eq!(
         second.answer.participants,
         consenting - 1,
@@ -335,17 +296,7 @@ async fn personal_limit_that_breaks_the_minimum_cohort_stops_the_order_before_an
     let (_, patient) = diabetic_paid_patient_of_node_0();
     let listing = market::ListingId::new("clinic-0");
     set_personal_limit(&cluster, &patient.key, &listing, EPSILON).await;
-    buyer
-        .query(
-            SQL,
-            &listings(&cluster),
-            Purpose::AcademicResearch,
-            EPSILON,
-            &table(),
-            &cluster.ledger_key,
-        )
-        .await
-        .unwrap();
+    query_sql(&cluster, &buyer, EPSILON).await.unwrap();
     let spent_before = 100 * EPSILON - epsilon_left(&cluster)[0];
     let balance_before = balance(&cluster, buyer.account()).await;
 

@@ -15,17 +15,7 @@ use market::{AccountId, Purpose};
 async fn full_flow_matches_the_plaintext_answer_and_settles() {
     let (_dir, cluster, truth) = start([None, None, None]).await;
     let buyer = buyer(&cluster).await;
-    let release = buyer
-        .query(
-            SQL,
-            &listings(&cluster),
-            Purpose::AcademicResearch,
-            EPSILON,
-            &table(),
-            &cluster.ledger_key,
-        )
-        .await
-        .unwrap();
+    let release = query_sql(&cluster, &buyer, EPSILON).await.unwrap();
     let row = &release.answer.rows[0];
     assert_eq!(row[0].as_f64(), Some(truth.count));
     let mean = truth.hba1c.iter().sum::<f64>() / truth.hba1c.len() as f64;
@@ -82,17 +72,7 @@ async fn futures_sum(cluster: &Cluster, accounts: &[AccountId]) -> u64 {
 async fn one_node_down_at_key_switch_still_completes_with_two_of_three() {
     let (_dir, cluster, truth) = start([None, None, Some(Fault::DownAtKeySwitch)]).await;
     let buyer = buyer(&cluster).await;
-    let release = buyer
-        .query(
-            SQL,
-            &listings(&cluster),
-            Purpose::AcademicResearch,
-            EPSILON,
-            &table(),
-            &cluster.ledger_key,
-        )
-        .await
-        .unwrap();
+    let release = query_sql(&cluster, &buyer, EPSILON).await.unwrap();
     assert_eq!(release.answer.rows[0][0].as_f64(), Some(truth.count));
     let mut used = release.status.committee_used.clone();
     used.sort();
@@ -328,17 +308,7 @@ async fn replayed_contribution_is_rejected_and_named() {
     let (_dir, cluster, truth) = start([None, Some(Fault::ReplayFirstContribution), None]).await;
     let buyer = buyer(&cluster).await;
     // The first order is answered honestly.
-    let first = buyer
-        .query(
-            SQL,
-            &listings(&cluster),
-            Purpose::AcademicResearch,
-            EPSILON,
-            &table(),
-            &cluster.ledger_key,
-        )
-        .await
-        .unwrap();
+    let first = query_sql(&cluster, &buyer, EPSILON).await.unwrap();
     assert_eq!(first.answer.rows[0][0].as_f64(), Some(truth.count));
     let before = balance(&cluster, buyer.account()).await;
     // For the second, clinic-1 sends the first order's contribution again, byte for byte.
@@ -431,17 +401,7 @@ async fn oversized_message_is_refused_and_nothing_is_lost() {
         "{error}"
     );
     // The market still serves, and an honest order goes through.
-    let release = buyer
-        .query(
-            SQL,
-            &listings(&cluster),
-            Purpose::AcademicResearch,
-            EPSILON,
-            &table(),
-            &cluster.ledger_key,
-        )
-        .await
-        .unwrap();
+    let release = query_sql(&cluster, &buyer, EPSILON).await.unwrap();
     assert_eq!(release.answer.rows[0][0].as_f64(), Some(truth.count));
     books_balance(&cluster);
     cluster.shutdown();

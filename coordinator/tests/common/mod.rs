@@ -179,6 +179,25 @@ pub fn books_balance(cluster: &Cluster) {
     market::audit_database(cluster.ledger_path()).expect("ledger verify passes");
 }
 
+/// `buyer` orders [`SQL`] over every listing for academic research at `epsilon_micro`, and
+/// waits for, opens and verifies the release.
+pub async fn query_sql(
+    cluster: &Cluster,
+    buyer: &Buyer,
+    epsilon_micro: u64,
+) -> anyhow::Result<cohortex_coordinator::Release> {
+    buyer
+        .query(
+            SQL,
+            &listings(cluster),
+            Purpose::AcademicResearch,
+            epsilon_micro,
+            &table(),
+            &cluster.ledger_key,
+        )
+        .await
+}
+
 pub async fn buyer(cluster: &Cluster) -> Buyer {
     cluster.new_buyer(10 * PRICE).await.unwrap()
 }

@@ -1,6 +1,7 @@
 //! Compiles `proto/cohortex/v1/*.proto` with protox (a pure-Rust protobuf compiler, so no
 //! `protoc` is needed) and generates prost messages and tonic clients and servers. The
-//! encoded descriptor set is written next to them for server reflection.
+//! encoded descriptor set is written next to them for server reflection. Clients and servers
+//! use `crate::codec::CanonicalProstCodec` (see `src/codec.rs`) instead of tonic-prost's codec.
 
 use prost::Message;
 
@@ -24,6 +25,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        .codec_path("crate::codec::CanonicalProstCodec")
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -151,9 +151,10 @@ impl MarketConfig {
                 path.display()
             );
         }
-        if file.committee.threshold == 0 || usize::from(file.committee.threshold) > size {
+        if file.committee.threshold < 2 || usize::from(file.committee.threshold) > size {
             bail!(
-                "{}: committee.threshold = {} must be between 1 and the number of members ({size})",
+                "{}: committee.threshold = {} must be at least 2 (so that no single member can \
+                 decrypt) and at most the number of members ({size})",
                 path.display(),
                 file.committee.threshold
             );
@@ -286,7 +287,9 @@ struct NodeFile {
 #[serde(deny_unknown_fields)]
 struct NodeCommitteeFile {
     member: u16,
+    threshold: u16,
     members: Vec<String>,
+    endpoints: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -348,8 +351,13 @@ pub struct NodeConfig {
     pub vault_dir: PathBuf,
     /// This node's member index (1-based).
     pub member: u16,
+    /// The committee threshold t (at least 2), pinned in this file.
+    pub threshold: u16,
     /// Every committee member's account, in member order.
     pub members: Vec<AccountId>,
+    /// Every committee member's Compute endpoint, in member order: where this node delivers
+    /// its key shares. Pinned here, never taken from the coordinator.
+    pub endpoints: Vec<String>,
     /// The listing.
     pub listing: ListingConfig,
     /// The CSV or Parquet file.
@@ -371,6 +379,33 @@ impl NodeConfig {
                 text,
                 &format!("{}: committee.members[{index}]", path.display()),
             )?);
+        }
+        let committee = &file.committee;
+        if committee.endpoints.len() != members.len() {
+            bail!(
+                "{}: committee.endpoints lists {} endpoints for {} committee.members; give each \
+                 member's Compute URL, in the same order",
+                path.display(),
+                committee.endpoints.len(),
+                members.len()
+            );
+        }
+        for (index, endpoint) in committee.endpoints.iter().enumerate() {
+            if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+                bail!(
+                    "{}: committee.endpoints[{index}] must be an http:// or https:// URL",
+                    path.display()
+                );
+            }
+        }
+        if committee.threshold < 2 || usize::from(committee.threshold) > members.len() {
+            bail!(
+                "{}: committee.threshold = {} must be at least 2 (so that no single member can \
+                 decrypt) and at most the number of members ({})",
+                path.display(),
+                committee.threshold,
+                members.len()
+            );
         }
         if file.committee.member == 0 || usize::from(file.committee.member) > members.len() {
             bail!(
@@ -410,7 +445,9 @@ impl NodeConfig {
             market: resolve(path, &file.market),
             vault_dir: resolve(path, &file.vault_dir),
             member: file.committee.member,
+            threshold: file.committee.threshold,
             members,
+            endpoints: file.committee.endpoints.clone(),
             listing: ListingConfig {
                 id: listing.id,
                 price_per_query: listing.price_per_query,
@@ -555,5 +592,77 @@ mod tests {
         );
         let error = format!("{:#}", MarketConfig::load(&path).unwrap_err());
         assert!(error.contains("committee.threshold"), "{error}");
+    }
+
+    #[test]
+    fn threshold_one_is_refused_in_the_market_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = crate::keys::generate(&dir.path().join("n1.key")).unwrap();
+        let second = crate::keys::generate(&dir.path().join("n2.key")).unwrap();
+        let path = write(
+            dir.path(),
+            "market.toml",
+            &format!(
+                "version = 1\nstate_dir = \"s\"\nlisten = \"127.0.0.1:0\"\n\
+                 [committee]\nthreshold = 1\nmembers = [\"{first}\", \"{second}\"]\n"
+            ),
+        );
+        let error = format!("{:#}", MarketConfig::load(&path).unwrap_err());
+        assert!(error.contains("committee.threshold = 1"), "{error}");
+        assert!(error.contains("at least 2"), "{error}");
+    }
+
+    fn node_toml(threshold: u16, members: &[String], endpoints: &[&str]) -> String {
+        let quoted = |items: Vec<String>| items.join(", ");
+        format!(
+            "version = 1\nkey_file = \"n1.key\"\nlisten = \"127.0.0.1:0\"\n\
+             market = \"public.toml\"\nvault_dir = \"vault\"\n\n\
+             [committee]\nmember = 1\nthreshold = {threshold}\nmembers = [{}]\nendpoints = [{}]\n\n\
+             [listing]\nid = \"site\"\nprice_per_query = 1\npurposes = [\"academic_research\"]\n\
+             min_cohort_size = 1\nepsilon_budget = 10.0\ncompensation = \"payment\"\n\n\
+             [data]\nfile = \"d.csv\"\nmanifest = \"m.toml\"\n",
+            quoted(members.iter().map(|m| format!("\"{m}\"")).collect()),
+            quoted(endpoints.iter().map(|e| format!("\"{e}\"")).collect()),
+        )
+    }
+
+    #[test]
+    fn threshold_one_is_refused_in_the_node_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let members = vec![
+            crate::keys::generate(&dir.path().join("n1.key"))
+                .unwrap()
+                .to_string(),
+            crate::keys::generate(&dir.path().join("n2.key"))
+                .unwrap()
+                .to_string(),
+        ];
+        let endpoints = ["http://127.0.0.1:7701", "http://127.0.0.1:7702"];
+        let path = write(dir.path(), "node.toml", &node_toml(1, &members, &endpoints));
+        let error = format!("{:#}", NodeConfig::load(&path).unwrap_err());
+        assert!(error.contains("node.toml"), "{error}");
+        assert!(error.contains("committee.threshold = 1"), "{error}");
+        let path = write(dir.path(), "node.toml", &node_toml(2, &members, &endpoints));
+        NodeConfig::load(&path).unwrap();
+    }
+
+    #[test]
+    fn node_config_without_an_endpoint_per_member_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let members = vec![
+            crate::keys::generate(&dir.path().join("n1.key"))
+                .unwrap()
+                .to_string(),
+            crate::keys::generate(&dir.path().join("n2.key"))
+                .unwrap()
+                .to_string(),
+        ];
+        let path = write(
+            dir.path(),
+            "node.toml",
+            &node_toml(2, &members, &["http://127.0.0.1:7701"]),
+        );
+        let error = format!("{:#}", NodeConfig::load(&path).unwrap_err());
+        assert!(error.contains("committee.endpoints"), "{error}");
     }
 }

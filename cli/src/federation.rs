@@ -113,6 +113,12 @@ pub async fn local(args: LocalArgs) -> anyhow::Result<()> {
         .map_err(|status| anyhow::anyhow!("{}", status.message()))?;
     // Refuse a bad query before starting anything.
     compile(&args.query, &schema).map_err(|error| anyhow::anyhow!("--query: {error}"))?;
+    if args.node_data.len() < 2 {
+        anyhow::bail!(
+            "--node-data: give at least two files (one per node): the key committee needs two \
+             members, so that no single node can decrypt"
+        );
+    }
     let mut setups = Vec::new();
     for (node, path) in args.node_data.iter().enumerate() {
         let mut vault = Vault::new(schema.clone());
@@ -152,14 +158,14 @@ pub async fn local(args: LocalArgs) -> anyhow::Result<()> {
     let records_total: u64 = setups.iter().map(|setup| setup.patients.len() as u64).sum();
     let dir = new_state_dir(args.state_dir, "local")?;
     let quiet = args.json;
-    let nodes = setups.len();
     let bar = spinner("starting the market, ledger and nodes", quiet);
     let options = ClusterOptions {
         purpose,
-        threshold: if nodes >= 2 { 2 } else { 1 },
+        threshold: 2,
         // The listings exist for this one run: a budget of ten such releases.
         epsilon_budget_micro: args.epsilon_micro.saturating_mul(10),
         extra_purposes: Vec::new(),
+        nodes_read_market_at: None,
     };
     let cluster = Cluster::start(&dir, setups, &options, |step| {
         bar.set_message(step.to_string())
@@ -408,6 +414,7 @@ pub async fn demo(
         threshold: 2,
         epsilon_budget_micro: DEMO_BUDGET_MICRO,
         extra_purposes: Vec::new(),
+        nodes_read_market_at: None,
     };
     let cluster = Cluster::start(&dir, setups, &options, |step| {
         bar.set_message(step.to_string())

@@ -3,7 +3,6 @@
 //! through the market (which tells the coordinator where it answers), and serves until
 //! stopped. The key ceremony is the market's to start, once every member has published.
 
-use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,8 +10,11 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use cohortex_coordinator::serve::serve_node;
 use cohortex_coordinator::standalone::{publish_listing, ListingPublication};
+use compute_node::follower::PinnedLedger;
 use compute_node::ingest::ingest_table;
-use compute_node::server::{NodeConfig as ServiceConfig, NodeService};
+use compute_node::server::{
+    CommitteeSeat, NodeConfig as ServiceConfig, NodeService, PinnedCommittee,
+};
 use compute_node::{Schema, Vault};
 use market::{AccountId, Compensation, ListingTerms};
 use tokio::net::TcpListener;
@@ -110,11 +112,32 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("{}: listen = {}", config.path.display(), config.listen))?;
     let bound = listener.local_addr().context("reading the bound address")?;
-    let endpoint = config
-        .advertise
-        .clone()
-        .unwrap_or_else(|| format!("http://{bound}"));
-    let peers: BTreeSet<AccountId> = config.members.iter().copied().collect();
+    // This node's endpoint is the one its own committee list pins for it: the others deliver
+    // their key shares there.
+    let endpoint = config.endpoints[position].clone();
+    if let Some(advertise) = &config.advertise {
+        if advertise.trim_end_matches('/') != endpoint.trim_end_matches('/') {
+            bail!(
+                "{}: advertise = \"{advertise}\" differs from this node's own entry in \
+                 committee.endpoints (\"{endpoint}\"); the committee list is what peers use",
+                config.path.display()
+            );
+        }
+    }
+    tracing::debug!(%bound, %endpoint, "compute service bound");
+    let mut seats = Vec::with_capacity(config.members.len());
+    for (index, (account, seat_endpoint)) in
+        config.members.iter().zip(&config.endpoints).enumerate()
+    {
+        seats.push(CommitteeSeat {
+            member: MemberIndex::new(index as u16 + 1)
+                .ok_or_else(|| anyhow!("committee member index"))?,
+            account: *account,
+            endpoint: seat_endpoint.clone(),
+        });
+    }
+    let committee = PinnedCommittee::new(config.threshold, seats)
+        .map_err(|error| anyhow!("{}: committee: {error}", config.path.display()))?;
     let service = NodeService::new(
         Arc::clone(&vault),
         ServiceConfig {
@@ -122,11 +145,16 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
             account: key.clone(),
             member,
             coordinator: public.coordinator,
-            peers,
+            committee,
+            ledger: PinnedLedger {
+                chain_id: public.chain_id,
+                ledger_key: public.ledger_key,
+            },
             market_endpoint: public.endpoint.clone(),
             fault: None,
         },
-    );
+    )
+    .map_err(|error| anyhow!("{}: committee: {error}", config.path.display()))?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
         serve_node(service, listener, async {

@@ -149,6 +149,24 @@ fn local_with_a_row_level_query_says_what_to_fix() {
 }
 
 #[test]
+fn local_with_one_node_file_says_what_to_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let (files, _) = write_inputs(dir.path());
+    let output = local(
+        dir.path(),
+        &files[..1],
+        "SELECT COUNT(*) FROM patients",
+        "1",
+    );
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--node-data") && stderr.contains("at least two"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn local_with_a_bad_epsilon_says_what_to_fix() {
     let dir = tempfile::tempdir().unwrap();
     let (files, _) = write_inputs(dir.path());

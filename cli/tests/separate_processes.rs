@@ -198,13 +198,30 @@ fn market_nodes_patients_and_buyer_as_separate_processes() {
         ),
     )
     .unwrap();
+    // Each node's configuration pins the whole committee, endpoints included, so the nodes'
+    // ports are chosen up front (free ports, released just before the nodes bind them).
+    let held: Vec<std::net::TcpListener> = (0..NODES)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let ports: Vec<u16> = held
+        .iter()
+        .map(|listener| listener.local_addr().unwrap().port())
+        .collect();
+    drop(held);
+    let endpoints = ports
+        .iter()
+        .map(|port| format!("\"http://127.0.0.1:{port}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
     for node in 1..=NODES {
+        let port = ports[node - 1];
         std::fs::write(
             dir.join(format!("node-{node}.toml")),
             format!(
-                "version = 1\nkey_file = \"keys/node-{node}.key\"\nlisten = \"127.0.0.1:0\"\n\
+                "version = 1\nkey_file = \"keys/node-{node}.key\"\nlisten = \"127.0.0.1:{port}\"\n\
                  market = \"state/market/public.toml\"\nvault_dir = \"state/node-{node}/vault\"\n\n\
-                 [committee]\nmember = {node}\nmembers = [{members}]\n\n\
+                 [committee]\nmember = {node}\nthreshold = 2\nmembers = [{members}]\n\
+                 endpoints = [{endpoints}]\n\n\
                  [listing]\nid = \"site-{node}\"\nprice_per_query = {PRICE}\n\
                  purposes = [\"academic_research\"]\nmin_cohort_size = 1\nepsilon_budget = 1000000.0\n\
                  compensation = \"payment\"\n\n\

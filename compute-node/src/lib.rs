@@ -21,6 +21,8 @@ pub mod contribution;
 pub mod dp;
 pub mod evaluate;
 pub mod fhir;
+#[cfg(feature = "server")]
+pub mod follower;
 pub mod ingest;
 pub mod noise;
 pub mod plan;

@@ -11,19 +11,17 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use cohortex_proto::v1::compute_server::Compute;
-use cohortex_proto::v1::consent_client::ConsentClient;
-use cohortex_proto::v1::ledger_client::LedgerClient;
 use cohortex_proto::v1::market_client::MarketClient;
 use cohortex_proto::v1::{
     AddNoiseRequest, AddNoiseResponse, ContributeRequest, ContributeResponse, DeliverShareRequest,
     DeliverShareResponse, DkgDealRequest, DkgDealResponse, DkgFinishRequest, DkgFinishResponse,
-    DkgJustifyRequest, DkgJustifyResponse, DkgReceiveRequest, DkgReceiveResponse,
-    GetTransactionRequest, KeySwitchPhase, KeySwitchRequest, KeySwitchResponse,
-    ListCurrentConsentsRequest, ListListingsRequest,
+    DkgJustifyRequest, DkgJustifyResponse, DkgReceiveRequest, DkgReceiveResponse, KeySwitchPhase,
+    KeySwitchRequest, KeySwitchResponse, ListListingsRequest,
 };
 use ed25519_dalek::SigningKey;
 use market::server::auth::{signed_request, unix_now, RequestVerifier};
-use market::AccountId;
+use market::server::{bounded_message, excerpt};
+use market::{AccountId, Hash32, ListingId, OrderId, TxId};
 use rand::rngs::OsRng;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
@@ -40,6 +38,10 @@ use crate::contribution::{
 };
 use crate::dp::{calibrate, Calibration};
 use crate::evaluate::evaluate;
+use crate::follower::{follow_in_background, FollowError, LedgerFollower, PinnedLedger};
+
+/// How often a node brings its ledger replica up to date between orders.
+const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 use crate::noise::{
     apply_noise, build_noise_share, count_slots, noise_statement, opens_to, public_count_key,
     released_value_slots, suppressed_cells, NoiseShare,
@@ -118,6 +120,136 @@ pub fn contribution_context(order_id: &[u8], listing: &str) -> Result<ProofConte
         .map_err(|error| Status::invalid_argument(format!("order_id or listing: {error}")))
 }
 
+/// The smallest committee threshold a node serves in: with t = 1 any single member (or
+/// whoever receives one member's share) could decrypt alone.
+pub const MIN_THRESHOLD: u16 = 2;
+
+/// One seat of the key committee, as pinned in a node's own configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommitteeSeat {
+    /// The seat's 1-based member index.
+    pub member: MemberIndex,
+    /// The account whose key signs that member's requests.
+    pub account: AccountId,
+    /// Where that member's Compute service answers (`http://host:port`).
+    pub endpoint: String,
+}
+
+/// Why a committee cannot be pinned.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommitteeError {
+    /// The threshold is below [`MIN_THRESHOLD`].
+    #[error("threshold {0} is below {MIN_THRESHOLD}: one member alone could decrypt")]
+    ThresholdTooLow(u16),
+    /// The threshold exceeds the number of seats.
+    #[error("threshold {threshold} exceeds the committee's {members} members")]
+    ThresholdTooHigh {
+        /// The threshold.
+        threshold: u16,
+        /// Seats.
+        members: usize,
+    },
+    /// The seats are not numbered 1, 2, … in order.
+    #[error("seat {position} is member {member}; seats must be members 1, 2, … in order")]
+    SeatOutOfOrder {
+        /// 0-based position in the list.
+        position: usize,
+        /// The member index found there.
+        member: u16,
+    },
+    /// Two seats share an account.
+    #[error("members {0} and {1} have the same account")]
+    SharedAccount(u16, u16),
+    /// Two seats share an endpoint.
+    #[error("members {0} and {1} have the same endpoint")]
+    SharedEndpoint(u16, u16),
+    /// This node's member index has no seat.
+    #[error("member {0} has no seat in the committee")]
+    NoSeat(u16),
+    /// This node's own seat names another account.
+    #[error("member {member}'s seat names account {seat}, but this node's key is account {own}")]
+    NotOwnSeat {
+        /// This node's member index.
+        member: u16,
+        /// The account on the seat.
+        seat: AccountId,
+        /// This node's account.
+        own: AccountId,
+    },
+}
+
+/// The key committee as a node pins it: threshold, members, accounts and endpoints come from
+/// the node's own configuration, never from the coordinator.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PinnedCommittee {
+    threshold: u16,
+    seats: Vec<CommitteeSeat>,
+}
+
+/// An endpoint without a trailing slash, so that `http://a:1/` and `http://a:1` compare equal.
+fn normal_endpoint(endpoint: &str) -> &str {
+    endpoint.trim_end_matches('/')
+}
+
+impl PinnedCommittee {
+    /// Checks and pins a committee: t ≥ [`MIN_THRESHOLD`], t ≤ n, seats numbered 1..=n in
+    /// order, no account or endpoint on two seats.
+    pub fn new(threshold: u16, seats: Vec<CommitteeSeat>) -> Result<Self, CommitteeError> {
+        if threshold < MIN_THRESHOLD {
+            return Err(CommitteeError::ThresholdTooLow(threshold));
+        }
+        if usize::from(threshold) > seats.len() {
+            return Err(CommitteeError::ThresholdTooHigh {
+                threshold,
+                members: seats.len(),
+            });
+        }
+        for (position, seat) in seats.iter().enumerate() {
+            if usize::from(seat.member.get()) != position + 1 {
+                return Err(CommitteeError::SeatOutOfOrder {
+                    position,
+                    member: seat.member.get(),
+                });
+            }
+            for earlier in &seats[..position] {
+                if earlier.account == seat.account {
+                    return Err(CommitteeError::SharedAccount(
+                        earlier.member.get(),
+                        seat.member.get(),
+                    ));
+                }
+                if normal_endpoint(&earlier.endpoint) == normal_endpoint(&seat.endpoint) {
+                    return Err(CommitteeError::SharedEndpoint(
+                        earlier.member.get(),
+                        seat.member.get(),
+                    ));
+                }
+            }
+        }
+        Ok(Self { threshold, seats })
+    }
+
+    /// t.
+    pub fn threshold(&self) -> u16 {
+        self.threshold
+    }
+
+    /// The seats, member 1 first.
+    pub fn seats(&self) -> &[CommitteeSeat] {
+        &self.seats
+    }
+
+    /// The seat of `member`.
+    pub fn seat(&self, member: MemberIndex) -> Option<&CommitteeSeat> {
+        self.seats.iter().find(|seat| seat.member == member)
+    }
+
+    /// The seat held by `account`.
+    pub fn seat_of(&self, account: &AccountId) -> Option<&CommitteeSeat> {
+        self.seats.iter().find(|seat| &seat.account == account)
+    }
+}
+
 /// How a node was configured.
 pub struct NodeConfig {
     /// The listing this node's vault is published as.
@@ -128,9 +260,12 @@ pub struct NodeConfig {
     pub member: MemberIndex,
     /// The coordinator's account: the only caller of Contribute, KeySwitch and the DKG rounds.
     pub coordinator: AccountId,
-    /// The other committee members' accounts, which may deliver DKG shares.
-    pub peers: BTreeSet<AccountId>,
-    /// The market's endpoint (`http://host:port`), for consent checks.
+    /// The key committee, pinned: who may deliver DKG shares, and where this node sends its.
+    pub committee: PinnedCommittee,
+    /// The ledger, pinned: every fact about orders, listings and consents is read from a
+    /// replica verified against it.
+    pub ledger: PinnedLedger,
+    /// The market's endpoint (`http://host:port`), which serves the ledger and the manifests.
     pub market_endpoint: String,
     /// Deliberate misbehaviour, for end-to-end tests of the aggregator's checks.
     pub fault: Option<Fault>,
@@ -205,6 +340,7 @@ pub struct NodeService {
     vault: Arc<Vault>,
     config: NodeConfig,
     verifier: RequestVerifier,
+    follower: Arc<LedgerFollower>,
     state: Mutex<NodeState>,
 }
 
@@ -228,12 +364,36 @@ fn order_id(bytes: &[u8]) -> Result<Vec<u8>, Status> {
 }
 
 impl NodeService {
-    /// A node serving `vault`.
-    pub fn new(vault: Arc<Vault>, config: NodeConfig) -> Self {
-        Self {
+    /// A node serving `vault`; refused when the node's own seat in the pinned committee does
+    /// not hold its member index and account.
+    pub fn new(vault: Arc<Vault>, config: NodeConfig) -> Result<Self, CommitteeError> {
+        let own = AccountId::of(&config.account);
+        let seat = config
+            .committee
+            .seat(config.member)
+            .ok_or(CommitteeError::NoSeat(config.member.get()))?;
+        if seat.account != own {
+            return Err(CommitteeError::NotOwnSeat {
+                member: config.member.get(),
+                seat: seat.account,
+                own,
+            });
+        }
+        let follower = Arc::new(LedgerFollower::new(config.ledger.clone()));
+        // Follow the ledger from the start, as a node does, so that the replica is warm when
+        // the first order arrives (outside a runtime, reads still sync on demand).
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(follow_in_background(
+                Arc::downgrade(&follower),
+                config.market_endpoint.clone(),
+                FOLLOW_EVERY,
+            ));
+        }
+        Ok(Self {
             vault,
             config,
             verifier: RequestVerifier::new(),
+            follower,
             state: Mutex::new(NodeState {
                 round: DkgRound::Idle,
                 inbox: BTreeMap::new(),
@@ -242,7 +402,7 @@ impl NodeService {
                 first_contribution: None,
                 releases: BTreeMap::new(),
             }),
-        }
+        })
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, NodeState>, Status> {
@@ -266,35 +426,31 @@ impl NodeService {
     }
 
     /// The patients of this vault whose consent to the listing and purpose holds now and whose
-    /// personal privacy limit allows `epsilon_micro` more, according to the ledger.
+    /// personal privacy limit allows `epsilon_micro` more, according to the node's own verified
+    /// replica of the ledger, brought up to date first (so a revocation already on the ledger
+    /// is honoured).
     async fn current_consents(
         &self,
-        purpose: &str,
+        purpose: market::Purpose,
         epsilon_micro: u64,
     ) -> Result<ConsentBook, Status> {
-        let channel = Channel::from_shared(self.config.market_endpoint.clone())
-            .map_err(|error| Status::internal(format!("market endpoint: {error}")))?
-            .connect()
+        let channel = self.market_channel().await?;
+        let listing = ListingId::new(self.config.listing.clone());
+        let now = unix_now();
+        let consenting: BTreeSet<Vec<u8>> = self
+            .follower
+            .sync_and_read(channel, |machine| {
+                let time = now.max(machine.last_time());
+                machine
+                    .state()
+                    .current_consents_affording(&listing, purpose, time, epsilon_micro)
+            })
             .await
-            .map_err(|error| Status::unavailable(format!("market unreachable: {error}")))?;
-        let mut client = ConsentClient::new(channel)
-            .max_decoding_message_size(market::server::MAX_MESSAGE_BYTES);
-        let request = signed_request(
-            &self.config.account,
-            methods::LIST_CURRENT_CONSENTS,
-            ListCurrentConsentsRequest {
-                listing: self.config.listing.clone(),
-                purpose: purpose.to_string(),
-                epsilon_micro,
-            },
-        );
-        let consenting: BTreeSet<Vec<u8>> = client
-            .list_current_consents(request)
-            .await?
-            .into_inner()
-            .patients
+            .map_err(follow_status)?
             .into_iter()
+            .map(|account| account.0.to_vec())
             .collect();
+        let purpose = market::server::purpose_name(purpose);
         let mut book = ConsentBook::new();
         for record in self.vault.records() {
             let Some(key) = record
@@ -313,6 +469,73 @@ impl NodeService {
 }
 
 impl NodeService {
+    /// Refuses a key switch unless the ledger (this node's verified replica) holds the order's
+    /// release commitment, the request sums exactly the committed noise shares, and this
+    /// member is in the committed quorum: one order, one release.
+    async fn check_committed_release(
+        &self,
+        order: &[u8],
+        noise: &[cohortex_proto::v1::NoiseShare],
+    ) -> Result<(), Status> {
+        let order_key =
+            OrderId(TxId(Hash32(<[u8; 32]>::try_from(order).map_err(|_| {
+                Status::invalid_argument("order_id must be 32 bytes")
+            })?)));
+        let channel = self.market_channel().await?;
+        let committed = self
+            .follower
+            .sync_and_read(channel, |machine| {
+                machine.state().release(&order_key).cloned()
+            })
+            .await
+            .map_err(follow_status)?
+            .ok_or_else(|| {
+                Status::failed_precondition(
+                    "order_id: no release of the order is committed on the ledger",
+                )
+            })?;
+        let mut requested: Vec<u16> = Vec::with_capacity(noise.len());
+        for (index, share) in noise.iter().enumerate() {
+            requested.push(u16::try_from(share.member).map_err(|_| {
+                Status::invalid_argument(format!("noise[{index}].member: not a member index"))
+            })?);
+        }
+        requested.sort_unstable();
+        if requested != committed.noise_members {
+            return Err(Status::permission_denied(format!(
+                "noise: the ledger commits the release to the noise of members {:?}, not {requested:?}",
+                committed.noise_members
+            )));
+        }
+        if !committed.quorum.contains(&self.config.member.get()) {
+            return Err(Status::permission_denied(format!(
+                "member {} is not in the quorum committed on the ledger ({:?})",
+                self.config.member.get(),
+                committed.quorum
+            )));
+        }
+        if committed.quorum.len() < usize::from(self.config.committee.threshold()) {
+            return Err(Status::permission_denied(format!(
+                "the committed quorum {:?} is smaller than the threshold {}",
+                committed.quorum,
+                self.config.committee.threshold()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// How a failure to verify the ledger reaches the caller.
+fn follow_status(error: FollowError) -> Status {
+    match error {
+        FollowError::Unreachable(_) => Status::unavailable(error.to_string()),
+        other => Status::failed_precondition(format!(
+            "ledger: {other} (this node acts only on a ledger verified against its pinned key)"
+        )),
+    }
+}
+
+impl NodeService {
     async fn market_channel(&self) -> Result<Channel, Status> {
         Channel::from_shared(self.config.market_endpoint.clone())
             .map_err(|error| Status::internal(format!("market endpoint: {error}")))?
@@ -321,48 +544,79 @@ impl NodeService {
             .map_err(|error| Status::unavailable(format!("market unreachable: {error}")))
     }
 
-    /// Reads the buyer's signed order from the ledger and the ordered listings' terms and
-    /// manifests from the market, and compiles `sql` against them. ε comes from the order,
-    /// never from the coordinator.
+    /// Reads the buyer's order, its status and the ordered listings' terms from the node's
+    /// verified replica of the ledger, and the listings' manifests from the market, each of
+    /// which must hash to its listing's `schema_hash` on the ledger; compiles `sql` against
+    /// them. ε, the purpose and the listings come from the order, never from the coordinator.
     async fn order_facts(&self, order: &[u8], sql: &str) -> Result<OrderFacts, Status> {
         let channel = self.market_channel().await?;
-        let record = LedgerClient::new(channel.clone())
-            .max_decoding_message_size(market::server::MAX_MESSAGE_BYTES)
-            .get_transaction(GetTransactionRequest {
-                tx_id: order.to_vec(),
+        let order_key =
+            OrderId(TxId(Hash32(<[u8; 32]>::try_from(order).map_err(|_| {
+                Status::invalid_argument("order_id must be 32 bytes")
+            })?)));
+        let now = unix_now();
+        let (found, ledger_listings, time, height) = self
+            .follower
+            .sync_and_read(channel.clone(), |machine| {
+                let state = machine.state();
+                let found = state.order(&order_key).cloned();
+                let listings: Vec<(ListingId, Option<market::state::Listing>)> = found
+                    .iter()
+                    .flat_map(|order| order.listings.iter())
+                    .map(|ordered| {
+                        (
+                            ordered.listing.clone(),
+                            state.listing(&ordered.listing).cloned(),
+                        )
+                    })
+                    .collect();
+                (
+                    found,
+                    listings,
+                    now.max(machine.last_time()),
+                    machine.height(),
+                )
             })
             .await
-            .map_err(|status| {
-                Status::failed_precondition(format!(
-                    "order_id: the ledger has no such order ({})",
-                    status.message()
-                ))
-            })?
-            .into_inner();
-        let verified = market::tx::UncheckedTx::parse(record.envelope)
-            .and_then(market::tx::UncheckedTx::verify)
-            .map_err(|error| Status::failed_precondition(format!("order_id: {error}")))?;
-        if verified.id().0.as_bytes() != order {
-            return Err(Status::failed_precondition(
-                "order_id: the ledger returned another transaction",
-            ));
-        }
-        let market::Action::OrderQuery {
-            query_hash,
-            listings,
-            purpose,
-            epsilon_micro,
-            ..
-        } = verified.body().action.clone()
-        else {
-            return Err(Status::failed_precondition(
-                "order_id: the transaction is not an order",
-            ));
+            .map_err(follow_status)?;
+        let Some(found) = found else {
+            return Err(Status::failed_precondition(format!(
+                "order_id: no such order on the ledger (verified up to block {height})"
+            )));
         };
-        if query_hash != market::hash::query_hash(sql) {
+        if found.status != market::state::OrderStatus::Open {
+            return Err(Status::failed_precondition(format!(
+                "order_id: the order is no longer open on the ledger ({:?})",
+                found.status
+            )));
+        }
+        if time >= found.expires_at {
+            return Err(Status::failed_precondition(format!(
+                "order_id: the order expired at {} (ledger time {time})",
+                found.expires_at
+            )));
+        }
+        if found.query_hash != market::hash::query_hash(sql) {
             return Err(Status::invalid_argument(
                 "sql: its hash is not the order's query_hash",
             ));
+        }
+        let purpose = found.purpose;
+        let epsilon_micro = found.epsilon_requested_micro;
+        let mut on_ledger = Vec::with_capacity(ledger_listings.len());
+        for (id, listing) in ledger_listings {
+            let listing = listing.ok_or_else(|| {
+                Status::failed_precondition(format!(
+                    "listing {id} of the order is not on the ledger"
+                ))
+            })?;
+            // The order's ε is reserved on every listing until its receipt or refund.
+            if listing.epsilon_reserved_micro < epsilon_micro {
+                return Err(Status::failed_precondition(format!(
+                    "listing {id}: the ledger holds no reservation of the order's ε"
+                )));
+            }
+            on_ledger.push((id, listing));
         }
         let offered = MarketClient::new(channel)
             .max_decoding_message_size(market::server::MAX_MESSAGE_BYTES)
@@ -373,7 +627,7 @@ impl NodeService {
         let mut plan: Option<QueryPlan> = None;
         let mut min_cohort = 0u64;
         let mut names = Vec::new();
-        for listing in &listings {
+        for (listing, ledger_listing) in &on_ledger {
             let offer = offered
                 .iter()
                 .find(|offer| offer.id == listing.0)
@@ -382,11 +636,23 @@ impl NodeService {
                         "listing {listing} of the order is not offered"
                     ))
                 })?;
+            // Noise is calibrated from the manifest's bounds: only the one the listing's owner
+            // put on the ledger will do.
+            if market::hash::manifest_hash(&offer.manifest) != ledger_listing.schema_hash {
+                return Err(Status::failed_precondition(format!(
+                    "listing {listing}: the manifest the market served does not hash to the \
+                     listing's schema_hash on the ledger"
+                )));
+            }
             let schema = Schema::from_toml(&offer.manifest, &offer.id).map_err(|error| {
-                Status::failed_precondition(format!("listing {listing}: manifest: {error}"))
+                Status::failed_precondition(format!(
+                    "listing {listing}: manifest: {}",
+                    bounded_message(&error.to_string())
+                ))
             })?;
-            let compiled = compile(sql, &schema)
-                .map_err(|error| Status::invalid_argument(format!("sql: {error}")))?;
+            let compiled = compile(sql, &schema).map_err(|error| {
+                Status::invalid_argument(format!("sql: {}", bounded_message(&error.to_string())))
+            })?;
             match &plan {
                 Some(first) if first != &compiled => {
                     return Err(Status::invalid_argument(
@@ -395,7 +661,7 @@ impl NodeService {
                 }
                 _ => plan = Some(compiled),
             }
-            min_cohort = min_cohort.max(u64::from(offer.min_cohort_size));
+            min_cohort = min_cohort.max(u64::from(ledger_listing.terms.min_cohort_size));
             names.push(listing.0.clone());
         }
         Ok(OrderFacts {
@@ -495,32 +761,62 @@ impl Compute for NodeService {
     ) -> Result<Response<DkgDealResponse>, Status> {
         self.check_coordinator(methods::DKG_DEAL, &request)?;
         let message = request.into_inner();
-        let members = u16::try_from(message.peers.len())
-            .map_err(|_| Status::invalid_argument("peers: too many"))?;
-        let threshold = u16::try_from(message.threshold)
-            .map_err(|_| Status::invalid_argument("threshold: too large"))?;
-        let parameters = DkgParameters::new(threshold, members, &message.session_id)
-            .map_err(|error| Status::invalid_argument(format!("threshold/peers: {error}")))?;
+        // The committee is this node's own: the coordinator may only name it back. A request
+        // naming another threshold, member or endpoint (say, the coordinator's own endpoint
+        // on two seats, to collect t shares) gets nothing.
+        let committee = &self.config.committee;
+        if message.threshold != u32::from(committee.threshold()) {
+            return Err(Status::permission_denied(format!(
+                "threshold: {} is not this node's pinned threshold {}",
+                message.threshold,
+                committee.threshold()
+            )));
+        }
+        if message.peers.len() != committee.seats().len() {
+            return Err(Status::permission_denied(format!(
+                "peers: {} named, this node's pinned committee has {} members",
+                message.peers.len(),
+                committee.seats().len()
+            )));
+        }
+        for (index, peer) in message.peers.iter().enumerate() {
+            let pinned = u16::try_from(peer.member)
+                .ok()
+                .and_then(MemberIndex::new)
+                .and_then(|member| committee.seat(member));
+            let matches = pinned.is_some_and(|seat| {
+                normal_endpoint(&seat.endpoint) == normal_endpoint(&peer.endpoint)
+            });
+            if !matches {
+                return Err(Status::permission_denied(format!(
+                    "peers[{index}]: member {} at that endpoint is not in this node's pinned \
+                     committee",
+                    peer.member
+                )));
+            }
+        }
+        let parameters = DkgParameters::new(
+            committee.threshold(),
+            committee.seats().len() as u16,
+            &message.session_id,
+        )
+        .map_err(|error| Status::invalid_argument(format!("session_id: {error}")))?;
         let (state, broadcast, shares) = deal_with_rng(&parameters, self.config.member, &mut OsRng)
-            .map_err(|error| Status::invalid_argument(format!("peers: {error}")))?;
-        // Deliver each private share straight to its recipient.
+            .map_err(|error| Status::internal(format!("dealing failed: {error}")))?;
+        // Deliver each private share straight to its recipient, at its pinned endpoint.
         for share in shares {
-            let peer = message
-                .peers
-                .iter()
-                .find(|peer| u32::from(share.recipient.get()) == peer.member)
-                .ok_or_else(|| {
-                    Status::invalid_argument(format!(
-                        "peers: no endpoint for member {}",
-                        share.recipient.get()
-                    ))
-                })?;
-            let channel = Channel::from_shared(peer.endpoint.clone())
-                .map_err(|error| Status::invalid_argument(format!("peers.endpoint: {error}")))?
+            let seat = committee.seat(share.recipient).ok_or_else(|| {
+                Status::internal(format!("no seat for member {}", share.recipient.get()))
+            })?;
+            let channel = Channel::from_shared(seat.endpoint.clone())
+                .map_err(|error| Status::internal(format!("member endpoint: {error}")))?
                 .connect()
                 .await
                 .map_err(|error| {
-                    Status::unavailable(format!("member {} unreachable: {error}", peer.member))
+                    Status::unavailable(format!(
+                        "member {} unreachable: {error}",
+                        seat.member.get()
+                    ))
                 })?;
             let mut client = cohortex_proto::v1::compute_client::ComputeClient::new(channel);
             client
@@ -551,23 +847,35 @@ impl Compute for NodeService {
         let caller = self
             .verifier
             .verify(methods::DELIVER_SHARE, &request, unix_now())?;
-        if !self.config.peers.contains(&caller) {
+        let Some(caller_seat) = self.config.committee.seat_of(&caller) else {
             return Err(Status::permission_denied(format!(
                 "account {caller} is not a committee member"
             )));
-        }
+        };
+        let caller_member = caller_seat.member;
         let message = request.into_inner();
         let share: DealerShare = decode(&message.share, "share")?;
+        // A member deals only its own shares: the dealer index is the caller's seat.
+        if share.dealer != caller_member {
+            return Err(Status::permission_denied(format!(
+                "share: dealt by member {}, but the caller holds seat {}",
+                share.dealer.get(),
+                caller_member.get()
+            )));
+        }
         if share.recipient != self.config.member {
             return Err(Status::invalid_argument(
                 "share: addressed to another member",
             ));
         }
-        self.lock()?
-            .inbox
-            .entry(message.session_id)
-            .or_default()
-            .push(share);
+        let mut state = self.lock()?;
+        let inbox = state.inbox.entry(message.session_id).or_default();
+        if inbox.iter().any(|held| held.dealer == share.dealer) {
+            return Err(Status::already_exists(
+                "share: this dealer's share for the session was already delivered",
+            ));
+        }
+        inbox.push(share);
         Ok(Response::new(DeliverShareResponse {}))
     }
 
@@ -688,8 +996,9 @@ impl Compute for NodeService {
             };
             *committee.collective_key()
         };
-        let plan = compile(&message.sql, self.vault.schema())
-            .map_err(|error| Status::invalid_argument(format!("sql: {error}")))?;
+        let plan = compile(&message.sql, self.vault.schema()).map_err(|error| {
+            Status::invalid_argument(format!("sql: {}", bounded_message(&error.to_string())))
+        })?;
         // The buyer's signed order, not the coordinator, says what is asked, for which
         // purpose, and how much ε each included patient spends.
         let facts = self.order_facts(&order, &message.sql).await?;
@@ -711,7 +1020,7 @@ impl Compute for NodeService {
         // A patient whose personal limit the order would exceed is left out, exactly like one
         // who never consented: the release cannot tell them apart.
         let consents = self
-            .current_consents(&message.purpose, facts.epsilon_micro)
+            .current_consents(facts.purpose, facts.epsilon_micro)
             .await?;
         let vault = Arc::clone(&self.vault);
         let purpose = message.purpose.clone();
@@ -804,13 +1113,13 @@ impl Compute for NodeService {
             if !facts.listings.contains(&record.listing) {
                 return Err(Status::invalid_argument(format!(
                     "contributions[{index}].listing: {} is not in the order",
-                    record.listing
+                    excerpt(&record.listing)
                 )));
             }
             if !seen.insert(record.listing.clone()) {
                 return Err(Status::invalid_argument(format!(
                     "contributions[{index}].listing: {} appears twice",
-                    record.listing
+                    excerpt(&record.listing)
                 )));
             }
             let contribution = Contribution {
@@ -919,6 +1228,7 @@ impl Compute for NodeService {
             .ok()
             .filter(|phase| *phase != KeySwitchPhase::Unspecified)
             .ok_or_else(|| Status::invalid_argument("phase: COUNTS or VALUES"))?;
+        self.check_committed_release(&order, &message.noise).await?;
         let (share, committee, release_view) = {
             let mut state = self.lock()?;
             let state = &mut *state;

@@ -19,7 +19,8 @@ use anyhow::{anyhow, bail, Context};
 use cohortex_proto::v1::ledger_client::LedgerClient;
 use cohortex_proto::v1::market_client::MarketClient;
 use cohortex_proto::v1::{PublishListingRequest, SignedTransaction};
-use compute_node::server::{Fault, NodeConfig, NodeService};
+use compute_node::follower::PinnedLedger;
+use compute_node::server::{CommitteeSeat, Fault, NodeConfig, NodeService, PinnedCommittee};
 use compute_node::Vault;
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use market::{
@@ -85,6 +86,9 @@ pub struct ClusterOptions {
     pub epsilon_budget_micro: u64,
     /// Further purposes every listing allows (patients consent to `purpose` only).
     pub extra_purposes: Vec<Purpose>,
+    /// Where the nodes read the ledger and the manifests (default: the market). Adversarial
+    /// tests put a lying front here, to check that nodes believe only what verifies.
+    pub nodes_read_market_at: Option<String>,
 }
 
 /// A started node.
@@ -114,8 +118,11 @@ pub struct Cluster {
     pub fund: AccountId,
     /// The nodes.
     pub nodes: Vec<RunningNode>,
+    /// The shared ledger the market serves.
+    pub ledger: Arc<Mutex<Ledger>>,
     issuer: SigningKey,
     issuer_nonce: Mutex<u64>,
+    coordinator_key: SigningKey,
     market_stop: Option<oneshot::Sender<()>>,
 }
 
@@ -215,7 +222,10 @@ impl Cluster {
         let issuer_nonce = bootstrap_txs.len() as u64;
         append_in_blocks(&ledger, bootstrap_txs).await?;
 
-        let coordinator = Arc::new(Coordinator::new(Arc::clone(&ledger), coordinator_key));
+        let coordinator = Arc::new(Coordinator::new(
+            Arc::clone(&ledger),
+            coordinator_key.clone(),
+        ));
         let market_listener = TcpListener::bind("127.0.0.1:0")
             .await
             .context("binding the market port")?;
@@ -235,19 +245,45 @@ impl Cluster {
         }
 
         progress("starting the compute nodes");
-        let peers: std::collections::BTreeSet<AccountId> =
-            node_keys.iter().map(AccountId::of).collect();
-        let mut nodes = Vec::new();
-        let mut members = Vec::new();
-        let mut patient_txs_register = Vec::new();
-        let mut patient_txs_consent = Vec::new();
-        for (position, (setup, node_key)) in setups.into_iter().zip(&node_keys).enumerate() {
+        // Every node's port is bound first, so that each node's configuration can pin the
+        // whole committee (accounts and endpoints) before any of them serves.
+        let mut listeners = Vec::with_capacity(setups.len());
+        let mut seats = Vec::with_capacity(setups.len());
+        for (position, node_key) in node_keys.iter().enumerate() {
             let listener = TcpListener::bind("127.0.0.1:0")
                 .await
                 .context("binding a node port")?;
             let endpoint = format!("http://{}", listener.local_addr()?);
             let member =
                 MemberIndex::new(position as u16 + 1).ok_or_else(|| anyhow!("member index"))?;
+            seats.push(CommitteeSeat {
+                member,
+                account: AccountId::of(node_key),
+                endpoint,
+            });
+            listeners.push(listener);
+        }
+        let committee = PinnedCommittee::new(options.threshold, seats)
+            .map_err(|error| anyhow!("committee: {error}"))?;
+        let pinned_ledger = PinnedLedger {
+            chain_id,
+            ledger_key: ledger_signing.verifying_key(),
+        };
+        let nodes_read_market_at = options
+            .nodes_read_market_at
+            .clone()
+            .unwrap_or_else(|| market_endpoint.clone());
+        let mut nodes = Vec::new();
+        let mut members = Vec::new();
+        let mut patient_txs_register = Vec::new();
+        let mut patient_txs_consent = Vec::new();
+        for ((setup, node_key), (listener, seat)) in setups
+            .into_iter()
+            .zip(&node_keys)
+            .zip(listeners.into_iter().zip(committee.seats().to_vec()))
+        {
+            let member = seat.member;
+            let endpoint = seat.endpoint.clone();
             let manifest = setup.vault.schema().to_toml();
             let vault = Arc::new(setup.vault);
             let service = NodeService::new(
@@ -257,11 +293,13 @@ impl Cluster {
                     account: node_key.clone(),
                     member,
                     coordinator: coordinator.account(),
-                    peers: peers.clone(),
-                    market_endpoint: market_endpoint.clone(),
+                    committee: committee.clone(),
+                    ledger: pinned_ledger.clone(),
+                    market_endpoint: nodes_read_market_at.clone(),
                     fault: setup.fault,
                 },
-            );
+            )
+            .map_err(|error| anyhow!("node {}: {error}", setup.listing))?;
             let (stop, stopped) = oneshot::channel::<()>();
             tokio::spawn(async move {
                 if let Err(error) = serve_node(service, listener, async {
@@ -368,8 +406,10 @@ impl Cluster {
             chain_id,
             fund: AccountId::of(&fund),
             nodes,
+            ledger,
             issuer,
             issuer_nonce: Mutex::new(issuer_nonce),
+            coordinator_key,
             market_stop: Some(market_stop),
         })
     }
@@ -413,6 +453,12 @@ impl Cluster {
         .await
         .context("deposit")?;
         Ok(())
+    }
+
+    /// The market operator's coordinator key. Adversarial tests play a hostile operator with
+    /// it: whatever it signs, the nodes check against their own pins and replica.
+    pub fn operator_key(&self) -> &SigningKey {
+        &self.coordinator_key
     }
 
     /// Stops node `index` (it stops answering, as if its machine went down).

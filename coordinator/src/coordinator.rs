@@ -32,7 +32,9 @@ use compute_node::{compile, verify_contributions, QueryPlan, Schema};
 use ed25519_dalek::SigningKey;
 use market::hash::tagged_hash;
 use market::server::auth::signed_request;
-use market::server::{purpose_name, read_ledger, submit, SharedLedger, Submitted};
+use market::server::{
+    bounded_message, excerpt, purpose_name, read_ledger, submit, SharedLedger, Submitted,
+};
 use market::{
     AccountId, Action, Hash32, ListingContribution, ListingId, OrderId, Purpose, QueryReceipt,
     ReceiptId, TxBody, TxId,
@@ -45,15 +47,7 @@ use zk::{
     MemberIndex, PublicKey, Wire,
 };
 
-pub use market::hash::{query_hash, LABEL_QUERY};
-
-/// Domain label of manifest hashes (a listing's `schema_hash`).
-pub const LABEL_MANIFEST: &str = "cohortex/market/manifest/v1";
-
-/// The hash a listing carries for its manifest text.
-pub fn manifest_hash(manifest: &str) -> Hash32 {
-    tagged_hash(LABEL_MANIFEST, &[manifest.as_bytes()])
-}
+pub use market::hash::{manifest_hash, query_hash, LABEL_MANIFEST, LABEL_QUERY};
 
 /// What the coordinator knows of a listing besides the ledger's record.
 #[derive(Debug, Clone)]
@@ -149,11 +143,13 @@ fn poisoned() -> Status {
 
 async fn connect(endpoint: &str) -> Result<ComputeClient<Channel>, Status> {
     let channel = Channel::from_shared(endpoint.to_string())
-        .map_err(|error| Status::internal(format!("endpoint {endpoint}: {error}")))?
+        .map_err(|error| Status::internal(format!("endpoint {}: {error}", excerpt(endpoint))))?
         .connect_timeout(Duration::from_secs(5))
         .connect()
         .await
-        .map_err(|error| Status::unavailable(format!("{endpoint} unreachable: {error}")))?;
+        .map_err(|error| {
+            Status::unavailable(format!("{} unreachable: {error}", excerpt(endpoint)))
+        })?;
     Ok(ComputeClient::new(channel)
         .max_decoding_message_size(market::server::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(market::server::MAX_MESSAGE_BYTES))
@@ -794,6 +790,18 @@ impl Coordinator {
         let shares_included: Vec<&NoiseShare> = noise.iter().collect();
         let noisy = apply_noise(&summed, &shares_included, &calibration);
 
+        // 3b. The release is fixed on the ledger before anything is key-switched: these
+        //     members' noise, switched by these members. Members key-switch nothing else, so
+        //     the order is released at most once; from here on a refund keeps its ε spent.
+        let committed: Vec<u16> = noise.iter().map(|share| share.member).collect();
+        self.submit_own(Action::CommitRelease {
+            order: OrderId(order),
+            noise_members: committed.clone(),
+            quorum: committed,
+        })
+        .await
+        .map_err(|status| format!("committing the release: {}", status.message()))?;
+
         // 4. Phase COUNTS: the noisy counts are key-switched to the public count key and
         //    decrypted; cells below the minimum cohort are suppressed.
         let counts = count_slots(plan);
@@ -1042,8 +1050,9 @@ fn decode_contribution(
 pub fn compile_for(sql: &str, infos: &[ListingInfo]) -> Result<QueryPlan, Status> {
     let mut plan: Option<QueryPlan> = None;
     for info in infos {
-        let compiled = compile(sql, &info.schema)
-            .map_err(|error| Status::invalid_argument(format!("sql: {error}")))?;
+        let compiled = compile(sql, &info.schema).map_err(|error| {
+            Status::invalid_argument(format!("sql: {}", bounded_message(&error.to_string())))
+        })?;
         if let Some(first) = &plan {
             if first != &compiled {
                 return Err(Status::invalid_argument(

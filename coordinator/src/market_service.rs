@@ -11,8 +11,8 @@ use cohortex_proto::v1::{
 use compute_node::Schema;
 use market::server::auth::{unix_now, RequestVerifier};
 use market::server::{
-    envelope_field, purpose_field, purpose_name, read_ledger, submit, submit_if, tx_error_status,
-    tx_id_field, wrong_action,
+    bounded_message, envelope_field, excerpt, purpose_field, purpose_name, read_ledger, submit,
+    submit_if, tx_error_status, tx_id_field, wrong_action,
 };
 use market::tx::UncheckedTx;
 use market::{Action, Compensation, TxBody, TxId};
@@ -137,8 +137,9 @@ impl Market for MarketService {
     ) -> Result<Response<TransactionResult>, Status> {
         let message = request.into_inner();
         let envelope = transaction(message.transaction)?;
-        let schema = Schema::from_toml(&message.manifest, "manifest")
-            .map_err(|error| Status::invalid_argument(format!("manifest: {error}")))?;
+        let schema = Schema::from_toml(&message.manifest, "manifest").map_err(|error| {
+            Status::invalid_argument(format!("manifest: {}", bounded_message(&error.to_string())))
+        })?;
         if !(message.node_endpoint.starts_with("http://")
             || message.node_endpoint.starts_with("https://"))
         {
@@ -236,10 +237,14 @@ impl Market for MarketService {
         let mut infos = Vec::new();
         for listing in listings {
             let info = self.coordinator.listing(&listing.0)?.ok_or_else(|| {
-                Status::not_found(format!("listing {listing} has no compute node registered"))
+                Status::not_found(format!(
+                    "listing {} has no compute node registered",
+                    excerpt(&listing.0)
+                ))
             })?;
             infos.push(info);
         }
+        // The query compiler's errors quote fragments of the query; compile_for bounds them.
         let plan = compile_for(&message.sql, &infos)?;
         // The same buyer repeating a recent query: answer from the recorded release, with no
         // new escrow, no budget and no fresh noise (averaging repeats would defeat the noise).

@@ -173,7 +173,9 @@ async fn one_member_withholding_its_noise_still_releases_with_the_others() {
 async fn withholding_noise_of_t_members_stops_the_release() {
     let (_dir, cluster, _) = start([None, None, None]).await;
     // A coordinator colluding to drop the noise of t = 2 members: only member 3's noise would
-    // remain, and members 1 and 2 refuse to decrypt without their own.
+    // remain. The release it commits on the ledger then names member 3's noise alone, and
+    // members 1 and 2 refuse to decrypt what they are not in the quorum of (and would refuse
+    // a sum without their own noise); member 3 refuses a quorum below the threshold.
     cluster.coordinator.withhold_noise_of(&[1, 2]).unwrap();
     let buyer = buyer(&cluster).await;
     let order = buyer
@@ -183,7 +185,13 @@ async fn withholding_noise_of_t_members_stops_the_release() {
     let status = buyer.wait(order).await.unwrap();
     assert_eq!(status.state, cohortex_proto::v1::OrderState::Failed as i32);
     assert!(
-        status.message.contains("own noise share is not included"),
+        status
+            .message
+            .contains("member 1 is not in the quorum committed on the ledger")
+            && status
+                .message
+                .contains("member 2 is not in the quorum committed on the ledger")
+            && status.message.contains("smaller than the threshold"),
         "{}",
         status.message
     );

@@ -195,6 +195,11 @@ impl Auditor {
         Ok(Auditor { machine })
     }
 
+    /// What has been replayed and verified so far: the state, the log and the last head.
+    pub fn machine(&self) -> &StateMachine {
+        &self.machine
+    }
+
     /// Checks the next block (see the module documentation for the checks and their order).
     pub fn check_block(&mut self, block: StoredBlock) -> Result<(), Box<AuditFailure>> {
         let height = block.height;

@@ -2,10 +2,50 @@
 //!
 //! A refused transaction changes nothing: the state machine checks every rule before it
 //! mutates anything (see `state.rs`).
+//!
+//! Refusals reach callers as gRPC status messages, which travel in an HTTP/2 trailer of a few
+//! KiB, so no message quotes more than [`MAX_EXCERPT_BYTES`] of what a caller sent: listing ids
+//! are shown through [`excerpt`] (a transaction may name an unknown listing of megabytes).
 
 use crate::hash::Hash32;
 use crate::tx::{AccountId, ListingId, OrderId, Purpose, ReceiptId, Role};
 use thiserror::Error;
+
+/// Most bytes of caller-supplied text an error message quotes.
+pub const MAX_EXCERPT_BYTES: usize = 100;
+
+/// `input` as an error message may quote it: whole when at most [`MAX_EXCERPT_BYTES`] bytes,
+/// else its longest prefix of at most that many bytes that ends on a character boundary,
+/// followed by `… (N bytes)` with `input`'s full length.
+pub fn excerpt(input: &str) -> String {
+    cut_at(input, MAX_EXCERPT_BYTES)
+}
+
+/// Most bytes of an error message composed elsewhere that may quote fragments of input (a
+/// query compiler's message naming a column or token), as a status message carries it.
+pub const MAX_COMPOSED_MESSAGE_BYTES: usize = 400;
+
+/// A message composed from input (see [`MAX_COMPOSED_MESSAGE_BYTES`]), cut like [`excerpt`]:
+/// long enough to say what to fix, bounded whatever the input.
+pub fn bounded_message(message: &str) -> String {
+    cut_at(message, MAX_COMPOSED_MESSAGE_BYTES)
+}
+
+fn cut_at(input: &str, max: usize) -> String {
+    if input.len() <= max {
+        return input.to_owned();
+    }
+    let cut = (0..=max)
+        .rev()
+        .find(|&index| input.is_char_boundary(index))
+        .unwrap_or(0);
+    format!("{}… ({} bytes)", &input[..cut], input.len())
+}
+
+/// A listing id as an error message shows it ([`excerpt`]).
+fn shown(listing: &ListingId) -> String {
+    excerpt(&listing.0)
+}
 
 /// A transaction the ledger refuses, and the rule it breaks.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -109,16 +149,19 @@ pub enum TxError {
     #[error("amount overflows 64 bits")]
     AmountOverflow,
     /// A listing with this id exists already (withdrawn ids are not reused).
-    #[error("listing {0} already exists")]
+    #[error("listing {} already exists", shown(.0))]
     ListingExists(ListingId),
     /// No listing has this id.
-    #[error("unknown listing {0}")]
+    #[error("unknown listing {}", shown(.0))]
     UnknownListing(ListingId),
     /// The listing was withdrawn.
-    #[error("listing {0} is withdrawn")]
+    #[error("listing {} is withdrawn", shown(.0))]
     ListingWithdrawn(ListingId),
     /// Only the owner may change or withdraw a listing.
-    #[error("account {signer} does not own listing {listing}")]
+    #[error(
+        "account {signer} does not own listing {listing}",
+        listing = shown(.listing)
+    )]
     NotListingOwner {
         /// The listing.
         listing: ListingId,
@@ -129,7 +172,10 @@ pub enum TxError {
     #[error("invalid listing: {0}")]
     InvalidListing(&'static str),
     /// The listing does not allow this purpose.
-    #[error("listing {listing} does not allow purpose {purpose:?}")]
+    #[error(
+        "listing {listing} does not allow purpose {purpose:?}",
+        listing = shown(.listing)
+    )]
     PurposeNotAllowed {
         /// The listing.
         listing: ListingId,
@@ -148,7 +194,10 @@ pub enum TxError {
         signer: AccountId,
     },
     /// No active consent of the signer exists for this listing and purpose.
-    #[error("no active consent of {patient} for listing {listing} and purpose {purpose:?}")]
+    #[error(
+        "no active consent of {patient} for listing {listing} and purpose {purpose:?}",
+        listing = shown(.listing)
+    )]
     NoActiveConsent {
         /// The patient.
         patient: AccountId,
@@ -163,7 +212,8 @@ pub enum TxError {
     /// A personal privacy limit below what the patient's records in the listing already spent.
     #[error(
         "personal epsilon limit {limit_micro} is below the {spent_micro} micro-epsilon already \
-         spent on {patient}'s records in listing {listing}"
+         spent on {patient}'s records in listing {listing}",
+        listing = shown(.listing)
     )]
     PersonalLimitBelowSpent {
         /// The patient.
@@ -188,7 +238,8 @@ pub enum TxError {
     InvalidOrder(&'static str),
     /// The listing's remaining privacy budget does not cover the request.
     #[error(
-        "listing {listing} has {remaining_micro} micro-epsilon left, {requested_micro} requested"
+        "listing {listing} has {remaining_micro} micro-epsilon left, {requested_micro} requested",
+        listing = shown(.listing)
     )]
     EpsilonBudgetExhausted {
         /// The listing.
@@ -234,7 +285,11 @@ pub enum TxError {
     #[error("receipt listings do not match the listings of order {0}")]
     ReceiptListingsMismatch(OrderId),
     /// More ε debited from a listing than the order requested.
-    #[error("receipt debits {debited_micro} micro-epsilon from {listing}, order requested {requested_micro}")]
+    #[error(
+        "receipt debits {debited_micro} micro-epsilon from {listing}, order requested \
+         {requested_micro}",
+        listing = shown(.listing)
+    )]
     EpsilonExceedsRequest {
         /// The listing.
         listing: ListingId,
@@ -244,10 +299,13 @@ pub enum TxError {
         requested_micro: u64,
     },
     /// The participant list is not strictly ascending (so a participant could be counted twice).
-    #[error("participants of listing {0} are not strictly ascending")]
+    #[error("participants of listing {} are not strictly ascending", shown(.0))]
     ParticipantsNotCanonical(ListingId),
     /// Fewer participants than the listing's minimum cohort size.
-    #[error("listing {listing} needs at least {min} participants, receipt has {got}")]
+    #[error(
+        "listing {listing} needs at least {min} participants, receipt has {got}",
+        listing = shown(.listing)
+    )]
     CohortTooSmall {
         /// The listing.
         listing: ListingId,
@@ -258,7 +316,8 @@ pub enum TxError {
     },
     /// A participant in the receipt has no active consent (never granted, revoked or expired).
     #[error(
-        "participant {patient} has no active consent for listing {listing} and purpose {purpose:?}"
+        "participant {patient} has no active consent for listing {listing} and purpose {purpose:?}",
+        listing = shown(.listing)
     )]
     ParticipantWithoutConsent {
         /// The participant.
@@ -271,7 +330,8 @@ pub enum TxError {
     /// A participant whose personal privacy limit the receipt's debit would exceed.
     #[error(
         "participant {patient} of listing {listing} has spent {spent_micro} of a personal limit of \
-         {limit_micro} micro-epsilon; the receipt debits {debited_micro}"
+         {limit_micro} micro-epsilon; the receipt debits {debited_micro}",
+        listing = shown(.listing)
     )]
     PersonalBudgetExceeded {
         /// The participant.
@@ -304,6 +364,12 @@ pub enum TxError {
     /// The order was refunded already.
     #[error("order {0} is already refunded")]
     AlreadyRefunded(OrderId),
+    /// A release of the order was already committed.
+    #[error("a release of order {0} is already committed")]
+    ReleaseAlreadyCommitted(OrderId),
+    /// The committed member sets are malformed.
+    #[error("invalid release commitment: {0}")]
+    InvalidRelease(&'static str),
     /// The order has no receipt yet, so it cannot be settled.
     #[error("order {0} has no receipt yet")]
     OrderNotComputed(OrderId),
@@ -315,4 +381,44 @@ pub enum TxError {
         /// Who signed.
         signer: AccountId,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_input_is_quoted_whole() {
+        assert_eq!(excerpt("diabetes-cohort"), "diabetes-cohort");
+        let hundred = "a".repeat(MAX_EXCERPT_BYTES);
+        assert_eq!(excerpt(&hundred), hundred);
+    }
+
+    #[test]
+    fn long_input_is_cut_at_a_character_boundary_and_its_length_given() {
+        // 'é' is two bytes: 51 of them are 102 bytes, and byte 100 ends the 50th.
+        let accents = "é".repeat(51);
+        assert_eq!(
+            excerpt(&accents),
+            format!("{}… (102 bytes)", "é".repeat(50))
+        );
+        // '€' is three bytes: 99 = 33 × 3 is the last boundary at or below 100.
+        let euros = "€".repeat(40);
+        assert_eq!(excerpt(&euros), format!("{}… (120 bytes)", "€".repeat(33)));
+    }
+
+    #[test]
+    fn refusal_naming_a_megabyte_listing_id_stays_short() {
+        let listing = ListingId::new("x".repeat(1 << 20));
+        let message = TxError::UnknownListing(listing.clone()).to_string();
+        assert!(message.len() < 200, "{} bytes", message.len());
+        assert!(message.ends_with("(1048576 bytes)"), "{message}");
+        let message = TxError::CohortTooSmall {
+            listing,
+            min: 5,
+            got: 1,
+        }
+        .to_string();
+        assert!(message.len() < 200, "{} bytes", message.len());
+    }
 }

@@ -119,6 +119,15 @@ pub fn query_hash(sql: &str) -> Hash32 {
     tagged_hash(LABEL_QUERY, &[sql.as_bytes()])
 }
 
+/// Domain label of manifest hashes (a listing's `schema_hash`).
+pub const LABEL_MANIFEST: &str = "cohortex/market/manifest/v1";
+
+/// The hash a listing carries for its manifest text: a node calibrates noise only from a
+/// manifest that hashes to the listing's `schema_hash` on the ledger.
+pub fn manifest_hash(manifest: &str) -> Hash32 {
+    tagged_hash(LABEL_MANIFEST, &[manifest.as_bytes()])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -186,6 +186,18 @@ pub struct Order {
     pub status: OrderStatus,
 }
 
+/// Which members' noise a release sums and which members key-switch it, fixed on the ledger
+/// before any key switch (see [`Action::CommitRelease`](crate::tx::Action::CommitRelease)).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseCommitment {
+    /// Members whose noise shares are summed, strictly ascending.
+    pub noise_members: Vec<u16>,
+    /// Members who key-switch, strictly ascending, each among `noise_members`.
+    pub quorum: Vec<u16>,
+    /// Block time of the commitment.
+    pub committed_at: u64,
+}
+
 /// A participant's share and where it is paid.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Payee {
@@ -253,6 +265,8 @@ pub enum StateKey {
     TotalIssued,
     /// ε spent on a patient's records in a listing: patient, listing.
     PersonalSpent(AccountId, ListingId),
+    /// The committed release of an order.
+    Release(OrderId),
 }
 
 /// A stored state entry does not decode.
@@ -283,6 +297,10 @@ pub struct State {
     orders: BTreeMap<OrderId, Order>,
     receipts: BTreeMap<ReceiptId, ReceiptRecord>,
     total_issued: u64,
+    /// The committed release of each order that has one. Hashed only when not empty, so that
+    /// ledgers written before the field existed keep their state hashes.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
+    releases: BTreeMap<OrderId, ReleaseCommitment>,
     /// Keys written since the last [`State::take_changes`]; not part of the state itself.
     #[serde(skip)]
     changed: BTreeSet<StateKey>,
@@ -454,6 +472,11 @@ impl State {
         self.orders.get(id)
     }
 
+    /// The committed release of an order, if any.
+    pub fn release(&self, id: &OrderId) -> Option<&ReleaseCommitment> {
+        self.releases.get(id)
+    }
+
     /// A receipt.
     pub fn receipt(&self, id: &ReceiptId) -> Option<&ReceiptRecord> {
         self.receipts.get(id)
@@ -497,6 +520,7 @@ impl State {
                         .personal_spent
                         .get(&(*p, l.clone()))
                         .map(postcard::to_stdvec),
+                    StateKey::Release(id) => self.releases.get(id).map(postcard::to_stdvec),
                 }?;
                 let key = postcard::to_stdvec(&key);
                 match (key, value) {
@@ -549,6 +573,9 @@ impl State {
                     state
                         .personal_spent
                         .insert((*p, l.clone()), value(&key, value_bytes)?);
+                }
+                StateKey::Release(id) => {
+                    state.releases.insert(*id, value(&key, value_bytes)?);
                 }
             }
         }
@@ -648,6 +675,11 @@ impl State {
             }
             Action::Settle { order, receipt } => self.settle(signer, *order, *receipt)?,
             Action::Refund { order } => self.refund(signer, *order, ctx)?,
+            Action::CommitRelease {
+                order,
+                noise_members,
+                quorum,
+            } => self.commit_release(signer, *order, noise_members, quorum, ctx)?,
         }
 
         // The signer exists now (a self-registration has just created it).
@@ -1332,10 +1364,17 @@ impl State {
             account.balance = new_balance;
         }
         self.changed.insert(StateKey::Account(buyer));
+        // Once a release was committed, its noisy counts may have been opened: the ε it
+        // reserved is spent, not returned, even though the credits are.
+        let released = self.releases.contains_key(&order_id);
         for id in listing_ids {
             if let Some(listing) = self.listings.get_mut(&id) {
                 listing.epsilon_reserved_micro =
                     listing.epsilon_reserved_micro.saturating_sub(requested);
+                if released {
+                    listing.epsilon_spent_micro =
+                        listing.epsilon_spent_micro.saturating_add(requested);
+                }
             }
             self.changed.insert(StateKey::Listing(id));
         }
@@ -1343,6 +1382,68 @@ impl State {
             order.status = OrderStatus::Refunded;
         }
         self.changed.insert(StateKey::Order(order_id));
+        Ok(())
+    }
+
+    fn commit_release(
+        &mut self,
+        signer: AccountId,
+        order_id: OrderId,
+        noise_members: &[u16],
+        quorum: &[u16],
+        ctx: &BlockContext,
+    ) -> Result<(), TxError> {
+        self.require_role(signer, &[Role::CommitteeMember], "committee member")?;
+        let order = self
+            .orders
+            .get(&order_id)
+            .ok_or(TxError::UnknownOrder(order_id))?;
+        if order.status != OrderStatus::Open {
+            return Err(TxError::OrderNotOpen {
+                order: order_id,
+                status: order.status.name(),
+            });
+        }
+        if self.releases.contains_key(&order_id) {
+            return Err(TxError::ReleaseAlreadyCommitted(order_id));
+        }
+        let ascending = |members: &[u16]| {
+            !members.is_empty()
+                && members[0] >= 1
+                && members.windows(2).all(|pair| pair[0] < pair[1])
+        };
+        if !ascending(noise_members) {
+            return Err(TxError::InvalidRelease(
+                "noise members must be member indices (≥ 1), strictly ascending, at least one",
+            ));
+        }
+        if !ascending(quorum) {
+            return Err(TxError::InvalidRelease(
+                "the quorum must be member indices (≥ 1), strictly ascending, at least one",
+            ));
+        }
+        if quorum.len() > noise_members.len() {
+            return Err(TxError::InvalidRelease(
+                "the quorum is larger than the noise set",
+            ));
+        }
+        if quorum
+            .iter()
+            .any(|member| noise_members.binary_search(member).is_err())
+        {
+            return Err(TxError::InvalidRelease(
+                "every quorum member must have a noise share in the release",
+            ));
+        }
+        self.releases.insert(
+            order_id,
+            ReleaseCommitment {
+                noise_members: noise_members.to_vec(),
+                quorum: quorum.to_vec(),
+                committed_at: ctx.time,
+            },
+        );
+        self.changed.insert(StateKey::Release(order_id));
         Ok(())
     }
 }

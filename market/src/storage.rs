@@ -467,8 +467,12 @@ impl<S: Sequencer> Ledger<S> {
         Ok(self.machine.log().prove_consistency(old_size)?)
     }
 
-    /// The signed head of block `height`.
+    /// The signed head of block `height` (`None` when there is no such block, including every
+    /// height SQLite's signed 64-bit integers cannot hold).
     pub fn head_at(&self, height: u64) -> Result<Option<SignedTreeHead>, LedgerError> {
+        let Ok(height) = i64::try_from(height) else {
+            return Ok(None);
+        };
         let bytes: Option<Vec<u8>> = self
             .conn
             .query_row(
@@ -481,6 +485,41 @@ impl<S: Sequencer> Ledger<S> {
             .map(|b| SignedTreeHead::from_bytes(&b))
             .transpose()
             .map_err(|e| corrupt("tree head")(e.to_string()))
+    }
+
+    /// The envelopes of block `height` from position `start` on, in block order, stopping
+    /// once about `max_bytes` are gathered (always at least one when any is left); `None` when
+    /// there is no such block.
+    pub fn block_envelopes(
+        &self,
+        height: u64,
+        start: u32,
+        max_bytes: usize,
+    ) -> Result<Option<BlockPage>, LedgerError> {
+        let Some(head) = self.head_at(height)? else {
+            return Ok(None);
+        };
+        let tx_count = head.header.tx_count;
+        let mut statement = self.conn.prepare_cached(
+            "SELECT tx FROM transactions WHERE height = ?1 AND position >= ?2 ORDER BY position",
+        )?;
+        let mut rows = statement.query(params![height, start])?;
+        let mut envelopes = Vec::new();
+        let mut gathered = 0usize;
+        while let Some(row) = rows.next()? {
+            let envelope: Vec<u8> = row.get(0)?;
+            if !envelopes.is_empty() && gathered + envelope.len() > max_bytes {
+                break;
+            }
+            gathered += envelope.len();
+            envelopes.push(envelope);
+        }
+        let next = start.saturating_add(u32::try_from(envelopes.len()).unwrap_or(u32::MAX));
+        Ok(Some(BlockPage {
+            envelopes,
+            next,
+            tx_count,
+        }))
     }
 
     /// The stored transaction with id `txid`, if the log holds it.
@@ -504,6 +543,9 @@ impl<S: Sequencer> Ledger<S> {
     /// The ids of the transactions of block `height`, in block order (empty when there is no
     /// such block).
     pub fn block_tx_ids(&self, height: u64) -> Result<Vec<TxId>, LedgerError> {
+        if i64::try_from(height).is_err() {
+            return Ok(Vec::new());
+        }
         let mut statement = self
             .conn
             .prepare_cached("SELECT txid FROM transactions WHERE height = ?1 ORDER BY position")?;
@@ -518,6 +560,17 @@ impl<S: Sequencer> Ledger<S> {
             })
             .collect()
     }
+}
+
+/// A page of one block's envelopes (see [`Ledger::block_envelopes`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockPage {
+    /// Envelopes from the requested position on, in block order.
+    pub envelopes: Vec<Vec<u8>>,
+    /// The position to continue from (the block's transaction count when done).
+    pub next: u32,
+    /// The block's transaction count.
+    pub tx_count: u32,
 }
 
 /// Why an audit of a database did not complete.

@@ -314,10 +314,23 @@ pub enum Action {
         receipt: ReceiptId,
     },
     /// Returns the escrow of an order without a receipt to its buyer: by the buyer once the
-    /// order has expired, or by a committee member when the computation failed.
+    /// order has expired, or by a committee member when the computation failed. Once a
+    /// release was committed ([`Action::CommitRelease`]) its ε stays spent.
     Refund {
         /// The order.
         order: OrderId,
+    },
+    /// Fixes, before any key switch, whose noise shares the release of `order` sums and which
+    /// members key-switch it (signer: committee member). At most one per order, and members
+    /// key-switch only the committed set, so an order is released once: two quorums cannot
+    /// each open the sum with different noise.
+    CommitRelease {
+        /// The open order.
+        order: OrderId,
+        /// Members whose noise shares are summed, strictly ascending.
+        noise_members: Vec<u16>,
+        /// Members who key-switch the release, strictly ascending, each in `noise_members`.
+        quorum: Vec<u16>,
     },
 }
 

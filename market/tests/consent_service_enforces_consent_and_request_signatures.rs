@@ -1,7 +1,8 @@
 //! The Consent service over real gRPC on loopback: patients register, grant and revoke, and
 //! the current consents a compute node reads follow each step (and expiry); RPCs refuse
 //! envelopes carrying another action; the List calls need a fresh request signature from the
-//! right account; earnings split payments and donations as the payout rule says.
+//! right account, and bytes the signature does not cover are refused; earnings split payments
+//! and donations as the payout rule says; refusals quote at most an excerpt of huge inputs.
 
 mod common;
 
@@ -11,7 +12,9 @@ use std::sync::{Arc, Mutex};
 use cohortex_proto::v1;
 use cohortex_proto::v1::consent_client::ConsentClient;
 use cohortex_proto::v1::ledger_client::LedgerClient;
-use common::{grant_action, order_action, receipt_action, terms, Fixture, Party, START_TIME};
+use common::{
+    grant_action, order_action, raw_grpc, receipt_action, terms, Fixture, Party, START_TIME,
+};
 use market::server::auth::{signed_request, signed_request_with, unix_now, ACCOUNT};
 use market::server::consent::{LIST_CONSENTS, LIST_CURRENT_CONSENTS, LIST_EARNINGS};
 use market::server::{serve_ledger_and_consent, ServeError};
@@ -19,6 +22,7 @@ use market::{
     AccountId, Action, Compensation, Hash32, ListingId, OrderId, PayoutChoice, Purpose, ReceiptId,
     Role, TxBody, TxId,
 };
+use prost::Message;
 use rand_chacha::ChaCha20Rng;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -92,6 +96,7 @@ impl Clients {
 /// node (admitted by the issuer) that has published one listing.
 struct Served {
     net: Clients,
+    endpoint: String,
     clock: Arc<AtomicU64>,
     issuer: Party,
     node: Party,
@@ -127,10 +132,11 @@ impl Served {
         let net = Clients {
             chain_id,
             ledger: LedgerClient::connect(endpoint.clone()).await.unwrap(),
-            consent: ConsentClient::connect(endpoint).await.unwrap(),
+            consent: ConsentClient::connect(endpoint.clone()).await.unwrap(),
         };
         let mut served = Served {
             net,
+            endpoint,
             clock,
             issuer,
             node,
@@ -197,6 +203,14 @@ impl Served {
             .map(|p| AccountId(p.try_into().unwrap()))
             .collect();
         (patients, answer.height)
+    }
+
+    async fn channel(&self) -> Channel {
+        Channel::from_shared(self.endpoint.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
     }
 
     async fn stop(self) {
@@ -527,6 +541,104 @@ async fn replayed_request_is_unauthenticated() {
     );
     let status = served.net.consent.list_consents(stale).await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    served.stop().await;
+}
+
+#[tokio::test]
+async fn request_bytes_the_signature_does_not_cover_are_refused() {
+    let served = Served::start().await;
+    let message = v1::ListCurrentConsentsRequest {
+        listing: served.listing.0.clone(),
+        purpose: "academic_research".into(),
+        epsilon_micro: 0,
+    };
+    let signed = signed_request(&served.node.key, LIST_CURRENT_CONSENTS, message);
+    let metadata = signed.metadata().clone();
+    let signed_bytes = signed.get_ref().encode_to_vec();
+    // Bytes that prost decodes to the signed message, so that a signature over its
+    // re-encoding would verify: an unknown field 15 (varint 1) appended, and the listing
+    // field (2, length-delimited) repeated with the same value.
+    let unknown_field = [signed_bytes.clone(), vec![15 << 3, 1]].concat();
+    let mut repeated_listing = signed_bytes.clone();
+    repeated_listing.extend([(1 << 3) | 2, served.listing.0.len() as u8]);
+    repeated_listing.extend(served.listing.0.as_bytes());
+    for (case, bytes) in [
+        ("unknown field", unknown_field),
+        ("repeated field", repeated_listing),
+    ] {
+        let decoded = v1::ListCurrentConsentsRequest::decode(bytes.as_slice()).unwrap();
+        assert_eq!(
+            &decoded,
+            signed.get_ref(),
+            "{case}: prost reads the signed message"
+        );
+        let refused = raw_grpc::call(
+            served.channel().await,
+            LIST_CURRENT_CONSENTS,
+            bytes,
+            metadata.clone(),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(refused.code(), Code::InvalidArgument, "{case}: {refused:?}");
+        assert!(refused.message().contains("canonical"), "{refused:?}");
+    }
+    // The signed bytes themselves, with the same metadata (its nonce was not used up by the
+    // refusals), are served.
+    let answer = raw_grpc::call(
+        served.channel().await,
+        LIST_CURRENT_CONSENTS,
+        signed_bytes,
+        metadata,
+    )
+    .await
+    .unwrap();
+    let answer = v1::ListCurrentConsentsResponse::decode(answer.as_slice()).unwrap();
+    assert!(answer.patients.is_empty());
+    served.stop().await;
+}
+
+#[tokio::test]
+async fn seven_mib_purpose_is_refused_with_a_short_message() {
+    let mut served = Served::start().await;
+    let message = v1::ListCurrentConsentsRequest {
+        listing: served.listing.0.clone(),
+        purpose: "p".repeat(7 << 20),
+        epsilon_micro: 0,
+    };
+    let signed = signed_request(&served.node.key, LIST_CURRENT_CONSENTS, message);
+    let status = served
+        .net
+        .consent
+        .list_current_consents(signed)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{:?}", status.code());
+    assert!(
+        status.message().len() < 300,
+        "{} bytes",
+        status.message().len()
+    );
+    assert!(status.message().starts_with("purpose must be one of"));
+    assert!(status.message().contains("(7340032 bytes)"), "{status:?}");
+    served.stop().await;
+}
+
+#[tokio::test]
+async fn consent_to_a_megabyte_listing_id_is_refused_with_a_short_message() {
+    let mut served = Served::start().await;
+    let patient = served.register_patient().await;
+    let huge = ListingId::new("l".repeat(3 << 20));
+    let grant = grant_action(&patient, &huge, PayoutChoice::ToPatient);
+    let envelope = served.net.envelope(&patient, grant);
+    let status = served.net.consent.grant(envelope).await.unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "{:?}", status.code());
+    assert!(
+        status.message().len() < 300,
+        "{} bytes",
+        status.message().len()
+    );
+    assert!(status.message().starts_with("unknown listing lll"));
     served.stop().await;
 }
 

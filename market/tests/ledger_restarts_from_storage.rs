@@ -103,3 +103,55 @@ fn ledger_refuses_a_sequencer_with_another_key() {
     ));
     drop(dir);
 }
+
+#[test]
+fn block_pages_return_every_envelope_of_the_block_in_order() {
+    let mut f = Fixture::new();
+    let patients: Vec<Party> = (0..5).map(|_| Party::new(&mut f.rng)).collect();
+    let envelopes: Vec<Vec<u8>> = patients
+        .iter()
+        .map(|patient| {
+            f.sign(
+                patient,
+                market::Action::RegisterAccount {
+                    account: patient.id,
+                    role: market::Role::Patient,
+                },
+            )
+        })
+        .collect();
+    let outcome = f.ledger.append(envelopes.clone()).expect("append");
+    assert!(outcome.refused.is_empty());
+    let height = f.ledger.head().expect("head").header.height;
+    // A page limit of one byte still carries one envelope a page: five pages, in order.
+    let mut start = 0;
+    let mut pages = 0;
+    let mut served = Vec::new();
+    while start < 5 {
+        let page = f
+            .ledger
+            .block_envelopes(height, start, 1)
+            .expect("read")
+            .expect("the block exists");
+        assert_eq!(page.tx_count, 5);
+        assert_eq!(page.envelopes.len(), 1);
+        served.extend(page.envelopes);
+        start = page.next;
+        pages += 1;
+    }
+    assert_eq!(pages, 5);
+    assert_eq!(served, envelopes);
+    // One large page holds the whole block; a height past the chain has no block.
+    let whole = f
+        .ledger
+        .block_envelopes(height, 0, 1 << 20)
+        .expect("read")
+        .expect("the block exists");
+    assert_eq!(whole.envelopes, envelopes);
+    assert_eq!(whole.next, 5);
+    assert!(f
+        .ledger
+        .block_envelopes(height + 1, 0, 1 << 20)
+        .expect("read")
+        .is_none());
+}

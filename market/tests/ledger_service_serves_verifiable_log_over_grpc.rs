@@ -1,7 +1,7 @@
 //! The Ledger service over real gRPC on loopback: what it serves verifies offline against the
 //! ledger's public key (inclusion, consistency, blocks), malformed and unknown inputs get the
-//! documented codes, oversized messages are refused, and the process answers health checks
-//! and reflection.
+//! documented codes (undecodable protobuf and heights beyond the chain included), oversized
+//! messages are refused, and the process answers health checks and reflection.
 
 mod common;
 
@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use cohortex_proto::v1;
 use cohortex_proto::v1::ledger_client::LedgerClient;
-use common::{Fixture, Party};
+use common::{raw_grpc, Fixture, Party};
 use ed25519_dalek::VerifyingKey;
 use market::server::{serve_ledger_and_consent, ServeError, MAX_MESSAGE_BYTES};
 use market::tx::MAX_SIGNED_TX_LEN;
@@ -17,11 +17,13 @@ use market::{
     verify_consistency, verify_inclusion, AccountId, Action, Hash32, Receipt, Role, SignedTreeHead,
     TxBody, TxId,
 };
+use prost::Message;
 use rand_chacha::ChaCha20Rng;
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tonic::metadata::MetadataMap;
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -292,6 +294,93 @@ async fn block_lists_its_transaction_ids_under_its_signed_head() {
         .await
         .unwrap_err();
     assert_eq!(missing.code(), Code::NotFound);
+    served.stop().await;
+}
+
+#[tokio::test]
+async fn get_block_beyond_the_chain_is_not_found() {
+    let mut served = Served::start().await;
+    let mut client = served.client().await;
+    served.new_buyer(&mut client).await;
+    // One block: the next height, the largest SQLite integer and one past it (where a u64
+    // height no longer fits SQLite's i64), and u64::MAX.
+    let beyond_sqlite = u64::try_from(i64::MAX).unwrap() + 1;
+    for height in [2, beyond_sqlite - 1, beyond_sqlite, u64::MAX] {
+        let missing = client
+            .get_block(v1::GetBlockRequest { height })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            missing.code(),
+            Code::NotFound,
+            "height {height}: {missing:?}"
+        );
+        assert_eq!(missing.message(), format!("no block at height {height}"));
+    }
+    served.stop().await;
+}
+
+#[tokio::test]
+async fn consistency_proof_from_u64_max_is_out_of_range() {
+    let mut served = Served::start().await;
+    let mut client = served.client().await;
+    served.new_buyer(&mut client).await;
+    let beyond = client
+        .get_consistency_proof(v1::GetConsistencyProofRequest {
+            from_tree_size: u64::MAX,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(beyond.code(), Code::OutOfRange, "{beyond:?}");
+    assert!(beyond.message().contains("from_tree_size"), "{beyond:?}");
+    served.stop().await;
+}
+
+#[tokio::test]
+async fn undecodable_protobuf_is_invalid_argument() {
+    let served = Served::start().await;
+    // 0xff 0xff 0xff: a varint key that never ends.
+    for method in [
+        "/cohortex.v1.Ledger/GetBlock",
+        "/cohortex.v1.Ledger/SubmitTransaction",
+        "/cohortex.v1.Consent/ListCurrentConsents",
+    ] {
+        let refused = raw_grpc::call(
+            served.channel().await,
+            method,
+            vec![0xff, 0xff, 0xff],
+            MetadataMap::new(),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(
+            refused.code(),
+            Code::InvalidArgument,
+            "{method}: {refused:?}"
+        );
+        assert!(refused.message().contains("protobuf"), "{refused:?}");
+    }
+    // A field that is not what its tag says: field 1 of GetBlockRequest (a varint) sent as
+    // a length-delimited field.
+    let wrong_type = raw_grpc::call(
+        served.channel().await,
+        "/cohortex.v1.Ledger/GetBlock",
+        vec![(1 << 3) | 2, 1, 7],
+        MetadataMap::new(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(wrong_type.code(), Code::InvalidArgument, "{wrong_type:?}");
+    // The same path with a well-formed message is served.
+    let well_formed = raw_grpc::call(
+        served.channel().await,
+        "/cohortex.v1.Ledger/GetBlock",
+        v1::GetBlockRequest { height: 1 }.encode_to_vec(),
+        MetadataMap::new(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(well_formed.code(), Code::NotFound, "{well_formed:?}");
     served.stop().await;
 }
 

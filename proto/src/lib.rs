@@ -1,8 +1,12 @@
 //! Generated gRPC types for Cohortex (`cohortex.v1`). The types here are wire types only:
-//! services convert them into validated domain types at the boundary.
-#![allow(missing_docs, clippy::all)]
+//! services convert them into validated domain types at the boundary. Every generated client
+//! and server uses [`codec::CanonicalProstCodec`].
+#![deny(clippy::unwrap_used)]
+
+pub mod codec;
 
 /// Package `cohortex.v1`.
+#[allow(missing_docs, clippy::all)]
 pub mod v1 {
     tonic::include_proto!("cohortex.v1");
 }

@@ -35,7 +35,10 @@ pub fn consent_of(index: u64) -> Option<Payout> {
     }
 }
 
-pub fn setups(faults: [Option<Fault>; 3], min_cohort_size: u32) -> (Vec<NodeSetup>, Truth) {
+pub fn setups<const NODES: usize>(
+    faults: [Option<Fault>; NODES],
+    min_cohort_size: u32,
+) -> (Vec<NodeSetup>, Truth) {
     let mut truth = Truth {
         count: 0.0,
         hba1c: vec![],
@@ -105,6 +108,8 @@ pub struct Setup {
     pub epsilon_budget_micro: u64,
     /// Purposes the listings allow beyond the one patients consent to.
     pub extra_purposes: Vec<Purpose>,
+    /// Where the nodes read the ledger (default: the market itself).
+    pub nodes_read_market_at: Option<String>,
 }
 
 impl Default for Setup {
@@ -114,6 +119,7 @@ impl Default for Setup {
             min_cohort_size: 1,
             epsilon_budget_micro: 100 * EPSILON,
             extra_purposes: Vec::new(),
+            nodes_read_market_at: None,
         }
     }
 }
@@ -134,6 +140,7 @@ pub async fn start_with(setup: Setup) -> (tempfile::TempDir, Cluster, Truth) {
         threshold: 2,
         epsilon_budget_micro: setup.epsilon_budget_micro,
         extra_purposes: setup.extra_purposes,
+        nodes_read_market_at: setup.nodes_read_market_at,
     };
     let cluster = Cluster::start(dir.path(), setups, &options, |_| {})
         .await

@@ -10,7 +10,10 @@
 //! `x-cohortex-nonce` (32 hex digits) and `x-cohortex-signature` (hex). A server accepts a
 //! request whose timestamp is within [`MAX_CLOCK_SKEW`] of its clock and whose nonce it has
 //! not seen in that window, so a captured request cannot be replayed. The body is the
-//! message re-encoded by prost, whose encoding is canonical for the messages used here.
+//! message re-encoded by prost, which is exactly the bytes received: the generated server code
+//! decodes with [`cohortex_proto::codec::CanonicalProstCodec`], which refuses any request whose
+//! bytes are not the canonical encoding of what they decode to (an unknown or repeated field
+//! appended to a signed request is `INVALID_ARGUMENT`), so the signature covers every byte read.
 
 use std::collections::HashMap;
 use std::sync::Mutex;

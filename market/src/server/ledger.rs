@@ -180,4 +180,54 @@ impl LedgerRpc for LedgerService {
         .await?;
         Ok(Response::new(v1::Balance { available }))
     }
+
+    #[tracing::instrument(skip(self, _request))]
+    async fn get_genesis(
+        &self,
+        _request: Request<v1::GetGenesisRequest>,
+    ) -> Result<Response<v1::GenesisRecord>, Status> {
+        let genesis = read_ledger(&self.ledger, |ledger| {
+            Ok(ledger.machine().genesis().to_bytes())
+        })
+        .await?;
+        Ok(Response::new(v1::GenesisRecord { genesis }))
+    }
+
+    #[tracing::instrument(skip(self, request))]
+    async fn get_block_transactions(
+        &self,
+        request: Request<v1::GetBlockTransactionsRequest>,
+    ) -> Result<Response<v1::BlockTransactions>, Status> {
+        let v1::GetBlockTransactionsRequest { height, start } = request.into_inner();
+        if height == 0 {
+            return Err(Status::invalid_argument("height must be at least 1"));
+        }
+        let page = read_ledger(&self.ledger, move |ledger| {
+            ledger
+                .block_envelopes(height, start, BLOCK_PAGE_BYTES)
+                .map_err(|error| ledger_error_status(&error))?
+                .ok_or_else(|| Status::not_found(format!("no block at height {height}")))
+        })
+        .await?;
+        let crate::storage::BlockPage {
+            envelopes,
+            next,
+            tx_count,
+        } = page;
+        if start > tx_count {
+            return Err(Status::out_of_range(format!(
+                "start {start} is beyond the block's {tx_count} transactions"
+            )));
+        }
+        Ok(Response::new(v1::BlockTransactions {
+            height,
+            envelopes,
+            next,
+            tx_count,
+        }))
+    }
 }
+
+/// About how many envelope bytes one `GetBlockTransactions` answer carries: half the message
+/// limit, so that a page always fits.
+const BLOCK_PAGE_BYTES: usize = super::MAX_MESSAGE_BYTES / 2;

@@ -14,6 +14,11 @@
 //! rule that depends on the ledger's state (funds, nonces, listing and order status, consent,
 //! budgets) is `FAILED_PRECONDITION`; an unknown account, listing, order, receipt, block or
 //! transaction is `NOT_FOUND`; role and ownership rules are `PERMISSION_DENIED`.
+//!
+//! A status message quotes at most about a hundred bytes of what the caller sent, through
+//! [`excerpt`]: messages travel in an HTTP/2 trailer, which a megabyte echo would overflow.
+//! Undecodable and non-canonical protobuf never reaches a handler: the generated code's codec
+//! ([`cohortex_proto::codec`]) refuses it with `INVALID_ARGUMENT`.
 
 pub mod auth;
 pub mod consent;
@@ -45,6 +50,7 @@ use crate::tx::{
     MAX_SIGNED_TX_LEN,
 };
 
+pub use crate::error::{bounded_message, excerpt, MAX_COMPOSED_MESSAGE_BYTES, MAX_EXCERPT_BYTES};
 pub use consent::ConsentService;
 pub use ledger::LedgerService;
 
@@ -71,6 +77,7 @@ pub fn tx_error_code(error: &TxError) -> Code {
         | TxError::ZeroPersonalLimit
         | TxError::InvalidListing(_)
         | TxError::InvalidOrder(_)
+        | TxError::InvalidRelease(_)
         | TxError::ParticipantsNotCanonical(_) => Code::InvalidArgument,
         TxError::BadSignature(_) => Code::Unauthenticated,
         TxError::UnknownAccount(_)
@@ -108,6 +115,7 @@ pub fn tx_error_code(error: &TxError) -> Code {
         | TxError::ReceiptForAnotherOrder { .. }
         | TxError::AlreadySettled(_)
         | TxError::AlreadyRefunded(_)
+        | TxError::ReleaseAlreadyCommitted(_)
         | TxError::OrderNotComputed(_) => Code::FailedPrecondition,
     }
 }
@@ -266,6 +274,7 @@ pub fn action_name(action: &Action) -> &'static str {
         Action::RecordReceipt(_) => "RecordReceipt",
         Action::Settle { .. } => "Settle",
         Action::Refund { .. } => "Refund",
+        Action::CommitRelease { .. } => "CommitRelease",
     }
 }
 
@@ -350,8 +359,9 @@ pub fn purpose_field(name: &str, field: &str) -> Result<Purpose, Status> {
         .ok_or_else(|| {
             let known: Vec<&str> = PURPOSE_NAMES.iter().map(|(_, known)| *known).collect();
             Status::invalid_argument(format!(
-                "{field} must be one of {}, got {name:?}",
-                known.join(", ")
+                "{field} must be one of {}, got {:?}",
+                known.join(", "),
+                excerpt(name)
             ))
         })
 }
@@ -523,6 +533,15 @@ mod tests {
             Some(Code::InvalidArgument)
         );
         assert!(refused.is_some_and(|status| status.message().starts_with("purpose must be")));
+    }
+
+    #[test]
+    fn unknown_purpose_of_megabytes_is_quoted_as_an_excerpt() {
+        let huge = "p".repeat(7 << 20);
+        let refused = purpose_field(&huge, "purpose").err();
+        let message = refused.as_ref().map_or("", Status::message);
+        assert!(message.len() < 300, "{} bytes", message.len());
+        assert!(message.ends_with("(7340032 bytes)\""), "{message}");
     }
 
     #[test]

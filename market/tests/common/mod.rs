@@ -345,3 +345,76 @@ impl Scene {
         market::ReceiptId(self.f.submit(&mut self.committee, action).expect("receipt"))
     }
 }
+
+/// gRPC calls whose message bytes are given raw, to put on the wire what no prost encoder
+/// writes: garbage, unknown fields, a field twice.
+pub mod raw_grpc {
+    use prost::bytes::{Buf, BufMut};
+    use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+    use tonic::codegen::http::uri::PathAndQuery;
+    use tonic::metadata::MetadataMap;
+    use tonic::transport::Channel;
+    use tonic::{Request, Status};
+
+    /// Sends a message body as given and returns the answer's body undecoded.
+    #[derive(Clone, Copy, Default)]
+    pub struct RawCodec;
+
+    pub struct RawEncoder;
+
+    pub struct RawDecoder;
+
+    impl Codec for RawCodec {
+        type Encode = Vec<u8>;
+        type Decode = Vec<u8>;
+        type Encoder = RawEncoder;
+        type Decoder = RawDecoder;
+
+        fn encoder(&mut self) -> RawEncoder {
+            RawEncoder
+        }
+
+        fn decoder(&mut self) -> RawDecoder {
+            RawDecoder
+        }
+    }
+
+    impl Encoder for RawEncoder {
+        type Item = Vec<u8>;
+        type Error = Status;
+
+        fn encode(&mut self, item: Vec<u8>, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
+            buf.put_slice(&item);
+            Ok(())
+        }
+    }
+
+    impl Decoder for RawDecoder {
+        type Item = Vec<u8>;
+        type Error = Status;
+
+        fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
+            Ok(Some(buf.copy_to_bytes(buf.remaining()).to_vec()))
+        }
+    }
+
+    /// Calls unary `method` (e.g. `/cohortex.v1.Ledger/GetBlock`) with `body` as the message
+    /// bytes and `metadata` as the request metadata.
+    pub async fn call(
+        channel: Channel,
+        method: &'static str,
+        body: Vec<u8>,
+        metadata: MetadataMap,
+    ) -> Result<Vec<u8>, Status> {
+        let mut grpc = tonic::client::Grpc::new(channel);
+        grpc.ready()
+            .await
+            .map_err(|error| Status::unavailable(error.to_string()))?;
+        let mut request = Request::new(body);
+        *request.metadata_mut() = metadata;
+        let answer = grpc
+            .unary(request, PathAndQuery::from_static(method), RawCodec)
+            .await?;
+        Ok(answer.into_inner())
+    }
+}

@@ -1,0 +1,477 @@
+//! Issue 12: the market's operator (who runs the coordinator and serves the ledger) is hostile.
+//! Each test plays that operator over real gRPC on loopback and checks that the nodes act only
+//! on what they can verify: the ledger replayed against their pinned key, and the committee
+//! pinned in their own configuration.
+//!
+//! The "lying front" is what a hostile market serves the nodes: the honest Ledger and Market
+//! services of the cluster, except for the answers a test makes it forge.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+
+use cohortex_coordinator::market_service::MarketService;
+use cohortex_coordinator::{Buyer, Cluster};
+use cohortex_proto::v1::compute_client::ComputeClient;
+use cohortex_proto::v1::compute_server::{Compute, ComputeServer};
+use cohortex_proto::v1::ledger_server::{Ledger as LedgerRpc, LedgerServer};
+use cohortex_proto::v1::market_server::{Market as MarketRpc, MarketServer};
+use cohortex_proto::v1::{self as v1, ContributeRequest, DkgDealRequest, DkgPeer};
+use common::*;
+use compute_node::server::methods;
+use ed25519_dalek::SigningKey;
+use market::server::auth::signed_request;
+use market::server::LedgerService;
+use market::{Action, ListingId, Purpose, TxBody};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Code, Request, Response, Status};
+
+/// What the lying front forges.
+#[derive(Default)]
+struct Lies {
+    /// Served by GetTransaction for this id: (tx id, envelope).
+    transaction: Option<(Vec<u8>, Vec<u8>)>,
+    /// Served by ListListings in place of every listing's manifest.
+    manifest: Option<String>,
+}
+
+type SharedLies = Arc<Mutex<Lies>>;
+
+struct LyingLedger {
+    honest: LedgerService,
+    lies: SharedLies,
+}
+
+#[tonic::async_trait]
+impl LedgerRpc for LyingLedger {
+    async fn submit_transaction(
+        &self,
+        request: Request<v1::SignedTransaction>,
+    ) -> Result<Response<v1::TransactionResult>, Status> {
+        self.honest.submit_transaction(request).await
+    }
+    async fn get_signed_tree_head(
+        &self,
+        request: Request<v1::GetSignedTreeHeadRequest>,
+    ) -> Result<Response<v1::SignedTreeHead>, Status> {
+        self.honest.get_signed_tree_head(request).await
+    }
+    async fn get_block(
+        &self,
+        request: Request<v1::GetBlockRequest>,
+    ) -> Result<Response<v1::Block>, Status> {
+        self.honest.get_block(request).await
+    }
+    async fn get_transaction(
+        &self,
+        request: Request<v1::GetTransactionRequest>,
+    ) -> Result<Response<v1::TransactionRecord>, Status> {
+        let forged = self.lies.lock().unwrap().transaction.clone();
+        if let Some((id, envelope)) = forged {
+            if request.get_ref().tx_id == id {
+                return Ok(Response::new(v1::TransactionRecord {
+                    envelope,
+                    height: 1,
+                    leaf_index: 0,
+                }));
+            }
+        }
+        self.honest.get_transaction(request).await
+    }
+    async fn get_inclusion_proof(
+        &self,
+        request: Request<v1::GetInclusionProofRequest>,
+    ) -> Result<Response<v1::InclusionProof>, Status> {
+        self.honest.get_inclusion_proof(request).await
+    }
+    async fn get_consistency_proof(
+        &self,
+        request: Request<v1::GetConsistencyProofRequest>,
+    ) -> Result<Response<v1::ConsistencyProof>, Status> {
+        self.honest.get_consistency_proof(request).await
+    }
+    async fn get_balance(
+        &self,
+        request: Request<v1::GetBalanceRequest>,
+    ) -> Result<Response<v1::Balance>, Status> {
+        self.honest.get_balance(request).await
+    }
+    async fn get_genesis(
+        &self,
+        request: Request<v1::GetGenesisRequest>,
+    ) -> Result<Response<v1::GenesisRecord>, Status> {
+        self.honest.get_genesis(request).await
+    }
+    async fn get_block_transactions(
+        &self,
+        request: Request<v1::GetBlockTransactionsRequest>,
+    ) -> Result<Response<v1::BlockTransactions>, Status> {
+        self.honest.get_block_transactions(request).await
+    }
+}
+
+struct LyingMarket {
+    honest: MarketService,
+    lies: SharedLies,
+}
+
+#[tonic::async_trait]
+impl MarketRpc for LyingMarket {
+    async fn list_listings(
+        &self,
+        request: Request<v1::ListListingsRequest>,
+    ) -> Result<Response<v1::ListListingsResponse>, Status> {
+        let mut response = self.honest.list_listings(request).await?;
+        let forged = self.lies.lock().unwrap().manifest.clone();
+        if let Some(manifest) = forged {
+            for offer in &mut response.get_mut().listings {
+                offer.manifest = manifest.clone();
+            }
+        }
+        Ok(response)
+    }
+    async fn publish_listing(
+        &self,
+        request: Request<v1::PublishListingRequest>,
+    ) -> Result<Response<v1::TransactionResult>, Status> {
+        self.honest.publish_listing(request).await
+    }
+    async fn update_listing(
+        &self,
+        request: Request<v1::SignedTransaction>,
+    ) -> Result<Response<v1::TransactionResult>, Status> {
+        self.honest.update_listing(request).await
+    }
+    async fn withdraw_listing(
+        &self,
+        request: Request<v1::SignedTransaction>,
+    ) -> Result<Response<v1::TransactionResult>, Status> {
+        self.honest.withdraw_listing(request).await
+    }
+    async fn order_query(
+        &self,
+        request: Request<v1::OrderQueryRequest>,
+    ) -> Result<Response<v1::OrderQueryResponse>, Status> {
+        self.honest.order_query(request).await
+    }
+    async fn get_order(
+        &self,
+        request: Request<v1::GetOrderRequest>,
+    ) -> Result<Response<v1::OrderStatus>, Status> {
+        self.honest.get_order(request).await
+    }
+    async fn get_receipt(
+        &self,
+        request: Request<v1::GetReceiptRequest>,
+    ) -> Result<Response<v1::ReceiptProof>, Status> {
+        self.honest.get_receipt(request).await
+    }
+}
+
+/// A cluster whose nodes read the ledger and the manifests through a lying front.
+async fn start_behind_a_lying_front() -> (tempfile::TempDir, Cluster, SharedLies) {
+    let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let front_endpoint = format!("http://{}", front.local_addr().unwrap());
+    let (dir, cluster, _truth) = start_with(Setup {
+        nodes_read_market_at: Some(front_endpoint),
+        ..Setup::default()
+    })
+    .await;
+    let lies: SharedLies = Arc::default();
+    let ledger = LyingLedger {
+        honest: LedgerService::new(Arc::clone(&cluster.ledger)),
+        lies: Arc::clone(&lies),
+    };
+    let market = LyingMarket {
+        honest: MarketService::new(Arc::clone(&cluster.coordinator)),
+        lies: Arc::clone(&lies),
+    };
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(LedgerServer::new(ledger))
+            .add_service(MarketServer::new(market))
+            .serve_with_incoming(TcpListenerStream::new(front))
+            .await
+            .unwrap();
+    });
+    (dir, cluster, lies)
+}
+
+async fn compute_client(endpoint: &str) -> ComputeClient<tonic::transport::Channel> {
+    ComputeClient::connect(endpoint.to_string()).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn order_never_on_the_ledger_is_refused_by_every_node() {
+    let (_dir, cluster, lies) = start_behind_a_lying_front().await;
+    // A real, funded buyer signs an order that is never appended: the operator holds it back
+    // (say, to compute it without escrow, or twice) and serves it to the nodes as if it were.
+    let key = SigningKey::generate(&mut rand::rngs::OsRng);
+    let buyer = Buyer::new(
+        key.clone(),
+        cluster.chain_id,
+        cluster.market_endpoint.clone(),
+        0,
+    );
+    buyer.register().await.unwrap();
+    cluster.deposit(buyer.account(), 10 * PRICE).await.unwrap();
+    let listings = listings(&cluster);
+    let envelope = TxBody {
+        chain_id: cluster.chain_id,
+        signer: buyer.account(),
+        nonce: 1,
+        action: Action::OrderQuery {
+            query_hash: market::hash::query_hash(SQL),
+            listings: listings.iter().cloned().map(ListingId::new).collect(),
+            purpose: Purpose::AcademicResearch,
+            epsilon_micro: EPSILON,
+            expires_at: market::server::auth::unix_now() + 3600,
+        },
+    }
+    .sign(&key)
+    .unwrap();
+    let order_id = envelope.id().0.as_bytes().to_vec();
+    lies.lock().unwrap().transaction = Some((order_id.clone(), envelope.bytes.clone()));
+
+    for (node, listing) in cluster.nodes.iter().zip(&listings) {
+        let mut client = compute_client(&node.endpoint).await;
+        let refused = client
+            .contribute(signed_request(
+                cluster.operator_key(),
+                methods::CONTRIBUTE,
+                ContributeRequest {
+                    order_id: order_id.clone(),
+                    listing: listing.clone(),
+                    sql: SQL.into(),
+                    purpose: "academic_research".into(),
+                },
+            ))
+            .await
+            .expect_err("a node computed an order that is not on the ledger");
+        assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+        assert!(
+            refused.message().contains("no such order on the ledger"),
+            "{}",
+            refused.message()
+        );
+        let refused = client
+            .add_noise(signed_request(
+                cluster.operator_key(),
+                methods::ADD_NOISE,
+                v1::AddNoiseRequest {
+                    order_id: order_id.clone(),
+                    sql: SQL.into(),
+                    contributions: Vec::new(),
+                },
+            ))
+            .await
+            .expect_err("a member drew noise for an order that is not on the ledger");
+        assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    }
+    // Nothing moved: the buyer still holds every credit.
+    assert_eq!(balance(&cluster, buyer.account()).await, 10 * PRICE);
+    books_balance(&cluster);
+    cluster.shutdown();
+}
+
+/// `manifest` with the array `key` of column `column` replaced by `value`.
+fn with_array(manifest: &str, column: &str, key: &str, value: &str) -> String {
+    let name = manifest
+        .find(&format!("name = \"{column}\""))
+        .expect("column in the manifest");
+    let start = name + manifest[name..].find(&format!("{key} = [")).expect("key");
+    let end = start + manifest[start..].find(']').expect("end of the array") + 1;
+    format!("{}{key} = {value}{}", &manifest[..start], &manifest[end..])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manifest_served_with_narrower_bounds_is_refused() {
+    let (_dir, cluster, lies) = start_behind_a_lying_front().await;
+    // Narrower declared bounds mean a smaller sensitivity and so less noise: the operator
+    // serves the nodes, for every listing, a manifest that says HbA1c lies in [3, 15] instead
+    // of the listings' own.
+    let listing = cluster.nodes[0].listing.clone();
+    let honest = compute_node::Schema::fhir().to_toml();
+    let narrowed = with_array(&honest, "hba1c", "bounds", "[3.0, 15.0]");
+    let narrowed = with_array(&narrowed, "hba1c", "bins", "[3.0, 9.0, 15.0]");
+    assert_ne!(narrowed, honest);
+    // A well-formed manifest: only its hash gives the lie away.
+    compute_node::Schema::from_toml(&narrowed, &listing).expect("the forged manifest parses");
+    lies.lock().unwrap().manifest = Some(narrowed);
+
+    let buyer = buyer(&cluster).await;
+    let refused = query_sql(&cluster, &buyer, EPSILON)
+        .await
+        .expect_err("an order was released with noise calibrated from a forged manifest");
+    let message = format!("{refused:#}");
+    assert!(
+        message.contains("schema_hash") && message.contains(&listing),
+        "{message}"
+    );
+    // The order failed and was refunded: no receipt, the buyer has every credit back.
+    assert_eq!(balance(&cluster, buyer.account()).await, 10 * PRICE);
+    books_balance(&cluster);
+    cluster.shutdown();
+}
+
+/// A Compute server that records every share delivered to it and does nothing else: the
+/// endpoint a hostile coordinator names for seats it wants to collect.
+#[derive(Default, Clone)]
+struct ShareCollector {
+    shares: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+#[tonic::async_trait]
+impl Compute for ShareCollector {
+    async fn dkg_deal(
+        &self,
+        _: Request<v1::DkgDealRequest>,
+    ) -> Result<Response<v1::DkgDealResponse>, Status> {
+        Err(Status::unimplemented("collector"))
+    }
+    async fn deliver_share(
+        &self,
+        request: Request<v1::DeliverShareRequest>,
+    ) -> Result<Response<v1::DeliverShareResponse>, Status> {
+        self.shares.lock().unwrap().push(request.into_inner().share);
+        Ok(Response::new(v1::DeliverShareResponse {}))
+    }
+    async fn dkg_receive(
+        &self,
+        _: Request<v1::DkgReceiveRequest>,
+    ) -> Result<Response<v1::DkgReceiveResponse>, Status> {
+        Err(Status::unimplemented("collector"))
+    }
+    async fn dkg_justify(
+        &self,
+        _: Request<v1::DkgJustifyRequest>,
+    ) -> Result<Response<v1::DkgJustifyResponse>, Status> {
+        Err(Status::unimplemented("collector"))
+    }
+    async fn dkg_finish(
+        &self,
+        _: Request<v1::DkgFinishRequest>,
+    ) -> Result<Response<v1::DkgFinishResponse>, Status> {
+        Err(Status::unimplemented("collector"))
+    }
+    async fn contribute(
+        &self,
+        _: Request<v1::ContributeRequest>,
+    ) -> Result<Response<v1::ContributeResponse>, Status> {
+        Err(Status::unimplemented("collector"))
+    }
+    async fn add_noise(
+        &self,
+        _: Request<v1::AddNoiseRequest>,
+    ) -> Result<Response<v1::AddNoiseResponse>, Status> {
+        Err(Status::unimplemented("collector"))
+    }
+    async fn key_switch(
+        &self,
+        _: Request<v1::KeySwitchRequest>,
+    ) -> Result<Response<v1::KeySwitchResponse>, Status> {
+        Err(Status::unimplemented("collector"))
+    }
+}
+
+async fn start_collector() -> (String, ShareCollector) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let collector = ShareCollector::default();
+    let served = collector.clone();
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(ComputeServer::new(served))
+            .serve_with_incoming(TcpListenerStream::new(listener))
+            .await
+            .unwrap();
+    });
+    (endpoint, collector)
+}
+
+fn honest_peers(cluster: &Cluster) -> Vec<DkgPeer> {
+    cluster
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(position, node)| DkgPeer {
+            member: position as u32 + 1,
+            endpoint: node.endpoint.clone(),
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordinator_naming_itself_twice_in_the_committee_gets_nothing() {
+    let (_dir, cluster, _truth) = start([None, None, None]).await;
+    let (evil, collector) = start_collector().await;
+    // The operator asks member 1 to deal a 2-of-3 key in which its own endpoint holds seats 2
+    // and 3: with two shares of every dealer it could decrypt alone.
+    let mut peers = honest_peers(&cluster);
+    peers[1].endpoint = evil.clone();
+    peers[2].endpoint = evil.clone();
+    for node in &cluster.nodes {
+        let refused = compute_client(&node.endpoint)
+            .await
+            .dkg_deal(signed_request(
+                cluster.operator_key(),
+                methods::DKG_DEAL,
+                DkgDealRequest {
+                    session_id: b"hostile-session".to_vec(),
+                    threshold: 2,
+                    peers: peers.clone(),
+                },
+            ))
+            .await
+            .expect_err("a node dealt to a committee the coordinator chose");
+        assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    }
+    assert!(
+        collector.shares.lock().unwrap().is_empty(),
+        "the coordinator's endpoint received key shares"
+    );
+    // The pinned committee still works: an honest order is released as before.
+    let buyer = buyer(&cluster).await;
+    query_sql(&cluster, &buyer, EPSILON).await.unwrap();
+    cluster.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn threshold_one_is_refused() {
+    let (_dir, cluster, _truth) = start([None, None, None]).await;
+    for node in &cluster.nodes {
+        let refused = compute_client(&node.endpoint)
+            .await
+            .dkg_deal(signed_request(
+                cluster.operator_key(),
+                methods::DKG_DEAL,
+                DkgDealRequest {
+                    session_id: b"threshold-one".to_vec(),
+                    threshold: 1,
+                    peers: honest_peers(&cluster),
+                },
+            ))
+            .await
+            .expect_err("a node dealt a key any one member could use alone");
+        assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+        assert!(refused.message().contains("threshold"), "{refused:?}");
+    }
+    // Nor can a node be configured with t = 1.
+    let seats = cluster
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(position, node)| compute_node::server::CommitteeSeat {
+            member: zk::MemberIndex::new(position as u16 + 1).unwrap(),
+            account: node.account,
+            endpoint: node.endpoint.clone(),
+        })
+        .collect::<Vec<_>>();
+    assert_eq!(
+        compute_node::server::PinnedCommittee::new(1, seats.clone()).unwrap_err(),
+        compute_node::server::CommitteeError::ThresholdTooLow(1)
+    );
+    compute_node::server::PinnedCommittee::new(2, seats).unwrap();
+    cluster.shutdown();
+}

@@ -422,7 +422,7 @@ pub async fn demo(
     .await?;
     bar.finish_and_clear();
     timings.push((
-        "start market, nodes; onboard patients; key ceremony (2 of 3)".into(),
+        "start market, nodes; onboard; key ceremony; nodes replay ledger".into(),
         started.elapsed(),
     ));
     println!("Market and ledger at {}; nodes:", cluster.market_endpoint);

@@ -405,6 +405,12 @@ impl NodeService {
         })
     }
 
+    /// The node's ledger replica (shared with the service), e.g. to wait until it has caught
+    /// up before the first order.
+    pub fn follower(&self) -> Arc<LedgerFollower> {
+        Arc::clone(&self.follower)
+    }
+
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, NodeState>, Status> {
         self.state
             .lock()
@@ -471,29 +477,43 @@ impl NodeService {
 impl NodeService {
     /// Refuses a key switch unless the ledger (this node's verified replica) holds the order's
     /// release commitment, the request sums exactly the committed noise shares, and this
-    /// member is in the committed quorum: one order, one release.
+    /// member is in the committed quorum: one order, one release. In phase VALUES the
+    /// recipient must be the result key the buyer signed into the order.
     async fn check_committed_release(
         &self,
         order: &[u8],
         noise: &[cohortex_proto::v1::NoiseShare],
+        phase: KeySwitchPhase,
+        recipient: &[u8],
     ) -> Result<(), Status> {
         let order_key =
             OrderId(TxId(Hash32(<[u8; 32]>::try_from(order).map_err(|_| {
                 Status::invalid_argument("order_id must be 32 bytes")
             })?)));
         let channel = self.market_channel().await?;
-        let committed = self
+        let (committed, result_key) = self
             .follower
             .sync_and_read(channel, |machine| {
-                machine.state().release(&order_key).cloned()
+                let state = machine.state();
+                (
+                    state.release(&order_key).cloned(),
+                    state.result_key(&order_key).map(<[u8]>::to_vec),
+                )
             })
             .await
-            .map_err(follow_status)?
-            .ok_or_else(|| {
-                Status::failed_precondition(
-                    "order_id: no release of the order is committed on the ledger",
-                )
-            })?;
+            .map_err(follow_status)?;
+        if phase == KeySwitchPhase::Values && result_key.as_deref() != Some(recipient) {
+            return Err(Status::permission_denied(if result_key.is_none() {
+                "recipient: the order on the ledger names no result key, so its values go to no one"
+            } else {
+                "recipient: not the result key the buyer signed into the order"
+            }));
+        }
+        let committed = committed.ok_or_else(|| {
+            Status::failed_precondition(
+                "order_id: no release of the order is committed on the ledger",
+            )
+        })?;
         let mut requested: Vec<u16> = Vec::with_capacity(noise.len());
         for (index, share) in noise.iter().enumerate() {
             requested.push(u16::try_from(share.member).map_err(|_| {
@@ -1228,7 +1248,8 @@ impl Compute for NodeService {
             .ok()
             .filter(|phase| *phase != KeySwitchPhase::Unspecified)
             .ok_or_else(|| Status::invalid_argument("phase: COUNTS or VALUES"))?;
-        self.check_committed_release(&order, &message.noise).await?;
+        self.check_committed_release(&order, &message.noise, phase, &message.recipient)
+            .await?;
         let (share, committee, release_view) = {
             let mut state = self.lock()?;
             let state = &mut *state;

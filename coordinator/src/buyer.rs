@@ -109,12 +109,13 @@ impl Buyer {
         epsilon_micro: u64,
     ) -> Result<TxId, tonic::Status> {
         let envelope = self
-            .sign(Action::OrderQuery {
+            .sign(Action::OrderQueryFor {
                 query_hash: query_hash(sql),
                 listings: listings.iter().map(ListingId::new).collect(),
                 purpose,
                 epsilon_micro,
                 expires_at: unix_now() + 3600,
+                result_key: self.result_keys.public.to_bytes(),
             })
             .map_err(|error| tonic::Status::internal(error.to_string()))?;
         let channel = channel(&self.market)

@@ -274,6 +274,7 @@ impl Cluster {
             .clone()
             .unwrap_or_else(|| market_endpoint.clone());
         let mut nodes = Vec::new();
+        let mut followers = Vec::new();
         let mut members = Vec::new();
         let mut patient_txs_register = Vec::new();
         let mut patient_txs_consent = Vec::new();
@@ -300,6 +301,7 @@ impl Cluster {
                 },
             )
             .map_err(|error| anyhow!("node {}: {error}", setup.listing))?;
+            followers.push(service.follower());
             let (stop, stopped) = oneshot::channel::<()>();
             tokio::spawn(async move {
                 if let Err(error) = serve_node(service, listener, async {
@@ -397,6 +399,21 @@ impl Cluster {
             .run_key_ceremony(members, options.threshold)
             .await
             .map_err(|status| anyhow!("key ceremony: {}", status.message()))?;
+
+        if options.nodes_read_market_at.is_none() {
+            // Each node replays and verifies the whole ledger before it believes anything in
+            // it; let them catch up now rather than during the first order.
+            progress("the nodes replay and verify the ledger");
+            let channel =
+                tonic::transport::Channel::from_shared(market_endpoint.clone())?.connect_lazy();
+            // The nodes' background followers replay concurrently; wait for each in turn.
+            for follower in &followers {
+                let result = follower
+                    .sync_and_read(channel.clone(), |machine| machine.height())
+                    .await;
+                result.map_err(|error| anyhow!("a node's ledger replica: {error}"))?;
+            }
+        }
 
         Ok(Self {
             dir: dir.to_path_buf(),

@@ -133,6 +133,8 @@ pub struct Coordinator {
     /// Members whose noise shares are left out of every release (test hook, see
     /// [`Coordinator::withhold_noise_of`]).
     withheld_noise: Mutex<BTreeSet<u16>>,
+    /// Test hook: phase VALUES re-encrypts to this key instead of the order's.
+    values_redirected_to: Mutex<Option<PublicKey>>,
     /// How long a node may take to contribute or key-switch.
     pub node_timeout: Duration,
 }
@@ -166,6 +168,7 @@ impl Coordinator {
             committee: Mutex::new(None),
             orders: Mutex::new(BTreeMap::new()),
             withheld_noise: Mutex::new(BTreeSet::new()),
+            values_redirected_to: Mutex::new(None),
             node_timeout: Duration::from_secs(120),
         }
     }
@@ -175,6 +178,14 @@ impl Coordinator {
     /// one honest member's share remains (members refuse to key-switch without their own).
     pub fn withhold_noise_of(&self, members: &[u16]) -> Result<(), Status> {
         *self.withheld_noise.lock().map_err(|_| poisoned())? = members.iter().copied().collect();
+        Ok(())
+    }
+
+    /// Asks the members to re-encrypt every later release's values to `key` instead of the
+    /// buyer's, as a coordinator that wants to read them would. For attack tests: members
+    /// key-switch only to the result key the buyer signed into the order.
+    pub fn redirect_values_to(&self, key: PublicKey) -> Result<(), Status> {
+        *self.values_redirected_to.lock().map_err(|_| poisoned())? = Some(key);
         Ok(())
     }
 
@@ -859,13 +870,18 @@ impl Coordinator {
         }
         let mut used = opened.used.clone();
         let mut value_shares = Vec::new();
+        let redirected = *self
+            .values_redirected_to
+            .lock()
+            .map_err(|_| "coordinator lock")?;
+        let recipient = redirected.unwrap_or(*result_key);
         if !value_slots.is_empty() {
             let answers = self
                 .key_switch_round(
                     &committee,
                     KeySwitchRequest {
                         order_id: order_bytes.clone(),
-                        recipient: result_key.to_bytes(),
+                        recipient: recipient.to_bytes(),
                         phase: KeySwitchPhase::Values as i32,
                         noise: wire_noise.clone(),
                         count_shares: count_shares.iter().map(Wire::to_bytes).collect(),
@@ -879,7 +895,7 @@ impl Coordinator {
             let values: Vec<Ciphertext> = value_slots.iter().map(|&slot| noisy[slot]).collect();
             let switched = committee
                 .public
-                .combine(&context, &values, result_key, &shares)
+                .combine(&context, &values, &recipient, &shares)
                 .map_err(|error| {
                     format!(
                         "key switching failed: {error} (threshold {}; {})",

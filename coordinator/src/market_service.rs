@@ -213,22 +213,31 @@ impl Market for MarketService {
         if message.sql.trim().is_empty() {
             return Err(Status::invalid_argument("sql is empty"));
         }
-        let result_key = PublicKey::from_bytes(&message.result_key)
-            .map_err(|error| Status::invalid_argument(format!("result_key: {error}")))?;
         let verified = UncheckedTx::parse(envelope.clone())
             .and_then(UncheckedTx::verify)
             .map_err(|error| tx_error_status(&error))?;
         let body = verified.body().clone();
-        let Action::OrderQuery {
+        // The result key is the one the buyer signed into the order: members key-switch to
+        // nothing else.
+        let Action::OrderQueryFor {
             query_hash: ordered_hash,
             listings,
             purpose,
             epsilon_micro,
+            result_key: signed_key,
             ..
         } = &body.action
         else {
-            return Err(wrong_action("OrderQuery", &body.action));
+            return Err(wrong_action("OrderQueryFor", &body.action));
         };
+        if !message.result_key.is_empty() && &message.result_key != signed_key {
+            return Err(Status::invalid_argument(
+                "result_key: differs from the result key signed into the order",
+            ));
+        }
+        let result_key = PublicKey::from_bytes(signed_key).map_err(|error| {
+            Status::invalid_argument(format!("envelope: the order's result_key: {error}"))
+        })?;
         if *ordered_hash != query_hash(&message.sql) {
             return Err(Status::invalid_argument(
                 "sql: its hash is not the transaction's query_hash",

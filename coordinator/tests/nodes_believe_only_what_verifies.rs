@@ -475,3 +475,34 @@ async fn threshold_one_is_refused() {
     compute_node::server::PinnedCommittee::new(2, seats).unwrap();
     cluster.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_switched_to_a_key_other_than_the_buyers_is_refused() {
+    let (_dir, cluster, _truth) = start([None, None, None]).await;
+    // The operator wants to read the buyer's release itself: it asks the members to
+    // re-encrypt the values to its own key instead of the one the buyer signed into the order.
+    let operators = zk::KeyPair::generate_with_rng(&mut rand::rngs::OsRng);
+    cluster
+        .coordinator
+        .redirect_values_to(operators.public)
+        .unwrap();
+    let buyer = buyer(&cluster).await;
+    let order = buyer
+        .order(SQL, &listings(&cluster), Purpose::AcademicResearch, EPSILON)
+        .await
+        .unwrap();
+    let status = buyer.wait(order).await.unwrap();
+    assert_eq!(status.state, v1::OrderState::Failed as i32, "{status:?}");
+    assert!(
+        status
+            .message
+            .contains("not the result key the buyer signed into the order"),
+        "{}",
+        status.message
+    );
+    assert!(status.result.is_empty(), "nothing was released");
+    // The buyer's credits come back; the ε of the committed release stays spent.
+    assert_eq!(balance(&cluster, buyer.account()).await, 10 * PRICE);
+    books_balance(&cluster);
+    cluster.shutdown();
+}

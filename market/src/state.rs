@@ -267,6 +267,8 @@ pub enum StateKey {
     PersonalSpent(AccountId, ListingId),
     /// The committed release of an order.
     Release(OrderId),
+    /// The key an order's release is re-encrypted to.
+    ResultKey(OrderId),
 }
 
 /// A stored state entry does not decode.
@@ -301,6 +303,10 @@ pub struct State {
     /// ledgers written before the field existed keep their state hashes.
     #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
     releases: BTreeMap<OrderId, ReleaseCommitment>,
+    /// The result key of each order placed with one (`OrderQueryFor`). Hashed only when not
+    /// empty, like `releases`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
+    result_keys: BTreeMap<OrderId, Vec<u8>>,
     /// Keys written since the last [`State::take_changes`]; not part of the state itself.
     #[serde(skip)]
     changed: BTreeSet<StateKey>,
@@ -472,6 +478,11 @@ impl State {
         self.orders.get(id)
     }
 
+    /// The key an order's release is re-encrypted to, if it was placed with one.
+    pub fn result_key(&self, id: &OrderId) -> Option<&[u8]> {
+        self.result_keys.get(id).map(Vec::as_slice)
+    }
+
     /// The committed release of an order, if any.
     pub fn release(&self, id: &OrderId) -> Option<&ReleaseCommitment> {
         self.releases.get(id)
@@ -521,6 +532,7 @@ impl State {
                         .get(&(*p, l.clone()))
                         .map(postcard::to_stdvec),
                     StateKey::Release(id) => self.releases.get(id).map(postcard::to_stdvec),
+                    StateKey::ResultKey(id) => self.result_keys.get(id).map(postcard::to_stdvec),
                 }?;
                 let key = postcard::to_stdvec(&key);
                 match (key, value) {
@@ -576,6 +588,9 @@ impl State {
                 }
                 StateKey::Release(id) => {
                     state.releases.insert(*id, value(&key, value_bytes)?);
+                }
+                StateKey::ResultKey(id) => {
+                    state.result_keys.insert(*id, value(&key, value_bytes)?);
                 }
             }
         }
@@ -680,6 +695,33 @@ impl State {
                 noise_members,
                 quorum,
             } => self.commit_release(signer, *order, noise_members, quorum, ctx)?,
+            Action::OrderQueryFor {
+                query_hash,
+                listings,
+                purpose,
+                epsilon_micro,
+                expires_at,
+                result_key,
+            } => {
+                if result_key.is_empty() || result_key.len() > crate::tx::MAX_RESULT_KEY_LEN {
+                    return Err(TxError::InvalidOrder(
+                        "the result key must be 1 to 64 bytes (a CXZK-encoded public key)",
+                    ));
+                }
+                let order = OrderId(tx.id());
+                self.order_query(
+                    signer,
+                    order,
+                    *query_hash,
+                    listings,
+                    *purpose,
+                    *epsilon_micro,
+                    *expires_at,
+                    ctx,
+                )?;
+                self.result_keys.insert(order, result_key.clone());
+                self.changed.insert(StateKey::ResultKey(order));
+            }
         }
 
         // The signer exists now (a self-registration has just created it).

@@ -226,6 +226,9 @@ pub struct QueryReceipt {
     pub listings: Vec<ListingContribution>,
 }
 
+/// Longest result key an order may carry, in bytes (a CXZK-encoded public key is 38).
+pub const MAX_RESULT_KEY_LEN: usize = 64;
+
 /// The action a transaction asks for.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Debug)]
 pub enum Action {
@@ -331,6 +334,27 @@ pub enum Action {
         noise_members: Vec<u16>,
         /// Members who key-switch the release, strictly ascending, each in `noise_members`.
         quorum: Vec<u16>,
+    },
+    /// Orders a query whose release is re-encrypted to `result_key` (signer: buyer). The same
+    /// rules and effect as [`Action::OrderQuery`], and the key is recorded with the order:
+    /// members key-switch the released values to this key only, so neither the market nor
+    /// anyone else can have them re-encrypted to themselves. Clients place orders with this
+    /// action; `OrderQuery` stays for ledgers written before it, and its orders cannot be
+    /// released.
+    OrderQueryFor {
+        /// Hash of the query text.
+        query_hash: Hash32,
+        /// Listings queried (distinct).
+        listings: Vec<ListingId>,
+        /// Purpose of the query.
+        purpose: Purpose,
+        /// ε requested per listing, in micro-epsilon.
+        epsilon_micro: u64,
+        /// Block time after which the buyer may take the escrow back if no receipt exists.
+        expires_at: u64,
+        /// The buyer's result key, CXZK-encoded (`zk::PublicKey`), at most
+        /// [`MAX_RESULT_KEY_LEN`] bytes; the market and the members check that it decodes.
+        result_key: Vec<u8>,
     },
 }
 

@@ -275,6 +275,7 @@ pub fn action_name(action: &Action) -> &'static str {
         Action::Settle { .. } => "Settle",
         Action::Refund { .. } => "Refund",
         Action::CommitRelease { .. } => "CommitRelease",
+        Action::OrderQueryFor { .. } => "OrderQueryFor",
     }
 }
 

@@ -99,7 +99,15 @@ pub struct RunningNode {
     pub endpoint: String,
     /// Its account.
     pub account: AccountId,
+    key: SigningKey,
     stop: Option<oneshot::Sender<()>>,
+}
+
+impl RunningNode {
+    /// The node's account key. Adversarial tests play a member turned hostile with it.
+    pub fn signing_key(&self) -> &SigningKey {
+        &self.key
+    }
 }
 
 /// A running cluster.
@@ -386,6 +394,7 @@ impl Cluster {
                 listing: setup.listing,
                 endpoint,
                 account: AccountId::of(node_key),
+                key: node_key.clone(),
                 stop: Some(stop),
             });
         }

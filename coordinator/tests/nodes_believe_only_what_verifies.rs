@@ -506,3 +506,56 @@ async fn values_switched_to_a_key_other_than_the_buyers_is_refused() {
     books_balance(&cluster);
     cluster.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn share_dealt_in_another_members_name_is_refused() {
+    let (_dir, cluster, _truth) = start([None, None, None]).await;
+    // Member 2 turned hostile: it delivers to member 1 a share claiming to come from member 3,
+    // to make member 1 blame (or count) member 3 for a share member 3 never dealt.
+    let hostile = cluster.nodes[1].signing_key();
+    let session = b"forged-dealer".to_vec();
+    let parameters = zk::dkg::DkgParameters::new(2, 3, &session).unwrap();
+    let (_, _, shares) = zk::dkg::deal_with_rng(
+        &parameters,
+        zk::MemberIndex::new(2).unwrap(),
+        &mut rand::rngs::OsRng,
+    )
+    .unwrap();
+    let mut for_member_1 = shares
+        .into_iter()
+        .find(|share| share.recipient.get() == 1)
+        .unwrap();
+    let deliver = |share: &zk::dkg::messages::DealerShare| {
+        signed_request(
+            hostile,
+            methods::DELIVER_SHARE,
+            v1::DeliverShareRequest {
+                session_id: session.clone(),
+                share: zk::Wire::to_bytes(share),
+            },
+        )
+    };
+    let mut member_1 = compute_client(&cluster.nodes[0].endpoint).await;
+    for_member_1.dealer = zk::MemberIndex::new(3).unwrap();
+    let refused = member_1
+        .deliver_share(deliver(&for_member_1))
+        .await
+        .expect_err("a member delivered a share in another member's name");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert!(
+        refused.message().contains("dealt by member 3"),
+        "{refused:?}"
+    );
+    // Its own share is taken once, and a second one for the same session is refused.
+    for_member_1.dealer = zk::MemberIndex::new(2).unwrap();
+    member_1
+        .deliver_share(deliver(&for_member_1))
+        .await
+        .unwrap();
+    let again = member_1
+        .deliver_share(deliver(&for_member_1))
+        .await
+        .expect_err("a dealer's share was taken twice in one session");
+    assert_eq!(again.code(), Code::AlreadyExists, "{again:?}");
+    cluster.shutdown();
+}

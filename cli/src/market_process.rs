@@ -118,7 +118,26 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     let public_path = config.public_path();
     public.write(&public_path)?;
 
-    let coordinator = Arc::new(Coordinator::new(Arc::clone(&ledger), coordinator_key));
+    let state_file = dir.join("coordinator.json");
+    let coordinator = Arc::new(Coordinator::with_state_file(
+        Arc::clone(&ledger),
+        coordinator_key,
+        state_file.clone(),
+    )?);
+    // Orders a previous run left open never complete now: refund them (nothing is lost).
+    let refunded = coordinator
+        .refund_orders_left_open()
+        .await
+        .map_err(|status| anyhow!("refunding orders left open: {}", status.message()))?;
+    if !refunded.is_empty() {
+        println!(
+            "refunded {} order(s) an earlier run left unfinished",
+            refunded.len()
+        );
+    }
+    if coordinator.committee().ok().flatten().is_some() {
+        tracing::info!(path = %state_file.display(), "resumed the key committee and listings");
+    }
     let progress = Arc::new(Mutex::new(CommitteeProgress::Waiting {
         published: 0,
         size: config.members.len(),

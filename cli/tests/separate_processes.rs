@@ -189,10 +189,16 @@ fn market_nodes_patients_and_buyer_as_separate_processes() {
         .map(|account| format!("\"{account}\""))
         .collect::<Vec<_>>()
         .join(", ");
+    // The market's port is fixed up front too: it is restarted below, and the nodes keep the
+    // endpoint they read from public.toml.
+    let market_port = {
+        let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        held.local_addr().unwrap().port()
+    };
     std::fs::write(
         dir.join("market.toml"),
         format!(
-            "version = 1\nstate_dir = \"state/market\"\nlisten = \"127.0.0.1:0\"\n\
+            "version = 1\nstate_dir = \"state/market\"\nlisten = \"127.0.0.1:{market_port}\"\n\
              chain_name = \"separate-processes-test\"\n\n\
              [committee]\nthreshold = 2\nmembers = [{members}]\n"
         ),
@@ -406,6 +412,45 @@ fn market_nodes_patients_and_buyer_as_separate_processes() {
         "{after}"
     );
 
+    // The market dies (kill -9) with an order in flight, and is started again. The order is
+    // refunded, never lost; the listings and the key committee survive the restart, so the
+    // nodes, which kept running with their key shares, answer the next query.
+    let escrow_before = ledger_balance(dir, &buyer_account);
+    place_order_the_market_never_computes(dir, &["site-1", "site-2", "site-3"]);
+    assert_eq!(
+        ledger_balance(dir, &buyer_account),
+        escrow_before - 3 * PRICE,
+        "the order's escrow left the buyer's balance"
+    );
+    market.child.kill().unwrap();
+    market.child.wait().unwrap();
+    let mut market = spawn(
+        &["market", "serve", "--config", path(&market_toml)],
+        dir.join("market-restarted.log"),
+    );
+    wait_for(
+        "the restarted market to refund the order left open",
+        Duration::from_secs(60),
+        || {
+            market.assert_alive("the restarted market");
+            market.log().contains("refunded 1 order(s)")
+        },
+    );
+    assert_eq!(ledger_balance(dir, &buyer_account), escrow_before);
+    let resumed = query("SELECT COUNT(*) FROM patients");
+    assert_eq!(
+        resumed["rows"][0][0].as_f64().unwrap(),
+        (consenting.len() - 1) as f64,
+        "{resumed}"
+    );
+    assert!(
+        !market
+            .log()
+            .contains("running the committee's key ceremony"),
+        "the restarted market ran a new key ceremony:\n{}",
+        market.log()
+    );
+
     // Stop everything, then audit the ledger independently.
     drop(node_processes);
     drop(market);
@@ -415,4 +460,82 @@ fn market_nodes_patients_and_buyer_as_separate_processes() {
         path(&dir.join("state/market/ledger.db")),
     ]);
     assert!(verify.contains("verified"), "{verify}");
+}
+
+/// The market's endpoint and chain id, from the public.toml it wrote.
+fn market_public(dir: &Path) -> (String, market::Hash32) {
+    let text = std::fs::read_to_string(dir.join("state/market/public.toml")).unwrap();
+    let public: toml::Value = toml::from_str(&text).unwrap();
+    let chain_id = hex::decode(public["chain_id"].as_str().unwrap()).unwrap();
+    (
+        public["endpoint"].as_str().unwrap().to_string(),
+        market::Hash32(chain_id.try_into().unwrap()),
+    )
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// `account`'s balance, read from the running market's Ledger service.
+fn ledger_balance(dir: &Path, account: &str) -> u64 {
+    let (endpoint, _) = market_public(dir);
+    runtime().block_on(async {
+        cohortex_proto::v1::ledger_client::LedgerClient::connect(endpoint)
+            .await
+            .unwrap()
+            .get_balance(cohortex_proto::v1::GetBalanceRequest {
+                account: hex::decode(account).unwrap(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .available
+    })
+}
+
+/// The buyer's order, placed straight on the ledger: escrowed, but never handed to the
+/// coordinator, exactly as if the market had died right after accepting it.
+fn place_order_the_market_never_computes(dir: &Path, listings: &[&str]) {
+    let (endpoint, chain_id) = market_public(dir);
+    let seed = hex::decode(
+        std::fs::read_to_string(dir.join("keys/buyer.key"))
+            .unwrap()
+            .trim(),
+    )
+    .unwrap();
+    let key = ed25519_dalek::SigningKey::from_bytes(&seed.try_into().unwrap());
+    let result_key = zk::KeyPair::generate_with_rng(&mut rand::rngs::OsRng).public;
+    runtime().block_on(async {
+        let nonce = cohortex_coordinator::standalone::next_nonce(&endpoint, &key, chain_id)
+            .await
+            .unwrap()
+            .unwrap();
+        let envelope = cohortex_coordinator::standalone::sign_action(
+            &key,
+            chain_id,
+            nonce,
+            market::Action::OrderQueryFor {
+                query_hash: market::hash::query_hash("SELECT COUNT(*) FROM patients"),
+                listings: listings
+                    .iter()
+                    .map(|id| market::ListingId::new(*id))
+                    .collect(),
+                purpose: market::Purpose::AcademicResearch,
+                epsilon_micro: 1_000_000,
+                expires_at: market::server::auth::unix_now() + 3600,
+                result_key: zk::Wire::to_bytes(&result_key),
+            },
+        )
+        .unwrap();
+        cohortex_proto::v1::ledger_client::LedgerClient::connect(endpoint)
+            .await
+            .unwrap()
+            .submit_transaction(cohortex_proto::v1::SignedTransaction { envelope })
+            .await
+            .unwrap();
+    });
 }

@@ -137,7 +137,35 @@ pub struct Coordinator {
     values_redirected_to: Mutex<Option<PublicKey>>,
     /// How long a node may take to contribute or key-switch.
     pub node_timeout: Duration,
+    /// Where the listings' endpoints and manifests and the committee are kept across
+    /// restarts (`None`: memory only, as in the in-process cluster).
+    state_file: Option<std::path::PathBuf>,
 }
+
+/// What the coordinator keeps across restarts: what the ledger does not hold.
+#[derive(serde::Serialize, serde::Deserialize, Default)]
+struct SavedState {
+    /// Format version (1).
+    version: u32,
+    /// Listing id → manifest text and node endpoint.
+    listings: BTreeMap<String, SavedListing>,
+    /// The committee's public data (CXZK, hex) and each member's index and endpoint.
+    committee: Option<SavedCommittee>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SavedListing {
+    manifest: String,
+    endpoint: String,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SavedCommittee {
+    public: String,
+    members: Vec<(u16, String)>,
+}
+
+const SAVED_STATE_VERSION: u32 = 1;
 
 fn poisoned() -> Status {
     Status::internal("coordinator state lock poisoned")
@@ -170,7 +198,148 @@ impl Coordinator {
             withheld_noise: Mutex::new(BTreeSet::new()),
             values_redirected_to: Mutex::new(None),
             node_timeout: Duration::from_secs(120),
+            state_file: None,
         }
+    }
+
+    /// A coordinator that keeps its listings and committee in `path` (a JSON file, replaced
+    /// atomically on every change) and starts from what an earlier run left there.
+    pub fn with_state_file(
+        ledger: SharedLedger,
+        account: SigningKey,
+        path: std::path::PathBuf,
+    ) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let mut coordinator = Self::new(ledger, account);
+        if path.exists() {
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let saved: SavedState = serde_json::from_str(&text)
+                .with_context(|| format!("{}: not a coordinator state file", path.display()))?;
+            if saved.version != SAVED_STATE_VERSION {
+                anyhow::bail!(
+                    "{}: version {} (this build reads {SAVED_STATE_VERSION})",
+                    path.display(),
+                    saved.version
+                );
+            }
+            let mut listings = BTreeMap::new();
+            for (id, listing) in saved.listings {
+                let schema = Schema::from_toml(&listing.manifest, &id).map_err(|error| {
+                    anyhow::anyhow!("{}: listing {id}: {error}", path.display())
+                })?;
+                listings.insert(
+                    id,
+                    ListingInfo {
+                        manifest: listing.manifest,
+                        schema,
+                        endpoint: listing.endpoint,
+                    },
+                );
+            }
+            *coordinator
+                .listings
+                .get_mut()
+                .map_err(|_| anyhow::anyhow!("lock poisoned"))? = listings;
+            if let Some(committee) = saved.committee {
+                let bytes = hex::decode(&committee.public)
+                    .with_context(|| format!("{}: committee.public", path.display()))?;
+                let public = CommitteePublic::from_bytes(&bytes)
+                    .map_err(|error| anyhow::anyhow!("{}: committee: {error}", path.display()))?;
+                let mut members = Vec::new();
+                for (member, endpoint) in committee.members {
+                    let member = MemberIndex::new(member).ok_or_else(|| {
+                        anyhow::anyhow!("{}: committee member index 0", path.display())
+                    })?;
+                    members.push((member, endpoint));
+                }
+                *coordinator
+                    .committee
+                    .get_mut()
+                    .map_err(|_| anyhow::anyhow!("lock poisoned"))? =
+                    Some(Committee { public, members });
+            }
+        }
+        coordinator.state_file = Some(path);
+        Ok(coordinator)
+    }
+
+    /// Writes the listings and committee to the state file, if there is one: to a temporary
+    /// file, synced, then renamed over the old one, so a crash leaves the old or the new.
+    fn save(&self) -> Result<(), Status> {
+        let Some(path) = &self.state_file else {
+            return Ok(());
+        };
+        let listings = self
+            .listings
+            .lock()
+            .map_err(|_| poisoned())?
+            .iter()
+            .map(|(id, info)| {
+                (
+                    id.clone(),
+                    SavedListing {
+                        manifest: info.manifest.clone(),
+                        endpoint: info.endpoint.clone(),
+                    },
+                )
+            })
+            .collect();
+        let committee = self
+            .committee
+            .lock()
+            .map_err(|_| poisoned())?
+            .as_ref()
+            .map(|committee| SavedCommittee {
+                public: hex::encode(committee.public.to_bytes()),
+                members: committee
+                    .members
+                    .iter()
+                    .map(|(member, endpoint)| (member.get(), endpoint.clone()))
+                    .collect(),
+            });
+        let saved = SavedState {
+            version: SAVED_STATE_VERSION,
+            listings,
+            committee,
+        };
+        let failed = |error: std::io::Error| {
+            tracing::error!(path = %path.display(), %error, "saving the coordinator state");
+            Status::internal("the market could not save its state")
+        };
+        let text = serde_json::to_string_pretty(&saved).map_err(|error| {
+            Status::internal(format!("encoding the coordinator state: {error}"))
+        })?;
+        let temporary = path.with_extension("json.tmp");
+        {
+            use std::io::Write;
+            let mut file = std::fs::File::create(&temporary).map_err(failed)?;
+            file.write_all(text.as_bytes()).map_err(failed)?;
+            file.sync_all().map_err(failed)?;
+        }
+        std::fs::rename(&temporary, path).map_err(failed)?;
+        Ok(())
+    }
+
+    /// Refunds every order the ledger still holds open: at start-up, those are orders whose
+    /// computation a previous run of the market did not finish (it stopped or crashed). The
+    /// escrow goes back to the buyer; the ε of an order whose release was committed stays
+    /// spent (ledger rule). Returns the orders refunded.
+    pub async fn refund_orders_left_open(&self) -> Result<Vec<OrderId>, Status> {
+        let open: Vec<OrderId> = read_ledger(&self.ledger, |ledger| {
+            Ok(ledger
+                .state()
+                .orders()
+                .filter(|(_, order)| order.status == market::state::OrderStatus::Open)
+                .map(|(id, _)| *id)
+                .collect())
+        })
+        .await?;
+        for order in &open {
+            self.submit_own(Action::Refund { order: *order }).await?;
+            tracing::info!(order = %hex::encode(order.0 .0.as_bytes()), "refunded an order left open by an earlier run");
+        }
+        Ok(open)
     }
 
     /// Leaves these members' noise shares out of every later release, as a coordinator
@@ -345,7 +514,7 @@ impl Coordinator {
             .lock()
             .map_err(|_| poisoned())?
             .insert(listing.to_string(), info);
-        Ok(())
+        self.save()
     }
 
     /// A listing's information.
@@ -505,6 +674,7 @@ impl Coordinator {
             public: public.clone(),
             members,
         });
+        self.save()?;
         Ok(public)
     }
 

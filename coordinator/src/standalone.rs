@@ -156,7 +156,18 @@ pub async fn form_committee_when_published(
     progress: Arc<Mutex<CommitteeProgress>>,
 ) {
     let size = members.len();
-    let mut formed_with: Option<Vec<(MemberIndex, String)>> = None;
+    // A committee an earlier run formed (kept in the coordinator's state file) still holds:
+    // its members kept their key shares while the market was down.
+    let mut formed_with: Option<Vec<(MemberIndex, String)>> = coordinator
+        .committee()
+        .ok()
+        .flatten()
+        .map(|committee| committee.members);
+    if formed_with.is_some() {
+        if let Ok(mut slot) = progress.lock() {
+            *slot = CommitteeProgress::Formed;
+        }
+    }
     let mut last_published = usize::MAX;
     loop {
         match member_endpoints(&coordinator, &members).await {

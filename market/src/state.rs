@@ -478,6 +478,11 @@ impl State {
         self.orders.get(id)
     }
 
+    /// Every order, by id.
+    pub fn orders(&self) -> impl Iterator<Item = (&OrderId, &Order)> {
+        self.orders.iter()
+    }
+
     /// The key an order's release is re-encrypted to, if it was placed with one.
     pub fn result_key(&self, id: &OrderId) -> Option<&[u8]> {
         self.result_keys.get(id).map(Vec::as_slice)

@@ -11,7 +11,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 
 use cohortex_coordinator::market_service::MarketService;
-use cohortex_coordinator::{Buyer, Cluster};
+use cohortex_coordinator::Cluster;
 use cohortex_proto::v1::compute_client::ComputeClient;
 use cohortex_proto::v1::compute_server::{Compute, ComputeServer};
 use cohortex_proto::v1::ledger_server::{Ledger as LedgerRpc, LedgerServer};
@@ -19,10 +19,9 @@ use cohortex_proto::v1::market_server::{Market as MarketRpc, MarketServer};
 use cohortex_proto::v1::{self as v1, ContributeRequest, DkgDealRequest, DkgPeer};
 use common::*;
 use compute_node::server::methods;
-use ed25519_dalek::SigningKey;
 use market::server::auth::signed_request;
 use market::server::LedgerService;
-use market::{Action, ListingId, Purpose, TxBody};
+use market::Purpose;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Code, Request, Response, Status};
@@ -207,30 +206,9 @@ async fn order_never_on_the_ledger_is_refused_by_every_node() {
     let (_dir, cluster, lies) = start_behind_a_lying_front().await;
     // A real, funded buyer signs an order that is never appended: the operator holds it back
     // (say, to compute it without escrow, or twice) and serves it to the nodes as if it were.
-    let key = SigningKey::generate(&mut rand::rngs::OsRng);
-    let buyer = Buyer::new(
-        key.clone(),
-        cluster.chain_id,
-        cluster.market_endpoint.clone(),
-        0,
-    );
-    buyer.register().await.unwrap();
-    cluster.deposit(buyer.account(), 10 * PRICE).await.unwrap();
+    let (key, buyer) = buyer_with_key(&cluster).await;
     let listings = listings(&cluster);
-    let envelope = TxBody {
-        chain_id: cluster.chain_id,
-        signer: buyer.account(),
-        nonce: 1,
-        action: Action::OrderQuery {
-            query_hash: market::hash::query_hash(SQL),
-            listings: listings.iter().cloned().map(ListingId::new).collect(),
-            purpose: Purpose::AcademicResearch,
-            epsilon_micro: EPSILON,
-            expires_at: market::server::auth::unix_now() + 3600,
-        },
-    }
-    .sign(&key)
-    .unwrap();
+    let envelope = signed_order(&cluster, &key, EPSILON);
     let order_id = envelope.id().0.as_bytes().to_vec();
     lies.lock().unwrap().transaction = Some((order_id.clone(), envelope.bytes.clone()));
 

@@ -8,7 +8,7 @@
 
 mod common;
 
-use cohortex_coordinator::{Buyer, Cluster, ClusterOptions};
+use cohortex_coordinator::{Cluster, ClusterOptions};
 use cohortex_proto::v1::compute_client::ComputeClient;
 use cohortex_proto::v1::ledger_client::LedgerClient;
 use cohortex_proto::v1::{
@@ -17,8 +17,7 @@ use cohortex_proto::v1::{
 };
 use common::*;
 use compute_node::server::methods;
-use ed25519_dalek::SigningKey;
-use market::server::auth::{signed_request, unix_now};
+use market::server::auth::signed_request;
 use market::{AccountId, Action, ListingId, OrderId, Purpose, TxBody};
 use tonic::Code;
 
@@ -99,30 +98,9 @@ async fn disjoint_quorums_cannot_get_two_releases_of_one_order() {
 
     // A buyer's order, appended to the ledger directly: escrowed and ε reserved, but never
     // handed to the honest coordinator.
-    let key = SigningKey::generate(&mut rand::rngs::OsRng);
-    let buyer = Buyer::new(
-        key.clone(),
-        cluster.chain_id,
-        cluster.market_endpoint.clone(),
-        0,
-    );
-    buyer.register().await.unwrap();
-    cluster.deposit(buyer.account(), 10 * PRICE).await.unwrap();
+    let (key, buyer) = buyer_with_key(&cluster).await;
     let epsilon = 2_000_000;
-    let order = TxBody {
-        chain_id: cluster.chain_id,
-        signer: buyer.account(),
-        nonce: 1,
-        action: Action::OrderQuery {
-            query_hash: market::hash::query_hash(SQL),
-            listings: listings.iter().cloned().map(ListingId::new).collect(),
-            purpose: Purpose::AcademicResearch,
-            epsilon_micro: epsilon,
-            expires_at: unix_now() + 3600,
-        },
-    }
-    .sign(&key)
-    .unwrap();
+    let order = signed_order(&cluster, &key, epsilon);
     let order_id = order.id().0.as_bytes().to_vec();
     submit(&cluster, order.bytes.clone()).await.unwrap();
 

@@ -1138,16 +1138,7 @@ impl State {
     ) -> Result<(), TxError> {
         self.require_role(signer, &[Role::CommitteeMember], "committee member")?;
         let order_id = receipt.order;
-        let order = self
-            .orders
-            .get(&order_id)
-            .ok_or(TxError::UnknownOrder(order_id))?;
-        if order.status != OrderStatus::Open {
-            return Err(TxError::OrderNotOpen {
-                order: order_id,
-                status: order.status.name(),
-            });
-        }
+        let order = self.open_order(order_id)?;
         if ctx.time >= order.expires_at {
             return Err(TxError::OrderExpired {
                 order: order_id,
@@ -1432,15 +1423,8 @@ impl State {
         Ok(())
     }
 
-    fn commit_release(
-        &mut self,
-        signer: AccountId,
-        order_id: OrderId,
-        noise_members: &[u16],
-        quorum: &[u16],
-        ctx: &BlockContext,
-    ) -> Result<(), TxError> {
-        self.require_role(signer, &[Role::CommitteeMember], "committee member")?;
+    /// The order `order_id`, which must exist and be open.
+    fn open_order(&self, order_id: OrderId) -> Result<&Order, TxError> {
         let order = self
             .orders
             .get(&order_id)
@@ -1451,6 +1435,19 @@ impl State {
                 status: order.status.name(),
             });
         }
+        Ok(order)
+    }
+
+    fn commit_release(
+        &mut self,
+        signer: AccountId,
+        order_id: OrderId,
+        noise_members: &[u16],
+        quorum: &[u16],
+        ctx: &BlockContext,
+    ) -> Result<(), TxError> {
+        self.require_role(signer, &[Role::CommitteeMember], "committee member")?;
+        self.open_order(order_id)?;
         if self.releases.contains_key(&order_id) {
             return Err(TxError::ReleaseAlreadyCommitted(order_id));
         }

@@ -446,3 +446,115 @@ fn ledger_refuses_donation_listing_to_a_non_fund() {
         TxError::NotAFund(buyer_id),
     );
 }
+
+#[test]
+fn ledger_refuses_a_release_commitment_not_signed_by_the_committee() {
+    let mut scene = Scene::new();
+    let order = scene.order();
+    let buyer = scene.buyer.id;
+    scene.f.refuse(
+        &scene.buyer,
+        Action::CommitRelease {
+            order,
+            noise_members: vec![1, 2],
+            quorum: vec![1, 2],
+        },
+        TxError::WrongRole {
+            account: buyer,
+            actual: Role::Buyer,
+            required: "committee member",
+        },
+    );
+}
+
+#[test]
+fn ledger_refuses_a_release_commitment_with_malformed_member_sets() {
+    let mut scene = Scene::new();
+    let order = scene.order();
+    for (noise_members, quorum) in [
+        (vec![], vec![1]),
+        (vec![2, 1], vec![1]),
+        (vec![0, 1], vec![1]),
+        (vec![1, 1], vec![1]),
+        (vec![1, 2], vec![]),
+        (vec![1, 2], vec![2, 3]),
+        (vec![1, 2], vec![1, 2, 3]),
+    ] {
+        let committee = &scene.committee;
+        let bytes = scene.f.sign(
+            committee,
+            Action::CommitRelease {
+                order,
+                noise_members: noise_members.clone(),
+                quorum: quorum.clone(),
+            },
+        );
+        let before = scene.f.ledger.state().hash();
+        let error = scene.f.submit_bytes(bytes).unwrap_err();
+        assert!(
+            matches!(error, TxError::InvalidRelease(_)),
+            "{noise_members:?} / {quorum:?}: {error:?}"
+        );
+        assert_eq!(scene.f.ledger.state().hash(), before);
+    }
+}
+
+#[test]
+fn ledger_refuses_a_second_release_of_one_order_and_keeps_its_epsilon_on_refund() {
+    let mut scene = Scene::new();
+    let order = scene.order();
+    let commit = |members: Vec<u16>| Action::CommitRelease {
+        order,
+        noise_members: members.clone(),
+        quorum: members,
+    };
+    let mut committee = std::mem::replace(&mut scene.committee, Party::new(&mut scene.f.rng));
+    scene
+        .f
+        .submit(&mut committee, commit(vec![1, 2]))
+        .expect("first commitment");
+    scene.f.refuse(
+        &committee,
+        commit(vec![3, 4]),
+        TxError::ReleaseAlreadyCommitted(order),
+    );
+    let listing = scene.listing.clone();
+    let budget_before = scene.f.ledger.state().listing(&listing).unwrap().clone();
+    scene
+        .f
+        .submit(&mut committee, Action::Refund { order })
+        .expect("refund");
+    let after = scene.f.ledger.state().listing(&listing).unwrap();
+    let requested = budget_before.epsilon_reserved_micro;
+    assert!(requested > 0);
+    assert_eq!(after.epsilon_reserved_micro, 0);
+    assert_eq!(
+        after.epsilon_spent_micro,
+        budget_before.epsilon_spent_micro + requested,
+        "the committed release's ε stays spent"
+    );
+    assert_eq!(scene.f.ledger.state().balance(&scene.buyer.id), 5000);
+}
+
+#[test]
+fn ledger_refuses_an_order_with_an_oversized_result_key() {
+    let mut scene = Scene::new();
+    let listing = scene.listing.clone();
+    for result_key in [Vec::new(), vec![7u8; 65]] {
+        let action = Action::OrderQueryFor {
+            query_hash: market::hash::query_hash("SELECT COUNT(*) FROM patients"),
+            listings: vec![listing.clone()],
+            purpose: market::Purpose::AcademicResearch,
+            epsilon_micro: 1_000_000,
+            expires_at: scene.f.now() + 3600,
+            result_key,
+        };
+        scene.f.refuse(
+            &scene.buyer,
+            action,
+            TxError::InvalidOrder(
+                "the result key must be 1 to 64 bytes (a CXZK-encoded public key)",
+            ),
+        );
+    }
+}

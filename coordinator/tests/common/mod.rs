@@ -208,3 +208,46 @@ pub async fn query_sql(
 pub async fn buyer(cluster: &Cluster) -> Buyer {
     cluster.new_buyer(10 * PRICE).await.unwrap()
 }
+
+/// A registered buyer holding 10 × [`PRICE`] credits, and its key, for tests that sign the
+/// buyer's transactions themselves (its next nonce is 1).
+pub async fn buyer_with_key(cluster: &Cluster) -> (ed25519_dalek::SigningKey, Buyer) {
+    let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+    let buyer = Buyer::new(
+        key.clone(),
+        cluster.chain_id,
+        cluster.market_endpoint.clone(),
+        0,
+    );
+    buyer.register().await.unwrap();
+    cluster.deposit(buyer.account(), 10 * PRICE).await.unwrap();
+    (key, buyer)
+}
+
+/// The buyer's order for [`SQL`] over every listing at `epsilon_micro`, signed at nonce 1
+/// with a fresh result key, and not submitted anywhere.
+pub fn signed_order(
+    cluster: &Cluster,
+    key: &ed25519_dalek::SigningKey,
+    epsilon_micro: u64,
+) -> market::SignedTx {
+    let result_key = zk::KeyPair::generate_with_rng(&mut rand::rngs::OsRng).public;
+    market::TxBody {
+        chain_id: cluster.chain_id,
+        signer: AccountId::of(key),
+        nonce: 1,
+        action: market::Action::OrderQueryFor {
+            query_hash: market::hash::query_hash(SQL),
+            listings: listings(cluster)
+                .into_iter()
+                .map(market::ListingId::new)
+                .collect(),
+            purpose: Purpose::AcademicResearch,
+            epsilon_micro,
+            expires_at: market::server::auth::unix_now() + 3600,
+            result_key: zk::Wire::to_bytes(&result_key),
+        },
+    }
+    .sign(key)
+    .unwrap()
+}

@@ -151,10 +151,12 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
                 ledger_key: public.ledger_key,
             },
             market_endpoint: public.endpoint.clone(),
+            key_share_file: Some(key_share_path(&config)),
             fault: None,
         },
     )
     .map_err(|error| anyhow!("{}: committee: {error}", config.path.display()))?;
+    let follower = service.follower();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
         serve_node(service, listener, async {
@@ -196,7 +198,7 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
         )
         .await;
         match attempt {
-            Ok(result) => break result,
+            Ok(result) => break Some(result),
             // Only an unreachable market is worth waiting for; a refusal is final.
             Err(error)
                 if format!("{error:#}").contains("connecting to the market")
@@ -204,6 +206,22 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
             {
                 tracing::debug!(error = %format!("{error:#}"), "market not reachable yet");
                 tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(error)
+                if format!("{error:#}").contains("AlreadyExists")
+                    && already_ours(
+                        &follower,
+                        &public.endpoint,
+                        &config.listing.id,
+                        &key,
+                        &manifest,
+                    )
+                    .await =>
+            {
+                // A restart: the listing is on the ledger already, this node's own and for
+                // the same manifest. The market kept its endpoint, the node its key share.
+                tracing::info!(listing = %config.listing.id, "listing already published by this node; serving it again");
+                break None;
             }
             Err(error) => {
                 bar.finish_and_clear();
@@ -221,17 +239,27 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
         }
     };
     bar.finish_and_clear();
-    tracing::info!(listing = %config.listing.id, height = published.height, "listing published");
     println!(
         "node {account} (committee member {}) serving compute at {endpoint}",
         config.member
     );
-    println!(
-        "  listing {} published on the ledger (block {}); {} patient(s) in the vault",
-        config.listing.id,
-        published.height,
-        vault.len()
-    );
+    match published {
+        Some(published) => {
+            tracing::info!(listing = %config.listing.id, height = published.height, "listing published");
+            println!(
+                "  listing {} published on the ledger (block {}); {} patient(s) in the vault",
+                config.listing.id,
+                published.height,
+                vault.len()
+            );
+        }
+        None => println!(
+            "  listing {} was published by an earlier run; serving it again; {} patient(s) in \
+             the vault",
+            config.listing.id,
+            vault.len()
+        ),
+    }
     println!("Press Ctrl-C to stop.");
 
     tokio::select! {
@@ -247,4 +275,39 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     }
     println!("node stopped");
     Ok(())
+}
+
+/// Where the node keeps its key share: beside its vault directory.
+fn key_share_path(config: &NodeConfig) -> std::path::PathBuf {
+    config
+        .vault_dir
+        .parent()
+        .map_or_else(|| Path::new(".").to_path_buf(), Path::to_path_buf)
+        .join("key-share")
+}
+
+/// Whether the ledger (as this node verifies it) already holds `listing`, published by this
+/// node's account for this manifest: then a refused publication is a restart, not a clash.
+async fn already_ours(
+    follower: &compute_node::follower::LedgerFollower,
+    market: &str,
+    listing: &str,
+    key: &ed25519_dalek::SigningKey,
+    manifest: &str,
+) -> bool {
+    let Ok(channel) = cohortex_coordinator::standalone::connect(market).await else {
+        return false;
+    };
+    let id = market::ListingId::new(listing);
+    let owner = AccountId::of(key);
+    let expected = market::hash::manifest_hash(manifest);
+    follower
+        .sync_and_read(channel, |machine| {
+            machine
+                .state()
+                .listing(&id)
+                .is_some_and(|found| found.owner == owner && found.schema_hash == expected)
+        })
+        .await
+        .unwrap_or(false)
 }

@@ -443,6 +443,29 @@ fn market_nodes_patients_and_buyer_as_separate_processes() {
         (consenting.len() - 1) as f64,
         "{resumed}"
     );
+    // A node dies (kill -9) and is started again: it reloads its key share, finds its
+    // listing already on the ledger, and answers the next query with the same committee.
+    node_processes[1].child.kill().unwrap();
+    node_processes[1].child.wait().unwrap();
+    let restarted_node = dir.join("node-2.toml");
+    node_processes[1] = spawn(
+        &["node", "serve", "--config", path(&restarted_node)],
+        dir.join("node-2-restarted.log"),
+    );
+    wait_for(
+        "the restarted node to serve again",
+        Duration::from_secs(60),
+        || {
+            node_processes[1].assert_alive("the restarted node 2");
+            node_processes[1].log().contains("serving it again")
+        },
+    );
+    let after_node_restart = query("SELECT COUNT(*) FROM patients");
+    assert_eq!(
+        after_node_restart["rows"][0][0].as_f64().unwrap(),
+        (consenting.len() - 1) as f64,
+        "{after_node_restart}"
+    );
     assert!(
         !market
             .log()

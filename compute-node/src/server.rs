@@ -166,6 +166,14 @@ pub enum CommitteeError {
     /// This node's member index has no seat.
     #[error("member {0} has no seat in the committee")]
     NoSeat(u16),
+    /// The stored key share cannot be used.
+    #[error("the stored key share {path}: {reason}")]
+    StoredKeyShare {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// This node's own seat names another account.
     #[error("member {member}'s seat names account {seat}, but this node's key is account {own}")]
     NotOwnSeat {
@@ -267,6 +275,10 @@ pub struct NodeConfig {
     pub ledger: PinnedLedger,
     /// The market's endpoint (`http://host:port`), which serves the ledger and the manifests.
     pub market_endpoint: String,
+    /// Where the node keeps its key share and the committee's public data once the key
+    /// ceremony has run (mode 0600), so that it rejoins after a restart; `None` keeps them in
+    /// memory only.
+    pub key_share_file: Option<std::path::PathBuf>,
     /// Deliberate misbehaviour, for end-to-end tests of the aggregator's checks.
     pub fault: Option<Fault>,
 }
@@ -379,6 +391,10 @@ impl NodeService {
                 own,
             });
         }
+        let stored_key = match &config.key_share_file {
+            Some(path) if path.exists() => Some(load_key_share(path, &config)?),
+            _ => None,
+        };
         let follower = Arc::new(LedgerFollower::new(config.ledger.clone()));
         // Follow the ledger from the start, as a node does, so that the replica is warm when
         // the first order arrives (outside a runtime, reads still sync on demand).
@@ -397,7 +413,7 @@ impl NodeService {
             state: Mutex::new(NodeState {
                 round: DkgRound::Idle,
                 inbox: BTreeMap::new(),
-                key: None,
+                key: stored_key,
                 contributed: BTreeSet::new(),
                 first_contribution: None,
                 releases: BTreeMap::new(),
@@ -543,6 +559,83 @@ impl NodeService {
         }
         Ok(())
     }
+}
+
+/// Reads the key share and committee a node stored after its key ceremony, and checks that
+/// they are this node's: its member index, the pinned committee's threshold and size, and a
+/// share whose verification key the committee records.
+fn load_key_share(
+    path: &std::path::Path,
+    config: &NodeConfig,
+) -> Result<(KeyShare, CommitteePublic), CommitteeError> {
+    let bad = |reason: String| CommitteeError::StoredKeyShare {
+        path: path.display().to_string(),
+        reason,
+    };
+    let text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(path).map_err(|error| bad(error.to_string()))?,
+    );
+    let mut lines = text.lines();
+    let (Some(share_hex), Some(committee_hex), None) = (lines.next(), lines.next(), lines.next())
+    else {
+        return Err(bad("expected two lines: the share and the committee".into()));
+    };
+    let share_bytes = zeroize::Zeroizing::new(
+        hex::decode(share_hex.trim()).map_err(|_| bad("the share is not hex".into()))?,
+    );
+    let share = KeyShare::from_bytes(&share_bytes).map_err(|error| bad(error.to_string()))?;
+    let committee_bytes =
+        hex::decode(committee_hex.trim()).map_err(|_| bad("the committee is not hex".into()))?;
+    let committee =
+        CommitteePublic::from_bytes(&committee_bytes).map_err(|error| bad(error.to_string()))?;
+    if share.member() != config.member {
+        return Err(bad(format!(
+            "it is member {}'s share, this node is member {}",
+            share.member().get(),
+            config.member.get()
+        )));
+    }
+    if committee.threshold() != config.committee.threshold()
+        || committee.members().count() != config.committee.seats().len()
+    {
+        return Err(bad(
+            "its committee is not the one pinned in this node's configuration".into(),
+        ));
+    }
+    if !share.belongs_to(&committee) {
+        return Err(bad(
+            "the share is not the committee's share for this member".into(),
+        ));
+    }
+    Ok((share, committee))
+}
+
+/// Stores the key share and committee (hex lines) in `path` with mode 0600: written to a
+/// temporary file, synced, then renamed over `path`.
+fn store_key_share(
+    path: &std::path::Path,
+    share: &KeyShare,
+    committee: &CommitteePublic,
+) -> std::io::Result<()> {
+    use std::io::Write;
+    let share_bytes = zeroize::Zeroizing::new(share.to_bytes());
+    let text = zeroize::Zeroizing::new(format!(
+        "{}\n{}\n",
+        hex::encode(share_bytes.as_slice()),
+        hex::encode(committee.to_bytes())
+    ));
+    let temporary = path.with_extension("tmp");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(&temporary)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, path)
 }
 
 /// How a failure to verify the ledger reaches the caller.
@@ -981,6 +1074,12 @@ impl Compute for NodeService {
             .finish(&complaints, &justifications)
             .map_err(|error| Status::failed_precondition(format!("dkg: {error}")))?;
         let committee = output.committee.to_bytes();
+        if let Some(path) = &self.config.key_share_file {
+            store_key_share(path, &output.share, &output.committee).map_err(|error| {
+                tracing::error!(path = %path.display(), %error, "storing the key share");
+                Status::internal("the node could not store its key share")
+            })?;
+        }
         state.key = Some((output.share, output.committee));
         Ok(Response::new(DkgFinishResponse { committee }))
     }

@@ -305,6 +305,7 @@ impl Cluster {
                     committee: committee.clone(),
                     ledger: pinned_ledger.clone(),
                     market_endpoint: nodes_read_market_at.clone(),
+                    key_share_file: None,
                     fault: setup.fault,
                 },
             )

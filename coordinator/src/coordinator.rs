@@ -140,6 +140,8 @@ pub struct Coordinator {
     /// Where the listings' endpoints and manifests and the committee are kept across
     /// restarts (`None`: memory only, as in the in-process cluster).
     state_file: Option<std::path::PathBuf>,
+    /// Serialises writes of the state file (concurrent publications each save).
+    save_lock: Mutex<()>,
 }
 
 /// What the coordinator keeps across restarts: what the ledger does not hold.
@@ -199,6 +201,7 @@ impl Coordinator {
             values_redirected_to: Mutex::new(None),
             node_timeout: Duration::from_secs(120),
             state_file: None,
+            save_lock: Mutex::new(()),
         }
     }
 
@@ -270,6 +273,9 @@ impl Coordinator {
         let Some(path) = &self.state_file else {
             return Ok(());
         };
+        // One writer at a time, each writing a snapshot taken under the lock: the last
+        // rename holds the latest state.
+        let _writing = self.save_lock.lock().map_err(|_| poisoned())?;
         let listings = self
             .listings
             .lock()

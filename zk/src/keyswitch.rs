@@ -421,6 +421,32 @@ impl Wire for KeySwitchShare {
     }
 }
 
+/// A member's own key share, as it keeps it across restarts. Secret: the encoding is for the
+/// member's storage only, never for the wire. Decoding checks only the encoding; check the
+/// share against the committee with [`KeyShare::belongs_to`].
+impl Wire for KeyShare {
+    const TAG: u8 = tags::KEY_SHARE;
+    const NAME: &'static str = "key share";
+
+    fn encode_body(&self, writer: &mut Writer) {
+        writer.u16(self.member.get());
+        writer.scalar(&self.secret);
+    }
+
+    fn decode_body(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let member = read_member(reader, "key share member")?;
+        let secret = reader.scalar("key share secret")?;
+        Ok(Self { member, secret })
+    }
+}
+
+impl KeyShare {
+    /// Whether this share is the one `committee` records for its member: x_j·G = X_j.
+    pub fn belongs_to(&self, committee: &CommitteePublic) -> bool {
+        committee.verification_key(self.member) == Some(&self.verification_key())
+    }
+}
+
 impl Wire for CommitteePublic {
     const TAG: u8 = tags::COMMITTEE_PUBLIC;
     const NAME: &'static str = "committee public data";

@@ -54,6 +54,8 @@ pub mod tags {
     pub const COMMITTEE_PUBLIC: u8 = 11;
     /// [`crate::proofs::linking::LinkingProof`].
     pub const LINKING_PROOF: u8 = 12;
+    /// [`crate::KeyShare`] (secret: for the member's own storage only).
+    pub const KEY_SHARE: u8 = 13;
 }
 
 /// A type with a versioned binary encoding.

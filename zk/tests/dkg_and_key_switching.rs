@@ -349,3 +349,39 @@ fn a_single_share_does_not_reveal_the_plaintext_to_its_holder() {
     let result = s.buyer.secret.decrypt_vector(&outcome.ciphertexts, &table);
     assert_ne!(result, Ok(vec![17, -3]));
 }
+
+#[test]
+fn a_stored_key_share_still_switches_and_only_to_its_own_committee() {
+    let mut s = setup(11);
+    // A member stores its share and reads it back (a restart): the share still key-switches,
+    // and t shares, one of them restored, decrypt to the plaintext.
+    let stored = s.outputs[0].share.to_bytes();
+    let restored = zk::KeyShare::from_bytes(&stored).unwrap();
+    assert!(restored.belongs_to(&s.outputs[0].committee));
+    let recipient = s.buyer.public;
+    let shares = vec![
+        restored.key_switch_with_rng(&s.context, &s.ciphertexts, &recipient, &mut s.rng),
+        s.outputs[1]
+            .share
+            .key_switch_with_rng(&s.context, &s.ciphertexts, &recipient, &mut s.rng),
+    ];
+    let switched = s.outputs[0]
+        .committee
+        .combine(&s.context, &s.ciphertexts, &recipient, &shares)
+        .unwrap();
+    let opened = s
+        .buyer
+        .secret
+        .decrypt_vector(&switched.ciphertexts, &small_table())
+        .unwrap();
+    assert_eq!(opened, vec![17, -3]);
+    // Another committee's share, or a share with a flipped byte, is not this committee's.
+    let other = setup(12);
+    assert!(!other.outputs[0].share.belongs_to(&s.outputs[0].committee));
+    let mut flipped = stored.clone();
+    let last = flipped.len() - 1;
+    flipped[last] ^= 1;
+    if let Ok(corrupted) = zk::KeyShare::from_bytes(&flipped) {
+        assert!(!corrupted.belongs_to(&s.outputs[0].committee));
+    }
+}

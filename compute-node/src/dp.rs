@@ -25,16 +25,20 @@
 //!
 //! # Truncation
 //! A committee member encrypts X + K and proves it lies in [0, 2K] (so a member cannot
-//! inject an unbounded value), which needs |X| ≤ K: a sample outside is redrawn. With
-//! K = [`TAIL_SCALES`]·b the redrawn mass is below 2·e⁻⁴⁸ per slot, which bounds the δ that
-//! truncation adds (docs/privacy.md).
+//! inject an unbounded value), which needs |X| ≤ K: a sample outside is redrawn. The
+//! truncated mechanism's δ is the mass its output can put where a neighbouring input's
+//! output cannot go: the outer Δ values of [−K, K] (Δ the slot's sensitivity). So
+//! K = ⌈[`TAIL_SCALES`]·b⌉ + Δ, which leaves at least 48 scales inside and bounds that mass
+//! by 2·e⁻⁴⁸ per slot **at every ε**. (With K = 48·b alone, a large ε makes K smaller than
+//! Δ: the supports of neighbouring outputs no longer overlap and δ reaches 1.)
 
 use rand::Rng;
 use rand_core::RngCore;
 
 use crate::plan::QueryPlan;
 
-/// The noise bound K is this many scales: |X| ≤ K always, and P[|X| > K] < 2·e^−48.
+/// The noise bound K is this many scales beyond the slot's sensitivity: |X| ≤ K always,
+/// and P[|X| > K − Δ] < 2·e^−48.
 pub const TAIL_SCALES: u128 = 48;
 
 /// Micro-units per ε (budgets and orders carry ε·10⁶ as integers).
@@ -181,7 +185,8 @@ pub fn calibrate(plan: &QueryPlan, epsilon_micro: u64) -> Result<Calibration, Dp
         // b = touched·Δ·10⁶ / ε_micro.
         let scale_num = touched * u128::from(sensitivity.max(1)) * MICRO;
         let scale_den = u128::from(epsilon_micro);
-        let bound = (TAIL_SCALES * scale_num).div_ceil(scale_den);
+        // K = ⌈48·b⌉ + Δ (see the module documentation, "Truncation").
+        let bound = (TAIL_SCALES * scale_num).div_ceil(scale_den) + u128::from(sensitivity.max(1));
         if bound > 1 << 62 {
             return Err(DpError::NoiseTooLarge {
                 slot,

@@ -149,6 +149,51 @@ fn calibration_covers_every_slot_a_patient_touches() {
         .all(|slot| u128::from(slot.bound) * slot.scale_den >= TAIL_SCALES * slot.scale_num));
 }
 
+/// The δ of one truncated slot, from the textbook pmf: the redrawn discrete Laplace of scale
+/// b on [−K, K] around s, against the same around s + Δ. Where both outputs can fall, their
+/// ratio is q^{|y−s|−|y−s−Δ|} ≤ e^{Δ/b}, the slot's share of ε (triangle inequality), so the
+/// only excess is the mass one output puts where the other cannot go:
+/// δ = Σ_{|y−s| ≤ K < |y−s−Δ|} P(y), the larger of the two directions.
+fn truncated_slot_delta(b: f64, bound: i64, sensitivity: i64) -> f64 {
+    let normaliser: f64 = (-bound..=bound).map(|x| laplace_pmf(b, x)).sum();
+    let one_way = |shift: i64| -> f64 {
+        (-bound..=bound)
+            .filter(|x| (x - shift).abs() > bound)
+            .map(|x| laplace_pmf(b, x) / normaliser)
+            .sum()
+    };
+    one_way(sensitivity).max(one_way(-sensitivity))
+}
+
+#[test]
+fn truncation_keeps_delta_negligible_at_every_epsilon() {
+    // At a large ε the scale falls far below the sensitivity; the truncation bound must still
+    // leave the supports of neighbouring outputs overlapping by 48 scales.
+    let plan = compile("SELECT COUNT(*), AVG(hba1c) FROM patients", &schema()).expect("plan");
+    for epsilon_micro in [100_000, 1_000_000, 1_000_000_000, 100_000_000_000] {
+        let calibration = calibrate(&plan, epsilon_micro).expect("calibrates");
+        for (slot, noise) in calibration.slots.iter().enumerate() {
+            let sensitivity = if slot == 0 {
+                1
+            } else {
+                plan.per_patient_max(&plan.statistics[slot - 1]) as i64
+            };
+            let bound = noise.bound as i64;
+            assert!(
+                bound <= 1_000_000,
+                "slot {slot}: K = {bound} too large to sum here"
+            );
+            let delta = truncated_slot_delta(noise.scale(), bound, sensitivity.max(1));
+            assert!(
+                delta < 1e-15,
+                "ε = {} µ, slot {slot}: b = {}, K = {bound}, Δ = {sensitivity}: δ = {delta}",
+                epsilon_micro,
+                noise.scale()
+            );
+        }
+    }
+}
+
 #[test]
 fn zero_epsilon_is_refused() {
     let plan = compile("SELECT COUNT(*) FROM patients", &schema()).expect("plan");

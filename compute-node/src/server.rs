@@ -451,21 +451,41 @@ impl NodeService {
     /// personal privacy limit allows `epsilon_micro` more, according to the node's own verified
     /// replica of the ledger, brought up to date first (so a revocation already on the ledger
     /// is honoured).
+    ///
+    /// The privacy unit is the person: a patient who also consents in a listing that comes
+    /// **earlier in the order** takes part there, not here, so that one order counts each
+    /// patient once whichever vaults hold their records (the ledger refuses a receipt naming
+    /// a patient twice). Every node applies the same rule to the same verified ledger.
     async fn current_consents(
         &self,
         purpose: market::Purpose,
         epsilon_micro: u64,
+        order_listings: &[String],
     ) -> Result<ConsentBook, Status> {
         let channel = self.market_channel().await?;
         let listing = ListingId::new(self.config.listing.clone());
+        let earlier: Vec<ListingId> = order_listings
+            .iter()
+            .take_while(|name| **name != self.config.listing)
+            .map(|name| ListingId::new(name.clone()))
+            .collect();
         let now = unix_now();
         let consenting: BTreeSet<Vec<u8>> = self
             .follower
             .sync_and_read(channel, |machine| {
                 let time = now.max(machine.last_time());
-                machine
-                    .state()
+                let state = machine.state();
+                let taken_earlier: BTreeSet<AccountId> = earlier
+                    .iter()
+                    .flat_map(|other| {
+                        state.current_consents_affording(other, purpose, time, epsilon_micro)
+                    })
+                    .collect();
+                state
                     .current_consents_affording(&listing, purpose, time, epsilon_micro)
+                    .into_iter()
+                    .filter(|patient| !taken_earlier.contains(patient))
+                    .collect::<Vec<_>>()
             })
             .await
             .map_err(follow_status)?
@@ -1139,7 +1159,7 @@ impl Compute for NodeService {
         // A patient whose personal limit the order would exceed is left out, exactly like one
         // who never consented: the release cannot tell them apart.
         let consents = self
-            .current_consents(facts.purpose, facts.epsilon_micro)
+            .current_consents(facts.purpose, facts.epsilon_micro, &facts.listings)
             .await?;
         let vault = Arc::clone(&self.vault);
         let purpose = message.purpose.clone();

@@ -377,6 +377,17 @@ impl Coordinator {
             let state = ledger.state();
             let now = ledger.machine().last_time();
             let mut problems = Vec::new();
+            let mut seen: BTreeMap<AccountId, &ListingId> = BTreeMap::new();
+            for (listing, participants) in &named {
+                for participant in participants {
+                    if let Some(first) = seen.insert(*participant, listing) {
+                        problems.push(format!(
+                            "patient {participant} is named by listing {first} and again by \
+                             listing {listing}"
+                        ));
+                    }
+                }
+            }
             for (listing, participants) in &named {
                 let usable = state
                     .current_consents_affording(listing, purpose, now, epsilon_micro)

@@ -218,6 +218,17 @@ async fn set_personal_limit(
     listing: &market::ListingId,
     limit_micro: u64,
 ) {
+    consent_again(cluster, key, listing, Some(limit_micro)).await;
+}
+
+/// The patient's third transaction (registration and first consent came before): a paid
+/// consent to `listing` for academic research, with an optional personal limit.
+async fn consent_again(
+    cluster: &cohortex_coordinator::Cluster,
+    key: &ed25519_dalek::SigningKey,
+    listing: &market::ListingId,
+    limit_micro: Option<u64>,
+) {
     use cohortex_proto::v1::consent_client::ConsentClient;
     use cohortex_proto::v1::SignedTransaction;
     let account = market::AccountId::of(key);
@@ -231,7 +242,7 @@ async fn set_personal_limit(
             purpose: Purpose::AcademicResearch,
             expires_at: None,
             payout: market::PayoutChoice::ToPatient,
-            epsilon_limit_micro: Some(limit_micro),
+            epsilon_limit_micro: limit_micro,
         },
     }
     .sign(key)
@@ -339,6 +350,55 @@ async fn personal_limit_that_breaks_the_minimum_cohort_stops_the_order_before_an
         100 * EPSILON - epsilon_left(&cluster)[0],
         spent_before,
         "the refused order spent no ε"
+    );
+    books_balance(&cluster);
+    cluster.shutdown();
+}
+
+/// The privacy unit is the person: a patient whose records two listings of an order hold,
+/// and who consents to both, takes part once (in the order's first such listing), so the
+/// release counts them once and its ε covers them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patient_in_two_listings_is_counted_once() {
+    use compute_node::fhir::{bundle_to_record, ProvenancePolicy};
+    use compute_node::synth::REFERENCE_DATE;
+    let (_, patient) = diabetic_paid_patient_of_node_0();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut setups, truth) = setups([None, None, None], 1);
+    // Node 1 also holds the patient's record (a second hospital they were treated at).
+    let record = bundle_to_record(
+        &patient.to_bundle().to_string(),
+        &REFERENCE_DATE,
+        &ProvenancePolicy::default(),
+    )
+    .unwrap();
+    setups[1].vault.upsert(record).unwrap();
+    let options = cohortex_coordinator::ClusterOptions {
+        purpose: Purpose::AcademicResearch,
+        threshold: 2,
+        epsilon_budget_micro: 100 * EPSILON,
+        extra_purposes: Vec::new(),
+        nodes_read_market_at: None,
+    };
+    let cluster = cohortex_coordinator::Cluster::start(dir.path(), setups, &options, |_| {})
+        .await
+        .unwrap();
+    consent_again(
+        &cluster,
+        &patient.key,
+        &market::ListingId::new("clinic-1"),
+        None,
+    )
+    .await;
+
+    let buyer = buyer(&cluster).await;
+    let release = query_sql(&cluster, &buyer, EPSILON).await.unwrap();
+    // Counted once: the plaintext count over the consenting patients of the three vaults,
+    // in which this patient appears once (node 0).
+    assert_eq!(release.answer.rows[0][0].as_f64(), Some(truth.count));
+    assert_eq!(
+        release.answer.participants,
+        (truth.paying.len() + truth.donating) as u64
     );
     books_balance(&cluster);
     cluster.shutdown();

@@ -298,6 +298,21 @@ pub enum TxError {
         /// Requested in the order.
         requested_micro: u64,
     },
+    /// A receipt names one patient in two of the order's listings: the privacy unit is the
+    /// person, who takes part in an order once.
+    #[error(
+        "patient {patient} is named in listing {} and again in listing {}; a patient takes part in an order once",
+        shown(.first),
+        shown(.second)
+    )]
+    ParticipantInTwoListings {
+        /// The patient.
+        patient: AccountId,
+        /// The first listing naming them.
+        first: ListingId,
+        /// The second.
+        second: ListingId,
+    },
     /// The participant list is not strictly ascending (so a participant could be counted twice).
     #[error("participants of listing {} are not strictly ascending", shown(.0))]
     ParticipantsNotCanonical(ListingId),

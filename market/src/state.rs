@@ -1158,6 +1158,23 @@ impl State {
             return Err(TxError::ReceiptListingsMismatch(order_id));
         }
 
+        // The privacy unit is the person: a patient listed in several of the order's
+        // listings takes part once, in the first of them (the node rule), so no patient may
+        // be named twice in one receipt.
+        let mut named_in: BTreeMap<AccountId, &ListingId> = BTreeMap::new();
+        for contribution in &receipt.listings {
+            for participant in &contribution.participants {
+                if let Some(first) = named_in.insert(*participant, &contribution.listing) {
+                    if first != &contribution.listing {
+                        return Err(TxError::ParticipantInTwoListings {
+                            patient: *participant,
+                            first: first.clone(),
+                            second: contribution.listing.clone(),
+                        });
+                    }
+                }
+            }
+        }
         let mut settlements = Vec::with_capacity(receipt.listings.len());
         for (contribution, ordered) in receipt.listings.iter().zip(&order.listings) {
             let id = &contribution.listing;

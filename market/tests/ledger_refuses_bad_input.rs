@@ -558,3 +558,48 @@ fn ledger_refuses_an_order_with_an_oversized_result_key() {
         );
     }
 }
+
+#[test]
+fn ledger_refuses_a_receipt_naming_one_patient_in_two_listings() {
+    let mut scene = Scene::new();
+    // A second listing, by a second node, which the first patient also consents to.
+    let mut second_node = scene.f.register(Role::ComputeNode);
+    let second = publish(
+        &mut scene.f,
+        &mut second_node,
+        "second-hospital",
+        terms(1000, Compensation::Payment),
+    );
+    let mut patient = std::mem::replace(&mut scene.patients[0], Party::new(&mut scene.f.rng));
+    let grant = grant_action(&patient, &second, PayoutChoice::ToPatient);
+    scene.f.submit(&mut patient, grant).expect("second consent");
+    let listings = [scene.listing.clone(), second.clone()];
+    let order = OrderId(
+        scene
+            .f
+            .submit(
+                &mut scene.buyer,
+                order_action(&listings, scene.f.now() + 3600),
+            )
+            .expect("order"),
+    );
+    let others: Vec<AccountId> = scene.patients[1..].iter().map(|p| p.id).collect();
+    let mut first_listing = others.clone();
+    first_listing.push(patient.id);
+    let receipt = receipt_action(
+        order,
+        vec![
+            (scene.listing.clone(), first_listing),
+            (second.clone(), vec![patient.id]),
+        ],
+    );
+    scene.f.refuse(
+        &scene.committee,
+        receipt,
+        TxError::ParticipantInTwoListings {
+            patient: patient.id,
+            first: scene.listing.clone(),
+            second,
+        },
+    );
+}

@@ -113,6 +113,7 @@ pub fn tx_error_code(error: &TxError) -> Code {
         | TxError::PersonalLimitBelowSpent { .. }
         | TxError::PersonalBudgetExceeded { .. }
         | TxError::ReceiptForAnotherOrder { .. }
+        | TxError::ParticipantInTwoListings { .. }
         | TxError::AlreadySettled(_)
         | TxError::AlreadyRefunded(_)
         | TxError::ReleaseAlreadyCommitted(_)

@@ -286,8 +286,8 @@ pub enum TxError {
     ReceiptListingsMismatch(OrderId),
     /// More ε debited from a listing than the order requested.
     #[error(
-        "receipt debits {debited_micro} micro-epsilon from {listing}, order requested \
-         {requested_micro}",
+        "receipt debits {debited_micro} micro-epsilon from {listing}, but the order's ε, \
+         to which its noise was calibrated, is {requested_micro}",
         listing = shown(.listing)
     )]
     EpsilonExceedsRequest {

@@ -1178,7 +1178,9 @@ impl State {
         let mut settlements = Vec::with_capacity(receipt.listings.len());
         for (contribution, ordered) in receipt.listings.iter().zip(&order.listings) {
             let id = &contribution.listing;
-            if contribution.epsilon_debited_micro > order.epsilon_requested_micro {
+            // Exactly the order's ε: the noise was calibrated to it, so a smaller debit would
+            // under-charge the budgets.
+            if contribution.epsilon_debited_micro != order.epsilon_requested_micro {
                 return Err(TxError::EpsilonExceedsRequest {
                     listing: id.clone(),
                     debited_micro: contribution.epsilon_debited_micro,

@@ -603,3 +603,23 @@ fn ledger_refuses_a_receipt_naming_one_patient_in_two_listings() {
         },
     );
 }
+
+#[test]
+fn ledger_refuses_a_receipt_debiting_less_than_the_orders_epsilon() {
+    let mut scene = Scene::new();
+    let order = scene.order();
+    let mut receipt = receipt_action(order, vec![(scene.listing.clone(), scene.patient_ids())]);
+    if let Action::RecordReceipt(receipt) = &mut receipt {
+        // The noise was calibrated to the order's 0.5 ε; charging 0.4 would under-count it.
+        receipt.listings[0].epsilon_debited_micro = 400_000;
+    }
+    scene.f.refuse(
+        &scene.committee,
+        receipt,
+        TxError::EpsilonExceedsRequest {
+            listing: scene.listing.clone(),
+            debited_micro: 400_000,
+            requested_micro: 500_000,
+        },
+    );
+}

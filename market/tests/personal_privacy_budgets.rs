@@ -2,7 +2,7 @@
 //! that would take a patient past it, keeps what was spent across revocations, and tells a
 //! node which patients a query may still use.
 //!
-//! The scene's orders request 0.5 ε and its receipts debit 0.4 ε (see `common`).
+//! The scene's orders request 0.5 ε and its receipts debit exactly that (see `common`).
 
 #![cfg(feature = "storage")]
 
@@ -12,7 +12,7 @@ use common::*;
 use market::{Action, Ledger, PayoutChoice, Purpose, TxError};
 
 /// Debited by every receipt of the scene, micro-epsilon.
-const DEBIT: u64 = 400_000;
+const DEBIT: u64 = 500_000;
 
 fn grant_with_limit(scene: &mut Scene, index: usize, limit: Option<u64>) -> Result<(), TxError> {
     let mut action = grant_action(
@@ -36,7 +36,7 @@ fn grant_with_limit(scene: &mut Scene, index: usize, limit: Option<u64>) -> Resu
 #[test]
 fn receipt_that_would_take_a_patient_past_their_personal_limit_is_refused() {
     let mut scene = Scene::new();
-    // Room for exactly one receipt: 0.4 ≤ 0.6 < 0.8.
+    // Room for exactly one receipt: 0.5 ≤ 0.6 < 1.0.
     grant_with_limit(&mut scene, 0, Some(600_000)).expect("grant with a limit");
     let ids = scene.patient_ids();
 
@@ -82,8 +82,8 @@ fn node_is_told_to_leave_out_a_patient_whose_limit_the_order_would_exceed() {
     let state = scene.f.ledger.state();
     let now = scene.f.ledger.machine().last_time();
     let purpose = Purpose::AcademicResearch;
-    // 0.4 spent: 0.2 more fits the limit, 0.4 more does not.
-    let small = state.current_consents_affording(&scene.listing, purpose, now, 200_000);
+    // 0.5 spent: 0.1 more fits the limit of 0.6 exactly, 0.5 more does not.
+    let small = state.current_consents_affording(&scene.listing, purpose, now, 100_000);
     assert_eq!(small, ids);
     let large = state.current_consents_affording(&scene.listing, purpose, now, DEBIT);
     assert_eq!(large, ids[1..].to_vec());
@@ -159,7 +159,7 @@ fn spending_under_another_purpose_counts_against_the_same_limit() {
         .f
         .submit(&mut scene.patients[0], feasibility)
         .expect("grant for feasibility");
-    // An academic query (no limit on that consent) spends 0.4 on the patient's records.
+    // An academic query (no limit on that consent) spends 0.5 on the patient's records.
     let order = scene.order();
     scene.record(order, ids.clone());
 

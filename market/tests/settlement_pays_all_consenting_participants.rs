@@ -277,15 +277,15 @@ fn epsilon_budget_stops_queries_once_spent() {
         .listing(&listing)
         .expect("listing")
         .epsilon_remaining_micro();
-    // 24 receipts × 0.4 = 9.6 ε spent, 0.4 ε left: less than one more request of 0.5 ε.
-    assert_eq!(receipts, 24);
-    assert_eq!(remaining, 400_000);
+    // 20 receipts × 0.5 (each debits exactly its order's ε) = 10 ε spent, nothing left.
+    assert_eq!(receipts, 20);
+    assert_eq!(remaining, 0);
     scene.f.refuse(
         &scene.buyer,
         order_action(std::slice::from_ref(&listing), scene.f.now() + 100),
         TxError::EpsilonBudgetExhausted {
             listing,
-            remaining_micro: 400_000,
+            remaining_micro: 0,
             requested_micro: 500_000,
         },
     );

@@ -270,7 +270,7 @@ pub fn receipt_action(order: OrderId, per_listing: Vec<(ListingId, Vec<AccountId
                 participants.sort();
                 market::ListingContribution {
                     listing,
-                    epsilon_debited_micro: 400_000,
+                    epsilon_debited_micro: 500_000,
                     participants,
                 }
             })

@@ -19,6 +19,7 @@
 pub mod combine;
 pub mod contribution;
 pub mod dp;
+pub mod durable;
 pub mod evaluate;
 pub mod fhir;
 #[cfg(feature = "server")]

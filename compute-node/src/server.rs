@@ -39,9 +39,6 @@ use crate::contribution::{
 use crate::dp::{calibrate, Calibration};
 use crate::evaluate::evaluate;
 use crate::follower::{follow_in_background, FollowError, LedgerFollower, PinnedLedger};
-
-/// How often a node brings its ledger replica up to date between orders.
-const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 use crate::noise::{
     apply_noise, build_noise_share, count_slots, noise_statement, opens_to, public_count_key,
     released_value_slots, suppressed_cells, NoiseShare,
@@ -50,6 +47,9 @@ use crate::plan::QueryPlan;
 use crate::schema::Schema;
 use crate::sql::compile;
 use crate::vault::{ConsentBook, Vault};
+
+/// How often a node brings its ledger replica up to date between orders.
+const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Method paths, as signed in requests.
 pub mod methods {
@@ -353,6 +353,7 @@ pub struct NodeService {
     config: NodeConfig,
     verifier: RequestVerifier,
     follower: Arc<LedgerFollower>,
+    market: tokio::sync::OnceCell<Channel>,
     state: Mutex<NodeState>,
 }
 
@@ -369,10 +370,14 @@ fn decode_all<T: Wire>(items: &[Vec<u8>], field: &str) -> Result<Vec<T>, Status>
 }
 
 fn order_id(bytes: &[u8]) -> Result<Vec<u8>, Status> {
-    if bytes.len() != 32 {
-        return Err(Status::invalid_argument("order_id must be 32 bytes"));
-    }
-    Ok(bytes.to_vec())
+    order_key(bytes).map(|_| bytes.to_vec())
+}
+
+/// The order id as the ledger keys it.
+fn order_key(bytes: &[u8]) -> Result<OrderId, Status> {
+    <[u8; 32]>::try_from(bytes)
+        .map(|id| OrderId(TxId(Hash32(id))))
+        .map_err(|_| Status::invalid_argument("order_id must be 32 bytes"))
 }
 
 impl NodeService {
@@ -410,6 +415,7 @@ impl NodeService {
             config,
             verifier: RequestVerifier::new(),
             follower,
+            market: tokio::sync::OnceCell::new(),
             state: Mutex::new(NodeState {
                 round: DkgRound::Idle,
                 inbox: BTreeMap::new(),
@@ -522,10 +528,7 @@ impl NodeService {
         phase: KeySwitchPhase,
         recipient: &[u8],
     ) -> Result<(), Status> {
-        let order_key =
-            OrderId(TxId(Hash32(<[u8; 32]>::try_from(order).map_err(|_| {
-                Status::invalid_argument("order_id must be 32 bytes")
-            })?)));
+        let order_key = order_key(order)?;
         let channel = self.market_channel().await?;
         let (committed, result_key) = self
             .follower
@@ -630,32 +633,20 @@ fn load_key_share(
     Ok((share, committee))
 }
 
-/// Stores the key share and committee (hex lines) in `path` with mode 0600: written to a
-/// temporary file, synced, then renamed over `path`.
+/// Stores the key share and committee (hex lines) in `path`, mode 0600, replaced whole
+/// ([`crate::durable::replace_file`]).
 fn store_key_share(
     path: &std::path::Path,
     share: &KeyShare,
     committee: &CommitteePublic,
 ) -> std::io::Result<()> {
-    use std::io::Write;
     let share_bytes = zeroize::Zeroizing::new(share.to_bytes());
     let text = zeroize::Zeroizing::new(format!(
         "{}\n{}\n",
         hex::encode(share_bytes.as_slice()),
         hex::encode(committee.to_bytes())
     ));
-    let temporary = path.with_extension("tmp");
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options.open(&temporary)?;
-    file.write_all(text.as_bytes())?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, path)
+    crate::durable::replace_file(path, text.as_bytes())
 }
 
 /// How a failure to verify the ledger reaches the caller.
@@ -669,12 +660,19 @@ fn follow_status(error: FollowError) -> Status {
 }
 
 impl NodeService {
+    /// The channel to the market, connected on first use and shared by every request after
+    /// (tonic reconnects it if the market restarts).
     async fn market_channel(&self) -> Result<Channel, Status> {
-        Channel::from_shared(self.config.market_endpoint.clone())
-            .map_err(|error| Status::internal(format!("market endpoint: {error}")))?
-            .connect()
+        self.market
+            .get_or_try_init(|| async {
+                Channel::from_shared(self.config.market_endpoint.clone())
+                    .map_err(|error| Status::internal(format!("market endpoint: {error}")))?
+                    .connect()
+                    .await
+                    .map_err(|error| Status::unavailable(format!("market unreachable: {error}")))
+            })
             .await
-            .map_err(|error| Status::unavailable(format!("market unreachable: {error}")))
+            .cloned()
     }
 
     /// Reads the buyer's order, its status and the ordered listings' terms from the node's
@@ -683,10 +681,7 @@ impl NodeService {
     /// them. ε, the purpose and the listings come from the order, never from the coordinator.
     async fn order_facts(&self, order: &[u8], sql: &str) -> Result<OrderFacts, Status> {
         let channel = self.market_channel().await?;
-        let order_key =
-            OrderId(TxId(Hash32(<[u8; 32]>::try_from(order).map_err(|_| {
-                Status::invalid_argument("order_id must be 32 bytes")
-            })?)));
+        let order_key = order_key(order)?;
         let now = unix_now();
         let (found, ledger_listings, time, height) = self
             .follower

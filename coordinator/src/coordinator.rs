@@ -267,8 +267,8 @@ impl Coordinator {
         Ok(coordinator)
     }
 
-    /// Writes the listings and committee to the state file, if there is one: to a temporary
-    /// file, synced, then renamed over the old one, so a crash leaves the old or the new.
+    /// Writes the listings and committee to the state file, if there is one, replacing it
+    /// whole ([`compute_node::durable::replace_file`]): a crash leaves the old or the new.
     fn save(&self) -> Result<(), Status> {
         let Some(path) = &self.state_file else {
             return Ok(());
@@ -309,22 +309,13 @@ impl Coordinator {
             listings,
             committee,
         };
-        let failed = |error: std::io::Error| {
-            tracing::error!(path = %path.display(), %error, "saving the coordinator state");
-            Status::internal("the market could not save its state")
-        };
         let text = serde_json::to_string_pretty(&saved).map_err(|error| {
             Status::internal(format!("encoding the coordinator state: {error}"))
         })?;
-        let temporary = path.with_extension("json.tmp");
-        {
-            use std::io::Write;
-            let mut file = std::fs::File::create(&temporary).map_err(failed)?;
-            file.write_all(text.as_bytes()).map_err(failed)?;
-            file.sync_all().map_err(failed)?;
-        }
-        std::fs::rename(&temporary, path).map_err(failed)?;
-        Ok(())
+        compute_node::durable::replace_file(path, text.as_bytes()).map_err(|error| {
+            tracing::error!(path = %path.display(), %error, "saving the coordinator state");
+            Status::internal("the market could not save its state")
+        })
     }
 
     /// Refunds every order the ledger still holds open: at start-up, those are orders whose

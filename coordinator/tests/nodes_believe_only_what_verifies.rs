@@ -16,7 +16,7 @@ use cohortex_proto::v1::compute_client::ComputeClient;
 use cohortex_proto::v1::compute_server::{Compute, ComputeServer};
 use cohortex_proto::v1::ledger_server::{Ledger as LedgerRpc, LedgerServer};
 use cohortex_proto::v1::market_server::{Market as MarketRpc, MarketServer};
-use cohortex_proto::v1::{self as v1, ContributeRequest, DkgDealRequest, DkgPeer};
+use cohortex_proto::v1::{self as v1, DkgDealRequest, DkgPeer};
 use common::*;
 use compute_node::server::methods;
 use market::server::auth::signed_request;
@@ -215,16 +215,7 @@ async fn order_never_on_the_ledger_is_refused_by_every_node() {
     for (node, listing) in cluster.nodes.iter().zip(&listings) {
         let mut client = compute_client(&node.endpoint).await;
         let refused = client
-            .contribute(signed_request(
-                cluster.operator_key(),
-                methods::CONTRIBUTE,
-                ContributeRequest {
-                    order_id: order_id.clone(),
-                    listing: listing.clone(),
-                    sql: SQL.into(),
-                    purpose: "academic_research".into(),
-                },
-            ))
+            .contribute(operator_contribute(&cluster, &order_id, listing))
             .await
             .expect_err("a node computed an order that is not on the ledger");
         assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");

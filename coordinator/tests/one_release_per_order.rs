@@ -12,8 +12,8 @@ use cohortex_coordinator::{Cluster, ClusterOptions};
 use cohortex_proto::v1::compute_client::ComputeClient;
 use cohortex_proto::v1::ledger_client::LedgerClient;
 use cohortex_proto::v1::{
-    AddNoiseRequest, ContributeRequest, ContributionRecord, KeySwitchPhase, KeySwitchRequest,
-    NoiseShare, SignedTransaction,
+    AddNoiseRequest, ContributionRecord, KeySwitchPhase, KeySwitchRequest, NoiseShare,
+    SignedTransaction,
 };
 use common::*;
 use compute_node::server::methods;
@@ -110,16 +110,7 @@ async fn disjoint_quorums_cannot_get_two_releases_of_one_order() {
         let contribution = ComputeClient::connect(node.endpoint.clone())
             .await
             .unwrap()
-            .contribute(signed_request(
-                cluster.operator_key(),
-                methods::CONTRIBUTE,
-                ContributeRequest {
-                    order_id: order_id.clone(),
-                    listing: listing.clone(),
-                    sql: SQL.into(),
-                    purpose: "academic_research".into(),
-                },
-            ))
+            .contribute(operator_contribute(&cluster, &order_id, listing))
             .await
             .unwrap()
             .into_inner();

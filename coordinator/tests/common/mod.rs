@@ -251,3 +251,22 @@ pub fn signed_order(
     .sign(key)
     .unwrap()
 }
+
+/// The market operator's Contribute request for [`SQL`] on `listing` of `order_id`, signed
+/// with its coordinator key: what a hostile operator sends a node directly.
+pub fn operator_contribute(
+    cluster: &Cluster,
+    order_id: &[u8],
+    listing: &str,
+) -> tonic::Request<cohortex_proto::v1::ContributeRequest> {
+    market::server::auth::signed_request(
+        cluster.operator_key(),
+        compute_node::server::methods::CONTRIBUTE,
+        cohortex_proto::v1::ContributeRequest {
+            order_id: order_id.to_vec(),
+            listing: listing.to_string(),
+            sql: SQL.into(),
+            purpose: "academic_research".into(),
+        },
+    )
+}

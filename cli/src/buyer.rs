@@ -9,6 +9,7 @@ use anyhow::{anyhow, bail};
 use clap::{Args, Subcommand};
 use cohortex_coordinator::standalone::{connect, next_nonce};
 use cohortex_coordinator::Buyer;
+use cohortex_proto::tls::TlsIdentity;
 use cohortex_proto::v1::ledger_client::LedgerClient;
 use cohortex_proto::v1::market_client::MarketClient;
 use cohortex_proto::v1::{GetBalanceRequest, ListListingsRequest, Listing, OrderState};
@@ -74,8 +75,12 @@ struct Session {
     config: BuyerConfig,
 }
 
-async fn listings(endpoint: &str, purpose: Option<&str>) -> anyhow::Result<Vec<Listing>> {
-    Ok(MarketClient::new(connect(endpoint).await?)
+async fn listings(
+    endpoint: &str,
+    tls: &TlsIdentity,
+    purpose: Option<&str>,
+) -> anyhow::Result<Vec<Listing>> {
+    Ok(MarketClient::new(connect(endpoint, Some(tls)).await?)
         .max_decoding_message_size(market::server::MAX_MESSAGE_BYTES)
         .list_listings(ListListingsRequest {
             purpose: purpose.unwrap_or_default().to_string(),
@@ -112,7 +117,8 @@ pub async fn run(command: BuyerCmd) -> anyhow::Result<()> {
                 session.public.chain_id,
                 session.public.endpoint.clone(),
                 0,
-            );
+            )
+            .with_tls(Some(session.config.tls.clone()));
             buyer
                 .register()
                 .await
@@ -123,17 +129,24 @@ pub async fn run(command: BuyerCmd) -> anyhow::Result<()> {
             );
         }
         BuyerCommand::Balance => {
-            let balance = LedgerClient::new(connect(&session.public.endpoint).await?)
-                .get_balance(GetBalanceRequest {
-                    account: account.0.to_vec(),
-                })
-                .await
-                .map_err(|status| anyhow!("reading the balance: {}", status.message()))?
-                .into_inner();
+            let balance = LedgerClient::new(
+                connect(&session.public.endpoint, Some(&session.config.tls)).await?,
+            )
+            .get_balance(GetBalanceRequest {
+                account: account.0.to_vec(),
+            })
+            .await
+            .map_err(|status| anyhow!("reading the balance: {}", status.message()))?
+            .into_inner();
             println!("buyer {account}: {} credits", balance.available);
         }
         BuyerCommand::Listings(args) => {
-            let found = listings(&session.public.endpoint, args.purpose.as_deref()).await?;
+            let found = listings(
+                &session.public.endpoint,
+                &session.config.tls,
+                args.purpose.as_deref(),
+            )
+            .await?;
             if args.json {
                 let rows: Vec<serde_json::Value> = found
                     .iter()
@@ -184,7 +197,7 @@ async fn query(session: &Session, args: QueryArgs) -> anyhow::Result<()> {
     let account = AccountId::of(&session.key);
     let quiet = args.json;
     let chosen = if args.listings.is_empty() {
-        let found: Vec<String> = listings(endpoint, Some(&args.purpose))
+        let found: Vec<String> = listings(endpoint, &session.config.tls, Some(&args.purpose))
             .await?
             .into_iter()
             .map(|listing| listing.id)
@@ -199,18 +212,24 @@ async fn query(session: &Session, args: QueryArgs) -> anyhow::Result<()> {
     } else {
         args.listings.clone()
     };
-    let nonce = next_nonce(endpoint, &session.key, session.public.chain_id)
-        .await?
-        .ok_or_else(|| {
-            anyhow!("buyer {account} is not registered; run `cohortex buyer register` first")
-        })?;
+    let nonce = next_nonce(
+        endpoint,
+        Some(&session.config.tls),
+        &session.key,
+        session.public.chain_id,
+    )
+    .await?
+    .ok_or_else(|| {
+        anyhow!("buyer {account} is not registered; run `cohortex buyer register` first")
+    })?;
     let table = decryption_table(quiet)?;
     let buyer = Buyer::new(
         session.key.clone(),
         session.public.chain_id,
         endpoint.clone(),
         nonce,
-    );
+    )
+    .with_tls(Some(session.config.tls.clone()));
     tracing::info!(listings = ?chosen, purpose = %args.purpose, "ordering");
     let order = buyer
         .order(&args.query, &chosen, purpose, session.config.epsilon_micro)

@@ -16,6 +16,7 @@ use market::{AccountId, Hash32, Purpose};
 use serde::{Deserialize, Serialize};
 
 use crate::keys::parse_account;
+use cohortex_proto::tls::TlsIdentity;
 
 /// The config format version these files must declare.
 pub const CONFIG_VERSION: u32 = 1;
@@ -58,13 +59,10 @@ fn parse_listen(text: &str, path: &Path, field: &str) -> anyhow::Result<SocketAd
 }
 
 fn check_advertise(advertise: Option<String>, path: &Path) -> anyhow::Result<Option<String>> {
-    match advertise {
-        Some(url) if !(url.starts_with("http://") || url.starts_with("https://")) => bail!(
-            "{}: advertise = \"{url}\" must be an http:// or https:// URL",
-            path.display()
-        ),
-        other => Ok(other),
+    if let Some(url) = &advertise {
+        check_https(url, path, "advertise")?;
     }
+    Ok(advertise)
 }
 
 fn epsilon_micro(epsilon: f64, path: &Path, field: &str) -> anyhow::Result<u64> {
@@ -87,6 +85,48 @@ fn purpose(name: &str, path: &Path, field: &str) -> anyhow::Result<Purpose> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// [tls], in every file
+
+/// `[tls]`: the federation authority's certificate and this party's certificate and key, as
+/// `cohortex tls ca` and `cohortex tls cert` write them.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TlsFile {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+/// Reads `[tls]` of the config file `path`; every link is mutual TLS, so it is required.
+fn tls_identity(tls: Option<TlsFile>, path: &Path) -> anyhow::Result<TlsIdentity> {
+    let Some(tls) = tls else {
+        bail!(
+            "{}: [tls] is missing; every link is mutual TLS. Add\n  [tls]\n  ca = \"ca.crt\"\n  \
+             cert = \"NAME.crt\"\n  key = \"NAME.key\"\nwith files made by `cohortex tls ca` and \
+             `cohortex tls cert`",
+            path.display()
+        );
+    };
+    TlsIdentity::load(
+        &resolve(path, &tls.ca),
+        &resolve(path, &tls.cert),
+        &resolve(path, &tls.key),
+        &format!("{}: tls", path.display()),
+    )
+    .map_err(|error| anyhow::anyhow!("{error}"))
+}
+
+fn check_https(url: &str, path: &Path, field: &str) -> anyhow::Result<()> {
+    if !url.starts_with("https://") {
+        bail!(
+            "{}: {field} = \"{url}\" must be an https:// URL (every link is mutual TLS)",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
 // market.toml
 
 #[derive(Deserialize)]
@@ -98,6 +138,7 @@ struct MarketFile {
     advertise: Option<String>,
     chain_name: Option<String>,
     committee: MarketCommitteeFile,
+    tls: Option<TlsFile>,
 }
 
 #[derive(Deserialize)]
@@ -124,6 +165,8 @@ pub struct MarketConfig {
     pub threshold: u16,
     /// The compute nodes the operator admits, in member order (member 1 first).
     pub members: Vec<AccountId>,
+    /// The market's TLS identity (it serves and dials the nodes with it).
+    pub tls: TlsIdentity,
 }
 
 impl MarketConfig {
@@ -167,6 +210,7 @@ impl MarketConfig {
             chain_name: file.chain_name.unwrap_or_else(|| "cohortex".into()),
             threshold: file.committee.threshold,
             members,
+            tls: tls_identity(file.tls, path)?,
         })
     }
 
@@ -281,6 +325,7 @@ struct NodeFile {
     committee: NodeCommitteeFile,
     listing: ListingFile,
     data: DataFile,
+    tls: Option<TlsFile>,
 }
 
 #[derive(Deserialize)]
@@ -364,6 +409,8 @@ pub struct NodeConfig {
     pub data_file: PathBuf,
     /// The schema manifest.
     pub manifest: PathBuf,
+    /// The node's TLS identity.
+    pub tls: TlsIdentity,
 }
 
 impl NodeConfig {
@@ -391,12 +438,7 @@ impl NodeConfig {
             );
         }
         for (index, endpoint) in committee.endpoints.iter().enumerate() {
-            if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
-                bail!(
-                    "{}: committee.endpoints[{index}] must be an http:// or https:// URL",
-                    path.display()
-                );
-            }
+            check_https(endpoint, path, &format!("committee.endpoints[{index}]"))?;
         }
         if committee.threshold < 2 || usize::from(committee.threshold) > members.len() {
             bail!(
@@ -462,6 +504,7 @@ impl NodeConfig {
             },
             data_file: resolve(path, &file.data.file),
             manifest: resolve(path, &file.data.manifest),
+            tls: tls_identity(file.tls, path)?,
         })
     }
 }
@@ -475,6 +518,7 @@ struct PatientFile {
     version: u32,
     key_file: PathBuf,
     market: PathBuf,
+    tls: Option<TlsFile>,
 }
 
 /// `patient.toml`, validated.
@@ -486,6 +530,8 @@ pub struct PatientConfig {
     pub key_file: PathBuf,
     /// The market's `public.toml`.
     pub market: PathBuf,
+    /// The patient's TLS identity (the market requires a client certificate).
+    pub tls: TlsIdentity,
 }
 
 impl PatientConfig {
@@ -497,6 +543,7 @@ impl PatientConfig {
             path: path.to_path_buf(),
             key_file: resolve(path, &file.key_file),
             market: resolve(path, &file.market),
+            tls: tls_identity(file.tls, path)?,
         })
     }
 }
@@ -508,6 +555,7 @@ struct BuyerFile {
     key_file: PathBuf,
     market: PathBuf,
     epsilon_per_query: Option<f64>,
+    tls: Option<TlsFile>,
 }
 
 /// `buyer.toml`, validated.
@@ -521,6 +569,8 @@ pub struct BuyerConfig {
     pub market: PathBuf,
     /// ε each order asks for, in micro-ε.
     pub epsilon_micro: u64,
+    /// The buyer's TLS identity (the market requires a client certificate).
+    pub tls: TlsIdentity,
 }
 
 impl BuyerConfig {
@@ -537,6 +587,7 @@ impl BuyerConfig {
                 path,
                 "epsilon_per_query",
             )?,
+            tls: tls_identity(file.tls, path)?,
         })
     }
 }
@@ -550,6 +601,63 @@ mod tests {
         let path = dir.join(name);
         std::fs::write(&path, text).unwrap();
         path
+    }
+
+    /// A `[tls]` section whose files (a fresh authority and a certificate) exist in `dir`.
+    fn tls_section(dir: &Path) -> String {
+        let authority = cohortex_proto::certs::Authority::generate().unwrap();
+        let issued = authority.issue("party", &["127.0.0.1".into()]).unwrap();
+        write(dir, "ca.crt", authority.certificate_pem());
+        write(dir, "party.crt", &issued.certificate_pem);
+        write(dir, "party.key", &issued.key_pem);
+        "\n[tls]\nca = \"ca.crt\"\ncert = \"party.crt\"\nkey = \"party.key\"\n".into()
+    }
+
+    #[test]
+    fn config_without_tls_is_refused_with_instructions() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(
+            dir.path(),
+            "patient.toml",
+            "version = 1\nkey_file = \"p.key\"\nmarket = \"public.toml\"\n",
+        );
+        let error = format!("{:#}", PatientConfig::load(&path).unwrap_err());
+        assert!(error.contains("patient.toml: [tls] is missing"), "{error}");
+        assert!(error.contains("cohortex tls ca"), "{error}");
+    }
+
+    #[test]
+    fn tls_key_that_is_not_pem_is_refused_with_its_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let section = tls_section(dir.path());
+        write(dir.path(), "party.key", "not a key");
+        let path = write(
+            dir.path(),
+            "patient.toml",
+            &format!("version = 1\nkey_file = \"p.key\"\nmarket = \"public.toml\"\n{section}"),
+        );
+        let error = format!("{:#}", PatientConfig::load(&path).unwrap_err());
+        assert!(error.contains("patient.toml: tls.key"), "{error}");
+        assert!(error.contains("not a PEM private key"), "{error}");
+    }
+
+    #[test]
+    fn plaintext_committee_endpoint_is_refused_in_the_node_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let members = vec![
+            crate::keys::generate(&dir.path().join("n1.key"))
+                .unwrap()
+                .to_string(),
+            crate::keys::generate(&dir.path().join("n2.key"))
+                .unwrap()
+                .to_string(),
+        ];
+        let endpoints = ["https://127.0.0.1:7701", "http://127.0.0.1:7702"];
+        let text = node_toml(2, &members, &endpoints) + &tls_section(dir.path());
+        let path = write(dir.path(), "node.toml", &text);
+        let error = format!("{:#}", NodeConfig::load(&path).unwrap_err());
+        assert!(error.contains("committee.endpoints[1]"), "{error}");
+        assert!(error.contains("https://"), "{error}");
     }
 
     #[test]
@@ -571,7 +679,10 @@ mod tests {
         let path = write(
             dir.path(),
             "patient.toml",
-            "version = 1\nkey_file = \"keys/p.key\"\nmarket = \"/abs/public.toml\"\n",
+            &format!(
+                "version = 1\nkey_file = \"keys/p.key\"\nmarket = \"/abs/public.toml\"\n{}",
+                tls_section(dir.path())
+            ),
         );
         let config = PatientConfig::load(&path).unwrap();
         assert_eq!(config.key_file, dir.path().join("keys/p.key"));
@@ -637,12 +748,21 @@ mod tests {
                 .unwrap()
                 .to_string(),
         ];
-        let endpoints = ["http://127.0.0.1:7701", "http://127.0.0.1:7702"];
-        let path = write(dir.path(), "node.toml", &node_toml(1, &members, &endpoints));
+        let endpoints = ["https://127.0.0.1:7701", "https://127.0.0.1:7702"];
+        let tls = tls_section(dir.path());
+        let path = write(
+            dir.path(),
+            "node.toml",
+            &(node_toml(1, &members, &endpoints) + &tls),
+        );
         let error = format!("{:#}", NodeConfig::load(&path).unwrap_err());
         assert!(error.contains("node.toml"), "{error}");
         assert!(error.contains("committee.threshold = 1"), "{error}");
-        let path = write(dir.path(), "node.toml", &node_toml(2, &members, &endpoints));
+        let path = write(
+            dir.path(),
+            "node.toml",
+            &(node_toml(2, &members, &endpoints) + &tls),
+        );
         NodeConfig::load(&path).unwrap();
     }
 
@@ -660,7 +780,7 @@ mod tests {
         let path = write(
             dir.path(),
             "node.toml",
-            &node_toml(2, &members, &["http://127.0.0.1:7701"]),
+            &node_toml(2, &members, &["https://127.0.0.1:7701"]),
         );
         let error = format!("{:#}", NodeConfig::load(&path).unwrap_err());
         assert!(error.contains("committee.endpoints"), "{error}");

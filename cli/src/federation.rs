@@ -166,6 +166,7 @@ pub async fn local(args: LocalArgs) -> anyhow::Result<()> {
         epsilon_budget_micro: args.epsilon_micro.saturating_mul(10),
         extra_purposes: Vec::new(),
         nodes_read_market_at: None,
+        authority: None,
     };
     let cluster = Cluster::start(&dir, setups, &options, |step| {
         bar.set_message(step.to_string())
@@ -415,6 +416,7 @@ pub async fn demo(
         epsilon_budget_micro: DEMO_BUDGET_MICRO,
         extra_purposes: Vec::new(),
         nodes_read_market_at: None,
+        authority: None,
     };
     let cluster = Cluster::start(&dir, setups, &options, |step| {
         bar.set_message(step.to_string())
@@ -539,15 +541,30 @@ pub async fn demo(
         PRICE_PER_PATIENT * per_node
     );
     if keep_running {
-        println!("\nThe market and nodes keep serving; try, in another terminal:");
-        println!(
-            "  grpcurl -plaintext {} list",
-            cluster.market_endpoint.trim_start_matches("http://")
+        // Every link is mutual TLS: give grpcurl the authority and a client certificate.
+        let tls_dir = cluster.dir.join("tls");
+        std::fs::create_dir_all(&tls_dir)
+            .with_context(|| format!("creating {}", tls_dir.display()))?;
+        let issued = cluster
+            .authority()
+            .issue("grpcurl", &["127.0.0.1".to_string()])
+            .context("issuing grpcurl's certificate")?;
+        for (name, text) in [
+            ("ca.crt", cluster.authority().certificate_pem()),
+            ("client.crt", issued.certificate_pem.as_str()),
+            ("client.key", issued.key_pem.as_str()),
+        ] {
+            let path = tls_dir.join(name);
+            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        }
+        let address = cluster.market_endpoint.trim_start_matches("https://");
+        let flags = format!(
+            "-cacert {0}/ca.crt -cert {0}/client.crt -key {0}/client.key",
+            tls_dir.display()
         );
-        println!(
-            "  grpcurl -plaintext {} grpc.health.v1.Health/Check",
-            cluster.market_endpoint.trim_start_matches("http://")
-        );
+        println!("\nThe market and nodes keep serving (mutual TLS); try, in another terminal:");
+        println!("  grpcurl {flags} {address} list");
+        println!("  grpcurl {flags} {address} grpc.health.v1.Health/Check");
         println!("Press Ctrl-C to stop and audit the ledger.");
         tokio::signal::ctrl_c()
             .await

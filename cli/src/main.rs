@@ -11,6 +11,7 @@ mod keys;
 mod market_process;
 mod node_process;
 mod patient;
+mod tls;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -47,6 +48,9 @@ enum Command {
     /// Generate an account key: writes the secret seed to --out (mode 0600) and the account
     /// id to the .pub file beside it, and prints the account id.
     Keygen(KeygenArgs),
+    /// The federation's TLS certificates: every link is mutual TLS.
+    #[command(subcommand)]
+    Tls(tls::TlsCommand),
     /// The market process: ledger, consent, listings, orders and the coordinator.
     #[command(subcommand)]
     Market(MarketCommand),
@@ -240,6 +244,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Tls(command) => tls::run(command).map(|()| ExitCode::SUCCESS),
         Command::Market(MarketCommand::Serve(args)) => runtime()?
             .block_on(market_process::serve(&args.config))
             .map(|()| ExitCode::SUCCESS),

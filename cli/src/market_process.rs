@@ -106,7 +106,7 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     let endpoint = config
         .advertise
         .clone()
-        .unwrap_or_else(|| format!("http://{bound}"));
+        .unwrap_or_else(|| format!("https://{bound}"));
     let public = MarketPublic {
         endpoint: endpoint.clone(),
         chain_id,
@@ -119,11 +119,10 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     public.write(&public_path)?;
 
     let state_file = dir.join("coordinator.json");
-    let coordinator = Arc::new(Coordinator::with_state_file(
-        Arc::clone(&ledger),
-        coordinator_key,
-        state_file.clone(),
-    )?);
+    let coordinator = Arc::new(
+        Coordinator::with_state_file(Arc::clone(&ledger), coordinator_key, state_file.clone())?
+            .with_tls(Some(config.tls.clone())),
+    );
     // Orders a previous run left open never complete now: refund them (nothing is lost).
     let refunded = coordinator
         .refund_orders_left_open()
@@ -162,7 +161,7 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
         config.members.len()
     );
     println!("Press Ctrl-C to stop.");
-    let served = serve_market(coordinator, listener, shutdown_signal()).await;
+    let served = serve_market(coordinator, listener, Some(&config.tls), shutdown_signal()).await;
     committee_task.abort();
     served.map_err(|error| anyhow!("market server: {error}"))?;
     println!("market stopped; the ledger is at {}", ledger_path.display());
@@ -182,21 +181,27 @@ pub async fn deposit(config_path: &Path, to: &str, amount: u64) -> anyhow::Resul
         &format!("issuer.key (in state_dir {})", config.state_dir.display()),
     )?;
     let public = MarketPublic::load(&config.public_path(), "state_dir")?;
-    let nonce = next_nonce(&public.endpoint, &issuer, public.chain_id)
-        .await?
-        .ok_or_else(|| anyhow!("the issuer is not registered on the market's ledger"))?;
+    let nonce = next_nonce(
+        &public.endpoint,
+        Some(&config.tls),
+        &issuer,
+        public.chain_id,
+    )
+    .await?
+    .ok_or_else(|| anyhow!("the issuer is not registered on the market's ledger"))?;
     let envelope = sign_action(
         &issuer,
         public.chain_id,
         nonce,
         Action::Deposit { to, amount },
     )?;
-    let result =
-        LedgerClient::new(cohortex_coordinator::standalone::connect(&public.endpoint).await?)
-            .submit_transaction(SignedTransaction { envelope })
-            .await
-            .map_err(|status| anyhow!("deposit to {to}: {}", status.message()))?
-            .into_inner();
+    let result = LedgerClient::new(
+        cohortex_coordinator::standalone::connect(&public.endpoint, Some(&config.tls)).await?,
+    )
+    .submit_transaction(SignedTransaction { envelope })
+    .await
+    .map_err(|status| anyhow!("deposit to {to}: {}", status.message()))?
+    .into_inner();
     println!(
         "deposited {amount} credits to {to} (ledger block {})",
         result.height

@@ -151,6 +151,7 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
                 ledger_key: public.ledger_key,
             },
             market_endpoint: public.endpoint.clone(),
+            tls: Some(config.tls.clone()),
             key_share_file: Some(key_share_path(&config)),
             fault: None,
         },
@@ -158,8 +159,9 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     .map_err(|error| anyhow!("{}: committee: {error}", config.path.display()))?;
     let follower = service.follower();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving_tls = config.tls.clone();
     let server = tokio::spawn(async move {
-        serve_node(service, listener, async {
+        serve_node(service, listener, Some(&serving_tls), async {
             let _ = stopped.await;
         })
         .await
@@ -187,6 +189,7 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     let published = loop {
         let attempt = publish_listing(
             &public.endpoint,
+            Some(&config.tls),
             &key,
             public.chain_id,
             ListingPublication {
@@ -212,6 +215,7 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
                     && already_ours(
                         &follower,
                         &public.endpoint,
+                        &config.tls,
                         &config.listing.id,
                         &key,
                         &manifest,
@@ -291,11 +295,12 @@ fn key_share_path(config: &NodeConfig) -> std::path::PathBuf {
 async fn already_ours(
     follower: &compute_node::follower::LedgerFollower,
     market: &str,
+    tls: &cohortex_proto::tls::TlsIdentity,
     listing: &str,
     key: &ed25519_dalek::SigningKey,
     manifest: &str,
 ) -> bool {
-    let Ok(channel) = cohortex_coordinator::standalone::connect(market).await else {
+    let Ok(channel) = cohortex_coordinator::standalone::connect(market, Some(tls)).await else {
         return false;
     };
     let id = market::ListingId::new(listing);

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::anyhow;
 use clap::{Args, Subcommand};
 use cohortex_coordinator::standalone::{connect, next_nonce, sign_action};
+use cohortex_proto::tls::TlsIdentity;
 use cohortex_proto::v1::consent_client::ConsentClient;
 use cohortex_proto::v1::{ListConsentsRequest, ListEarningsRequest, SignedTransaction};
 use ed25519_dalek::SigningKey;
@@ -78,6 +79,7 @@ struct RevokeArgs {
 struct Patient {
     key: SigningKey,
     public: MarketPublic,
+    tls: TlsIdentity,
 }
 
 impl Patient {
@@ -96,6 +98,7 @@ impl Patient {
                 &config.market,
                 &format!("{}: market", config.path.display()),
             )?,
+            tls: config.tls,
         })
     }
 
@@ -104,18 +107,25 @@ impl Patient {
     }
 
     async fn client(&self) -> anyhow::Result<ConsentClient<Channel>> {
-        Ok(ConsentClient::new(connect(&self.public.endpoint).await?))
+        Ok(ConsentClient::new(
+            connect(&self.public.endpoint, Some(&self.tls)).await?,
+        ))
     }
 
     async fn nonce(&self) -> anyhow::Result<u64> {
-        next_nonce(&self.public.endpoint, &self.key, self.public.chain_id)
-            .await?
-            .ok_or_else(|| {
-                anyhow!(
-                    "account {} is not registered; run `cohortex patient register` first",
-                    self.account()
-                )
-            })
+        next_nonce(
+            &self.public.endpoint,
+            Some(&self.tls),
+            &self.key,
+            self.public.chain_id,
+        )
+        .await?
+        .ok_or_else(|| {
+            anyhow!(
+                "account {} is not registered; run `cohortex patient register` first",
+                self.account()
+            )
+        })
     }
 
     async fn signed(&self, action: Action) -> anyhow::Result<SignedTransaction> {

@@ -181,6 +181,28 @@ fn market_nodes_patients_and_buyer_as_separate_processes() {
         std::fs::write(dir.join(format!("site-{}.csv", node + 1)), csv).unwrap();
     }
     keygen(dir, "buyer");
+    // The federation's TLS authority, and a certificate for every party: every link below is
+    // mutual TLS.
+    ok(&["tls", "ca", "--out-dir", path(&dir.join("tls"))]);
+    for party in ["market", "node-1", "node-2", "node-3", "patient", "buyer"] {
+        ok(&[
+            "tls",
+            "cert",
+            "--ca-dir",
+            path(&dir.join("tls")),
+            "--name",
+            party,
+            "--host",
+            "127.0.0.1",
+            "--out-dir",
+            path(&dir.join("tls")),
+        ]);
+    }
+    let tls = |party: &str| {
+        format!(
+            "\n[tls]\nca = \"tls/ca.crt\"\ncert = \"tls/{party}.crt\"\nkey = \"tls/{party}.key\"\n"
+        )
+    };
 
     // Configs. Every server takes a free port (port 0) and reports its real address: the
     // market in state/market/public.toml, the nodes by publishing their listing.
@@ -200,7 +222,8 @@ fn market_nodes_patients_and_buyer_as_separate_processes() {
         format!(
             "version = 1\nstate_dir = \"state/market\"\nlisten = \"127.0.0.1:{market_port}\"\n\
              chain_name = \"separate-processes-test\"\n\n\
-             [committee]\nthreshold = 2\nmembers = [{members}]\n"
+             [committee]\nthreshold = 2\nmembers = [{members}]\n{}",
+            tls("market")
         ),
     )
     .unwrap();
@@ -216,7 +239,7 @@ fn market_nodes_patients_and_buyer_as_separate_processes() {
     drop(held);
     let endpoints = ports
         .iter()
-        .map(|port| format!("\"http://127.0.0.1:{port}\""))
+        .map(|port| format!("\"https://127.0.0.1:{port}\""))
         .collect::<Vec<_>>()
         .join(", ");
     for node in 1..=NODES {
@@ -231,21 +254,26 @@ fn market_nodes_patients_and_buyer_as_separate_processes() {
                  [listing]\nid = \"site-{node}\"\nprice_per_query = {PRICE}\n\
                  purposes = [\"academic_research\"]\nmin_cohort_size = 1\nepsilon_budget = 1000000.0\n\
                  compensation = \"payment\"\n\n\
-                 [data]\nfile = \"site-{node}.csv\"\nmanifest = \"manifest.toml\"\n"
+                 [data]\nfile = \"site-{node}.csv\"\nmanifest = \"manifest.toml\"\n{}",
+                tls(&format!("node-{node}"))
             ),
         )
         .unwrap();
     }
     std::fs::write(
         dir.join("patient.toml"),
-        "version = 1\nkey_file = \"keys/patient-0-0.key\"\nmarket = \"state/market/public.toml\"\n",
+        format!(
+            "version = 1\nkey_file = \"keys/patient-0-0.key\"\nmarket = \"state/market/public.toml\"\n{}",
+            tls("patient")
+        ),
     )
     .unwrap();
     std::fs::write(
         dir.join("buyer.toml"),
         format!(
             "version = 1\nkey_file = \"keys/buyer.key\"\nmarket = \"state/market/public.toml\"\n\
-         epsilon_per_query = {EPSILON:.1}\n"
+         epsilon_per_query = {EPSILON:.1}\n{}",
+            tls("buyer")
         ),
     )
     .unwrap();
@@ -496,6 +524,26 @@ fn market_public(dir: &Path) -> (String, market::Hash32) {
     )
 }
 
+/// The buyer's TLS identity, as its config names it.
+fn buyer_tls(dir: &Path) -> cohortex_proto::tls::TlsIdentity {
+    cohortex_proto::tls::TlsIdentity::load(
+        &dir.join("tls/ca.crt"),
+        &dir.join("tls/buyer.crt"),
+        &dir.join("tls/buyer.key"),
+        "test",
+    )
+    .unwrap()
+}
+
+/// A channel to the market, as the buyer.
+async fn market_channel(dir: &Path, endpoint: &str) -> tonic::transport::Channel {
+    cohortex_proto::tls::endpoint(endpoint, Some(&buyer_tls(dir)))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -507,9 +555,7 @@ fn runtime() -> tokio::runtime::Runtime {
 fn ledger_balance(dir: &Path, account: &str) -> u64 {
     let (endpoint, _) = market_public(dir);
     runtime().block_on(async {
-        cohortex_proto::v1::ledger_client::LedgerClient::connect(endpoint)
-            .await
-            .unwrap()
+        cohortex_proto::v1::ledger_client::LedgerClient::new(market_channel(dir, &endpoint).await)
             .get_balance(cohortex_proto::v1::GetBalanceRequest {
                 account: hex::decode(account).unwrap(),
             })
@@ -533,10 +579,15 @@ fn place_order_the_market_never_computes(dir: &Path, listings: &[&str]) {
     let key = ed25519_dalek::SigningKey::from_bytes(&seed.try_into().unwrap());
     let result_key = zk::KeyPair::generate_with_rng(&mut rand::rngs::OsRng).public;
     runtime().block_on(async {
-        let nonce = cohortex_coordinator::standalone::next_nonce(&endpoint, &key, chain_id)
-            .await
-            .unwrap()
-            .unwrap();
+        let nonce = cohortex_coordinator::standalone::next_nonce(
+            &endpoint,
+            Some(&buyer_tls(dir)),
+            &key,
+            chain_id,
+        )
+        .await
+        .unwrap()
+        .unwrap();
         let envelope = cohortex_coordinator::standalone::sign_action(
             &key,
             chain_id,
@@ -554,9 +605,7 @@ fn place_order_the_market_never_computes(dir: &Path, listings: &[&str]) {
             },
         )
         .unwrap();
-        cohortex_proto::v1::ledger_client::LedgerClient::connect(endpoint)
-            .await
-            .unwrap()
+        cohortex_proto::v1::ledger_client::LedgerClient::new(market_channel(dir, &endpoint).await)
             .submit_transaction(cohortex_proto::v1::SignedTransaction { envelope })
             .await
             .unwrap();

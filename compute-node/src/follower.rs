@@ -36,7 +36,7 @@ use market::Hash32;
 use std::sync::Weak;
 use std::time::Duration;
 use thiserror::Error;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, Endpoint};
 
 /// What a node pins about its ledger, from its own configuration (never from the market).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -259,13 +259,10 @@ async fn fetch_block(
 /// a large ledger (the demo onboards tens of thousands of consents) off the first order.
 pub async fn follow_in_background(
     follower: Weak<LedgerFollower>,
-    endpoint: String,
+    market: Endpoint,
     every: Duration,
 ) {
-    let Ok(endpoint) = Channel::from_shared(endpoint) else {
-        return;
-    };
-    let channel = endpoint.connect_lazy();
+    let channel = market.connect_lazy();
     loop {
         tokio::time::sleep(every).await;
         let Some(follower) = follower.upgrade() else {

@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
+use cohortex_proto::tls::{endpoint as link, TlsIdentity};
 use cohortex_proto::v1::compute_server::Compute;
 use cohortex_proto::v1::market_client::MarketClient;
 use cohortex_proto::v1::{
@@ -273,8 +274,11 @@ pub struct NodeConfig {
     /// The ledger, pinned: every fact about orders, listings and consents is read from a
     /// replica verified against it.
     pub ledger: PinnedLedger,
-    /// The market's endpoint (`http://host:port`), which serves the ledger and the manifests.
+    /// The market's endpoint (`https://host:port`), which serves the ledger and the manifests.
     pub market_endpoint: String,
+    /// This node's TLS identity, for every link it serves and dials (`None`: plaintext, for
+    /// in-process tools only).
+    pub tls: Option<TlsIdentity>,
     /// Where the node keeps its key share and the committee's public data once the key
     /// ceremony has run (mode 0600), so that it rejoins after a restart; `None` keeps them in
     /// memory only.
@@ -403,10 +407,11 @@ impl NodeService {
         let follower = Arc::new(LedgerFollower::new(config.ledger.clone()));
         // Follow the ledger from the start, as a node does, so that the replica is warm when
         // the first order arrives (outside a runtime, reads still sync on demand).
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        let market = link(&config.market_endpoint, config.tls.as_ref());
+        if let (Ok(runtime), Ok(market)) = (tokio::runtime::Handle::try_current(), market) {
             runtime.spawn(follow_in_background(
                 Arc::downgrade(&follower),
-                config.market_endpoint.clone(),
+                market,
                 FOLLOW_EVERY,
             ));
         }
@@ -665,7 +670,7 @@ impl NodeService {
     async fn market_channel(&self) -> Result<Channel, Status> {
         self.market
             .get_or_try_init(|| async {
-                Channel::from_shared(self.config.market_endpoint.clone())
+                link(&self.config.market_endpoint, self.config.tls.as_ref())
                     .map_err(|error| Status::internal(format!("market endpoint: {error}")))?
                     .connect()
                     .await
@@ -936,7 +941,7 @@ impl Compute for NodeService {
             let seat = committee.seat(share.recipient).ok_or_else(|| {
                 Status::internal(format!("no seat for member {}", share.recipient.get()))
             })?;
-            let channel = Channel::from_shared(seat.endpoint.clone())
+            let channel = link(&seat.endpoint, self.config.tls.as_ref())
                 .map_err(|error| Status::internal(format!("member endpoint: {error}")))?
                 .connect()
                 .await

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
+use cohortex_proto::tls::{endpoint as link, TlsIdentity};
 use cohortex_proto::v1::ledger_client::LedgerClient;
 use cohortex_proto::v1::market_client::MarketClient;
 use cohortex_proto::v1::{
@@ -32,6 +33,7 @@ pub struct Buyer {
     chain_id: Hash32,
     next_nonce: AtomicU64,
     market: String,
+    tls: Option<TlsIdentity>,
 }
 
 /// What the buyer got for an order.
@@ -49,8 +51,8 @@ pub struct Release {
     pub receipt_verified: bool,
 }
 
-async fn channel(endpoint: &str) -> anyhow::Result<Channel> {
-    Channel::from_shared(endpoint.to_string())
+async fn channel(endpoint: &str, tls: Option<&TlsIdentity>) -> anyhow::Result<Channel> {
+    link(endpoint, tls)
         .context("market endpoint")?
         .connect()
         .await
@@ -66,7 +68,14 @@ impl Buyer {
             chain_id,
             next_nonce: AtomicU64::new(next_nonce),
             market,
+            tls: None,
         }
+    }
+
+    /// The buyer presenting `tls` to the market.
+    pub fn with_tls(mut self, tls: Option<TlsIdentity>) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// The buyer's account.
@@ -93,7 +102,7 @@ impl Buyer {
             account: self.account(),
             role: market::Role::Buyer,
         })?;
-        LedgerClient::new(channel(&self.market).await?)
+        LedgerClient::new(channel(&self.market, self.tls.as_ref()).await?)
             .submit_transaction(SignedTransaction { envelope })
             .await
             .context("registering the buyer")?;
@@ -118,7 +127,7 @@ impl Buyer {
                 result_key: self.result_keys.public.to_bytes(),
             })
             .map_err(|error| tonic::Status::internal(error.to_string()))?;
-        let channel = channel(&self.market)
+        let channel = channel(&self.market, self.tls.as_ref())
             .await
             .map_err(|error| tonic::Status::unavailable(error.to_string()))?;
         let response = MarketClient::new(channel)
@@ -146,7 +155,7 @@ impl Buyer {
 
     /// Polls the order until it completes or fails.
     pub async fn wait(&self, order: TxId) -> anyhow::Result<OrderStatus> {
-        let mut client = MarketClient::new(channel(&self.market).await?)
+        let mut client = MarketClient::new(channel(&self.market, self.tls.as_ref()).await?)
             .max_decoding_message_size(market::server::MAX_MESSAGE_BYTES);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
         loop {
@@ -210,7 +219,7 @@ impl Buyer {
         receipt: TxId,
         ledger_key: &VerifyingKey,
     ) -> anyhow::Result<bool> {
-        let proof = MarketClient::new(channel(&self.market).await?)
+        let proof = MarketClient::new(channel(&self.market, self.tls.as_ref()).await?)
             .max_decoding_message_size(market::server::MAX_MESSAGE_BYTES)
             .get_receipt(GetReceiptRequest {
                 receipt_id: receipt.0.as_bytes().to_vec(),

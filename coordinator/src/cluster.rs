@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, bail, Context};
+use cohortex_proto::certs::Authority;
+use cohortex_proto::tls::{endpoint as link, TlsIdentity};
 use cohortex_proto::v1::ledger_client::LedgerClient;
 use cohortex_proto::v1::market_client::MarketClient;
 use cohortex_proto::v1::{PublishListingRequest, SignedTransaction};
@@ -89,6 +91,15 @@ pub struct ClusterOptions {
     /// Where the nodes read the ledger and the manifests (default: the market). Adversarial
     /// tests put a lying front here, to check that nodes believe only what verifies.
     pub nodes_read_market_at: Option<String>,
+    /// The federation's TLS authority: every link in the cluster is mutual TLS with
+    /// certificates it issues (default: a fresh authority). Tests that stand up their own
+    /// servers beside the cluster pass theirs.
+    pub authority: Option<Arc<Authority>>,
+}
+
+/// The host names every in-process certificate is valid for.
+fn loopback_hosts() -> Vec<String> {
+    vec!["127.0.0.1".to_string(), "localhost".to_string()]
 }
 
 /// A started node.
@@ -132,6 +143,8 @@ pub struct Cluster {
     issuer_nonce: Mutex<u64>,
     coordinator_key: SigningKey,
     market_stop: Option<oneshot::Sender<()>>,
+    authority: Arc<Authority>,
+    client_tls: TlsIdentity,
 }
 
 fn sign(key: &SigningKey, chain_id: Hash32, nonce: u64, action: Action) -> anyhow::Result<Vec<u8>> {
@@ -230,22 +243,35 @@ impl Cluster {
         let issuer_nonce = bootstrap_txs.len() as u64;
         append_in_blocks(&ledger, bootstrap_txs).await?;
 
-        let coordinator = Arc::new(Coordinator::new(
-            Arc::clone(&ledger),
-            coordinator_key.clone(),
-        ));
+        let authority = match &options.authority {
+            Some(authority) => Arc::clone(authority),
+            None => Arc::new(Authority::generate().context("making the TLS authority")?),
+        };
+        let identity = |name: &str| {
+            authority
+                .identity(name, &loopback_hosts())
+                .with_context(|| format!("issuing {name}'s TLS certificate"))
+        };
+        let market_tls = identity("market")?;
+        let client_tls = identity("client")?;
+        let coordinator = Arc::new(
+            Coordinator::new(Arc::clone(&ledger), coordinator_key.clone())
+                .with_tls(Some(market_tls.clone())),
+        );
         let market_listener = TcpListener::bind("127.0.0.1:0")
             .await
             .context("binding the market port")?;
-        let market_endpoint = format!("http://{}", market_listener.local_addr()?);
+        let market_endpoint = format!("https://{}", market_listener.local_addr()?);
         let (market_stop, market_stopped) = oneshot::channel::<()>();
         {
             let coordinator = Arc::clone(&coordinator);
+            let market_tls = market_tls.clone();
             tokio::spawn(async move {
-                if let Err(error) = serve_market(coordinator, market_listener, async {
-                    let _ = market_stopped.await;
-                })
-                .await
+                if let Err(error) =
+                    serve_market(coordinator, market_listener, Some(&market_tls), async {
+                        let _ = market_stopped.await;
+                    })
+                    .await
                 {
                     tracing::error!(%error, "market server stopped");
                 }
@@ -261,7 +287,7 @@ impl Cluster {
             let listener = TcpListener::bind("127.0.0.1:0")
                 .await
                 .context("binding a node port")?;
-            let endpoint = format!("http://{}", listener.local_addr()?);
+            let endpoint = format!("https://{}", listener.local_addr()?);
             let member =
                 MemberIndex::new(position as u16 + 1).ok_or_else(|| anyhow!("member index"))?;
             seats.push(CommitteeSeat {
@@ -295,6 +321,7 @@ impl Cluster {
             let endpoint = seat.endpoint.clone();
             let manifest = setup.vault.schema().to_toml();
             let vault = Arc::new(setup.vault);
+            let node_tls = identity(&format!("node-{}", member.get()))?;
             let service = NodeService::new(
                 Arc::clone(&vault),
                 NodeConfig {
@@ -305,6 +332,7 @@ impl Cluster {
                     committee: committee.clone(),
                     ledger: pinned_ledger.clone(),
                     market_endpoint: nodes_read_market_at.clone(),
+                    tls: Some(node_tls.clone()),
                     key_share_file: None,
                     fault: setup.fault,
                 },
@@ -312,8 +340,9 @@ impl Cluster {
             .map_err(|error| anyhow!("node {}: {error}", setup.listing))?;
             followers.push(service.follower());
             let (stop, stopped) = oneshot::channel::<()>();
+            let serving_tls = node_tls.clone();
             tokio::spawn(async move {
-                if let Err(error) = serve_node(service, listener, async {
+                if let Err(error) = serve_node(service, listener, Some(&serving_tls), async {
                     let _ = stopped.await;
                 })
                 .await
@@ -348,7 +377,7 @@ impl Cluster {
                     terms,
                 },
             )?;
-            connect_market(&market_endpoint)
+            connect_market(&market_endpoint, &node_tls)
                 .await?
                 .publish_listing(PublishListingRequest {
                     transaction: Some(SignedTransaction { envelope }),
@@ -414,8 +443,7 @@ impl Cluster {
             // Each node replays and verifies the whole ledger before it believes anything in
             // it; let them catch up now rather than during the first order.
             progress("the nodes replay and verify the ledger");
-            let channel =
-                tonic::transport::Channel::from_shared(market_endpoint.clone())?.connect_lazy();
+            let channel = link(&market_endpoint, Some(&market_tls))?.connect_lazy();
             // The nodes' background followers replay concurrently; wait for each in turn.
             for follower in &followers {
                 let result = follower
@@ -438,6 +466,8 @@ impl Cluster {
             issuer_nonce: Mutex::new(issuer_nonce),
             coordinator_key,
             market_stop: Some(market_stop),
+            authority,
+            client_tls,
         })
     }
 
@@ -449,7 +479,8 @@ impl Cluster {
     /// A new buyer: registers itself and receives `credits` from the issuer, over gRPC.
     pub async fn new_buyer(&self, credits: u64) -> anyhow::Result<Buyer> {
         let key = SigningKey::generate(&mut OsRng);
-        let buyer = Buyer::new(key, self.chain_id, self.market_endpoint.clone(), 0);
+        let buyer = Buyer::new(key, self.chain_id, self.market_endpoint.clone(), 0)
+            .with_tls(Some(self.client_tls.clone()));
         buyer.register().await?;
         self.deposit(buyer.account(), credits).await?;
         Ok(buyer)
@@ -471,15 +502,36 @@ impl Cluster {
             *nonce += 1;
             envelope
         };
-        LedgerClient::new(
-            tonic::transport::Channel::from_shared(self.market_endpoint.clone())?
-                .connect()
-                .await?,
-        )
-        .submit_transaction(SignedTransaction { envelope })
-        .await
-        .context("deposit")?;
+        LedgerClient::new(self.market_channel().await?)
+            .submit_transaction(SignedTransaction { envelope })
+            .await
+            .context("deposit")?;
         Ok(())
+    }
+
+    /// A channel to the market, presenting the cluster's client certificate.
+    pub async fn market_channel(&self) -> anyhow::Result<tonic::transport::Channel> {
+        self.channel_to(&self.market_endpoint).await
+    }
+
+    /// A channel to `endpoint` (the market, a node, or a server a test stands up with a
+    /// certificate from [`Cluster::authority`]), presenting the cluster's client certificate.
+    pub async fn channel_to(&self, endpoint: &str) -> anyhow::Result<tonic::transport::Channel> {
+        link(endpoint, Some(&self.client_tls))?
+            .connect()
+            .await
+            .with_context(|| format!("connecting to {endpoint}"))
+    }
+
+    /// The TLS identity the cluster's buyers and patients present.
+    pub fn client_tls(&self) -> &TlsIdentity {
+        &self.client_tls
+    }
+
+    /// The cluster's TLS authority: tests issue certificates for servers they stand up beside
+    /// the cluster, and for parties it should refuse.
+    pub fn authority(&self) -> &Authority {
+        &self.authority
     }
 
     /// The market operator's coordinator key. Adversarial tests play a hostile operator with
@@ -506,9 +558,12 @@ impl Cluster {
     }
 }
 
-async fn connect_market(endpoint: &str) -> anyhow::Result<MarketClient<tonic::transport::Channel>> {
+async fn connect_market(
+    endpoint: &str,
+    tls: &TlsIdentity,
+) -> anyhow::Result<MarketClient<tonic::transport::Channel>> {
     Ok(MarketClient::new(
-        tonic::transport::Channel::from_shared(endpoint.to_string())?
+        link(endpoint, Some(tls))?
             .connect()
             .await
             .with_context(|| format!("connecting to the market at {endpoint}"))?,

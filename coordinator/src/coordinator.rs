@@ -12,6 +12,7 @@ use std::sync::OnceLock;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use cohortex_proto::tls::{endpoint as link, TlsIdentity};
 use cohortex_proto::v1::compute_client::ComputeClient;
 use cohortex_proto::v1::{
     AddNoiseRequest, AddNoiseResponse, ContributeRequest, ContributionRecord, DkgDealRequest,
@@ -142,6 +143,8 @@ pub struct Coordinator {
     state_file: Option<std::path::PathBuf>,
     /// Serialises writes of the state file (concurrent publications each save).
     save_lock: Mutex<()>,
+    /// The market's TLS identity, presented to the nodes (`None`: plaintext, in-process only).
+    tls: Option<TlsIdentity>,
 }
 
 /// What the coordinator keeps across restarts: what the ledger does not hold.
@@ -173,8 +176,11 @@ fn poisoned() -> Status {
     Status::internal("coordinator state lock poisoned")
 }
 
-async fn connect(endpoint: &str) -> Result<ComputeClient<Channel>, Status> {
-    let channel = Channel::from_shared(endpoint.to_string())
+async fn connect(
+    endpoint: &str,
+    tls: Option<&TlsIdentity>,
+) -> Result<ComputeClient<Channel>, Status> {
+    let channel = link(endpoint, tls)
         .map_err(|error| Status::internal(format!("endpoint {}: {error}", excerpt(endpoint))))?
         .connect_timeout(Duration::from_secs(5))
         .connect()
@@ -202,7 +208,14 @@ impl Coordinator {
             node_timeout: Duration::from_secs(120),
             state_file: None,
             save_lock: Mutex::new(()),
+            tls: None,
         }
+    }
+
+    /// The coordinator presenting `tls` on its links to the nodes.
+    pub fn with_tls(mut self, tls: Option<TlsIdentity>) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// A coordinator that keeps its listings and committee in `path` (a JSON file, replaced
@@ -491,9 +504,10 @@ impl Coordinator {
             let signed = signed_request(&self.account, method, request.clone());
             let timeout = self.node_timeout;
             let call = call.clone();
+            let tls = self.tls.clone();
             tasks.spawn(async move {
                 let answer = async {
-                    let client = connect(&endpoint).await?;
+                    let client = connect(&endpoint, tls.as_ref()).await?;
                     tokio::time::timeout(timeout, call(client, signed))
                         .await
                         .map_err(|_| Status::deadline_exceeded("member did not answer in time"))?
@@ -618,7 +632,7 @@ impl Coordinator {
             .collect();
         let mut clients = Vec::new();
         for (_, endpoint) in &members {
-            clients.push(connect(endpoint).await?);
+            clients.push(connect(endpoint, self.tls.as_ref()).await?);
         }
         let mut broadcasts = Vec::new();
         for client in &mut clients {
@@ -794,9 +808,10 @@ impl Coordinator {
             };
             let signed = signed_request(&self.account, methods::CONTRIBUTE, request);
             let timeout = self.node_timeout;
+            let tls = self.tls.clone();
             tasks.spawn(async move {
                 let answer = async {
-                    let mut client = connect(&info.endpoint).await?;
+                    let mut client = connect(&info.endpoint, tls.as_ref()).await?;
                     tokio::time::timeout(timeout, client.contribute(signed))
                         .await
                         .map_err(|_| Status::deadline_exceeded("node did not answer in time"))?

@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use cohortex_proto::tls::TlsIdentity;
 use cohortex_proto::v1::compute_server::ComputeServer;
 use cohortex_proto::v1::consent_server::ConsentServer;
 use cohortex_proto::v1::ledger_server::LedgerServer;
@@ -19,10 +20,20 @@ use tokio_stream::wrappers::TcpListenerStream;
 use crate::coordinator::Coordinator;
 use crate::market_service::MarketService;
 
+/// A server builder: mutual TLS when `tls` is given.
+fn server_builder(tls: Option<&TlsIdentity>) -> Result<tonic::transport::Server, ServeError> {
+    let builder = tonic::transport::Server::builder();
+    match tls {
+        Some(tls) => Ok(builder.tls_config(tls.server())?),
+        None => Ok(builder),
+    }
+}
+
 /// Serves the market process's Ledger, Consent and Market services until `shutdown`.
 pub async fn serve_market(
     coordinator: Arc<Coordinator>,
     listener: TcpListener,
+    tls: Option<&TlsIdentity>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let (_reporter, health, reflection, reflection_v1alpha) = health_and_reflection(&[
@@ -33,7 +44,7 @@ pub async fn serve_market(
     .await?;
     let ledger = Arc::clone(coordinator.ledger());
     tracing::info!(address = ?listener.local_addr().ok(), "serving market, consent and ledger");
-    tonic::transport::Server::builder()
+    server_builder(tls)?
         .timeout(REQUEST_TIMEOUT)
         .add_service(health)
         .add_service(reflection)
@@ -62,12 +73,13 @@ pub async fn serve_market(
 pub async fn serve_node(
     node: NodeService,
     listener: TcpListener,
+    tls: Option<&TlsIdentity>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let (_reporter, health, reflection, reflection_v1alpha) =
         health_and_reflection(&[cohortex_proto::v1::compute_server::SERVICE_NAME]).await?;
     tracing::info!(address = ?listener.local_addr().ok(), "serving compute");
-    tonic::transport::Server::builder()
+    server_builder(tls)?
         .timeout(REQUEST_TIMEOUT)
         .add_service(health)
         .add_service(reflection)

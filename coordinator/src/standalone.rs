@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
+use cohortex_proto::tls::{endpoint as link, TlsIdentity};
 use cohortex_proto::v1::ledger_client::LedgerClient;
 use cohortex_proto::v1::market_client::MarketClient;
 use cohortex_proto::v1::{PublishListingRequest, SignedTransaction, TransactionResult};
@@ -247,10 +248,10 @@ async fn member_endpoints(
     Ok(endpoints)
 }
 
-/// Connects to a market endpoint (`http://host:port`).
-pub async fn connect(endpoint: &str) -> anyhow::Result<Channel> {
-    Channel::from_shared(endpoint.to_string())
-        .with_context(|| format!("market endpoint `{endpoint}` is not a URL"))?
+/// Connects to a market endpoint (`https://host:port`), presenting `tls`.
+pub async fn connect(endpoint: &str, tls: Option<&TlsIdentity>) -> anyhow::Result<Channel> {
+    link(endpoint, tls)
+        .with_context(|| format!("market endpoint `{endpoint}`"))?
         .connect_timeout(Duration::from_secs(5))
         .connect()
         .await
@@ -266,6 +267,7 @@ pub async fn connect(endpoint: &str) -> anyhow::Result<Channel> {
 /// unregistered signer is refused earlier as an unknown account.
 pub async fn next_nonce(
     endpoint: &str,
+    tls: Option<&TlsIdentity>,
     key: &SigningKey,
     chain_id: Hash32,
 ) -> anyhow::Result<Option<u64>> {
@@ -279,7 +281,7 @@ pub async fn next_nonce(
             amount: 0,
         },
     )?;
-    let refusal = match LedgerClient::new(connect(endpoint).await?)
+    let refusal = match LedgerClient::new(connect(endpoint, tls).await?)
         .submit_transaction(SignedTransaction { envelope: probe })
         .await
     {
@@ -317,11 +319,12 @@ pub struct ListingPublication<'a> {
 /// account's next nonce), which also tells the coordinator the node's endpoint.
 pub async fn publish_listing(
     market_endpoint: &str,
+    tls: Option<&TlsIdentity>,
     key: &SigningKey,
     chain_id: Hash32,
     publication: ListingPublication<'_>,
 ) -> anyhow::Result<TransactionResult> {
-    let nonce = next_nonce(market_endpoint, key, chain_id)
+    let nonce = next_nonce(market_endpoint, tls, key, chain_id)
         .await?
         .ok_or_else(|| {
             anyhow!(
@@ -340,7 +343,7 @@ pub async fn publish_listing(
             terms: publication.terms,
         },
     )?;
-    let result = MarketClient::new(connect(market_endpoint).await?)
+    let result = MarketClient::new(connect(market_endpoint, tls).await?)
         .publish_listing(PublishListingRequest {
             transaction: Some(SignedTransaction { envelope }),
             manifest: publication.manifest,

@@ -247,9 +247,7 @@ async fn consent_again(
     }
     .sign(key)
     .unwrap();
-    ConsentClient::connect(cluster.market_endpoint.clone())
-        .await
-        .unwrap()
+    ConsentClient::new(cluster.market_channel().await.unwrap())
         .grant(SignedTransaction {
             envelope: grant.bytes,
         })
@@ -379,6 +377,7 @@ async fn patient_in_two_listings_is_counted_once() {
         epsilon_budget_micro: 100 * EPSILON,
         extra_purposes: Vec::new(),
         nodes_read_market_at: None,
+        authority: None,
     };
     let cluster = cohortex_coordinator::Cluster::start(dir.path(), setups, &options, |_| {})
         .await

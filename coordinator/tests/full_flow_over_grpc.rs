@@ -210,9 +210,7 @@ async fn order_status_with_a_forged_signature_is_unauthenticated() {
         .order(SQL, &listings(&cluster), Purpose::AcademicResearch, EPSILON)
         .await
         .unwrap();
-    let mut client = MarketClient::connect(cluster.market_endpoint.clone())
-        .await
-        .unwrap();
+    let mut client = MarketClient::new(cluster.market_channel().await.unwrap());
     let thief = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
     let mut request = market::server::auth::signed_request(
         &thief,
@@ -272,9 +270,7 @@ async fn consent_revoked_between_order_and_compute_is_honoured() {
     }
     .sign(&patient.key)
     .unwrap();
-    ConsentClient::connect(cluster.market_endpoint.clone())
-        .await
-        .unwrap()
+    ConsentClient::new(cluster.market_channel().await.unwrap())
         .revoke(SignedTransaction {
             envelope: revoke.bytes,
         })
@@ -381,9 +377,7 @@ async fn oversized_message_is_refused_and_nothing_is_lost() {
     use cohortex_proto::v1::OrderQueryRequest;
     let (_dir, cluster, truth) = start([None, None, None]).await;
     let buyer = buyer(&cluster).await;
-    let mut client = MarketClient::connect(cluster.market_endpoint.clone())
-        .await
-        .unwrap()
+    let mut client = MarketClient::new(cluster.market_channel().await.unwrap())
         .max_encoding_message_size(usize::MAX);
     let error = client
         .order_query(OrderQueryRequest {

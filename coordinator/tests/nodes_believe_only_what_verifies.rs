@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use cohortex_coordinator::market_service::MarketService;
 use cohortex_coordinator::Cluster;
+use cohortex_proto::certs::Authority;
 use cohortex_proto::v1::compute_client::ComputeClient;
 use cohortex_proto::v1::compute_server::{Compute, ComputeServer};
 use cohortex_proto::v1::ledger_server::{Ledger as LedgerRpc, LedgerServer};
@@ -171,9 +172,16 @@ impl MarketRpc for LyingMarket {
 /// A cluster whose nodes read the ledger and the manifests through a lying front.
 async fn start_behind_a_lying_front() -> (tempfile::TempDir, Cluster, SharedLies) {
     let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let front_endpoint = format!("http://{}", front.local_addr().unwrap());
+    let front_endpoint = format!("https://{}", front.local_addr().unwrap());
+    // The operator runs the front, and holds (or has obtained) a certificate for it from the
+    // federation's authority: TLS does not stop a lying operator, only the nodes' checks do.
+    let authority = Arc::new(Authority::generate().unwrap());
+    let front_tls = authority
+        .identity("front", &["127.0.0.1".to_string()])
+        .unwrap();
     let (dir, cluster, _truth) = start_with(Setup {
         nodes_read_market_at: Some(front_endpoint),
+        authority: Some(authority),
         ..Setup::default()
     })
     .await;
@@ -188,6 +196,8 @@ async fn start_behind_a_lying_front() -> (tempfile::TempDir, Cluster, SharedLies
     };
     tokio::spawn(async move {
         tonic::transport::Server::builder()
+            .tls_config(front_tls.server())
+            .unwrap()
             .add_service(LedgerServer::new(ledger))
             .add_service(MarketServer::new(market))
             .serve_with_incoming(TcpListenerStream::new(front))
@@ -197,8 +207,11 @@ async fn start_behind_a_lying_front() -> (tempfile::TempDir, Cluster, SharedLies
     (dir, cluster, lies)
 }
 
-async fn compute_client(endpoint: &str) -> ComputeClient<tonic::transport::Channel> {
-    ComputeClient::connect(endpoint.to_string()).await.unwrap()
+async fn compute_client(
+    cluster: &Cluster,
+    endpoint: &str,
+) -> ComputeClient<tonic::transport::Channel> {
+    ComputeClient::new(cluster.channel_to(endpoint).await.unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -213,7 +226,7 @@ async fn order_never_on_the_ledger_is_refused_by_every_node() {
     lies.lock().unwrap().transaction = Some((order_id.clone(), envelope.bytes.clone()));
 
     for (node, listing) in cluster.nodes.iter().zip(&listings) {
-        let mut client = compute_client(&node.endpoint).await;
+        let mut client = compute_client(&cluster, &node.endpoint).await;
         let refused = client
             .contribute(operator_contribute(&cluster, &order_id, listing))
             .await
@@ -344,13 +357,21 @@ impl Compute for ShareCollector {
     }
 }
 
-async fn start_collector() -> (String, ShareCollector) {
+async fn start_collector(cluster: &Cluster) -> (String, ShareCollector) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let endpoint = format!("https://{}", listener.local_addr().unwrap());
+    // A collector with a valid certificate: the operator can make one if it runs the
+    // authority, so only the nodes' pinned committee keeps shares away from it.
+    let tls = cluster
+        .authority()
+        .identity("collector", &["127.0.0.1".to_string()])
+        .unwrap();
     let collector = ShareCollector::default();
     let served = collector.clone();
     tokio::spawn(async move {
         tonic::transport::Server::builder()
+            .tls_config(tls.server())
+            .unwrap()
             .add_service(ComputeServer::new(served))
             .serve_with_incoming(TcpListenerStream::new(listener))
             .await
@@ -374,14 +395,14 @@ fn honest_peers(cluster: &Cluster) -> Vec<DkgPeer> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coordinator_naming_itself_twice_in_the_committee_gets_nothing() {
     let (_dir, cluster, _truth) = start([None, None, None]).await;
-    let (evil, collector) = start_collector().await;
+    let (evil, collector) = start_collector(&cluster).await;
     // The operator asks member 1 to deal a 2-of-3 key in which its own endpoint holds seats 2
     // and 3: with two shares of every dealer it could decrypt alone.
     let mut peers = honest_peers(&cluster);
     peers[1].endpoint = evil.clone();
     peers[2].endpoint = evil.clone();
     for node in &cluster.nodes {
-        let refused = compute_client(&node.endpoint)
+        let refused = compute_client(&cluster, &node.endpoint)
             .await
             .dkg_deal(signed_request(
                 cluster.operator_key(),
@@ -410,7 +431,7 @@ async fn coordinator_naming_itself_twice_in_the_committee_gets_nothing() {
 async fn threshold_one_is_refused() {
     let (_dir, cluster, _truth) = start([None, None, None]).await;
     for node in &cluster.nodes {
-        let refused = compute_client(&node.endpoint)
+        let refused = compute_client(&cluster, &node.endpoint)
             .await
             .dkg_deal(signed_request(
                 cluster.operator_key(),
@@ -504,7 +525,7 @@ async fn share_dealt_in_another_members_name_is_refused() {
             },
         )
     };
-    let mut member_1 = compute_client(&cluster.nodes[0].endpoint).await;
+    let mut member_1 = compute_client(&cluster, &cluster.nodes[0].endpoint).await;
     for_member_1.dealer = zk::MemberIndex::new(3).unwrap();
     let refused = member_1
         .deliver_share(deliver(&for_member_1))

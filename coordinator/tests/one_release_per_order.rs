@@ -22,9 +22,7 @@ use market::{AccountId, Action, ListingId, OrderId, Purpose, TxBody};
 use tonic::Code;
 
 async fn submit(cluster: &Cluster, envelope: Vec<u8>) -> Result<(), tonic::Status> {
-    LedgerClient::connect(cluster.market_endpoint.clone())
-        .await
-        .unwrap()
+    LedgerClient::new(cluster.market_channel().await.unwrap())
         .submit_transaction(SignedTransaction { envelope })
         .await
         .map(|_| ())
@@ -61,23 +59,26 @@ async fn key_switch_counts(
     order: &[u8],
     noise: &[NoiseShare],
 ) -> Result<(), tonic::Status> {
-    ComputeClient::connect(cluster.nodes[member - 1].endpoint.clone())
-        .await
-        .unwrap()
-        .key_switch(signed_request(
-            cluster.operator_key(),
-            methods::KEY_SWITCH,
-            KeySwitchRequest {
-                order_id: order.to_vec(),
-                recipient: Vec::new(),
-                phase: KeySwitchPhase::Counts as i32,
-                noise: noise.to_vec(),
-                count_shares: Vec::new(),
-                noisy_counts: Vec::new(),
-            },
-        ))
-        .await
-        .map(|_| ())
+    ComputeClient::new(
+        cluster
+            .channel_to(&cluster.nodes[member - 1].endpoint)
+            .await
+            .unwrap(),
+    )
+    .key_switch(signed_request(
+        cluster.operator_key(),
+        methods::KEY_SWITCH,
+        KeySwitchRequest {
+            order_id: order.to_vec(),
+            recipient: Vec::new(),
+            phase: KeySwitchPhase::Counts as i32,
+            noise: noise.to_vec(),
+            count_shares: Vec::new(),
+            noisy_counts: Vec::new(),
+        },
+    ))
+    .await
+    .map(|_| ())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -90,6 +91,7 @@ async fn disjoint_quorums_cannot_get_two_releases_of_one_order() {
         epsilon_budget_micro: 100 * EPSILON,
         extra_purposes: Vec::new(),
         nodes_read_market_at: None,
+        authority: None,
     };
     let cluster = Cluster::start(dir.path(), setups, &options, |_| {})
         .await
@@ -107,9 +109,7 @@ async fn disjoint_quorums_cannot_get_two_releases_of_one_order() {
     // Every node contributes; every member adds its noise.
     let mut records = Vec::new();
     for (node, listing) in cluster.nodes.iter().zip(&listings) {
-        let contribution = ComputeClient::connect(node.endpoint.clone())
-            .await
-            .unwrap()
+        let contribution = ComputeClient::new(cluster.channel_to(&node.endpoint).await.unwrap())
             .contribute(operator_contribute(&cluster, &order_id, listing))
             .await
             .unwrap()
@@ -123,9 +123,7 @@ async fn disjoint_quorums_cannot_get_two_releases_of_one_order() {
     }
     let mut noise = Vec::new();
     for node in &cluster.nodes {
-        let share = ComputeClient::connect(node.endpoint.clone())
-            .await
-            .unwrap()
+        let share = ComputeClient::new(cluster.channel_to(&node.endpoint).await.unwrap())
             .add_noise(signed_request(
                 cluster.operator_key(),
                 methods::ADD_NOISE,

@@ -3,7 +3,9 @@
 //! and server uses [`codec::CanonicalProstCodec`].
 #![deny(clippy::unwrap_used)]
 
+pub mod certs;
 pub mod codec;
+pub mod tls;
 
 /// Package `cohortex.v1`.
 #[allow(missing_docs, clippy::all)]

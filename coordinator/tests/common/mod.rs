@@ -110,6 +110,8 @@ pub struct Setup {
     pub extra_purposes: Vec<Purpose>,
     /// Where the nodes read the ledger (default: the market itself).
     pub nodes_read_market_at: Option<String>,
+    /// The TLS authority (default: the cluster makes its own).
+    pub authority: Option<std::sync::Arc<cohortex_proto::certs::Authority>>,
 }
 
 impl Default for Setup {
@@ -120,6 +122,7 @@ impl Default for Setup {
             epsilon_budget_micro: 100 * EPSILON,
             extra_purposes: Vec::new(),
             nodes_read_market_at: None,
+            authority: None,
         }
     }
 }
@@ -141,6 +144,7 @@ pub async fn start_with(setup: Setup) -> (tempfile::TempDir, Cluster, Truth) {
         epsilon_budget_micro: setup.epsilon_budget_micro,
         extra_purposes: setup.extra_purposes,
         nodes_read_market_at: setup.nodes_read_market_at,
+        authority: setup.authority,
     };
     let cluster = Cluster::start(dir.path(), setups, &options, |_| {})
         .await
@@ -218,7 +222,8 @@ pub async fn buyer_with_key(cluster: &Cluster) -> (ed25519_dalek::SigningKey, Bu
         cluster.chain_id,
         cluster.market_endpoint.clone(),
         0,
-    );
+    )
+    .with_tls(Some(cluster.client_tls().clone()));
     buyer.register().await.unwrap();
     cluster.deposit(buyer.account(), 10 * PRICE).await.unwrap();
     (key, buyer)

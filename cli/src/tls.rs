@@ -1,0 +1,157 @@
+//! `cohortex tls ca` and `cohortex tls cert`: the federation's TLS authority and one
+//! certificate per party, as PEM files. Keys are written mode 0600 and never overwritten.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use cohortex_proto::certs::Authority;
+use zeroize::Zeroizing;
+
+/// The authority's files in its directory.
+const AUTHORITY_CERT: &str = "ca.crt";
+const AUTHORITY_KEY: &str = "ca.key";
+
+#[derive(Subcommand, Debug)]
+pub enum TlsCommand {
+    /// Make the federation's certificate authority: writes ca.crt (give it to every party) and
+    /// ca.key (mode 0600; keep it offline) to --out-dir.
+    Ca(CaArgs),
+    /// Issue a party's certificate from the authority in --ca-dir: writes NAME.crt and
+    /// NAME.key (mode 0600) to --out-dir.
+    Cert(CertArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CaArgs {
+    /// Directory for ca.crt and ca.key (created if missing; existing files are refused).
+    #[arg(long, value_name = "DIR")]
+    out_dir: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct CertArgs {
+    /// The authority's directory (ca.crt and ca.key, from `cohortex tls ca`).
+    #[arg(long, value_name = "DIR")]
+    ca_dir: PathBuf,
+    /// The party's name: the certificate's common name and the files' stem (market, node-1,
+    /// buyer, …).
+    #[arg(long)]
+    name: String,
+    /// A host name or IP address the party serves or dials under; repeat for more. Clients
+    /// check a server's certificate against the host in the URL they dial.
+    #[arg(long = "host", required = true, value_name = "HOST")]
+    hosts: Vec<String>,
+    /// Directory for NAME.crt and NAME.key (created if missing; existing files are refused).
+    #[arg(long, value_name = "DIR")]
+    out_dir: PathBuf,
+}
+
+/// Runs `cohortex tls …`.
+pub fn run(command: TlsCommand) -> anyhow::Result<()> {
+    match command {
+        TlsCommand::Ca(args) => {
+            let authority = Authority::generate().context("making the authority")?;
+            let cert = args.out_dir.join(AUTHORITY_CERT);
+            let key = args.out_dir.join(AUTHORITY_KEY);
+            refuse_existing(&[&cert, &key])?;
+            write_secret(&key, &authority.key_pem())?;
+            write_public(&cert, authority.certificate_pem())?;
+            println!("wrote {} and {} (mode 0600)", cert.display(), key.display());
+            println!(
+                "give {} to every party; keep the key offline",
+                cert.display()
+            );
+        }
+        TlsCommand::Cert(args) => {
+            if args.name.is_empty()
+                || !args
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+            {
+                bail!(
+                    "--name `{}` must be letters, digits, '-', '_' or '.' (it names the files)",
+                    args.name
+                );
+            }
+            let ca_cert = read(&args.ca_dir.join(AUTHORITY_CERT), "--ca-dir")?;
+            let ca_key = Zeroizing::new(read(&args.ca_dir.join(AUTHORITY_KEY), "--ca-dir")?);
+            let authority = Authority::from_pem(&ca_cert, &ca_key)
+                .with_context(|| format!("--ca-dir {}", args.ca_dir.display()))?;
+            let issued = authority
+                .issue(&args.name, &args.hosts)
+                .with_context(|| format!("--host {}", args.hosts.join(", ")))?;
+            let cert = args.out_dir.join(format!("{}.crt", args.name));
+            let key = args.out_dir.join(format!("{}.key", args.name));
+            refuse_existing(&[&cert, &key])?;
+            write_secret(&key, &issued.key_pem)?;
+            write_public(&cert, &issued.certificate_pem)?;
+            println!(
+                "wrote {} for {} ({}) and {} (mode 0600)",
+                cert.display(),
+                args.name,
+                args.hosts.join(", "),
+                key.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn read(path: &Path, field: &str) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "{field}: cannot read {} (make the authority with `cohortex tls ca --out-dir DIR`)",
+            path.display()
+        )
+    })
+}
+
+fn refuse_existing(paths: &[&Path]) -> anyhow::Result<()> {
+    for path in paths {
+        if path.exists() {
+            bail!(
+                "{} already exists; cohortex never overwrites a certificate or key (remove it \
+                 or pick another --out-dir)",
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn create_parent(path: &Path) -> anyhow::Result<()> {
+    if let Some(parent) = path
+        .parent()
+        .filter(|parent| !parent.as_os_str().is_empty())
+    {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating the directory {}", parent.display()))?;
+    }
+    Ok(())
+}
+
+fn write_secret(path: &Path, text: &str) -> anyhow::Result<()> {
+    create_parent(path)?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(text.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
+    file.sync_all()
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+fn write_public(path: &Path, text: &str) -> anyhow::Result<()> {
+    create_parent(path)?;
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}

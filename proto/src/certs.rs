@@ -1,0 +1,158 @@
+//! Making a federation's TLS certificates (rcgen): the authority, and one certificate per
+//! party. `cohortex tls ca` and `cohortex tls cert` write them to files; in-process clusters
+//! make them in memory.
+//!
+//! Keys are ECDSA P-256 (rcgen's default, verified by rustls with ring). Party certificates are
+//! valid for both server and client authentication, since a compute node is both: it serves
+//! the coordinator and its peers, and dials the market and its peers.
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
+};
+use time::{Duration, OffsetDateTime};
+
+use crate::tls::TlsIdentity;
+
+/// The authority's subject. It is fixed so that the authority can be reloaded from its key and
+/// certificate without parsing X.509: what identifies an authority is its key.
+const AUTHORITY_NAME: &str = "Cohortex federation authority";
+
+/// How long an authority is valid.
+const AUTHORITY_LIFETIME: Duration = Duration::days(3650);
+
+/// How long a party certificate is valid.
+const PARTY_LIFETIME: Duration = Duration::days(825);
+
+/// Why a certificate could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    /// rcgen refused the parameters or the key.
+    #[error("{what}: {source}")]
+    Rcgen {
+        /// What was being made.
+        what: &'static str,
+        /// rcgen's error.
+        source: rcgen::Error,
+    },
+    /// No host name or address was given.
+    #[error("a certificate needs at least one host name or IP address")]
+    NoHost,
+}
+
+fn rcgen(what: &'static str) -> impl FnOnce(rcgen::Error) -> CertError {
+    move |source| CertError::Rcgen { what, source }
+}
+
+/// A certificate and its private key, as PEM.
+pub struct IssuedCertificate {
+    /// The certificate.
+    pub certificate_pem: String,
+    /// The private key (PKCS#8). Secret.
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for IssuedCertificate {
+    /// Never prints the key.
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("IssuedCertificate")
+            .field("certificate_pem", &self.certificate_pem)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A federation's certificate authority.
+pub struct Authority {
+    certificate_pem: String,
+    key: KeyPair,
+}
+
+fn authority_params() -> CertificateParams {
+    let mut params = CertificateParams::default();
+    let mut name = DistinguishedName::new();
+    name.push(DnType::CommonName, AUTHORITY_NAME);
+    params.distinguished_name = name;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params
+}
+
+impl Authority {
+    /// A new authority with a fresh key.
+    pub fn generate() -> Result<Self, CertError> {
+        let key = KeyPair::generate().map_err(rcgen("the authority's key"))?;
+        let mut params = authority_params();
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - Duration::hours(1);
+        params.not_after = now + AUTHORITY_LIFETIME;
+        let certificate = params
+            .self_signed(&key)
+            .map_err(rcgen("the authority's certificate"))?;
+        Ok(Self {
+            certificate_pem: certificate.pem(),
+            key,
+        })
+    }
+
+    /// An authority reloaded from its certificate and key (as `generate` made them).
+    pub fn from_pem(certificate_pem: &str, key_pem: &str) -> Result<Self, CertError> {
+        let key = KeyPair::from_pem(key_pem).map_err(rcgen("the authority's key"))?;
+        Ok(Self {
+            certificate_pem: certificate_pem.to_string(),
+            key,
+        })
+    }
+
+    /// The authority's certificate: what every party trusts.
+    pub fn certificate_pem(&self) -> &str {
+        &self.certificate_pem
+    }
+
+    /// The authority's private key (PKCS#8). Secret.
+    pub fn key_pem(&self) -> String {
+        self.key.serialize_pem()
+    }
+
+    /// A certificate for the party `name`, valid for `hosts` (DNS names or IP addresses) as a
+    /// server and as a client, with a fresh key.
+    pub fn issue(&self, name: &str, hosts: &[String]) -> Result<IssuedCertificate, CertError> {
+        if hosts.is_empty() {
+            return Err(CertError::NoHost);
+        }
+        let key = KeyPair::generate().map_err(rcgen("the party's key"))?;
+        let mut params = CertificateParams::new(hosts.to_vec()).map_err(rcgen("the host names"))?;
+        let mut subject = DistinguishedName::new();
+        subject.push(DnType::CommonName, name);
+        params.distinguished_name = subject;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - Duration::hours(1);
+        params.not_after = now + PARTY_LIFETIME;
+        let issuer = Issuer::new(authority_params(), &self.key);
+        let certificate = params
+            .signed_by(&key, &issuer)
+            .map_err(rcgen("the party's certificate"))?;
+        Ok(IssuedCertificate {
+            certificate_pem: certificate.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// A party identity (for in-process use): a new certificate for `name` on `hosts`, with
+    /// this authority as the one it trusts.
+    pub fn identity(&self, name: &str, hosts: &[String]) -> Result<TlsIdentity, CertError> {
+        let issued = self.issue(name, hosts)?;
+        Ok(TlsIdentity::from_pem(
+            &self.certificate_pem,
+            &issued.certificate_pem,
+            &issued.key_pem,
+        ))
+    }
+}

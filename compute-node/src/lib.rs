@@ -29,6 +29,7 @@ pub mod noise;
 pub mod plan;
 pub mod record;
 pub mod schema;
+pub mod sealed_share;
 #[cfg(feature = "server")]
 pub mod server;
 pub mod sql;

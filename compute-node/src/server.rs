@@ -46,6 +46,7 @@ use crate::noise::{
 };
 use crate::plan::QueryPlan;
 use crate::schema::Schema;
+use crate::sealed_share::{open_share, seal_share_with_rng, SealError};
 use crate::sql::compile;
 use crate::vault::{ConsentBook, Vault};
 
@@ -936,11 +937,21 @@ impl Compute for NodeService {
         .map_err(|error| Status::invalid_argument(format!("session_id: {error}")))?;
         let (state, broadcast, shares) = deal_with_rng(&parameters, self.config.member, &mut OsRng)
             .map_err(|error| Status::internal(format!("dealing failed: {error}")))?;
-        // Deliver each private share straight to its recipient, at its pinned endpoint.
+        // Deliver each private share straight to its recipient, at its pinned endpoint, sealed
+        // to its pinned account key (TLS alone would trust the federation's authority).
         for share in shares {
             let seat = committee.seat(share.recipient).ok_or_else(|| {
                 Status::internal(format!("no seat for member {}", share.recipient.get()))
             })?;
+            let recipient_key = seat.account.verifying_key().map_err(|error| {
+                Status::internal(format!(
+                    "member {}'s pinned account is not a key: {error}",
+                    seat.member.get()
+                ))
+            })?;
+            let sealed_share =
+                seal_share_with_rng(&share, &message.session_id, &recipient_key, &mut OsRng)
+                    .map_err(|error| Status::internal(error.to_string()))?;
             let channel = link(&seat.endpoint, self.config.tls.as_ref())
                 .map_err(|error| Status::internal(format!("member endpoint: {error}")))?
                 .connect()
@@ -958,7 +969,7 @@ impl Compute for NodeService {
                     methods::DELIVER_SHARE,
                     DeliverShareRequest {
                         session_id: message.session_id.clone(),
-                        share: share.to_bytes(),
+                        sealed_share,
                     },
                 ))
                 .await?;
@@ -987,20 +998,21 @@ impl Compute for NodeService {
         };
         let caller_member = caller_seat.member;
         let message = request.into_inner();
-        let share: DealerShare = decode(&message.share, "share")?;
-        // A member deals only its own shares: the dealer index is the caller's seat.
-        if share.dealer != caller_member {
-            return Err(Status::permission_denied(format!(
-                "share: dealt by member {}, but the caller holds seat {}",
-                share.dealer.get(),
-                caller_member.get()
-            )));
-        }
-        if share.recipient != self.config.member {
-            return Err(Status::invalid_argument(
-                "share: addressed to another member",
-            ));
-        }
+        // A member deals only its own shares: the share must open as the caller's seat's, sealed
+        // to this member's account key for this session.
+        let share: DealerShare = open_share(
+            &message.sealed_share,
+            &message.session_id,
+            caller_member,
+            self.config.member,
+            &self.config.account,
+        )
+        .map_err(|error| match error {
+            SealError::WrongSeats { .. } => {
+                Status::permission_denied(format!("sealed_share: {error}"))
+            }
+            _ => Status::invalid_argument(format!("sealed_share: {error}")),
+        })?;
         let mut state = self.lock()?;
         let inbox = state.inbox.entry(message.session_id).or_default();
         if inbox.iter().any(|held| held.dealer == share.dealer) {

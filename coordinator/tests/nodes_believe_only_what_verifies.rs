@@ -19,6 +19,7 @@ use cohortex_proto::v1::ledger_server::{Ledger as LedgerRpc, LedgerServer};
 use cohortex_proto::v1::market_server::{Market as MarketRpc, MarketServer};
 use cohortex_proto::v1::{self as v1, DkgDealRequest, DkgPeer};
 use common::*;
+use compute_node::sealed_share::seal_share_with_rng;
 use compute_node::server::methods;
 use market::server::auth::signed_request;
 use market::server::LedgerService;
@@ -316,7 +317,7 @@ impl Compute for ShareCollector {
         &self,
         request: Request<v1::DeliverShareRequest>,
     ) -> Result<Response<v1::DeliverShareResponse>, Status> {
-        self.shares.lock().unwrap().push(request.into_inner().share);
+        self.shares.lock().unwrap().push(request.into_inner().sealed_share);
         Ok(Response::new(v1::DeliverShareResponse {}))
     }
     async fn dkg_receive(
@@ -515,13 +516,21 @@ async fn share_dealt_in_another_members_name_is_refused() {
         .into_iter()
         .find(|share| share.recipient.get() == 1)
         .unwrap();
+    // Sealed, as members deliver shares, to member 1's pinned account key.
+    let member_1_key = cluster.nodes[0].account.verifying_key().unwrap();
     let deliver = |share: &zk::dkg::messages::DealerShare| {
         signed_request(
             hostile,
             methods::DELIVER_SHARE,
             v1::DeliverShareRequest {
                 session_id: session.clone(),
-                share: zk::Wire::to_bytes(share),
+                sealed_share: seal_share_with_rng(
+                    share,
+                    &session,
+                    &member_1_key,
+                    &mut rand::rngs::OsRng,
+                )
+                .unwrap(),
             },
         )
     };
@@ -531,9 +540,10 @@ async fn share_dealt_in_another_members_name_is_refused() {
         .deliver_share(deliver(&for_member_1))
         .await
         .expect_err("a member delivered a share in another member's name");
-    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    // Sealed as member 3's, it opens only as a share from seat 3, and the caller holds seat 2.
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
     assert!(
-        refused.message().contains("dealt by member 3"),
+        refused.message().contains("does not open") && refused.message().contains("seats"),
         "{refused:?}"
     );
     // Its own share is taken once, and a second one for the same session is refused.
@@ -547,5 +557,66 @@ async fn share_dealt_in_another_members_name_is_refused() {
         .await
         .expect_err("a dealer's share was taken twice in one session");
     assert_eq!(again.code(), Code::AlreadyExists, "{again:?}");
+    cluster.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn share_not_sealed_to_the_recipients_key_is_refused() {
+    let (_dir, cluster, _truth) = start([None, None, None]).await;
+    let member_2 = cluster.nodes[1].signing_key();
+    let session = b"unsealed".to_vec();
+    let parameters = zk::dkg::DkgParameters::new(2, 3, &session).unwrap();
+    let (_, _, shares) = zk::dkg::deal_with_rng(
+        &parameters,
+        zk::MemberIndex::new(2).unwrap(),
+        &mut rand::rngs::OsRng,
+    )
+    .unwrap();
+    let for_member_1 = shares
+        .into_iter()
+        .find(|share| share.recipient.get() == 1)
+        .unwrap();
+    let mut member_1 = compute_client(&cluster, &cluster.nodes[0].endpoint).await;
+    let deliver = |sealed_share: Vec<u8>| {
+        signed_request(
+            member_2,
+            methods::DELIVER_SHARE,
+            v1::DeliverShareRequest {
+                session_id: session.clone(),
+                sealed_share,
+            },
+        )
+    };
+    // In the clear, as anyone on the link could read it.
+    let refused = member_1
+        .deliver_share(deliver(zk::Wire::to_bytes(&for_member_1)))
+        .await
+        .expect_err("a member took a share sent in the clear");
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    // Sealed to another member's key (member 3's), as a mix-up or a relay would.
+    let member_3_key = cluster.nodes[2].account.verifying_key().unwrap();
+    let sealed_elsewhere = seal_share_with_rng(
+        &for_member_1,
+        &session,
+        &member_3_key,
+        &mut rand::rngs::OsRng,
+    )
+    .unwrap();
+    let refused = member_1
+        .deliver_share(deliver(sealed_elsewhere))
+        .await
+        .expect_err("a member took a share sealed to another member's key");
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("does not open"), "{refused:?}");
+    // Control: sealed to member 1's own key, it is taken.
+    let member_1_key = cluster.nodes[0].account.verifying_key().unwrap();
+    let sealed = seal_share_with_rng(
+        &for_member_1,
+        &session,
+        &member_1_key,
+        &mut rand::rngs::OsRng,
+    )
+    .unwrap();
+    member_1.deliver_share(deliver(sealed)).await.unwrap();
     cluster.shutdown();
 }

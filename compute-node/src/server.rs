@@ -22,7 +22,7 @@ use cohortex_proto::v1::{
 use ed25519_dalek::SigningKey;
 use market::server::auth::{signed_request, unix_now, RequestVerifier};
 use market::server::{bounded_message, excerpt};
-use market::{AccountId, Hash32, ListingId, OrderId, TxId};
+use market::{AccountId, Hash32, ListingContribution, ListingId, OrderId, TxId};
 use rand::rngs::OsRng;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
@@ -1210,15 +1210,39 @@ impl Compute for NodeService {
         })
         .await
         .map_err(|error| Status::internal(format!("worker failed: {error}")))??;
-        let response = ContributeResponse {
-            ciphertexts: contribution
-                .ciphertexts
+        let ciphertexts: Vec<Vec<u8>> = contribution
+            .ciphertexts
+            .iter()
+            .map(Wire::to_bytes)
+            .collect();
+        let proof = contribution.proof.to_bytes();
+        // The node's own word on its part of the receipt: who took part, the capacity its
+        // proof is bound to, and the hash of what it sends. The ledger records no receipt
+        // without it, so the market cannot pay, debit or name anyone the node did not.
+        let mut attested = ListingContribution {
+            listing: ListingId::new(self.config.listing.clone()),
+            epsilon_debited_micro: facts.epsilon_micro,
+            participants: participants
                 .iter()
-                .map(Wire::to_bytes)
+                .filter_map(|bytes| <[u8; 32]>::try_from(bytes.as_slice()).ok())
+                .map(AccountId)
                 .collect(),
-            proof: contribution.proof.to_bytes(),
+            capacity: self.vault.capacity(),
+            contribution_hash: market::hash::contribution_hash(&ciphertexts, &proof),
+            attestation: Vec::new(),
+        };
+        attested.attest(
+            &self.config.account,
+            &self.config.ledger.chain_id,
+            &order_key(&order)?,
+            &market::hash::query_hash(&message.sql),
+        );
+        let response = ContributeResponse {
+            ciphertexts,
+            proof,
             capacity: self.vault.capacity(),
             participants,
+            attestation: attested.attestation,
         };
         let mut state = self.lock()?;
         state.contributed.insert(order);

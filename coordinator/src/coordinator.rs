@@ -829,8 +829,22 @@ impl Coordinator {
         }
 
         // 2. Decode, then batch-verify every decodable contribution.
+        //    Each contribution must carry its node's attestation (signed with the listing
+        //    owner's key), which the receipt needs: the ledger refuses a receipt without it.
+        let owned = listings.to_vec();
+        let (chain_id, owners) = read_ledger(&self.ledger, move |ledger| {
+            let owners: Vec<Option<AccountId>> = owned
+                .iter()
+                .map(|id| ledger.state().listing(id).map(|listing| listing.owner))
+                .collect();
+            Ok((ledger.chain_id(), owners))
+        })
+        .await
+        .map_err(|status| status.message().to_string())?;
+        let order_id = OrderId(order);
+        let order_query_hash = query_hash(sql);
         let mut reports: Vec<NodeReport> = Vec::new();
-        let mut decoded: Vec<(usize, Contribution, u64, Vec<AccountId>)> = Vec::new();
+        let mut decoded: Vec<(usize, Contribution, ListingContribution)> = Vec::new();
         for (position, listing) in listings.iter().enumerate() {
             let mut report = NodeReport {
                 listing: listing.0.clone(),
@@ -842,7 +856,31 @@ impl Coordinator {
                 Some(Ok(response)) => match decode_contribution(&response) {
                     Ok((contribution, participants)) => {
                         report.participants = participants.len() as u64;
-                        decoded.push((position, contribution, response.capacity, participants));
+                        let attested = ListingContribution {
+                            listing: listing.clone(),
+                            epsilon_debited_micro: epsilon_micro,
+                            participants,
+                            capacity: response.capacity,
+                            contribution_hash: market::hash::contribution_hash(
+                                &response.ciphertexts,
+                                &response.proof,
+                            ),
+                            attestation: response.attestation.clone(),
+                        };
+                        let owner_key =
+                            owners[position].and_then(|owner| owner.verifying_key().ok());
+                        let signed = owner_key.is_some_and(|key| {
+                            attested.attested_by(&key, &chain_id, &order_id, &order_query_hash)
+                        });
+                        if signed {
+                            decoded.push((position, contribution, attested));
+                        } else {
+                            report.outcome = "rejected".into();
+                            report.reason = "attestation: not the listing owner's signature over \
+                                             this order's contribution, participants and \
+                                             capacity; its contribution was not summed"
+                                .into();
+                        }
                     }
                     Err(reason) => {
                         report.outcome = "rejected".into();
@@ -876,9 +914,9 @@ impl Coordinator {
             .iter()
             .zip(&contexts)
             .map(
-                |((_, contribution, capacity, _), context)| ContributionStatement {
+                |((_, contribution, attested), context)| ContributionStatement {
                     context,
-                    capacity: *capacity,
+                    capacity: attested.capacity,
                     contribution,
                 },
             )
@@ -916,8 +954,8 @@ impl Coordinator {
         //     limit) and every listing keeps its minimum cohort. A refusal here costs no ε.
         let named: Vec<(ListingId, Vec<AccountId>)> = decoded
             .iter()
-            .map(|(position, _, _, participants)| {
-                (listings[*position].clone(), participants.clone())
+            .map(|(position, _, attested)| {
+                (listings[*position].clone(), attested.participants.clone())
             })
             .collect();
         self.check_receipt_rules(named, purpose, epsilon_micro)
@@ -929,14 +967,14 @@ impl Coordinator {
             .iter()
             .enumerate()
             .filter(|(index, _)| !rejected_positions.contains(index))
-            .map(|(_, (_, contribution, _, _))| contribution)
+            .map(|(_, (_, contribution, _))| contribution)
             .collect();
         let summed = sum_contributions(&accepted);
         let records: Vec<ContributionRecord> = decoded
             .iter()
-            .map(|(position, contribution, capacity, _)| ContributionRecord {
+            .map(|(position, contribution, attested)| ContributionRecord {
                 listing: listings[*position].0.clone(),
-                capacity: *capacity,
+                capacity: attested.capacity,
                 ciphertexts: contribution
                     .ciphertexts
                     .iter()
@@ -1105,12 +1143,8 @@ impl Coordinator {
         let shares: Vec<KeySwitchShare> = count_shares.into_iter().chain(value_shares).collect();
 
         // 6. Receipt and settlement on the ledger.
-        let mut contributions_hash = Vec::new();
         let mut proofs_hash = Vec::new();
-        for (_, contribution, _, _) in &decoded {
-            for ciphertext in &contribution.ciphertexts {
-                contributions_hash.extend(ciphertext.to_bytes());
-            }
+        for (_, contribution, _) in &decoded {
             proofs_hash.extend(contribution.proof.to_bytes());
         }
         for share in &noise {
@@ -1125,19 +1159,16 @@ impl Coordinator {
         let receipt = QueryReceipt {
             order: OrderId(order),
             query_hash: query_hash(sql),
-            contributions_root: tagged_hash(
-                "cohortex/market/contributions/v1",
-                &[&contributions_hash],
+            contributions_root: market::hash::contributions_root(
+                decoded
+                    .iter()
+                    .map(|(_, _, attested)| &attested.contribution_hash),
             ),
             proofs_hash: tagged_hash("cohortex/market/proofs/v1", &[&proofs_hash]),
             result_hash: tagged_hash("cohortex/market/result/v1", &[&result.concat()]),
             listings: decoded
                 .iter()
-                .map(|(position, _, _, participants)| ListingContribution {
-                    listing: listings[*position].clone(),
-                    epsilon_debited_micro: epsilon_micro,
-                    participants: participants.clone(),
-                })
+                .map(|(_, _, attested)| attested.clone())
                 .collect(),
         };
         let recorded = self

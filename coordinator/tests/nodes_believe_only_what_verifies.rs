@@ -317,7 +317,10 @@ impl Compute for ShareCollector {
         &self,
         request: Request<v1::DeliverShareRequest>,
     ) -> Result<Response<v1::DeliverShareResponse>, Status> {
-        self.shares.lock().unwrap().push(request.into_inner().sealed_share);
+        self.shares
+            .lock()
+            .unwrap()
+            .push(request.into_inner().sealed_share);
         Ok(Response::new(v1::DeliverShareResponse {}))
     }
     async fn dkg_receive(

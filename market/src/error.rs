@@ -284,6 +284,17 @@ pub enum TxError {
     /// The receipt's listings are not exactly the order's, in the order's order.
     #[error("receipt listings do not match the listings of order {0}")]
     ReceiptListingsMismatch(OrderId),
+    /// The receipt's contributions root is not the root of its listings' contribution hashes.
+    #[error("receipt for order {0}: contributions_root is not the root of its listings' contribution hashes")]
+    ContributionsRootMismatch(OrderId),
+    /// A listing's part of the receipt is not signed by the listing's owner.
+    #[error("receipt: the contribution of listing {listing} is not attested by its owner {owner} (the node signs its participants, capacity and contribution)")]
+    ContributionNotAttested {
+        /// The listing.
+        listing: ListingId,
+        /// Its owner, whose signature is missing or wrong.
+        owner: AccountId,
+    },
     /// More ε debited from a listing than the order requested.
     #[error(
         "receipt debits {debited_micro} micro-epsilon from {listing}, but the order's ε, \

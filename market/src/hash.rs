@@ -128,6 +128,34 @@ pub fn manifest_hash(manifest: &str) -> Hash32 {
     tagged_hash(LABEL_MANIFEST, &[manifest.as_bytes()])
 }
 
+/// Domain label of a listing's contribution hash.
+pub const LABEL_CONTRIBUTION: &str = "cohortex/market/contribution/v1";
+
+/// The hash of one listing's contribution as its node returned it: every CXZK-encoded
+/// ciphertext, in slot order, then the CXZK-encoded range proof.
+pub fn contribution_hash(ciphertexts: &[Vec<u8>], proof: &[u8]) -> Hash32 {
+    let mut hasher = TaggedHasher::new(LABEL_CONTRIBUTION);
+    hasher.update_part(&(ciphertexts.len() as u64).to_be_bytes());
+    for ciphertext in ciphertexts {
+        hasher.update_part(ciphertext);
+    }
+    hasher.update_part(proof);
+    hasher.finalize()
+}
+
+/// Domain label of a receipt's `contributions_root`.
+pub const LABEL_CONTRIBUTIONS: &str = "cohortex/market/contributions/v2";
+
+/// A receipt's `contributions_root`: the listings' contribution hashes, in the order's listing
+/// order.
+pub fn contributions_root<'a>(hashes: impl IntoIterator<Item = &'a Hash32>) -> Hash32 {
+    let mut hasher = TaggedHasher::new(LABEL_CONTRIBUTIONS);
+    for hash in hashes {
+        hasher.update_part(hash.as_bytes());
+    }
+    hasher.finalize()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

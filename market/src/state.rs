@@ -691,7 +691,7 @@ impl State {
                 ctx,
             )?,
             Action::RecordReceipt(receipt) => {
-                self.record_receipt(signer, ReceiptId(tx.id()), receipt, ctx)?
+                self.record_receipt(signer, ReceiptId(tx.id()), receipt, chain_id, ctx)?
             }
             Action::Settle { order, receipt } => self.settle(signer, *order, *receipt)?,
             Action::Refund { order } => self.refund(signer, *order, ctx)?,
@@ -1134,6 +1134,7 @@ impl State {
         signer: AccountId,
         receipt_id: ReceiptId,
         receipt: &QueryReceipt,
+        chain_id: &Hash32,
         ctx: &BlockContext,
     ) -> Result<(), TxError> {
         self.require_role(signer, &[Role::CommitteeMember], "committee member")?;
@@ -1156,6 +1157,35 @@ impl State {
                 .all(|(got, ordered)| got.listing == ordered.listing);
         if !listings_match {
             return Err(TxError::ReceiptListingsMismatch(order_id));
+        }
+        // Each listing's part is the node's word, not the market's: its owner signed who took
+        // part, its capacity and the hash of what it sent, for this order and query; and the
+        // receipt's root is over exactly those hashes.
+        let root = crate::hash::contributions_root(
+            receipt
+                .listings
+                .iter()
+                .map(|contribution| &contribution.contribution_hash),
+        );
+        if receipt.contributions_root != root {
+            return Err(TxError::ContributionsRootMismatch(order_id));
+        }
+        for contribution in &receipt.listings {
+            let id = &contribution.listing;
+            let owner = self
+                .listings
+                .get(id)
+                .ok_or_else(|| TxError::UnknownListing(id.clone()))?
+                .owner;
+            let attested = owner.verifying_key().is_ok_and(|key| {
+                contribution.attested_by(&key, chain_id, &order_id, &receipt.query_hash)
+            });
+            if !attested {
+                return Err(TxError::ContributionNotAttested {
+                    listing: id.clone(),
+                    owner,
+                });
+            }
         }
 
         // The privacy unit is the person: a patient listed in several of the order's

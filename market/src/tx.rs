@@ -207,6 +207,71 @@ pub struct ListingContribution {
     /// order. Every consenting participant contributes (a zero when they do not match), so this
     /// list reveals consent, which is public, and not cohort membership.
     pub participants: Vec<AccountId>,
+    /// The vault's public capacity the node proved its contribution against (the bound on
+    /// its rows).
+    pub capacity: u64,
+    /// [`crate::hash::contribution_hash`] of the node's contribution.
+    pub contribution_hash: Hash32,
+    /// The listing owner's Ed25519 signature over [`ListingContribution::attestation_digest`]:
+    /// the node, not the market, vouches for who took part, its capacity and what it sent.
+    pub attestation: Vec<u8>,
+}
+
+/// Domain label of a listing owner's attestation.
+pub const LABEL_ATTESTATION: &str = "cohortex/market/listing-attestation/v1";
+
+impl ListingContribution {
+    /// What the listing's owner signs: the chain, the order and its query, and every field of
+    /// this contribution but the signature.
+    pub fn attestation_digest(
+        &self,
+        chain_id: &Hash32,
+        order: &OrderId,
+        query_hash: &Hash32,
+    ) -> Hash32 {
+        let mut hasher = crate::hash::TaggedHasher::new(LABEL_ATTESTATION);
+        hasher.update_part(chain_id.as_bytes());
+        hasher.update_part(order.0 .0.as_bytes());
+        hasher.update_part(query_hash.as_bytes());
+        hasher.update_part(self.listing.0.as_bytes());
+        hasher.update_part(&self.epsilon_debited_micro.to_be_bytes());
+        hasher.update_part(&self.capacity.to_be_bytes());
+        hasher.update_part(&(self.participants.len() as u64).to_be_bytes());
+        for participant in &self.participants {
+            hasher.update_part(&participant.0);
+        }
+        hasher.update_part(self.contribution_hash.as_bytes());
+        hasher.finalize()
+    }
+
+    /// Signs the attestation with the listing owner's key.
+    pub fn attest(
+        &mut self,
+        owner: &SigningKey,
+        chain_id: &Hash32,
+        order: &OrderId,
+        query_hash: &Hash32,
+    ) {
+        let digest = self.attestation_digest(chain_id, order, query_hash);
+        self.attestation = owner.sign(digest.as_bytes()).to_bytes().to_vec();
+    }
+
+    /// Whether the attestation is `owner`'s signature (strict Ed25519) over the digest.
+    pub fn attested_by(
+        &self,
+        owner: &VerifyingKey,
+        chain_id: &Hash32,
+        order: &OrderId,
+        query_hash: &Hash32,
+    ) -> bool {
+        let Ok(bytes) = <[u8; 64]>::try_from(self.attestation.as_slice()) else {
+            return false;
+        };
+        let digest = self.attestation_digest(chain_id, order, query_hash);
+        owner
+            .verify_strict(digest.as_bytes(), &Signature::from_bytes(&bytes))
+            .is_ok()
+    }
 }
 
 /// The hashes that describe a computed query.

@@ -760,7 +760,11 @@ async fn earnings_split_payments_and_donations_of_settled_queries() {
     // The committee records the participants the compute node reads at compute time.
     let (participants, _) = served.current("academic_research").await;
     assert_eq!(participants.len(), 3);
-    let receipt = receipt_action(order, vec![(served.listing.clone(), participants)]);
+    let receipt = receipt_action(
+        served.net.chain_id,
+        order,
+        vec![(served.listing.clone(), &served.node, participants)],
+    );
     let receipt = ReceiptId(served.net.submit(&mut committee, receipt).await);
     let before_settlement = served.net.earnings_of(&patients[0]).await;
     assert_eq!((before_settlement.paid, before_settlement.donated), (0, 0));

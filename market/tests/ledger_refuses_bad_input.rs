@@ -90,7 +90,11 @@ fn ledger_refuses_wrongly_roled_account() {
     let ids = scene.patient_ids();
     scene.f.refuse(
         &scene.buyer,
-        receipt_action(order, vec![(scene.listing.clone(), ids)]),
+        receipt_action(
+            scene.f.ledger.chain_id(),
+            order,
+            vec![(scene.listing.clone(), &scene.node, ids)],
+        ),
         TxError::WrongRole {
             account: buyer_id,
             actual: Role::Buyer,
@@ -316,7 +320,11 @@ fn ledger_refuses_a_revoked_consent_counted_in_a_later_query() {
     let second = scene.order();
     scene.f.refuse(
         &scene.committee,
-        receipt_action(second, vec![(listing.clone(), ids.clone())]),
+        receipt_action(
+            scene.f.ledger.chain_id(),
+            second,
+            vec![(listing.clone(), &scene.node, ids.clone())],
+        ),
         TxError::ParticipantWithoutConsent {
             patient: ids[0],
             listing: listing.clone(),
@@ -393,7 +401,11 @@ fn ledger_refuses_expired_consent_and_expired_order() {
     with_expired.push(patient.id);
     scene.f.refuse(
         &scene.committee,
-        receipt_action(order, vec![(listing.clone(), with_expired)]),
+        receipt_action(
+            scene.f.ledger.chain_id(),
+            order,
+            vec![(listing.clone(), &scene.node, with_expired)],
+        ),
         TxError::ParticipantWithoutConsent {
             patient: patient.id,
             listing: listing.clone(),
@@ -404,7 +416,11 @@ fn ledger_refuses_expired_consent_and_expired_order() {
     let ids = scene.patient_ids();
     scene.f.refuse(
         &scene.committee,
-        receipt_action(order, vec![(listing, ids)]),
+        receipt_action(
+            scene.f.ledger.chain_id(),
+            order,
+            vec![(listing, &scene.node, ids)],
+        ),
         TxError::OrderExpired {
             order,
             expires_at: expiry + 1000,
@@ -587,10 +603,11 @@ fn ledger_refuses_a_receipt_naming_one_patient_in_two_listings() {
     let mut first_listing = others.clone();
     first_listing.push(patient.id);
     let receipt = receipt_action(
+        scene.f.ledger.chain_id(),
         order,
         vec![
-            (scene.listing.clone(), first_listing),
-            (second.clone(), vec![patient.id]),
+            (scene.listing.clone(), &scene.node, first_listing),
+            (second.clone(), &second_node, vec![patient.id]),
         ],
     );
     scene.f.refuse(
@@ -608,10 +625,22 @@ fn ledger_refuses_a_receipt_naming_one_patient_in_two_listings() {
 fn ledger_refuses_a_receipt_debiting_less_than_the_orders_epsilon() {
     let mut scene = Scene::new();
     let order = scene.order();
-    let mut receipt = receipt_action(order, vec![(scene.listing.clone(), scene.patient_ids())]);
+    let mut receipt = receipt_action(
+        scene.f.ledger.chain_id(),
+        order,
+        vec![(scene.listing.clone(), &scene.node, scene.patient_ids())],
+    );
     if let Action::RecordReceipt(receipt) = &mut receipt {
-        // The noise was calibrated to the order's 0.5 ε; charging 0.4 would under-count it.
+        // The noise was calibrated to the order's 0.5 ε; charging 0.4 would under-count it,
+        // even with the node's signature on it.
         receipt.listings[0].epsilon_debited_micro = 400_000;
+        let query_hash = receipt.query_hash;
+        receipt.listings[0].attest(
+            &scene.node.key,
+            &scene.f.ledger.chain_id(),
+            &order,
+            &query_hash,
+        );
     }
     scene.f.refuse(
         &scene.committee,
@@ -621,5 +650,73 @@ fn ledger_refuses_a_receipt_debiting_less_than_the_orders_epsilon() {
             debited_micro: 400_000,
             requested_micro: 500_000,
         },
+    );
+}
+
+/// A receipt for `scene`'s next order naming every patient, attested by the node.
+fn attested_receipt(scene: &mut Scene) -> (OrderId, market::QueryReceipt) {
+    let order = scene.order();
+    let action = receipt_action(
+        scene.f.ledger.chain_id(),
+        order,
+        vec![(scene.listing.clone(), &scene.node, scene.patient_ids())],
+    );
+    let Action::RecordReceipt(receipt) = action else {
+        unreachable!("receipt_action makes a receipt")
+    };
+    (order, receipt)
+}
+
+#[test]
+fn ledger_refuses_a_receipt_naming_participants_the_node_did_not_attest() {
+    let mut scene = Scene::new();
+    let (_, mut receipt) = attested_receipt(&mut scene);
+    // The operator drops a consenting patient the node counted (say, to pay the others
+    // more), keeping the node's signature.
+    receipt.listings[0].participants.remove(0);
+    scene.f.refuse(
+        &scene.committee,
+        Action::RecordReceipt(receipt.clone()),
+        TxError::ContributionNotAttested {
+            listing: scene.listing.clone(),
+            owner: scene.node.id,
+        },
+    );
+    // Control: the receipt as the node attested it is recorded.
+    let (_, receipt) = attested_receipt(&mut scene);
+    scene
+        .f
+        .submit(&mut scene.committee, Action::RecordReceipt(receipt))
+        .expect("the attested receipt is recorded");
+}
+
+#[test]
+fn ledger_refuses_a_receipt_attested_by_someone_other_than_the_listing_owner() {
+    let mut scene = Scene::new();
+    let (order, mut receipt) = attested_receipt(&mut scene);
+    // The operator signs the node's part itself, with its own (committee) key.
+    let query_hash = receipt.query_hash;
+    let chain_id = scene.f.ledger.chain_id();
+    receipt.listings[0].capacity = 1;
+    receipt.listings[0].attest(&scene.committee.key, &chain_id, &order, &query_hash);
+    scene.f.refuse(
+        &scene.committee,
+        Action::RecordReceipt(receipt),
+        TxError::ContributionNotAttested {
+            listing: scene.listing.clone(),
+            owner: scene.node.id,
+        },
+    );
+}
+
+#[test]
+fn ledger_refuses_a_receipt_whose_root_is_not_over_the_attested_contributions() {
+    let mut scene = Scene::new();
+    let (order, mut receipt) = attested_receipt(&mut scene);
+    receipt.contributions_root = market::Hash32([0xAB; 32]);
+    scene.f.refuse(
+        &scene.committee,
+        Action::RecordReceipt(receipt),
+        TxError::ContributionsRootMismatch(order),
     );
 }

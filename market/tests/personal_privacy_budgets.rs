@@ -47,7 +47,11 @@ fn receipt_that_would_take_a_patient_past_their_personal_limit_is_refused() {
     assert_eq!(state.personal_spent_micro(&ids[1], &scene.listing), DEBIT);
 
     let second = scene.order();
-    let naming_everyone = receipt_action(second, vec![(scene.listing.clone(), ids.clone())]);
+    let naming_everyone = receipt_action(
+        scene.f.ledger.chain_id(),
+        second,
+        vec![(scene.listing.clone(), &scene.node, ids.clone())],
+    );
     scene.f.refuse(
         &scene.committee,
         naming_everyone,

@@ -94,7 +94,11 @@ fn settlement_of_a_donation_listing_pays_the_listing_fund() {
             .f
             .submit(
                 &mut scene.committee,
-                receipt_action(order, vec![(listing, ids.clone())]),
+                receipt_action(
+                    scene.f.ledger.chain_id(),
+                    order,
+                    vec![(listing, &scene.node, ids.clone())],
+                ),
             )
             .expect("receipt"),
     );
@@ -148,10 +152,11 @@ fn settlement_of_a_multi_listing_order_splits_each_listing_separately() {
             .submit(
                 &mut scene.committee,
                 receipt_action(
+                    scene.f.ledger.chain_id(),
                     order,
                     vec![
-                        (scene.listing.clone(), ids.clone()),
-                        (second, second_ids.clone()),
+                        (scene.listing.clone(), &scene.node, ids.clone()),
+                        (second, &scene.node, second_ids.clone()),
                     ],
                 ),
             )
@@ -234,7 +239,11 @@ fn failed_order_is_refunded_by_the_committee() {
     let listing = scene.listing.clone();
     scene.f.refuse(
         &scene.committee,
-        receipt_action(order, vec![(listing, ids)]),
+        receipt_action(
+            scene.f.ledger.chain_id(),
+            order,
+            vec![(listing, &scene.node, ids)],
+        ),
         TxError::OrderNotOpen {
             order,
             status: "refunded",
@@ -347,7 +356,7 @@ proptest! {
         }
         f.deposit(&buyer, price);
         let order = OrderId(f.submit(&mut buyer, order_action(std::slice::from_ref(&listing), f.now() + 10)).expect("order"));
-        let receipt = market::ReceiptId(f.submit(&mut committee, receipt_action(order, vec![(listing, ids.clone())])).expect("receipt"));
+        let receipt = market::ReceiptId(f.submit(&mut committee, receipt_action(f.ledger.chain_id(), order, vec![(listing, &node, ids.clone())])).expect("receipt"));
         f.submit(&mut buyer, Action::Settle { order, receipt }).expect("settle");
         let state = f.ledger.state();
         let share = price / cohort as u64;

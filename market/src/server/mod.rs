@@ -107,6 +107,8 @@ pub fn tx_error_code(error: &TxError) -> Code {
         | TxError::OrderNotExpired { .. }
         | TxError::QueryHashMismatch(_)
         | TxError::ReceiptListingsMismatch(_)
+        | TxError::ContributionsRootMismatch(_)
+        | TxError::ContributionNotAttested { .. }
         | TxError::EpsilonExceedsRequest { .. }
         | TxError::CohortTooSmall { .. }
         | TxError::ParticipantWithoutConsent { .. }

@@ -257,24 +257,42 @@ pub fn order_action(listings: &[ListingId], expires_at: u64) -> Action {
     }
 }
 
-pub fn receipt_action(order: OrderId, per_listing: Vec<(ListingId, Vec<AccountId>)>) -> Action {
+/// A receipt for `order` on `chain_id` naming, per listing, its participants, each listing's
+/// part attested by its owner (`per_listing`'s party), as a node attests its contribution.
+pub fn receipt_action(
+    chain_id: Hash32,
+    order: OrderId,
+    per_listing: Vec<(ListingId, &Party, Vec<AccountId>)>,
+) -> Action {
+    let query_hash = Hash32([9; 32]);
+    let listings: Vec<market::ListingContribution> = per_listing
+        .into_iter()
+        .enumerate()
+        .map(|(index, (listing, owner, mut participants))| {
+            participants.sort();
+            let mut contribution = market::ListingContribution {
+                listing,
+                epsilon_debited_micro: 500_000,
+                participants,
+                capacity: 1000,
+                contribution_hash: Hash32([10 + index as u8; 32]),
+                attestation: Vec::new(),
+            };
+            contribution.attest(&owner.key, &chain_id, &order, &query_hash);
+            contribution
+        })
+        .collect();
     Action::RecordReceipt(market::QueryReceipt {
         order,
-        query_hash: Hash32([9; 32]),
-        contributions_root: Hash32([10; 32]),
+        query_hash,
+        contributions_root: market::hash::contributions_root(
+            listings
+                .iter()
+                .map(|contribution| &contribution.contribution_hash),
+        ),
         proofs_hash: Hash32([11; 32]),
         result_hash: Hash32([12; 32]),
-        listings: per_listing
-            .into_iter()
-            .map(|(listing, mut participants)| {
-                participants.sort();
-                market::ListingContribution {
-                    listing,
-                    epsilon_debited_micro: 500_000,
-                    participants,
-                }
-            })
-            .collect(),
+        listings,
     })
 }
 
@@ -341,7 +359,11 @@ impl Scene {
 
     /// Records a receipt for `order` naming `participants`; returns the receipt id.
     pub fn record(&mut self, order: OrderId, participants: Vec<AccountId>) -> market::ReceiptId {
-        let action = receipt_action(order, vec![(self.listing.clone(), participants)]);
+        let action = receipt_action(
+            self.f.ledger.chain_id(),
+            order,
+            vec![(self.listing.clone(), &self.node, participants)],
+        );
         market::ReceiptId(self.f.submit(&mut self.committee, action).expect("receipt"))
     }
 }

@@ -18,6 +18,10 @@ use serde::{Deserialize, Serialize};
 use crate::keys::parse_account;
 use cohortex_proto::tls::TlsIdentity;
 
+/// A listing's per-order ε cap when `listing.max_epsilon_per_order` is not set: 10, a common
+/// ceiling for one release in deployed differential privacy (and never above the budget).
+pub const DEFAULT_MAX_EPSILON_PER_ORDER_MICRO: u64 = 10_000_000;
+
 /// The config format version these files must declare.
 pub const CONFIG_VERSION: u32 = 1;
 
@@ -345,6 +349,7 @@ struct ListingFile {
     purposes: Vec<String>,
     min_cohort_size: u32,
     epsilon_budget: f64,
+    max_epsilon_per_order: Option<f64>,
     compensation: CompensationFile,
 }
 
@@ -375,6 +380,8 @@ pub struct ListingConfig {
     pub min_cohort_size: u32,
     /// Total ε budget, in micro-ε.
     pub epsilon_budget_micro: u64,
+    /// Most ε one order may spend, in micro-ε.
+    pub max_epsilon_per_order_micro: u64,
     /// Whether every share is donated to the market's fund.
     pub donation: bool,
 }
@@ -479,6 +486,21 @@ impl NodeConfig {
                 path.display()
             );
         }
+        let epsilon_budget_micro =
+            epsilon_micro(listing.epsilon_budget, path, "listing.epsilon_budget")?;
+        let max_epsilon_per_order_micro = match listing.max_epsilon_per_order {
+            Some(cap) => epsilon_micro(cap, path, "listing.max_epsilon_per_order")?,
+            None => DEFAULT_MAX_EPSILON_PER_ORDER_MICRO.min(epsilon_budget_micro),
+        };
+        if max_epsilon_per_order_micro > epsilon_budget_micro {
+            bail!(
+                "{}: listing.max_epsilon_per_order = {} exceeds listing.epsilon_budget = {}; \
+                 one order cannot spend more than the whole budget",
+                path.display(),
+                max_epsilon_per_order_micro as f64 / 1e6,
+                listing.epsilon_budget
+            );
+        }
         Ok(Self {
             path: path.to_path_buf(),
             key_file: resolve(path, &file.key_file),
@@ -495,11 +517,8 @@ impl NodeConfig {
                 price_per_query: listing.price_per_query,
                 purposes,
                 min_cohort_size: listing.min_cohort_size,
-                epsilon_budget_micro: epsilon_micro(
-                    listing.epsilon_budget,
-                    path,
-                    "listing.epsilon_budget",
-                )?,
+                epsilon_budget_micro,
+                max_epsilon_per_order_micro,
                 donation: listing.compensation == CompensationFile::Donation,
             },
             data_file: resolve(path, &file.data.file),
@@ -639,6 +658,41 @@ mod tests {
         let error = format!("{:#}", PatientConfig::load(&path).unwrap_err());
         assert!(error.contains("patient.toml: tls.key"), "{error}");
         assert!(error.contains("not a PEM private key"), "{error}");
+    }
+
+    #[test]
+    fn per_order_cap_above_the_budget_is_refused_in_the_node_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let members = vec![
+            crate::keys::generate(&dir.path().join("n1.key"))
+                .unwrap()
+                .to_string(),
+            crate::keys::generate(&dir.path().join("n2.key"))
+                .unwrap()
+                .to_string(),
+        ];
+        let endpoints = ["https://127.0.0.1:7701", "https://127.0.0.1:7702"];
+        let tls = tls_section(dir.path());
+        let base = node_toml(2, &members, &endpoints);
+        // The budget is 10; a cap of 11 would let one order spend more than everything.
+        let over = base.replace(
+            "epsilon_budget = 10.0\n",
+            "epsilon_budget = 10.0\nmax_epsilon_per_order = 11.0\n",
+        );
+        let path = write(dir.path(), "node.toml", &(over + &tls));
+        let error = format!("{:#}", NodeConfig::load(&path).unwrap_err());
+        assert!(
+            error.contains("listing.max_epsilon_per_order = 11"),
+            "{error}"
+        );
+        // Without the field, the cap is the default 10, and never above the budget.
+        let path = write(dir.path(), "node.toml", &(base.clone() + &tls));
+        let config = NodeConfig::load(&path).unwrap();
+        assert_eq!(config.listing.max_epsilon_per_order_micro, 10_000_000);
+        let small = base.replace("epsilon_budget = 10.0\n", "epsilon_budget = 2.0\n");
+        let path = write(dir.path(), "node.toml", &(small + &tls));
+        let config = NodeConfig::load(&path).unwrap();
+        assert_eq!(config.listing.max_epsilon_per_order_micro, 2_000_000);
     }
 
     #[test]

@@ -164,6 +164,8 @@ pub async fn local(args: LocalArgs) -> anyhow::Result<()> {
         threshold: 2,
         // The listings exist for this one run: a budget of ten such releases.
         epsilon_budget_micro: args.epsilon_micro.saturating_mul(10),
+        // The run's one query is this order: its ε is the cap.
+        max_epsilon_per_order_micro: args.epsilon_micro,
         extra_purposes: Vec::new(),
         nodes_read_market_at: None,
         authority: None,
@@ -414,6 +416,7 @@ pub async fn demo(
         purpose: Purpose::AcademicResearch,
         threshold: 2,
         epsilon_budget_micro: DEMO_BUDGET_MICRO,
+        max_epsilon_per_order_micro: DEMO_EPSILON_MICRO,
         extra_purposes: Vec::new(),
         nodes_read_market_at: None,
         authority: None,

@@ -172,6 +172,7 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
         allowed_purposes: config.listing.purposes.clone(),
         min_cohort_size: config.listing.min_cohort_size,
         epsilon_budget_micro: config.listing.epsilon_budget_micro,
+        max_epsilon_per_order_micro: config.listing.max_epsilon_per_order_micro,
         compensation: if config.listing.donation {
             Compensation::Donation { fund: public.fund }
         } else {

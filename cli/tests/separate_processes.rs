@@ -252,7 +252,7 @@ fn market_nodes_patients_and_buyer_as_separate_processes() {
                  [committee]\nmember = {node}\nthreshold = 2\nmembers = [{members}]\n\
                  endpoints = [{endpoints}]\n\n\
                  [listing]\nid = \"site-{node}\"\nprice_per_query = {PRICE}\n\
-                 purposes = [\"academic_research\"]\nmin_cohort_size = 1\nepsilon_budget = 1000000.0\n\
+                 purposes = [\"academic_research\"]\nmin_cohort_size = 1\nepsilon_budget = 1000000.0\nmax_epsilon_per_order = 100000.0\n\
                  compensation = \"payment\"\n\n\
                  [data]\nfile = \"site-{node}.csv\"\nmanifest = \"manifest.toml\"\n{}",
                 tls(&format!("node-{node}"))

@@ -86,6 +86,8 @@ pub struct ClusterOptions {
     pub threshold: u16,
     /// Each listing's total ε budget, in micro-ε.
     pub epsilon_budget_micro: u64,
+    /// Each listing's per-order ε cap, in micro-ε (at most the budget).
+    pub max_epsilon_per_order_micro: u64,
     /// Further purposes every listing allows (patients consent to `purpose` only).
     pub extra_purposes: Vec<Purpose>,
     /// Where the nodes read the ledger and the manifests (default: the market). Adversarial
@@ -359,6 +361,7 @@ impl Cluster {
                     .collect(),
                 min_cohort_size: setup.min_cohort_size,
                 epsilon_budget_micro: options.epsilon_budget_micro,
+                max_epsilon_per_order_micro: options.max_epsilon_per_order_micro,
                 compensation: if setup.donation {
                     Compensation::Donation {
                         fund: AccountId::of(&fund),

@@ -375,6 +375,7 @@ async fn patient_in_two_listings_is_counted_once() {
         purpose: Purpose::AcademicResearch,
         threshold: 2,
         epsilon_budget_micro: 100 * EPSILON,
+        max_epsilon_per_order_micro: EPSILON,
         extra_purposes: Vec::new(),
         nodes_read_market_at: None,
         authority: None,

@@ -89,6 +89,7 @@ async fn disjoint_quorums_cannot_get_two_releases_of_one_order() {
         purpose: Purpose::AcademicResearch,
         threshold: 2,
         epsilon_budget_micro: 100 * EPSILON,
+        max_epsilon_per_order_micro: EPSILON,
         extra_purposes: Vec::new(),
         nodes_read_market_at: None,
         authority: None,

@@ -284,6 +284,16 @@ pub enum TxError {
     /// The receipt's listings are not exactly the order's, in the order's order.
     #[error("receipt listings do not match the listings of order {0}")]
     ReceiptListingsMismatch(OrderId),
+    /// An order asks more ε of a listing than the listing lets one order spend.
+    #[error("listing {listing} caps each order at {cap_micro} micro-epsilon; the order asks {requested_micro}")]
+    EpsilonAboveOrderCap {
+        /// The listing.
+        listing: ListingId,
+        /// Its per-order cap.
+        cap_micro: u64,
+        /// What the order asked.
+        requested_micro: u64,
+    },
     /// The receipt's contributions root is not the root of its listings' contribution hashes.
     #[error("receipt for order {0}: contributions_root is not the root of its listings' contribution hashes")]
     ContributionsRootMismatch(OrderId),

@@ -783,6 +783,13 @@ impl State {
         if terms.epsilon_budget_micro == 0 {
             return Err(TxError::InvalidListing("epsilon budget must be positive"));
         }
+        if terms.max_epsilon_per_order_micro == 0
+            || terms.max_epsilon_per_order_micro > terms.epsilon_budget_micro
+        {
+            return Err(TxError::InvalidListing(
+                "the per-order epsilon cap must be positive and at most the budget",
+            ));
+        }
         if let Compensation::Donation { fund } = terms.compensation {
             self.require_fund(fund)?;
         }
@@ -1069,6 +1076,13 @@ impl State {
                 return Err(TxError::PurposeNotAllowed {
                     listing: id.clone(),
                     purpose,
+                });
+            }
+            if epsilon_micro > listing.terms.max_epsilon_per_order_micro {
+                return Err(TxError::EpsilonAboveOrderCap {
+                    listing: id.clone(),
+                    cap_micro: listing.terms.max_epsilon_per_order_micro,
+                    requested_micro: epsilon_micro,
                 });
             }
             let remaining = listing.epsilon_remaining_micro();

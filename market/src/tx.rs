@@ -192,6 +192,10 @@ pub struct ListingTerms {
     pub min_cohort_size: u32,
     /// Total privacy budget of the dataset, in micro-epsilon (ε · 10⁶).
     pub epsilon_budget_micro: u64,
+    /// Most ε one order may spend on the listing, in micro-epsilon: the cap on the privacy
+    /// loss of any single release (at least 1, at most the budget). The budget bounds the
+    /// total; this keeps one buyer from spending it all on one nearly noiseless answer.
+    pub max_epsilon_per_order_micro: u64,
     /// Payment to participants or donation to a fund.
     pub compensation: Compensation,
 }

@@ -8,8 +8,8 @@ mod common;
 
 use common::*;
 use market::{
-    AccountId, Action, Compensation, Hash32, OrderId, PayoutChoice, ReceiptId, Role, TxBody,
-    TxError,
+    AccountId, Action, Compensation, Hash32, ListingId, OrderId, PayoutChoice, Purpose, ReceiptId,
+    Role, TxBody, TxError,
 };
 
 #[test]
@@ -718,5 +718,69 @@ fn ledger_refuses_a_receipt_whose_root_is_not_over_the_attested_contributions() 
         &scene.committee,
         Action::RecordReceipt(receipt),
         TxError::ContributionsRootMismatch(order),
+    );
+}
+
+#[test]
+fn ledger_refuses_an_order_above_a_listings_per_order_epsilon_cap() {
+    let mut scene = Scene::new();
+    // The listing caps each order at ε = 1 (of a budget of 10).
+    let above_cap = Action::OrderQuery {
+        query_hash: Hash32([9; 32]),
+        listings: vec![scene.listing.clone()],
+        purpose: Purpose::AcademicResearch,
+        epsilon_micro: 1_000_001,
+        expires_at: scene.f.now() + 3600,
+    };
+    scene.f.refuse(
+        &scene.buyer,
+        above_cap,
+        TxError::EpsilonAboveOrderCap {
+            listing: scene.listing.clone(),
+            cap_micro: 1_000_000,
+            requested_micro: 1_000_001,
+        },
+    );
+    // Control: at the cap, the order is placed.
+    let at_cap = Action::OrderQuery {
+        query_hash: Hash32([9; 32]),
+        listings: vec![scene.listing.clone()],
+        purpose: Purpose::AcademicResearch,
+        epsilon_micro: 1_000_000,
+        expires_at: scene.f.now() + 3600,
+    };
+    scene
+        .f
+        .submit(&mut scene.buyer, at_cap)
+        .expect("an order at the cap is placed");
+}
+
+#[test]
+fn listing_with_a_per_order_cap_above_its_budget_is_refused() {
+    let mut scene = Scene::new();
+    let mut capped = terms(10, Compensation::Payment);
+    capped.max_epsilon_per_order_micro = capped.epsilon_budget_micro + 1;
+    scene.f.refuse(
+        &scene.node,
+        Action::PublishListing {
+            listing: ListingId::new("over-cap"),
+            schema_hash: Hash32([1; 32]),
+            terms: capped.clone(),
+        },
+        TxError::InvalidListing(
+            "the per-order epsilon cap must be positive and at most the budget",
+        ),
+    );
+    capped.max_epsilon_per_order_micro = 0;
+    scene.f.refuse(
+        &scene.node,
+        Action::PublishListing {
+            listing: ListingId::new("zero-cap"),
+            schema_hash: Hash32([1; 32]),
+            terms: capped,
+        },
+        TxError::InvalidListing(
+            "the per-order epsilon cap must be positive and at most the budget",
+        ),
     );
 }

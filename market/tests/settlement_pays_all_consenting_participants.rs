@@ -97,7 +97,7 @@ fn settlement_of_a_donation_listing_pays_the_listing_fund() {
                 receipt_action(
                     scene.f.ledger.chain_id(),
                     order,
-                    vec![(listing, &scene.node, ids.clone())],
+                    vec![(listing, &owner, ids.clone())],
                 ),
             )
             .expect("receipt"),

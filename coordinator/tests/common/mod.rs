@@ -142,6 +142,8 @@ pub async fn start_with(setup: Setup) -> (tempfile::TempDir, Cluster, Truth) {
         purpose: Purpose::AcademicResearch,
         threshold: 2,
         epsilon_budget_micro: setup.epsilon_budget_micro,
+        // The functional tests order at ε = EPSILON for exact answers; no order asks more.
+        max_epsilon_per_order_micro: EPSILON.min(setup.epsilon_budget_micro),
         extra_purposes: setup.extra_purposes,
         nodes_read_market_at: setup.nodes_read_market_at,
         authority: setup.authority,

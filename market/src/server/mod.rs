@@ -102,6 +102,7 @@ pub fn tx_error_code(error: &TxError) -> Code {
         | TxError::NoActiveConsent { .. }
         | TxError::ExpiryNotInFuture { .. }
         | TxError::EpsilonBudgetExhausted { .. }
+        | TxError::EpsilonAboveOrderCap { .. }
         | TxError::OrderNotOpen { .. }
         | TxError::OrderExpired { .. }
         | TxError::OrderNotExpired { .. }

@@ -218,6 +218,7 @@ pub fn terms(price: u64, compensation: Compensation) -> ListingTerms {
         allowed_purposes: BTreeSet::from([Purpose::AcademicResearch, Purpose::TrialFeasibility]),
         min_cohort_size: 1,
         epsilon_budget_micro: 10_000_000,
+        max_epsilon_per_order_micro: 1_000_000,
         compensation,
     }
 }

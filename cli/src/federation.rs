@@ -552,13 +552,28 @@ pub async fn demo(
             .authority()
             .issue("grpcurl", &["127.0.0.1".to_string()])
             .context("issuing grpcurl's certificate")?;
-        for (name, text) in [
-            ("ca.crt", cluster.authority().certificate_pem()),
-            ("client.crt", issued.certificate_pem.as_str()),
-            ("client.key", issued.key_pem.as_str()),
+        for (name, text, mode) in [
+            ("ca.crt", cluster.authority().certificate_pem(), 0o644),
+            ("client.crt", issued.certificate_pem.as_str(), 0o644),
+            ("client.key", issued.key_pem.as_str(), 0o600),
         ] {
             let path = tls_dir.join(name);
-            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                options.mode(mode);
+            }
+            #[cfg(not(unix))]
+            let _ = mode;
+            std::io::Write::write_all(
+                &mut options
+                    .open(&path)
+                    .with_context(|| format!("writing {}", path.display()))?,
+                text.as_bytes(),
+            )
+            .with_context(|| format!("writing {}", path.display()))?;
         }
         let address = cluster.market_endpoint.trim_start_matches("https://");
         let flags = format!(

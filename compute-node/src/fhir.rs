@@ -9,6 +9,7 @@
 //! | `age` | whole years from `Patient.birthDate` to the vault's reference date |
 //! | `sex` | `Patient.gender` |
 //! | `bmi`, `hba1c`, `systolic_bp`, `diastolic_bp`, `ldl` | latest `Observation.valueQuantity` by LOINC code, unit normalised |
+//! | `systolic_bp`, `diastolic_bp` | also the components 8480-6 and 8462-4 of a blood-pressure panel (LOINC 85354-9 or 55284-4), the form of the FHIR vital-signs BP profile and of most EHR exports; a component without a value (`dataAbsentReason`) is skipped |
 //! | `conditions` | ICD-10 and SNOMED CT codes of `Condition.code` |
 //! | `medications` | RxNorm codes of `MedicationRequest.medicationCodeableConcept` |
 //!
@@ -70,6 +71,18 @@ pub const LAB_CODES: [(&str, &str); 7] = [
     ("13457-7", "ldl"),
     ("18262-6", "ldl"),
 ];
+
+/// LOINC codes of blood-pressure panels, whose systolic and diastolic readings are
+/// `Observation.component`s (the FHIR vital-signs blood-pressure profile uses 85354-9).
+pub const BP_PANEL_CODES: [&str; 2] = ["85354-9", "55284-4"];
+
+/// The lab column of a LOINC code, if it is one of [`LAB_CODES`].
+fn lab_column(code: &str) -> Option<&'static str> {
+    LAB_CODES
+        .iter()
+        .find(|(loinc, _)| *loinc == code)
+        .map(|(_, column)| *column)
+}
 
 /// A FHIR `Coding`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -172,6 +185,20 @@ pub struct Observation {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub effective_date_time: Option<String>,
     /// The result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_quantity: Option<Quantity>,
+    /// Component results (a blood-pressure panel's systolic and diastolic readings).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub component: Vec<ObservationComponent>,
+}
+
+/// A FHIR `Observation.component` (the elements used).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObservationComponent {
+    /// What this component is (LOINC).
+    pub code: CodeableConcept,
+    /// Its result; absent when the component carries a `dataAbsentReason`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value_quantity: Option<Quantity>,
 }
@@ -493,33 +520,51 @@ pub fn bundle_to_record(
                     continue;
                 }
                 let codes = codes_of(&observation.code, &[systems::LOINC]);
-                let Some(column) = codes.iter().find_map(|code| {
-                    LAB_CODES
-                        .iter()
-                        .find(|(loinc, _)| loinc == code)
-                        .map(|(_, column)| *column)
-                }) else {
-                    continue;
-                };
                 let resource_name = name(observation.id.as_deref());
-                let quantity =
-                    observation
-                        .value_quantity
-                        .as_ref()
-                        .ok_or_else(|| FhirError::Resource {
-                            resource: resource_name.clone(),
-                            reason: "has no valueQuantity".into(),
-                        })?;
-                let value = normalise(column, quantity).map_err(|reason| FhirError::Resource {
-                    resource: resource_name,
-                    reason,
-                })?;
+                // The readings this observation gives: its own value, or a blood-pressure
+                // panel's systolic and diastolic components.
+                let mut readings: Vec<(&str, &Quantity)> = Vec::new();
+                if let Some(column) = codes.iter().find_map(|code| lab_column(code)) {
+                    let quantity =
+                        observation
+                            .value_quantity
+                            .as_ref()
+                            .ok_or_else(|| FhirError::Resource {
+                                resource: resource_name.clone(),
+                                reason: "has no valueQuantity".into(),
+                            })?;
+                    readings.push((column, quantity));
+                } else if codes
+                    .iter()
+                    .any(|code| BP_PANEL_CODES.contains(&code.as_str()))
+                {
+                    for component in &observation.component {
+                        let column = codes_of(&component.code, &[systems::LOINC])
+                            .iter()
+                            .find_map(|code| lab_column(code))
+                            .filter(|column| matches!(*column, "systolic_bp" | "diastolic_bp"));
+                        if let (Some(column), Some(quantity)) =
+                            (column, component.value_quantity.as_ref())
+                        {
+                            readings.push((column, quantity));
+                        }
+                    }
+                } else {
+                    continue;
+                }
                 let when = observation.effective_date_time.clone().unwrap_or_default();
-                let newer = labs
-                    .get(column)
-                    .is_none_or(|(latest, _)| when.as_str() >= latest.as_str());
-                if newer {
-                    labs.insert(column, (when, value));
+                for (column, quantity) in readings {
+                    let value =
+                        normalise(column, quantity).map_err(|reason| FhirError::Resource {
+                            resource: resource_name.clone(),
+                            reason,
+                        })?;
+                    let newer = labs
+                        .get(column)
+                        .is_none_or(|(latest, _)| when.as_str() >= latest.as_str());
+                    if newer {
+                        labs.insert(column, (when.clone(), value));
+                    }
                 }
             }
             "Condition" => {

@@ -306,26 +306,6 @@ impl SyntheticPatient {
                 );
             }
         }
-        if let Some(sbp) = self.systolic_bp {
-            observation(
-                "sbp",
-                "8480-6",
-                "Systolic blood pressure",
-                sbp,
-                "mm[Hg]",
-                "2025-06-12",
-            );
-        }
-        if let Some(dbp) = self.diastolic_bp {
-            observation(
-                "dbp",
-                "8462-4",
-                "Diastolic blood pressure",
-                dbp,
-                "mm[Hg]",
-                "2025-06-12",
-            );
-        }
         if let Some(ldl) = self.ldl {
             if self.ldl_mmol {
                 observation(
@@ -346,6 +326,41 @@ impl SyntheticPatient {
                     "2025-09-03",
                 );
             }
+        }
+        // Blood pressure as EHRs export it and the FHIR vital-signs profile shapes it: one
+        // panel (LOINC 85354-9) whose components are the systolic and diastolic readings.
+        let components: Vec<serde_json::Value> = [
+            (self.systolic_bp, "8480-6", "Systolic blood pressure"),
+            (self.diastolic_bp, "8462-4", "Diastolic blood pressure"),
+        ]
+        .into_iter()
+        .filter_map(|(value, loinc, display)| {
+            value.map(|value| {
+                json!({
+                    "code": coding(systems::LOINC, loinc, display),
+                    "valueQuantity": {"value": value, "unit": "mmHg", "system": systems::UCUM, "code": "mm[Hg]"}
+                })
+            })
+        })
+        .collect();
+        if !components.is_empty() {
+            entries.push(json!({
+                "fullUrl": format!("urn:uuid:bp-{}", self.id),
+                "resource": {
+                    "resourceType": "Observation",
+                    "id": format!("bp-{}", self.id),
+                    "meta": {"profile": ["http://hl7.org/fhir/StructureDefinition/bp"]},
+                    "status": "final",
+                    "category": [{"coding": [{
+                        "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                        "code": "vital-signs"
+                    }]}],
+                    "code": coding(systems::LOINC, "85354-9", "Blood pressure panel with all children optional"),
+                    "subject": subject,
+                    "effectiveDateTime": "2025-06-12",
+                    "component": components
+                }
+            }));
         }
         let mut condition = |id: &str, icd10: &str, snomed: &str, display: &str| {
             let code = if self.snomed {

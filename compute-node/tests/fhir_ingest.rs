@@ -47,6 +47,7 @@ fn fhir_bundle_round_trips_into_the_vault_and_back_from_parquet() {
         );
         assert_eq!(float(value(&record, "bmi")), patient.bmi);
         assert_eq!(float(value(&record, "systolic_bp")), patient.systolic_bp);
+        assert_eq!(float(value(&record, "diastolic_bp")), patient.diastolic_bp);
         // HbA1c reported in mmol/mol comes back in % within the IFCC rounding (1 mmol/mol ≈ 0.09 %).
         match (float(value(&record, "hba1c")), patient.hba1c) {
             (Some(read), Some(truth)) => assert!((read - truth).abs() <= 0.05, "{read} vs {truth}"),
@@ -95,6 +96,77 @@ fn bundle_with_observation(loinc: &str, value: f64, unit: &str) -> String {
         ]
     })
     .to_string()
+}
+
+/// A bundle whose blood pressure is one Observation in the shape of the FHIR R4 example
+/// `Observation/blood-pressure` (vital-signs BP profile): panel LOINC 85354-9, systolic
+/// 8480-6 and diastolic 8462-4 as components in mm[Hg], with the elements a real export
+/// carries and ingest does not read (identifier, interpretation, bodySite, performer).
+fn bundle_with_bp_panel(diastolic: serde_json::Value) -> String {
+    serde_json::json!({
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [
+            {"resource": {"resourceType": "Patient", "id": "example", "gender": "male", "birthDate": "1974-12-25"}},
+            {"resource": {
+                "resourceType": "Observation",
+                "id": "blood-pressure",
+                "meta": {"profile": ["http://hl7.org/fhir/StructureDefinition/vitalsigns"]},
+                "identifier": [{"system": "urn:ietf:rfc:3986", "value": "urn:uuid:187e0c12-8dd2-67e2-99b2-bf273c878281"}],
+                "basedOn": [{"identifier": {"system": "https://acme.org/identifiers", "value": "1234"}}],
+                "status": "final",
+                "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs", "display": "Vital Signs"}]}],
+                "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9", "display": "Blood pressure panel with all children optional"}], "text": "Blood pressure systolic & diastolic"},
+                "subject": {"reference": "Patient/example"},
+                "effectiveDateTime": "2012-09-17",
+                "performer": [{"reference": "Practitioner/example"}],
+                "interpretation": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation", "code": "L", "display": "low"}], "text": "Below low normal"}],
+                "bodySite": {"coding": [{"system": "http://snomed.info/sct", "code": "368209003", "display": "Right arm"}]},
+                "component": [
+                    {
+                        "code": {"coding": [{"system": "http://loinc.org", "code": "8480-6", "display": "Systolic blood pressure"}, {"system": "http://snomed.info/sct", "code": "271649006", "display": "Systolic blood pressure"}]},
+                        "valueQuantity": {"value": 107, "unit": "mmHg", "system": "http://unitsofmeasure.org", "code": "mm[Hg]"},
+                        "interpretation": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation", "code": "N", "display": "normal"}]}]
+                    },
+                    diastolic
+                ]
+            }}
+        ]
+    })
+    .to_string()
+}
+
+#[test]
+fn blood_pressure_panel_components_are_read_as_systolic_and_diastolic() {
+    let diastolic = serde_json::json!({
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8462-4", "display": "Diastolic blood pressure"}]},
+        "valueQuantity": {"value": 60, "unit": "mmHg", "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}
+    });
+    let record = bundle_to_record(
+        &bundle_with_bp_panel(diastolic),
+        &REFERENCE_DATE,
+        &ProvenancePolicy::default(),
+    )
+    .unwrap();
+    assert_eq!(float(value(&record, "systolic_bp")), Some(107.0));
+    assert_eq!(float(value(&record, "diastolic_bp")), Some(60.0));
+}
+
+#[test]
+fn panel_component_without_a_value_is_skipped_and_the_rest_is_read() {
+    // The diastolic reading could not be taken: the component says why instead of a value.
+    let diastolic = serde_json::json!({
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8462-4", "display": "Diastolic blood pressure"}]},
+        "dataAbsentReason": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/data-absent-reason", "code": "not-performed"}]}
+    });
+    let record = bundle_to_record(
+        &bundle_with_bp_panel(diastolic),
+        &REFERENCE_DATE,
+        &ProvenancePolicy::default(),
+    )
+    .unwrap();
+    assert_eq!(float(value(&record, "systolic_bp")), Some(107.0));
+    assert_eq!(float(value(&record, "diastolic_bp")), None);
 }
 
 #[test]

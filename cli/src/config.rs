@@ -364,7 +364,48 @@ enum CompensationFile {
 #[serde(deny_unknown_fields)]
 struct DataFile {
     file: PathBuf,
-    manifest: PathBuf,
+    manifest: Option<PathBuf>,
+    reference_date: Option<String>,
+}
+
+/// Where a node's records come from, from `[data]`.
+#[derive(Debug, Clone)]
+pub enum DataSource {
+    /// A CSV or Parquet file described by a manifest.
+    Table {
+        /// The file.
+        file: PathBuf,
+        /// The schema manifest.
+        manifest: PathBuf,
+    },
+    /// FHIR R4 bundles: a `.json` Bundle, an `.ndjson` of Bundles, or a directory of them;
+    /// the vault takes the built-in FHIR schema.
+    Fhir {
+        /// The file or directory.
+        path: PathBuf,
+        /// The date ages are computed at.
+        reference_date: compute_node::fhir::Date,
+    },
+}
+
+impl DataSource {
+    /// The file or directory the records are read from.
+    pub fn path(&self) -> &Path {
+        match self {
+            DataSource::Table { file, .. } => file,
+            DataSource::Fhir { path, .. } => path,
+        }
+    }
+}
+
+/// A reference date in `YYYY-MM-DD`; `field` names it in the error.
+pub fn reference_date(text: &str, field: &str) -> anyhow::Result<compute_node::fhir::Date> {
+    let parsed = (text.len() == 10)
+        .then(|| compute_node::fhir::Date::parse(text))
+        .flatten();
+    parsed.ok_or_else(|| {
+        anyhow::anyhow!("{field} = \"{text}\" is not a date like \"2026-01-01\" (YYYY-MM-DD)")
+    })
 }
 
 /// A node's listing terms, from `[listing]`.
@@ -412,10 +453,8 @@ pub struct NodeConfig {
     pub endpoints: Vec<String>,
     /// The listing.
     pub listing: ListingConfig,
-    /// The CSV or Parquet file.
-    pub data_file: PathBuf,
-    /// The schema manifest.
-    pub manifest: PathBuf,
+    /// Where the records come from.
+    pub data: DataSource,
     /// The node's TLS identity.
     pub tls: TlsIdentity,
 }
@@ -521,11 +560,59 @@ impl NodeConfig {
                 max_epsilon_per_order_micro,
                 donation: listing.compensation == CompensationFile::Donation,
             },
-            data_file: resolve(path, &file.data.file),
-            manifest: resolve(path, &file.data.manifest),
+            data: data_source(file.data, path)?,
             tls: tls_identity(file.tls, path)?,
         })
     }
+}
+
+/// `[data]` of `node.toml` at `path`, validated.
+fn data_source(data: DataFile, path: &Path) -> anyhow::Result<DataSource> {
+    let file = resolve(path, &data.file);
+    if compute_node::ingest::is_fhir_source(&file) {
+        if data.manifest.is_some() {
+            bail!(
+                "{}: data.file {} holds FHIR bundles, which use the built-in FHIR schema; \
+                 remove data.manifest",
+                path.display(),
+                file.display()
+            );
+        }
+        let Some(text) = data.reference_date else {
+            bail!(
+                "{}: data.file {} holds FHIR bundles; add data.reference_date = \"YYYY-MM-DD\", \
+                 the date patients' ages are computed at",
+                path.display(),
+                file.display()
+            );
+        };
+        let reference_date =
+            reference_date(&text, &format!("{}: data.reference_date", path.display()))?;
+        return Ok(DataSource::Fhir {
+            path: file,
+            reference_date,
+        });
+    }
+    if data.reference_date.is_some() {
+        bail!(
+            "{}: data.reference_date applies to FHIR bundles (.json, .ndjson or a directory); \
+             {} is a table, whose ages come from its own column",
+            path.display(),
+            file.display()
+        );
+    }
+    let Some(manifest) = data.manifest else {
+        bail!(
+            "{}: data.file {} is a table; add data.manifest, the schema manifest describing \
+             its columns (docs/sql.md)",
+            path.display(),
+            file.display()
+        );
+    };
+    Ok(DataSource::Table {
+        file,
+        manifest: resolve(path, &manifest),
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -693,6 +780,70 @@ mod tests {
         let path = write(dir.path(), "node.toml", &(small + &tls));
         let config = NodeConfig::load(&path).unwrap();
         assert_eq!(config.listing.max_epsilon_per_order_micro, 2_000_000);
+    }
+
+    #[test]
+    fn fhir_data_needs_a_reference_date_and_no_manifest_in_the_node_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let members = vec![
+            crate::keys::generate(&dir.path().join("n1.key"))
+                .unwrap()
+                .to_string(),
+            crate::keys::generate(&dir.path().join("n2.key"))
+                .unwrap()
+                .to_string(),
+        ];
+        let endpoints = ["https://127.0.0.1:7701", "https://127.0.0.1:7702"];
+        let tls = tls_section(dir.path());
+        let base = node_toml(2, &members, &endpoints);
+        let table = "[data]\nfile = \"d.csv\"\nmanifest = \"m.toml\"\n";
+        let with_data = |data: &str| base.replace(table, data) + &tls;
+
+        let path = write(
+            dir.path(),
+            "node.toml",
+            &with_data("[data]\nfile = \"bundles.ndjson\"\n"),
+        );
+        let error = format!("{:#}", NodeConfig::load(&path).unwrap_err());
+        assert!(error.contains("data.reference_date"), "{error}");
+
+        let path = write(
+            dir.path(),
+            "node.toml",
+            &with_data("[data]\nfile = \"bundles.ndjson\"\nreference_date = \"2026-13-01\"\n"),
+        );
+        let error = format!("{:#}", NodeConfig::load(&path).unwrap_err());
+        assert!(error.contains("YYYY-MM-DD"), "{error}");
+
+        let path = write(
+            dir.path(),
+            "node.toml",
+            &with_data(
+                "[data]\nfile = \"bundles.ndjson\"\nmanifest = \"m.toml\"\nreference_date = \"2026-01-01\"\n",
+            ),
+        );
+        let error = format!("{:#}", NodeConfig::load(&path).unwrap_err());
+        assert!(error.contains("remove data.manifest"), "{error}");
+
+        let path = write(
+            dir.path(),
+            "node.toml",
+            &with_data("[data]\nfile = \"bundles.ndjson\"\nreference_date = \"2026-01-01\"\n"),
+        );
+        let config = NodeConfig::load(&path).unwrap();
+        assert!(
+            matches!(&config.data, DataSource::Fhir { path, .. } if path.ends_with("bundles.ndjson")),
+            "{:?}",
+            config.data
+        );
+
+        let path = write(
+            dir.path(),
+            "node.toml",
+            &with_data("[data]\nfile = \"d.csv\"\n"),
+        );
+        let error = format!("{:#}", NodeConfig::load(&path).unwrap_err());
+        assert!(error.contains("add data.manifest"), "{error}");
     }
 
     #[test]

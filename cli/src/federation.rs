@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use cohortex_coordinator::{Cluster, ClusterOptions, NodeSetup, PatientEnrolment, Payout, Release};
 use compute_node::fhir::{bundle_to_record, ProvenancePolicy};
-use compute_node::ingest::ingest_table;
+use compute_node::ingest::{ingest_fhir, ingest_table, is_fhir_source};
 use compute_node::synth::{self, REFERENCE_DATE};
 use compute_node::{compile, Cell, QueryAnswer, Schema, Vault};
 use ed25519_dalek::SigningKey;
@@ -15,6 +15,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use market::{AccountId, ListingId, Purpose};
 use sha2::{Digest, Sha256};
 use zk::{BsgsConfig, DecryptionTable};
+
+use crate::config::reference_date;
 
 /// Credits a listing charges per query, per patient it holds: the price is split evenly among
 /// the listing's participants (docs/ledger.md), so it must exceed their number for anyone to
@@ -92,8 +94,10 @@ fn local_patient_key(node: usize, patient_id: &str) -> SigningKey {
 pub struct LocalArgs {
     /// One CSV or Parquet file per node.
     pub node_data: Vec<PathBuf>,
-    /// The manifest.
-    pub schema: PathBuf,
+    /// The manifest (tables only).
+    pub schema: Option<PathBuf>,
+    /// The date ages are computed at (FHIR bundles only), YYYY-MM-DD.
+    pub reference_date: Option<String>,
     /// The SQL.
     pub query: String,
     /// The purpose.
@@ -108,7 +112,41 @@ pub struct LocalArgs {
 
 /// Runs `cohortex local`.
 pub async fn local(args: LocalArgs) -> anyhow::Result<()> {
-    let schema = Schema::from_path(&args.schema).map_err(anyhow::Error::msg)?;
+    // Every vault is the same kind: tables under one manifest, or FHIR bundles under the
+    // built-in FHIR schema (with a reference date for ages).
+    let fhir_sources = args
+        .node_data
+        .iter()
+        .filter(|path| is_fhir_source(path))
+        .count();
+    let reference_date = match (fhir_sources, &args.reference_date) {
+        (0, None) => None,
+        (0, Some(_)) => bail!(
+            "--reference-date applies to FHIR bundles (.json, .ndjson or a directory); the \
+             tables' ages come from their own column"
+        ),
+        (count, _) if count != args.node_data.len() => bail!(
+            "--node-data: {count} of {} sources are FHIR bundles; give all tables (with \
+             --schema) or all FHIR bundles (with --reference-date)",
+            args.node_data.len()
+        ),
+        (_, None) => bail!(
+            "--node-data holds FHIR bundles; add --reference-date YYYY-MM-DD, the date \
+             patients' ages are computed at"
+        ),
+        (_, Some(text)) => Some(reference_date(text, "--reference-date")?),
+    };
+    let schema = match (&reference_date, &args.schema) {
+        (Some(_), None) => Schema::fhir(),
+        (Some(_), Some(_)) => bail!(
+            "--schema: FHIR bundles use the built-in FHIR schema (docs/sql.md); remove --schema"
+        ),
+        (None, Some(path)) => Schema::from_path(path).map_err(anyhow::Error::msg)?,
+        (None, None) => bail!(
+            "--schema is required for CSV and Parquet files: the manifest describing their \
+             columns (docs/sql.md)"
+        ),
+    };
     let purpose = market::server::purpose_field(&args.purpose, "--purpose")
         .map_err(|status| anyhow::anyhow!("{}", status.message()))?;
     // Refuse a bad query before starting anything.
@@ -122,9 +160,16 @@ pub async fn local(args: LocalArgs) -> anyhow::Result<()> {
     let mut setups = Vec::new();
     for (node, path) in args.node_data.iter().enumerate() {
         let mut vault = Vault::new(schema.clone());
-        let report = ingest_table(path, &mut vault).map_err(anyhow::Error::msg)?;
+        let report = match &reference_date {
+            Some(as_of) => ingest_fhir(path, &mut vault, as_of, &ProvenancePolicy::default()),
+            None => ingest_table(path, &mut vault),
+        }
+        .map_err(anyhow::Error::msg)?;
         for rejected in &report.rejected {
             eprintln!("warning: record not ingested: {rejected}");
+        }
+        for dropped in &report.dropped {
+            eprintln!("warning: value dropped: {dropped}");
         }
         if report.accepted == 0 {
             bail!("{}: no record could be ingested", path.display());

@@ -130,12 +130,17 @@ struct DemoArgs {
 
 #[derive(Args, Debug)]
 struct LocalCmd {
-    /// A CSV (.csv) or Parquet (.parquet) file: one node's vault. Repeat for more nodes.
+    /// One node's vault: a CSV (.csv) or Parquet (.parquet) table, or FHIR R4 bundles (a .json
+    /// Bundle, an .ndjson of Bundles, or a directory of them). Repeat for more nodes.
     #[arg(long = "node-data", required = true, value_name = "FILE")]
     node_data: Vec<PathBuf>,
-    /// The schema manifest (TOML) describing the files' columns (see docs/sql.md).
+    /// The schema manifest (TOML) describing the tables' columns (see docs/sql.md); FHIR
+    /// bundles use the built-in FHIR schema instead.
     #[arg(long, value_name = "MANIFEST.toml")]
-    schema: PathBuf,
+    schema: Option<PathBuf>,
+    /// For FHIR bundles: the date patients' ages are computed at (YYYY-MM-DD).
+    #[arg(long, value_name = "YYYY-MM-DD")]
+    reference_date: Option<String>,
     /// The aggregate SQL query, e.g. "SELECT COUNT(*), AVG(x) FROM patients".
     #[arg(long, value_name = "SQL")]
     query: String,
@@ -264,6 +269,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             .block_on(federation::local(federation::LocalArgs {
                 node_data: args.node_data,
                 schema: args.schema,
+                reference_date: args.reference_date,
                 query: args.query,
                 purpose: args.purpose,
                 json: args.json,

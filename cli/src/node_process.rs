@@ -10,8 +10,9 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use cohortex_coordinator::serve::serve_node;
 use cohortex_coordinator::standalone::{publish_listing, ListingPublication};
+use compute_node::fhir::ProvenancePolicy;
 use compute_node::follower::PinnedLedger;
-use compute_node::ingest::ingest_table;
+use compute_node::ingest::{ingest_fhir, ingest_table};
 use compute_node::server::{
     CommitteeSeat, NodeConfig as ServiceConfig, NodeService, PinnedCommittee,
 };
@@ -20,7 +21,7 @@ use market::{AccountId, Compensation, ListingTerms};
 use tokio::net::TcpListener;
 use zk::MemberIndex;
 
-use crate::config::{MarketPublic, NodeConfig};
+use crate::config::{DataSource, MarketPublic, NodeConfig};
 use crate::federation::spinner;
 use crate::keys;
 use crate::market_process::shutdown_signal;
@@ -30,18 +31,40 @@ const MARKET_WAIT: Duration = Duration::from_secs(60);
 
 /// Ingests the data file into a fresh vault and saves it in `vault_dir`.
 fn build_vault(config: &NodeConfig) -> anyhow::Result<Vault> {
-    let schema = Schema::from_path(&config.manifest)
-        .map_err(|error| anyhow!("{}: data.manifest: {error}", config.path.display()))?;
-    let mut vault = Vault::new(schema);
-    let report = ingest_table(&config.data_file, &mut vault)
-        .map_err(|error| anyhow!("{}: data.file: {error}", config.path.display()))?;
+    let (vault, report) = match &config.data {
+        DataSource::Table { file, manifest } => {
+            let schema = Schema::from_path(manifest)
+                .map_err(|error| anyhow!("{}: data.manifest: {error}", config.path.display()))?;
+            let mut vault = Vault::new(schema);
+            let report = ingest_table(file, &mut vault)
+                .map_err(|error| anyhow!("{}: data.file: {error}", config.path.display()))?;
+            (vault, report)
+        }
+        DataSource::Fhir {
+            path,
+            reference_date,
+        } => {
+            let mut vault = Vault::new(Schema::fhir());
+            let report = ingest_fhir(
+                path,
+                &mut vault,
+                reference_date,
+                &ProvenancePolicy::default(),
+            )
+            .map_err(|error| anyhow!("{}: data.file: {error}", config.path.display()))?;
+            (vault, report)
+        }
+    };
     for rejected in &report.rejected {
         eprintln!("warning: row not ingested: {rejected}");
+    }
+    for dropped in &report.dropped {
+        eprintln!("warning: value dropped: {dropped}");
     }
     if report.accepted == 0 {
         bail!(
             "{}: no row could be ingested (see the warnings above)",
-            config.data_file.display()
+            config.data.path().display()
         );
     }
     let keyless = vault
@@ -51,9 +74,9 @@ fn build_vault(config: &NodeConfig) -> anyhow::Result<Vault> {
         .count();
     if vault.schema().key_column.is_none() {
         eprintln!(
-            "warning: {} declares no key_column, so no patient of this vault can consent; \
-             add a column with each patient's account id",
-            config.manifest.display()
+            "warning: the schema of {} declares no key_column, so no patient of this vault can \
+             consent; add a column with each patient's account id",
+            config.data.path().display()
         );
     } else if keyless > 0 {
         eprintln!(
@@ -73,7 +96,7 @@ fn build_vault(config: &NodeConfig) -> anyhow::Result<Vault> {
     println!(
         "ingested {} patient(s) from {} into the vault {} ({} row(s) rejected)",
         report.accepted,
-        config.data_file.display(),
+        config.data.path().display(),
         config.vault_dir.display(),
         report.rejected.len()
     );

@@ -462,6 +462,19 @@ pub fn bundle_to_record(
     as_of: &Date,
     policy: &ProvenancePolicy,
 ) -> Result<PatientRecord, FhirError> {
+    bundle_to_record_with_warnings(json, as_of, policy).map(|(record, _)| record)
+}
+
+/// [`bundle_to_record`], and the values it dropped: an Observation, Condition or
+/// MedicationRequest that cannot be read (malformed, no value, a unit with no conversion)
+/// loses that value only, with a warning naming the resource, and the patient's other values
+/// are kept. A bundle without a readable Patient is still refused whole.
+pub fn bundle_to_record_with_warnings(
+    json: &str,
+    as_of: &Date,
+    policy: &ProvenancePolicy,
+) -> Result<(PatientRecord, Vec<String>), FhirError> {
+    let mut warnings: Vec<String> = Vec::new();
     let bundle: serde_json::Value =
         serde_json::from_str(json).map_err(|error| FhirError::NotABundle(error.to_string()))?;
     if bundle.get("resourceType").and_then(|t| t.as_str()) != Some("Bundle") {
@@ -511,8 +524,13 @@ pub fn bundle_to_record(
                 patient = Some(serde_json::from_value(resource.clone()).map_err(malformed)?);
             }
             "Observation" => {
-                let observation: Observation =
-                    serde_json::from_value(resource.clone()).map_err(malformed)?;
+                let observation: Observation = match serde_json::from_value(resource.clone()) {
+                    Ok(observation) => observation,
+                    Err(error) => {
+                        warnings.push(format!("{}; dropped", malformed(error)));
+                        continue;
+                    }
+                };
                 if matches!(
                     observation.status.as_str(),
                     "cancelled" | "entered-in-error"
@@ -525,15 +543,15 @@ pub fn bundle_to_record(
                 // panel's systolic and diastolic components.
                 let mut readings: Vec<(&str, &Quantity)> = Vec::new();
                 if let Some(column) = codes.iter().find_map(|code| lab_column(code)) {
-                    let quantity =
-                        observation
-                            .value_quantity
-                            .as_ref()
-                            .ok_or_else(|| FhirError::Resource {
-                                resource: resource_name.clone(),
-                                reason: "has no valueQuantity".into(),
-                            })?;
-                    readings.push((column, quantity));
+                    match observation.value_quantity.as_ref() {
+                        Some(quantity) => readings.push((column, quantity)),
+                        None => {
+                            warnings.push(format!(
+                                "{resource_name}: has no valueQuantity; its {column} is dropped"
+                            ));
+                            continue;
+                        }
+                    }
                 } else if codes
                     .iter()
                     .any(|code| BP_PANEL_CODES.contains(&code.as_str()))
@@ -554,11 +572,15 @@ pub fn bundle_to_record(
                 }
                 let when = observation.effective_date_time.clone().unwrap_or_default();
                 for (column, quantity) in readings {
-                    let value =
-                        normalise(column, quantity).map_err(|reason| FhirError::Resource {
-                            resource: resource_name.clone(),
-                            reason,
-                        })?;
+                    let value = match normalise(column, quantity) {
+                        Ok(value) => value,
+                        Err(reason) => {
+                            warnings.push(format!(
+                                "{resource_name}: {reason}; this {column} value is dropped"
+                            ));
+                            continue;
+                        }
+                    };
                     let newer = labs
                         .get(column)
                         .is_none_or(|(latest, _)| when.as_str() >= latest.as_str());
@@ -568,8 +590,13 @@ pub fn bundle_to_record(
                 }
             }
             "Condition" => {
-                let condition: Condition =
-                    serde_json::from_value(resource.clone()).map_err(malformed)?;
+                let condition: Condition = match serde_json::from_value(resource.clone()) {
+                    Ok(condition) => condition,
+                    Err(error) => {
+                        warnings.push(format!("{}; dropped", malformed(error)));
+                        continue;
+                    }
+                };
                 let inactive = condition.clinical_status.as_ref().is_some_and(|status| {
                     status.coding.iter().any(|coding| {
                         matches!(
@@ -586,8 +613,13 @@ pub fn bundle_to_record(
                 }
             }
             "MedicationRequest" => {
-                let request: MedicationRequest =
-                    serde_json::from_value(resource.clone()).map_err(malformed)?;
+                let request: MedicationRequest = match serde_json::from_value(resource.clone()) {
+                    Ok(request) => request,
+                    Err(error) => {
+                        warnings.push(format!("{}; dropped", malformed(error)));
+                        continue;
+                    }
+                };
                 if matches!(
                     request.status.as_str(),
                     "cancelled" | "entered-in-error" | "stopped"
@@ -673,10 +705,13 @@ pub fn bundle_to_record(
             lab_column => lab(lab_column),
         })
         .collect();
-    Ok(PatientRecord {
-        patient_id: patient.id,
-        patient_key,
-        source,
-        values,
-    })
+    Ok((
+        PatientRecord {
+            patient_id: patient.id,
+            patient_key,
+            source,
+            values,
+        },
+        warnings,
+    ))
 }

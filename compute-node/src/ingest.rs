@@ -13,7 +13,7 @@ use std::path::Path;
 
 use polars::prelude::*;
 
-use crate::fhir::{bundle_to_record, parse_public_key, Date, ProvenancePolicy};
+use crate::fhir::{bundle_to_record_with_warnings, parse_public_key, Date, ProvenancePolicy};
 use crate::record::{PatientRecord, Value, CODE_SEPARATOR};
 use crate::schema::{ColumnSpec, ColumnType, Schema};
 use crate::vault::Vault;
@@ -54,6 +54,21 @@ impl fmt::Display for RejectedRecord {
     }
 }
 
+/// A value left out of an ingested record (the record itself was taken), and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DroppedValue {
+    /// Where the record is.
+    pub location: Location,
+    /// Which resource, and why its value was left out.
+    pub reason: String,
+}
+
+impl fmt::Display for DroppedValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.location, self.reason)
+    }
+}
+
 /// What an ingest did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct IngestReport {
@@ -61,13 +76,27 @@ pub struct IngestReport {
     pub accepted: usize,
     /// Records refused, each with its location and reason.
     pub rejected: Vec<RejectedRecord>,
+    /// Values left out of accepted records (FHIR: an unreadable Observation, Condition or
+    /// MedicationRequest), each with its location and reason.
+    pub dropped: Vec<DroppedValue>,
 }
 
 impl IngestReport {
     fn merge(&mut self, other: IngestReport) {
         self.accepted += other.accepted;
         self.rejected.extend(other.rejected);
+        self.dropped.extend(other.dropped);
     }
+}
+
+/// Whether `path` holds FHIR bundles rather than a table: a directory, a `.json` Bundle or an
+/// `.ndjson` file of Bundles.
+pub fn is_fhir_source(path: &Path) -> bool {
+    path.is_dir()
+        || matches!(
+            path.extension().and_then(|extension| extension.to_str()),
+            Some("json" | "ndjson")
+        )
 }
 
 /// Errors that stop an ingest before any record of the file is taken.
@@ -132,11 +161,29 @@ pub fn ingest_fhir(
     }
     let display = path.display().to_string();
     let mut take = |row: usize, text: &str, report: &mut IngestReport| {
-        let outcome = bundle_to_record(text, as_of, policy)
+        let location = Location {
+            file: display.clone(),
+            row,
+            column: None,
+        };
+        let outcome = bundle_to_record_with_warnings(text, as_of, policy)
             .map_err(|error| error.to_string())
-            .and_then(|record| vault.upsert(record).map_err(|error| error.to_string()));
+            .and_then(|(record, warnings)| {
+                vault
+                    .upsert(record)
+                    .map(|()| warnings)
+                    .map_err(|error| error.to_string())
+            });
         match outcome {
-            Ok(()) => report.accepted += 1,
+            Ok(warnings) => {
+                report.accepted += 1;
+                report
+                    .dropped
+                    .extend(warnings.into_iter().map(|reason| DroppedValue {
+                        location: location.clone(),
+                        reason,
+                    }));
+            }
             Err(reason) => report.rejected.push(RejectedRecord {
                 location: Location {
                     file: display.clone(),

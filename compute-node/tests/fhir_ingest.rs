@@ -1,7 +1,10 @@
 //! FHIR R4 ingest: round trip from a generated patient through a bundle into a vault and back
 //! from Parquet, unit normalisation, and provenance signatures.
 
-use compute_node::fhir::{bundle_to_record, sign_bundle, Date, FhirError, ProvenancePolicy};
+use compute_node::fhir::{
+    bundle_to_record, bundle_to_record_with_warnings, sign_bundle, Date, FhirError,
+    ProvenancePolicy,
+};
 use compute_node::ingest::ingest_fhir;
 use compute_node::record::Value;
 use compute_node::synth::{self, REFERENCE_DATE};
@@ -192,17 +195,24 @@ fn ldl_in_mmol_per_litre_is_normalised_to_mg_per_decilitre() {
 }
 
 #[test]
-fn unit_mismatch_is_refused_with_the_resource_named() {
-    let error = bundle_to_record(
+fn value_in_a_unit_without_conversion_is_dropped_with_a_warning_naming_the_resource() {
+    // Systolic pressure in kPa has no conversion here: that value is left out, with a warning
+    // naming the resource and both units, and the patient is kept.
+    let (record, warnings) = bundle_to_record_with_warnings(
         &bundle_with_observation("8480-6", 16.0, "kPa"),
         &REFERENCE_DATE,
         &ProvenancePolicy::default(),
     )
-    .unwrap_err();
-    let message = error.to_string();
-    assert!(message.contains("Observation/o1"), "{message}");
-    assert!(message.contains("kPa"), "{message}");
-    assert!(message.contains("mm[Hg]"), "{message}");
+    .unwrap();
+    assert_eq!(record.patient_id, "p1");
+    assert_eq!(float(value(&record, "systolic_bp")), None);
+    assert_eq!(value(&record, "age"), &Value::Integer(55));
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    let warning = &warnings[0];
+    assert!(warning.contains("Observation/o1"), "{warning}");
+    assert!(warning.contains("kPa"), "{warning}");
+    assert!(warning.contains("mm[Hg]"), "{warning}");
+    assert!(warning.contains("dropped"), "{warning}");
 }
 
 #[test]
@@ -285,14 +295,27 @@ fn bad_bundles_in_an_ndjson_file_are_reported_by_line_and_the_rest_ingested() {
         &ProvenancePolicy::default(),
     )
     .unwrap();
-    assert_eq!(report.accepted, 2);
-    assert_eq!(vault.len(), 2);
+    // Line 2 has no Bundle and is refused whole; line 4's patient is taken without the
+    // reading whose unit has no conversion, which is reported by line.
+    assert_eq!(report.accepted, 3);
+    assert_eq!(vault.len(), 3);
     let rows: Vec<usize> = report
         .rejected
         .iter()
         .map(|rejected| rejected.location.row)
         .collect();
-    assert_eq!(rows, vec![2, 4]);
+    assert_eq!(rows, vec![2]);
+    let dropped: Vec<usize> = report
+        .dropped
+        .iter()
+        .map(|dropped| dropped.location.row)
+        .collect();
+    assert_eq!(dropped, vec![4]);
+    assert!(
+        report.dropped[0].reason.contains("kPa"),
+        "{:?}",
+        report.dropped
+    );
 }
 
 #[test]

@@ -142,7 +142,7 @@ pub struct Coordinator {
     /// restarts (`None`: memory only, as in the in-process cluster).
     state_file: Option<std::path::PathBuf>,
     /// Serialises writes of the state file (concurrent publications each save).
-    save_lock: Mutex<()>,
+    save_lock: tokio::sync::Mutex<()>,
     /// The market's TLS identity, presented to the nodes (`None`: plaintext, in-process only).
     tls: Option<TlsIdentity>,
 }
@@ -207,7 +207,7 @@ impl Coordinator {
             values_redirected_to: Mutex::new(None),
             node_timeout: Duration::from_secs(120),
             state_file: None,
-            save_lock: Mutex::new(()),
+            save_lock: tokio::sync::Mutex::new(()),
             tls: None,
         }
     }
@@ -282,13 +282,14 @@ impl Coordinator {
 
     /// Writes the listings and committee to the state file, if there is one, replacing it
     /// whole ([`compute_node::durable::replace_file`]): a crash leaves the old or the new.
-    fn save(&self) -> Result<(), Status> {
-        let Some(path) = &self.state_file else {
+    async fn save(&self) -> Result<(), Status> {
+        let Some(path) = self.state_file.clone() else {
             return Ok(());
         };
         // One writer at a time, each writing a snapshot taken under the lock: the last
-        // rename holds the latest state.
-        let _writing = self.save_lock.lock().map_err(|_| poisoned())?;
+        // rename holds the latest state. The write and its fsync run on the blocking pool, so
+        // no async worker waits on the disk.
+        let _writing = self.save_lock.lock().await;
         let listings = self
             .listings
             .lock()
@@ -325,7 +326,13 @@ impl Coordinator {
         let text = serde_json::to_string_pretty(&saved).map_err(|error| {
             Status::internal(format!("encoding the coordinator state: {error}"))
         })?;
-        compute_node::durable::replace_file(path, text.as_bytes()).map_err(|error| {
+        let written = tokio::task::spawn_blocking(move || {
+            compute_node::durable::replace_file(&path, text.as_bytes())
+                .map_err(|error| (path, error))
+        })
+        .await
+        .map_err(|error| Status::internal(format!("the state writer failed: {error}")))?;
+        written.map_err(|(path, error)| {
             tracing::error!(path = %path.display(), %error, "saving the coordinator state");
             Status::internal("the market could not save its state")
         })
@@ -531,12 +538,12 @@ impl Coordinator {
     }
 
     /// Records where a listing's node answers and its manifest.
-    pub fn register_listing(&self, listing: &str, info: ListingInfo) -> Result<(), Status> {
+    pub async fn register_listing(&self, listing: &str, info: ListingInfo) -> Result<(), Status> {
         self.listings
             .lock()
             .map_err(|_| poisoned())?
             .insert(listing.to_string(), info);
-        self.save()
+        self.save().await
     }
 
     /// A listing's information.
@@ -696,7 +703,7 @@ impl Coordinator {
             public: public.clone(),
             members,
         });
-        self.save()?;
+        self.save().await?;
         Ok(public)
     }
 

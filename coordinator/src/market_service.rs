@@ -176,14 +176,16 @@ impl Market for MarketService {
             .ok()
             .and_then(|slot| slot.clone())
             .ok_or_else(|| Status::internal("listing id not recorded"))?;
-        self.coordinator.register_listing(
-            &listing,
-            ListingInfo {
-                manifest: message.manifest,
-                schema,
-                endpoint: message.node_endpoint,
-            },
-        )?;
+        self.coordinator
+            .register_listing(
+                &listing,
+                ListingInfo {
+                    manifest: message.manifest,
+                    schema,
+                    endpoint: message.node_endpoint,
+                },
+            )
+            .await?;
         Ok(Response::new(submitted.into()))
     }
 

@@ -161,7 +161,7 @@ pub struct MarketConfig {
     pub state_dir: PathBuf,
     /// Where the market serves.
     pub listen: SocketAddr,
-    /// The URL others reach it at, if not `http://<bound address>`.
+    /// The URL others reach it at, if not `https://<bound address>`.
     pub advertise: Option<String>,
     /// The ledger's name in its genesis.
     pub chain_name: String,
@@ -247,7 +247,7 @@ struct PublicFile {
 /// and the keys that let others check it.
 #[derive(Debug, Clone)]
 pub struct MarketPublic {
-    /// `http://host:port` of the Ledger, Consent and Market services.
+    /// `https://host:port` of the Ledger, Consent and Market services.
     pub endpoint: String,
     /// The ledger's chain id (every transaction names it).
     pub chain_id: Hash32,
@@ -436,7 +436,7 @@ pub struct NodeConfig {
     pub key_file: PathBuf,
     /// Where the Compute service listens.
     pub listen: SocketAddr,
-    /// The URL the coordinator and peers reach it at, if not `http://<bound address>`.
+    /// The URL the coordinator and peers reach it at, if not `https://<bound address>`.
     pub advertise: Option<String>,
     /// The market's `public.toml`.
     pub market: PathBuf,
@@ -569,6 +569,14 @@ impl NodeConfig {
 /// `[data]` of `node.toml` at `path`, validated.
 fn data_source(data: DataFile, path: &Path) -> anyhow::Result<DataSource> {
     let file = resolve(path, &data.file);
+    if !file.exists() && file.extension().is_none() {
+        bail!(
+            "{}: data.file {} does not exist (give a directory of FHIR bundles, or a .csv, \
+             .parquet, .json or .ndjson file)",
+            path.display(),
+            file.display()
+        );
+    }
     if compute_node::ingest::is_fhir_source(&file) {
         if data.manifest.is_some() {
             bail!(
@@ -709,13 +717,19 @@ mod tests {
         path
     }
 
+    /// Makes `path` readable by its owner only, as `cohortex tls cert` writes keys.
+    fn private(path: &Path) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+
     /// A `[tls]` section whose files (a fresh authority and a certificate) exist in `dir`.
     fn tls_section(dir: &Path) -> String {
         let authority = cohortex_proto::certs::Authority::generate().unwrap();
         let issued = authority.issue("party", &["127.0.0.1".into()]).unwrap();
         write(dir, "ca.crt", authority.certificate_pem());
         write(dir, "party.crt", &issued.certificate_pem);
-        write(dir, "party.key", &issued.key_pem);
+        private(&write(dir, "party.key", &issued.key_pem));
         "\n[tls]\nca = \"ca.crt\"\ncert = \"party.crt\"\nkey = \"party.key\"\n".into()
     }
 
@@ -733,10 +747,30 @@ mod tests {
     }
 
     #[test]
+    fn tls_key_readable_by_others_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let section = tls_section(dir.path());
+        std::fs::set_permissions(
+            dir.path().join("party.key"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        let path = write(
+            dir.path(),
+            "patient.toml",
+            &format!("version = 1\nkey_file = \"p.key\"\nmarket = \"public.toml\"\n{section}"),
+        );
+        let error = format!("{:#}", PatientConfig::load(&path).unwrap_err());
+        assert!(error.contains("patient.toml: tls.key"), "{error}");
+        assert!(error.contains("chmod 600"), "{error}");
+    }
+
+    #[test]
     fn tls_key_that_is_not_pem_is_refused_with_its_field() {
         let dir = tempfile::tempdir().unwrap();
         let section = tls_section(dir.path());
-        write(dir.path(), "party.key", "not a key");
+        private(&write(dir.path(), "party.key", "not a key"));
         let path = write(
             dir.path(),
             "patient.toml",

@@ -112,6 +112,9 @@ pub struct LocalArgs {
 
 /// Runs `cohortex local`.
 pub async fn local(args: LocalArgs) -> anyhow::Result<()> {
+    if let Some(missing) = args.node_data.iter().find(|path| !path.exists()) {
+        bail!("--node-data: {} does not exist", missing.display());
+    }
     // Every vault is the same kind: tables under one manifest, or FHIR bundles under the
     // built-in FHIR schema (with a reference date for ages).
     let fhir_sources = args
@@ -612,13 +615,18 @@ pub async fn demo(
             }
             #[cfg(not(unix))]
             let _ = mode;
-            std::io::Write::write_all(
-                &mut options
-                    .open(&path)
-                    .with_context(|| format!("writing {}", path.display()))?,
-                text.as_bytes(),
-            )
-            .with_context(|| format!("writing {}", path.display()))?;
+            let mut file = options
+                .open(&path)
+                .with_context(|| format!("writing {}", path.display()))?;
+            // The mode applies at creation only; a file left by an earlier run gets it too.
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                file.set_permissions(std::fs::Permissions::from_mode(mode))
+                    .with_context(|| format!("setting the mode of {}", path.display()))?;
+            }
+            std::io::Write::write_all(&mut file, text.as_bytes())
+                .with_context(|| format!("writing {}", path.display()))?;
         }
         let address = cluster.market_endpoint.trim_start_matches("https://");
         let flags = format!(

@@ -73,10 +73,13 @@ fn build_vault(config: &NodeConfig) -> anyhow::Result<Vault> {
         .filter(|record| record.patient_key.is_none())
         .count();
     if vault.schema().key_column.is_none() {
+        let manifest = match &config.data {
+            DataSource::Table { manifest, .. } => manifest.display().to_string(),
+            DataSource::Fhir { .. } => "the FHIR schema".to_string(),
+        };
         eprintln!(
-            "warning: the schema of {} declares no key_column, so no patient of this vault can \
-             consent; add a column with each patient's account id",
-            config.data.path().display()
+            "warning: {manifest} declares no key_column, so no patient of this vault can \
+             consent; add a column with each patient's account id"
         );
     } else if keyless > 0 {
         eprintln!(

@@ -93,10 +93,12 @@ impl IngestReport {
 /// `.ndjson` file of Bundles.
 pub fn is_fhir_source(path: &Path) -> bool {
     path.is_dir()
-        || matches!(
-            path.extension().and_then(|extension| extension.to_str()),
-            Some("json" | "ndjson")
-        )
+        || path
+            .extension()
+            .and_then(|extension| extension.to_str())
+            .is_some_and(|extension| {
+                extension.eq_ignore_ascii_case("json") || extension.eq_ignore_ascii_case("ndjson")
+            })
 }
 
 /// Errors that stop an ingest before any record of the file is taken.

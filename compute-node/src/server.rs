@@ -133,7 +133,7 @@ pub struct CommitteeSeat {
     pub member: MemberIndex,
     /// The account whose key signs that member's requests.
     pub account: AccountId,
-    /// Where that member's Compute service answers (`http://host:port`).
+    /// Where that member's Compute service answers (`https://host:port`).
     pub endpoint: String,
 }
 
@@ -408,13 +408,22 @@ impl NodeService {
         let follower = Arc::new(LedgerFollower::new(config.ledger.clone()));
         // Follow the ledger from the start, as a node does, so that the replica is warm when
         // the first order arrives (outside a runtime, reads still sync on demand).
-        let market = link(&config.market_endpoint, config.tls.as_ref());
-        if let (Ok(runtime), Ok(market)) = (tokio::runtime::Handle::try_current(), market) {
-            runtime.spawn(follow_in_background(
-                Arc::downgrade(&follower),
-                market,
-                FOLLOW_EVERY,
-            ));
+        match (
+            tokio::runtime::Handle::try_current(),
+            link(&config.market_endpoint, config.tls.as_ref()),
+        ) {
+            (Ok(runtime), Ok(market)) => {
+                runtime.spawn(follow_in_background(
+                    Arc::downgrade(&follower),
+                    market,
+                    FOLLOW_EVERY,
+                ));
+            }
+            (Ok(_), Err(error)) => tracing::warn!(
+                %error,
+                "not following the ledger in the background; every order will replay it first"
+            ),
+            (Err(_), _) => {}
         }
         Ok(Self {
             vault,

@@ -57,7 +57,7 @@ pub struct ListingInfo {
     pub manifest: String,
     /// The parsed schema.
     pub schema: Schema,
-    /// The node's endpoint (`http://host:port`).
+    /// The node's endpoint (`https://host:port`).
     pub endpoint: String,
 }
 
@@ -142,7 +142,7 @@ pub struct Coordinator {
     /// restarts (`None`: memory only, as in the in-process cluster).
     state_file: Option<std::path::PathBuf>,
     /// Serialises writes of the state file (concurrent publications each save).
-    save_lock: tokio::sync::Mutex<()>,
+    save_lock: Arc<tokio::sync::Mutex<()>>,
     /// The market's TLS identity, presented to the nodes (`None`: plaintext, in-process only).
     tls: Option<TlsIdentity>,
 }
@@ -207,9 +207,15 @@ impl Coordinator {
             values_redirected_to: Mutex::new(None),
             node_timeout: Duration::from_secs(120),
             state_file: None,
-            save_lock: tokio::sync::Mutex::new(()),
+            save_lock: Arc::new(tokio::sync::Mutex::new(())),
             tls: None,
         }
+    }
+
+    /// The URL scheme nodes must publish their endpoints under: `https` when the coordinator
+    /// speaks TLS.
+    pub fn link_scheme(&self) -> &'static str {
+        cohortex_proto::tls::scheme(self.tls.as_ref())
     }
 
     /// The coordinator presenting `tls` on its links to the nodes.
@@ -288,8 +294,9 @@ impl Coordinator {
         };
         // One writer at a time, each writing a snapshot taken under the lock: the last
         // rename holds the latest state. The write and its fsync run on the blocking pool, so
-        // no async worker waits on the disk.
-        let _writing = self.save_lock.lock().await;
+        // no async worker waits on the disk; the lock goes with them and is released only after
+        // the rename, even if this future is dropped (a client gone, a deadline) meanwhile.
+        let writing = Arc::clone(&self.save_lock).lock_owned().await;
         let listings = self
             .listings
             .lock()
@@ -327,6 +334,7 @@ impl Coordinator {
             Status::internal(format!("encoding the coordinator state: {error}"))
         })?;
         let written = tokio::task::spawn_blocking(move || {
+            let _writing = writing;
             compute_node::durable::replace_file(&path, text.as_bytes())
                 .map_err(|error| (path, error))
         })

@@ -140,12 +140,16 @@ impl Market for MarketService {
         let schema = Schema::from_toml(&message.manifest, "manifest").map_err(|error| {
             Status::invalid_argument(format!("manifest: {}", bounded_message(&error.to_string())))
         })?;
-        if !(message.node_endpoint.starts_with("http://")
-            || message.node_endpoint.starts_with("https://"))
-        {
-            return Err(Status::invalid_argument(
-                "node_endpoint must be an http:// or https:// URL",
-            ));
+        let scheme = self.coordinator.link_scheme();
+        if !message.node_endpoint.starts_with(&format!("{scheme}://")) {
+            return Err(Status::invalid_argument(format!(
+                "node_endpoint must be an {scheme}:// URL (the market's links are {})",
+                if scheme == "https" {
+                    "mutual TLS"
+                } else {
+                    "plaintext"
+                }
+            )));
         }
         let expected_hash = manifest_hash(&message.manifest);
         let listing_id = std::sync::Arc::new(std::sync::Mutex::new(None));

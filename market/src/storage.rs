@@ -30,7 +30,9 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 /// Version of the SQL schema.
-pub const SCHEMA_VERSION: i64 = 1;
+/// Version 2: listings carry a per-order ε cap and receipts carry each node's attestation, so
+/// transactions and state entries of version 1 no longer decode.
+pub const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (
@@ -71,7 +73,11 @@ pub enum LedgerError {
     #[error("database {0} holds no ledger")]
     NotInitialised(PathBuf),
     /// The schema version is not this code's.
-    #[error("database schema version {0} is not supported")]
+    #[error(
+        "database schema version {0} is not this cohortex's (version 2): the ledger was written \
+         by an older release whose transactions no longer decode; start a new ledger (remove the \
+         state directory) rather than reuse it"
+    )]
     UnsupportedSchema(i64),
     /// The sequencer's key is not the genesis ledger key.
     #[error("sequencer key does not match the genesis ledger key")]

@@ -35,6 +35,12 @@ pub enum CertError {
         /// rcgen's error.
         source: rcgen::Error,
     },
+    /// The authority's key is not the one its certificate names.
+    #[error("the authority's key does not belong to its certificate (ca.key and ca.crt are from different authorities)")]
+    KeyNotCertificates,
+    /// The certificate is not PEM.
+    #[error("the authority's certificate is not a PEM certificate")]
+    NotPem,
     /// No host name or address was given.
     #[error("a certificate needs at least one host name or IP address")]
     NoHost,
@@ -60,6 +66,20 @@ impl std::fmt::Debug for IssuedCertificate {
             .field("certificate_pem", &self.certificate_pem)
             .finish_non_exhaustive()
     }
+}
+
+/// The DER bytes of the first PEM block of `pem`.
+fn pem_body(pem: &str) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    let body: String = pem
+        .lines()
+        .skip_while(|line| !line.starts_with("-----BEGIN CERTIFICATE-----"))
+        .skip(1)
+        .take_while(|line| !line.starts_with("-----END"))
+        .collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(body.trim())
+        .ok()
 }
 
 /// A federation's certificate authority.
@@ -98,6 +118,13 @@ impl Authority {
     /// An authority reloaded from its certificate and key (as `generate` made them).
     pub fn from_pem(certificate_pem: &str, key_pem: &str) -> Result<Self, CertError> {
         let key = KeyPair::from_pem(key_pem).map_err(rcgen("the authority's key"))?;
+        // The certificate's DER holds its subject public key; the key must be that one, or
+        // every certificate it issues fails later, at a handshake, far from the cause.
+        let der = pem_body(certificate_pem).ok_or(CertError::NotPem)?;
+        let public = key.public_key_raw();
+        if public.is_empty() || !der.windows(public.len()).any(|window| window == public) {
+            return Err(CertError::KeyNotCertificates);
+        }
         Ok(Self {
             certificate_pem: certificate_pem.to_string(),
             key,
@@ -154,5 +181,23 @@ impl Authority {
             &issued.certificate_pem,
             &issued.key_pem,
         ))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_authority_reloaded_with_another_authoritys_key_is_refused() {
+        let first = Authority::generate().unwrap();
+        let second = Authority::generate().unwrap();
+        let reloaded = Authority::from_pem(first.certificate_pem(), &first.key_pem()).unwrap();
+        reloaded.issue("party", &["127.0.0.1".into()]).unwrap();
+        assert!(matches!(
+            Authority::from_pem(first.certificate_pem(), &second.key_pem()),
+            Err(CertError::KeyNotCertificates)
+        ));
     }
 }

@@ -50,6 +50,16 @@ pub enum LinkError {
     /// An `https://` endpoint while this party has no TLS identity.
     #[error("endpoint `{0}` is https:// but no TLS identity is configured")]
     NoIdentity(String),
+    /// The private key file may be read by other local users.
+    #[error("{field}: {path} may be read by other users (mode {mode:o}); run `chmod 600 {path}`")]
+    KeyReadableByOthers {
+        /// The config field that named the file.
+        field: String,
+        /// The file.
+        path: String,
+        /// Its permission bits.
+        mode: u32,
+    },
     /// tonic refused the TLS settings.
     #[error("TLS settings for `{endpoint}`: {message}")]
     Settings {
@@ -97,6 +107,31 @@ fn read_pem(
     Ok(bytes)
 }
 
+/// Refuses a private key that others may read, as ssh does: a key that has leaked to other
+/// local users is not the party's alone any more.
+fn refuse_shared_key(path: &Path, field: &str) -> Result<(), LinkError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let metadata = std::fs::metadata(path).map_err(|source| LinkError::Read {
+            field: field.to_string(),
+            path: path.display().to_string(),
+            source,
+        })?;
+        let mode = metadata.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(LinkError::KeyReadableByOthers {
+                field: field.to_string(),
+                path: path.display().to_string(),
+                mode,
+            });
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, field);
+    Ok(())
+}
+
 impl TlsIdentity {
     /// An identity from PEM text: the authority's certificate, this party's certificate (chain)
     /// and its private key.
@@ -130,6 +165,7 @@ impl TlsIdentity {
             "CERTIFICATE",
             "certificate",
         )?;
+        refuse_shared_key(key, &format!("{field}.key"))?;
         let key = read_pem(key, &format!("{field}.key"), "PRIVATE KEY", "private key")?;
         Ok(Self::from_pem(authority, certificate, key))
     }

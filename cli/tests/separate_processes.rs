@@ -611,3 +611,263 @@ fn place_order_the_market_never_computes(dir: &Path, listings: &[&str]) {
             .unwrap();
     });
 }
+
+/// A FHIR Bundle as an EHR exports it: the Patient (with the patient's Cohortex key as an
+/// identifier) and a vital-signs blood-pressure panel whose components are the readings.
+fn fhir_bundle(id: &str, account: &str, birth_date: &str, systolic: f64) -> serde_json::Value {
+    serde_json::json!({
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [
+            {"resource": {
+                "resourceType": "Patient", "id": id,
+                "identifier": [{"system": "urn:cohortex:patient-key", "value": account}],
+                "gender": "female", "birthDate": birth_date
+            }},
+            {"resource": {
+                "resourceType": "Observation", "id": format!("bp-{id}"), "status": "final",
+                "meta": {"profile": ["http://hl7.org/fhir/StructureDefinition/bp"]},
+                "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9"}]},
+                "subject": {"reference": format!("Patient/{id}")},
+                "effectiveDateTime": "2025-11-20",
+                "component": [
+                    {"code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]},
+                     "valueQuantity": {"value": systolic, "unit": "mmHg", "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}},
+                    {"code": {"coding": [{"system": "http://loinc.org", "code": "8462-4"}]},
+                     "valueQuantity": {"value": 78, "unit": "mmHg", "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}}
+                ]
+            }}
+        ]
+    })
+}
+
+#[test]
+fn nodes_serving_fhir_bundles_as_separate_processes_match_the_plaintext() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let nodes: Vec<String> = (1..=2)
+        .map(|node| keygen(dir, &format!("node-{node}")))
+        .collect();
+    keygen(dir, "buyer");
+    ok(&["tls", "ca", "--out-dir", path(&dir.join("tls"))]);
+    for party in ["market", "node-1", "node-2", "patient", "buyer"] {
+        ok(&[
+            "tls",
+            "cert",
+            "--ca-dir",
+            path(&dir.join("tls")),
+            "--name",
+            party,
+            "--host",
+            "127.0.0.1",
+            "--out-dir",
+            path(&dir.join("tls")),
+        ]);
+    }
+    let tls = |party: &str| {
+        format!(
+            "\n[tls]\nca = \"tls/ca.crt\"\ncert = \"tls/{party}.crt\"\nkey = \"tls/{party}.key\"\n"
+        )
+    };
+
+    // Node 1 exports an .ndjson file, node 2 a directory of .json Bundles. Ages on the
+    // reference date 2026-01-01: born 1960-06-01 → 65, born 1990-06-01 → 35.
+    let mut truth: Vec<(String, i64, f64)> = Vec::new();
+    let mut ndjson = String::new();
+    std::fs::create_dir(dir.join("site-2")).unwrap();
+    for node in 0..2 {
+        for i in 0..4 {
+            let name = format!("fhir-patient-{node}-{i}");
+            let account = keygen(dir, &name);
+            let (birth, age) = if i % 2 == 0 {
+                ("1960-06-01", 65)
+            } else {
+                ("1990-06-01", 35)
+            };
+            let systolic = 118.0 + 7.0 * (node * 4 + i) as f64;
+            let bundle = fhir_bundle(&format!("p{node}{i}"), &account, birth, systolic);
+            if node == 0 {
+                ndjson.push_str(&format!("{bundle}\n"));
+            } else {
+                std::fs::write(
+                    dir.join(format!("site-2/p{i}.json")),
+                    serde_json::to_string_pretty(&bundle).unwrap(),
+                )
+                .unwrap();
+            }
+            truth.push((name, age, systolic));
+        }
+    }
+    std::fs::write(dir.join("site-1.ndjson"), ndjson).unwrap();
+
+    let members = nodes
+        .iter()
+        .map(|account| format!("\"{account}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let held: Vec<std::net::TcpListener> = (0..3)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let ports: Vec<u16> = held
+        .iter()
+        .map(|listener| listener.local_addr().unwrap().port())
+        .collect();
+    drop(held);
+    std::fs::write(
+        dir.join("market.toml"),
+        format!(
+            "version = 1\nstate_dir = \"state/market\"\nlisten = \"127.0.0.1:{}\"\n\n\
+             [committee]\nthreshold = 2\nmembers = [{members}]\n{}",
+            ports[0],
+            tls("market")
+        ),
+    )
+    .unwrap();
+    let endpoints = format!(
+        "\"https://127.0.0.1:{}\", \"https://127.0.0.1:{}\"",
+        ports[1], ports[2]
+    );
+    let sources = ["site-1.ndjson", "site-2"];
+    for node in 1..=2 {
+        std::fs::write(
+            dir.join(format!("node-{node}.toml")),
+            format!(
+                "version = 1\nkey_file = \"keys/node-{node}.key\"\nlisten = \"127.0.0.1:{}\"\n\
+                 market = \"state/market/public.toml\"\nvault_dir = \"state/node-{node}/vault\"\n\n\
+                 [committee]\nmember = {node}\nthreshold = 2\nmembers = [{members}]\n\
+                 endpoints = [{endpoints}]\n\n\
+                 [listing]\nid = \"ehr-{node}\"\nprice_per_query = {PRICE}\n\
+                 purposes = [\"academic_research\"]\nmin_cohort_size = 1\nepsilon_budget = 1000000.0\n\
+                 max_epsilon_per_order = 100000.0\ncompensation = \"payment\"\n\n\
+                 [data]\nfile = \"{}\"\nreference_date = \"2026-01-01\"\n{}",
+                ports[node],
+                sources[node - 1],
+                tls(&format!("node-{node}"))
+            ),
+        )
+        .unwrap();
+    }
+    std::fs::write(
+        dir.join("patient.toml"),
+        format!(
+            "version = 1\nkey_file = \"keys/fhir-patient-0-0.key\"\nmarket = \"state/market/public.toml\"\n{}",
+            tls("patient")
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("buyer.toml"),
+        format!(
+            "version = 1\nkey_file = \"keys/buyer.key\"\nmarket = \"state/market/public.toml\"\n\
+             epsilon_per_query = {EPSILON:.1}\n{}",
+            tls("buyer")
+        ),
+    )
+    .unwrap();
+    let market_toml = dir.join("market.toml");
+    let patient_toml = dir.join("patient.toml");
+    let buyer_toml = dir.join("buyer.toml");
+
+    let mut market = spawn(
+        &["market", "serve", "--config", path(&market_toml)],
+        dir.join("market.log"),
+    );
+    wait_for("the market's public.toml", Duration::from_secs(60), || {
+        market.assert_alive("market");
+        dir.join("state/market/public.toml").exists()
+    });
+    let mut node_processes: Vec<Running> = (1..=2)
+        .map(|node| {
+            let config = dir.join(format!("node-{node}.toml"));
+            spawn(
+                &["node", "serve", "--config", path(&config)],
+                dir.join(format!("node-{node}.log")),
+            )
+        })
+        .collect();
+    wait_for("two published listings", Duration::from_secs(120), || {
+        for (index, node) in node_processes.iter_mut().enumerate() {
+            node.assert_alive(&format!("node {}", index + 1));
+        }
+        let output = cohortex(&["buyer", "listings", "--config", path(&buyer_toml), "--json"]);
+        output.status.success()
+            && serde_json::from_slice::<serde_json::Value>(&output.stdout)
+                .map(|listings| listings.as_array().map_or(0, Vec::len) == 2)
+                .unwrap_or(false)
+    });
+    assert!(
+        node_processes[0]
+            .log()
+            .contains("ingested 4 patient(s) from"),
+        "{}",
+        node_processes[0].log()
+    );
+
+    for (index, (name, _, _)) in truth.iter().enumerate() {
+        let key = dir.join(format!("keys/{name}.key"));
+        let base = ["--config", path(&patient_toml), "--key", path(&key)];
+        ok(&[&["patient", "register"], &base[..]].concat());
+        let listing = format!("ehr-{}", index / 4 + 1);
+        ok(&[
+            &["patient", "consent", "--listing", &listing],
+            &["--purpose", "academic_research"][..],
+            &base[..],
+        ]
+        .concat());
+    }
+    let buyer_account = std::fs::read_to_string(dir.join("keys/buyer.pub"))
+        .unwrap()
+        .trim()
+        .to_string();
+    ok(&["buyer", "register", "--config", path(&buyer_toml)]);
+    ok(&[
+        "market",
+        "deposit",
+        "--config",
+        path(&market_toml),
+        "--to",
+        &buyer_account,
+        "--amount",
+        "10000",
+    ]);
+
+    let sql = "SELECT COUNT(*), AVG(systolic_bp) FROM patients WHERE age >= 50";
+    let started = Instant::now();
+    let json: serde_json::Value = loop {
+        let output = cohortex(&[
+            "buyer",
+            "query",
+            "--config",
+            path(&buyer_toml),
+            "--purpose",
+            "academic_research",
+            "--query",
+            sql,
+            "--json",
+        ]);
+        let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+        if output.status.success() {
+            break serde_json::from_slice(&output.stdout).unwrap();
+        }
+        assert!(
+            stderr.contains("committee has not been formed")
+                && started.elapsed() < Duration::from_secs(60),
+            "buyer query failed:\n{stderr}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let older: Vec<f64> = truth
+        .iter()
+        .filter(|(_, age, _)| *age >= 50)
+        .map(|(_, _, systolic)| *systolic)
+        .collect();
+    let mean = older.iter().sum::<f64>() / older.len() as f64;
+    let row = &json["rows"][0];
+    assert_eq!(row[0].as_f64().unwrap(), older.len() as f64, "{json}");
+    assert!(
+        (row[1].as_f64().unwrap() - mean).abs() < MEAN_TOLERANCE,
+        "{} vs {mean}",
+        row[1]
+    );
+    assert_eq!(json["receipt"]["verified"], serde_json::json!(true));
+}

@@ -784,14 +784,7 @@ mod tests {
     #[test]
     fn per_order_cap_above_the_budget_is_refused_in_the_node_config() {
         let dir = tempfile::tempdir().unwrap();
-        let members = vec![
-            crate::keys::generate(&dir.path().join("n1.key"))
-                .unwrap()
-                .to_string(),
-            crate::keys::generate(&dir.path().join("n2.key"))
-                .unwrap()
-                .to_string(),
-        ];
+        let members = two_members(dir.path());
         let endpoints = ["https://127.0.0.1:7701", "https://127.0.0.1:7702"];
         let tls = tls_section(dir.path());
         let base = node_toml(2, &members, &endpoints);
@@ -819,14 +812,7 @@ mod tests {
     #[test]
     fn fhir_data_needs_a_reference_date_and_no_manifest_in_the_node_config() {
         let dir = tempfile::tempdir().unwrap();
-        let members = vec![
-            crate::keys::generate(&dir.path().join("n1.key"))
-                .unwrap()
-                .to_string(),
-            crate::keys::generate(&dir.path().join("n2.key"))
-                .unwrap()
-                .to_string(),
-        ];
+        let members = two_members(dir.path());
         let endpoints = ["https://127.0.0.1:7701", "https://127.0.0.1:7702"];
         let tls = tls_section(dir.path());
         let base = node_toml(2, &members, &endpoints);
@@ -883,14 +869,7 @@ mod tests {
     #[test]
     fn plaintext_committee_endpoint_is_refused_in_the_node_config() {
         let dir = tempfile::tempdir().unwrap();
-        let members = vec![
-            crate::keys::generate(&dir.path().join("n1.key"))
-                .unwrap()
-                .to_string(),
-            crate::keys::generate(&dir.path().join("n2.key"))
-                .unwrap()
-                .to_string(),
-        ];
+        let members = two_members(dir.path());
         let endpoints = ["https://127.0.0.1:7701", "http://127.0.0.1:7702"];
         let text = node_toml(2, &members, &endpoints) + &tls_section(dir.path());
         let path = write(dir.path(), "node.toml", &text);
@@ -962,6 +941,14 @@ mod tests {
         assert!(error.contains("at least 2"), "{error}");
     }
 
+    /// Two fresh member accounts, their keys in `dir`.
+    fn two_members(dir: &Path) -> Vec<String> {
+        ["n1.key", "n2.key"]
+            .iter()
+            .map(|name| crate::keys::generate(&dir.join(name)).unwrap().to_string())
+            .collect()
+    }
+
     fn node_toml(threshold: u16, members: &[String], endpoints: &[&str]) -> String {
         let quoted = |items: Vec<String>| items.join(", ");
         format!(
@@ -979,14 +966,7 @@ mod tests {
     #[test]
     fn threshold_one_is_refused_in_the_node_config() {
         let dir = tempfile::tempdir().unwrap();
-        let members = vec![
-            crate::keys::generate(&dir.path().join("n1.key"))
-                .unwrap()
-                .to_string(),
-            crate::keys::generate(&dir.path().join("n2.key"))
-                .unwrap()
-                .to_string(),
-        ];
+        let members = two_members(dir.path());
         let endpoints = ["https://127.0.0.1:7701", "https://127.0.0.1:7702"];
         let tls = tls_section(dir.path());
         let path = write(
@@ -1008,14 +988,7 @@ mod tests {
     #[test]
     fn node_config_without_an_endpoint_per_member_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let members = vec![
-            crate::keys::generate(&dir.path().join("n1.key"))
-                .unwrap()
-                .to_string(),
-            crate::keys::generate(&dir.path().join("n2.key"))
-                .unwrap()
-                .to_string(),
-        ];
+        let members = two_members(dir.path());
         let path = write(
             dir.path(),
             "node.toml",

@@ -217,6 +217,7 @@ pub async fn local(args: LocalArgs) -> anyhow::Result<()> {
         extra_purposes: Vec::new(),
         nodes_read_market_at: None,
         authority: None,
+        ledger_committee_threshold: None,
     };
     let cluster = Cluster::start(&dir, setups, &options, |step| {
         bar.set_message(step.to_string())
@@ -468,6 +469,7 @@ pub async fn demo(
         extra_purposes: Vec::new(),
         nodes_read_market_at: None,
         authority: None,
+        ledger_committee_threshold: None,
     };
     let cluster = Cluster::start(&dir, setups, &options, |step| {
         bar.set_message(step.to_string())

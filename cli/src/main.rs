@@ -11,6 +11,8 @@ mod keys;
 mod market_process;
 mod node_process;
 mod patient;
+#[cfg(feature = "tfhe")]
+mod recruiter;
 mod tls;
 
 use anyhow::Context;
@@ -61,6 +63,9 @@ enum Command {
     Patient(patient::PatientCmd),
     /// A buyer's commands: register, balance, listings, query.
     Buyer(buyer::BuyerCmd),
+    /// A trial recruiter's commands: keygen (TFHE), feasibility (blind count per site).
+    #[cfg(feature = "tfhe")]
+    Recruiter(recruiter::RecruiterCmd),
 }
 
 #[derive(Args, Debug)]
@@ -264,6 +269,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             .map(|()| ExitCode::SUCCESS),
         Command::Buyer(command) => runtime()?
             .block_on(buyer::run(command))
+            .map(|()| ExitCode::SUCCESS),
+        #[cfg(feature = "tfhe")]
+        Command::Recruiter(command) => runtime()?
+            .block_on(recruiter::run(command))
             .map(|()| ExitCode::SUCCESS),
         Command::Local(args) => runtime()?
             .block_on(federation::local(federation::LocalArgs {

@@ -12,7 +12,8 @@ use std::sync::{Arc, Mutex};
 use anyhow::{anyhow, Context};
 use cohortex_coordinator::serve::serve_market;
 use cohortex_coordinator::standalone::{
-    admit_accounts, form_committee_when_published, next_nonce, sign_action, CommitteeProgress,
+    admit_accounts, form_committee_when_published, next_nonce, register_committee, sign_action,
+    CommitteeProgress,
 };
 use cohortex_coordinator::Coordinator;
 use cohortex_proto::v1::ledger_client::LedgerClient;
@@ -97,6 +98,13 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     let admitted = admit_accounts(&ledger, &issuer, &admissions).await?;
     for (account, role) in &admitted {
         tracing::info!(%account, ?role, "admitted");
+    }
+    if register_committee(&ledger, &issuer, &config.members, config.threshold).await? {
+        tracing::info!(
+            threshold = config.threshold,
+            size = config.members.len(),
+            "registered the key committee on the ledger"
+        );
     }
 
     let listener = TcpListener::bind(config.listen)

@@ -21,6 +21,10 @@ pub mod contribution;
 pub mod dp;
 pub mod durable;
 pub mod evaluate;
+#[cfg(feature = "tfhe")]
+pub mod feasibility;
+#[cfg(all(feature = "server", feature = "tfhe"))]
+pub mod feasibility_wire;
 pub mod fhir;
 #[cfg(feature = "server")]
 pub mod follower;

@@ -14,15 +14,17 @@ use cohortex_proto::tls::{endpoint as link, TlsIdentity};
 use cohortex_proto::v1::compute_server::Compute;
 use cohortex_proto::v1::market_client::MarketClient;
 use cohortex_proto::v1::{
-    AddNoiseRequest, AddNoiseResponse, ContributeRequest, ContributeResponse, DeliverShareRequest,
-    DeliverShareResponse, DkgDealRequest, DkgDealResponse, DkgFinishRequest, DkgFinishResponse,
-    DkgJustifyRequest, DkgJustifyResponse, DkgReceiveRequest, DkgReceiveResponse, KeySwitchPhase,
-    KeySwitchRequest, KeySwitchResponse, ListListingsRequest,
+    AddNoiseRequest, AddNoiseResponse, ContributeRequest, ContributeResponse, CosignReceiptRequest,
+    CosignReceiptResponse, DeliverShareRequest, DeliverShareResponse, DkgDealRequest,
+    DkgDealResponse, DkgFinishRequest, DkgFinishResponse, DkgJustifyRequest, DkgJustifyResponse,
+    DkgReceiveRequest, DkgReceiveResponse, EvaluationKeyChunk, FeasibilityRequest,
+    FeasibilityResponse, KeySwitchPhase, KeySwitchRequest, KeySwitchResponse, ListListingsRequest,
+    PutEvaluationKeyResponse,
 };
 use ed25519_dalek::SigningKey;
 use market::server::auth::{signed_request, unix_now, RequestVerifier};
 use market::server::{bounded_message, excerpt};
-use market::{AccountId, Hash32, ListingContribution, ListingId, OrderId, TxId};
+use market::{AccountId, Hash32, ListingContribution, ListingId, OrderId, QueryReceipt, TxId};
 use rand::rngs::OsRng;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
@@ -50,6 +52,30 @@ use crate::sealed_share::{open_share, seal_share_with_rng, SealError};
 use crate::sql::compile;
 use crate::vault::{ConsentBook, Vault};
 
+#[cfg(feature = "tfhe")]
+#[path = "server_feasibility.rs"]
+mod feasibility;
+#[cfg(feature = "tfhe")]
+pub use feasibility::count_noise;
+
+#[cfg(not(feature = "tfhe"))]
+impl NodeService {
+    async fn receive_evaluation_key(
+        &self,
+        _: tonic::Streaming<EvaluationKeyChunk>,
+    ) -> Result<Response<PutEvaluationKeyResponse>, Status> {
+        Err(Status::unimplemented(
+            "this node was built without the `tfhe` feature: no blind feasibility search",
+        ))
+    }
+
+    async fn run_feasibility(&self, _: FeasibilityRequest) -> Result<FeasibilityResponse, Status> {
+        Err(Status::unimplemented(
+            "this node was built without the `tfhe` feature: no blind feasibility search",
+        ))
+    }
+}
+
 /// How often a node brings its ledger replica up to date between orders.
 const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -71,6 +97,12 @@ pub mod methods {
     pub const ADD_NOISE: &str = "/cohortex.v1.Compute/AddNoise";
     /// KeySwitch.
     pub const KEY_SWITCH: &str = "/cohortex.v1.Compute/KeySwitch";
+    /// CosignReceipt.
+    pub const COSIGN_RECEIPT: &str = "/cohortex.v1.Compute/CosignReceipt";
+    /// PutEvaluationKey (a client stream, signed over an empty body).
+    pub const PUT_EVALUATION_KEY: &str = "/cohortex.v1.Compute/PutEvaluationKey";
+    /// Feasibility.
+    pub const FEASIBILITY: &str = "/cohortex.v1.Compute/Feasibility";
     /// Consent.ListCurrentConsents, called by the node.
     pub const LIST_CURRENT_CONSENTS: &str = "/cohortex.v1.Consent/ListCurrentConsents";
 }
@@ -249,6 +281,33 @@ impl PinnedCommittee {
         &self.seats
     }
 
+    /// Refuses a ledger whose registered committee is not this one: the same threshold and
+    /// the same accounts in the same seats. The ledger counts receipt co-signatures against its
+    /// committee, so a node serves only when that committee is the one it pinned.
+    pub fn check_ledger(
+        &self,
+        registered: Option<&market::state::CommitteeRecord>,
+    ) -> Result<(), Status> {
+        let Some(registered) = registered else {
+            return Err(Status::failed_precondition(
+                "ledger: no key committee is registered on the ledger; this node serves only \
+                 once the committee pinned in its configuration is",
+            ));
+        };
+        let accounts: Vec<AccountId> = self.seats.iter().map(|seat| seat.account).collect();
+        if registered.threshold != self.threshold || registered.members != accounts {
+            return Err(Status::failed_precondition(format!(
+                "ledger: the key committee registered on the ledger ({} of {}) is not the one \
+                 pinned in this node's configuration ({} of {})",
+                registered.threshold,
+                registered.members.len(),
+                self.threshold,
+                accounts.len()
+            )));
+        }
+        Ok(())
+    }
+
     /// The seat of `member`.
     pub fn seat(&self, member: MemberIndex) -> Option<&CommitteeSeat> {
         self.seats.iter().find(|seat| seat.member == member)
@@ -337,6 +396,12 @@ struct Release {
     /// The verified contributions' sum, fixed before any noise was drawn.
     sum: Vec<Ciphertext>,
     own: NoiseShare,
+    /// The listings whose contributions were verified and summed, in the order's order, with
+    /// each contribution's hash: a receipt this member co-signs must name exactly these.
+    contributions: Vec<(String, Hash32)>,
+    /// The digest of the receipt this member co-signed for the order, and its signature: a
+    /// member vouches for one receipt per order.
+    cosigned: Option<(Hash32, Vec<u8>)>,
     /// The members whose noise the first key switch included; later phases must match.
     noise_set: Option<Vec<u16>>,
     counts_switched: bool,
@@ -360,7 +425,15 @@ pub struct NodeService {
     follower: Arc<LedgerFollower>,
     market: tokio::sync::OnceCell<Channel>,
     state: Mutex<NodeState>,
+    /// Recruiters' expanded TFHE evaluation keys by fingerprint, the most recent last (at
+    /// most [`EVALUATION_KEYS_KEPT`]: each is about 120 MB once expanded).
+    #[cfg(feature = "tfhe")]
+    evaluation_keys: Mutex<Vec<([u8; 32], Arc<zk::fhe::Evaluator>)>>,
 }
+
+/// How many recruiters' expanded evaluation keys a node keeps.
+#[cfg(feature = "tfhe")]
+pub const EVALUATION_KEYS_KEPT: usize = 2;
 
 fn decode<T: Wire>(bytes: &[u8], field: &str) -> Result<T, Status> {
     T::from_bytes(bytes).map_err(|error| Status::invalid_argument(format!("{field}: {error}")))
@@ -431,6 +504,8 @@ impl NodeService {
             verifier: RequestVerifier::new(),
             follower,
             market: tokio::sync::OnceCell::new(),
+            #[cfg(feature = "tfhe")]
+            evaluation_keys: Mutex::new(Vec::new()),
             state: Mutex::new(NodeState {
                 round: DkgRound::Idle,
                 inbox: BTreeMap::new(),
@@ -698,10 +773,11 @@ impl NodeService {
         let channel = self.market_channel().await?;
         let order_key = order_key(order)?;
         let now = unix_now();
-        let (found, ledger_listings, time, height) = self
+        let (found, ledger_listings, time, height, registered) = self
             .follower
             .sync_and_read(channel.clone(), |machine| {
                 let state = machine.state();
+                let registered = state.committee().cloned();
                 let found = state.order(&order_key).cloned();
                 let listings: Vec<(ListingId, Option<market::state::Listing>)> = found
                     .iter()
@@ -718,10 +794,12 @@ impl NodeService {
                     listings,
                     now.max(machine.last_time()),
                     machine.height(),
+                    registered,
                 )
             })
             .await
             .map_err(follow_status)?;
+        self.config.committee.check_ledger(registered.as_ref())?;
         let Some(found) = found else {
             return Err(Status::failed_precondition(format!(
                 "order_id: no such order on the ledger (verified up to block {height})"
@@ -1293,6 +1371,7 @@ impl Compute for NodeService {
         let facts = self.order_facts(&order, &message.sql).await?;
         let mut seen = BTreeSet::new();
         let mut contributions = Vec::with_capacity(message.contributions.len());
+        let mut summed_hashes = Vec::with_capacity(message.contributions.len());
         for (index, record) in message.contributions.iter().enumerate() {
             if !facts.listings.contains(&record.listing) {
                 return Err(Status::invalid_argument(format!(
@@ -1317,6 +1396,10 @@ impl Compute for NodeService {
                 )?,
             };
             let context = contribution_context(&order, &record.listing)?;
+            summed_hashes.push((
+                record.listing.clone(),
+                market::hash::contribution_hash(&record.ciphertexts, &record.proof),
+            ));
             contributions.push((
                 record.listing.clone(),
                 record.capacity,
@@ -1376,6 +1459,8 @@ impl Compute for NodeService {
                 min_cohort: facts.min_cohort,
                 sum,
                 own,
+                contributions: summed_hashes,
+                cosigned: None,
                 noise_set: None,
                 counts_switched: false,
                 values_switched: false,
@@ -1532,5 +1617,170 @@ impl Compute for NodeService {
         Ok(Response::new(KeySwitchResponse {
             share: switched.to_bytes(),
         }))
+    }
+    #[tracing::instrument(skip(self, request), fields(listing = %self.config.listing))]
+    async fn cosign_receipt(
+        &self,
+        request: Request<CosignReceiptRequest>,
+    ) -> Result<Response<CosignReceiptResponse>, Status> {
+        self.check_coordinator(methods::COSIGN_RECEIPT, &request)?;
+        let message = request.into_inner();
+        let receipt = QueryReceipt::from_bytes(&message.receipt)
+            .map_err(|_| Status::invalid_argument("receipt: not a postcard-encoded receipt"))?;
+        let order = receipt.order.0 .0.as_bytes().to_vec();
+        // 1. What this member verified and summed itself.
+        let summed = {
+            let state = self.lock()?;
+            let release = state.releases.get(&order).ok_or_else(|| {
+                Status::failed_precondition(
+                    "receipt.order: this member added no noise to the order, so it cannot vouch \
+                     for its receipt",
+                )
+            })?;
+            if !release.counts_switched {
+                return Err(Status::failed_precondition(
+                    "receipt.order: this member has not key-switched the order's release",
+                ));
+            }
+            release.contributions.clone()
+        };
+        let same_contributions = receipt.listings.len() == summed.len()
+            && receipt
+                .listings
+                .iter()
+                .zip(&summed)
+                .all(|(part, (listing, hash))| {
+                    part.listing.0 == *listing && part.contribution_hash == *hash
+                });
+        if !same_contributions {
+            return Err(Status::permission_denied(
+                "receipt.listings: not the contributions this member verified and summed",
+            ));
+        }
+        let root = market::hash::contributions_root(
+            receipt.listings.iter().map(|part| &part.contribution_hash),
+        );
+        if receipt.contributions_root != root {
+            return Err(Status::invalid_argument(
+                "receipt.contributions_root: not the root of its listings' contribution hashes",
+            ));
+        }
+        // 2. What the ledger says, from this node's verified replica.
+        let channel = self.market_channel().await?;
+        let order_key = receipt.order;
+        let (found, owners, committed, registered) = self
+            .follower
+            .sync_and_read(channel, |machine| {
+                let state = machine.state();
+                let owners: Vec<Option<AccountId>> = receipt
+                    .listings
+                    .iter()
+                    .map(|part| state.listing(&part.listing).map(|listing| listing.owner))
+                    .collect();
+                (
+                    state.order(&order_key).cloned(),
+                    owners,
+                    state.release(&order_key).cloned(),
+                    state.committee().cloned(),
+                )
+            })
+            .await
+            .map_err(follow_status)?;
+        self.config.committee.check_ledger(registered.as_ref())?;
+        let chain_id = self.config.ledger.chain_id;
+        for (index, (part, owner)) in receipt.listings.iter().zip(&owners).enumerate() {
+            let attested = owner
+                .and_then(|owner| owner.verifying_key().ok())
+                .is_some_and(|key| {
+                    part.attested_by(&key, &chain_id, &order_key, &receipt.query_hash)
+                });
+            if !attested {
+                return Err(Status::permission_denied(format!(
+                    "receipt.listings[{index}]: not attested by the listing's owner on the ledger"
+                )));
+            }
+        }
+        let found = found.ok_or_else(|| {
+            Status::failed_precondition("receipt.order: no such order on the ledger")
+        })?;
+        if found.status != market::state::OrderStatus::Open {
+            return Err(Status::failed_precondition(
+                "receipt.order: the order is no longer open on the ledger",
+            ));
+        }
+        if found.query_hash != receipt.query_hash {
+            return Err(Status::invalid_argument(
+                "receipt.query_hash: not the order's query hash",
+            ));
+        }
+        if let Some(index) = receipt
+            .listings
+            .iter()
+            .position(|part| part.epsilon_debited_micro != found.epsilon_requested_micro)
+        {
+            return Err(Status::invalid_argument(format!(
+                "receipt.listings[{index}].epsilon_debited_micro: not the order's ε"
+            )));
+        }
+        let member = self.config.member.get();
+        let in_quorum = committed
+            .as_ref()
+            .is_some_and(|release| release.quorum.contains(&member));
+        if !in_quorum {
+            return Err(Status::failed_precondition(
+                "receipt.order: the ledger commits no release of the order with this member in \
+                 its quorum",
+            ));
+        }
+        // 3. One receipt per order: the same one may be asked for again.
+        let digest = receipt.cosignature_digest(&chain_id);
+        let mut state = self.lock()?;
+        let release = state
+            .releases
+            .get_mut(&order)
+            .ok_or_else(|| Status::internal("the order's release was forgotten"))?;
+        let signature = match &release.cosigned {
+            Some((signed, signature)) if *signed == digest => signature.clone(),
+            Some(_) => {
+                return Err(Status::permission_denied(
+                    "receipt: this member already co-signed another receipt for the order",
+                ))
+            }
+            None => {
+                let cosignature = receipt.cosign(member, &self.config.account, &chain_id);
+                release.cosigned = Some((digest, cosignature.signature.clone()));
+                cosignature.signature
+            }
+        };
+        Ok(Response::new(CosignReceiptResponse {
+            member: u32::from(member),
+            signature,
+        }))
+    }
+    #[tracing::instrument(skip(self, request), fields(listing = %self.config.listing))]
+    async fn put_evaluation_key(
+        &self,
+        request: Request<tonic::Streaming<EvaluationKeyChunk>>,
+    ) -> Result<Response<PutEvaluationKeyResponse>, Status> {
+        let caller =
+            self.verifier
+                .verify_stream(methods::PUT_EVALUATION_KEY, &request, unix_now())?;
+        if caller != self.config.coordinator {
+            return Err(Status::permission_denied(format!(
+                "account {caller} is not this node's coordinator"
+            )));
+        }
+        self.receive_evaluation_key(request.into_inner()).await
+    }
+
+    #[tracing::instrument(skip(self, request), fields(listing = %self.config.listing))]
+    async fn feasibility(
+        &self,
+        request: Request<FeasibilityRequest>,
+    ) -> Result<Response<FeasibilityResponse>, Status> {
+        self.check_coordinator(methods::FEASIBILITY, &request)?;
+        self.run_feasibility(request.into_inner())
+            .await
+            .map(Response::new)
     }
 }

@@ -28,12 +28,12 @@ use crate::market_service::methods;
 
 /// A buyer: an account key, a result key pair, and the market's endpoint.
 pub struct Buyer {
-    key: SigningKey,
+    pub(crate) key: SigningKey,
     result_keys: KeyPair,
     chain_id: Hash32,
-    next_nonce: AtomicU64,
-    market: String,
-    tls: Option<TlsIdentity>,
+    pub(crate) next_nonce: AtomicU64,
+    pub(crate) market: String,
+    pub(crate) tls: Option<TlsIdentity>,
 }
 
 /// What the buyer got for an order.
@@ -51,7 +51,7 @@ pub struct Release {
     pub receipt_verified: bool,
 }
 
-async fn channel(endpoint: &str, tls: Option<&TlsIdentity>) -> anyhow::Result<Channel> {
+pub(crate) async fn channel(endpoint: &str, tls: Option<&TlsIdentity>) -> anyhow::Result<Channel> {
     link(endpoint, tls)
         .context("market endpoint")?
         .connect()
@@ -83,7 +83,7 @@ impl Buyer {
         AccountId::of(&self.key)
     }
 
-    fn sign(&self, action: Action) -> anyhow::Result<Vec<u8>> {
+    pub(crate) fn sign(&self, action: Action) -> anyhow::Result<Vec<u8>> {
         let nonce = self.next_nonce.fetch_add(1, Ordering::SeqCst);
         Ok(TxBody {
             chain_id: self.chain_id,

@@ -4,7 +4,8 @@
 //!
 //! Start-up:
 //! 1. a ledger with a genesis issuer; the issuer admits the coordinator (committee member),
-//!    a donation fund and each node (compute node) in one bootstrap block;
+//!    a donation fund and each node (compute node), and registers the nodes as the key
+//!    committee, in one bootstrap block;
 //! 2. the market and the nodes start serving;
 //! 3. each node publishes its listing through `Market.PublishListing`;
 //! 4. patients register and consent: each transaction is signed with the patient's own key
@@ -97,6 +98,10 @@ pub struct ClusterOptions {
     /// certificates it issues (default: a fresh authority). Tests that stand up their own
     /// servers beside the cluster pass theirs.
     pub authority: Option<Arc<Authority>>,
+    /// The threshold the operator registers the key committee with on the ledger (default:
+    /// `threshold`, the one every node pins). Adversarial tests register another, to check
+    /// that nodes refuse a ledger committee other than their own.
+    pub ledger_committee_threshold: Option<u16>,
 }
 
 /// The host names every in-process certificate is valid for.
@@ -242,6 +247,19 @@ impl Cluster {
                 Action::RegisterAccount { account, role },
             )?);
         }
+        // The key committee, in member order, on the ledger: receipts need t co-signatures of
+        // its members, and each node checks it is the committee pinned in its configuration.
+        bootstrap_txs.push(sign(
+            &issuer,
+            chain_id,
+            bootstrap_txs.len() as u64,
+            Action::RegisterCommittee {
+                threshold: options
+                    .ledger_committee_threshold
+                    .unwrap_or(options.threshold),
+                members: node_keys.iter().map(AccountId::of).collect(),
+            },
+        )?);
         let issuer_nonce = bootstrap_txs.len() as u64;
         append_in_blocks(&ledger, bootstrap_txs).await?;
 

@@ -15,9 +15,9 @@ use std::time::Duration;
 use cohortex_proto::tls::{endpoint as link, TlsIdentity};
 use cohortex_proto::v1::compute_client::ComputeClient;
 use cohortex_proto::v1::{
-    AddNoiseRequest, AddNoiseResponse, ContributeRequest, ContributionRecord, DkgDealRequest,
-    DkgFinishRequest, DkgJustifyRequest, DkgPeer, DkgReceiveRequest, KeySwitchPhase,
-    KeySwitchRequest, KeySwitchResponse, NodeReport, OrderState,
+    AddNoiseRequest, AddNoiseResponse, ContributeRequest, ContributionRecord, CosignReceiptRequest,
+    DkgDealRequest, DkgFinishRequest, DkgJustifyRequest, DkgPeer, DkgReceiveRequest,
+    KeySwitchPhase, KeySwitchRequest, KeySwitchResponse, NodeReport, OrderState,
 };
 use compute_node::contribution::{sum_contributions, Contribution, ContributionStatement};
 use compute_node::dp::calibrate;
@@ -38,7 +38,7 @@ use market::server::{
 };
 use market::{
     AccountId, Action, Hash32, ListingContribution, ListingId, OrderId, Purpose, QueryReceipt,
-    ReceiptId, TxBody, TxId,
+    ReceiptCosignature, ReceiptId, TxBody, TxId,
 };
 use rand::RngCore;
 use tonic::transport::Channel;
@@ -99,6 +99,8 @@ pub struct OrderRecord {
     pub identity: ReleaseIdentity,
     /// When the order completed (Unix seconds).
     pub completed_at: Option<u64>,
+    /// A feasibility order: each listing's noisy count under the recruiter's TFHE key.
+    pub site_counts: Vec<cohortex_proto::v1::SiteCount>,
 }
 
 /// What makes two orders the same query: the buyer, the SQL's hash, the listings, the
@@ -145,7 +147,20 @@ pub struct Coordinator {
     save_lock: Arc<tokio::sync::Mutex<()>>,
     /// The market's TLS identity, presented to the nodes (`None`: plaintext, in-process only).
     tls: Option<TlsIdentity>,
+    /// Recruiters' TFHE evaluation keys by fingerprint, the most recent last.
+    #[cfg(feature = "tfhe")]
+    evaluation_keys: Mutex<Vec<KeptEvaluationKey>>,
 }
+
+/// A recruiter's evaluation key the market keeps: its fingerprint and bytes.
+#[cfg(feature = "tfhe")]
+type KeptEvaluationKey = ([u8; 32], Arc<Vec<u8>>);
+
+#[cfg(feature = "tfhe")]
+#[path = "coordinator_feasibility.rs"]
+mod feasibility;
+#[cfg(feature = "tfhe")]
+pub use feasibility::{key_chunks, EVALUATION_KEYS_KEPT, KEY_CHUNK_BYTES};
 
 /// What the coordinator keeps across restarts: what the ledger does not hold.
 #[derive(serde::Serialize, serde::Deserialize, Default)]
@@ -209,6 +224,8 @@ impl Coordinator {
             state_file: None,
             save_lock: Arc::new(tokio::sync::Mutex::new(())),
             tls: None,
+            #[cfg(feature = "tfhe")]
+            evaluation_keys: Mutex::new(Vec::new()),
         }
     }
 
@@ -494,6 +511,68 @@ impl Coordinator {
         .await
     }
 
+    /// Asks every committee member to co-sign `receipt`; returns the co-signatures that verify
+    /// under the members' accounts registered on the ledger, ascending by member, or why
+    /// fewer than the threshold did.
+    async fn cosign_round(
+        &self,
+        committee: &Committee,
+        receipt: &QueryReceipt,
+    ) -> Result<Vec<ReceiptCosignature>, String> {
+        let answers = self
+            .member_round(
+                committee,
+                methods::COSIGN_RECEIPT,
+                CosignReceiptRequest {
+                    receipt: receipt.to_bytes(),
+                },
+                |mut client, signed| async move { client.cosign_receipt(signed).await },
+            )
+            .await;
+        let (chain_id, registered) = read_ledger(&self.ledger, |ledger| {
+            Ok((ledger.chain_id(), ledger.state().committee().cloned()))
+        })
+        .await
+        .map_err(|status| status.message().to_string())?;
+        let registered = registered.ok_or("no key committee is registered on the ledger")?;
+        let mut cosignatures = Vec::new();
+        let mut absent = Vec::new();
+        for (member, answer) in answers {
+            let member = member.get();
+            match answer {
+                Ok(response) if response.member == u32::from(member) => {
+                    let verifies = registered
+                        .member_account(member)
+                        .and_then(|account| account.verifying_key().ok())
+                        .is_some_and(|key| {
+                            receipt.cosigned_by(&key, &chain_id, &response.signature)
+                        });
+                    if verifies {
+                        cosignatures.push(ReceiptCosignature {
+                            member,
+                            signature: response.signature,
+                        });
+                    } else {
+                        absent.push(format!(
+                            "member {member}: a co-signature that does not verify"
+                        ));
+                    }
+                }
+                Ok(_) => absent.push(format!("member {member}: co-signed as another member")),
+                Err(status) => absent.push(format!("member {member}: {}", status.message())),
+            }
+        }
+        if cosignatures.len() < usize::from(registered.threshold) {
+            return Err(format!(
+                "only {} of the {} co-signatures the receipt needs ({})",
+                cosignatures.len(),
+                registered.threshold,
+                absent.join("; ")
+            ));
+        }
+        Ok(cosignatures)
+    }
+
     /// Sends `request`, signed for `method`, to every committee member in parallel with `call`;
     /// returns each member's answer (or why it gave none within the node timeout), in member
     /// order.
@@ -755,6 +834,7 @@ impl Coordinator {
                 suppressed: Vec::new(),
                 identity,
                 completed_at: None,
+                site_counts: Vec::new(),
             },
         );
         let coordinator = Arc::clone(self);
@@ -1186,8 +1266,15 @@ impl Coordinator {
                 .map(|(_, _, attested)| attested.clone())
                 .collect(),
         };
+        // 6b. At least t members check the receipt against what they verified and summed
+        //     themselves, and against their own ledger replicas, and co-sign it: the ledger
+        //     records no receipt on the coordinator's word alone.
+        let cosignatures = self.cosign_round(&committee, &receipt).await?;
         let recorded = self
-            .submit_own(Action::RecordReceipt(receipt))
+            .submit_own(Action::RecordCosignedReceipt {
+                receipt,
+                cosignatures,
+            })
             .await
             .map_err(|status| format!("the ledger refused the receipt: {}", status.message()))?;
         self.submit_own(Action::Settle {

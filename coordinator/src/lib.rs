@@ -12,6 +12,8 @@ pub mod buyer;
 pub mod cluster;
 pub mod coordinator;
 pub mod market_service;
+#[cfg(feature = "tfhe")]
+pub mod recruiter;
 pub mod serve;
 pub mod standalone;
 

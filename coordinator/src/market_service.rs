@@ -4,9 +4,10 @@ use std::sync::Arc;
 
 use cohortex_proto::v1::market_server::Market;
 use cohortex_proto::v1::{
-    GetOrderRequest, GetReceiptRequest, InclusionProof, ListListingsRequest, ListListingsResponse,
-    Listing, OrderQueryRequest, OrderQueryResponse, OrderStatus, PublishListingRequest,
-    ReceiptProof, SignedTransaction, TransactionResult,
+    EvaluationKeyChunk, GetOrderRequest, GetReceiptRequest, InclusionProof, ListListingsRequest,
+    ListListingsResponse, Listing, OrderFeasibilityRequest, OrderQueryRequest, OrderQueryResponse,
+    OrderStatus, PublishListingRequest, PutEvaluationKeyResponse, ReceiptProof, SignedTransaction,
+    TransactionResult,
 };
 use compute_node::Schema;
 use market::server::auth::{unix_now, RequestVerifier};
@@ -27,6 +28,8 @@ use crate::coordinator::{
 pub mod methods {
     /// GetOrder.
     pub const GET_ORDER: &str = "/cohortex.v1.Market/GetOrder";
+    /// PutEvaluationKey (a client stream, signed over an empty body).
+    pub const PUT_EVALUATION_KEY: &str = "/cohortex.v1.Market/PutEvaluationKey";
 }
 
 /// The Market service.
@@ -60,6 +63,34 @@ fn admit_withdraw(body: &TxBody) -> Result<(), Status> {
 }
 
 impl MarketService {
+    /// Refuses an order for a purpose too few of a listing's patients consent to: it would
+    /// only compute to a refused receipt. Names the listing.
+    async fn enough_consent(
+        &self,
+        listings: &[market::ListingId],
+        wanted: market::Purpose,
+    ) -> Result<(), Status> {
+        let checked = listings.to_vec();
+        read_ledger(self.coordinator.ledger(), move |ledger| {
+            let now = ledger.machine().last_time();
+            for listing in &checked {
+                let Some(terms) = ledger.state().listing(listing).map(|l| l.terms.clone()) else {
+                    continue;
+                };
+                let consenting = ledger.state().current_consents(listing, wanted, now).len();
+                if consenting < terms.min_cohort_size as usize {
+                    return Err(Status::failed_precondition(format!(
+                        "purpose: only {consenting} patient(s) of listing {listing} consent to {}; its minimum cohort is {}",
+                        purpose_name(wanted),
+                        terms.min_cohort_size
+                    )));
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
     /// Submits a signed transaction whose action `admit` accepts.
     async fn submit_admitted(
         &self,
@@ -283,27 +314,7 @@ impl Market for MarketService {
                 "the key committee has not been formed yet",
             ));
         }
-        // A purpose the listing allows but too few of its patients consent to would only
-        // compute to a refused receipt: refuse it now, naming the listing.
-        let (wanted, checked) = (*purpose, listings.clone());
-        read_ledger(self.coordinator.ledger(), move |ledger| {
-            let now = ledger.machine().last_time();
-            for listing in &checked {
-                let Some(terms) = ledger.state().listing(listing).map(|l| l.terms.clone()) else {
-                    continue;
-                };
-                let consenting = ledger.state().current_consents(listing, wanted, now).len();
-                if consenting < terms.min_cohort_size as usize {
-                    return Err(Status::failed_precondition(format!(
-                        "purpose: only {consenting} patient(s) of listing {listing} consent to {}; its minimum cohort is {}",
-                        purpose_name(wanted),
-                        terms.min_cohort_size
-                    )));
-                }
-            }
-            Ok(())
-        })
-        .await?;
+        self.enough_consent(listings, *purpose).await?;
         // Escrow and ε reservation happen here; a refused order changes nothing.
         let submitted = submit(self.coordinator.ledger(), envelope).await?;
         self.coordinator.start_order(
@@ -354,6 +365,7 @@ impl Market for MarketService {
             epsilon_micro: record.epsilon_micro,
             noise_members: record.noise_members,
             suppressed: record.suppressed,
+            site_counts: record.site_counts,
         }))
     }
 
@@ -382,5 +394,170 @@ impl Market for MarketService {
                 tree_head: Some((&receipt.head).into()),
             }),
         }))
+    }
+    #[tracing::instrument(skip(self, request))]
+    async fn put_evaluation_key(
+        &self,
+        request: Request<tonic::Streaming<EvaluationKeyChunk>>,
+    ) -> Result<Response<PutEvaluationKeyResponse>, Status> {
+        let caller =
+            self.verifier
+                .verify_stream(methods::PUT_EVALUATION_KEY, &request, unix_now())?;
+        let role = read_ledger(self.coordinator.ledger(), move |ledger| {
+            Ok(ledger.state().account(&caller).map(|account| account.role))
+        })
+        .await?;
+        if role != Some(market::Role::Buyer) {
+            return Err(Status::permission_denied(
+                "only a registered buyer (recruiter) account may store an evaluation key",
+            ));
+        }
+        self.receive_evaluation_key(request.into_inner()).await
+    }
+
+    #[tracing::instrument(skip(self, request))]
+    async fn order_feasibility(
+        &self,
+        request: Request<OrderFeasibilityRequest>,
+    ) -> Result<Response<OrderQueryResponse>, Status> {
+        self.place_feasibility(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+}
+
+#[cfg(feature = "tfhe")]
+impl MarketService {
+    async fn receive_evaluation_key(
+        &self,
+        mut stream: tonic::Streaming<EvaluationKeyChunk>,
+    ) -> Result<Response<PutEvaluationKeyResponse>, Status> {
+        use zk::fhe::{EvaluationKey, MAX_EVALUATION_KEY_BYTES};
+        let mut bytes = Vec::new();
+        while let Some(chunk) = stream.message().await? {
+            if bytes.len() + chunk.data.len() > MAX_EVALUATION_KEY_BYTES {
+                return Err(Status::invalid_argument(format!(
+                    "data: the evaluation key exceeds {MAX_EVALUATION_KEY_BYTES} bytes"
+                )));
+            }
+            bytes.extend_from_slice(&chunk.data);
+        }
+        let (bytes, checked) = tokio::task::spawn_blocking(move || {
+            let checked = EvaluationKey::from_bytes(&bytes).map(|_| ());
+            (bytes, checked)
+        })
+        .await
+        .map_err(|error| Status::internal(format!("worker failed: {error}")))?;
+        checked.map_err(|error| Status::invalid_argument(format!("data: {error}")))?;
+        let fingerprint = EvaluationKey::fingerprint_of(&bytes);
+        let length = bytes.len() as u64;
+        self.coordinator.keep_evaluation_key(fingerprint, bytes)?;
+        Ok(Response::new(PutEvaluationKeyResponse {
+            fingerprint: fingerprint.to_vec(),
+            bytes: length,
+        }))
+    }
+
+    /// Checks a feasibility order against the listings and the stored evaluation key,
+    /// appends it (escrow and ε reservation) and starts it.
+    async fn place_feasibility(
+        &self,
+        message: OrderFeasibilityRequest,
+    ) -> Result<OrderQueryResponse, Status> {
+        use compute_node::feasibility_wire::{criteria_from_wire, criteria_hash};
+        let envelope = transaction(message.transaction)?;
+        let wire = message
+            .criteria
+            .ok_or_else(|| Status::invalid_argument("criteria: missing"))?;
+        let (fingerprint, criteria) = criteria_from_wire(&wire, "criteria")?;
+        let verified = UncheckedTx::parse(envelope.clone())
+            .and_then(UncheckedTx::verify)
+            .map_err(|error| tx_error_status(&error))?;
+        let body = verified.body().clone();
+        let Action::OrderQueryFor {
+            query_hash: ordered_hash,
+            listings,
+            purpose,
+            epsilon_micro,
+            result_key,
+            ..
+        } = &body.action
+        else {
+            return Err(wrong_action("OrderQueryFor", &body.action));
+        };
+        if *purpose != market::Purpose::TrialFeasibility {
+            return Err(Status::invalid_argument(
+                "envelope: a feasibility order's purpose is trial_feasibility",
+            ));
+        }
+        if result_key.as_slice() != fingerprint.as_slice() {
+            return Err(Status::invalid_argument(
+                "criteria.evaluation_key: not the result key signed into the order",
+            ));
+        }
+        if *ordered_hash != criteria_hash(&wire) {
+            return Err(Status::invalid_argument(
+                "criteria: their hash is not the transaction's query_hash",
+            ));
+        }
+        let key = self
+            .coordinator
+            .evaluation_key(&fingerprint)?
+            .ok_or_else(|| {
+                Status::failed_precondition(
+                    "criteria.evaluation_key: the market holds no evaluation key with this \
+                 fingerprint; store it with PutEvaluationKey first",
+                )
+            })?;
+        for listing in listings {
+            let info = self.coordinator.listing(&listing.0)?.ok_or_else(|| {
+                Status::not_found(format!(
+                    "listing {} has no compute node registered",
+                    excerpt(&listing.0)
+                ))
+            })?;
+            criteria.check(&info.schema).map_err(|error| {
+                Status::invalid_argument(format!(
+                    "criteria.{} (listing {})",
+                    bounded_message(&error.to_string()),
+                    excerpt(&listing.0)
+                ))
+            })?;
+        }
+        self.enough_consent(listings, *purpose).await?;
+        let submitted = submit(self.coordinator.ledger(), envelope).await?;
+        self.coordinator.start_feasibility(
+            submitted.tx_id,
+            body.signer,
+            wire,
+            key,
+            listings.clone(),
+            *epsilon_micro,
+        )?;
+        Ok(OrderQueryResponse {
+            order_id: submitted.tx_id.0.as_bytes().to_vec(),
+            answered_from_earlier_release: false,
+        })
+    }
+}
+
+#[cfg(not(feature = "tfhe"))]
+impl MarketService {
+    async fn receive_evaluation_key(
+        &self,
+        _: tonic::Streaming<EvaluationKeyChunk>,
+    ) -> Result<Response<PutEvaluationKeyResponse>, Status> {
+        Err(Status::unimplemented(
+            "this market was built without the `tfhe` feature: no blind feasibility search",
+        ))
+    }
+
+    async fn place_feasibility(
+        &self,
+        _: OrderFeasibilityRequest,
+    ) -> Result<OrderQueryResponse, Status> {
+        Err(Status::unimplemented(
+            "this market was built without the `tfhe` feature: no blind feasibility search",
+        ))
     }
 }

@@ -132,6 +132,61 @@ pub async fn admit_accounts(
     Ok(missing)
 }
 
+/// Has `issuer` register the key committee (`members` in member order, `threshold`) on the
+/// ledger if none is registered yet. Returns whether it did. A ledger that already holds
+/// another committee is an error naming both: the members pin theirs, and would refuse it.
+pub async fn register_committee(
+    ledger: &SharedLedger,
+    issuer: &SigningKey,
+    members: &[AccountId],
+    threshold: u16,
+) -> anyhow::Result<bool> {
+    let issuer_account = AccountId::of(issuer);
+    let (chain_id, nonce, registered) = read_ledger(ledger, move |ledger| {
+        let state = ledger.state();
+        let nonce = state
+            .account(&issuer_account)
+            .map_or(0, |account| account.next_nonce);
+        Ok((ledger.chain_id(), nonce, state.committee().cloned()))
+    })
+    .await
+    .map_err(|status| anyhow!("{}", status.message()))?;
+    if let Some(registered) = registered {
+        if registered.threshold != threshold || registered.members != members {
+            bail!(
+                "the ledger's key committee is {} of {} members, registered when it was created; \
+                 the configuration names {threshold} of {}: a ledger keeps its committee, so \
+                 start a new ledger to change it",
+                registered.threshold,
+                registered.members.len(),
+                members.len()
+            );
+        }
+        return Ok(false);
+    }
+    let tx = sign_action(
+        issuer,
+        chain_id,
+        nonce,
+        Action::RegisterCommittee {
+            threshold,
+            members: members.to_vec(),
+        },
+    )?;
+    let ledger = Arc::clone(ledger);
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let mut ledger = ledger.lock().map_err(|_| anyhow!("ledger lock poisoned"))?;
+        let outcome = ledger.append(vec![tx]).context("appending the committee")?;
+        if let Some(refusal) = outcome.refused.first() {
+            bail!("the committee registration was refused: {}", refusal.error);
+        }
+        Ok(())
+    })
+    .await
+    .context("committee registration task")??;
+    Ok(true)
+}
+
 /// Where the market's committee stands, for logs and status output.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CommitteeProgress {

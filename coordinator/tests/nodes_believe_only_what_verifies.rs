@@ -168,6 +168,18 @@ impl MarketRpc for LyingMarket {
     ) -> Result<Response<v1::ReceiptProof>, Status> {
         self.honest.get_receipt(request).await
     }
+    async fn put_evaluation_key(
+        &self,
+        request: Request<tonic::Streaming<v1::EvaluationKeyChunk>>,
+    ) -> Result<Response<v1::PutEvaluationKeyResponse>, Status> {
+        self.honest.put_evaluation_key(request).await
+    }
+    async fn order_feasibility(
+        &self,
+        request: Request<v1::OrderFeasibilityRequest>,
+    ) -> Result<Response<v1::OrderQueryResponse>, Status> {
+        self.honest.order_feasibility(request).await
+    }
 }
 
 /// A cluster whose nodes read the ledger and the manifests through a lying front.
@@ -357,6 +369,24 @@ impl Compute for ShareCollector {
         &self,
         _: Request<v1::KeySwitchRequest>,
     ) -> Result<Response<v1::KeySwitchResponse>, Status> {
+        Err(Status::unimplemented("collector"))
+    }
+    async fn cosign_receipt(
+        &self,
+        _: Request<v1::CosignReceiptRequest>,
+    ) -> Result<Response<v1::CosignReceiptResponse>, Status> {
+        Err(Status::unimplemented("collector"))
+    }
+    async fn put_evaluation_key(
+        &self,
+        _: Request<tonic::Streaming<v1::EvaluationKeyChunk>>,
+    ) -> Result<Response<v1::PutEvaluationKeyResponse>, Status> {
+        Err(Status::unimplemented("collector"))
+    }
+    async fn feasibility(
+        &self,
+        _: Request<v1::FeasibilityRequest>,
+    ) -> Result<Response<v1::FeasibilityResponse>, Status> {
         Err(Status::unimplemented("collector"))
     }
 }

@@ -93,6 +93,7 @@ async fn disjoint_quorums_cannot_get_two_releases_of_one_order() {
         extra_purposes: Vec::new(),
         nodes_read_market_at: None,
         authority: None,
+        ledger_committee_threshold: None,
     };
     let cluster = Cluster::start(dir.path(), setups, &options, |_| {})
         .await

@@ -406,6 +406,90 @@ pub enum TxError {
     /// The committed member sets are malformed.
     #[error("invalid release commitment: {0}")]
     InvalidRelease(&'static str),
+    /// The committee registration breaks a rule (threshold, member count, duplicates).
+    #[error("invalid committee: {0}")]
+    InvalidCommittee(&'static str),
+    /// A committee member is not a registered compute node.
+    #[error("committee member {member} ({account}) is not a registered compute node")]
+    CommitteeMemberNotANode {
+        /// The member index.
+        member: u16,
+        /// Its account.
+        account: AccountId,
+    },
+    /// The ledger already has a key committee.
+    #[error("a key committee is already registered on this ledger")]
+    CommitteeAlreadyRegistered,
+    /// A receipt without enough valid member co-signatures.
+    #[error(
+        "receipt for order {order} carries {valid} valid co-signature(s) of committee members; \
+         the committee's threshold is {threshold}"
+    )]
+    ReceiptNotCosigned {
+        /// The order.
+        order: OrderId,
+        /// Valid co-signatures of distinct registered members.
+        valid: usize,
+        /// How many are needed.
+        threshold: u16,
+    },
+    /// A co-signature names no member of the committee, repeats one, or does not verify.
+    #[error("receipt for order {order}: the co-signature of member {member} {problem}")]
+    BadCosignature {
+        /// The order.
+        order: OrderId,
+        /// The member index it names.
+        member: u16,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
+    /// A feasibility receipt for an order whose purpose is not trial feasibility.
+    #[error("order {0} is not a trial-feasibility order, so it takes no feasibility receipt")]
+    NotAFeasibilityOrder(OrderId),
+    /// A trial posting breaks a rule (id, summary, criteria size, listings, expiry).
+    #[error("invalid trial: {0}")]
+    InvalidTrial(String),
+    /// A trial with this id is already on the ledger.
+    #[error("trial `{0}` is already posted")]
+    TrialExists(String),
+    /// No trial with this id is on the ledger.
+    #[error("no trial `{0}` is posted")]
+    UnknownTrial(String),
+    /// The trial's expiry has passed: it takes no more replies.
+    #[error("trial `{trial}` expired at {expires_at}")]
+    TrialExpired {
+        /// The trial.
+        trial: String,
+        /// Its expiry.
+        expires_at: u64,
+    },
+    /// A reply for a listing the trial was not posted to.
+    #[error("trial `{trial}` was not posted to listing {listing}")]
+    TrialNotOnListing {
+        /// The trial.
+        trial: String,
+        /// The listing.
+        listing: ListingId,
+    },
+    /// A reply whose attestation is not the listing owner's signature.
+    #[error("the reply to trial `{trial}` is not attested by the owner of listing {listing}")]
+    TrialReplyNotAttested {
+        /// The trial.
+        trial: String,
+        /// The listing.
+        listing: ListingId,
+    },
+    /// The same reply (by hash) was already recorded, or the trial holds its maximum.
+    #[error("trial `{trial}`: {reason}")]
+    TrialReplyRefused {
+        /// The trial.
+        trial: String,
+        /// Why.
+        reason: &'static str,
+    },
+    /// A co-signed receipt on a ledger with no committee registered.
+    #[error("no key committee is registered on this ledger, so no co-signature can be checked")]
+    NoCommittee,
     /// The order has no receipt yet, so it cannot be settled.
     #[error("order {0} has no receipt yet")]
     OrderNotComputed(OrderId),

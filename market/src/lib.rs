@@ -43,6 +43,7 @@ pub use state::State;
 #[cfg(feature = "storage")]
 pub use storage::{audit_database, AppendOutcome, AuditError, Ledger, LedgerError, Refusal};
 pub use tx::{
-    AccountId, Action, Compensation, ListingContribution, ListingId, ListingTerms, OrderId,
-    PayoutChoice, Purpose, QueryReceipt, ReceiptId, Role, SignedTx, TxBody, TxId, VerifiedTx,
+    AccountId, Action, AttestationKind, Compensation, ListingContribution, ListingId, ListingTerms,
+    OrderId, PayoutChoice, Purpose, QueryReceipt, ReceiptCosignature, ReceiptId, Role, SignedTx,
+    TrialPosting, TxBody, TxId, VerifiedTx,
 };

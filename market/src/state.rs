@@ -22,8 +22,11 @@
 use crate::error::TxError;
 use crate::hash::{Hash32, TaggedHasher, LABEL_STATE};
 use crate::tx::{
-    AccountId, Action, Compensation, ListingId, ListingTerms, OrderId, PayoutChoice, Purpose,
-    QueryReceipt, ReceiptId, Role, VerifiedTx, MAX_LISTINGS_PER_ORDER, MAX_LISTING_ID_LEN,
+    AccountId, Action, AttestationKind, Compensation, ListingId, ListingTerms, OrderId,
+    PayoutChoice, Purpose, QueryReceipt, ReceiptCosignature, ReceiptId, Role, TrialPosting,
+    VerifiedTx, MAX_COMMITTEE_MEMBERS, MAX_LISTINGS_PER_ORDER, MAX_LISTING_ID_LEN,
+    MAX_TRIAL_CRITERIA_LEN, MAX_TRIAL_DURATION_SECS, MAX_TRIAL_ID_LEN, MAX_TRIAL_LISTINGS,
+    MAX_TRIAL_REPLIES, MAX_TRIAL_SUMMARY_LEN, MIN_COMMITTEE_THRESHOLD,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -198,6 +201,48 @@ pub struct ReleaseCommitment {
     pub committed_at: u64,
 }
 
+/// The key committee registered on the ledger ([`Action::RegisterCommittee`](crate::tx::Action::RegisterCommittee)).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitteeRecord {
+    /// Co-signatures a receipt needs.
+    pub threshold: u16,
+    /// The members' accounts in member order: member `i` is `members[i - 1]`.
+    pub members: Vec<AccountId>,
+    /// Block time of the registration.
+    pub registered_at: u64,
+}
+
+impl CommitteeRecord {
+    /// The account of member `member` (1-based).
+    pub fn member_account(&self, member: u16) -> Option<AccountId> {
+        usize::from(member)
+            .checked_sub(1)
+            .and_then(|index| self.members.get(index))
+            .copied()
+    }
+}
+
+/// A trial posted for recruitment ([`Action::PostTrial`](crate::tx::Action::PostTrial)) and
+/// the replies recorded for it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrialRecord {
+    /// The recruiter who posted it.
+    pub recruiter: AccountId,
+    /// The posting as signed.
+    pub posting: TrialPosting,
+    /// Block time of the posting.
+    pub posted_at: u64,
+    /// Replies in the order recorded: the listing whose node computed each, and its hash.
+    pub replies: Vec<(ListingId, Hash32)>,
+}
+
+impl TrialRecord {
+    /// Replies recorded for `listing`.
+    pub fn replies_from(&self, listing: &ListingId) -> usize {
+        self.replies.iter().filter(|(from, _)| from == listing).count()
+    }
+}
+
 /// A participant's share and where it is paid.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Payee {
@@ -269,6 +314,10 @@ pub enum StateKey {
     Release(OrderId),
     /// The key an order's release is re-encrypted to.
     ResultKey(OrderId),
+    /// The key committee.
+    Committee,
+    /// A posted trial, by id.
+    Trial(String),
 }
 
 /// A stored state entry does not decode.
@@ -307,6 +356,12 @@ pub struct State {
     /// empty, like `releases`.
     #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
     result_keys: BTreeMap<OrderId, Vec<u8>>,
+    /// The key committee, once registered. Hashed only when present, like `releases`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    committee: Option<CommitteeRecord>,
+    /// Trials posted for recruitment, by id. Hashed only when not empty, like `releases`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
+    trials: BTreeMap<String, TrialRecord>,
     /// Keys written since the last [`State::take_changes`]; not part of the state itself.
     #[serde(skip)]
     changed: BTreeSet<StateKey>,
@@ -493,6 +548,21 @@ impl State {
         self.releases.get(id)
     }
 
+    /// The key committee registered on the ledger, if any.
+    pub fn committee(&self) -> Option<&CommitteeRecord> {
+        self.committee.as_ref()
+    }
+
+    /// A posted trial.
+    pub fn trial(&self, id: &str) -> Option<&TrialRecord> {
+        self.trials.get(id)
+    }
+
+    /// Every posted trial, by id.
+    pub fn trials(&self) -> impl Iterator<Item = &TrialRecord> {
+        self.trials.values()
+    }
+
     /// A receipt.
     pub fn receipt(&self, id: &ReceiptId) -> Option<&ReceiptRecord> {
         self.receipts.get(id)
@@ -538,6 +608,8 @@ impl State {
                         .map(postcard::to_stdvec),
                     StateKey::Release(id) => self.releases.get(id).map(postcard::to_stdvec),
                     StateKey::ResultKey(id) => self.result_keys.get(id).map(postcard::to_stdvec),
+                    StateKey::Committee => self.committee.as_ref().map(postcard::to_stdvec),
+                    StateKey::Trial(id) => self.trials.get(id).map(postcard::to_stdvec),
                 }?;
                 let key = postcard::to_stdvec(&key);
                 match (key, value) {
@@ -596,6 +668,10 @@ impl State {
                 }
                 StateKey::ResultKey(id) => {
                     state.result_keys.insert(*id, value(&key, value_bytes)?);
+                }
+                StateKey::Committee => state.committee = Some(value(&key, value_bytes)?),
+                StateKey::Trial(id) => {
+                    state.trials.insert(id.clone(), value(&key, value_bytes)?);
                 }
             }
         }
@@ -691,8 +767,57 @@ impl State {
                 ctx,
             )?,
             Action::RecordReceipt(receipt) => {
+                // Once a committee is registered, a receipt needs its members' co-signatures.
+                if let Some(committee) = &self.committee {
+                    return Err(TxError::ReceiptNotCosigned {
+                        order: receipt.order,
+                        valid: 0,
+                        threshold: committee.threshold,
+                    });
+                }
                 self.record_receipt(signer, ReceiptId(tx.id()), receipt, chain_id, ctx)?
             }
+            Action::RecordCosignedReceipt {
+                receipt,
+                cosignatures,
+            } => {
+                self.check_cosignatures(receipt, cosignatures, chain_id)?;
+                self.record_receipt(signer, ReceiptId(tx.id()), receipt, chain_id, ctx)?
+            }
+            Action::RecordFeasibility(receipt) => {
+                let order = self
+                    .orders
+                    .get(&receipt.order)
+                    .ok_or(TxError::UnknownOrder(receipt.order))?;
+                if order.purpose != Purpose::TrialFeasibility {
+                    return Err(TxError::NotAFeasibilityOrder(receipt.order));
+                }
+                self.record_receipt_as(
+                    AttestationKind::Feasibility,
+                    signer,
+                    ReceiptId(tx.id()),
+                    receipt,
+                    chain_id,
+                    ctx,
+                )?
+            }
+            Action::RegisterCommittee { threshold, members } => {
+                self.register_committee(signer, *threshold, members, ctx)?
+            }
+            Action::PostTrial(posting) => self.post_trial(signer, posting, ctx)?,
+            Action::RecordTrialReply {
+                trial,
+                listing,
+                reply_hash,
+                attestation,
+            } => self.record_trial_reply(
+                signer,
+                (trial, listing),
+                reply_hash,
+                attestation,
+                chain_id,
+                ctx,
+            )?,
             Action::Settle { order, receipt } => self.settle(signer, *order, *receipt)?,
             Action::Refund { order } => self.refund(signer, *order, ctx)?,
             Action::CommitRelease {
@@ -1151,6 +1276,25 @@ impl State {
         chain_id: &Hash32,
         ctx: &BlockContext,
     ) -> Result<(), TxError> {
+        self.record_receipt_as(
+            AttestationKind::Contribution,
+            signer,
+            receipt_id,
+            receipt,
+            chain_id,
+            ctx,
+        )
+    }
+
+    fn record_receipt_as(
+        &mut self,
+        kind: AttestationKind,
+        signer: AccountId,
+        receipt_id: ReceiptId,
+        receipt: &QueryReceipt,
+        chain_id: &Hash32,
+        ctx: &BlockContext,
+    ) -> Result<(), TxError> {
         self.require_role(signer, &[Role::CommitteeMember], "committee member")?;
         let order_id = receipt.order;
         let order = self.open_order(order_id)?;
@@ -1192,7 +1336,7 @@ impl State {
                 .ok_or_else(|| TxError::UnknownListing(id.clone()))?
                 .owner;
             let attested = owner.verifying_key().is_ok_and(|key| {
-                contribution.attested_by(&key, chain_id, &order_id, &receipt.query_hash)
+                contribution.attested_as(kind, &key, chain_id, &order_id, &receipt.query_hash)
             });
             if !attested {
                 return Err(TxError::ContributionNotAttested {
@@ -1501,6 +1645,242 @@ impl State {
         Ok(order)
     }
 
+    fn register_committee(
+        &mut self,
+        signer: AccountId,
+        threshold: u16,
+        members: &[AccountId],
+        ctx: &BlockContext,
+    ) -> Result<(), TxError> {
+        self.require_role(signer, &[Role::Issuer], "issuer")?;
+        if self.committee.is_some() {
+            return Err(TxError::CommitteeAlreadyRegistered);
+        }
+        if threshold < MIN_COMMITTEE_THRESHOLD {
+            return Err(TxError::InvalidCommittee(
+                "the threshold must be at least 2: one member alone could decrypt",
+            ));
+        }
+        if members.len() > MAX_COMMITTEE_MEMBERS {
+            return Err(TxError::InvalidCommittee("at most 64 members"));
+        }
+        if usize::from(threshold) > members.len() {
+            return Err(TxError::InvalidCommittee(
+                "the threshold exceeds the number of members",
+            ));
+        }
+        let distinct: BTreeSet<&AccountId> = members.iter().collect();
+        if distinct.len() != members.len() {
+            return Err(TxError::InvalidCommittee("an account appears twice"));
+        }
+        for (position, account) in members.iter().enumerate() {
+            let is_node = self
+                .accounts
+                .get(account)
+                .is_some_and(|found| found.role == Role::ComputeNode);
+            if !is_node {
+                return Err(TxError::CommitteeMemberNotANode {
+                    // At most 64 members, so the index fits.
+                    member: position as u16 + 1,
+                    account: *account,
+                });
+            }
+        }
+        self.committee = Some(CommitteeRecord {
+            threshold,
+            members: members.to_vec(),
+            registered_at: ctx.time,
+        });
+        self.changed.insert(StateKey::Committee);
+        Ok(())
+    }
+
+    fn post_trial(
+        &mut self,
+        signer: AccountId,
+        posting: &TrialPosting,
+        ctx: &BlockContext,
+    ) -> Result<(), TxError> {
+        self.require_role(signer, &[Role::Buyer], "buyer")?;
+        let invalid = |reason: String| Err(TxError::InvalidTrial(reason));
+        let id = &posting.trial;
+        let id_ok = !id.is_empty()
+            && id.len() <= MAX_TRIAL_ID_LEN
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+        if !id_ok {
+            return invalid(format!(
+                "trial: the id must be 1 to {MAX_TRIAL_ID_LEN} letters, digits, `.`, `-` or `_`"
+            ));
+        }
+        if self.trials.contains_key(id) {
+            return Err(TxError::TrialExists(id.clone()));
+        }
+        if posting.summary.trim().is_empty() || posting.summary.len() > MAX_TRIAL_SUMMARY_LEN {
+            return invalid(format!(
+                "summary: 1 to {MAX_TRIAL_SUMMARY_LEN} bytes of text are required"
+            ));
+        }
+        if posting.criteria.is_empty() || posting.criteria.len() > MAX_TRIAL_CRITERIA_LEN {
+            return invalid(format!(
+                "criteria: {} bytes; 1 to {MAX_TRIAL_CRITERIA_LEN} are accepted",
+                posting.criteria.len()
+            ));
+        }
+        if posting.listings.is_empty() || posting.listings.len() > MAX_TRIAL_LISTINGS {
+            return invalid(format!(
+                "listings: 1 to {MAX_TRIAL_LISTINGS} listings are required"
+            ));
+        }
+        let distinct: BTreeSet<&ListingId> = posting.listings.iter().collect();
+        if distinct.len() != posting.listings.len() {
+            return invalid("listings: a listing appears twice".into());
+        }
+        for id in &posting.listings {
+            let listing = self.active_listing(id)?;
+            if !listing
+                .terms
+                .allowed_purposes
+                .contains(&Purpose::TrialRecruitment)
+            {
+                return Err(TxError::PurposeNotAllowed {
+                    listing: id.clone(),
+                    purpose: Purpose::TrialRecruitment,
+                });
+            }
+        }
+        if posting.expires_at <= ctx.time {
+            return Err(TxError::ExpiryNotInFuture {
+                expires_at: posting.expires_at,
+                now: ctx.time,
+            });
+        }
+        if posting.expires_at - ctx.time > MAX_TRIAL_DURATION_SECS {
+            return invalid(format!(
+                "expires_at: a trial stays open at most {} days",
+                MAX_TRIAL_DURATION_SECS / 86_400
+            ));
+        }
+        self.trials.insert(
+            id.clone(),
+            TrialRecord {
+                recruiter: signer,
+                posting: posting.clone(),
+                posted_at: ctx.time,
+                replies: Vec::new(),
+            },
+        );
+        self.changed.insert(StateKey::Trial(id.clone()));
+        Ok(())
+    }
+
+    fn record_trial_reply(
+        &mut self,
+        signer: AccountId,
+        (trial, listing): (&str, &ListingId),
+        reply_hash: &Hash32,
+        attestation: &[u8],
+        chain_id: &Hash32,
+        ctx: &BlockContext,
+    ) -> Result<(), TxError> {
+        self.require_role(signer, &[Role::CommitteeMember], "committee member")?;
+        let record = self
+            .trials
+            .get(trial)
+            .ok_or_else(|| TxError::UnknownTrial(trial.to_string()))?;
+        if ctx.time >= record.posting.expires_at {
+            return Err(TxError::TrialExpired {
+                trial: trial.to_string(),
+                expires_at: record.posting.expires_at,
+            });
+        }
+        if !record.posting.listings.contains(listing) {
+            return Err(TxError::TrialNotOnListing {
+                trial: trial.to_string(),
+                listing: listing.clone(),
+            });
+        }
+        let owner = self.active_listing(listing)?.owner;
+        let digest = crate::tx::trial_reply_digest(chain_id, trial, listing, reply_hash);
+        let attested = owner
+            .verifying_key()
+            .is_ok_and(|key| crate::tx::signed_by(&key, &digest, attestation));
+        if !attested {
+            return Err(TxError::TrialReplyNotAttested {
+                trial: trial.to_string(),
+                listing: listing.clone(),
+            });
+        }
+        if record.replies.iter().any(|(_, hash)| hash == reply_hash) {
+            return Err(TxError::TrialReplyRefused {
+                trial: trial.to_string(),
+                reason: "this reply is already recorded",
+            });
+        }
+        if record.replies.len() >= MAX_TRIAL_REPLIES {
+            return Err(TxError::TrialReplyRefused {
+                trial: trial.to_string(),
+                reason: "the trial holds the most replies one trial may",
+            });
+        }
+        if let Some(record) = self.trials.get_mut(trial) {
+            record.replies.push((listing.clone(), *reply_hash));
+        }
+        self.changed.insert(StateKey::Trial(trial.to_string()));
+        Ok(())
+    }
+
+    /// At least the committee's threshold of distinct members signed exactly this receipt.
+    /// Every co-signature present must verify: a bad one is refused, not skipped, so that a
+    /// recorded receipt never carries a signature nobody made.
+    fn check_cosignatures(
+        &self,
+        receipt: &QueryReceipt,
+        cosignatures: &[ReceiptCosignature],
+        chain_id: &Hash32,
+    ) -> Result<(), TxError> {
+        let committee = self.committee.as_ref().ok_or(TxError::NoCommittee)?;
+        let order = receipt.order;
+        let mut previous = 0u16;
+        for cosignature in cosignatures {
+            let member = cosignature.member;
+            if member <= previous {
+                return Err(TxError::BadCosignature {
+                    order,
+                    member,
+                    problem: "is out of order or repeated (members strictly ascending)",
+                });
+            }
+            previous = member;
+            let account = committee
+                .member_account(member)
+                .ok_or(TxError::BadCosignature {
+                    order,
+                    member,
+                    problem: "names no member of the registered committee",
+                })?;
+            let verifies = account
+                .verifying_key()
+                .is_ok_and(|key| receipt.cosigned_by(&key, chain_id, &cosignature.signature));
+            if !verifies {
+                return Err(TxError::BadCosignature {
+                    order,
+                    member,
+                    problem: "does not verify under the member's account key",
+                });
+            }
+        }
+        if cosignatures.len() < usize::from(committee.threshold) {
+            return Err(TxError::ReceiptNotCosigned {
+                order,
+                valid: cosignatures.len(),
+                threshold: committee.threshold,
+            });
+        }
+        Ok(())
+    }
+
     fn commit_release(
         &mut self,
         signer: AccountId,
@@ -1541,6 +1921,23 @@ impl State {
             return Err(TxError::InvalidRelease(
                 "every quorum member must have a noise share in the release",
             ));
+        }
+        if let Some(committee) = &self.committee {
+            let size = committee.members.len();
+            if noise_members
+                .iter()
+                .chain(quorum)
+                .any(|member| usize::from(*member) > size)
+            {
+                return Err(TxError::InvalidRelease(
+                    "a member index is beyond the registered committee",
+                ));
+            }
+            if quorum.len() < usize::from(committee.threshold) {
+                return Err(TxError::InvalidRelease(
+                    "the quorum is smaller than the registered committee's threshold",
+                ));
+            }
         }
         self.releases.insert(
             order_id,

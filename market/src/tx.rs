@@ -221,8 +221,30 @@ pub struct ListingContribution {
     pub attestation: Vec<u8>,
 }
 
-/// Domain label of a listing owner's attestation.
+/// Domain label of a listing owner's attestation of an aggregate contribution.
 pub const LABEL_ATTESTATION: &str = "cohortex/market/listing-attestation/v1";
+/// Domain label of a listing owner's attestation of a blind feasibility count.
+pub const LABEL_FEASIBILITY_ATTESTATION: &str = "cohortex/market/feasibility-attestation/v1";
+
+/// What a node's attestation vouches for: the two are signed under different labels, so one
+/// can never be passed off as the other.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum AttestationKind {
+    /// An encrypted, range-proven aggregate contribution (`RecordCosignedReceipt`).
+    Contribution,
+    /// A noisy count under a recruiter's TFHE key (`RecordFeasibility`).
+    Feasibility,
+}
+
+impl AttestationKind {
+    /// The domain label.
+    pub fn label(self) -> &'static str {
+        match self {
+            AttestationKind::Contribution => LABEL_ATTESTATION,
+            AttestationKind::Feasibility => LABEL_FEASIBILITY_ATTESTATION,
+        }
+    }
+}
 
 impl ListingContribution {
     /// What the listing's owner signs: the chain, the order and its query, and every field of
@@ -233,7 +255,18 @@ impl ListingContribution {
         order: &OrderId,
         query_hash: &Hash32,
     ) -> Hash32 {
-        let mut hasher = crate::hash::TaggedHasher::new(LABEL_ATTESTATION);
+        self.attestation_digest_as(AttestationKind::Contribution, chain_id, order, query_hash)
+    }
+
+    /// [`ListingContribution::attestation_digest`] under `kind`'s label.
+    pub fn attestation_digest_as(
+        &self,
+        kind: AttestationKind,
+        chain_id: &Hash32,
+        order: &OrderId,
+        query_hash: &Hash32,
+    ) -> Hash32 {
+        let mut hasher = crate::hash::TaggedHasher::new(kind.label());
         hasher.update_part(chain_id.as_bytes());
         hasher.update_part(order.0 .0.as_bytes());
         hasher.update_part(query_hash.as_bytes());
@@ -256,7 +289,25 @@ impl ListingContribution {
         order: &OrderId,
         query_hash: &Hash32,
     ) {
-        let digest = self.attestation_digest(chain_id, order, query_hash);
+        self.attest_as(
+            AttestationKind::Contribution,
+            owner,
+            chain_id,
+            order,
+            query_hash,
+        );
+    }
+
+    /// Signs the attestation of `kind` with the listing owner's key.
+    pub fn attest_as(
+        &mut self,
+        kind: AttestationKind,
+        owner: &SigningKey,
+        chain_id: &Hash32,
+        order: &OrderId,
+        query_hash: &Hash32,
+    ) {
+        let digest = self.attestation_digest_as(kind, chain_id, order, query_hash);
         self.attestation = owner.sign(digest.as_bytes()).to_bytes().to_vec();
     }
 
@@ -268,10 +319,28 @@ impl ListingContribution {
         order: &OrderId,
         query_hash: &Hash32,
     ) -> bool {
+        self.attested_as(
+            AttestationKind::Contribution,
+            owner,
+            chain_id,
+            order,
+            query_hash,
+        )
+    }
+
+    /// Whether the attestation is `owner`'s signature of `kind` over the digest.
+    pub fn attested_as(
+        &self,
+        kind: AttestationKind,
+        owner: &VerifyingKey,
+        chain_id: &Hash32,
+        order: &OrderId,
+        query_hash: &Hash32,
+    ) -> bool {
         let Ok(bytes) = <[u8; 64]>::try_from(self.attestation.as_slice()) else {
             return false;
         };
-        let digest = self.attestation_digest(chain_id, order, query_hash);
+        let digest = self.attestation_digest_as(kind, chain_id, order, query_hash);
         owner
             .verify_strict(digest.as_bytes(), &Signature::from_bytes(&bytes))
             .is_ok()
@@ -294,6 +363,184 @@ pub struct QueryReceipt {
     /// One entry per listing of the order, in the order's listing order.
     pub listings: Vec<ListingContribution>,
 }
+
+/// Domain label of a committee member's co-signature of a receipt.
+pub const LABEL_RECEIPT_COSIGNATURE: &str = "cohortex/market/receipt-cosignature/v1";
+
+impl QueryReceipt {
+    /// The receipt's postcard encoding: the bytes a `RecordCosignedReceipt` transaction
+    /// carries, and what the coordinator sends members to co-sign.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        match postcard::to_stdvec(self) {
+            Ok(bytes) => bytes,
+            // Serialising into a Vec cannot fail for these types.
+            Err(error) => unreachable!("receipt serialisation failed: {error}"),
+        }
+    }
+
+    /// Decodes [`QueryReceipt::to_bytes`], refusing trailing bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, TxError> {
+        match postcard::take_from_bytes(bytes) {
+            Ok((receipt, [])) => Ok(receipt),
+            Ok((_, trailing)) => Err(TxError::Malformed(format!(
+                "{} trailing bytes after the receipt",
+                trailing.len()
+            ))),
+            Err(error) => Err(TxError::Malformed(format!("receipt: {error}"))),
+        }
+    }
+
+    /// What a committee member signs to vouch for the receipt: the chain and every field of
+    /// the receipt (its postcard encoding, the same bytes the transaction carries).
+    pub fn cosignature_digest(&self, chain_id: &Hash32) -> Hash32 {
+        tagged_hash(
+            LABEL_RECEIPT_COSIGNATURE,
+            &[chain_id.as_bytes(), &self.to_bytes()],
+        )
+    }
+
+    /// Member `member`'s co-signature of the receipt, with the member's account key.
+    pub fn cosign(&self, member: u16, key: &SigningKey, chain_id: &Hash32) -> ReceiptCosignature {
+        let digest = self.cosignature_digest(chain_id);
+        ReceiptCosignature {
+            member,
+            signature: key.sign(digest.as_bytes()).to_bytes().to_vec(),
+        }
+    }
+
+    /// Whether `signature` is `key`'s co-signature (strict Ed25519) of the receipt.
+    pub fn cosigned_by(&self, key: &VerifyingKey, chain_id: &Hash32, signature: &[u8]) -> bool {
+        let Ok(bytes) = <[u8; 64]>::try_from(signature) else {
+            return false;
+        };
+        let digest = self.cosignature_digest(chain_id);
+        key.verify_strict(digest.as_bytes(), &Signature::from_bytes(&bytes))
+            .is_ok()
+    }
+}
+
+/// Domain label of a patient's acceptance of a trial invitation (signed by the patient, read
+/// only by the node that holds the patient's record).
+pub const LABEL_TRIAL_ACCEPTANCE: &str = "cohortex/market/trial-acceptance/v1";
+/// Domain label of a node's attestation of one trial reply.
+pub const LABEL_TRIAL_REPLY: &str = "cohortex/market/trial-reply/v1";
+/// Domain label of a trial reply's content hash.
+pub const LABEL_TRIAL_REPLY_CONTENT: &str = "cohortex/market/trial-reply-content/v1";
+/// Longest trial id, in bytes.
+pub const MAX_TRIAL_ID_LEN: usize = 64;
+/// Longest trial summary, in bytes.
+pub const MAX_TRIAL_SUMMARY_LEN: usize = 4096;
+/// Largest encrypted criteria a trial may carry, in bytes.
+pub const MAX_TRIAL_CRITERIA_LEN: usize = 1024 * 1024;
+/// Most listings a trial may be posted to.
+pub const MAX_TRIAL_LISTINGS: usize = 64;
+/// Most replies one trial records.
+pub const MAX_TRIAL_REPLIES: usize = 100_000;
+/// Longest a trial stays open, in seconds (a year).
+pub const MAX_TRIAL_DURATION_SECS: u64 = 366 * 86_400;
+
+/// A clinical trial posted for recruitment ([`Action::PostTrial`]).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Debug)]
+pub struct TrialPosting {
+    /// The trial's id, unique on the ledger: 1 to [`MAX_TRIAL_ID_LEN`] bytes of ASCII
+    /// letters, digits, `.`, `-` and `_`.
+    pub trial: String,
+    /// What patients read before they accept (1 to [`MAX_TRIAL_SUMMARY_LEN`] bytes).
+    pub summary: String,
+    /// The recruiter's X25519 public key: accepting patients seal their contact to it.
+    pub contact_key: [u8; 32],
+    /// Fingerprint of the recruiter's TFHE evaluation key the criteria are encrypted under.
+    pub evaluation_key: [u8; 32],
+    /// The encrypted criteria (the `EncryptedCriteria` protobuf message), which each node
+    /// reads from its own replica of the ledger; at most [`MAX_TRIAL_CRITERIA_LEN`] bytes.
+    pub criteria: Vec<u8>,
+    /// Listings whose consenting patients are invited (distinct, each allowing
+    /// trial recruitment).
+    pub listings: Vec<ListingId>,
+    /// Block time after which no reply is recorded.
+    pub expires_at: u64,
+}
+
+/// What a patient signs to accept a trial's invitation: the chain, the trial, the listing
+/// holding their record, their sealed contact, the key it is sealed under and when.
+pub fn trial_acceptance_digest(
+    chain_id: &Hash32,
+    trial: &str,
+    listing: &ListingId,
+    sealed_contact: &[u8],
+    psk: &[u8; 32],
+    signed_at: u64,
+) -> Hash32 {
+    tagged_hash(
+        LABEL_TRIAL_ACCEPTANCE,
+        &[
+            chain_id.as_bytes(),
+            trial.as_bytes(),
+            listing.0.as_bytes(),
+            sealed_contact,
+            psk,
+            &signed_at.to_be_bytes(),
+        ],
+    )
+}
+
+/// The hash of one trial reply's content: the sealed contact and the gated key.
+pub fn trial_reply_hash(
+    trial: &str,
+    listing: &ListingId,
+    sealed_contact: &[u8],
+    gated_key: &[u8],
+) -> Hash32 {
+    tagged_hash(
+        LABEL_TRIAL_REPLY_CONTENT,
+        &[trial.as_bytes(), listing.0.as_bytes(), sealed_contact, gated_key],
+    )
+}
+
+/// What a listing's owner signs to vouch that a reply came from a consenting patient of its
+/// listing ([`Action::RecordTrialReply`]).
+pub fn trial_reply_digest(
+    chain_id: &Hash32,
+    trial: &str,
+    listing: &ListingId,
+    reply_hash: &Hash32,
+) -> Hash32 {
+    tagged_hash(
+        LABEL_TRIAL_REPLY,
+        &[
+            chain_id.as_bytes(),
+            trial.as_bytes(),
+            listing.0.as_bytes(),
+            reply_hash.as_bytes(),
+        ],
+    )
+}
+
+/// Whether `signature` is `key`'s signature (strict Ed25519) over `digest`.
+pub fn signed_by(key: &VerifyingKey, digest: &Hash32, signature: &[u8]) -> bool {
+    let Ok(bytes) = <[u8; 64]>::try_from(signature) else {
+        return false;
+    };
+    key.verify_strict(digest.as_bytes(), &Signature::from_bytes(&bytes))
+        .is_ok()
+}
+
+/// A key-committee member's signature over a receipt
+/// ([`QueryReceipt::cosignature_digest`]): the member checked the receipt against what it
+/// verified and summed itself, and vouches for it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Debug)]
+pub struct ReceiptCosignature {
+    /// The member's 1-based index in the committee registered on the ledger.
+    pub member: u16,
+    /// Ed25519 signature by that member's account key.
+    pub signature: Vec<u8>,
+}
+
+/// The smallest threshold a committee may be registered with: with t = 1 one member alone
+/// could decrypt, and one signature alone could record a receipt.
+pub const MIN_COMMITTEE_THRESHOLD: u16 = 2;
+/// Most members a committee may have.
+pub const MAX_COMMITTEE_MEMBERS: usize = 64;
 
 /// Longest result key an order may carry, in bytes (a CXZK-encoded public key is 38).
 pub const MAX_RESULT_KEY_LEN: usize = 64;
@@ -424,6 +671,48 @@ pub enum Action {
         /// The buyer's result key, CXZK-encoded (`zk::PublicKey`), at most
         /// [`MAX_RESULT_KEY_LEN`] bytes; the market and the members check that it decodes.
         result_key: Vec<u8>,
+    },
+    /// Registers the key committee (signer: issuer; once per ledger). Member `i` (1-based) is
+    /// `members[i - 1]`, each a registered compute node; `threshold` members must co-sign
+    /// every receipt from then on. Each node checks that the committee on the ledger is the
+    /// one pinned in its own configuration before it computes anything.
+    RegisterCommittee {
+        /// Co-signatures a receipt needs (and members a release needs), at least 2.
+        threshold: u16,
+        /// The members' accounts, in member order, distinct.
+        members: Vec<AccountId>,
+    },
+    /// Records the receipt of a computed query, co-signed by at least the registered
+    /// committee's threshold of its members (signer: committee member). Once a committee is
+    /// registered this is the only way to record a receipt.
+    RecordCosignedReceipt {
+        /// The receipt, under the same rules as [`Action::RecordReceipt`].
+        receipt: QueryReceipt,
+        /// Member co-signatures, strictly ascending by member.
+        cosignatures: Vec<ReceiptCosignature>,
+    },
+    /// Records the receipt of a blind feasibility search (signer: committee member): each
+    /// listing's node computed, noised and released its own count under the recruiter's TFHE
+    /// key, and signed its part under the feasibility label. The order's purpose must be
+    /// trial feasibility; every other rule is [`Action::RecordReceipt`]'s.
+    RecordFeasibility(QueryReceipt),
+    /// Posts a clinical trial for recruitment (signer: buyer). Patients who consent to
+    /// trial recruitment on one of its listings see the invitation; a node answers a
+    /// patient's acceptance with the patient's sealed contact and the key that opens it,
+    /// gated under TFHE by whether the patient meets the encrypted criteria.
+    PostTrial(TrialPosting),
+    /// Records one reply to a trial (signer: committee member, the market): a listing's node
+    /// attests that a patient of its listing who consents to trial recruitment accepted.
+    /// The ledger holds the reply's hash only, never who replied.
+    RecordTrialReply {
+        /// The trial.
+        trial: String,
+        /// The listing whose node computed the reply.
+        listing: ListingId,
+        /// [`trial_reply_hash`] of the reply.
+        reply_hash: Hash32,
+        /// The listing owner's signature over [`trial_reply_digest`].
+        attestation: Vec<u8>,
     },
 }
 

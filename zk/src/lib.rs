@@ -7,6 +7,8 @@ pub mod bsgs;
 pub mod dkg;
 pub mod elgamal;
 pub mod errors;
+#[cfg(feature = "tfhe")]
+pub mod fhe;
 pub mod fixed_point;
 pub mod generators;
 pub mod keyswitch;

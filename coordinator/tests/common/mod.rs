@@ -2,6 +2,9 @@
 //! synthetic population, and the plaintext truth computed independently from the records.
 #![allow(dead_code)]
 
+#[cfg(feature = "tfhe")]
+pub mod feasibility;
+
 use cohortex_coordinator::{Buyer, Cluster, ClusterOptions, NodeSetup, PatientEnrolment, Payout};
 use compute_node::fhir::{bundle_to_record, ProvenancePolicy};
 use compute_node::record::Value;
@@ -112,6 +115,8 @@ pub struct Setup {
     pub nodes_read_market_at: Option<String>,
     /// The TLS authority (default: the cluster makes its own).
     pub authority: Option<std::sync::Arc<cohortex_proto::certs::Authority>>,
+    /// The threshold the operator registers on the ledger (default: the pinned 2).
+    pub ledger_committee_threshold: Option<u16>,
 }
 
 impl Default for Setup {
@@ -123,6 +128,7 @@ impl Default for Setup {
             extra_purposes: Vec::new(),
             nodes_read_market_at: None,
             authority: None,
+            ledger_committee_threshold: None,
         }
     }
 }
@@ -147,6 +153,7 @@ pub async fn start_with(setup: Setup) -> (tempfile::TempDir, Cluster, Truth) {
         extra_purposes: setup.extra_purposes,
         nodes_read_market_at: setup.nodes_read_market_at,
         authority: setup.authority,
+        ledger_committee_threshold: setup.ledger_committee_threshold,
     };
     let cluster = Cluster::start(dir.path(), setups, &options, |_| {})
         .await

@@ -72,9 +72,33 @@ pub fn signed_request_with<T: Message>(
     timestamp: u64,
     nonce: [u8; 16],
 ) -> Request<T> {
-    let signature = key.sign(&digest(method, timestamp, &nonce, &message.encode_to_vec()));
+    let body = message.encode_to_vec();
     let mut request = Request::new(message);
-    let metadata = request.metadata_mut();
+    sign_metadata(request.metadata_mut(), key, method, &body, timestamp, nonce);
+    request
+}
+
+/// Wraps a client stream in a request for `method`, signed by `key` over an empty body: the
+/// signature says who streams (a node accepts evaluation keys from its coordinator only),
+/// while what is streamed must authenticate itself (an evaluation key is named by its
+/// fingerprint wherever it is used).
+pub fn signed_stream_request<S>(key: &SigningKey, method: &str, stream: S) -> Request<S> {
+    let mut nonce = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    let mut request = Request::new(stream);
+    sign_metadata(request.metadata_mut(), key, method, &[], unix_now(), nonce);
+    request
+}
+
+fn sign_metadata(
+    metadata: &mut MetadataMap,
+    key: &SigningKey,
+    method: &str,
+    body: &[u8],
+    timestamp: u64,
+    nonce: [u8; 16],
+) {
+    let signature = key.sign(&digest(method, timestamp, &nonce, body));
     let mut insert = |name: &'static str, value: String| {
         if let Ok(value) = value.parse() {
             metadata.insert(name, value);
@@ -84,7 +108,6 @@ pub fn signed_request_with<T: Message>(
     insert(TIMESTAMP, timestamp.to_string());
     insert(NONCE, hex::encode(nonce));
     insert(SIGNATURE, hex::encode(signature.to_bytes()));
-    request
 }
 
 fn field<'a>(metadata: &'a MetadataMap, name: &'static str) -> Result<&'a str, Status> {
@@ -126,7 +149,32 @@ impl RequestVerifier {
         request: &Request<T>,
         now: u64,
     ) -> Result<AccountId, Status> {
-        let metadata = request.metadata();
+        self.verify_body(
+            method,
+            request.metadata(),
+            &request.get_ref().encode_to_vec(),
+            now,
+        )
+    }
+
+    /// Verifies a client-stream request signed by [`signed_stream_request`] (over an empty
+    /// body); returns the caller's account.
+    pub fn verify_stream<S>(
+        &self,
+        method: &str,
+        request: &Request<S>,
+        now: u64,
+    ) -> Result<AccountId, Status> {
+        self.verify_body(method, request.metadata(), &[], now)
+    }
+
+    fn verify_body(
+        &self,
+        method: &str,
+        metadata: &MetadataMap,
+        body: &[u8],
+        now: u64,
+    ) -> Result<AccountId, Status> {
         let account = AccountId(hex_field::<32>(metadata, ACCOUNT)?);
         let timestamp: u64 = field(metadata, TIMESTAMP)?.parse().map_err(|_| {
             Status::unauthenticated("metadata x-cohortex-timestamp is not a number")
@@ -141,8 +189,7 @@ impl RequestVerifier {
         let key = account
             .verifying_key()
             .map_err(|error| Status::unauthenticated(format!("x-cohortex-account: {error}")))?;
-        let body = request.get_ref().encode_to_vec();
-        key.verify(&digest(method, timestamp, &nonce, &body), &signature)
+        key.verify(&digest(method, timestamp, &nonce, body), &signature)
             .map_err(|_| {
                 Status::unauthenticated(
                     "request signature does not verify for this account, method and message",

@@ -78,19 +78,24 @@ pub fn tx_error_code(error: &TxError) -> Code {
         | TxError::InvalidListing(_)
         | TxError::InvalidOrder(_)
         | TxError::InvalidRelease(_)
+        | TxError::InvalidCommittee(_)
+        | TxError::InvalidTrial(_)
         | TxError::ParticipantsNotCanonical(_) => Code::InvalidArgument,
         TxError::BadSignature(_) => Code::Unauthenticated,
         TxError::UnknownAccount(_)
         | TxError::UnknownListing(_)
         | TxError::UnknownOrder(_)
-        | TxError::UnknownReceipt(_) => Code::NotFound,
+        | TxError::UnknownReceipt(_)
+        | TxError::UnknownTrial(_) => Code::NotFound,
         TxError::WrongRole { .. }
         | TxError::RegistrationNotSelfSigned { .. }
         | TxError::AdmissionRequiresIssuer { .. }
         | TxError::NotListingOwner { .. }
         | TxError::ConsentNotByPatient { .. }
         | TxError::NotOrderParty { .. } => Code::PermissionDenied,
-        TxError::AlreadyRegistered(_) | TxError::ListingExists(_) => Code::AlreadyExists,
+        TxError::AlreadyRegistered(_)
+        | TxError::ListingExists(_)
+        | TxError::CommitteeAlreadyRegistered => Code::AlreadyExists,
         // Rules that depend on the ledger's current state.
         TxError::ReplayedNonce { .. }
         | TxError::NonceGap { .. }
@@ -120,7 +125,16 @@ pub fn tx_error_code(error: &TxError) -> Code {
         | TxError::AlreadySettled(_)
         | TxError::AlreadyRefunded(_)
         | TxError::ReleaseAlreadyCommitted(_)
+        | TxError::CommitteeMemberNotANode { .. }
+        | TxError::ReceiptNotCosigned { .. }
+        | TxError::BadCosignature { .. }
+        | TxError::NoCommittee
+        | TxError::NotAFeasibilityOrder(_)
+        | TxError::TrialExpired { .. }
+        | TxError::TrialNotOnListing { .. }
+        | TxError::TrialReplyNotAttested { .. }
         | TxError::OrderNotComputed(_) => Code::FailedPrecondition,
+        TxError::TrialExists(_) | TxError::TrialReplyRefused { .. } => Code::AlreadyExists,
     }
 }
 
@@ -280,6 +294,11 @@ pub fn action_name(action: &Action) -> &'static str {
         Action::Refund { .. } => "Refund",
         Action::CommitRelease { .. } => "CommitRelease",
         Action::OrderQueryFor { .. } => "OrderQueryFor",
+        Action::RegisterCommittee { .. } => "RegisterCommittee",
+        Action::RecordCosignedReceipt { .. } => "RecordCosignedReceipt",
+        Action::RecordFeasibility(_) => "RecordFeasibility",
+        Action::PostTrial(_) => "PostTrial",
+        Action::RecordTrialReply { .. } => "RecordTrialReply",
     }
 }
 

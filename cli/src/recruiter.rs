@@ -1,0 +1,288 @@
+//! `cohortex recruiter …`: blind feasibility search for clinical-trial recruiters (feature
+//! `tfhe`). A recruiter is a buyer account (`cohortex buyer register`, credits from the
+//! operator) with a TFHE key pair made by `cohortex recruiter keygen`. `feasibility` encrypts
+//! the inclusion criteria under the recruiter's own key, so the market and the nodes never
+//! read them, and prints each site's noisy count.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context};
+use clap::{Args, Subcommand};
+use cohortex_coordinator::standalone::{connect, next_nonce};
+use cohortex_coordinator::Buyer;
+use cohortex_proto::v1::market_client::MarketClient;
+use cohortex_proto::v1::ListListingsRequest;
+use compute_node::feasibility::Criterion;
+use compute_node::Schema;
+use market::AccountId;
+use zeroize::Zeroizing;
+use zk::fhe::{EvaluationKey, FheSecretKey};
+
+use crate::config::{BuyerConfig, MarketPublic};
+use crate::federation::spinner;
+use crate::keys;
+
+/// The secret key's file name in a recruiter key directory.
+const SECRET_FILE: &str = "fhe-secret.key";
+/// The evaluation key's file name in a recruiter key directory.
+const EVALUATION_FILE: &str = "fhe-evaluation.key";
+
+/// `cohortex recruiter …`.
+#[derive(Args, Debug)]
+pub struct RecruiterCmd {
+    #[command(subcommand)]
+    command: RecruiterCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum RecruiterCommand {
+    /// Make a TFHE key pair in a new directory: the secret key (mode 0600, never leaves
+    /// this machine) and the public evaluation key (about 30 MB) the nodes compute with.
+    Keygen(KeygenArgs),
+    /// Count, per site, the consenting patients who meet confidential inclusion criteria:
+    /// the criteria are encrypted under your TFHE key; each site adds noise and applies its
+    /// minimum cohort under encryption, and only you decrypt.
+    Feasibility(FeasibilityArgs),
+}
+
+#[derive(Args, Debug)]
+struct KeygenArgs {
+    /// The directory to create (refused if it exists).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+}
+
+#[derive(Args, Debug)]
+struct FeasibilityArgs {
+    /// The recruiter's buyer config (key_file, market, tls, epsilon_per_query).
+    #[arg(long, value_name = "buyer.toml")]
+    config: PathBuf,
+    /// The directory `cohortex recruiter keygen` made.
+    #[arg(long, value_name = "DIR")]
+    fhe_keys: PathBuf,
+    /// One inclusion criterion; repeat for several (all must hold). Forms:
+    /// "age 40..65 step 5" (a range on a public grid), "sex in female",
+    /// "conditions has E11 among E10,E11,I10,J45" (codes among public decoys).
+    #[arg(long = "criterion", value_name = "CRITERION", required = true)]
+    criteria: Vec<String>,
+    /// A listing to search; repeat for several (default: every listing that allows
+    /// trial_feasibility).
+    #[arg(long = "listing", value_name = "LISTING")]
+    listings: Vec<String>,
+    /// Print one JSON object on stdout instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs `cohortex recruiter …`.
+pub async fn run(command: RecruiterCmd) -> anyhow::Result<()> {
+    match command.command {
+        RecruiterCommand::Keygen(args) => keygen(&args.out),
+        RecruiterCommand::Feasibility(args) => feasibility(args).await,
+    }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options
+        .open(path)
+        .and_then(|mut file| file.write_all(bytes))
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+fn keygen(out: &Path) -> anyhow::Result<()> {
+    if out.exists() {
+        bail!(
+            "{} already exists; cohortex never overwrites a key (remove it or pick another --out)",
+            out.display()
+        );
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let bar = spinner("generating a TFHE key pair", false);
+    let started = std::time::Instant::now();
+    let secret = FheSecretKey::generate();
+    let evaluation = secret.evaluation_key().to_bytes();
+    bar.finish_and_clear();
+    write_private(&out.join(SECRET_FILE), &secret.to_bytes())?;
+    std::fs::write(out.join(EVALUATION_FILE), &evaluation)
+        .with_context(|| format!("writing {}", out.join(EVALUATION_FILE).display()))?;
+    println!(
+        "TFHE keys in {} ({:.1} s)\n  secret key      {} (mode 0600; never share it)\n  evaluation key  {} ({:.1} MB; the nodes compute with it)\n  fingerprint     {}",
+        out.display(),
+        started.elapsed().as_secs_f64(),
+        out.join(SECRET_FILE).display(),
+        out.join(EVALUATION_FILE).display(),
+        evaluation.len() as f64 / 1e6,
+        hex::encode(EvaluationKey::fingerprint_of(&evaluation)),
+    );
+    Ok(())
+}
+
+fn read_keys(dir: &Path) -> anyhow::Result<(FheSecretKey, Vec<u8>)> {
+    let secret_path = dir.join(SECRET_FILE);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&secret_path)
+            .with_context(|| {
+                format!(
+                    "--fhe-keys: cannot read {} (make the keys with `cohortex recruiter keygen --out {}`)",
+                    secret_path.display(),
+                    dir.display()
+                )
+            })?
+            .permissions()
+            .mode()
+            & 0o777;
+        if mode & 0o077 != 0 {
+            bail!(
+                "--fhe-keys: {} may be read by other users (mode {mode:o}); run `chmod 600 {}`",
+                secret_path.display(),
+                secret_path.display()
+            );
+        }
+    }
+    let bytes = Zeroizing::new(
+        std::fs::read(&secret_path)
+            .with_context(|| format!("reading {}", secret_path.display()))?,
+    );
+    let secret = FheSecretKey::from_bytes(&bytes)
+        .map_err(|error| anyhow!("--fhe-keys: {}: {error}", secret_path.display()))?;
+    let evaluation_path = dir.join(EVALUATION_FILE);
+    let evaluation = std::fs::read(&evaluation_path)
+        .with_context(|| format!("--fhe-keys: reading {}", evaluation_path.display()))?;
+    EvaluationKey::from_bytes(&evaluation)
+        .map_err(|error| anyhow!("--fhe-keys: {}: {error}", evaluation_path.display()))?;
+    Ok((secret, evaluation))
+}
+
+async fn feasibility(args: FeasibilityArgs) -> anyhow::Result<()> {
+    let config = BuyerConfig::load(&args.config)?;
+    let key = keys::read(
+        &config.key_file,
+        &format!("{}: key_file", config.path.display()),
+    )?;
+    let public = MarketPublic::load(
+        &config.market,
+        &format!("{}: market", config.path.display()),
+    )?;
+    let (secret, evaluation) = read_keys(&args.fhe_keys)?;
+    let account = AccountId::of(&key);
+    let offered = MarketClient::new(connect(&public.endpoint, Some(&config.tls)).await?)
+        .max_decoding_message_size(market::server::MAX_MESSAGE_BYTES)
+        .list_listings(ListListingsRequest {
+            purpose: "trial_feasibility".into(),
+        })
+        .await
+        .map_err(|status| anyhow!("listing the market's listings: {}", status.message()))?
+        .into_inner()
+        .listings;
+    let chosen: Vec<_> = if args.listings.is_empty() {
+        offered
+    } else {
+        let mut chosen = Vec::new();
+        for wanted in &args.listings {
+            chosen.push(
+                offered
+                    .iter()
+                    .find(|listing| &listing.id == wanted)
+                    .cloned()
+                    .ok_or_else(|| {
+                        anyhow!("--listing {wanted}: no active listing of that id allows trial_feasibility")
+                    })?,
+            );
+        }
+        chosen
+    };
+    let Some(first) = chosen.first() else {
+        bail!("the market has no active listing that allows trial_feasibility");
+    };
+    let schema = Schema::from_toml(&first.manifest, &first.id)
+        .map_err(|error| anyhow!("listing {}: manifest: {error}", first.id))?;
+    let criteria: Vec<Criterion> = args
+        .criteria
+        .iter()
+        .map(|text| {
+            Criterion::parse(text, &schema).map_err(|error| anyhow!("--criterion: {error}"))
+        })
+        .collect::<Result<_, _>>()?;
+    let nonce = next_nonce(&public.endpoint, Some(&config.tls), &key, public.chain_id)
+        .await?
+        .ok_or_else(|| {
+            anyhow!("account {account} is not registered; run `cohortex buyer register` first")
+        })?;
+    let recruiter = Buyer::new(key, public.chain_id, public.endpoint.clone(), nonce)
+        .with_tls(Some(config.tls.clone()));
+    let listing_ids: Vec<String> = chosen.iter().map(|listing| listing.id.clone()).collect();
+    let bar = spinner(
+        "storing the evaluation key, then each site counts under encryption",
+        args.json,
+    );
+    let release = recruiter
+        .feasibility(
+            &secret,
+            &evaluation,
+            &criteria,
+            &listing_ids,
+            config.epsilon_micro,
+            &public.ledger_key,
+        )
+        .await;
+    bar.finish_and_clear();
+    let release = release?;
+    if args.json {
+        let sites: Vec<serde_json::Value> = release
+            .sites
+            .iter()
+            .map(|site| {
+                serde_json::json!({
+                    "listing": site.listing,
+                    "noisy_count": site.noisy_count,
+                    "suppressed": site.noisy_count.is_none(),
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({
+                "sites": sites,
+                "epsilon_spent": release.epsilon_micro as f64 / 1e6,
+                "receipt": {
+                    "id": hex::encode(release.receipt.0.as_bytes()),
+                    "verified": release.receipt_verified,
+                },
+                "order": hex::encode(release.order.0.as_bytes()),
+            })
+        );
+        return Ok(());
+    }
+    println!("  {:<28} {:>12}", "site", "noisy count");
+    for site in &release.sites {
+        match site.noisy_count {
+            Some(count) => println!("  {:<28} {:>12}", site.listing, count),
+            None => println!("  {:<28} {:>12}", site.listing, "suppressed"),
+        }
+    }
+    println!();
+    println!(
+        "each count carries discrete-Laplace noise at ε = {} (a site below its minimum cohort reads `suppressed`)",
+        release.epsilon_micro as f64 / 1e6
+    );
+    println!(
+        "receipt {} — inclusion in the ledger {}",
+        hex::encode(release.receipt.0.as_bytes()),
+        if release.receipt_verified {
+            "verified"
+        } else {
+            "NOT verified"
+        }
+    );
+    Ok(())
+}

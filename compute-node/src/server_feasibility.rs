@@ -1,0 +1,290 @@
+//! The node's side of blind feasibility search (issue 13): receiving a recruiter's TFHE
+//! evaluation key, and answering `Compute.Feasibility` with a noisy count under that key.
+//!
+//! What the node checks, all from its own verified ledger replica: the order exists, is open
+//! and unexpired, is for `trial_feasibility`, names this listing, holds the ε reservation, and
+//! its `query_hash` is the hash of exactly the criteria received and its `result_key` the
+//! fingerprint of the evaluation key used. The patients are those consenting to trial
+//! feasibility now, within their personal limits, each counted in the first of the order's
+//! listings they consent to. The node samples its own discrete-Laplace noise at the order's
+//! ε (sensitivity 1: one patient moves the count by at most 1, the table entries being
+//! sanitised to 0 or 1) and signs its part of the receipt under the feasibility label.
+//!
+//! Nothing the node logs names a criterion: the clauses are ciphertexts it cannot read.
+
+use std::sync::Arc;
+
+use cohortex_proto::v1::{
+    EvaluationKeyChunk, FeasibilityRequest, FeasibilityResponse, PutEvaluationKeyResponse,
+};
+use market::{AccountId, AttestationKind, ListingContribution, ListingId, Purpose};
+use rand::rngs::OsRng;
+use tonic::{Response, Status};
+use zk::fhe::{EvaluationKey, Evaluator, MAX_EVALUATION_KEY_BYTES};
+
+use super::{follow_status, order_id, order_key, NodeService, EVALUATION_KEYS_KEPT};
+use crate::dp::{SlotNoise, MICRO, TAIL_SCALES};
+use crate::feasibility::{evaluate_feasibility, FeasibilityStep, ReleaseRule};
+use crate::feasibility_wire::{criteria_from_wire, criteria_hash};
+
+/// The noise of one count at ε = `epsilon_micro`/10⁶: scale b = 1/ε (sensitivity 1) and
+/// bound K = ⌈48·b⌉ + 1 (see docs/privacy.md, "Truncation").
+pub fn count_noise(epsilon_micro: u64) -> Result<SlotNoise, Status> {
+    if epsilon_micro == 0 {
+        return Err(Status::failed_precondition("the order's ε is zero"));
+    }
+    let scale_num = MICRO;
+    let scale_den = u128::from(epsilon_micro);
+    let bound = (TAIL_SCALES * scale_num).div_ceil(scale_den) + 1;
+    let bound = u64::try_from(bound)
+        .ok()
+        .filter(|bound| *bound < 1 << 30)
+        .ok_or_else(|| {
+            Status::failed_precondition("the order's ε is too small for a count to carry its noise")
+        })?;
+    Ok(SlotNoise {
+        scale_num,
+        scale_den,
+        bound,
+    })
+}
+
+impl NodeService {
+    /// Receives an evaluation key in chunks (at most [`MAX_EVALUATION_KEY_BYTES`]), checks that
+    /// it decodes for this build's parameters, expands it off the async workers and keeps it
+    /// by fingerprint.
+    pub(super) async fn receive_evaluation_key(
+        &self,
+        mut stream: tonic::Streaming<EvaluationKeyChunk>,
+    ) -> Result<Response<PutEvaluationKeyResponse>, Status> {
+        let mut bytes = Vec::new();
+        while let Some(chunk) = stream.message().await? {
+            if bytes.len() + chunk.data.len() > MAX_EVALUATION_KEY_BYTES {
+                return Err(Status::invalid_argument(format!(
+                    "data: the evaluation key exceeds {MAX_EVALUATION_KEY_BYTES} bytes"
+                )));
+            }
+            bytes.extend_from_slice(&chunk.data);
+        }
+        let fingerprint = EvaluationKey::fingerprint_of(&bytes);
+        let length = bytes.len() as u64;
+        if self.evaluator(&fingerprint)?.is_none() {
+            let started = std::time::Instant::now();
+            let evaluator = tokio::task::spawn_blocking(move || {
+                EvaluationKey::from_bytes(&bytes).map(|key| key.expand())
+            })
+            .await
+            .map_err(|error| Status::internal(format!("worker failed: {error}")))?
+            .map_err(|error| Status::invalid_argument(format!("data: {error}")))?;
+            tracing::info!(
+                fingerprint = %hex::encode(&fingerprint[..8]),
+                bytes = length,
+                seconds = started.elapsed().as_secs_f64(),
+                "expanded a recruiter's evaluation key"
+            );
+            let mut keys = self
+                .evaluation_keys
+                .lock()
+                .map_err(|_| Status::internal("evaluation key cache poisoned"))?;
+            keys.retain(|(kept, _)| *kept != fingerprint);
+            keys.push((fingerprint, Arc::new(evaluator)));
+            while keys.len() > EVALUATION_KEYS_KEPT {
+                keys.remove(0);
+            }
+        }
+        Ok(Response::new(PutEvaluationKeyResponse {
+            fingerprint: fingerprint.to_vec(),
+            bytes: length,
+        }))
+    }
+
+    fn evaluator(&self, fingerprint: &[u8; 32]) -> Result<Option<Arc<Evaluator>>, Status> {
+        let keys = self
+            .evaluation_keys
+            .lock()
+            .map_err(|_| Status::internal("evaluation key cache poisoned"))?;
+        Ok(keys
+            .iter()
+            .find(|(kept, _)| kept == fingerprint)
+            .map(|(_, evaluator)| Arc::clone(evaluator)))
+    }
+
+    /// Answers one feasibility order for this node's listing (see the module documentation).
+    pub(super) async fn run_feasibility(
+        &self,
+        message: FeasibilityRequest,
+    ) -> Result<FeasibilityResponse, Status> {
+        let order = order_id(&message.order_id)?;
+        let order_key = order_key(&order)?;
+        if message.listing != self.config.listing {
+            return Err(Status::invalid_argument(format!(
+                "listing: this node serves `{}`",
+                self.config.listing
+            )));
+        }
+        let wire = message
+            .criteria
+            .as_ref()
+            .ok_or_else(|| Status::invalid_argument("criteria: missing"))?;
+        let (fingerprint, criteria) = criteria_from_wire(wire, "criteria")?;
+        criteria
+            .check(self.vault.schema())
+            .map_err(|error| Status::invalid_argument(format!("criteria.{error}")))?;
+        let query_hash = criteria_hash(wire);
+        let evaluator = self.evaluator(&fingerprint)?.ok_or_else(|| {
+            Status::failed_precondition(
+                "criteria.evaluation_key: this node holds no evaluation key with this \
+                 fingerprint; send it with PutEvaluationKey first",
+            )
+        })?;
+        if self.lock()?.contributed.contains(&order) {
+            return Err(Status::already_exists(
+                "order_id: this node already answered the order",
+            ));
+        }
+
+        // The order, from the node's verified replica.
+        let channel = self.market_channel().await?;
+        let listing = ListingId::new(self.config.listing.clone());
+        let now = unix_time();
+        let (found, result_key, min_cohort, time) = self
+            .follower
+            .sync_and_read(channel, |machine| {
+                let state = machine.state();
+                (
+                    state.order(&order_key).cloned(),
+                    state.result_key(&order_key).map(<[u8]>::to_vec),
+                    state
+                        .listing(&listing)
+                        .map(|listing| u64::from(listing.terms.min_cohort_size)),
+                    now.max(machine.last_time()),
+                )
+            })
+            .await
+            .map_err(follow_status)?;
+        let found = found
+            .ok_or_else(|| Status::failed_precondition("order_id: no such order on the ledger"))?;
+        if found.status != market::state::OrderStatus::Open {
+            return Err(Status::failed_precondition(
+                "order_id: the order is no longer open on the ledger",
+            ));
+        }
+        if time >= found.expires_at {
+            return Err(Status::failed_precondition(format!(
+                "order_id: the order expired at {} (ledger time {time})",
+                found.expires_at
+            )));
+        }
+        if found.purpose != Purpose::TrialFeasibility {
+            return Err(Status::failed_precondition(
+                "order_id: the order's purpose is not trial_feasibility",
+            ));
+        }
+        if found.query_hash != query_hash {
+            return Err(Status::invalid_argument(
+                "criteria: their hash is not the order's query_hash",
+            ));
+        }
+        if result_key.as_deref() != Some(fingerprint.as_slice()) {
+            return Err(Status::invalid_argument(
+                "criteria.evaluation_key: not the key the recruiter signed into the order",
+            ));
+        }
+        let listings: Vec<String> = found
+            .listings
+            .iter()
+            .map(|ordered| ordered.listing.0.clone())
+            .collect();
+        if !listings.contains(&self.config.listing) {
+            return Err(Status::failed_precondition(format!(
+                "order_id: the order does not name listing {}",
+                self.config.listing
+            )));
+        }
+        let min_cohort = min_cohort.ok_or_else(|| {
+            Status::failed_precondition("listing: this node's listing is not on the ledger")
+        })?;
+        let epsilon_micro = found.epsilon_requested_micro;
+        let noise = count_noise(epsilon_micro)?;
+        let consents = self
+            .current_consents(Purpose::TrialFeasibility, epsilon_micro, &listings)
+            .await?;
+
+        let vault = Arc::clone(&self.vault);
+        let purpose = market::server::purpose_name(Purpose::TrialFeasibility);
+        let started = std::time::Instant::now();
+        let (released, stats, participants) = tokio::task::spawn_blocking(move || {
+            let draw = noise.sample(&mut OsRng);
+            let rule = ReleaseRule {
+                noise: draw,
+                noise_bound: noise.bound,
+                min_cohort,
+            };
+            let (released, stats) = evaluate_feasibility(
+                &criteria,
+                &evaluator,
+                &vault,
+                (&consents, purpose),
+                rule,
+                |step| {
+                    if let FeasibilityStep::Grouped { tuples } = step {
+                        tracing::info!(tuples, "grouped the consenting patients into tuples");
+                    }
+                },
+            )
+            .map_err(|error| Status::invalid_argument(format!("criteria.{error}")))?;
+            let mut participants: Vec<Vec<u8>> = vault
+                .records()
+                .iter()
+                .filter(|record| consents.covers(&record.patient_id, purpose))
+                .filter_map(|record| record.patient_key.as_deref())
+                .filter_map(|key| hex::decode(key).ok())
+                .collect();
+            participants.sort();
+            participants.dedup();
+            Ok::<_, Status>((released, stats, participants))
+        })
+        .await
+        .map_err(|error| Status::internal(format!("worker failed: {error}")))??;
+        tracing::info!(
+            patients = stats.patients,
+            tuples = stats.distinct_tuples,
+            seconds = started.elapsed().as_secs_f64(),
+            "released a noisy feasibility count"
+        );
+        let noisy_count = released.to_bytes();
+        let mut attested = ListingContribution {
+            listing: ListingId::new(self.config.listing.clone()),
+            epsilon_debited_micro: epsilon_micro,
+            participants: participants
+                .iter()
+                .filter_map(|bytes| <[u8; 32]>::try_from(bytes.as_slice()).ok())
+                .map(AccountId)
+                .collect(),
+            capacity: self.vault.capacity(),
+            contribution_hash: market::hash::contribution_hash(
+                std::slice::from_ref(&noisy_count),
+                &[],
+            ),
+            attestation: Vec::new(),
+        };
+        attested.attest_as(
+            AttestationKind::Feasibility,
+            &self.config.account,
+            &self.config.ledger.chain_id,
+            &order_key,
+            &query_hash,
+        );
+        self.lock()?.contributed.insert(order);
+        Ok(FeasibilityResponse {
+            noisy_count,
+            participants,
+            capacity: self.vault.capacity(),
+            attestation: attested.attestation,
+        })
+    }
+}
+
+fn unix_time() -> u64 {
+    market::server::auth::unix_now()
+}

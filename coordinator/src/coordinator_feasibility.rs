@@ -1,0 +1,356 @@
+//! Blind feasibility orders (feature `tfhe`): the coordinator keeps recruiters' evaluation
+//! keys, hands each listing's node the encrypted criteria (sending the key first when the
+//! node lacks it), checks every node's signed part, and records the receipt and settlement.
+//!
+//! There is no committee step: each node computes, noises and releases its own count under
+//! the recruiter's key, and signs its part under the feasibility label, so the ledger takes
+//! the receipt on the nodes' signatures (`RecordFeasibility`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cohortex_proto::v1::compute_client::ComputeClient;
+use cohortex_proto::v1::{
+    EncryptedCriteria, EvaluationKeyChunk, FeasibilityRequest, FeasibilityResponse, NodeReport,
+    OrderState, SiteCount,
+};
+use compute_node::server::methods;
+use market::hash::tagged_hash;
+use market::server::auth::{signed_request, signed_stream_request};
+use market::server::read_ledger;
+use market::{
+    AccountId, Action, AttestationKind, ListingContribution, ListingId, OrderId, QueryReceipt,
+    ReceiptId, TxId,
+};
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+use super::{connect, poisoned, Coordinator, OrderRecord, ReleaseIdentity};
+
+/// How many recruiters' evaluation keys the market keeps (about 30 MB each).
+pub const EVALUATION_KEYS_KEPT: usize = 4;
+
+/// Bytes per chunk when streaming an evaluation key.
+pub const KEY_CHUNK_BYTES: usize = 1 << 20;
+
+/// The order of an evaluation key's chunks, as a stream for a gRPC call.
+pub fn key_chunks(bytes: &[u8]) -> impl tokio_stream::Stream<Item = EvaluationKeyChunk> {
+    let chunks: Vec<EvaluationKeyChunk> = bytes
+        .chunks(KEY_CHUNK_BYTES)
+        .map(|chunk| EvaluationKeyChunk {
+            data: chunk.to_vec(),
+        })
+        .collect();
+    tokio_stream::iter(chunks)
+}
+
+impl Coordinator {
+    /// Keeps a recruiter's evaluation key (already checked to decode) by its fingerprint.
+    pub fn keep_evaluation_key(&self, fingerprint: [u8; 32], bytes: Vec<u8>) -> Result<(), Status> {
+        let mut keys = self.evaluation_keys.lock().map_err(|_| poisoned())?;
+        keys.retain(|(kept, _)| *kept != fingerprint);
+        keys.push((fingerprint, Arc::new(bytes)));
+        while keys.len() > EVALUATION_KEYS_KEPT {
+            keys.remove(0);
+        }
+        Ok(())
+    }
+
+    /// The bytes of the evaluation key with this fingerprint, if the market holds it.
+    pub fn evaluation_key(&self, fingerprint: &[u8; 32]) -> Result<Option<Arc<Vec<u8>>>, Status> {
+        let keys = self.evaluation_keys.lock().map_err(|_| poisoned())?;
+        Ok(keys
+            .iter()
+            .find(|(kept, _)| kept == fingerprint)
+            .map(|(_, bytes)| Arc::clone(bytes)))
+    }
+
+    /// Records a new feasibility order (already escrowed on the ledger) and computes it in
+    /// the background.
+    pub fn start_feasibility(
+        self: &Arc<Self>,
+        order: TxId,
+        buyer: AccountId,
+        criteria: EncryptedCriteria,
+        key: Arc<Vec<u8>>,
+        listings: Vec<ListingId>,
+        epsilon_micro: u64,
+    ) -> Result<(), Status> {
+        let query_hash = compute_node::feasibility_wire::criteria_hash(&criteria);
+        self.orders.lock().map_err(|_| poisoned())?.insert(
+            order,
+            OrderRecord {
+                buyer,
+                state: OrderState::Computing,
+                message: "computing".into(),
+                nodes: Vec::new(),
+                plan: String::new(),
+                result: Vec::new(),
+                receipt: None,
+                committee_used: Vec::new(),
+                epsilon_micro,
+                noise_members: Vec::new(),
+                suppressed: Vec::new(),
+                identity: ReleaseIdentity {
+                    buyer,
+                    query_hash,
+                    listings: listings.clone(),
+                    purpose: market::Purpose::TrialFeasibility,
+                    epsilon_micro,
+                    result_key: criteria.evaluation_key.clone(),
+                },
+                completed_at: None,
+                site_counts: Vec::new(),
+            },
+        );
+        let coordinator = Arc::clone(self);
+        tokio::spawn(async move {
+            let outcome = coordinator
+                .compute_feasibility(order, criteria, key, &listings, epsilon_micro)
+                .await;
+            if let Err(message) = outcome {
+                tracing::warn!(order = %hex::encode(order.0.as_bytes()), %message, "feasibility order failed; refunding");
+                let refunded = match coordinator
+                    .submit_own(Action::Refund {
+                        order: OrderId(order),
+                    })
+                    .await
+                {
+                    Ok(_) => "the escrow was refunded".to_string(),
+                    Err(error) => format!("the refund failed: {}", error.message()),
+                };
+                let _ = coordinator.update_order(order, |record| {
+                    record.state = OrderState::Failed;
+                    record.message = format!("{message}; {refunded}");
+                });
+            }
+        });
+        Ok(())
+    }
+
+    /// Asks one node for its count, sending it the evaluation key first if it lacks it.
+    async fn node_feasibility(
+        &self,
+        endpoint: &str,
+        request: FeasibilityRequest,
+        key: &[u8],
+    ) -> Result<FeasibilityResponse, Status> {
+        let mut client: ComputeClient<Channel> = connect(endpoint, self.tls.as_ref()).await?;
+        let ask = |client: &mut ComputeClient<Channel>| {
+            let signed = signed_request(&self.account, methods::FEASIBILITY, request.clone());
+            let mut client = client.clone();
+            let timeout = self.node_timeout;
+            async move {
+                tokio::time::timeout(timeout, client.feasibility(signed))
+                    .await
+                    .map_err(|_| Status::deadline_exceeded("node did not answer in time"))?
+                    .map(tonic::Response::into_inner)
+            }
+        };
+        match ask(&mut client).await {
+            Err(status)
+                if status.code() == Code::FailedPrecondition
+                    && status.message().contains("PutEvaluationKey") =>
+            {
+                let upload = signed_stream_request(
+                    &self.account,
+                    methods::PUT_EVALUATION_KEY,
+                    key_chunks(key),
+                );
+                tokio::time::timeout(Duration::from_secs(300), client.put_evaluation_key(upload))
+                    .await
+                    .map_err(|_| {
+                        Status::deadline_exceeded("node did not take the key in time")
+                    })??;
+                ask(&mut client).await
+            }
+            answer => answer,
+        }
+    }
+
+    async fn compute_feasibility(
+        self: &Arc<Self>,
+        order: TxId,
+        criteria: EncryptedCriteria,
+        key: Arc<Vec<u8>>,
+        listings: &[ListingId],
+        epsilon_micro: u64,
+    ) -> Result<(), String> {
+        let order_id = OrderId(order);
+        let query_hash = compute_node::feasibility_wire::criteria_hash(&criteria);
+        let mut tasks = tokio::task::JoinSet::new();
+        for (position, listing) in listings.iter().enumerate() {
+            let info = self
+                .listing(&listing.0)
+                .map_err(|error| error.message().to_string())?
+                .ok_or_else(|| format!("listing {listing} has no node registered"))?;
+            let request = FeasibilityRequest {
+                order_id: order.0.as_bytes().to_vec(),
+                listing: listing.0.clone(),
+                criteria: Some(criteria.clone()),
+            };
+            let key = Arc::clone(&key);
+            let coordinator = Arc::clone(self);
+            tasks.spawn(async move {
+                let answer = coordinator
+                    .node_feasibility(&info.endpoint, request, &key)
+                    .await;
+                (position, answer)
+            });
+        }
+        let mut answers = std::collections::BTreeMap::new();
+        while let Some(joined) = tasks.join_next().await {
+            let (position, answer) =
+                joined.map_err(|error| format!("node task failed: {error}"))?;
+            answers.insert(position, answer);
+        }
+        let owned = listings.to_vec();
+        let (chain_id, owners) = read_ledger(&self.ledger, move |ledger| {
+            let owners: Vec<Option<AccountId>> = owned
+                .iter()
+                .map(|id| ledger.state().listing(id).map(|listing| listing.owner))
+                .collect();
+            Ok((ledger.chain_id(), owners))
+        })
+        .await
+        .map_err(|status| status.message().to_string())?;
+
+        let mut reports = Vec::new();
+        let mut parts = Vec::new();
+        let mut site_counts = Vec::new();
+        for (position, listing) in listings.iter().enumerate() {
+            let mut report = NodeReport {
+                listing: listing.0.clone(),
+                outcome: "accepted".into(),
+                reason: String::new(),
+                participants: 0,
+            };
+            match answers.remove(&position) {
+                Some(Ok(response)) => {
+                    let participants: Option<Vec<AccountId>> = response
+                        .participants
+                        .iter()
+                        .map(|bytes| <[u8; 32]>::try_from(bytes.as_slice()).ok().map(AccountId))
+                        .collect();
+                    let checked = zk::fhe::EncryptedCount::from_bytes(&response.noisy_count);
+                    match (participants, checked) {
+                        (Some(participants), Ok(_)) => {
+                            report.participants = participants.len() as u64;
+                            let part = ListingContribution {
+                                listing: listing.clone(),
+                                epsilon_debited_micro: epsilon_micro,
+                                participants,
+                                capacity: response.capacity,
+                                contribution_hash: market::hash::contribution_hash(
+                                    std::slice::from_ref(&response.noisy_count),
+                                    &[],
+                                ),
+                                attestation: response.attestation.clone(),
+                            };
+                            let signed = owners[position]
+                                .and_then(|owner| owner.verifying_key().ok())
+                                .is_some_and(|key| {
+                                    part.attested_as(
+                                        AttestationKind::Feasibility,
+                                        &key,
+                                        &chain_id,
+                                        &order_id,
+                                        &query_hash,
+                                    )
+                                });
+                            if signed {
+                                parts.push(part);
+                                site_counts.push(SiteCount {
+                                    listing: listing.0.clone(),
+                                    noisy_count: response.noisy_count,
+                                });
+                            } else {
+                                report.outcome = "rejected".into();
+                                report.reason = "attestation: not the listing owner's signature \
+                                                 over this order's count and participants"
+                                    .into();
+                            }
+                        }
+                        (None, _) => {
+                            report.outcome = "rejected".into();
+                            report.reason = "participants: not 32-byte accounts".into();
+                        }
+                        (_, Err(error)) => {
+                            report.outcome = "rejected".into();
+                            report.reason = format!("noisy_count: {error}");
+                        }
+                    }
+                }
+                Some(Err(status)) => {
+                    report.outcome =
+                        if matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded) {
+                            "unavailable".into()
+                        } else {
+                            "rejected".into()
+                        };
+                    report.reason = status.message().to_string();
+                }
+                None => {
+                    report.outcome = "unavailable".into();
+                    report.reason = "no answer".into();
+                }
+            }
+            reports.push(report);
+        }
+        let _ = self.update_order(order, |record| record.nodes = reports.clone());
+        let failed: Vec<String> = reports
+            .iter()
+            .filter(|report| report.outcome != "accepted")
+            .map(|report| {
+                format!(
+                    "listing {} {}: {}",
+                    report.listing, report.outcome, report.reason
+                )
+            })
+            .collect();
+        if !failed.is_empty() {
+            return Err(format!(
+                "not every listing answered with a valid count ({})",
+                failed.join("; ")
+            ));
+        }
+        let counts: Vec<u8> = site_counts
+            .iter()
+            .flat_map(|site| site.noisy_count.iter().copied())
+            .collect();
+        let receipt = QueryReceipt {
+            order: order_id,
+            query_hash,
+            contributions_root: market::hash::contributions_root(
+                parts.iter().map(|part| &part.contribution_hash),
+            ),
+            // No proofs: each node's count is vouched for by its own signature.
+            proofs_hash: tagged_hash("cohortex/market/proofs/v1", &[]),
+            result_hash: tagged_hash("cohortex/market/result/v1", &[&counts]),
+            listings: parts,
+        };
+        let recorded = self
+            .submit_own(Action::RecordFeasibility(receipt))
+            .await
+            .map_err(|status| format!("the ledger refused the receipt: {}", status.message()))?;
+        self.submit_own(Action::Settle {
+            order: order_id,
+            receipt: ReceiptId(recorded.tx_id),
+        })
+        .await
+        .map_err(|status| format!("the ledger refused the settlement: {}", status.message()))?;
+        let sites = site_counts.len();
+        self.update_order(order, |record| {
+            record.state = OrderState::Completed;
+            record.message = format!(
+                "{sites} listing(s) released a noisy count under the recruiter's key (ε = {}); receipt recorded and escrow settled",
+                epsilon_micro as f64 / 1e6
+            );
+            record.site_counts = site_counts;
+            record.receipt = Some(recorded.tx_id);
+            record.completed_at = Some(market::server::auth::unix_now());
+        })
+        .map_err(|status| status.message().to_string())?;
+        Ok(())
+    }
+}

@@ -1,0 +1,160 @@
+//! Issue 12, item 5: a receipt debits ε, names and pays participants, so the ledger records it
+//! only with the co-signatures of t members of the key committee registered on it; each
+//! member checks the receipt against what it verified and summed itself and against its own
+//! ledger replica before it signs. These tests play the hostile operator over real gRPC.
+
+mod common;
+
+use cohortex_proto::v1::compute_client::ComputeClient;
+use cohortex_proto::v1::CosignReceiptRequest;
+use common::*;
+use compute_node::server::methods;
+use market::server::auth::signed_request;
+use market::tx::UncheckedTx;
+use market::{Action, QueryReceipt, TxId};
+use tonic::Code;
+
+/// The receipt transaction `id` as the ledger holds it: the receipt and its co-signatures.
+fn recorded_receipt(
+    cluster: &cohortex_coordinator::Cluster,
+    id: &TxId,
+) -> (QueryReceipt, Vec<market::ReceiptCosignature>) {
+    let record = cluster
+        .ledger
+        .lock()
+        .unwrap()
+        .transaction(id)
+        .unwrap()
+        .expect("the receipt is on the ledger");
+    let tx = UncheckedTx::parse(record.envelope)
+        .and_then(UncheckedTx::verify)
+        .unwrap();
+    match tx.body().action.clone() {
+        Action::RecordCosignedReceipt {
+            receipt,
+            cosignatures,
+        } => (receipt, cosignatures),
+        other => panic!("the receipt was recorded as {other:?}"),
+    }
+}
+
+/// The hostile operator asks node `index` to co-sign `receipt`.
+async fn ask_to_cosign(
+    cluster: &cohortex_coordinator::Cluster,
+    index: usize,
+    receipt: &QueryReceipt,
+) -> Result<Vec<u8>, tonic::Status> {
+    ComputeClient::new(
+        cluster
+            .channel_to(&cluster.nodes[index].endpoint)
+            .await
+            .unwrap(),
+    )
+    .cosign_receipt(signed_request(
+        cluster.operator_key(),
+        methods::COSIGN_RECEIPT,
+        CosignReceiptRequest {
+            receipt: receipt.to_bytes(),
+        },
+    ))
+    .await
+    .map(|response| response.into_inner().signature)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipt_on_the_ledger_carries_t_member_cosignatures() {
+    let (_dir, cluster, _truth) = start([None, None, None]).await;
+    let buyer = buyer(&cluster).await;
+    let release = query_sql(&cluster, &buyer, EPSILON).await.unwrap();
+    let (receipt, cosignatures) = recorded_receipt(&cluster, &release.receipt);
+    // Checked against the nodes' own keys, not against the ledger's record of them.
+    let valid: Vec<u16> = cosignatures
+        .iter()
+        .filter(|cosignature| {
+            let node = &cluster.nodes[usize::from(cosignature.member) - 1];
+            let key = node.signing_key().verifying_key();
+            receipt.cosigned_by(&key, &cluster.chain_id, &cosignature.signature)
+        })
+        .map(|cosignature| cosignature.member)
+        .collect();
+    assert!(
+        valid.len() >= 2,
+        "a 2-of-3 committee co-signs every receipt, got members {valid:?}"
+    );
+    assert_eq!(
+        valid.len(),
+        cosignatures.len(),
+        "every co-signature verifies"
+    );
+    books_balance(&cluster);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_refuses_to_cosign_a_receipt_over_contributions_it_did_not_sum() {
+    let (_dir, cluster, _truth) = start([None, None, None]).await;
+    let buyer = buyer(&cluster).await;
+    let release = query_sql(&cluster, &buyer, EPSILON).await.unwrap();
+    let (mut receipt, _) = recorded_receipt(&cluster, &release.receipt);
+    // The operator swaps in another contribution for the first listing (and a root over it).
+    receipt.listings[0].contribution_hash = market::Hash32([0x5A; 32]);
+    receipt.contributions_root = market::hash::contributions_root(
+        receipt.listings.iter().map(|part| &part.contribution_hash),
+    );
+    for index in 0..cluster.nodes.len() {
+        let refused = ask_to_cosign(&cluster, index, &receipt)
+            .await
+            .expect_err("no member vouches for contributions it did not sum");
+        assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+        assert!(
+            refused
+                .message()
+                .contains("not the contributions this member verified"),
+            "{}",
+            refused.message()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_refuses_to_cosign_a_receipt_naming_participants_its_node_did_not_attest() {
+    let (_dir, cluster, _truth) = start([None, None, None]).await;
+    let buyer = buyer(&cluster).await;
+    let release = query_sql(&cluster, &buyer, EPSILON).await.unwrap();
+    let (mut receipt, _) = recorded_receipt(&cluster, &release.receipt);
+    // The operator drops a participant of the second listing (paying the others more).
+    receipt.listings[1].participants.remove(0);
+    for index in 0..cluster.nodes.len() {
+        let refused = ask_to_cosign(&cluster, index, &receipt)
+            .await
+            .expect_err("no member vouches for participants a node did not attest");
+        assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+        assert!(
+            refused
+                .message()
+                .contains("receipt.listings[1]: not attested"),
+            "{}",
+            refused.message()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ledger_committee_other_than_the_pinned_one_is_refused_by_every_node() {
+    // The operator registers the three nodes as a 3-of-3 committee, while each node pins
+    // 2 of 3: receipts would then be counted against a committee the nodes never agreed to.
+    let (_dir, cluster, _truth) = start_with(Setup {
+        ledger_committee_threshold: Some(3),
+        ..Setup::default()
+    })
+    .await;
+    let buyer = buyer(&cluster).await;
+    let failed = query_sql(&cluster, &buyer, EPSILON)
+        .await
+        .expect_err("no node computes under a committee it did not pin");
+    let message = format!("{failed:#}");
+    assert!(
+        message.contains("is not the one pinned in this node's configuration"),
+        "{message}"
+    );
+    books_balance(&cluster);
+}

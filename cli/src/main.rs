@@ -59,11 +59,13 @@ enum Command {
     /// A compute node process: a vault, the Compute service and its listing.
     #[command(subcommand)]
     Node(NodeCommand),
-    /// A patient's commands: register, consent, revoke, consents, earnings.
+    /// A patient's commands: register, consent, revoke, consents, earnings, invitations,
+    /// accept.
     Patient(patient::PatientCmd),
     /// A buyer's commands: register, balance, listings, query.
     Buyer(buyer::BuyerCmd),
-    /// A trial recruiter's commands: keygen (TFHE), feasibility (blind count per site).
+    /// A trial recruiter's commands: keygen (TFHE), feasibility (blind count per site),
+    /// invite (post a trial), replies (contacts of matching patients who accepted).
     #[cfg(feature = "tfhe")]
     Recruiter(recruiter::RecruiterCmd),
 }

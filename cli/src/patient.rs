@@ -5,7 +5,11 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::anyhow;
+#[cfg(feature = "tfhe")]
+use anyhow::bail;
 use clap::{Args, Subcommand};
+#[cfg(feature = "tfhe")]
+use cohortex_coordinator::recruiter as recruiter_client;
 use cohortex_coordinator::standalone::{connect, next_nonce, sign_action};
 use cohortex_proto::tls::TlsIdentity;
 use cohortex_proto::v1::consent_client::ConsentClient;
@@ -44,6 +48,29 @@ enum PatientCommand {
     Consents,
     /// Show your balance, and what you were paid and donated.
     Earnings,
+    /// List the clinical trials inviting patients of listings where you consent to
+    /// trial_recruitment.
+    #[cfg(feature = "tfhe")]
+    Invitations,
+    /// Accept a trial's invitation: your contact is sealed to the recruiter, who can open it
+    /// only if your record meets the trial's (encrypted) criteria.
+    #[cfg(feature = "tfhe")]
+    Accept(AcceptArgs),
+}
+
+#[cfg(feature = "tfhe")]
+#[derive(Args, Debug)]
+struct AcceptArgs {
+    /// The trial id (as `cohortex patient invitations` shows it).
+    #[arg(long)]
+    trial: String,
+    /// The listing holding your record (default: the trial's only listing you consent to
+    /// trial_recruitment on).
+    #[arg(long)]
+    listing: Option<String>,
+    /// How the recruiter may reach you (an e-mail address or phone number; at most 1024 bytes).
+    #[arg(long)]
+    contact: String,
 }
 
 #[derive(Args, Debug)]
@@ -126,6 +153,31 @@ impl Patient {
                 self.account()
             )
         })
+    }
+
+    /// The listings where this patient's consent to trial_recruitment is active.
+    #[cfg(feature = "tfhe")]
+    async fn recruiting_listings(&self) -> anyhow::Result<Vec<String>> {
+        let request = signed_request(
+            &self.key,
+            LIST_CONSENTS,
+            ListConsentsRequest {
+                patient: self.account().0.to_vec(),
+            },
+        );
+        let response = self
+            .client()
+            .await?
+            .list_consents(request)
+            .await
+            .map_err(|status| anyhow!("listing consents: {}", status.message()))?
+            .into_inner();
+        Ok(response
+            .consents
+            .into_iter()
+            .filter(|consent| consent.active && consent.purpose == "trial_recruitment")
+            .map(|consent| consent.listing)
+            .collect())
     }
 
     async fn signed(&self, action: Action) -> anyhow::Result<SignedTransaction> {
@@ -296,6 +348,106 @@ pub async fn run(command: PatientCmd) -> anyhow::Result<()> {
                     consent.listing, consent.purpose, state
                 );
             }
+        }
+        #[cfg(feature = "tfhe")]
+        PatientCommand::Invitations => {
+            let recruiting = patient.recruiting_listings().await?;
+            let (trials, _) =
+                recruiter_client::list_trials(&patient.public.endpoint, Some(&patient.tls)).await?;
+            let mut shown = 0;
+            for trial in trials {
+                let yours: Vec<&str> = trial
+                    .listings
+                    .iter()
+                    .map(|entry| entry.listing.as_str())
+                    .filter(|listing| recruiting.iter().any(|mine| mine == listing))
+                    .collect();
+                if yours.is_empty() {
+                    continue;
+                }
+                shown += 1;
+                println!(
+                    "trial {} (open until unix time {})",
+                    trial.trial, trial.expires_at
+                );
+                println!("  {}", trial.summary);
+                println!("  your listing(s): {}", yours.join(", "));
+                println!(
+                    "  accept: cohortex patient accept --trial {} --listing {} --contact <how to reach you>",
+                    trial.trial, yours[0]
+                );
+            }
+            if shown == 0 {
+                println!(
+                    "no open trial invites patients of a listing you consent to trial_recruitment on \
+                     (cohortex patient consent --listing L --purpose trial_recruitment)"
+                );
+            } else {
+                println!();
+                println!(
+                    "Accepting reveals your contact to the recruiter only if your record meets the \
+                     trial's criteria; the market and the recruiter never learn who declined."
+                );
+            }
+        }
+        #[cfg(feature = "tfhe")]
+        PatientCommand::Accept(args) => {
+            let listing = match args.listing {
+                Some(listing) => listing,
+                None => {
+                    let recruiting = patient.recruiting_listings().await?;
+                    let (trials, _) =
+                        recruiter_client::list_trials(&patient.public.endpoint, Some(&patient.tls))
+                            .await?;
+                    let trial = trials
+                        .iter()
+                        .find(|trial| trial.trial == args.trial)
+                        .ok_or_else(|| {
+                            anyhow!("--trial {}: no such open trial at this market", args.trial)
+                        })?;
+                    let mut yours = trial
+                        .listings
+                        .iter()
+                        .filter(|entry| recruiting.contains(&entry.listing));
+                    match (yours.next(), yours.next()) {
+                        (Some(only), None) => only.listing.clone(),
+                        (None, _) => bail!(
+                            "--trial {}: you consent to trial_recruitment on none of its listings",
+                            args.trial
+                        ),
+                        (Some(_), Some(_)) => bail!(
+                            "--trial {}: you consent on several of its listings; name one with --listing",
+                            args.trial
+                        ),
+                    }
+                }
+            };
+            let bar = crate::federation::spinner(
+                "sealing your contact; the node checks your consent and evaluates the criteria \
+                 under encryption",
+                false,
+            );
+            let answer = recruiter_client::accept_trial(
+                &patient.public.endpoint,
+                Some(&patient.tls),
+                &patient.key,
+                (&args.trial, &listing),
+                &args.contact,
+            )
+            .await;
+            bar.finish_and_clear();
+            let answer = answer?;
+            println!(
+                "accepted trial {} for your record in listing {}; reply {} recorded on the ledger \
+                 (transaction {})",
+                args.trial,
+                listing,
+                hex::encode(&answer.reply_hash),
+                hex::encode(&answer.tx_id)
+            );
+            println!(
+                "The recruiter can read your contact only if your record meets the trial's criteria."
+            );
         }
         PatientCommand::Earnings => {
             let request = signed_request(

@@ -14,6 +14,7 @@ use cohortex_coordinator::Buyer;
 use cohortex_proto::v1::market_client::MarketClient;
 use cohortex_proto::v1::ListListingsRequest;
 use compute_node::feasibility::Criterion;
+use compute_node::recruitment::ContactKey;
 use compute_node::Schema;
 use market::AccountId;
 use zeroize::Zeroizing;
@@ -27,6 +28,8 @@ use crate::keys;
 const SECRET_FILE: &str = "fhe-secret.key";
 /// The evaluation key's file name in a recruiter key directory.
 const EVALUATION_FILE: &str = "fhe-evaluation.key";
+/// The contact key's file name (X25519 secret, for trial replies) in a recruiter key directory.
+const CONTACT_FILE: &str = "contact.key";
 
 /// `cohortex recruiter …`.
 #[derive(Args, Debug)]
@@ -44,6 +47,54 @@ enum RecruiterCommand {
     /// the criteria are encrypted under your TFHE key; each site adds noise and applies its
     /// minimum cohort under encryption, and only you decrypt.
     Feasibility(FeasibilityArgs),
+    /// Post a trial on the ledger for recruitment: patients who consent to
+    /// trial_recruitment on its listings see it; those who accept leave a contact that you
+    /// can open only if they meet the encrypted criteria.
+    Invite(InviteArgs),
+    /// Read a trial's replies: the contacts of the matching patients who accepted.
+    Replies(RepliesArgs),
+}
+
+#[derive(Args, Debug)]
+struct InviteArgs {
+    /// The recruiter's buyer config (key_file, market, tls).
+    #[arg(long, value_name = "buyer.toml")]
+    config: PathBuf,
+    /// The directory `cohortex recruiter keygen` made.
+    #[arg(long, value_name = "DIR")]
+    fhe_keys: PathBuf,
+    /// The trial's id on the ledger (letters, digits, `.`, `-`, `_`; at most 64).
+    #[arg(long)]
+    trial: String,
+    /// What patients read before they accept.
+    #[arg(long)]
+    summary: String,
+    /// One inclusion criterion; repeat for several (the forms of `feasibility`).
+    #[arg(long = "criterion", value_name = "CRITERION", required = true)]
+    criteria: Vec<String>,
+    /// A listing to invite from; repeat for several (default: every listing that allows
+    /// trial_recruitment).
+    #[arg(long = "listing", value_name = "LISTING")]
+    listings: Vec<String>,
+    /// Days the trial takes replies.
+    #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u64).range(1..=366))]
+    days: u64,
+}
+
+#[derive(Args, Debug)]
+struct RepliesArgs {
+    /// The recruiter's buyer config (key_file, market, tls).
+    #[arg(long, value_name = "buyer.toml")]
+    config: PathBuf,
+    /// The directory `cohortex recruiter keygen` made.
+    #[arg(long, value_name = "DIR")]
+    fhe_keys: PathBuf,
+    /// The trial id.
+    #[arg(long)]
+    trial: String,
+    /// Print one JSON object on stdout instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -80,6 +131,8 @@ pub async fn run(command: RecruiterCmd) -> anyhow::Result<()> {
     match command.command {
         RecruiterCommand::Keygen(args) => keygen(&args.out),
         RecruiterCommand::Feasibility(args) => feasibility(args).await,
+        RecruiterCommand::Invite(args) => invite(args).await,
+        RecruiterCommand::Replies(args) => replies(args).await,
     }
 }
 
@@ -111,13 +164,16 @@ fn keygen(out: &Path) -> anyhow::Result<()> {
     let evaluation = secret.evaluation_key().to_bytes();
     bar.finish_and_clear();
     write_private(&out.join(SECRET_FILE), &secret.to_bytes())?;
+    let contact = ContactKey::generate(&mut rand::rngs::OsRng);
+    write_private(&out.join(CONTACT_FILE), contact.secret_bytes().as_slice())?;
     std::fs::write(out.join(EVALUATION_FILE), &evaluation)
         .with_context(|| format!("writing {}", out.join(EVALUATION_FILE).display()))?;
     println!(
-        "TFHE keys in {} ({:.1} s)\n  secret key      {} (mode 0600; never share it)\n  evaluation key  {} ({:.1} MB; the nodes compute with it)\n  fingerprint     {}",
+        "TFHE keys in {} ({:.1} s)\n  secret key      {} (mode 0600; never share it)\n  contact key     {} (mode 0600; opens trial replies)\n  evaluation key  {} ({:.1} MB; the nodes compute with it)\n  fingerprint     {}",
         out.display(),
         started.elapsed().as_secs_f64(),
         out.join(SECRET_FILE).display(),
+        out.join(CONTACT_FILE).display(),
         out.join(EVALUATION_FILE).display(),
         evaluation.len() as f64 / 1e6,
         hex::encode(EvaluationKey::fingerprint_of(&evaluation)),
@@ -283,6 +339,162 @@ async fn feasibility(args: FeasibilityArgs) -> anyhow::Result<()> {
         } else {
             "NOT verified"
         }
+    );
+    Ok(())
+}
+
+/// The contact key of a recruiter key directory (made when missing: directories from before
+/// trial recruitment have none).
+fn contact_key(dir: &Path) -> anyhow::Result<ContactKey> {
+    let path = dir.join(CONTACT_FILE);
+    if !path.exists() {
+        let contact = ContactKey::generate(&mut rand::rngs::OsRng);
+        write_private(&path, contact.secret_bytes().as_slice())?;
+        return Ok(contact);
+    }
+    let bytes = Zeroizing::new(
+        std::fs::read(&path).with_context(|| format!("--fhe-keys: reading {}", path.display()))?,
+    );
+    ContactKey::from_secret_bytes(&bytes)
+        .map_err(|error| anyhow!("--fhe-keys: {}: {error}", path.display()))
+}
+
+/// The recruiter's key, config and a connected [`Buyer`].
+async fn recruiter(config: &Path) -> anyhow::Result<(Buyer, MarketPublic, BuyerConfig)> {
+    let config = BuyerConfig::load(config)?;
+    let key = keys::read(
+        &config.key_file,
+        &format!("{}: key_file", config.path.display()),
+    )?;
+    let public = MarketPublic::load(
+        &config.market,
+        &format!("{}: market", config.path.display()),
+    )?;
+    let account = AccountId::of(&key);
+    let nonce = next_nonce(&public.endpoint, Some(&config.tls), &key, public.chain_id)
+        .await?
+        .ok_or_else(|| {
+            anyhow!("account {account} is not registered; run `cohortex buyer register` first")
+        })?;
+    let buyer = Buyer::new(key, public.chain_id, public.endpoint.clone(), nonce)
+        .with_tls(Some(config.tls.clone()));
+    Ok((buyer, public, config))
+}
+
+async fn invite(args: InviteArgs) -> anyhow::Result<()> {
+    let (secret, evaluation) = read_keys(&args.fhe_keys)?;
+    let contact = contact_key(&args.fhe_keys)?;
+    let (buyer, public, config) = recruiter(&args.config).await?;
+    let offered = MarketClient::new(connect(&public.endpoint, Some(&config.tls)).await?)
+        .max_decoding_message_size(market::server::MAX_MESSAGE_BYTES)
+        .list_listings(ListListingsRequest {
+            purpose: "trial_recruitment".into(),
+        })
+        .await
+        .map_err(|status| anyhow!("listing the market's listings: {}", status.message()))?
+        .into_inner()
+        .listings;
+    let mut chosen = Vec::new();
+    if args.listings.is_empty() {
+        chosen = offered;
+    } else {
+        for wanted in &args.listings {
+            chosen.push(
+                offered
+                    .iter()
+                    .find(|listing| &listing.id == wanted)
+                    .cloned()
+                    .ok_or_else(|| {
+                        anyhow!("--listing {wanted}: no active listing of that id allows trial_recruitment")
+                    })?,
+            );
+        }
+    }
+    let Some(first) = chosen.first() else {
+        bail!("the market has no active listing that allows trial_recruitment");
+    };
+    let schema = Schema::from_toml(&first.manifest, &first.id)
+        .map_err(|error| anyhow!("listing {}: manifest: {error}", first.id))?;
+    let criteria: Vec<Criterion> = args
+        .criteria
+        .iter()
+        .map(|text| {
+            Criterion::parse(text, &schema).map_err(|error| anyhow!("--criterion: {error}"))
+        })
+        .collect::<Result<_, _>>()?;
+    let listing_ids: Vec<String> = chosen.iter().map(|listing| listing.id.clone()).collect();
+    let bar = spinner("storing the evaluation key and posting the trial", false);
+    let posted = buyer
+        .post_trial(
+            (&args.trial, &args.summary),
+            &contact.public(),
+            &secret,
+            &evaluation,
+            &criteria,
+            &listing_ids,
+            args.days,
+        )
+        .await;
+    bar.finish_and_clear();
+    let posted = posted?;
+    println!(
+        "trial {} posted to {} listing(s) for {} days (transaction {})",
+        args.trial,
+        listing_ids.len(),
+        args.days,
+        hex::encode(posted.0.as_bytes())
+    );
+    println!(
+        "patients who consent to trial_recruitment see it with `cohortex patient invitations`; \
+         read replies with `cohortex recruiter replies --trial {}`",
+        args.trial
+    );
+    Ok(())
+}
+
+async fn replies(args: RepliesArgs) -> anyhow::Result<()> {
+    let (secret, _) = read_keys(&args.fhe_keys)?;
+    let contact = contact_key(&args.fhe_keys)?;
+    let (buyer, _, _) = recruiter(&args.config).await?;
+    let bar = spinner("reading and decrypting the replies", args.json);
+    let replies = buyer.trial_replies(&args.trial, &secret, &contact).await;
+    bar.finish_and_clear();
+    let replies = replies?;
+    let matching: Vec<_> = replies
+        .iter()
+        .filter_map(|reply| reply.contact.as_ref().map(|contact| (reply, contact)))
+        .collect();
+    let not_matching = replies.len() - matching.len();
+    if args.json {
+        let contacts: Vec<serde_json::Value> = matching
+            .iter()
+            .map(|(reply, contact)| {
+                serde_json::json!({
+                    "listing": reply.listing,
+                    "contact": contact,
+                    "reply": hex::encode(reply.reply_hash.as_bytes()),
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({
+                "trial": args.trial,
+                "replies": replies.len(),
+                "matching": contacts,
+                "not_matching": not_matching,
+            })
+        );
+        return Ok(());
+    }
+    println!("trial {}: {} repl(ies)", args.trial, replies.len());
+    for (reply, contact) in &matching {
+        println!("  {:<28} {contact}", reply.listing);
+    }
+    println!(
+        "{} matching patient(s) left a contact; {not_matching} accepted but do not meet the criteria \
+         (their contacts stay sealed)",
+        matching.len()
     );
     Ok(())
 }

@@ -252,7 +252,7 @@ fn market_nodes_patients_and_buyer_as_separate_processes() {
                  [committee]\nmember = {node}\nthreshold = 2\nmembers = [{members}]\n\
                  endpoints = [{endpoints}]\n\n\
                  [listing]\nid = \"site-{node}\"\nprice_per_query = {PRICE}\n\
-                 purposes = [\"academic_research\"]\nmin_cohort_size = 1\nepsilon_budget = 1000000.0\nmax_epsilon_per_order = 100000.0\n\
+                 purposes = [\"academic_research\", \"trial_recruitment\"]\nmin_cohort_size = 1\nepsilon_budget = 1000000.0\nmax_epsilon_per_order = 100000.0\n\
                  compensation = \"payment\"\n\n\
                  [data]\nfile = \"site-{node}.csv\"\nmanifest = \"manifest.toml\"\n{}",
                 tls(&format!("node-{node}"))
@@ -440,6 +440,79 @@ fn market_nodes_patients_and_buyer_as_separate_processes() {
         "{after}"
     );
 
+    // A trial recruiter posts a trial for adults of 40 to 75 on site-1 with criteria
+    // encrypted under its own TFHE key. Two patients of site-1 consent to trial recruitment
+    // and accept: patient-0-0 (35) does not meet the criteria, patient-0-2 (57) does. The
+    // recruiter opens only the second contact.
+    let recruiter_keys = dir.join("recruiter-keys");
+    ok(&["recruiter", "keygen", "--out", path(&recruiter_keys)]);
+    ok(&[
+        "recruiter",
+        "invite",
+        "--config",
+        path(&buyer_toml),
+        "--fhe-keys",
+        path(&recruiter_keys),
+        "--trial",
+        "bp-2027",
+        "--summary",
+        "Blood-pressure study for adults of 40 to 75",
+        "--criterion",
+        "age 40..75 step 5",
+        "--listing",
+        "site-1",
+    ]);
+    for (patient, contact) in [
+        ("patient-0-0", "lee@example.org"),
+        ("patient-0-2", "ana@example.org"),
+    ] {
+        let key = dir.join(format!("keys/{patient}.key"));
+        let base = ["--config", path(&patient_toml), "--key", path(&key)];
+        ok(&[
+            &["patient", "consent", "--listing", "site-1"],
+            &["--purpose", "trial_recruitment"][..],
+            &base[..],
+        ]
+        .concat());
+        let invitations = ok(&[&["patient", "invitations"], &base[..]].concat());
+        assert!(invitations.contains("bp-2027"), "{invitations}");
+        ok(&[
+            &[
+                "patient",
+                "accept",
+                "--trial",
+                "bp-2027",
+                "--contact",
+                contact,
+            ],
+            &base[..],
+        ]
+        .concat());
+    }
+    let replies = |dir: &Path| -> serde_json::Value {
+        let text = ok(&[
+            "recruiter",
+            "replies",
+            "--config",
+            path(&dir.join("buyer.toml")),
+            "--fhe-keys",
+            path(&dir.join("recruiter-keys")),
+            "--trial",
+            "bp-2027",
+            "--json",
+        ]);
+        serde_json::from_str(&text).unwrap()
+    };
+    let opened = replies(dir);
+    assert_eq!(opened["replies"], serde_json::json!(2), "{opened}");
+    assert_eq!(opened["not_matching"], serde_json::json!(1), "{opened}");
+    assert_eq!(
+        opened["matching"][0]["contact"],
+        serde_json::json!("ana@example.org"),
+        "{opened}"
+    );
+    assert_eq!(opened["matching"].as_array().unwrap().len(), 1, "{opened}");
+
     // The market dies (kill -9) with an order in flight, and is started again. The order is
     // refunded, never lost; the listings and the key committee survive the restart, so the
     // nodes, which kept running with their key shares, answer the next query.
@@ -471,6 +544,8 @@ fn market_nodes_patients_and_buyer_as_separate_processes() {
         (consenting.len() - 1) as f64,
         "{resumed}"
     );
+    // The trial's replies survived the restart.
+    assert_eq!(replies(dir), opened);
     // A node dies (kill -9) and is started again: it reloads its key share, finds its
     // listing already on the ledger, and answers the next query with the same committee.
     node_processes[1].child.kill().unwrap();

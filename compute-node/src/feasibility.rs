@@ -557,3 +557,61 @@ pub fn evaluate_feasibility(
     progress(FeasibilityStep::Released);
     Ok((released, stats))
 }
+
+/// One patient's encrypted match bit: `[every clause accepts the patient's values]`, a clean,
+/// non-trivial block under the recruiter's key (a trial reply gates its key with it).
+///
+/// Only the table entries the patient's bins reach are sanitised. When a clause's public
+/// domain already rules the patient out, the bit is a fresh encryption of 0 made from a
+/// sanitised entry, so the reply does not show that the domain decided it.
+pub fn patient_match_bit(
+    criteria: &EncryptedCriteria,
+    evaluator: &Evaluator,
+    schema: &Schema,
+    values: &[Value],
+) -> Result<zk::fhe::Block, FeasibilityError> {
+    criteria.check(schema)?;
+    let mut indicators = Vec::with_capacity(criteria.clauses.len());
+    let mut some_entry = None;
+    for (index, clause) in criteria.clauses.iter().enumerate() {
+        let position = schema
+            .columns
+            .iter()
+            .position(|column| column.name == clause.column)
+            .ok_or_else(|| FeasibilityError::Column {
+                index,
+                column: excerpt(&clause.column),
+                reason: "not a column of this listing's schema".into(),
+            })?;
+        let value = values.get(position).unwrap_or(&Value::Null);
+        let entries: Vec<zk::fhe::Block> = bin_indices(&clause.domain, value)
+            .iter()
+            .filter_map(|bin| clause.table.get(*bin))
+            .map(|bit| evaluator.sanitize(bit))
+            .collect();
+        if some_entry.is_none() {
+            some_entry = entries.first().cloned();
+        }
+        let indicator = match entries.as_slice() {
+            [] => evaluator.zero(),
+            [only] => only.clone(),
+            many => evaluator.any_of(&many.iter().collect::<Vec<_>>())?,
+        };
+        indicators.push(indicator);
+    }
+    let bit = evaluator.all_of(&indicators.iter().collect::<Vec<_>>())?;
+    if !Evaluator::is_public_zero(&bit) {
+        return Ok(bit);
+    }
+    let like = match some_entry {
+        Some(entry) => entry,
+        // No bin of any clause reached: sanitise the first entry of the first clause.
+        None => criteria
+            .clauses
+            .first()
+            .and_then(|clause| clause.table.first())
+            .map(|bit| evaluator.sanitize(bit))
+            .ok_or_else(|| FeasibilityError::Clauses("no table entries".into()))?,
+    };
+    Ok(evaluator.fresh_zero(&like))
+}

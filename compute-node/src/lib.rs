@@ -32,6 +32,8 @@ pub mod ingest;
 pub mod noise;
 pub mod plan;
 pub mod record;
+#[cfg(feature = "server")]
+pub mod recruitment;
 pub mod schema;
 pub mod sealed_share;
 #[cfg(feature = "server")]

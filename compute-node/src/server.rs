@@ -57,6 +57,9 @@ use crate::vault::{ConsentBook, Vault};
 mod feasibility;
 #[cfg(feature = "tfhe")]
 pub use feasibility::count_noise;
+#[cfg(feature = "tfhe")]
+#[path = "server_recruitment.rs"]
+mod recruitment;
 
 #[cfg(not(feature = "tfhe"))]
 impl NodeService {
@@ -66,6 +69,15 @@ impl NodeService {
     ) -> Result<Response<PutEvaluationKeyResponse>, Status> {
         Err(Status::unimplemented(
             "this node was built without the `tfhe` feature: no blind feasibility search",
+        ))
+    }
+
+    async fn answer_acceptance(
+        &self,
+        _: cohortex_proto::v1::AcceptInvitationRequest,
+    ) -> Result<cohortex_proto::v1::TrialReply, Status> {
+        Err(Status::unimplemented(
+            "this node was built without the `tfhe` feature: no trial recruitment",
         ))
     }
 
@@ -103,6 +115,8 @@ pub mod methods {
     pub const PUT_EVALUATION_KEY: &str = "/cohortex.v1.Compute/PutEvaluationKey";
     /// Feasibility.
     pub const FEASIBILITY: &str = "/cohortex.v1.Compute/Feasibility";
+    /// `Compute.AcceptInvitation`.
+    pub const ACCEPT_INVITATION: &str = "/cohortex.v1.Compute/AcceptInvitation";
     /// Consent.ListCurrentConsents, called by the node.
     pub const LIST_CURRENT_CONSENTS: &str = "/cohortex.v1.Consent/ListCurrentConsents";
 }
@@ -386,6 +400,8 @@ struct NodeState {
     first_contribution: Option<ContributeResponse>,
     /// Per order: the fixed sum, this member's noise and what has been released.
     releases: BTreeMap<Vec<u8>, Release>,
+    /// (trial, patient) pairs this node answered an acceptance for: one reply per patient.
+    trial_replies: BTreeSet<(String, [u8; 32])>,
 }
 
 /// What a member remembers of an order it added noise to.
@@ -513,6 +529,7 @@ impl NodeService {
                 contributed: BTreeSet::new(),
                 first_contribution: None,
                 releases: BTreeMap::new(),
+                trial_replies: BTreeSet::new(),
             }),
         })
     }
@@ -1780,6 +1797,17 @@ impl Compute for NodeService {
     ) -> Result<Response<FeasibilityResponse>, Status> {
         self.check_coordinator(methods::FEASIBILITY, &request)?;
         self.run_feasibility(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    #[tracing::instrument(skip(self, request), fields(listing = %self.config.listing))]
+    async fn accept_invitation(
+        &self,
+        request: Request<cohortex_proto::v1::AcceptInvitationRequest>,
+    ) -> Result<Response<cohortex_proto::v1::TrialReply>, Status> {
+        self.check_coordinator(methods::ACCEPT_INVITATION, &request)?;
+        self.answer_acceptance(request.into_inner())
             .await
             .map(Response::new)
     }

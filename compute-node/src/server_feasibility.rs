@@ -98,7 +98,10 @@ impl NodeService {
         }))
     }
 
-    fn evaluator(&self, fingerprint: &[u8; 32]) -> Result<Option<Arc<Evaluator>>, Status> {
+    pub(super) fn evaluator(
+        &self,
+        fingerprint: &[u8; 32],
+    ) -> Result<Option<Arc<Evaluator>>, Status> {
         let keys = self
             .evaluation_keys
             .lock()

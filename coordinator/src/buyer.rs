@@ -51,7 +51,8 @@ pub struct Release {
     pub receipt_verified: bool,
 }
 
-pub(crate) async fn channel(endpoint: &str, tls: Option<&TlsIdentity>) -> anyhow::Result<Channel> {
+/// A connected channel to the market at `endpoint` (mutual TLS when `tls` is given).
+pub async fn channel(endpoint: &str, tls: Option<&TlsIdentity>) -> anyhow::Result<Channel> {
     link(endpoint, tls)
         .context("market endpoint")?
         .connect()

@@ -150,6 +150,9 @@ pub struct Coordinator {
     /// Recruiters' TFHE evaluation keys by fingerprint, the most recent last.
     #[cfg(feature = "tfhe")]
     evaluation_keys: Mutex<Vec<KeptEvaluationKey>>,
+    /// Replies to posted trials, by trial (also kept beside the state file).
+    #[cfg(feature = "tfhe")]
+    trial_replies: Mutex<BTreeMap<String, Vec<cohortex_proto::v1::TrialReply>>>,
 }
 
 /// A recruiter's evaluation key the market keeps: its fingerprint and bytes.
@@ -161,6 +164,9 @@ type KeptEvaluationKey = ([u8; 32], Arc<Vec<u8>>);
 mod feasibility;
 #[cfg(feature = "tfhe")]
 pub use feasibility::{key_chunks, EVALUATION_KEYS_KEPT, KEY_CHUNK_BYTES};
+#[cfg(feature = "tfhe")]
+#[path = "coordinator_recruitment.rs"]
+mod recruitment;
 
 /// What the coordinator keeps across restarts: what the ledger does not hold.
 #[derive(serde::Serialize, serde::Deserialize, Default)]
@@ -226,6 +232,8 @@ impl Coordinator {
             tls: None,
             #[cfg(feature = "tfhe")]
             evaluation_keys: Mutex::new(Vec::new()),
+            #[cfg(feature = "tfhe")]
+            trial_replies: Mutex::new(BTreeMap::new()),
         }
     }
 

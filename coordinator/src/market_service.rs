@@ -4,10 +4,12 @@ use std::sync::Arc;
 
 use cohortex_proto::v1::market_server::Market;
 use cohortex_proto::v1::{
-    EvaluationKeyChunk, GetOrderRequest, GetReceiptRequest, InclusionProof, ListListingsRequest,
-    ListListingsResponse, Listing, OrderFeasibilityRequest, OrderQueryRequest, OrderQueryResponse,
-    OrderStatus, PublishListingRequest, PutEvaluationKeyResponse, ReceiptProof, SignedTransaction,
-    TransactionResult,
+    AcceptInvitationRequest, AcceptInvitationResponse, EvaluationKeyChunk, GetOrderRequest,
+    GetReceiptRequest, InclusionProof, ListListingsRequest, ListListingsResponse,
+    ListTrialsRequest, ListTrialsResponse, Listing, OrderFeasibilityRequest, OrderQueryRequest,
+    OrderQueryResponse, OrderStatus, PostTrialRequest, PublishListingRequest,
+    PutEvaluationKeyResponse, ReceiptProof, SignedTransaction, TransactionResult, Trial,
+    TrialListing, TrialRepliesRequest, TrialReply,
 };
 use compute_node::Schema;
 use market::server::auth::{unix_now, RequestVerifier};
@@ -28,6 +30,8 @@ use crate::coordinator::{
 pub mod methods {
     /// GetOrder.
     pub const GET_ORDER: &str = "/cohortex.v1.Market/GetOrder";
+    /// TrialReplies.
+    pub const TRIAL_REPLIES: &str = "/cohortex.v1.Market/TrialReplies";
     /// PutEvaluationKey (a client stream, signed over an empty body).
     pub const PUT_EVALUATION_KEY: &str = "/cohortex.v1.Market/PutEvaluationKey";
 }
@@ -416,6 +420,95 @@ impl Market for MarketService {
     }
 
     #[tracing::instrument(skip(self, request))]
+    async fn post_trial(
+        &self,
+        request: Request<PostTrialRequest>,
+    ) -> Result<Response<TransactionResult>, Status> {
+        self.place_trial(request.into_inner())
+            .await
+            .map(|submitted| Response::new(submitted.into()))
+    }
+
+    #[tracing::instrument(skip(self, _request))]
+    async fn list_trials(
+        &self,
+        _request: Request<ListTrialsRequest>,
+    ) -> Result<Response<ListTrialsResponse>, Status> {
+        let now = unix_now();
+        let (trials, chain_id) = read_ledger(self.coordinator.ledger(), move |ledger| {
+            let state = ledger.state();
+            let time = now.max(ledger.machine().last_time());
+            let trials = state
+                .trials()
+                .filter(|record| record.posting.expires_at > time)
+                .map(|record| Trial {
+                    trial: record.posting.trial.clone(),
+                    summary: record.posting.summary.clone(),
+                    recruiter: record.recruiter.0.to_vec(),
+                    contact_key: record.posting.contact_key.to_vec(),
+                    listings: record
+                        .posting
+                        .listings
+                        .iter()
+                        .map(|listing| TrialListing {
+                            listing: listing.0.clone(),
+                            owner: state
+                                .listing(listing)
+                                .map(|found| found.owner.0.to_vec())
+                                .unwrap_or_default(),
+                        })
+                        .collect(),
+                    expires_at: record.posting.expires_at,
+                    replies: record.replies.len() as u64,
+                })
+                .collect();
+            Ok((trials, ledger.chain_id()))
+        })
+        .await?;
+        Ok(Response::new(ListTrialsResponse {
+            trials,
+            chain_id: chain_id.as_bytes().to_vec(),
+        }))
+    }
+
+    #[tracing::instrument(skip(self, request))]
+    async fn accept_invitation(
+        &self,
+        request: Request<AcceptInvitationRequest>,
+    ) -> Result<Response<AcceptInvitationResponse>, Status> {
+        self.relay_acceptance(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    type TrialRepliesStream = tokio_stream::Iter<std::vec::IntoIter<Result<TrialReply, Status>>>;
+
+    #[tracing::instrument(skip(self, request))]
+    async fn trial_replies(
+        &self,
+        request: Request<TrialRepliesRequest>,
+    ) -> Result<Response<Self::TrialRepliesStream>, Status> {
+        let caller = self
+            .verifier
+            .verify(methods::TRIAL_REPLIES, &request, unix_now())?;
+        let trial = request.into_inner().trial;
+        let wanted = trial.clone();
+        let recruiter = read_ledger(self.coordinator.ledger(), move |ledger| {
+            Ok(ledger.state().trial(&wanted).map(|record| record.recruiter))
+        })
+        .await?
+        .ok_or_else(|| Status::not_found("trial: no such trial is posted"))?;
+        if recruiter != caller {
+            return Err(Status::permission_denied(
+                "only the trial's recruiter may read its replies",
+            ));
+        }
+        let replies = self.stored_replies(&trial).await?;
+        let items: Vec<Result<TrialReply, Status>> = replies.into_iter().map(Ok).collect();
+        Ok(Response::new(tokio_stream::iter(items)))
+    }
+
+    #[tracing::instrument(skip(self, request))]
     async fn order_feasibility(
         &self,
         request: Request<OrderFeasibilityRequest>,
@@ -541,8 +634,93 @@ impl MarketService {
     }
 }
 
+#[cfg(feature = "tfhe")]
+impl MarketService {
+    /// Checks a trial posting's criteria against every listing's schema and the stored
+    /// evaluation key, then appends it.
+    async fn place_trial(
+        &self,
+        message: PostTrialRequest,
+    ) -> Result<market::server::Submitted, Status> {
+        use compute_node::feasibility_wire::criteria_from_wire;
+        use prost::Message;
+        let envelope = transaction(message.transaction)?;
+        let verified = UncheckedTx::parse(envelope.clone())
+            .and_then(UncheckedTx::verify)
+            .map_err(|error| tx_error_status(&error))?;
+        let body = verified.body().clone();
+        let Action::PostTrial(posting) = &body.action else {
+            return Err(wrong_action("PostTrial", &body.action));
+        };
+        let wire = cohortex_proto::v1::EncryptedCriteria::decode(posting.criteria.as_slice())
+            .map_err(|error| {
+                Status::invalid_argument(format!(
+                    "transaction.criteria: not an EncryptedCriteria message ({error})"
+                ))
+            })?;
+        let (fingerprint, criteria) = criteria_from_wire(&wire, "transaction.criteria")?;
+        if fingerprint != posting.evaluation_key {
+            return Err(Status::invalid_argument(
+                "transaction.criteria.evaluation_key: not the posting's evaluation_key",
+            ));
+        }
+        if self.coordinator.evaluation_key(&fingerprint)?.is_none() {
+            return Err(Status::failed_precondition(
+                "transaction.evaluation_key: the market holds no evaluation key with this \
+                 fingerprint; store it with PutEvaluationKey first",
+            ));
+        }
+        for listing in &posting.listings {
+            let info = self.coordinator.listing(&listing.0)?.ok_or_else(|| {
+                Status::not_found(format!(
+                    "listing {} has no compute node registered",
+                    excerpt(&listing.0)
+                ))
+            })?;
+            criteria.check(&info.schema).map_err(|error| {
+                Status::invalid_argument(format!(
+                    "transaction.criteria.{} (listing {})",
+                    bounded_message(&error.to_string()),
+                    excerpt(&listing.0)
+                ))
+            })?;
+        }
+        submit(self.coordinator.ledger(), envelope).await
+    }
+
+    async fn relay_acceptance(
+        &self,
+        message: AcceptInvitationRequest,
+    ) -> Result<AcceptInvitationResponse, Status> {
+        self.coordinator.relay_acceptance(message).await
+    }
+
+    async fn stored_replies(&self, trial: &str) -> Result<Vec<TrialReply>, Status> {
+        self.coordinator.trial_replies(trial).await
+    }
+}
+
 #[cfg(not(feature = "tfhe"))]
 impl MarketService {
+    async fn place_trial(&self, _: PostTrialRequest) -> Result<market::server::Submitted, Status> {
+        Err(Status::unimplemented(
+            "this market was built without the `tfhe` feature: no trial recruitment",
+        ))
+    }
+
+    async fn relay_acceptance(
+        &self,
+        _: AcceptInvitationRequest,
+    ) -> Result<AcceptInvitationResponse, Status> {
+        Err(Status::unimplemented(
+            "this market was built without the `tfhe` feature: no trial recruitment",
+        ))
+    }
+
+    async fn stored_replies(&self, _: &str) -> Result<Vec<TrialReply>, Status> {
+        Ok(Vec::new())
+    }
+
     async fn receive_evaluation_key(
         &self,
         _: tonic::Streaming<EvaluationKeyChunk>,

@@ -7,16 +7,22 @@
 use std::sync::atomic::Ordering;
 
 use anyhow::{bail, Context};
+use cohortex_proto::tls::TlsIdentity;
 use cohortex_proto::v1::market_client::MarketClient;
 use cohortex_proto::v1::{
-    EncryptedCriteria, OrderFeasibilityRequest, OrderState, SignedTransaction,
+    AcceptInvitationRequest, AcceptInvitationResponse, EncryptedCriteria, ListTrialsRequest,
+    OrderFeasibilityRequest, OrderState, PostTrialRequest, SignedTransaction, Trial,
+    TrialRepliesRequest,
 };
 use compute_node::feasibility::{Criterion, EncryptedCriteria as Clauses};
 use compute_node::feasibility_wire::{criteria_hash, criteria_to_wire};
+use compute_node::recruitment::{seal_contact, Acceptance, ContactKey};
+use ed25519_dalek::SigningKey;
 use ed25519_dalek::VerifyingKey;
-use market::server::auth::{signed_stream_request, unix_now};
+use market::server::auth::{signed_request, signed_stream_request, unix_now};
+use market::tx::trial_reply_hash;
 use market::{Action, Hash32, ListingId, Purpose, TxId};
-use zk::fhe::{EncryptedCount, EvaluationKey, FheSecretKey};
+use zk::fhe::{EncryptedCount, EvaluationKey, FheSecretKey, GatedKey};
 
 use crate::buyer::{channel, Buyer};
 use crate::coordinator::key_chunks;
@@ -152,4 +158,216 @@ impl Buyer {
             epsilon_micro: status.epsilon_micro,
         })
     }
+}
+
+/// One reply to a trial, as its recruiter opened it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenedReply {
+    /// The listing whose node computed the reply.
+    pub listing: String,
+    /// The reply's hash, as recorded on the ledger.
+    pub reply_hash: Hash32,
+    /// The patient's contact, or `None` when the patient does not meet the criteria (the
+    /// gated key decrypted to zeros, so the contact stays sealed).
+    pub contact: Option<String>,
+}
+
+impl Buyer {
+    /// Posts a trial for recruitment: stores the evaluation key, encrypts `criteria` under
+    /// `secret` and signs a `PostTrial` carrying them, open for `days` days.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn post_trial(
+        &self,
+        (trial, summary): (&str, &str),
+        contact_key: &[u8; 32],
+        secret: &FheSecretKey,
+        evaluation_key: &[u8],
+        criteria: &[Criterion],
+        listings: &[String],
+        days: u64,
+    ) -> anyhow::Result<TxId> {
+        use prost::Message;
+        let fingerprint = self.store_evaluation_key(evaluation_key).await?;
+        let clauses = Clauses::encrypt(criteria, secret);
+        let wire = criteria_to_wire(fingerprint, &clauses);
+        let envelope = self.sign(Action::PostTrial(market::TrialPosting {
+            trial: trial.to_string(),
+            summary: summary.to_string(),
+            contact_key: *contact_key,
+            evaluation_key: fingerprint,
+            criteria: wire.encode_to_vec(),
+            listings: listings.iter().map(ListingId::new).collect(),
+            expires_at: unix_now() + days.saturating_mul(86_400),
+        }))?;
+        let response = MarketClient::new(channel(&self.market, self.tls.as_ref()).await?)
+            .post_trial(PostTrialRequest {
+                transaction: Some(SignedTransaction { envelope }),
+            })
+            .await;
+        if response.is_err() {
+            // A refused posting used no nonce on the ledger.
+            self.next_nonce.fetch_sub(1, Ordering::SeqCst);
+        }
+        let result = response.context("posting the trial")?.into_inner();
+        let bytes: [u8; 32] = result
+            .tx_id
+            .as_slice()
+            .try_into()
+            .context("the market's transaction id is not 32 bytes")?;
+        Ok(TxId(Hash32(bytes)))
+    }
+
+    /// The replies to `trial` recorded so far, each opened: the gated key decrypted under
+    /// `secret` and, when it is not zeros, the contact opened with `contact_key`.
+    pub async fn trial_replies(
+        &self,
+        trial: &str,
+        secret: &FheSecretKey,
+        contact_key: &ContactKey,
+    ) -> anyhow::Result<Vec<OpenedReply>> {
+        let request = signed_request(
+            &self.key,
+            methods::TRIAL_REPLIES,
+            TrialRepliesRequest {
+                trial: trial.to_string(),
+            },
+        );
+        let mut stream = MarketClient::new(channel(&self.market, self.tls.as_ref()).await?)
+            .trial_replies(request)
+            .await
+            .context("reading the trial's replies")?
+            .into_inner();
+        let mut opened = Vec::new();
+        while let Some(reply) = stream.message().await.context("reading a reply")? {
+            let listing = ListingId::new(reply.listing.clone());
+            let reply_hash =
+                trial_reply_hash(trial, &listing, &reply.sealed_contact, &reply.gated_key);
+            if reply.trial != trial || reply.reply_hash != reply_hash.as_bytes() {
+                bail!(
+                    "a reply from listing {} is not the one its hash names",
+                    reply.listing
+                );
+            }
+            let gated = GatedKey::from_bytes(&reply.gated_key)
+                .with_context(|| format!("a reply from listing {}", reply.listing))?;
+            let contact = match secret.open_gated_key(&gated) {
+                None => None,
+                Some(psk) => Some(
+                    contact_key
+                        .open_contact(&reply.sealed_contact, &psk, trial, &listing)
+                        .with_context(|| {
+                            format!(
+                                "a matching reply from listing {} does not open",
+                                reply.listing
+                            )
+                        })?,
+                ),
+            };
+            opened.push(OpenedReply {
+                listing: reply.listing,
+                reply_hash,
+                contact,
+            });
+        }
+        Ok(opened)
+    }
+}
+
+/// The trials open for replies, and the ledger's chain id.
+pub async fn list_trials(
+    market: &str,
+    tls: Option<&TlsIdentity>,
+) -> anyhow::Result<(Vec<Trial>, Hash32)> {
+    let answer = MarketClient::new(channel(market, tls).await?)
+        .list_trials(ListTrialsRequest {})
+        .await
+        .context("listing the trials")?
+        .into_inner();
+    let chain_id: [u8; 32] = answer
+        .chain_id
+        .as_slice()
+        .try_into()
+        .context("the market's chain id is not 32 bytes")?;
+    Ok((answer.trials, Hash32(chain_id)))
+}
+
+/// A patient's acceptance of `trial` for the record in `listing`, ready to send: the contact
+/// is sealed to the recruiter's contact key under a fresh pre-shared key, and the signed
+/// acceptance sealed to the listing owner's key, so the market relays it without reading it.
+pub async fn acceptance_request(
+    market: &str,
+    tls: Option<&TlsIdentity>,
+    patient: &SigningKey,
+    (trial, listing): (&str, &str),
+    contact: &str,
+) -> anyhow::Result<AcceptInvitationRequest> {
+    let (trials, chain_id) = list_trials(market, tls).await?;
+    let found = trials
+        .iter()
+        .find(|found| found.trial == trial)
+        .with_context(|| format!("trial `{trial}` is not open at this market"))?;
+    let owner = found
+        .listings
+        .iter()
+        .find(|entry| entry.listing == listing)
+        .with_context(|| format!("trial `{trial}` was not posted to listing `{listing}`"))?;
+    let owner: [u8; 32] = owner
+        .owner
+        .as_slice()
+        .try_into()
+        .context("the listing owner's key is not 32 bytes")?;
+    let owner = VerifyingKey::from_bytes(&owner).context("the listing owner's key")?;
+    let contact_key: [u8; 32] = found
+        .contact_key
+        .as_slice()
+        .try_into()
+        .context("the trial's contact key is not 32 bytes")?;
+    let listing_id = ListingId::new(listing.to_string());
+    let mut rng = rand::rngs::OsRng;
+    let (sealed_contact, psk) = seal_contact(contact, &contact_key, trial, &listing_id, &mut rng)?;
+    let acceptance = Acceptance::sign(
+        patient,
+        &chain_id,
+        (trial, &listing_id),
+        sealed_contact,
+        &psk,
+        unix_now(),
+    );
+    let sealed = acceptance.seal(&owner, trial, &listing_id, &mut rng)?;
+    Ok(AcceptInvitationRequest {
+        trial: trial.to_string(),
+        listing: listing.to_string(),
+        sealed,
+    })
+}
+
+/// Sends an acceptance ([`acceptance_request`]) through the market.
+pub async fn send_acceptance(
+    market: &str,
+    tls: Option<&TlsIdentity>,
+    request: AcceptInvitationRequest,
+) -> Result<AcceptInvitationResponse, tonic::Status> {
+    let channel = channel(market, tls)
+        .await
+        .map_err(|error| tonic::Status::unavailable(format!("{error:#}")))?;
+    Ok(MarketClient::new(channel)
+        .accept_invitation(request)
+        .await?
+        .into_inner())
+}
+
+/// [`acceptance_request`], sent.
+pub async fn accept_trial(
+    market: &str,
+    tls: Option<&TlsIdentity>,
+    patient: &SigningKey,
+    (trial, listing): (&str, &str),
+    contact: &str,
+) -> anyhow::Result<AcceptInvitationResponse> {
+    let request = acceptance_request(market, tls, patient, (trial, listing), contact).await?;
+    send_acceptance(market, tls, request)
+        .await
+        .map_err(|status| {
+            anyhow::anyhow!("the market refused the acceptance: {}", status.message())
+        })
 }

@@ -180,6 +180,31 @@ impl MarketRpc for LyingMarket {
     ) -> Result<Response<v1::OrderQueryResponse>, Status> {
         self.honest.order_feasibility(request).await
     }
+    async fn post_trial(
+        &self,
+        request: Request<v1::PostTrialRequest>,
+    ) -> Result<Response<v1::TransactionResult>, Status> {
+        self.honest.post_trial(request).await
+    }
+    async fn list_trials(
+        &self,
+        request: Request<v1::ListTrialsRequest>,
+    ) -> Result<Response<v1::ListTrialsResponse>, Status> {
+        self.honest.list_trials(request).await
+    }
+    async fn accept_invitation(
+        &self,
+        request: Request<v1::AcceptInvitationRequest>,
+    ) -> Result<Response<v1::AcceptInvitationResponse>, Status> {
+        self.honest.accept_invitation(request).await
+    }
+    type TrialRepliesStream = <MarketService as MarketRpc>::TrialRepliesStream;
+    async fn trial_replies(
+        &self,
+        request: Request<v1::TrialRepliesRequest>,
+    ) -> Result<Response<Self::TrialRepliesStream>, Status> {
+        self.honest.trial_replies(request).await
+    }
 }
 
 /// A cluster whose nodes read the ledger and the manifests through a lying front.
@@ -387,6 +412,12 @@ impl Compute for ShareCollector {
         &self,
         _: Request<v1::FeasibilityRequest>,
     ) -> Result<Response<v1::FeasibilityResponse>, Status> {
+        Err(Status::unimplemented("collector"))
+    }
+    async fn accept_invitation(
+        &self,
+        _: Request<v1::AcceptInvitationRequest>,
+    ) -> Result<Response<v1::TrialReply>, Status> {
         Err(Status::unimplemented("collector"))
     }
 }

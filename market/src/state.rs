@@ -239,7 +239,10 @@ pub struct TrialRecord {
 impl TrialRecord {
     /// Replies recorded for `listing`.
     pub fn replies_from(&self, listing: &ListingId) -> usize {
-        self.replies.iter().filter(|(from, _)| from == listing).count()
+        self.replies
+            .iter()
+            .filter(|(from, _)| from == listing)
+            .count()
     }
 }
 

@@ -493,7 +493,12 @@ pub fn trial_reply_hash(
 ) -> Hash32 {
     tagged_hash(
         LABEL_TRIAL_REPLY_CONTENT,
-        &[trial.as_bytes(), listing.0.as_bytes(), sealed_contact, gated_key],
+        &[
+            trial.as_bytes(),
+            listing.0.as_bytes(),
+            sealed_contact,
+            gated_key,
+        ],
     )
 }
 

@@ -73,6 +73,15 @@ pub const MAX_ENCRYPTED_BIT_BYTES: usize = 4096;
 /// Largest encrypted count accepted, in bytes ([`COUNT_BLOCKS`] blocks of about 16 KB).
 pub const MAX_ENCRYPTED_COUNT_BYTES: usize = 1 << 20;
 
+/// Bytes of a key gated by a match bit ([`Evaluator::gate_key`]).
+pub const GATED_KEY_BYTES: usize = 32;
+
+/// Blocks of a gated key: 2 bits of the key per block.
+pub const GATED_KEY_BLOCKS: usize = GATED_KEY_BYTES * 4;
+
+/// Largest gated key accepted, in bytes ([`GATED_KEY_BLOCKS`] blocks of about 16 KB).
+pub const MAX_GATED_KEY_BYTES: usize = 4 << 20;
+
 /// Domain label of an evaluation key's fingerprint.
 pub const LABEL_EVALUATION_KEY: &str = "cohortex/fhe/evaluation-key/v1";
 
@@ -187,6 +196,20 @@ impl FheSecretKey {
         }
         // value − offset, with offset < 2³² and value < 2³²: fits an i64.
         Some(value as i64 - count.offset as i64)
+    }
+
+    /// Opens a gated key ([`Evaluator::gate_key`]): the key when its match bit was 1, `None`
+    /// when it was 0 (every block decrypts to 0).
+    pub fn open_gated_key(&self, gated: &GatedKey) -> Option<Zeroizing<[u8; GATED_KEY_BYTES]>> {
+        let mut key = Zeroizing::new([0u8; GATED_KEY_BYTES]);
+        for (index, block) in gated.ciphertext.blocks().iter().enumerate() {
+            let chunk = self.shortint().decrypt(block) & (BASE - 1);
+            key[index / 4] |= (chunk as u8) << (2 * (index % 4));
+        }
+        if key.iter().all(|byte| *byte == 0) {
+            return None;
+        }
+        Some(key)
     }
 
     /// The secret key's bytes (bincode), in a buffer zeroed on drop.
@@ -308,6 +331,42 @@ impl EncryptedCount {
             ciphertext,
             offset: u64::from_be_bytes(*offset),
         })
+    }
+}
+
+/// A 32-byte key multiplied by an encrypted match bit, under the recruiter's key: the key
+/// when the bit is 1, zeros when it is 0 (see [`Evaluator::gate_key`]).
+#[derive(Clone)]
+pub struct GatedKey {
+    ciphertext: RadixCiphertext,
+}
+
+impl GatedKey {
+    /// Its bytes (bincode), about 2 MB.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        encode(&self.ciphertext)
+    }
+
+    /// Every block's degree (clear metadata, the same for every key).
+    pub fn degrees(&self) -> Vec<u64> {
+        self.ciphertext
+            .blocks()
+            .iter()
+            .map(|block| block.degree.get())
+            .collect()
+    }
+
+    /// Decodes [`GatedKey::to_bytes`], refusing a ciphertext of another shape.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, FheError> {
+        let ciphertext: RadixCiphertext = decode(bytes, "gated key", MAX_GATED_KEY_BYTES)?;
+        let shape = tfhe::integer::parameters::RadixCiphertextConformanceParams {
+            shortint_params: PARAMETERS.to_shortint_conformance_param(),
+            num_blocks_per_integer: GATED_KEY_BLOCKS,
+        };
+        if !ciphertext.is_conformant(&shape) {
+            return Err(FheError::NotConformant("gated key"));
+        }
+        Ok(Self { ciphertext })
     }
 }
 
@@ -583,6 +642,64 @@ impl Evaluator {
             blocks.push(column.pop().unwrap_or_else(|| self.zero()));
         }
         RadixCiphertext::from(blocks)
+    }
+
+    /// A fresh (not trivial) encryption of 0, bootstrapped from `like`, a non-trivial block
+    /// of degree at most 1: what stands for a match bit the public domain already decided,
+    /// so that a gated key never shows that it was.
+    pub fn fresh_zero(&self, like: &Block) -> Block {
+        let key = self.shortint();
+        let zero = key.generate_lookup_table(|_| 0);
+        let mut block = like.clone();
+        key.apply_lookup_table_assign(&mut block, &zero);
+        block.degree = Degree::new(0);
+        block
+    }
+
+    /// `key · m` for a clean, non-trivial match bit `m` (degree at most 1): the 32-byte key
+    /// split into 128 two-bit chunks `c`, each the output `c·m` of a bootstrap of `m`. One
+    /// eight-function bootstrap gives eight chunks (16 bootstraps in all), and every output
+    /// is a fresh ciphertext with the same clear metadata (degree 3, nominal noise level), so
+    /// the chunks' values cannot be told apart without the recruiter's key.
+    pub fn gate_key(
+        &self,
+        m: &Block,
+        secret: &[u8; GATED_KEY_BYTES],
+    ) -> Result<GatedKey, FheError> {
+        if m.is_trivial() || m.degree.get() > 1 {
+            return Err(FheError::Malformed {
+                what: "match bit",
+                reason: "a gate needs a non-trivial bit of degree at most 1".into(),
+            });
+        }
+        let key = self.shortint();
+        let chunks: Vec<u64> = (0..GATED_KEY_BLOCKS)
+            .map(|index| u64::from(secret[index / 4] >> (2 * (index % 4))) & (BASE - 1))
+            .collect();
+        let blocks: Vec<Block> = chunks
+            .par_chunks(8)
+            .flat_map_iter(|group| {
+                let functions: Vec<Box<dyn Fn(u64) -> u64>> = group
+                    .iter()
+                    .map(|&chunk| {
+                        Box::new(move |x: u64| chunk * u64::from(x == 1)) as Box<dyn Fn(u64) -> u64>
+                    })
+                    .collect();
+                let references: Vec<&dyn Fn(u64) -> u64> =
+                    functions.iter().map(|function| function.as_ref()).collect();
+                let lut = key.generate_many_lookup_table(&references);
+                key.apply_many_lookup_table(m, &lut)
+            })
+            .map(|mut block| {
+                // The degree is clear metadata: tfhe sets it to the chunk's value, which would
+                // show the key. Every block gets the full degree of a clean block instead.
+                block.degree = Degree::new(BASE - 1);
+                block
+            })
+            .collect();
+        Ok(GatedKey {
+            ciphertext: RadixCiphertext::from(blocks),
+        })
     }
 
     /// The released count: `count + noise + offset` if that is at least

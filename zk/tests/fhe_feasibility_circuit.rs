@@ -155,3 +155,42 @@ fn release_adds_the_noise_and_suppresses_below_the_minimum_cohort() {
     assert!(evaluator.release(&count, 10, 9, 1, 100).is_err());
     assert!(evaluator.release(&count, 0, 9, 1, u64::MAX).is_err());
 }
+
+#[test]
+fn gated_key_opens_to_the_key_when_the_bit_is_one_and_to_nothing_when_zero() {
+    // Every two-bit chunk value (0, 1, 2, 3) appears in the key.
+    let mut secret = [0u8; 32];
+    for (index, byte) in secret.iter_mut().enumerate() {
+        *byte = (index as u8).wrapping_mul(37) ^ 0b1110_0100;
+    }
+    let evaluator = &keys().evaluator;
+    let one = evaluator.gate_key(&bit(true), &secret).expect("gates");
+    let decoded = zk::fhe::GatedKey::from_bytes(&one.to_bytes()).expect("round trip");
+    assert_eq!(
+        keys().secret.open_gated_key(&decoded).map(|key| *key),
+        Some(secret)
+    );
+    let zero = evaluator.gate_key(&bit(false), &secret).expect("gates");
+    assert_eq!(keys().secret.open_gated_key(&zero).map(|key| *key), None);
+    // A bit the public domain decided (a trivial 0) is replaced by a fresh encryption of 0,
+    // which gates like any other 0.
+    let fresh = evaluator.fresh_zero(&bit(true));
+    assert!(!fresh.is_trivial());
+    let gated = evaluator.gate_key(&fresh, &secret).expect("gates");
+    assert_eq!(keys().secret.open_gated_key(&gated).map(|key| *key), None);
+    assert!(
+        evaluator.gate_key(&evaluator.zero(), &secret).is_err(),
+        "a trivial bit is refused"
+    );
+}
+
+#[test]
+fn gated_key_metadata_does_not_depend_on_the_key() {
+    // tfhe records each block's degree in the clear; a degree equal to the chunk would show
+    // the key to anyone relaying the reply.
+    let evaluator = &keys().evaluator;
+    let zeros = evaluator.gate_key(&bit(true), &[0u8; 32]).expect("gates");
+    let ones = evaluator.gate_key(&bit(true), &[0xff; 32]).expect("gates");
+    assert_eq!(zeros.to_bytes().len(), ones.to_bytes().len());
+    assert_eq!(zeros.degrees(), ones.degrees());
+}

@@ -1,0 +1,209 @@
+//! Trial recruitment (feature `tfhe`): the market relays a patient's sealed acceptance to the
+//! node holding the patient's record, checks the node's signed reply, records it on the
+//! ledger (`RecordTrialReply`: the reply's hash, never who replied) and keeps the reply for
+//! the recruiter.
+//!
+//! Replies are kept in memory and, when the coordinator has a state file, as files beside it
+//! (`trial-replies/<trial>/<reply hash>.pb`), so that a restart loses none.
+
+use std::time::Duration;
+
+use cohortex_proto::v1::compute_client::ComputeClient;
+use cohortex_proto::v1::{AcceptInvitationRequest, AcceptInvitationResponse, TrialReply};
+use compute_node::server::methods;
+use market::hash::Hash32;
+use market::server::auth::{signed_request, signed_stream_request};
+use market::server::read_ledger;
+use market::{Action, ListingId};
+use prost::Message;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+use super::feasibility::key_chunks;
+use super::{connect, poisoned, Coordinator};
+
+impl Coordinator {
+    /// Relays one acceptance and records the node's reply (see the module documentation).
+    pub async fn relay_acceptance(
+        &self,
+        request: AcceptInvitationRequest,
+    ) -> Result<AcceptInvitationResponse, Status> {
+        let trial = request.trial.clone();
+        let listing = ListingId::new(request.listing.clone());
+        let wanted = trial.clone();
+        let wanted_listing = listing.clone();
+        let (posting, owner) = read_ledger(&self.ledger, move |ledger| {
+            let state = ledger.state();
+            Ok((
+                state.trial(&wanted).map(|record| record.posting.clone()),
+                state.listing(&wanted_listing).map(|listing| listing.owner),
+            ))
+        })
+        .await?;
+        let posting = posting.ok_or_else(|| Status::not_found("trial: no such trial is posted"))?;
+        if !posting.listings.contains(&listing) {
+            return Err(Status::invalid_argument(
+                "listing: the trial was not posted to this listing",
+            ));
+        }
+        let owner = owner
+            .and_then(|owner| owner.verifying_key().ok())
+            .ok_or_else(|| Status::not_found("listing: not on the ledger"))?;
+        let info = self.listing(&listing.0)?.ok_or_else(|| {
+            Status::unavailable("listing: no compute node is registered for it at this market")
+        })?;
+
+        let mut client: ComputeClient<Channel> = connect(&info.endpoint, self.tls.as_ref()).await?;
+        let ask = |client: &ComputeClient<Channel>| {
+            let signed = signed_request(&self.account, methods::ACCEPT_INVITATION, request.clone());
+            let mut client = client.clone();
+            let timeout = self.node_timeout;
+            async move {
+                tokio::time::timeout(timeout, client.accept_invitation(signed))
+                    .await
+                    .map_err(|_| Status::deadline_exceeded("the node did not answer in time"))?
+                    .map(tonic::Response::into_inner)
+            }
+        };
+        let reply = match ask(&client).await {
+            Err(status)
+                if status.code() == Code::FailedPrecondition
+                    && status.message().contains("PutEvaluationKey") =>
+            {
+                let key = self
+                    .evaluation_key(&posting.evaluation_key)?
+                    .ok_or_else(|| {
+                        Status::failed_precondition(
+                            "trial.evaluation_key: the market no longer holds the recruiter's \
+                         evaluation key; the recruiter must store it again (PutEvaluationKey)",
+                        )
+                    })?;
+                let upload = signed_stream_request(
+                    &self.account,
+                    methods::PUT_EVALUATION_KEY,
+                    key_chunks(&key),
+                );
+                tokio::time::timeout(Duration::from_secs(300), client.put_evaluation_key(upload))
+                    .await
+                    .map_err(|_| {
+                        Status::deadline_exceeded("the node did not take the key in time")
+                    })??;
+                ask(&client).await?
+            }
+            answer => answer?,
+        };
+
+        // The node's reply must be its own, for this trial and listing.
+        if reply.trial != trial || reply.listing != listing.0 {
+            return Err(Status::internal(
+                "the node answered for another trial or listing",
+            ));
+        }
+        zk::fhe::GatedKey::from_bytes(&reply.gated_key)
+            .map_err(|error| Status::internal(format!("the node's gated_key: {error}")))?;
+        let reply_hash =
+            market::tx::trial_reply_hash(&trial, &listing, &reply.sealed_contact, &reply.gated_key);
+        if reply.reply_hash != reply_hash.as_bytes() {
+            return Err(Status::internal(
+                "the node's reply_hash is not the hash of its reply",
+            ));
+        }
+        let digest =
+            market::tx::trial_reply_digest(&self.chain_id().await?, &trial, &listing, &reply_hash);
+        if !market::tx::signed_by(&owner, &digest, &reply.attestation) {
+            return Err(Status::internal(
+                "the node's attestation is not the listing owner's signature over its reply",
+            ));
+        }
+        // Kept before it is recorded: a recorded reply is never missing.
+        let attestation = reply.attestation.clone();
+        self.keep_trial_reply(reply, &reply_hash).await?;
+        let recorded = self
+            .submit_own(Action::RecordTrialReply {
+                trial: trial.clone(),
+                listing,
+                reply_hash,
+                attestation,
+            })
+            .await?;
+        Ok(AcceptInvitationResponse {
+            reply_hash: reply_hash.as_bytes().to_vec(),
+            tx_id: recorded.tx_id.0.as_bytes().to_vec(),
+        })
+    }
+
+    async fn chain_id(&self) -> Result<Hash32, Status> {
+        read_ledger(&self.ledger, |ledger| Ok(ledger.chain_id())).await
+    }
+
+    fn replies_dir(&self, trial: &str) -> Option<std::path::PathBuf> {
+        let parent = self.state_file.as_ref()?.parent()?.to_path_buf();
+        Some(parent.join("trial-replies").join(trial))
+    }
+
+    async fn keep_trial_reply(&self, reply: TrialReply, hash: &Hash32) -> Result<(), Status> {
+        if let Some(dir) = self.replies_dir(&reply.trial) {
+            let path = dir.join(format!("{}.pb", hex::encode(hash.as_bytes())));
+            let bytes = reply.encode_to_vec();
+            tokio::task::spawn_blocking(move || {
+                std::fs::create_dir_all(&dir)?;
+                let partial = path.with_extension("partial");
+                std::fs::write(&partial, bytes)?;
+                std::fs::rename(&partial, &path)
+            })
+            .await
+            .map_err(|error| Status::internal(format!("worker failed: {error}")))?
+            .map_err(|error| {
+                Status::internal(format!("keeping the trial reply failed: {error}"))
+            })?;
+        }
+        let mut replies = self.trial_replies.lock().map_err(|_| poisoned())?;
+        replies.entry(reply.trial.clone()).or_default().push(reply);
+        Ok(())
+    }
+
+    /// The replies kept for `trial` whose hashes the ledger recorded, in the ledger's order
+    /// (read from the files beside the state file when not in memory).
+    pub async fn trial_replies(&self, trial: &str) -> Result<Vec<TrialReply>, Status> {
+        let wanted = trial.to_string();
+        let recorded: Vec<Hash32> = read_ledger(&self.ledger, move |ledger| {
+            Ok(ledger
+                .state()
+                .trial(&wanted)
+                .map(|record| record.replies.iter().map(|(_, hash)| *hash).collect())
+                .unwrap_or_default())
+        })
+        .await?;
+        let mut kept: Vec<TrialReply> = self
+            .trial_replies
+            .lock()
+            .map_err(|_| poisoned())?
+            .get(trial)
+            .cloned()
+            .unwrap_or_default();
+        let mut out = Vec::with_capacity(recorded.len());
+        for hash in recorded {
+            if let Some(position) = kept
+                .iter()
+                .position(|reply| reply.reply_hash == hash.as_bytes())
+            {
+                out.push(kept.swap_remove(position));
+                continue;
+            }
+            let Some(dir) = self.replies_dir(trial) else {
+                continue;
+            };
+            let path = dir.join(format!("{}.pb", hex::encode(hash.as_bytes())));
+            let read = tokio::task::spawn_blocking(move || std::fs::read(path))
+                .await
+                .map_err(|error| Status::internal(format!("worker failed: {error}")))?;
+            if let Ok(bytes) = read {
+                let reply = TrialReply::decode(bytes.as_slice()).map_err(|error| {
+                    Status::internal(format!("a kept trial reply does not decode: {error}"))
+                })?;
+                out.push(reply);
+            }
+        }
+        Ok(out)
+    }
+}

@@ -64,9 +64,14 @@ struct QueryArgs {
     /// The aggregate SQL query, e.g. "SELECT COUNT(*), AVG(x) FROM patients".
     #[arg(long, value_name = "SQL")]
     query: String,
-    /// Print one JSON object (columns, rows, participants, receipt) on stdout instead of a table.
+    /// Print one JSON object (columns, rows, participants, receipt) on stdout instead of a
+    /// table (the same as --format json).
     #[arg(long)]
     json: bool,
+    /// table (default), json, or arrow: an Arrow IPC stream on stdout with column types,
+    /// units and the receipt in its metadata (redirect it to a file).
+    #[arg(long, value_enum)]
+    format: Option<crate::output::Format>,
 }
 
 struct Session {
@@ -195,7 +200,8 @@ async fn query(session: &Session, args: QueryArgs) -> anyhow::Result<()> {
         .map_err(|status| anyhow!("{}", status.message()))?;
     let endpoint = &session.public.endpoint;
     let account = AccountId::of(&session.key);
-    let quiet = args.json;
+    let format = crate::output::resolve(args.format, args.json)?;
+    let quiet = format != crate::output::Format::Table;
     let chosen = if args.listings.is_empty() {
         let found: Vec<String> = listings(endpoint, &session.config.tls, Some(&args.purpose))
             .await?
@@ -272,7 +278,37 @@ async fn query(session: &Session, args: QueryArgs) -> anyhow::Result<()> {
     let verified = buyer
         .verify_receipt(receipt, &session.public.ledger_key)
         .await?;
-    if args.json {
+    if format == crate::output::Format::Arrow {
+        let offered = listings(endpoint, &session.config.tls, None).await?;
+        let first = offered
+            .iter()
+            .find(|listing| listing.id == chosen[0])
+            .ok_or_else(|| anyhow!("listing {} is no longer offered", chosen[0]))?;
+        let schema = compute_node::Schema::from_toml(&first.manifest, &first.id)
+            .map_err(|error| anyhow!("listing {}: manifest: {error}", first.id))?;
+        let plan = compute_node::compile(&args.query, &schema)
+            .map_err(|error| anyhow!("--query: {error}"))?;
+        let provenance = cohortex_coordinator::arrow_release::Provenance {
+            query: args.query.clone(),
+            purpose: args.purpose.clone(),
+            epsilon: status.epsilon_micro as f64 / 1e6,
+            receipt: Some(hex::encode(receipt.0.as_bytes())),
+            receipt_verified: verified,
+            listings: chosen.clone(),
+        };
+        let bytes = cohortex_coordinator::arrow_release::to_ipc_stream(
+            &answer,
+            &plan,
+            &schema,
+            &provenance,
+        )
+        .map_err(|error| anyhow!("encoding the release as Arrow: {error}"))?;
+        if !verified {
+            bail!("the receipt's inclusion proof did not verify against the ledger key");
+        }
+        return crate::output::write_arrow(&bytes);
+    }
+    if format == crate::output::Format::Json {
         let output = serde_json::json!({
             "columns": answer.columns,
             "rows": answer.rows,

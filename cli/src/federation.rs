@@ -102,8 +102,8 @@ pub struct LocalArgs {
     pub query: String,
     /// The purpose.
     pub purpose: String,
-    /// Print one JSON object.
-    pub json: bool,
+    /// How to print the release.
+    pub format: crate::output::Format,
     /// Where to keep the ledger.
     pub state_dir: Option<PathBuf>,
     /// ε of the release, micro-ε.
@@ -205,7 +205,7 @@ pub async fn local(args: LocalArgs) -> anyhow::Result<()> {
     }
     let records_total: u64 = setups.iter().map(|setup| setup.patients.len() as u64).sum();
     let dir = new_state_dir(args.state_dir, "local")?;
-    let quiet = args.json;
+    let quiet = args.format != crate::output::Format::Table;
     let bar = spinner("starting the market, ledger and nodes", quiet);
     let options = ClusterOptions {
         purpose,
@@ -246,7 +246,27 @@ pub async fn local(args: LocalArgs) -> anyhow::Result<()> {
     bar.finish_and_clear();
     let ledger_path = cluster.ledger_path();
     cluster.shutdown();
-    if args.json {
+    if args.format == crate::output::Format::Arrow {
+        let plan =
+            compile(&args.query, &schema).map_err(|error| anyhow::anyhow!("--query: {error}"))?;
+        let provenance = cohortex_coordinator::arrow_release::Provenance {
+            query: args.query.clone(),
+            purpose: args.purpose.clone(),
+            epsilon: release.status.epsilon_micro as f64 / 1e6,
+            receipt: Some(hex::encode(release.receipt.0.as_bytes())),
+            receipt_verified: release.receipt_verified,
+            listings: listings.clone(),
+        };
+        let bytes = cohortex_coordinator::arrow_release::to_ipc_stream(
+            &release.answer,
+            &plan,
+            &schema,
+            &provenance,
+        )
+        .context("encoding the release as Arrow")?;
+        return crate::output::write_arrow(&bytes);
+    }
+    if args.format == crate::output::Format::Json {
         let output = serde_json::json!({
             "columns": release.answer.columns,
             "rows": release.answer.rows,

@@ -10,6 +10,7 @@ mod federation;
 mod keys;
 mod market_process;
 mod node_process;
+mod output;
 mod patient;
 #[cfg(feature = "tfhe")]
 mod recruiter;
@@ -155,9 +156,14 @@ struct LocalCmd {
     /// trial_feasibility or trial_recruitment.
     #[arg(long, default_value = "academic_research")]
     purpose: String,
-    /// Print one JSON object (columns, rows, receipt) on stdout instead of a table.
+    /// Print one JSON object (columns, rows, receipt) on stdout instead of a table (the same
+    /// as --format json).
     #[arg(long)]
     json: bool,
+    /// table (default), json, or arrow: an Arrow IPC stream on stdout with column types,
+    /// units and the receipt in its metadata (redirect it to a file).
+    #[arg(long, value_enum)]
+    format: Option<output::Format>,
     /// Directory for the run's ledger (default: a new directory under the system temp dir).
     #[arg(long)]
     state_dir: Option<PathBuf>,
@@ -283,7 +289,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 reference_date: args.reference_date,
                 query: args.query,
                 purpose: args.purpose,
-                json: args.json,
+                format: output::resolve(args.format, args.json)?,
                 state_dir: args.state_dir,
                 epsilon_micro: (args.epsilon * 1e6).round() as u64,
             }))

@@ -52,6 +52,16 @@ fn local(
     query: &str,
     epsilon: &str,
 ) -> std::process::Output {
+    local_as(dir, files, query, epsilon, &["--json"])
+}
+
+fn local_as(
+    dir: &Path,
+    files: &[std::path::PathBuf],
+    query: &str,
+    epsilon: &str,
+    format: &[&str],
+) -> std::process::Output {
     let manifest = dir.join("manifest.toml");
     std::fs::write(&manifest, MANIFEST).unwrap();
     let mut command = Command::new(env!("CARGO_BIN_EXE_cohortex"));
@@ -62,14 +72,9 @@ fn local(
     command
         .arg("--schema")
         .arg(&manifest)
-        .args([
-            "--query",
-            query,
-            "--epsilon",
-            epsilon,
-            "--json",
-            "--state-dir",
-        ])
+        .args(["--query", query, "--epsilon", epsilon])
+        .args(format)
+        .arg("--state-dir")
         .arg(dir.join("state"))
         .env("HOME", std::env::temp_dir().join("cohortex-test-home"))
         .output()
@@ -181,4 +186,140 @@ fn local_with_a_bad_epsilon_says_what_to_fix() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains("--epsilon"), "--epsilon {bad}: {stderr}");
     }
+}
+
+#[test]
+fn local_arrow_output_matches_the_plaintext_answer_and_carries_units() {
+    use arrow_array::{Array, BooleanArray, Float64Array, StringArray};
+    use arrow_schema::DataType;
+    let dir = tempfile::tempdir().unwrap();
+    let (files, rows) = write_inputs(dir.path());
+    let output = local_as(
+        dir.path(),
+        &files,
+        "SELECT sex, COUNT(*), AVG(sbp), VAR_SAMP(sbp) FROM patients WHERE age >= 30 GROUP BY sex",
+        "100000",
+        &["--format", "arrow"],
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let reader =
+        arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(output.stdout), None)
+            .unwrap();
+    let schema = reader.schema();
+    let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "sex",
+            "count(*)",
+            "avg(sbp)",
+            "var_samp(sbp)",
+            "_suppressed"
+        ]
+    );
+    let types: Vec<&DataType> = schema.fields().iter().map(|f| f.data_type()).collect();
+    assert_eq!(
+        types,
+        [
+            &DataType::Utf8,
+            &DataType::Float64,
+            &DataType::Float64,
+            &DataType::Float64,
+            &DataType::Boolean
+        ]
+    );
+    let unit = |index: usize| schema.field(index).metadata().get("cohortex.unit").cloned();
+    assert_eq!(unit(1).as_deref(), Some("{patients}"));
+    assert_eq!(
+        unit(2).as_deref(),
+        Some("mm[Hg]"),
+        "the manifest's unit of sbp"
+    );
+    assert_eq!(unit(3).as_deref(), Some("(mm[Hg])2"));
+    assert_eq!(
+        schema
+            .field(2)
+            .metadata()
+            .get("cohortex.kind")
+            .map(String::as_str),
+        Some("avg")
+    );
+    let metadata = schema.metadata();
+    assert_eq!(metadata["cohortex.receipt_verified"], "true");
+    assert_eq!(metadata["cohortex.epsilon"], "100000");
+    assert_eq!(metadata["cohortex.receipt"].len(), 64);
+
+    let batches: Vec<_> = reader.map(Result::unwrap).collect();
+    assert_eq!(batches.len(), 1);
+    let batch = &batches[0];
+    let sexes = batch
+        .column(0)
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .unwrap();
+    let counts = batch
+        .column(1)
+        .as_any()
+        .downcast_ref::<Float64Array>()
+        .unwrap();
+    let means = batch
+        .column(2)
+        .as_any()
+        .downcast_ref::<Float64Array>()
+        .unwrap();
+    let variances = batch
+        .column(3)
+        .as_any()
+        .downcast_ref::<Float64Array>()
+        .unwrap();
+    let suppressed = batch
+        .column(4)
+        .as_any()
+        .downcast_ref::<BooleanArray>()
+        .unwrap();
+    assert_eq!(batch.num_rows(), 2);
+    for (index, sex) in ["female", "male"].into_iter().enumerate() {
+        let values: Vec<f64> = rows
+            .iter()
+            .filter(|r| r.1 == sex && r.0 >= 30.0)
+            .map(|r| r.2)
+            .collect();
+        let n = values.len() as f64;
+        let mean = values.iter().sum::<f64>() / n;
+        let variance = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
+        assert_eq!(sexes.value(index), sex);
+        assert_eq!(counts.value(index), n);
+        assert!(
+            (means.value(index) - mean).abs() < 0.01,
+            "{} vs {mean}",
+            means.value(index)
+        );
+        assert!(
+            (variances.value(index) - variance).abs() < 0.05 * variance,
+            "{} vs {variance}",
+            variances.value(index)
+        );
+        assert!(!suppressed.value(index));
+        assert!(!means.is_null(index));
+    }
+}
+
+#[test]
+fn local_with_json_and_format_arrow_says_what_to_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let (files, _) = write_inputs(dir.path());
+    let output = local_as(
+        dir.path(),
+        &files,
+        "SELECT COUNT(*) FROM patients",
+        "1",
+        &["--json", "--format", "arrow"],
+    );
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--json and --format arrow"), "{stderr}");
 }

@@ -8,6 +8,7 @@
 #![deny(clippy::unwrap_used)]
 #![warn(missing_docs)]
 
+pub mod arrow_release;
 pub mod buyer;
 pub mod cluster;
 pub mod coordinator;

@@ -1,7 +1,7 @@
 //! `cohortex local` and `cohortex demo`: the full federated flow over gRPC on loopback, in
 //! one process (see `coordinator::cluster`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -417,6 +417,8 @@ pub async fn demo(
     let mut paying_accounts: Vec<AccountId> = Vec::new();
     // Patients who set their own privacy limit in the consent, with the listing it is on.
     let mut limited: Vec<(AccountId, ListingId)> = Vec::new();
+    // A paid patient with a personal limit: `--keep-running` hands their key to notebooks.
+    let mut notebook_patient: Option<SigningKey> = None;
     for (node, listing) in hospitals.iter().enumerate() {
         let mut vault = Vault::new(Schema::fhir());
         let mut enrolments = Vec::new();
@@ -447,6 +449,9 @@ pub async fn demo(
             let epsilon_limit_micro = (index % 20 == 7).then_some(DEMO_PERSONAL_LIMIT_MICRO);
             if epsilon_limit_micro.is_some() {
                 limited.push((AccountId::of(&patient.key), ListingId::new(*listing)));
+                if notebook_patient.is_none() && node == 0 {
+                    notebook_patient = Some(patient.key.clone());
+                }
             }
             enrolments.push(PatientEnrolment {
                 key: patient.key,
@@ -650,6 +655,7 @@ pub async fn demo(
             std::io::Write::write_all(&mut file, text.as_bytes())
                 .with_context(|| format!("writing {}", path.display()))?;
         }
+        let client_dir = write_client_files(&cluster, &tls_dir, notebook_patient.as_ref()).await?;
         let address = cluster.market_endpoint.trim_start_matches("https://");
         let flags = format!(
             "-cacert {0}/ca.crt -cert {0}/client.crt -key {0}/client.key",
@@ -658,6 +664,15 @@ pub async fn demo(
         println!("\nThe market and nodes keep serving (mutual TLS); try, in another terminal:");
         println!("  grpcurl {flags} {address} list");
         println!("  grpcurl {flags} {address} grpc.health.v1.Health/Check");
+        println!(
+            "Python clients and notebooks (notebooks/) find a credited buyer, a patient and the \
+             market's public.toml in {}: COHORTEX_CLIENT_DIR={} jupyter lab notebooks/",
+            client_dir.display(),
+            client_dir.display()
+        );
+        // Scripts wait for this file before they connect.
+        std::fs::write(client_dir.join("ready"), b"serving\n")
+            .with_context(|| format!("writing {}", client_dir.join("ready").display()))?;
         println!("Press Ctrl-C to stop and audit the ledger.");
         tokio::signal::ctrl_c()
             .await
@@ -683,4 +698,70 @@ pub async fn demo(
         ledger_path.display()
     );
     Ok(())
+}
+
+/// For `demo --keep-running`: `STATE/client/` with the market's `public.toml`, a registered
+/// buyer's key holding credits, a consenting patient's key and the TLS client files, so that
+/// Python clients and the notebooks can connect.
+async fn write_client_files(
+    cluster: &Cluster,
+    tls_dir: &Path,
+    patient: Option<&SigningKey>,
+) -> anyhow::Result<PathBuf> {
+    let dir = cluster.dir.join("client");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let public = format!(
+        "# The demo market: how to reach and check it.\nendpoint = \"{}\"\nchain_id = \"{}\"\n\
+         ledger_key = \"{}\"\nfund = \"{}\"\n",
+        cluster.market_endpoint,
+        cluster.chain_id,
+        hex::encode(cluster.ledger_key.as_bytes()),
+        cluster.fund,
+    );
+    std::fs::write(dir.join("public.toml"), public)
+        .with_context(|| format!("writing {}", dir.join("public.toml").display()))?;
+    let buyer_path = dir.join("buyer.key");
+    for stale in [buyer_path.clone(), buyer_path.with_extension("pub")] {
+        if stale.exists() {
+            std::fs::remove_file(&stale)
+                .with_context(|| format!("replacing {}", stale.display()))?;
+        }
+    }
+    crate::keys::generate(&buyer_path)?;
+    let buyer_key = crate::keys::read(&buyer_path, "buyer.key")?;
+    let buyer = cohortex_coordinator::Buyer::new(
+        buyer_key,
+        cluster.chain_id,
+        cluster.market_endpoint.clone(),
+        0,
+    )
+    .with_tls(Some(cluster.client_tls().clone()));
+    buyer.register().await.context("registering the notebooks' buyer")?;
+    cluster
+        .deposit(buyer.account(), 1_000_000)
+        .await
+        .context("crediting the notebooks' buyer")?;
+    if let Some(patient) = patient {
+        let path = dir.join("patient.key");
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let mut file = options
+            .open(&path)
+            .with_context(|| format!("writing {}", path.display()))?;
+        std::io::Write::write_all(&mut file, hex::encode(patient.to_bytes()).as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    for name in ["ca.crt", "client.crt", "client.key"] {
+        let from = tls_dir.join(name);
+        let to = dir.join(name);
+        let _ = std::fs::remove_file(&to);
+        std::os::unix::fs::symlink(&from, &to)
+            .with_context(|| format!("linking {}", to.display()))?;
+    }
+    Ok(dir)
 }

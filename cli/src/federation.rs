@@ -326,37 +326,23 @@ fn epsilon_left(cluster: &Cluster, listings: &[String]) -> anyhow::Result<Vec<(S
 }
 
 pub(crate) fn print_answer(answer: &QueryAnswer) {
-    let cells: Vec<Vec<String>> = answer
-        .rows
-        .iter()
-        .map(|row| row.iter().map(Cell::to_string).collect())
-        .collect();
-    let widths: Vec<usize> = answer
-        .columns
-        .iter()
-        .enumerate()
-        .map(|(index, name)| {
-            cells
-                .iter()
-                .map(|row| row[index].chars().count())
-                .chain([name.chars().count()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let line = |values: Vec<&str>| {
-        let padded: Vec<String> = values
-            .iter()
-            .zip(&widths)
-            .map(|(value, width)| format!("{value:>width$}"))
-            .collect();
-        println!("  {}", padded.join("  "));
-    };
-    line(answer.columns.iter().map(String::as_str).collect());
-    let rules: Vec<String> = widths.iter().map(|width| "-".repeat(*width)).collect();
-    line(rules.iter().map(String::as_str).collect());
-    for row in &cells {
-        line(row.iter().map(String::as_str).collect());
+    use comfy_table::{presets, CellAlignment, ContentArrangement, Table};
+    let mut table = Table::new();
+    table
+        .load_preset(presets::UTF8_HORIZONTAL_ONLY)
+        .set_content_arrangement(ContentArrangement::Dynamic)
+        .set_header(&answer.columns);
+    for row in &answer.rows {
+        table.add_row(row.iter().map(|cell| {
+            let text = comfy_table::Cell::new(cell.to_string());
+            match cell {
+                Cell::Text(_) => text,
+                _ => text.set_alignment(CellAlignment::Right),
+            }
+        }));
+    }
+    for line in table.to_string().lines() {
+        println!("  {line}");
     }
 }
 
@@ -736,7 +722,10 @@ async fn write_client_files(
         0,
     )
     .with_tls(Some(cluster.client_tls().clone()));
-    buyer.register().await.context("registering the notebooks' buyer")?;
+    buyer
+        .register()
+        .await
+        .context("registering the notebooks' buyer")?;
     cluster
         .deposit(buyer.account(), 1_000_000)
         .await

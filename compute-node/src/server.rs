@@ -357,9 +357,13 @@ pub struct NodeConfig {
     /// ceremony has run (mode 0600), so that it rejoins after a restart; `None` keeps them in
     /// memory only.
     pub key_share_file: Option<std::path::PathBuf>,
-    /// Deliberate misbehaviour, for end-to-end tests of the aggregator's checks.
+    /// Deliberate misbehaviour, for end-to-end tests of the aggregator's checks. It takes
+    /// effect only in builds with the `fault-injection` feature (the tests crate's).
     pub fault: Option<Fault>,
 }
+
+/// Whether [`NodeConfig::fault`] takes effect in this build (feature `fault-injection`).
+pub const FAULTS_TAKE_EFFECT: bool = cfg!(feature = "fault-injection");
 
 /// Ways a faulty node can cheat, to test that the aggregator catches it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -544,6 +548,18 @@ impl NodeService {
         self.state
             .lock()
             .map_err(|_| Status::internal("node state lock poisoned"))
+    }
+
+    /// The fault this node plays (tests only: `None` unless built with `fault-injection`).
+    #[cfg(feature = "fault-injection")]
+    fn fault(&self) -> Option<Fault> {
+        self.config.fault
+    }
+
+    /// The fault this node plays (tests only: `None` unless built with `fault-injection`).
+    #[cfg(not(feature = "fault-injection"))]
+    fn fault(&self) -> Option<Fault> {
+        None
     }
 
     fn check_coordinator<T: prost::Message>(
@@ -1269,7 +1285,7 @@ impl Compute for NodeService {
                 market::server::purpose_name(facts.purpose)
             )));
         }
-        if let Some(Fault::SlowToCompute(millis)) = self.config.fault {
+        if let Some(Fault::SlowToCompute(millis)) = self.fault() {
             tokio::time::sleep(std::time::Duration::from_millis(millis)).await;
         }
         // A patient whose personal limit the order would exceed is left out, exactly like one
@@ -1279,12 +1295,12 @@ impl Compute for NodeService {
             .await?;
         let vault = Arc::clone(&self.vault);
         let purpose = message.purpose.clone();
-        let context_order = match self.config.fault {
+        let context_order = match self.fault() {
             Some(Fault::ProveForAnotherQuery) => vec![0xEE; 32],
             _ => order.clone(),
         };
         let context = contribution_context(&context_order, &self.config.listing)?;
-        let fault = self.config.fault;
+        let fault = self.fault();
         let (contribution, participants) = tokio::task::spawn_blocking(move || {
             let statistics = evaluate(&plan, &vault, &consents, &purpose)
                 .map_err(|error| Status::internal(format!("evaluation failed: {error}")))?;
@@ -1350,7 +1366,7 @@ impl Compute for NodeService {
         };
         let mut state = self.lock()?;
         state.contributed.insert(order);
-        if self.config.fault == Some(Fault::ReplayFirstContribution) {
+        if self.fault() == Some(Fault::ReplayFirstContribution) {
             let first = state
                 .first_contribution
                 .get_or_insert_with(|| response.clone());
@@ -1365,7 +1381,7 @@ impl Compute for NodeService {
         request: Request<AddNoiseRequest>,
     ) -> Result<Response<AddNoiseResponse>, Status> {
         self.check_coordinator(methods::ADD_NOISE, &request)?;
-        if self.config.fault == Some(Fault::DownAtKeySwitch) {
+        if self.fault() == Some(Fault::DownAtKeySwitch) {
             return Err(Status::unavailable("node is down"));
         }
         let message = request.into_inner();
@@ -1505,7 +1521,7 @@ impl Compute for NodeService {
         request: Request<KeySwitchRequest>,
     ) -> Result<Response<KeySwitchResponse>, Status> {
         self.check_coordinator(methods::KEY_SWITCH, &request)?;
-        if self.config.fault == Some(Fault::DownAtKeySwitch) {
+        if self.fault() == Some(Fault::DownAtKeySwitch) {
             return Err(Status::unavailable("node is down"));
         }
         let message = request.into_inner();

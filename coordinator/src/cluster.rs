@@ -204,6 +204,15 @@ impl Cluster {
         if setups.is_empty() {
             bail!("a cluster needs at least one node");
         }
+        if let Some(faulty) = setups.iter().find(|setup| setup.fault.is_some()) {
+            if !compute_node::server::FAULTS_TAKE_EFFECT {
+                bail!(
+                    "node {} is set up with a fault, but compute-node was built without the \
+                     `fault-injection` feature, so it would behave honestly",
+                    faulty.listing
+                );
+            }
+        }
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let ledger_signing = SigningKey::generate(&mut OsRng);
         let issuer = SigningKey::generate(&mut OsRng);

@@ -6,17 +6,15 @@
 
 #![cfg(feature = "tfhe")]
 
-mod common;
-
 use cohortex_coordinator::recruiter::{
     accept_trial, acceptance_request, list_trials, send_acceptance, OpenedReply,
 };
 use cohortex_coordinator::{Cluster, ClusterOptions};
-use common::feasibility::*;
-use common::*;
 use compute_node::recruitment::{seal_contact, Acceptance, ContactKey};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use market::{ListingId, Purpose};
+use testkit::feasibility::*;
+use testkit::*;
 use tonic::Code;
 
 /// Essential hypertension in ICD-10 and in SNOMED CT.

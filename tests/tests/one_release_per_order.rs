@@ -6,8 +6,6 @@
 //! the order straight on the ledger (so the honest coordinator never sees it) and drives the
 //! members itself over gRPC.
 
-mod common;
-
 use cohortex_coordinator::{Cluster, ClusterOptions};
 use cohortex_proto::v1::compute_client::ComputeClient;
 use cohortex_proto::v1::ledger_client::LedgerClient;
@@ -15,10 +13,10 @@ use cohortex_proto::v1::{
     AddNoiseRequest, ContributionRecord, KeySwitchPhase, KeySwitchRequest, NoiseShare,
     SignedTransaction,
 };
-use common::*;
 use compute_node::server::methods;
 use market::server::auth::signed_request;
 use market::{AccountId, Action, ListingId, OrderId, Purpose, TxBody};
+use testkit::*;
 use tonic::Code;
 
 async fn submit(cluster: &Cluster, envelope: Vec<u8>) -> Result<(), tonic::Status> {

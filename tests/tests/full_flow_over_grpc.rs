@@ -3,13 +3,11 @@
 //! coordinator verifies and sums, a 2-of-3 committee adds noise and key-switches to the buyer,
 //! the buyer decrypts and combines, the receipt goes on the ledger and escrow settles.
 
-mod common;
-
 use cohortex_coordinator::Cluster;
-use common::*;
 use compute_node::server::Fault;
 use compute_node::synth;
 use market::{AccountId, Purpose};
+use testkit::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_flow_matches_the_plaintext_answer_and_settles() {

@@ -6,8 +6,6 @@
 //! The "lying front" is what a hostile market serves the nodes: the honest Ledger and Market
 //! services of the cluster, except for the answers a test makes it forge.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 
 use cohortex_coordinator::market_service::MarketService;
@@ -18,12 +16,12 @@ use cohortex_proto::v1::compute_server::{Compute, ComputeServer};
 use cohortex_proto::v1::ledger_server::{Ledger as LedgerRpc, LedgerServer};
 use cohortex_proto::v1::market_server::{Market as MarketRpc, MarketServer};
 use cohortex_proto::v1::{self as v1, DkgDealRequest, DkgPeer};
-use common::*;
 use compute_node::sealed_share::seal_share_with_rng;
 use compute_node::server::methods;
 use market::server::auth::signed_request;
 use market::server::LedgerService;
 use market::Purpose;
+use testkit::*;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Code, Request, Response, Status};

@@ -1,6 +1,8 @@
-//! Shared set-up of the end-to-end tests: a 3-node cluster over loopback gRPC with a seeded
-//! synthetic population, and the plaintext truth computed independently from the records.
-#![allow(dead_code)]
+//! The testkit of the end-to-end tests (`tests/tests/`): a 3-node cluster over loopback gRPC
+//! with a seeded synthetic population, the plaintext truth computed independently from the
+//! records, faulty nodes (`compute-node`'s `fault-injection` feature, enabled only here), the
+//! recruiter's keys, and the buyer helpers the tests share.
+#![allow(missing_docs, clippy::unwrap_used)]
 
 #[cfg(feature = "tfhe")]
 pub mod feasibility;

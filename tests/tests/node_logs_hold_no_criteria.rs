@@ -5,13 +5,11 @@
 
 #![cfg(feature = "tfhe")]
 
-mod common;
-
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use common::buyer;
-use common::feasibility::*;
+use testkit::buyer;
+use testkit::feasibility::*;
 
 /// Log lines captured from the whole process (every node of an in-process cluster).
 #[derive(Clone, Default)]

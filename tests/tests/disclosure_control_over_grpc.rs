@@ -1,14 +1,12 @@
 //! Disclosure control end to end over gRPC: the minimum cohort, the ledger's ε budget against
 //! repetition, and committee members who withhold their noise.
 
-mod common;
-
-use common::*;
 use compute_node::fhir::{bundle_to_record, ProvenancePolicy};
 use compute_node::record::Value;
 use compute_node::synth::{self, REFERENCE_DATE};
 use compute_node::{Cell, Schema};
 use market::Purpose;
+use testkit::*;
 
 /// The consenting patients of the test population per age band of the FHIR schema, computed
 /// from the records independently of the pipeline.

@@ -3,15 +3,13 @@
 //! member checks the receipt against what it verified and summed itself and against its own
 //! ledger replica before it signs. These tests play the hostile operator over real gRPC.
 
-mod common;
-
 use cohortex_proto::v1::compute_client::ComputeClient;
 use cohortex_proto::v1::CosignReceiptRequest;
-use common::*;
 use compute_node::server::methods;
 use market::server::auth::signed_request;
 use market::tx::UncheckedTx;
 use market::{Action, QueryReceipt, TxId};
+use testkit::*;
 use tonic::Code;
 
 /// The receipt transaction `id` as the ledger holds it: the receipt and its co-signatures.

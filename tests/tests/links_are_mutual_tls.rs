@@ -2,8 +2,6 @@
 //! from the federation's authority, and clients refuse servers without one for the host they
 //! dial. Each attack is checked against a control that succeeds over the same link.
 
-mod common;
-
 use std::sync::Arc;
 
 use cohortex_proto::certs::Authority;
@@ -11,8 +9,8 @@ use cohortex_proto::tls::{endpoint as link, TlsIdentity};
 use cohortex_proto::v1::ledger_client::LedgerClient;
 use cohortex_proto::v1::ledger_server::LedgerServer;
 use cohortex_proto::v1::GetSignedTreeHeadRequest;
-use common::*;
 use market::server::LedgerService;
+use testkit::*;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};

@@ -9,10 +9,8 @@
 
 #![cfg(feature = "tfhe")]
 
-mod common;
-
-use common::feasibility::*;
-use common::*;
+use testkit::feasibility::*;
+use testkit::*;
 
 /// Essential hypertension in ICD-10 and in SNOMED CT: synthetic records carry either.
 const HYPERTENSION: &str = "I10,38341003";

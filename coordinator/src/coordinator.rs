@@ -7,6 +7,7 @@
 //! refunds orders. It never holds a key share and never sees a plaintext statistic: it only
 //! handles ciphertexts under the collective key and, after key switching, under the buyer's.
 
+use crate::error::OrderError;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::OnceLock;
 use std::sync::{Arc, Mutex};
@@ -416,7 +417,7 @@ impl Coordinator {
         named: Vec<(ListingId, Vec<AccountId>)>,
         purpose: Purpose,
         epsilon_micro: u64,
-    ) -> Result<(), String> {
+    ) -> Result<(), OrderError> {
         read_ledger(&self.ledger, move |ledger| {
             let state = ledger.state();
             let now = ledger.machine().last_time();
@@ -461,21 +462,18 @@ impl Coordinator {
             Ok(problems)
         })
         .await
-        .map_err(|status| status.message().to_string())
+        .map_err(OrderError::from)
         .and_then(|problems| {
             if problems.is_empty() {
                 Ok(())
             } else {
-                Err(format!(
-                    "the ledger would refuse the receipt, so nothing was released ({})",
-                    problems.join("; ")
-                ))
+                Err(OrderError::ReceiptRules(problems))
             }
         })
     }
 
     /// The largest minimum cohort among `listings`' terms on the ledger.
-    async fn min_cohort(&self, listings: &[ListingId]) -> Result<u64, String> {
+    async fn min_cohort(&self, listings: &[ListingId]) -> Result<u64, OrderError> {
         let listings = listings.to_vec();
         read_ledger(&self.ledger, move |ledger| {
             Ok(listings
@@ -486,7 +484,7 @@ impl Coordinator {
                 .unwrap_or(0))
         })
         .await
-        .map_err(|status| status.message().to_string())
+        .map_err(OrderError::from)
     }
 
     /// Asks every committee member for its noise share.
@@ -526,7 +524,7 @@ impl Coordinator {
         &self,
         committee: &Committee,
         receipt: &QueryReceipt,
-    ) -> Result<Vec<ReceiptCosignature>, String> {
+    ) -> Result<Vec<ReceiptCosignature>, OrderError> {
         let answers = self
             .member_round(
                 committee,
@@ -540,9 +538,8 @@ impl Coordinator {
         let (chain_id, registered) = read_ledger(&self.ledger, |ledger| {
             Ok((ledger.chain_id(), ledger.state().committee().cloned()))
         })
-        .await
-        .map_err(|status| status.message().to_string())?;
-        let registered = registered.ok_or("no key committee is registered on the ledger")?;
+        .await?;
+        let registered = registered.ok_or(OrderError::NoCommittee)?;
         let mut cosignatures = Vec::new();
         let mut absent = Vec::new();
         for (member, answer) in answers {
@@ -571,12 +568,12 @@ impl Coordinator {
             }
         }
         if cosignatures.len() < usize::from(registered.threshold) {
-            return Err(format!(
+            return Err(OrderError::Committee(format!(
                 "only {} of the {} co-signatures the receipt needs ({})",
                 cosignatures.len(),
                 registered.threshold,
                 absent.join("; ")
-            ));
+            )));
         }
         Ok(cosignatures)
     }
@@ -888,11 +885,8 @@ impl Coordinator {
         purpose: Purpose,
         epsilon_micro: u64,
         result_key: &PublicKey,
-    ) -> Result<(), String> {
-        let committee = self
-            .committee()
-            .map_err(|error| error.message().to_string())?
-            .ok_or("the key committee has not been formed")?;
+    ) -> Result<(), OrderError> {
+        let committee = self.committee()?.ok_or(OrderError::NoCommittee)?;
         let collective_key = *committee.public.collective_key();
         let order_bytes = order.0.as_bytes().to_vec();
 
@@ -900,9 +894,8 @@ impl Coordinator {
         let mut tasks = tokio::task::JoinSet::new();
         for (position, listing) in listings.iter().enumerate() {
             let info = self
-                .listing(&listing.0)
-                .map_err(|error| error.message().to_string())?
-                .ok_or_else(|| format!("listing {listing} has no node registered"))?;
+                .listing(&listing.0)?
+                .ok_or_else(|| OrderError::NoNode(listing.to_string()))?;
             let request = ContributeRequest {
                 order_id: order_bytes.clone(),
                 listing: listing.0.clone(),
@@ -926,8 +919,8 @@ impl Coordinator {
         }
         let mut answers = BTreeMap::new();
         while let Some(joined) = tasks.join_next().await {
-            let (position, answer) =
-                joined.map_err(|error| format!("node task failed: {error}"))?;
+            let (position, answer) = joined
+                .map_err(|error| OrderError::Internal(format!("node task failed: {error}")))?;
             answers.insert(position, answer);
         }
 
@@ -942,8 +935,7 @@ impl Coordinator {
                 .collect();
             Ok((ledger.chain_id(), owners))
         })
-        .await
-        .map_err(|status| status.message().to_string())?;
+        .await?;
         let order_id = OrderId(order);
         let order_query_hash = query_hash(sql);
         let mut reports: Vec<NodeReport> = Vec::new();
@@ -1011,8 +1003,7 @@ impl Coordinator {
         let contexts: Vec<_> = decoded
             .iter()
             .map(|(position, ..)| contribution_context(&order_bytes, &listings[*position].0))
-            .collect::<Result<_, _>>()
-            .map_err(|status| status.message().to_string())?;
+            .collect::<Result<_, _>>()?;
         let statements: Vec<ContributionStatement<'_>> = decoded
             .iter()
             .zip(&contexts)
@@ -1047,10 +1038,7 @@ impl Coordinator {
             })
             .collect();
         if !failed.is_empty() {
-            return Err(format!(
-                "not every listing contributed a valid share ({})",
-                failed.join("; ")
-            ));
+            return Err(OrderError::Contributions(failed));
         }
         // 2b. The receipt's rules, checked against the ledger before any noise is drawn or
         //     anything decrypted: every participant may still be used (consent, personal
@@ -1086,7 +1074,8 @@ impl Coordinator {
                 proof: contribution.proof.to_bytes(),
             })
             .collect();
-        let calibration = calibrate(plan, epsilon_micro).map_err(|error| error.to_string())?;
+        let calibration = calibrate(plan, epsilon_micro)
+            .map_err(|error| OrderError::Calibration(error.to_string()))?;
         let noise_answers = self
             .add_noise_round(
                 &committee,
@@ -1118,15 +1107,18 @@ impl Coordinator {
         }
         let threshold = usize::from(committee.public.threshold());
         if noise.len() < threshold {
-            return Err(format!(
+            return Err(OrderError::Committee(format!(
                 "only {} of the {threshold} committee members needed added noise ({})",
                 noise.len(),
                 absent.join("; ")
-            ));
+            )));
         }
         {
             // Test hook: a coordinator colluding with members who withhold their noise.
-            let withheld = self.withheld_noise.lock().map_err(|_| "coordinator lock")?;
+            let withheld = self
+                .withheld_noise
+                .lock()
+                .map_err(|_| OrderError::Internal("coordinator lock poisoned".into()))?;
             noise.retain(|share| !withheld.contains(&share.member));
         }
         noise.sort_by_key(|share| share.member);
@@ -1145,7 +1137,7 @@ impl Coordinator {
             quorum: committed,
         })
         .await
-        .map_err(|status| format!("committing the release: {}", status.message()))?;
+        .map_err(OrderError::refused("release commitment"))?;
 
         // 4. Phase COUNTS: the noisy counts are key-switched to the public count key and
         //    decrypted; cells below the minimum cohort are suppressed.
@@ -1165,8 +1157,7 @@ impl Coordinator {
             )
             .await;
         let (count_shares, count_absent) = valid_shares(count_answers);
-        let counts_context =
-            counts_context(&order_bytes).map_err(|status| status.message().to_string())?;
+        let counts_context = counts_context(&order_bytes)?;
         let opened = committee
             .public
             .combine(
@@ -1176,19 +1167,22 @@ impl Coordinator {
                 &count_shares,
             )
             .map_err(|error| {
-                format!(
+                OrderError::Committee(format!(
                     "key switching the counts failed: {error} (threshold {}; {})",
                     committee.public.threshold(),
                     describe_absent(&count_absent)
-                )
+                ))
             })?;
-        let table = count_table().map_err(|error| format!("count table: {error}"))?;
+        let table = count_table()
+            .map_err(|error| OrderError::Decryption(format!("count table: {error}")))?;
         let noisy_counts: Vec<i64> = opened
             .ciphertexts
             .iter()
             .map(|ciphertext| public_count_secret().decrypt(ciphertext, table))
             .collect::<Result<_, _>>()
-            .map_err(|error| format!("decrypting the noisy counts: {error}"))?;
+            .map_err(|error| {
+                OrderError::Decryption(format!("decrypting the noisy counts: {error}"))
+            })?;
         let min_cohort = self.min_cohort(listings).await?;
         let suppressed = suppressed_cells(plan, &noisy_counts, min_cohort);
         let value_slots = released_value_slots(plan, &suppressed);
@@ -1207,7 +1201,7 @@ impl Coordinator {
         let redirected = *self
             .values_redirected_to
             .lock()
-            .map_err(|_| "coordinator lock")?;
+            .map_err(|_| OrderError::Internal("coordinator lock poisoned".into()))?;
         let recipient = redirected.unwrap_or(*result_key);
         if !value_slots.is_empty() {
             let answers = self
@@ -1224,18 +1218,17 @@ impl Coordinator {
                 )
                 .await;
             let (shares, absent) = valid_shares(answers);
-            let context =
-                release_context(&order_bytes).map_err(|status| status.message().to_string())?;
+            let context = release_context(&order_bytes)?;
             let values: Vec<Ciphertext> = value_slots.iter().map(|&slot| noisy[slot]).collect();
             let switched = committee
                 .public
                 .combine(&context, &values, &recipient, &shares)
                 .map_err(|error| {
-                    format!(
+                    OrderError::Committee(format!(
                         "key switching failed: {error} (threshold {}; {})",
                         committee.public.threshold(),
                         describe_absent(&absent)
-                    )
+                    ))
                 })?;
             for (&slot, ciphertext) in value_slots.iter().zip(switched.ciphertexts.iter()) {
                 result[slot] = ciphertext.to_bytes();
@@ -1284,13 +1277,13 @@ impl Coordinator {
                 cosignatures,
             })
             .await
-            .map_err(|status| format!("the ledger refused the receipt: {}", status.message()))?;
+            .map_err(OrderError::refused("receipt"))?;
         self.submit_own(Action::Settle {
             order: OrderId(order),
             receipt: ReceiptId(recorded.tx_id),
         })
         .await
-        .map_err(|status| format!("the ledger refused the settlement: {}", status.message()))?;
+        .map_err(OrderError::refused("settlement"))?;
         let used: Vec<u32> = used.iter().map(|member| u32::from(member.get())).collect();
         let hidden = suppressed.iter().filter(|&&hidden| hidden).count();
         self.update_order(order, |record| {
@@ -1311,7 +1304,7 @@ impl Coordinator {
             record.suppressed = suppressed.clone();
             record.completed_at = Some(market::server::auth::unix_now());
         })
-        .map_err(|status| status.message().to_string())?;
+        ?;
         Ok(())
     }
 }

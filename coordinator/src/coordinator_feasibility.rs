@@ -26,6 +26,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use super::{connect, poisoned, Coordinator, OrderRecord, ReleaseIdentity};
+use crate::error::OrderError;
 
 /// How many recruiters' evaluation keys the market keeps (about 30 MB each).
 pub const EVALUATION_KEYS_KEPT: usize = 4;
@@ -175,15 +176,14 @@ impl Coordinator {
         key: Arc<Vec<u8>>,
         listings: &[ListingId],
         epsilon_micro: u64,
-    ) -> Result<(), String> {
+    ) -> Result<(), OrderError> {
         let order_id = OrderId(order);
         let query_hash = compute_node::feasibility_wire::criteria_hash(&criteria);
         let mut tasks = tokio::task::JoinSet::new();
         for (position, listing) in listings.iter().enumerate() {
             let info = self
-                .listing(&listing.0)
-                .map_err(|error| error.message().to_string())?
-                .ok_or_else(|| format!("listing {listing} has no node registered"))?;
+                .listing(&listing.0)?
+                .ok_or_else(|| OrderError::NoNode(listing.to_string()))?;
             let request = FeasibilityRequest {
                 order_id: order.0.as_bytes().to_vec(),
                 listing: listing.0.clone(),
@@ -200,8 +200,8 @@ impl Coordinator {
         }
         let mut answers = std::collections::BTreeMap::new();
         while let Some(joined) = tasks.join_next().await {
-            let (position, answer) =
-                joined.map_err(|error| format!("node task failed: {error}"))?;
+            let (position, answer) = joined
+                .map_err(|error| OrderError::Internal(format!("node task failed: {error}")))?;
             answers.insert(position, answer);
         }
         let owned = listings.to_vec();
@@ -212,8 +212,7 @@ impl Coordinator {
                 .collect();
             Ok((ledger.chain_id(), owners))
         })
-        .await
-        .map_err(|status| status.message().to_string())?;
+        .await?;
 
         let mut reports = Vec::new();
         let mut parts = Vec::new();
@@ -309,10 +308,7 @@ impl Coordinator {
             })
             .collect();
         if !failed.is_empty() {
-            return Err(format!(
-                "not every listing answered with a valid count ({})",
-                failed.join("; ")
-            ));
+            return Err(OrderError::Counts(failed));
         }
         let counts: Vec<u8> = site_counts
             .iter()
@@ -332,13 +328,13 @@ impl Coordinator {
         let recorded = self
             .submit_own(Action::RecordFeasibility(receipt))
             .await
-            .map_err(|status| format!("the ledger refused the receipt: {}", status.message()))?;
+            .map_err(OrderError::refused("receipt"))?;
         self.submit_own(Action::Settle {
             order: order_id,
             receipt: ReceiptId(recorded.tx_id),
         })
         .await
-        .map_err(|status| format!("the ledger refused the settlement: {}", status.message()))?;
+        .map_err(OrderError::refused("settlement"))?;
         let sites = site_counts.len();
         self.update_order(order, |record| {
             record.state = OrderState::Completed;
@@ -349,8 +345,7 @@ impl Coordinator {
             record.site_counts = site_counts;
             record.receipt = Some(recorded.tx_id);
             record.completed_at = Some(market::server::auth::unix_now());
-        })
-        .map_err(|status| status.message().to_string())?;
+        })?;
         Ok(())
     }
 }

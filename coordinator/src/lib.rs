@@ -12,6 +12,7 @@ pub mod arrow_release;
 pub mod buyer;
 pub mod cluster;
 pub mod coordinator;
+pub mod error;
 pub mod market_service;
 #[cfg(feature = "tfhe")]
 pub mod recruiter;
@@ -21,3 +22,4 @@ pub mod standalone;
 pub use buyer::{Buyer, Release};
 pub use cluster::{Cluster, ClusterOptions, NodeSetup, PatientEnrolment, Payout};
 pub use coordinator::{query_hash, Coordinator};
+pub use error::OrderError;

@@ -220,63 +220,16 @@ fn read_keys(dir: &Path) -> anyhow::Result<(FheSecretKey, Vec<u8>)> {
 }
 
 async fn feasibility(args: FeasibilityArgs) -> anyhow::Result<()> {
-    let config = BuyerConfig::load(&args.config)?;
-    let key = keys::read(
-        &config.key_file,
-        &format!("{}: key_file", config.path.display()),
-    )?;
-    let public = MarketPublic::load(
-        &config.market,
-        &format!("{}: market", config.path.display()),
-    )?;
     let (secret, evaluation) = read_keys(&args.fhe_keys)?;
-    let account = AccountId::of(&key);
-    let offered = MarketClient::new(connect(&public.endpoint, Some(&config.tls)).await?)
-        .max_decoding_message_size(market::server::MAX_MESSAGE_BYTES)
-        .list_listings(ListListingsRequest {
-            purpose: "trial_feasibility".into(),
-        })
-        .await
-        .map_err(|status| anyhow!("listing the market's listings: {}", status.message()))?
-        .into_inner()
-        .listings;
-    let chosen: Vec<_> = if args.listings.is_empty() {
-        offered
-    } else {
-        let mut chosen = Vec::new();
-        for wanted in &args.listings {
-            chosen.push(
-                offered
-                    .iter()
-                    .find(|listing| &listing.id == wanted)
-                    .cloned()
-                    .ok_or_else(|| {
-                        anyhow!("--listing {wanted}: no active listing of that id allows trial_feasibility")
-                    })?,
-            );
-        }
-        chosen
-    };
-    let Some(first) = chosen.first() else {
-        bail!("the market has no active listing that allows trial_feasibility");
-    };
-    let schema = Schema::from_toml(&first.manifest, &first.id)
-        .map_err(|error| anyhow!("listing {}: manifest: {error}", first.id))?;
-    let criteria: Vec<Criterion> = args
-        .criteria
-        .iter()
-        .map(|text| {
-            Criterion::parse(text, &schema).map_err(|error| anyhow!("--criterion: {error}"))
-        })
-        .collect::<Result<_, _>>()?;
-    let nonce = next_nonce(&public.endpoint, Some(&config.tls), &key, public.chain_id)
-        .await?
-        .ok_or_else(|| {
-            anyhow!("account {account} is not registered; run `cohortex buyer register` first")
-        })?;
-    let recruiter = Buyer::new(key, public.chain_id, public.endpoint.clone(), nonce)
-        .with_tls(Some(config.tls.clone()));
-    let listing_ids: Vec<String> = chosen.iter().map(|listing| listing.id.clone()).collect();
+    let (recruiter, public, config) = recruiter(&args.config).await?;
+    let (listing_ids, criteria) = listings_and_criteria(
+        &public,
+        &config,
+        "trial_feasibility",
+        &args.listings,
+        &args.criteria,
+    )
+    .await?;
     let bar = spinner(
         "storing the evaluation key, then each site counts under encryption",
         args.json,
@@ -359,6 +312,57 @@ fn contact_key(dir: &Path) -> anyhow::Result<ContactKey> {
         .map_err(|error| anyhow!("--fhe-keys: {}: {error}", path.display()))
 }
 
+/// The listings to search (`wanted`, or every active listing allowing `purpose`) and the
+/// criteria parsed against the first one's manifest.
+async fn listings_and_criteria(
+    public: &MarketPublic,
+    config: &BuyerConfig,
+    purpose: &str,
+    wanted: &[String],
+    texts: &[String],
+) -> anyhow::Result<(Vec<String>, Vec<Criterion>)> {
+    let offered = MarketClient::new(connect(&public.endpoint, Some(&config.tls)).await?)
+        .max_decoding_message_size(market::server::MAX_MESSAGE_BYTES)
+        .list_listings(ListListingsRequest {
+            purpose: purpose.into(),
+        })
+        .await
+        .map_err(|status| anyhow!("listing the market's listings: {}", status.message()))?
+        .into_inner()
+        .listings;
+    let chosen = if wanted.is_empty() {
+        offered
+    } else {
+        wanted
+            .iter()
+            .map(|id| {
+                offered
+                    .iter()
+                    .find(|listing| &listing.id == id)
+                    .cloned()
+                    .ok_or_else(|| {
+                        anyhow!("--listing {id}: no active listing of that id allows {purpose}")
+                    })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?
+    };
+    let Some(first) = chosen.first() else {
+        bail!("the market has no active listing that allows {purpose}");
+    };
+    let schema = Schema::from_toml(&first.manifest, &first.id)
+        .map_err(|error| anyhow!("listing {}: manifest: {error}", first.id))?;
+    let criteria = texts
+        .iter()
+        .map(|text| {
+            Criterion::parse(text, &schema).map_err(|error| anyhow!("--criterion: {error}"))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok((
+        chosen.into_iter().map(|listing| listing.id).collect(),
+        criteria,
+    ))
+}
+
 /// The recruiter's key, config and a connected [`Buyer`].
 async fn recruiter(config: &Path) -> anyhow::Result<(Buyer, MarketPublic, BuyerConfig)> {
     let config = BuyerConfig::load(config)?;
@@ -385,44 +389,14 @@ async fn invite(args: InviteArgs) -> anyhow::Result<()> {
     let (secret, evaluation) = read_keys(&args.fhe_keys)?;
     let contact = contact_key(&args.fhe_keys)?;
     let (buyer, public, config) = recruiter(&args.config).await?;
-    let offered = MarketClient::new(connect(&public.endpoint, Some(&config.tls)).await?)
-        .max_decoding_message_size(market::server::MAX_MESSAGE_BYTES)
-        .list_listings(ListListingsRequest {
-            purpose: "trial_recruitment".into(),
-        })
-        .await
-        .map_err(|status| anyhow!("listing the market's listings: {}", status.message()))?
-        .into_inner()
-        .listings;
-    let mut chosen = Vec::new();
-    if args.listings.is_empty() {
-        chosen = offered;
-    } else {
-        for wanted in &args.listings {
-            chosen.push(
-                offered
-                    .iter()
-                    .find(|listing| &listing.id == wanted)
-                    .cloned()
-                    .ok_or_else(|| {
-                        anyhow!("--listing {wanted}: no active listing of that id allows trial_recruitment")
-                    })?,
-            );
-        }
-    }
-    let Some(first) = chosen.first() else {
-        bail!("the market has no active listing that allows trial_recruitment");
-    };
-    let schema = Schema::from_toml(&first.manifest, &first.id)
-        .map_err(|error| anyhow!("listing {}: manifest: {error}", first.id))?;
-    let criteria: Vec<Criterion> = args
-        .criteria
-        .iter()
-        .map(|text| {
-            Criterion::parse(text, &schema).map_err(|error| anyhow!("--criterion: {error}"))
-        })
-        .collect::<Result<_, _>>()?;
-    let listing_ids: Vec<String> = chosen.iter().map(|listing| listing.id.clone()).collect();
+    let (listing_ids, criteria) = listings_and_criteria(
+        &public,
+        &config,
+        "trial_recruitment",
+        &args.listings,
+        &args.criteria,
+    )
+    .await?;
     let bar = spinner("storing the evaluation key and posting the trial", false);
     let posted = buyer
         .post_trial(

@@ -1027,16 +1027,7 @@ impl Coordinator {
             }
         }
         let _ = self.update_order(order, |record| record.nodes = reports.clone());
-        let failed: Vec<String> = reports
-            .iter()
-            .filter(|report| report.outcome != "accepted")
-            .map(|report| {
-                format!(
-                    "listing {} {}: {}",
-                    report.listing, report.outcome, report.reason
-                )
-            })
-            .collect();
+        let failed = failed_reports(&reports);
         if !failed.is_empty() {
             return Err(OrderError::Contributions(failed));
         }
@@ -1347,6 +1338,20 @@ fn describe_absent(absent: &[String]) -> String {
     } else {
         absent.join("; ")
     }
+}
+
+/// One line per listing whose node did not answer validly: which, what happened, why.
+fn failed_reports(reports: &[NodeReport]) -> Vec<String> {
+    reports
+        .iter()
+        .filter(|report| report.outcome != "accepted")
+        .map(|report| {
+            format!(
+                "listing {} {}: {}",
+                report.listing, report.outcome, report.reason
+            )
+        })
+        .collect()
 }
 
 /// A small decryption table for noisy counts (at most a few million, plus noise).

@@ -25,7 +25,7 @@ use market::{
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-use super::{connect, poisoned, Coordinator, OrderRecord, ReleaseIdentity};
+use super::{connect, failed_reports, poisoned, Coordinator, OrderRecord, ReleaseIdentity};
 use crate::error::OrderError;
 
 /// How many recruiters' evaluation keys the market keeps (about 30 MB each).
@@ -297,16 +297,7 @@ impl Coordinator {
             reports.push(report);
         }
         let _ = self.update_order(order, |record| record.nodes = reports.clone());
-        let failed: Vec<String> = reports
-            .iter()
-            .filter(|report| report.outcome != "accepted")
-            .map(|report| {
-                format!(
-                    "listing {} {}: {}",
-                    report.listing, report.outcome, report.reason
-                )
-            })
-            .collect();
+        let failed = failed_reports(&reports);
         if !failed.is_empty() {
             return Err(OrderError::Counts(failed));
         }

@@ -602,21 +602,7 @@ impl MarketService {
                  fingerprint; store it with PutEvaluationKey first",
                 )
             })?;
-        for listing in listings {
-            let info = self.coordinator.listing(&listing.0)?.ok_or_else(|| {
-                Status::not_found(format!(
-                    "listing {} has no compute node registered",
-                    excerpt(&listing.0)
-                ))
-            })?;
-            criteria.check(&info.schema).map_err(|error| {
-                Status::invalid_argument(format!(
-                    "criteria.{} (listing {})",
-                    bounded_message(&error.to_string()),
-                    excerpt(&listing.0)
-                ))
-            })?;
-        }
+        self.criteria_fit(&criteria, listings, "criteria")?;
         self.enough_consent(listings, *purpose).await?;
         let submitted = submit(self.coordinator.ledger(), envelope).await?;
         self.coordinator.start_feasibility(
@@ -670,7 +656,19 @@ impl MarketService {
                  fingerprint; store it with PutEvaluationKey first",
             ));
         }
-        for listing in &posting.listings {
+        self.criteria_fit(&criteria, &posting.listings, "transaction.criteria")?;
+        submit(self.coordinator.ledger(), envelope).await
+    }
+
+    /// Checks encrypted criteria against the schema of every listing's node; errors name the
+    /// field (`field`) and the listing.
+    fn criteria_fit(
+        &self,
+        criteria: &compute_node::feasibility::EncryptedCriteria,
+        listings: &[market::ListingId],
+        field: &str,
+    ) -> Result<(), Status> {
+        for listing in listings {
             let info = self.coordinator.listing(&listing.0)?.ok_or_else(|| {
                 Status::not_found(format!(
                     "listing {} has no compute node registered",
@@ -679,13 +677,13 @@ impl MarketService {
             })?;
             criteria.check(&info.schema).map_err(|error| {
                 Status::invalid_argument(format!(
-                    "transaction.criteria.{} (listing {})",
+                    "{field}.{} (listing {})",
                     bounded_message(&error.to_string()),
                     excerpt(&listing.0)
                 ))
             })?;
         }
-        submit(self.coordinator.ledger(), envelope).await
+        Ok(())
     }
 
     async fn relay_acceptance(

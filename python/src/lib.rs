@@ -184,6 +184,32 @@ impl Link {
     }
 }
 
+impl Link {
+    /// The active listings allowing `purpose` (every one when empty).
+    async fn listings(&self, purpose: &str) -> anyhow::Result<Vec<cohortex_proto::v1::Listing>> {
+        Ok(
+            MarketClient::new(connect(&self.endpoint, Some(&self.tls)).await?)
+                .max_decoding_message_size(market::server::MAX_MESSAGE_BYTES)
+                .list_listings(ListListingsRequest {
+                    purpose: purpose.to_string(),
+                })
+                .await
+                .map_err(|status| {
+                    anyhow::anyhow!("listing the market's listings: {}", status.message())
+                })?
+                .into_inner()
+                .listings,
+        )
+    }
+
+    /// A client of the market's Consent service.
+    async fn consent(&self) -> anyhow::Result<ConsentClient<tonic::transport::Channel>> {
+        Ok(ConsentClient::new(
+            connect(&self.endpoint, Some(&self.tls)).await?,
+        ))
+    }
+}
+
 /// A buyer's client: listings, federated queries and receipts.
 #[pyclass(module = "cohortex")]
 struct Market {
@@ -306,19 +332,7 @@ impl Market {
     ) -> PyResult<Bound<'py, PyList>> {
         let link = self.link.clone();
         let found = block(py, async move {
-            Ok(
-                MarketClient::new(connect(&link.endpoint, Some(&link.tls)).await?)
-                    .max_decoding_message_size(market::server::MAX_MESSAGE_BYTES)
-                    .list_listings(ListListingsRequest {
-                        purpose: purpose.unwrap_or_default(),
-                    })
-                    .await
-                    .map_err(|status| {
-                        anyhow::anyhow!("listing the market's listings: {}", status.message())
-                    })?
-                    .into_inner()
-                    .listings,
-            )
+            link.listings(&purpose.unwrap_or_default()).await
         })?;
         let list = PyList::empty(py);
         for listing in found {
@@ -392,17 +406,7 @@ impl Market {
         let (link, key, ledger_key) = (self.link.clone(), self.key.clone(), self.ledger_key);
         let purpose = purpose.to_string();
         block(py, async move {
-            let offered = MarketClient::new(connect(&link.endpoint, Some(&link.tls)).await?)
-                .max_decoding_message_size(market::server::MAX_MESSAGE_BYTES)
-                .list_listings(ListListingsRequest {
-                    purpose: purpose.clone(),
-                })
-                .await
-                .map_err(|status| {
-                    anyhow::anyhow!("listing the market's listings: {}", status.message())
-                })?
-                .into_inner()
-                .listings;
+            let offered = link.listings(&purpose).await?;
             let chosen = match listings {
                 Some(chosen) => chosen,
                 None => offered.iter().map(|listing| listing.id.clone()).collect(),
@@ -481,7 +485,7 @@ impl Patient {
                 )
             })?;
         let envelope = sign_action(key, link.chain_id, nonce, action)?;
-        let mut client = ConsentClient::new(connect(&link.endpoint, Some(&link.tls)).await?);
+        let mut client = link.consent().await?;
         let result = if grant {
             client.grant(SignedTransaction { envelope }).await
         } else {
@@ -561,7 +565,9 @@ impl Patient {
                     role: Role::Patient,
                 },
             )?;
-            let result = ConsentClient::new(connect(&link.endpoint, Some(&link.tls)).await?)
+            let result = link
+                .consent()
+                .await?
                 .register(SignedTransaction { envelope })
                 .await
                 .map_err(|status| anyhow::anyhow!("registering {account}: {}", status.message()))?;
@@ -642,13 +648,13 @@ impl Patient {
                     patient: AccountId::of(&key).0.to_vec(),
                 },
             );
-            Ok(
-                ConsentClient::new(connect(&link.endpoint, Some(&link.tls)).await?)
-                    .list_consents(request)
-                    .await
-                    .map_err(|status| anyhow::anyhow!("listing consents: {}", status.message()))?
-                    .into_inner(),
-            )
+            Ok(link
+                .consent()
+                .await?
+                .list_consents(request)
+                .await
+                .map_err(|status| anyhow::anyhow!("listing consents: {}", status.message()))?
+                .into_inner())
         })?;
         let list = PyList::empty(py);
         for consent in response.consents {
@@ -678,13 +684,13 @@ impl Patient {
                     patient: AccountId::of(&key).0.to_vec(),
                 },
             );
-            Ok(
-                ConsentClient::new(connect(&link.endpoint, Some(&link.tls)).await?)
-                    .list_earnings(request)
-                    .await
-                    .map_err(|status| anyhow::anyhow!("listing earnings: {}", status.message()))?
-                    .into_inner(),
-            )
+            Ok(link
+                .consent()
+                .await?
+                .list_earnings(request)
+                .await
+                .map_err(|status| anyhow::anyhow!("listing earnings: {}", status.message()))?
+                .into_inner())
         })?;
         let dict = PyDict::new(py);
         dict.set_item("balance", earnings.balance)?;

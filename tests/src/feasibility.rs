@@ -40,11 +40,21 @@ pub fn recruiter_keys() -> &'static RecruiterKeys {
 /// A 3-node cluster whose consenting patients consent to trial feasibility, and each node's
 /// setup kept for the plaintext truth.
 pub async fn feasibility_cluster() -> (tempfile::TempDir, Cluster, Vec<Vec<PatientTruth>>) {
-    let dir = tempfile::tempdir().unwrap();
     let (setups, _) = setups([None, None, None], 1);
     let truths = setups.iter().map(patient_truths).collect();
+    let (dir, cluster) = purpose_cluster(setups, Purpose::TrialFeasibility).await;
+    (dir, cluster, truths)
+}
+
+/// A cluster of `setups` whose consenting patients consent to `purpose`, each listing with an
+/// ε budget of 100 exact searches.
+pub async fn purpose_cluster(
+    setups: Vec<NodeSetup>,
+    purpose: Purpose,
+) -> (tempfile::TempDir, Cluster) {
+    let dir = tempfile::tempdir().unwrap();
     let options = ClusterOptions {
-        purpose: Purpose::TrialFeasibility,
+        purpose,
         threshold: 2,
         epsilon_budget_micro: 100 * EPSILON_EXACT,
         max_epsilon_per_order_micro: EPSILON_EXACT,
@@ -56,7 +66,7 @@ pub async fn feasibility_cluster() -> (tempfile::TempDir, Cluster, Vec<Vec<Patie
     let cluster = Cluster::start(dir.path(), setups, &options, |_| {})
         .await
         .unwrap();
-    (dir, cluster, truths)
+    (dir, cluster)
 }
 
 /// What the plaintext count needs of one patient: consent, age, sex, codes.

@@ -9,7 +9,7 @@
 use cohortex_coordinator::recruiter::{
     accept_trial, acceptance_request, list_trials, send_acceptance, OpenedReply,
 };
-use cohortex_coordinator::{Cluster, ClusterOptions};
+use cohortex_coordinator::Cluster;
 use compute_node::recruitment::{seal_contact, Acceptance, ContactKey};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use market::{ListingId, Purpose};
@@ -29,7 +29,6 @@ struct Patient {
 }
 
 async fn recruitment_cluster() -> (tempfile::TempDir, Cluster, Vec<Patient>) {
-    let dir = tempfile::tempdir().unwrap();
     let (setups, _) = setups([None, None, None], 1);
     let truths = patient_truths(&setups[0]);
     let patients = setups[0]
@@ -60,19 +59,7 @@ async fn recruitment_cluster() -> (tempfile::TempDir, Cluster, Vec<Patient>) {
             }
         })
         .collect();
-    let options = ClusterOptions {
-        purpose: Purpose::TrialRecruitment,
-        threshold: 2,
-        epsilon_budget_micro: 100 * EPSILON_EXACT,
-        max_epsilon_per_order_micro: EPSILON_EXACT,
-        extra_purposes: Vec::new(),
-        nodes_read_market_at: None,
-        authority: None,
-        ledger_committee_threshold: None,
-    };
-    let cluster = Cluster::start(dir.path(), setups, &options, |_| {})
-        .await
-        .unwrap();
+    let (dir, cluster) = purpose_cluster(setups, Purpose::TrialRecruitment).await;
     (dir, cluster, patients)
 }
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the notebooks against a live demo market (called by .ci/run after the tests, which built
-# target/debug/cohortex and the Python module target/debug/libcohortex.so). Fails if any cell
-# fails.
+# target/debug/cohortex and the Python module target/debug/deps/libcohortex.so). Fails if any
+# cell fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target="${CARGO_TARGET_DIR:-target}"
@@ -23,6 +23,9 @@ for _ in $(seq 1 600); do
 done
 [ -f "$state/demo/client/ready" ] || { echo "the demo did not serve within 600 s"; cat "$state/demo.log"; exit 1; }
 mkdir -p "$state/modules"
-ln -s "$(cd "$target/debug" && pwd)/libcohortex.so" "$state/modules/cohortex.abi3.so"
+# `cargo test` writes the module beside the test executables; `cargo build` also copies it up.
+library="$(cd "$target/debug" && pwd)/deps/libcohortex.so"
+[ -f "$library" ] || library="$(cd "$target/debug" && pwd)/libcohortex.so"
+ln -s "$library" "$state/modules/cohortex.abi3.so"
 PYTHONPATH="$state/modules" COHORTEX_CLIENT_DIR="$state/demo/client" \
   python3 notebooks/run.py notebooks/buyer_analysis.ipynb notebooks/patient_earnings_and_budget.ipynb

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use cohortex_coordinator::{Cluster, ClusterOptions, NodeSetup, PatientEnrolment, Payout, Release};
+use cohortex_cluster::{Cluster, ClusterOptions, NodeSetup, PatientEnrolment, Payout};
+use cohortex_coordinator::Release;
 use compute_node::fhir::{bundle_to_record, ProvenancePolicy};
 use compute_node::ingest::{ingest_fhir, ingest_table, is_fhir_source};
 use compute_node::synth::{self, REFERENCE_DATE};

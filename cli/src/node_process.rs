@@ -8,14 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
-use cohortex_coordinator::serve::serve_node;
 use cohortex_coordinator::standalone::{publish_listing, ListingPublication};
 use compute_node::fhir::ProvenancePolicy;
 use compute_node::follower::PinnedLedger;
 use compute_node::ingest::{ingest_fhir, ingest_table};
-use compute_node::server::{
-    CommitteeSeat, NodeConfig as ServiceConfig, NodeService, PinnedCommittee,
-};
+use compute_node::protocol::{CommitteeSeat, PinnedCommittee};
+use compute_node::server::serve as serve_node;
+use compute_node::server::{NodeConfig as ServiceConfig, NodeService};
 use compute_node::{Schema, Vault};
 use market::{AccountId, Compensation, ListingTerms};
 use tokio::net::TcpListener;

@@ -4,29 +4,6 @@
 use std::path::Path;
 use std::process::Command;
 
-const MANIFEST: &str = r#"
-version = 1
-table = "patients"
-id_column = "patient_id"
-
-[[columns]]
-name = "age"
-type = "integer"
-bounds = [0, 120]
-
-[[columns]]
-name = "sex"
-type = "category"
-categories = ["female", "male"]
-
-[[columns]]
-name = "sbp"
-type = "float"
-unit = "mm[Hg]"
-bounds = [60.0, 260.0]
-decimals = 1
-"#;
-
 fn write_inputs(dir: &Path) -> (Vec<std::path::PathBuf>, Vec<(f64, &'static str, f64)>) {
     let mut rows = Vec::new();
     let mut files = Vec::new();
@@ -63,7 +40,7 @@ fn local_as(
     format: &[&str],
 ) -> std::process::Output {
     let manifest = dir.join("manifest.toml");
-    std::fs::write(&manifest, MANIFEST).unwrap();
+    std::fs::write(&manifest, testkit::manifests::BLOOD_PRESSURE).unwrap();
     let mut command = Command::new(env!("CARGO_BIN_EXE_cohortex"));
     command.arg("local");
     for file in files {

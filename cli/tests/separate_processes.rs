@@ -8,30 +8,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const MANIFEST: &str = r#"
-version = 1
-table = "patients"
-id_column = "patient_id"
-key_column = "patient_key"
-
-[[columns]]
-name = "age"
-type = "integer"
-bounds = [0, 120]
-
-[[columns]]
-name = "sex"
-type = "category"
-categories = ["female", "male"]
-
-[[columns]]
-name = "sbp"
-type = "float"
-unit = "mm[Hg]"
-bounds = [60.0, 260.0]
-decimals = 1
-"#;
-
 /// Price of each listing per query.
 const PRICE: u64 = 90;
 const NODES: usize = 3;
@@ -147,7 +123,11 @@ fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
 fn market_nodes_patients_and_buyer_as_separate_processes() {
     let temp = tempfile::tempdir().unwrap();
     let dir = temp.path();
-    std::fs::write(dir.join("manifest.toml"), MANIFEST).unwrap();
+    std::fs::write(
+        dir.join("manifest.toml"),
+        testkit::manifests::blood_pressure_with_keys(),
+    )
+    .unwrap();
 
     // Keys: every party makes its own.
     let nodes: Vec<String> = (1..=NODES)

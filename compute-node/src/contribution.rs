@@ -16,8 +16,23 @@ use zk::proofs::range::{CiphertextRangeProof, RangeStatement, SUPPORTED_BITS};
 use zk::transcript::ProofContext;
 use zk::ProofError;
 
-use crate::evaluate::Statistics;
 use crate::plan::QueryPlan;
+
+/// A node's plaintext statistics for one plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Statistics {
+    /// `[participants] ++ cells × statistics`, see [`QueryPlan`].
+    pub values: Vec<u64>,
+    /// How many values clipping changed, per aggregated column (for the node's own report).
+    pub clipped: Vec<(String, u64)>,
+}
+
+impl Statistics {
+    /// The number of participating (consenting) patients.
+    pub fn participants(&self) -> u64 {
+        self.values[0]
+    }
+}
 
 /// Errors building or checking a contribution.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -13,6 +13,7 @@
 
 use polars::prelude::*;
 
+pub use crate::contribution::Statistics;
 use crate::plan::{Codec, Comparison, GroupKey, Literal, Predicate, QueryPlan, Statistic};
 use crate::record::Value;
 use crate::schema::ColumnType;
@@ -33,22 +34,6 @@ pub enum EvaluateError {
         /// The vector slot.
         slot: usize,
     },
-}
-
-/// A node's plaintext statistics for one plan.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Statistics {
-    /// `[participants] ++ cells × statistics`, see [`QueryPlan`].
-    pub values: Vec<u64>,
-    /// How many values clipping changed, per aggregated column (for the node's own report).
-    pub clipped: Vec<(String, u64)>,
-}
-
-impl Statistics {
-    /// The number of participating (consenting) patients.
-    pub fn participants(&self) -> u64 {
-        self.values[0]
-    }
 }
 
 const CONSENTED: &str = "__consented";

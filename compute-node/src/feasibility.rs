@@ -27,6 +27,7 @@ use zk::fhe::{EncryptedBit, EncryptedCount, Evaluator, FheError, FheSecretKey, M
 
 use crate::record::Value;
 use crate::schema::{ColumnType, Schema};
+#[cfg(feature = "vault")]
 use crate::vault::{ConsentBook, Vault};
 
 /// Most clauses one query may carry.
@@ -435,6 +436,7 @@ pub struct ReleaseRule {
     pub min_cohort: u64,
 }
 
+#[cfg(feature = "vault")]
 /// Counts, under encryption, the patients of `vault` consenting to `purpose` whom every
 /// clause of `criteria` accepts, then adds the noise and applies the minimum cohort of
 /// `rule`. `criteria` must have passed [`EncryptedCriteria::check`] against the vault's

@@ -112,8 +112,8 @@ impl LedgerFollower {
         channel: Channel,
         read: impl FnOnce(&StateMachine) -> T,
     ) -> Result<T, FollowError> {
-        let mut client =
-            LedgerClient::new(channel).max_decoding_message_size(market::server::MAX_MESSAGE_BYTES);
+        let mut client = LedgerClient::new(channel)
+            .max_decoding_message_size(cohortex_types::rpc::MAX_MESSAGE_BYTES);
         let mut guard = self.replica.lock().await;
         if guard.is_none() {
             *guard = Some(self.start(&mut client).await?);

@@ -13,6 +13,10 @@
 //! ```
 //!
 //! Nothing but a [`contribution::Contribution`] leaves a node.
+//!
+//! Features: `vault` (on by default) holds records and evaluates with polars; `protocol` is the
+//! coordinator's side of the node's wire contract, without either; `server` is the node's gRPC
+//! service and needs both; `tfhe` adds blind feasibility search.
 #![deny(clippy::unwrap_used)]
 #![warn(missing_docs)]
 
@@ -20,19 +24,23 @@ pub mod combine;
 pub mod contribution;
 pub mod dp;
 pub mod durable;
+#[cfg(feature = "vault")]
 pub mod evaluate;
 #[cfg(feature = "tfhe")]
 pub mod feasibility;
-#[cfg(all(feature = "server", feature = "tfhe"))]
+#[cfg(all(feature = "protocol", feature = "tfhe"))]
 pub mod feasibility_wire;
 pub mod fhir;
 #[cfg(feature = "server")]
 pub mod follower;
+#[cfg(feature = "vault")]
 pub mod ingest;
 pub mod noise;
 pub mod plan;
+#[cfg(feature = "protocol")]
+pub mod protocol;
 pub mod record;
-#[cfg(feature = "server")]
+#[cfg(feature = "protocol")]
 pub mod recruitment;
 pub mod schema;
 pub mod sealed_share;
@@ -40,12 +48,15 @@ pub mod sealed_share;
 pub mod server;
 pub mod sql;
 pub mod synth;
+#[cfg(feature = "vault")]
 pub mod vault;
 
 pub use combine::{combine, Cell, QueryAnswer};
-pub use contribution::{build_contribution, verify_contributions, Contribution};
-pub use evaluate::{evaluate, Statistics};
+pub use contribution::{build_contribution, verify_contributions, Contribution, Statistics};
+#[cfg(feature = "vault")]
+pub use evaluate::evaluate;
 pub use plan::QueryPlan;
 pub use schema::Schema;
 pub use sql::{compile, QueryError};
+#[cfg(feature = "vault")]
 pub use vault::{ConsentBook, Vault};

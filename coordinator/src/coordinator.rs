@@ -26,7 +26,7 @@ use compute_node::noise::{
     apply_noise, count_slots, public_count_key, public_count_secret, released_value_slots,
     suppressed_cells, NoiseShare,
 };
-use compute_node::server::{
+use compute_node::protocol::{
     contribution_context, counts_context, decode_noise_share, encode_noise_share, methods,
     release_context,
 };

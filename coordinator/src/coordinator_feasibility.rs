@@ -14,7 +14,7 @@ use cohortex_proto::v1::{
     EncryptedCriteria, EvaluationKeyChunk, FeasibilityRequest, FeasibilityResponse, NodeReport,
     OrderState, SiteCount,
 };
-use compute_node::server::methods;
+use compute_node::protocol::methods;
 use market::hash::tagged_hash;
 use market::server::auth::{signed_request, signed_stream_request};
 use market::server::read_ledger;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use cohortex_proto::v1::compute_client::ComputeClient;
 use cohortex_proto::v1::{AcceptInvitationRequest, AcceptInvitationResponse, TrialReply};
-use compute_node::server::methods;
+use compute_node::protocol::methods;
 use market::hash::Hash32;
 use market::server::auth::{signed_request, signed_stream_request};
 use market::server::read_ledger;

@@ -1,4 +1,4 @@
-//! The pieces of [`crate::cluster`] that separate processes need: the market process opens
+//! The pieces of the in-process cluster (`cohortex-cluster`) that separate processes need: the market process opens
 //! (or creates) its ledger and admits the operator's accounts; once every admitted committee
 //! member has published its listing, it runs the key ceremony; a node publishes its listing
 //! over gRPC; and a client learns its account's next ledger nonce.

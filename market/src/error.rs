@@ -11,36 +11,9 @@ use crate::hash::Hash32;
 use crate::tx::{AccountId, ListingId, OrderId, Purpose, ReceiptId, Role};
 use thiserror::Error;
 
-/// Most bytes of caller-supplied text an error message quotes.
-pub const MAX_EXCERPT_BYTES: usize = 100;
-
-/// `input` as an error message may quote it: whole when at most [`MAX_EXCERPT_BYTES`] bytes,
-/// else its longest prefix of at most that many bytes that ends on a character boundary,
-/// followed by `… (N bytes)` with `input`'s full length.
-pub fn excerpt(input: &str) -> String {
-    cut_at(input, MAX_EXCERPT_BYTES)
-}
-
-/// Most bytes of an error message composed elsewhere that may quote fragments of input (a
-/// query compiler's message naming a column or token), as a status message carries it.
-pub const MAX_COMPOSED_MESSAGE_BYTES: usize = 400;
-
-/// A message composed from input (see [`MAX_COMPOSED_MESSAGE_BYTES`]), cut like [`excerpt`]:
-/// long enough to say what to fix, bounded whatever the input.
-pub fn bounded_message(message: &str) -> String {
-    cut_at(message, MAX_COMPOSED_MESSAGE_BYTES)
-}
-
-fn cut_at(input: &str, max: usize) -> String {
-    if input.len() <= max {
-        return input.to_owned();
-    }
-    let cut = (0..=max)
-        .rev()
-        .find(|&index| input.is_char_boundary(index))
-        .unwrap_or(0);
-    format!("{}… ({} bytes)", &input[..cut], input.len())
-}
+pub use cohortex_types::text::{
+    bounded_message, excerpt, MAX_COMPOSED_MESSAGE_BYTES, MAX_EXCERPT_BYTES,
+};
 
 /// A listing id as an error message shows it ([`excerpt`]).
 fn shown(listing: &ListingId) -> String {
@@ -501,6 +474,12 @@ pub enum TxError {
         /// Who signed.
         signer: AccountId,
     },
+}
+
+impl From<cohortex_types::InvalidKey> for TxError {
+    fn from(error: cohortex_types::InvalidKey) -> Self {
+        TxError::InvalidKey(error.0)
+    }
 }
 
 #[cfg(test)]

@@ -8,11 +8,15 @@
 //! `tagged_hash("cohortex/ledger/txid/v1", [signed bytes])`, and that id is the RFC 6962 leaf.
 
 use crate::error::TxError;
-use crate::hash::{tagged_hash, Hash32, LABEL_TXID, LABEL_TX_SIGNATURE};
+use crate::hash::{tagged_hash, Hash32};
+pub use cohortex_types::labels::{
+    LABEL_ATTESTATION, LABEL_FEASIBILITY_ATTESTATION, LABEL_RECEIPT_COSIGNATURE,
+    LABEL_TRIAL_ACCEPTANCE, LABEL_TRIAL_REPLY, LABEL_TRIAL_REPLY_CONTENT, LABEL_TXID,
+    LABEL_TX_SIGNATURE,
+};
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
-use std::fmt;
 
 /// Version byte of the signed-transaction envelope.
 pub const SIGNED_TX_VERSION: u8 = 1;
@@ -24,138 +28,7 @@ pub const MAX_LISTING_ID_LEN: usize = 64;
 /// Most listings one order may name.
 pub const MAX_LISTINGS_PER_ORDER: usize = 64;
 
-/// An account: its ed25519 verifying key.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct AccountId(pub [u8; 32]);
-
-impl AccountId {
-    /// The account of a signing key.
-    pub fn of(key: &SigningKey) -> Self {
-        AccountId(key.verifying_key().to_bytes())
-    }
-
-    /// Parses the key; refuses bytes that are not a point and small-order ("weak") keys, for
-    /// which batch and single verification could disagree.
-    pub fn verifying_key(&self) -> Result<VerifyingKey, TxError> {
-        let key = VerifyingKey::from_bytes(&self.0).map_err(|_| TxError::InvalidKey(*self))?;
-        if key.is_weak() {
-            return Err(TxError::InvalidKey(*self));
-        }
-        Ok(key)
-    }
-}
-
-impl fmt::Display for AccountId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&hex::encode(self.0))
-    }
-}
-
-impl fmt::Debug for AccountId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "AccountId({})", hex::encode(self.0))
-    }
-}
-
-/// The id of a transaction: `tagged_hash("cohortex/ledger/txid/v1", [signed bytes])`.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Debug)]
-pub struct TxId(pub Hash32);
-
-impl AsRef<[u8]> for TxId {
-    fn as_ref(&self) -> &[u8] {
-        &self.0 .0
-    }
-}
-
-impl fmt::Display for TxId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-/// An order is named by the id of the transaction that placed it.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Debug)]
-pub struct OrderId(pub TxId);
-
-impl fmt::Display for OrderId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-/// A query receipt is named by the id of the transaction that recorded it.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Debug)]
-pub struct ReceiptId(pub TxId);
-
-impl fmt::Display for ReceiptId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-/// The unique id of a dataset listing, chosen by its owner (1 to 64 bytes).
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Debug)]
-pub struct ListingId(pub String);
-
-impl ListingId {
-    /// Builds a listing id.
-    pub fn new(id: impl Into<String>) -> Self {
-        ListingId(id.into())
-    }
-}
-
-impl fmt::Display for ListingId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// What an account may do.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Debug)]
-pub enum Role {
-    /// Owns records, lists them, grants and revokes consent, receives payouts.
-    Patient,
-    /// Deposits are spent by buyers on query orders.
-    Buyer,
-    /// Hosts vaults and lists datasets on behalf of the patients it hosts.
-    ComputeNode,
-    /// Member of the key committee: records query receipts, settles and fails orders.
-    CommitteeMember,
-    /// Reads and checks the ledger; takes no market action.
-    Auditor,
-    /// Issues credits (deposits) and admits accounts with privileged roles.
-    Issuer,
-    /// Receives donated shares.
-    Fund,
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let name = match self {
-            Role::Patient => "patient",
-            Role::Buyer => "buyer",
-            Role::ComputeNode => "compute node",
-            Role::CommitteeMember => "committee member",
-            Role::Auditor => "auditor",
-            Role::Issuer => "issuer",
-            Role::Fund => "fund",
-        };
-        f.write_str(name)
-    }
-}
-
-/// The purpose a consent or a query is scoped to.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Debug)]
-pub enum Purpose {
-    /// Non-commercial research by an academic institution.
-    AcademicResearch,
-    /// Research by a commercial firm (pharma, AI).
-    CommercialResearch,
-    /// Counting a cohort to decide whether a trial is feasible.
-    TrialFeasibility,
-    /// Finding participants for a clinical trial.
-    TrialRecruitment,
-}
+pub use cohortex_types::ids::{AccountId, ListingId, OrderId, Purpose, ReceiptId, Role, TxId};
 
 /// How the shares of a listing are paid out.
 #[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Debug)]
@@ -220,11 +93,6 @@ pub struct ListingContribution {
     /// the node, not the market, vouches for who took part, its capacity and what it sent.
     pub attestation: Vec<u8>,
 }
-
-/// Domain label of a listing owner's attestation of an aggregate contribution.
-pub const LABEL_ATTESTATION: &str = "cohortex/market/listing-attestation/v1";
-/// Domain label of a listing owner's attestation of a blind feasibility count.
-pub const LABEL_FEASIBILITY_ATTESTATION: &str = "cohortex/market/feasibility-attestation/v1";
 
 /// What a node's attestation vouches for: the two are signed under different labels, so one
 /// can never be passed off as the other.
@@ -364,9 +232,6 @@ pub struct QueryReceipt {
     pub listings: Vec<ListingContribution>,
 }
 
-/// Domain label of a committee member's co-signature of a receipt.
-pub const LABEL_RECEIPT_COSIGNATURE: &str = "cohortex/market/receipt-cosignature/v1";
-
 impl QueryReceipt {
     /// The receipt's postcard encoding: the bytes a `RecordCosignedReceipt` transaction
     /// carries, and what the coordinator sends members to co-sign.
@@ -419,13 +284,6 @@ impl QueryReceipt {
     }
 }
 
-/// Domain label of a patient's acceptance of a trial invitation (signed by the patient, read
-/// only by the node that holds the patient's record).
-pub const LABEL_TRIAL_ACCEPTANCE: &str = "cohortex/market/trial-acceptance/v1";
-/// Domain label of a node's attestation of one trial reply.
-pub const LABEL_TRIAL_REPLY: &str = "cohortex/market/trial-reply/v1";
-/// Domain label of a trial reply's content hash.
-pub const LABEL_TRIAL_REPLY_CONTENT: &str = "cohortex/market/trial-reply-content/v1";
 /// Longest trial id, in bytes.
 pub const MAX_TRIAL_ID_LEN: usize = 64;
 /// Longest trial summary, in bytes.

@@ -5,6 +5,7 @@
 
 pub mod certs;
 pub mod codec;
+pub mod serving;
 pub mod tls;
 
 /// Package `cohortex.v1`.

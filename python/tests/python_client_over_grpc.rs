@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use cohortex_coordinator::{Cluster, ClusterOptions, NodeSetup, PatientEnrolment, Payout};
+use cohortex_cluster::{Cluster, ClusterOptions, NodeSetup, PatientEnrolment, Payout};
 use compute_node::fhir::{bundle_to_record, ProvenancePolicy};
 use compute_node::record::Value;
 use compute_node::synth::{self, REFERENCE_DATE};
@@ -79,17 +79,15 @@ fn write_secret(path: &Path, text: &str) {
         .unwrap();
 }
 
-/// The directory holding this crate's library as Python's `cohortex` module.
+/// The directory holding this crate's library as Python's `cohortex` module: the cdylib that
+/// `cargo test` wrote beside this test's executable (`target/debug/deps`) when it built the
+/// library for it.
 fn module_dir(dir: &Path) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    let library = exe
-        .parent()
-        .and_then(Path::parent)
-        .unwrap()
-        .join("libcohortex.so");
+    let library = exe.parent().unwrap().join("libcohortex.so");
     assert!(
         library.exists(),
-        "{} is built with the workspace",
+        "{} is built with this test (crate-type cdylib and rlib)",
         library.display()
     );
     let modules = dir.join("modules");

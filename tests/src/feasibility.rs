@@ -3,7 +3,7 @@
 
 use std::sync::OnceLock;
 
-use cohortex_coordinator::{Cluster, ClusterOptions, NodeSetup};
+use cohortex_cluster::{Cluster, ClusterOptions, NodeSetup};
 use compute_node::feasibility::Criterion;
 use compute_node::record::Value;
 use compute_node::Schema;

@@ -7,7 +7,45 @@
 #[cfg(feature = "tfhe")]
 pub mod feasibility;
 
-use cohortex_coordinator::{Buyer, Cluster, ClusterOptions, NodeSetup, PatientEnrolment, Payout};
+/// Manifests the process tests write next to their CSV files.
+pub mod manifests {
+    /// A table of age, sex and systolic blood pressure (mm[Hg]), one row per patient.
+    pub const BLOOD_PRESSURE: &str = r#"
+version = 1
+table = "patients"
+id_column = "patient_id"
+
+[[columns]]
+name = "age"
+type = "integer"
+bounds = [0, 120]
+
+[[columns]]
+name = "sex"
+type = "category"
+categories = ["female", "male"]
+
+[[columns]]
+name = "sbp"
+type = "float"
+unit = "mm[Hg]"
+bounds = [60.0, 260.0]
+decimals = 1
+"#;
+
+    /// [`BLOOD_PRESSURE`] with a `patient_key` column naming each row's patient account, so
+    /// that patients consent with their own keys.
+    pub fn blood_pressure_with_keys() -> String {
+        BLOOD_PRESSURE.replacen(
+            "id_column = \"patient_id\"\n",
+            "id_column = \"patient_id\"\nkey_column = \"patient_key\"\n",
+            1,
+        )
+    }
+}
+
+use cohortex_cluster::{Cluster, ClusterOptions, NodeSetup, PatientEnrolment, Payout};
+use cohortex_coordinator::Buyer;
 use compute_node::fhir::{bundle_to_record, ProvenancePolicy};
 use compute_node::record::Value;
 use compute_node::server::Fault;
@@ -277,7 +315,7 @@ pub fn operator_contribute(
 ) -> tonic::Request<cohortex_proto::v1::ContributeRequest> {
     market::server::auth::signed_request(
         cluster.operator_key(),
-        compute_node::server::methods::CONTRIBUTE,
+        compute_node::protocol::methods::CONTRIBUTE,
         cohortex_proto::v1::ContributeRequest {
             order_id: order_id.to_vec(),
             listing: listing.to_string(),

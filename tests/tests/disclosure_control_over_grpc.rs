@@ -86,7 +86,7 @@ async fn small_cohort_cells_are_suppressed_not_zero() {
     cluster.shutdown();
 }
 
-fn epsilon_left(cluster: &cohortex_coordinator::Cluster) -> Vec<u64> {
+fn epsilon_left(cluster: &cohortex_cluster::Cluster) -> Vec<u64> {
     let ledger = cluster.coordinator.ledger().lock().unwrap();
     listings(cluster)
         .iter()
@@ -101,7 +101,7 @@ fn epsilon_left(cluster: &cohortex_coordinator::Cluster) -> Vec<u64> {
 }
 
 async fn release(
-    cluster: &cohortex_coordinator::Cluster,
+    cluster: &cohortex_cluster::Cluster,
     buyer: &cohortex_coordinator::Buyer,
 ) -> anyhow::Result<cohortex_coordinator::Release> {
     query_sql(cluster, buyer, 1_000_000).await
@@ -199,7 +199,7 @@ async fn withholding_noise_of_t_members_stops_the_release() {
 /// A paid, diabetic patient of node 0 who consented (index and record).
 fn diabetic_paid_patient_of_node_0() -> (u64, synth::SyntheticPatient) {
     (0..PER_NODE)
-        .filter(|index| consent_of(*index) == Some(cohortex_coordinator::Payout::ToPatient))
+        .filter(|index| consent_of(*index) == Some(cohortex_cluster::Payout::ToPatient))
         .map(|index| (index, synth::patient(99, index)))
         .find(|(_, patient)| patient.diabetes)
         .unwrap()
@@ -208,7 +208,7 @@ fn diabetic_paid_patient_of_node_0() -> (u64, synth::SyntheticPatient) {
 /// The patient consents again to `listing` for academic research, paid, with a personal
 /// privacy limit (their third transaction: registration and first consent came before).
 async fn set_personal_limit(
-    cluster: &cohortex_coordinator::Cluster,
+    cluster: &cohortex_cluster::Cluster,
     key: &ed25519_dalek::SigningKey,
     listing: &market::ListingId,
     limit_micro: u64,
@@ -219,7 +219,7 @@ async fn set_personal_limit(
 /// The patient's third transaction (registration and first consent came before): a paid
 /// consent to `listing` for academic research, with an optional personal limit.
 async fn consent_again(
-    cluster: &cohortex_coordinator::Cluster,
+    cluster: &cohortex_cluster::Cluster,
     key: &ed25519_dalek::SigningKey,
     listing: &market::ListingId,
     limit_micro: Option<u64>,
@@ -366,7 +366,7 @@ async fn patient_in_two_listings_is_counted_once() {
     )
     .unwrap();
     setups[1].vault.upsert(record).unwrap();
-    let options = cohortex_coordinator::ClusterOptions {
+    let options = cohortex_cluster::ClusterOptions {
         purpose: Purpose::AcademicResearch,
         threshold: 2,
         epsilon_budget_micro: 100 * EPSILON,
@@ -376,7 +376,7 @@ async fn patient_in_two_listings_is_counted_once() {
         authority: None,
         ledger_committee_threshold: None,
     };
-    let cluster = cohortex_coordinator::Cluster::start(dir.path(), setups, &options, |_| {})
+    let cluster = cohortex_cluster::Cluster::start(dir.path(), setups, &options, |_| {})
         .await
         .unwrap();
     consent_again(

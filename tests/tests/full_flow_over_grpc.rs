@@ -3,7 +3,7 @@
 //! coordinator verifies and sums, a 2-of-3 committee adds noise and key-switches to the buyer,
 //! the buyer decrypts and combines, the receipt goes on the ledger and escrow settles.
 
-use cohortex_coordinator::Cluster;
+use cohortex_cluster::Cluster;
 use compute_node::server::Fault;
 use compute_node::synth;
 use market::{AccountId, Purpose};

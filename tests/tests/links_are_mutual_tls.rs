@@ -95,7 +95,7 @@ async fn plaintext_client_is_refused() {
 }
 
 /// Serves the cluster's real Ledger (honest data) at a new port, presenting `tls`.
-async fn impostor(cluster: &cohortex_coordinator::Cluster, tls: TlsIdentity) -> String {
+async fn impostor(cluster: &cohortex_cluster::Cluster, tls: TlsIdentity) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let endpoint = format!("https://{}", listener.local_addr().unwrap());
     let ledger = LedgerService::new(Arc::clone(&cluster.ledger));

@@ -8,16 +8,16 @@
 
 use std::sync::{Arc, Mutex};
 
+use cohortex_cluster::Cluster;
 use cohortex_coordinator::market_service::MarketService;
-use cohortex_coordinator::Cluster;
 use cohortex_proto::certs::Authority;
 use cohortex_proto::v1::compute_client::ComputeClient;
 use cohortex_proto::v1::compute_server::{Compute, ComputeServer};
 use cohortex_proto::v1::ledger_server::{Ledger as LedgerRpc, LedgerServer};
 use cohortex_proto::v1::market_server::{Market as MarketRpc, MarketServer};
 use cohortex_proto::v1::{self as v1, DkgDealRequest, DkgPeer};
+use compute_node::protocol::methods;
 use compute_node::sealed_share::seal_share_with_rng;
-use compute_node::server::methods;
 use market::server::auth::signed_request;
 use market::server::LedgerService;
 use market::Purpose;
@@ -515,17 +515,17 @@ async fn threshold_one_is_refused() {
         .nodes
         .iter()
         .enumerate()
-        .map(|(position, node)| compute_node::server::CommitteeSeat {
+        .map(|(position, node)| compute_node::protocol::CommitteeSeat {
             member: zk::MemberIndex::new(position as u16 + 1).unwrap(),
             account: node.account,
             endpoint: node.endpoint.clone(),
         })
         .collect::<Vec<_>>();
     assert_eq!(
-        compute_node::server::PinnedCommittee::new(1, seats.clone()).unwrap_err(),
-        compute_node::server::CommitteeError::ThresholdTooLow(1)
+        compute_node::protocol::PinnedCommittee::new(1, seats.clone()).unwrap_err(),
+        compute_node::protocol::CommitteeError::ThresholdTooLow(1)
     );
-    compute_node::server::PinnedCommittee::new(2, seats).unwrap();
+    compute_node::protocol::PinnedCommittee::new(2, seats).unwrap();
     cluster.shutdown();
 }
 

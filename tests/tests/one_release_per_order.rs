@@ -6,14 +6,14 @@
 //! the order straight on the ledger (so the honest coordinator never sees it) and drives the
 //! members itself over gRPC.
 
-use cohortex_coordinator::{Cluster, ClusterOptions};
+use cohortex_cluster::{Cluster, ClusterOptions};
 use cohortex_proto::v1::compute_client::ComputeClient;
 use cohortex_proto::v1::ledger_client::LedgerClient;
 use cohortex_proto::v1::{
     AddNoiseRequest, ContributionRecord, KeySwitchPhase, KeySwitchRequest, NoiseShare,
     SignedTransaction,
 };
-use compute_node::server::methods;
+use compute_node::protocol::methods;
 use market::server::auth::signed_request;
 use market::{AccountId, Action, ListingId, OrderId, Purpose, TxBody};
 use testkit::*;

@@ -5,7 +5,7 @@
 
 use cohortex_proto::v1::compute_client::ComputeClient;
 use cohortex_proto::v1::CosignReceiptRequest;
-use compute_node::server::methods;
+use compute_node::protocol::methods;
 use market::server::auth::signed_request;
 use market::tx::UncheckedTx;
 use market::{Action, QueryReceipt, TxId};
@@ -14,7 +14,7 @@ use tonic::Code;
 
 /// The receipt transaction `id` as the ledger holds it: the receipt and its co-signatures.
 fn recorded_receipt(
-    cluster: &cohortex_coordinator::Cluster,
+    cluster: &cohortex_cluster::Cluster,
     id: &TxId,
 ) -> (QueryReceipt, Vec<market::ReceiptCosignature>) {
     let record = cluster
@@ -38,7 +38,7 @@ fn recorded_receipt(
 
 /// The hostile operator asks node `index` to co-sign `receipt`.
 async fn ask_to_cosign(
-    cluster: &cohortex_coordinator::Cluster,
+    cluster: &cohortex_cluster::Cluster,
     index: usize,
     receipt: &QueryReceipt,
 ) -> Result<Vec<u8>, tonic::Status> {

@@ -6,10 +6,10 @@
 
 #![cfg(feature = "tfhe")]
 
+use cohortex_cluster::Cluster;
 use cohortex_coordinator::recruiter::{
     accept_trial, acceptance_request, list_trials, send_acceptance, OpenedReply,
 };
-use cohortex_coordinator::Cluster;
 use compute_node::recruitment::{seal_contact, Acceptance, ContactKey};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use market::{ListingId, Purpose};

@@ -20,25 +20,19 @@
 //! Undecodable and non-canonical protobuf never reaches a handler: the generated code's codec
 //! ([`cohortex_proto::codec`]) refuses it with `INVALID_ARGUMENT`.
 
-pub mod auth;
+pub use cohortex_types::auth;
 pub mod consent;
 pub mod ledger;
 
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use cohortex_proto::v1;
 use cohortex_proto::v1::consent_server::ConsentServer;
 use cohortex_proto::v1::ledger_server::LedgerServer;
-use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Code, Status};
-use tonic_health::pb::health_server::{Health, HealthServer};
-use tonic_health::server::HealthReporter;
-use tonic_health::ServingStatus;
-use tonic_reflection::server::v1::{ServerReflection, ServerReflectionServer};
 
 use crate::error::TxError;
 use crate::hash::Hash32;
@@ -46,7 +40,7 @@ use crate::log::{LogError, Receipt, SignedTreeHead};
 use crate::machine::BlockError;
 use crate::storage::{Ledger, LedgerError};
 use crate::tx::{
-    txid_of, AccountId, Action, ListingId, Purpose, TxBody, TxId, UncheckedTx, MAX_LISTING_ID_LEN,
+    txid_of, AccountId, Action, ListingId, TxBody, TxId, UncheckedTx, MAX_LISTING_ID_LEN,
     MAX_SIGNED_TX_LEN,
 };
 
@@ -54,11 +48,7 @@ pub use crate::error::{bounded_message, excerpt, MAX_COMPOSED_MESSAGE_BYTES, MAX
 pub use consent::ConsentService;
 pub use ledger::LedgerService;
 
-/// Largest gRPC message any Cohortex server decodes or encodes.
-pub const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
-
-/// Deadline a server applies to every request that does not bring a shorter one.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+pub use cohortex_types::rpc::{purpose_field, MAX_MESSAGE_BYTES, REQUEST_TIMEOUT};
 
 /// The ledger, shared by the services of one process.
 pub type SharedLedger = Arc<Mutex<Ledger>>;
@@ -344,51 +334,7 @@ pub fn listing_field(id: &str, field: &str) -> Result<ListingId, Status> {
     Ok(ListingId::new(id))
 }
 
-/// The wire name of a purpose (`academic_research`, ...).
-pub const fn purpose_name(purpose: Purpose) -> &'static str {
-    match purpose {
-        Purpose::AcademicResearch => "academic_research",
-        Purpose::CommercialResearch => "commercial_research",
-        Purpose::TrialFeasibility => "trial_feasibility",
-        Purpose::TrialRecruitment => "trial_recruitment",
-    }
-}
-
-/// Every purpose with its wire name, in the purposes' order.
-pub const PURPOSE_NAMES: [(Purpose, &str); 4] = [
-    (
-        Purpose::AcademicResearch,
-        purpose_name(Purpose::AcademicResearch),
-    ),
-    (
-        Purpose::CommercialResearch,
-        purpose_name(Purpose::CommercialResearch),
-    ),
-    (
-        Purpose::TrialFeasibility,
-        purpose_name(Purpose::TrialFeasibility),
-    ),
-    (
-        Purpose::TrialRecruitment,
-        purpose_name(Purpose::TrialRecruitment),
-    ),
-];
-
-/// A purpose field: one of the names in [`PURPOSE_NAMES`].
-pub fn purpose_field(name: &str, field: &str) -> Result<Purpose, Status> {
-    PURPOSE_NAMES
-        .iter()
-        .find(|(_, known)| *known == name)
-        .map(|(purpose, _)| *purpose)
-        .ok_or_else(|| {
-            let known: Vec<&str> = PURPOSE_NAMES.iter().map(|(_, known)| *known).collect();
-            Status::invalid_argument(format!(
-                "{field} must be one of {}, got {:?}",
-                known.join(", "),
-                excerpt(name)
-            ))
-        })
-}
+pub use cohortex_types::ids::{purpose_name, PURPOSE_NAMES};
 
 /// The last signed tree head, or `NOT_FOUND` before the first block.
 pub fn latest_head(ledger: &Ledger) -> Result<SignedTreeHead, Status> {
@@ -449,63 +395,7 @@ impl From<&Receipt> for v1::InclusionProof {
     }
 }
 
-/// Why [`serve_ledger_and_consent`] stopped with an error.
-#[derive(Debug, Error)]
-pub enum ServeError {
-    /// The reflection service could not read a descriptor set.
-    #[error("reflection service: {0}")]
-    Reflection(#[from] tonic_reflection::server::Error),
-    /// The transport failed.
-    #[error("grpc transport: {0}")]
-    Transport(#[from] tonic::transport::Error),
-}
-
-/// The standard `grpc.health.v1.Health` and `grpc.reflection.v1.ServerReflection` services for
-/// a process that serves the Cohortex services named in `served` (e.g.
-/// [`cohortex_proto::v1::ledger_server::SERVICE_NAME`]): each is marked `SERVING` (as is the
-/// whole server, the empty name), and reflection describes the Cohortex and health descriptor
-/// sets but lists only `served`, health and reflection itself. Keep the reporter to mark a
-/// service `NOT_SERVING` later.
-pub async fn health_and_reflection(
-    served: &[&str],
-) -> Result<
-    (
-        HealthReporter,
-        HealthServer<impl Health>,
-        ServerReflectionServer<impl ServerReflection>,
-        tonic_reflection::server::v1alpha::ServerReflectionServer<
-            impl tonic_reflection::server::v1alpha::ServerReflection,
-        >,
-    ),
-    ServeError,
-> {
-    let (reporter, health) = tonic_health::server::health_reporter();
-    for name in served {
-        reporter
-            .set_service_status(name, ServingStatus::Serving)
-            .await;
-    }
-    let listed: Vec<&str> = served
-        .iter()
-        .copied()
-        .chain([
-            tonic_health::pb::health_server::SERVICE_NAME,
-            tonic_reflection::pb::v1::server_reflection_server::SERVICE_NAME,
-        ])
-        .collect();
-    let builder = || {
-        listed.iter().fold(
-            tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(cohortex_proto::FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET),
-            |builder, name| builder.with_service_name(*name),
-        )
-    };
-    // v1 for current tools; v1alpha too, which older grpcurl and Python's grpcio-reflection use.
-    let reflection = builder().build_v1()?;
-    let reflection_v1alpha = builder().build_v1alpha()?;
-    Ok((reporter, health, reflection, reflection_v1alpha))
-}
+pub use cohortex_proto::serving::{health_and_reflection, ServeError};
 
 /// Serves the Ledger and Consent services over `ledger` on `listener`, with health and
 /// reflection, until `shutdown` completes; then stops accepting and drains open requests.
@@ -545,28 +435,6 @@ pub async fn serve_ledger_and_consent(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn purpose_names_round_trip_and_unknown_names_are_refused() {
-        for (purpose, name) in PURPOSE_NAMES {
-            assert_eq!(purpose_field(name, "purpose").ok(), Some(purpose));
-        }
-        let refused = purpose_field("marketing", "purpose").err();
-        assert_eq!(
-            refused.as_ref().map(Status::code),
-            Some(Code::InvalidArgument)
-        );
-        assert!(refused.is_some_and(|status| status.message().starts_with("purpose must be")));
-    }
-
-    #[test]
-    fn unknown_purpose_of_megabytes_is_quoted_as_an_excerpt() {
-        let huge = "p".repeat(7 << 20);
-        let refused = purpose_field(&huge, "purpose").err();
-        let message = refused.as_ref().map_or("", Status::message);
-        assert!(message.len() < 300, "{} bytes", message.len());
-        assert!(message.ends_with("(7340032 bytes)\""), "{message}");
-    }
 
     #[test]
     fn refusals_map_to_the_documented_codes() {

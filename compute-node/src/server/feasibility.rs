@@ -214,7 +214,7 @@ impl NodeService {
             .await?;
 
         let vault = Arc::clone(&self.vault);
-        let purpose = market::server::purpose_name(Purpose::TrialFeasibility);
+        let purpose = cohortex_types::purpose_name(Purpose::TrialFeasibility);
         let started = std::time::Instant::now();
         let (released, stats, participants) = tokio::task::spawn_blocking(move || {
             let draw = noise.sample(&mut OsRng);
@@ -289,5 +289,5 @@ impl NodeService {
 }
 
 fn unix_time() -> u64 {
-    market::server::auth::unix_now()
+    cohortex_types::auth::unix_now()
 }

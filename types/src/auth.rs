@@ -11,7 +11,7 @@
 //! request whose timestamp is within [`MAX_CLOCK_SKEW`] of its clock and whose nonce it has
 //! not seen in that window, so a captured request cannot be replayed. The body is the
 //! message re-encoded by prost, which is exactly the bytes received: the generated server code
-//! decodes with [`cohortex_proto::codec::CanonicalProstCodec`], which refuses any request whose
+//! decodes with `cohortex_proto::codec::CanonicalProstCodec`, which refuses any request whose
 //! bytes are not the canonical encoding of what they decode to (an unknown or repeated field
 //! appended to a signed request is `INVALID_ARGUMENT`), so the signature covers every byte read.
 
@@ -26,10 +26,8 @@ use tonic::metadata::MetadataMap;
 use tonic::{Request, Status};
 
 use crate::hash::tagged_hash;
-use crate::tx::AccountId;
-
-/// Domain label of request signatures.
-pub const LABEL_REQUEST: &str = "cohortex/rpc/request/v1";
+use crate::ids::AccountId;
+use crate::labels::LABEL_REQUEST;
 /// Metadata key of the caller's account.
 pub const ACCOUNT: &str = "x-cohortex-account";
 /// Metadata key of the request time.

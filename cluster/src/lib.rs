@@ -2,6 +2,10 @@
 //! coordinator) and one process-like task per compute node, each a real gRPC server on an
 //! ephemeral port. `cohortex demo`, `cohortex local` and the end-to-end tests run on it.
 //!
+//! It is its own crate because it is the one place that links every party: the coordinator
+//! links no vault (polars) and a node no ledger storage (SQLite), but a whole federation in one
+//! process needs both.
+//!
 //! Start-up:
 //! 1. a ledger with a genesis issuer; the issuer admits the coordinator (committee member),
 //!    a donation fund and each node (compute node), and registers the nodes as the key
@@ -13,6 +17,9 @@
 //!    operator's bulk onboarding path) rather than one RPC each;
 //! 5. the coordinator runs the key ceremony across the nodes over gRPC (t of n).
 
+#![deny(clippy::unwrap_used)]
+#![warn(missing_docs)]
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -23,7 +30,8 @@ use cohortex_proto::v1::ledger_client::LedgerClient;
 use cohortex_proto::v1::market_client::MarketClient;
 use cohortex_proto::v1::{PublishListingRequest, SignedTransaction};
 use compute_node::follower::PinnedLedger;
-use compute_node::server::{CommitteeSeat, Fault, NodeConfig, NodeService, PinnedCommittee};
+use compute_node::protocol::{CommitteeSeat, PinnedCommittee};
+use compute_node::server::{Fault, NodeConfig, NodeService};
 use compute_node::Vault;
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use market::{
@@ -35,9 +43,10 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use zk::MemberIndex;
 
-use crate::buyer::Buyer;
-use crate::coordinator::{manifest_hash, Coordinator};
-use crate::serve::{serve_market, serve_node};
+use cohortex_coordinator::serve::serve_market;
+use cohortex_coordinator::{Buyer, Coordinator};
+use compute_node::server::serve as serve_node;
+use market::hash::manifest_hash;
 
 /// Transactions appended per block during bulk onboarding.
 pub const ONBOARDING_BLOCK: usize = 4000;

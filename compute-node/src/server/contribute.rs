@@ -1,0 +1,158 @@
+//! A node's contribution to an order: its consenting patients' statistics, encrypted under
+//! the collective key and range-proven, with its own attestation of who took part.
+
+use std::sync::Arc;
+
+use cohortex_proto::v1::{ContributeRequest, ContributeResponse};
+use cohortex_types::text::bounded_message;
+use market::{AccountId, ListingContribution, ListingId};
+use rand::rngs::OsRng;
+use tonic::Status;
+use zk::Wire;
+
+use super::{order_id, order_key, Fault, NodeService};
+use crate::contribution::build_contribution;
+use crate::evaluate::evaluate;
+use crate::protocol::contribution_context;
+use crate::sql::compile;
+
+impl NodeService {
+    /// Evaluates the order's query over the patients who consent now and proves the result,
+    /// once per order; the buyer's signed order on the ledger, not the coordinator, says what
+    /// is asked, for which purpose and at what ε.
+    pub(super) async fn contribution(
+        &self,
+        message: ContributeRequest,
+    ) -> Result<ContributeResponse, Status> {
+        let order = order_id(&message.order_id)?;
+        if message.listing != self.config.listing {
+            return Err(Status::invalid_argument(format!(
+                "listing: this node serves `{}`",
+                self.config.listing
+            )));
+        }
+        if message.purpose.is_empty() {
+            return Err(Status::invalid_argument("purpose: empty"));
+        }
+        let collective_key = {
+            let state = self.lock()?;
+            if state.contributed.contains(&order) {
+                return Err(Status::already_exists(
+                    "order_id: this node already contributed to the order",
+                ));
+            }
+            let Some((_, committee)) = &state.key else {
+                return Err(Status::failed_precondition(
+                    "no collective key yet: the committee's DKG has not run",
+                ));
+            };
+            *committee.collective_key()
+        };
+        let plan = compile(&message.sql, self.vault.schema()).map_err(|error| {
+            Status::invalid_argument(format!("sql: {}", bounded_message(&error.to_string())))
+        })?;
+        // The buyer's signed order, not the coordinator, says what is asked, for which
+        // purpose, and how much ε each included patient spends.
+        let facts = self.order_facts(&order, &message.sql).await?;
+        if !facts.listings.contains(&self.config.listing) {
+            return Err(Status::failed_precondition(format!(
+                "order_id: the order does not name listing {}",
+                self.config.listing
+            )));
+        }
+        if cohortex_types::purpose_name(facts.purpose) != message.purpose {
+            return Err(Status::invalid_argument(format!(
+                "purpose: the order's purpose is {}",
+                cohortex_types::purpose_name(facts.purpose)
+            )));
+        }
+        if let Some(Fault::SlowToCompute(millis)) = self.fault() {
+            tokio::time::sleep(std::time::Duration::from_millis(millis)).await;
+        }
+        // A patient whose personal limit the order would exceed is left out, exactly like one
+        // who never consented: the release cannot tell them apart.
+        let consents = self
+            .current_consents(facts.purpose, facts.epsilon_micro, &facts.listings)
+            .await?;
+        let vault = Arc::clone(&self.vault);
+        let purpose = message.purpose.clone();
+        let context_order = match self.fault() {
+            Some(Fault::ProveForAnotherQuery) => vec![0xEE; 32],
+            _ => order.clone(),
+        };
+        let context = contribution_context(&context_order, &self.config.listing)?;
+        let fault = self.fault();
+        let (contribution, participants) = tokio::task::spawn_blocking(move || {
+            let statistics = evaluate(&plan, &vault, &consents, &purpose)
+                .map_err(|error| Status::internal(format!("evaluation failed: {error}")))?;
+            let mut contribution = build_contribution(
+                &context,
+                &collective_key,
+                &plan,
+                &statistics,
+                vault.capacity(),
+                &mut OsRng,
+            )
+            .map_err(|error| Status::internal(format!("proving failed: {error}")))?;
+            if fault == Some(Fault::InflateAfterProving) {
+                contribution.ciphertexts[1] = contribution.ciphertexts[1]
+                    .add_plaintext(&curve25519_dalek::Scalar::from(1_000_000_000u64));
+            }
+            let mut participants: Vec<Vec<u8>> = vault
+                .records()
+                .iter()
+                .filter(|record| consents.covers(&record.patient_id, &purpose))
+                .filter_map(|record| record.patient_key.as_deref())
+                .filter_map(|key| hex::decode(key).ok())
+                .collect();
+            participants.sort();
+            participants.dedup();
+            Ok::<_, Status>((contribution, participants))
+        })
+        .await
+        .map_err(|error| Status::internal(format!("worker failed: {error}")))??;
+        let ciphertexts: Vec<Vec<u8>> = contribution
+            .ciphertexts
+            .iter()
+            .map(Wire::to_bytes)
+            .collect();
+        let proof = contribution.proof.to_bytes();
+        // The node's own word on its part of the receipt: who took part, the capacity its
+        // proof is bound to, and the hash of what it sends. The ledger records no receipt
+        // without it, so the market cannot pay, debit or name anyone the node did not.
+        let mut attested = ListingContribution {
+            listing: ListingId::new(self.config.listing.clone()),
+            epsilon_debited_micro: facts.epsilon_micro,
+            participants: participants
+                .iter()
+                .filter_map(|bytes| <[u8; 32]>::try_from(bytes.as_slice()).ok())
+                .map(AccountId)
+                .collect(),
+            capacity: self.vault.capacity(),
+            contribution_hash: market::hash::contribution_hash(&ciphertexts, &proof),
+            attestation: Vec::new(),
+        };
+        attested.attest(
+            &self.config.account,
+            &self.config.ledger.chain_id,
+            &order_key(&order)?,
+            &market::hash::query_hash(&message.sql),
+        );
+        let response = ContributeResponse {
+            ciphertexts,
+            proof,
+            capacity: self.vault.capacity(),
+            participants,
+            attestation: attested.attestation,
+        };
+        let mut state = self.lock()?;
+        state.contributed.insert(order);
+        if self.fault() == Some(Fault::ReplayFirstContribution) {
+            let first = state
+                .first_contribution
+                .get_or_insert_with(|| response.clone());
+            return Ok(first.clone());
+        }
+        Ok(response)
+    }
+}

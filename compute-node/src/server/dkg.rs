@@ -1,0 +1,425 @@
+//! The node's side of the key ceremony (`zk::dkg`: Pedersen DKG with complaints), one type per
+//! round. A node that dealt holds [`Dealt`]; checking every dealer's broadcast and share turns
+//! it into [`Received`]; finishing turns that into the node's key share. Each step consumes
+//! the round before it, so no round runs twice or out of order, and a step that fails leaves
+//! the node idle, for the coordinator to start a new session.
+
+use cohortex_proto::tls::endpoint as link;
+use cohortex_proto::v1::{
+    DeliverShareRequest, DeliverShareResponse, DkgDealRequest, DkgDealResponse, DkgFinishRequest,
+    DkgFinishResponse, DkgJustifyRequest, DkgJustifyResponse, DkgReceiveRequest,
+    DkgReceiveResponse,
+};
+use cohortex_types::auth::signed_request;
+use market::AccountId;
+use rand::rngs::OsRng;
+use tonic::Status;
+use zk::dkg::messages::{Complaint, DealerBroadcast, DealerShare, Justification};
+use zk::dkg::{deal_with_rng, AwaitingJustifications, AwaitingShares, DkgOutput, DkgParameters};
+use zk::{CommitteePublic, KeyShare, MemberIndex, Wire};
+
+use super::{NodeConfig, NodeService};
+use crate::protocol::{decode_all, methods, normal_endpoint, CommitteeError};
+use crate::sealed_share::{open_share, seal_share_with_rng, SealError};
+
+/// Where the node stands in the current key ceremony.
+pub(super) enum DkgRound {
+    /// No ceremony in progress (or the last one failed).
+    Idle,
+    /// Round 1 done: this node dealt.
+    Dealt(Dealt),
+    /// Round 2 done: the dealers' broadcasts and shares checked, complaints filed.
+    Received(Received),
+}
+
+/// Round 1 of a session: this node dealt, and awaits the other dealers' shares.
+pub(super) struct Dealt {
+    session: Vec<u8>,
+    state: AwaitingShares,
+}
+
+/// Round 2 of a session: shares checked; awaits the justifications of complaints.
+pub(super) struct Received {
+    session: Vec<u8>,
+    state: AwaitingJustifications,
+}
+
+fn not_current() -> Status {
+    Status::invalid_argument("session_id: not the current session")
+}
+
+impl DkgRound {
+    /// Takes round 1 of `session` out, leaving the node idle. A request for another session
+    /// leaves the round as it was.
+    fn take_dealt(&mut self, session: &[u8]) -> Result<Dealt, Status> {
+        match std::mem::replace(self, DkgRound::Idle) {
+            DkgRound::Dealt(dealt) if dealt.session.as_slice() == session => Ok(dealt),
+            DkgRound::Dealt(dealt) => {
+                *self = DkgRound::Dealt(dealt);
+                Err(not_current())
+            }
+            other => {
+                *self = other;
+                Err(Status::failed_precondition("no DKG round 1 in progress"))
+            }
+        }
+    }
+
+    /// Takes round 2 of `session` out, leaving the node idle. A request for another session
+    /// leaves the round as it was.
+    fn take_received(&mut self, session: &[u8]) -> Result<Received, Status> {
+        match std::mem::replace(self, DkgRound::Idle) {
+            DkgRound::Received(received) if received.session.as_slice() == session => Ok(received),
+            DkgRound::Received(received) => {
+                *self = DkgRound::Received(received);
+                Err(not_current())
+            }
+            other => {
+                *self = other;
+                Err(Status::failed_precondition("no DKG round 2 completed"))
+            }
+        }
+    }
+
+    /// Round 2, left in place (justifying does not end it).
+    fn received(&self) -> Result<&Received, Status> {
+        match self {
+            DkgRound::Received(received) => Ok(received),
+            _ => Err(Status::failed_precondition("no DKG round 2 completed")),
+        }
+    }
+}
+
+impl Dealt {
+    /// Checks every dealer's broadcast and the shares delivered to this node.
+    fn receive(
+        self,
+        broadcasts: &[DealerBroadcast],
+        shares: &[DealerShare],
+    ) -> Result<(Received, Vec<Complaint>), Status> {
+        let (state, complaints) = self
+            .state
+            .receive(broadcasts, shares)
+            .map_err(|error| Status::invalid_argument(format!("broadcasts: {error}")))?;
+        let received = Received {
+            session: self.session,
+            state,
+        };
+        Ok((received, complaints))
+    }
+}
+
+impl Received {
+    /// This node's answers to complaints against it.
+    fn justify(&self, complaints: &[Complaint]) -> Vec<Justification> {
+        self.state.justify(complaints)
+    }
+
+    /// The node's key share and the committee's public data.
+    fn finish(
+        self,
+        complaints: &[Complaint],
+        justifications: &[Justification],
+    ) -> Result<DkgOutput, Status> {
+        self.state
+            .finish(complaints, justifications)
+            .map_err(|error| Status::failed_precondition(format!("dkg: {error}")))
+    }
+}
+
+impl NodeService {
+    /// Round 1: deals to the committee pinned in the node's own configuration, which the
+    /// request may only name back, and delivers each private share straight to its member.
+    pub(super) async fn deal(&self, message: DkgDealRequest) -> Result<DkgDealResponse, Status> {
+        // The committee is this node's own: the coordinator may only name it back. A request
+        // naming another threshold, member or endpoint (say, the coordinator's own endpoint
+        // on two seats, to collect t shares) gets nothing.
+        let committee = &self.config.committee;
+        if message.threshold != u32::from(committee.threshold()) {
+            return Err(Status::permission_denied(format!(
+                "threshold: {} is not this node's pinned threshold {}",
+                message.threshold,
+                committee.threshold()
+            )));
+        }
+        if message.peers.len() != committee.seats().len() {
+            return Err(Status::permission_denied(format!(
+                "peers: {} named, this node's pinned committee has {} members",
+                message.peers.len(),
+                committee.seats().len()
+            )));
+        }
+        for (index, peer) in message.peers.iter().enumerate() {
+            let pinned = u16::try_from(peer.member)
+                .ok()
+                .and_then(MemberIndex::new)
+                .and_then(|member| committee.seat(member));
+            let matches = pinned.is_some_and(|seat| {
+                normal_endpoint(&seat.endpoint) == normal_endpoint(&peer.endpoint)
+            });
+            if !matches {
+                return Err(Status::permission_denied(format!(
+                    "peers[{index}]: member {} at that endpoint is not in this node's pinned \
+                     committee",
+                    peer.member
+                )));
+            }
+        }
+        let parameters = DkgParameters::new(
+            committee.threshold(),
+            committee.seats().len() as u16,
+            &message.session_id,
+        )
+        .map_err(|error| Status::invalid_argument(format!("session_id: {error}")))?;
+        let (state, broadcast, shares) = deal_with_rng(&parameters, self.config.member, &mut OsRng)
+            .map_err(|error| Status::internal(format!("dealing failed: {error}")))?;
+        // Deliver each private share straight to its recipient, at its pinned endpoint, sealed
+        // to its pinned account key (TLS alone would trust the federation's authority).
+        for share in shares {
+            let seat = committee.seat(share.recipient).ok_or_else(|| {
+                Status::internal(format!("no seat for member {}", share.recipient.get()))
+            })?;
+            let recipient_key = seat.account.verifying_key().map_err(|error| {
+                Status::internal(format!(
+                    "member {}'s pinned account is not a key: {error}",
+                    seat.member.get()
+                ))
+            })?;
+            let sealed_share =
+                seal_share_with_rng(&share, &message.session_id, &recipient_key, &mut OsRng)
+                    .map_err(|error| Status::internal(error.to_string()))?;
+            let channel = link(&seat.endpoint, self.config.tls.as_ref())
+                .map_err(|error| Status::internal(format!("member endpoint: {error}")))?
+                .connect()
+                .await
+                .map_err(|error| {
+                    Status::unavailable(format!(
+                        "member {} unreachable: {error}",
+                        seat.member.get()
+                    ))
+                })?;
+            let mut client = cohortex_proto::v1::compute_client::ComputeClient::new(channel);
+            client
+                .deliver_share(signed_request(
+                    &self.config.account,
+                    methods::DELIVER_SHARE,
+                    DeliverShareRequest {
+                        session_id: message.session_id.clone(),
+                        sealed_share,
+                    },
+                ))
+                .await?;
+        }
+        self.lock()?.round = DkgRound::Dealt(Dealt {
+            session: message.session_id,
+            state,
+        });
+        Ok(DkgDealResponse {
+            broadcast: broadcast.to_bytes(),
+        })
+    }
+
+    /// Keeps a share another member dealt to this one: `caller` (authenticated) must hold a
+    /// seat, and the share must open as its seat's, sealed to this member for the session.
+    pub(super) fn take_share(
+        &self,
+        caller: AccountId,
+        message: DeliverShareRequest,
+    ) -> Result<DeliverShareResponse, Status> {
+        let Some(caller_seat) = self.config.committee.seat_of(&caller) else {
+            return Err(Status::permission_denied(format!(
+                "account {caller} is not a committee member"
+            )));
+        };
+        let caller_member = caller_seat.member;
+        // A member deals only its own shares: the share must open as the caller's seat's, sealed
+        // to this member's account key for this session.
+        let share: DealerShare = open_share(
+            &message.sealed_share,
+            &message.session_id,
+            caller_member,
+            self.config.member,
+            &self.config.account,
+        )
+        .map_err(|error| match error {
+            SealError::WrongSeats { .. } => {
+                Status::permission_denied(format!("sealed_share: {error}"))
+            }
+            _ => Status::invalid_argument(format!("sealed_share: {error}")),
+        })?;
+        let mut state = self.lock()?;
+        let inbox = state.inbox.entry(message.session_id).or_default();
+        if inbox.iter().any(|held| held.dealer == share.dealer) {
+            return Err(Status::already_exists(
+                "share: this dealer's share for the session was already delivered",
+            ));
+        }
+        inbox.push(share);
+        Ok(DeliverShareResponse {})
+    }
+
+    /// Round 2: checks the dealers' broadcasts against the shares delivered for the session.
+    pub(super) fn receive_broadcasts(
+        &self,
+        message: DkgReceiveRequest,
+    ) -> Result<DkgReceiveResponse, Status> {
+        let broadcasts: Vec<DealerBroadcast> = decode_all(&message.broadcasts, "broadcasts")?;
+        let mut state = self.lock()?;
+        let dealt = state.round.take_dealt(&message.session_id)?;
+        let shares = state.inbox.remove(&message.session_id).unwrap_or_default();
+        let (received, complaints) = dealt.receive(&broadcasts, &shares)?;
+        state.round = DkgRound::Received(received);
+        Ok(DkgReceiveResponse {
+            complaints: complaints.iter().map(Wire::to_bytes).collect(),
+        })
+    }
+
+    /// Answers the complaints against this node's dealing.
+    pub(super) fn justify(&self, message: DkgJustifyRequest) -> Result<DkgJustifyResponse, Status> {
+        let complaints: Vec<Complaint> = decode_all(&message.complaints, "complaints")?;
+        let state = self.lock()?;
+        let justifications = state.round.received()?.justify(&complaints);
+        Ok(DkgJustifyResponse {
+            justifications: justifications.iter().map(Wire::to_bytes).collect(),
+        })
+    }
+
+    /// Round 3: the node's key share, stored (if configured) before it is used.
+    pub(super) fn finish_dkg(
+        &self,
+        message: DkgFinishRequest,
+    ) -> Result<DkgFinishResponse, Status> {
+        let complaints: Vec<Complaint> = decode_all(&message.complaints, "complaints")?;
+        let justifications: Vec<Justification> =
+            decode_all(&message.justifications, "justifications")?;
+        let mut state = self.lock()?;
+        let output = state
+            .round
+            .take_received(&message.session_id)?
+            .finish(&complaints, &justifications)?;
+        let committee = output.committee.to_bytes();
+        if let Some(path) = &self.config.key_share_file {
+            store_key_share(path, &output.share, &output.committee).map_err(|error| {
+                tracing::error!(path = %path.display(), %error, "storing the key share");
+                Status::internal("the node could not store its key share")
+            })?;
+        }
+        state.key = Some((output.share, output.committee));
+        Ok(DkgFinishResponse { committee })
+    }
+}
+
+/// Reads the key share and committee a node stored after its key ceremony, and checks that
+/// they are this node's: its member index, the pinned committee's threshold and size, and a
+/// share whose verification key the committee records.
+pub(super) fn load_key_share(
+    path: &std::path::Path,
+    config: &NodeConfig,
+) -> Result<(KeyShare, CommitteePublic), CommitteeError> {
+    let bad = |reason: String| CommitteeError::StoredKeyShare {
+        path: path.display().to_string(),
+        reason,
+    };
+    let text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(path).map_err(|error| bad(error.to_string()))?,
+    );
+    let mut lines = text.lines();
+    let (Some(share_hex), Some(committee_hex), None) = (lines.next(), lines.next(), lines.next())
+    else {
+        return Err(bad("expected two lines: the share and the committee".into()));
+    };
+    let share_bytes = zeroize::Zeroizing::new(
+        hex::decode(share_hex.trim()).map_err(|_| bad("the share is not hex".into()))?,
+    );
+    let share = KeyShare::from_bytes(&share_bytes).map_err(|error| bad(error.to_string()))?;
+    let committee_bytes =
+        hex::decode(committee_hex.trim()).map_err(|_| bad("the committee is not hex".into()))?;
+    let committee =
+        CommitteePublic::from_bytes(&committee_bytes).map_err(|error| bad(error.to_string()))?;
+    if share.member() != config.member {
+        return Err(bad(format!(
+            "it is member {}'s share, this node is member {}",
+            share.member().get(),
+            config.member.get()
+        )));
+    }
+    if committee.threshold() != config.committee.threshold()
+        || committee.members().count() != config.committee.seats().len()
+    {
+        return Err(bad(
+            "its committee is not the one pinned in this node's configuration".into(),
+        ));
+    }
+    if !share.belongs_to(&committee) {
+        return Err(bad(
+            "the share is not the committee's share for this member".into(),
+        ));
+    }
+    Ok((share, committee))
+}
+
+/// Stores the key share and committee (hex lines) in `path`, mode 0600, replaced whole
+/// ([`crate::durable::replace_file`]).
+fn store_key_share(
+    path: &std::path::Path,
+    share: &KeyShare,
+    committee: &CommitteePublic,
+) -> std::io::Result<()> {
+    let share_bytes = zeroize::Zeroizing::new(share.to_bytes());
+    let text = zeroize::Zeroizing::new(format!(
+        "{}\n{}\n",
+        hex::encode(share_bytes.as_slice()),
+        hex::encode(committee.to_bytes())
+    ));
+    crate::durable::replace_file(path, text.as_bytes())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    fn dealt(session: &[u8]) -> DkgRound {
+        let parameters = DkgParameters::new(2, 3, session).unwrap();
+        let member = MemberIndex::new(1).unwrap();
+        let (state, _, _) = deal_with_rng(&parameters, member, &mut OsRng).unwrap();
+        DkgRound::Dealt(Dealt {
+            session: session.to_vec(),
+            state,
+        })
+    }
+
+    #[test]
+    fn round_of_another_session_is_refused_and_kept() {
+        let mut round = dealt(b"session-1");
+        let refused = round.take_dealt(b"session-2").err();
+        assert_eq!(
+            refused.map(|status| status.code()),
+            Some(Code::InvalidArgument)
+        );
+        assert!(round.take_dealt(b"session-1").is_ok());
+        assert!(matches!(round, DkgRound::Idle));
+    }
+
+    #[test]
+    fn rounds_out_of_order_are_refused() {
+        let mut round = DkgRound::Idle;
+        let code = |status: Status| status.code();
+        assert_eq!(
+            round.take_dealt(b"s").err().map(code),
+            Some(Code::FailedPrecondition)
+        );
+        let mut round_one = dealt(b"s");
+        assert_eq!(
+            round_one.take_received(b"s").err().map(code),
+            Some(Code::FailedPrecondition)
+        );
+        assert_eq!(
+            round_one.received().err().map(code),
+            Some(Code::FailedPrecondition)
+        );
+        assert!(matches!(round_one, DkgRound::Dealt(_)));
+        assert!(matches!(round, DkgRound::Idle));
+    }
+}

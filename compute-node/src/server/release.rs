@@ -1,0 +1,711 @@
+//! An order's release on one committee member: the member verifies and sums the
+//! contributions and adds its own noise ([`Stage::Noised`]); key-switches the noisy counts and
+//! then the released values towards the buyer, each once and in that order, only as the ledger
+//! commits the release; and co-signs one receipt for the order.
+
+use std::collections::BTreeSet;
+
+use cohortex_proto::v1::{
+    AddNoiseRequest, AddNoiseResponse, CosignReceiptRequest, CosignReceiptResponse, KeySwitchPhase,
+    KeySwitchRequest, KeySwitchResponse,
+};
+use cohortex_types::text::excerpt;
+use market::{AccountId, Hash32, QueryReceipt};
+use rand::rngs::OsRng;
+use tonic::Status;
+use zk::{
+    Ciphertext, CiphertextRangeProof, CommitteePublic, KeySwitchShare, ProofContext, PublicKey,
+    Wire,
+};
+
+use super::{follow_status, order_id, order_key, Fault, NodeService};
+use crate::contribution::{
+    sum_contributions, verify_bounded, verify_contributions, Contribution, ContributionStatement,
+};
+use crate::dp::{calibrate, Calibration};
+use crate::noise::{
+    apply_noise, build_noise_share, count_slots, noise_statement, opens_to, public_count_key,
+    released_value_slots, suppressed_cells, NoiseShare,
+};
+use crate::plan::QueryPlan;
+use crate::protocol::{
+    contribution_context, counts_context, decode, decode_all, decode_noise_share,
+    encode_noise_share, noise_context, release_context,
+};
+
+/// What a member remembers of an order it added noise to.
+pub(super) struct Release {
+    plan: QueryPlan,
+    calibration: Calibration,
+    min_cohort: u64,
+    /// The verified contributions' sum, fixed before any noise was drawn.
+    sum: Vec<Ciphertext>,
+    own: NoiseShare,
+    /// The listings whose contributions were verified and summed, in the order's order, with
+    /// each contribution's hash: a receipt this member co-signs must name exactly these.
+    contributions: Vec<(String, Hash32)>,
+    /// The digest of the receipt this member co-signed for the order, and its signature: a
+    /// member vouches for one receipt per order.
+    cosigned: Option<(Hash32, Vec<u8>)>,
+    /// How far the release has gone.
+    stage: Stage,
+}
+
+/// How far an order's release has gone on this member. Each stage is reached only from the one
+/// before it, once: noise added, then the counts key-switched, then the values. The first key
+/// switch fixes whose noise the release includes.
+enum Stage {
+    /// Noise added; nothing key-switched yet.
+    Noised,
+    /// The counts were key-switched, with the noise of these members.
+    CountsSwitched { noise: Vec<u16> },
+    /// The values too.
+    ValuesSwitched { noise: Vec<u16> },
+}
+
+impl Stage {
+    /// The members whose noise the first key switch included; later phases must match.
+    fn fixed_noise(&self) -> Option<&[u16]> {
+        match self {
+            Stage::Noised => None,
+            Stage::CountsSwitched { noise } | Stage::ValuesSwitched { noise } => Some(noise),
+        }
+    }
+
+    /// Whether the counts were key-switched (a member co-signs a receipt only after).
+    fn counts_switched(&self) -> bool {
+        !matches!(self, Stage::Noised)
+    }
+
+    /// Refuses `phase` if it was already key-switched or comes out of order.
+    fn check(&self, phase: KeySwitchPhase) -> Result<(), Status> {
+        match (self, phase) {
+            (Stage::Noised, KeySwitchPhase::Counts)
+            | (Stage::CountsSwitched { .. }, KeySwitchPhase::Values) => Ok(()),
+            (Stage::Noised, _) => Err(Status::failed_precondition(
+                "phase: the counts must be key-switched first",
+            )),
+            _ => Err(Status::already_exists(
+                "order_id: this phase of the release was already key-switched",
+            )),
+        }
+    }
+
+    /// Moves to the stage of `phase`, key-switched with `noise`.
+    fn advance(&mut self, phase: KeySwitchPhase, noise: Vec<u16>) -> Result<(), Status> {
+        self.check(phase)?;
+        *self = match phase {
+            KeySwitchPhase::Counts => Stage::CountsSwitched { noise },
+            _ => Stage::ValuesSwitched { noise },
+        };
+        Ok(())
+    }
+
+    /// Back to the counts stage, after a values key switch whose checks failed.
+    fn undo_values(&mut self) {
+        if let Stage::ValuesSwitched { noise } = self {
+            *self = Stage::CountsSwitched {
+                noise: std::mem::take(noise),
+            };
+        }
+    }
+}
+
+impl NodeService {
+    /// Verifies and sums the order's contributions and draws this member's noise share, once
+    /// per order: asked again, it returns the same share.
+    pub(super) async fn noise_share(
+        &self,
+        message: AddNoiseRequest,
+    ) -> Result<AddNoiseResponse, Status> {
+        if self.fault() == Some(Fault::DownAtKeySwitch) {
+            return Err(Status::unavailable("node is down"));
+        }
+        let order = order_id(&message.order_id)?;
+        let committee = {
+            let state = self.lock()?;
+            if let Some(release) = state.releases.get(&order) {
+                // Asked again: the same share, never fresh noise for the same release.
+                return Ok(AddNoiseResponse {
+                    share: Some(encode_noise_share(&release.own)),
+                });
+            }
+            let Some((_, committee)) = &state.key else {
+                return Err(Status::failed_precondition(
+                    "no key share yet: the committee's DKG has not run",
+                ));
+            };
+            committee.clone()
+        };
+        let facts = self.order_facts(&order, &message.sql).await?;
+        let mut seen = BTreeSet::new();
+        let mut contributions = Vec::with_capacity(message.contributions.len());
+        let mut summed_hashes = Vec::with_capacity(message.contributions.len());
+        for (index, record) in message.contributions.iter().enumerate() {
+            if !facts.listings.contains(&record.listing) {
+                return Err(Status::invalid_argument(format!(
+                    "contributions[{index}].listing: {} is not in the order",
+                    excerpt(&record.listing)
+                )));
+            }
+            if !seen.insert(record.listing.clone()) {
+                return Err(Status::invalid_argument(format!(
+                    "contributions[{index}].listing: {} appears twice",
+                    excerpt(&record.listing)
+                )));
+            }
+            let contribution = Contribution {
+                ciphertexts: decode_all(
+                    &record.ciphertexts,
+                    &format!("contributions[{index}].ciphertexts"),
+                )?,
+                proof: decode::<CiphertextRangeProof>(
+                    &record.proof,
+                    &format!("contributions[{index}].proof"),
+                )?,
+            };
+            let context = contribution_context(&order, &record.listing)?;
+            summed_hashes.push((
+                record.listing.clone(),
+                market::hash::contribution_hash(&record.ciphertexts, &record.proof),
+            ));
+            contributions.push((
+                record.listing.clone(),
+                record.capacity,
+                context,
+                contribution,
+            ));
+        }
+        if contributions.is_empty() {
+            return Err(Status::invalid_argument("contributions: none"));
+        }
+        let member = self.config.member.get();
+        let context = noise_context(&order, member)?;
+        let release = tokio::task::spawn_blocking(move || {
+            let statements: Vec<ContributionStatement<'_>> = contributions
+                .iter()
+                .map(
+                    |(_, capacity, context, contribution)| ContributionStatement {
+                        context,
+                        capacity: *capacity,
+                        contribution,
+                    },
+                )
+                .collect();
+            if let Err(failures) = verify_contributions(
+                committee.collective_key(),
+                &facts.plan,
+                &statements,
+                &mut OsRng,
+            ) {
+                let named: Vec<String> = failures
+                    .iter()
+                    .map(|(index, error)| format!("{}: {error}", contributions[*index].0))
+                    .collect();
+                return Err(Status::invalid_argument(format!(
+                    "contributions: do not verify ({})",
+                    named.join("; ")
+                )));
+            }
+            let summed: Vec<&Contribution> = contributions
+                .iter()
+                .map(|(_, _, _, contribution)| contribution)
+                .collect();
+            let sum = sum_contributions(&summed);
+            let calibration = calibrate(&facts.plan, facts.epsilon_micro)
+                .map_err(|error| Status::failed_precondition(format!("epsilon: {error}")))?;
+            let own = build_noise_share(
+                &context,
+                committee.collective_key(),
+                &calibration,
+                member,
+                &mut OsRng,
+            )
+            .map_err(|error| Status::internal(format!("noise share: {error}")))?;
+            Ok::<_, Status>(Release {
+                plan: facts.plan,
+                calibration,
+                min_cohort: facts.min_cohort,
+                sum,
+                own,
+                contributions: summed_hashes,
+                cosigned: None,
+                stage: Stage::Noised,
+            })
+        })
+        .await
+        .map_err(|error| Status::internal(format!("worker failed: {error}")))??;
+        let share = encode_noise_share(&release.own);
+        let mut state = self.lock()?;
+        // A concurrent call may have won the race: keep the first share.
+        let kept = state.releases.entry(order).or_insert(release);
+        let share = if kept.own.ciphertexts.first().map(Wire::to_bytes)
+            == share.ciphertexts.first().cloned()
+        {
+            share
+        } else {
+            encode_noise_share(&kept.own)
+        };
+        Ok(AddNoiseResponse { share: Some(share) })
+    }
+
+    /// This member's key-switch share of the order's noisy counts (phase COUNTS) or of its
+    /// released values (phase VALUES), as the ledger commits the release.
+    pub(super) async fn key_switch_share(
+        &self,
+        message: KeySwitchRequest,
+    ) -> Result<KeySwitchResponse, Status> {
+        if self.fault() == Some(Fault::DownAtKeySwitch) {
+            return Err(Status::unavailable("node is down"));
+        }
+        let order = order_id(&message.order_id)?;
+        let phase = KeySwitchPhase::try_from(message.phase)
+            .ok()
+            .filter(|phase| *phase != KeySwitchPhase::Unspecified)
+            .ok_or_else(|| Status::invalid_argument("phase: COUNTS or VALUES"))?;
+        self.check_committed_release(&order, &message.noise, phase, &message.recipient)
+            .await?;
+        let (share, committee, release_view) = {
+            let mut state = self.lock()?;
+            let state = &mut *state;
+            let Some((share, committee)) = &state.key else {
+                return Err(Status::failed_precondition(
+                    "no key share yet: the committee's DKG has not run",
+                ));
+            };
+            let Some(release) = state.releases.get_mut(&order) else {
+                return Err(Status::failed_precondition(
+                    "order_id: this member has added no noise to the order (call AddNoise first)",
+                ));
+            };
+            release.stage.check(phase)?;
+            let (members, noisy) = noisy_sum(release, &order, committee, &message.noise)?;
+            // Advanced now, under the lock, so that two concurrent requests cannot both pass.
+            // (A VALUES phase whose checks fail below goes back to the counts stage.)
+            release.stage.advance(phase, members.clone())?;
+            (
+                share.clone(),
+                committee.clone(),
+                (members, noisy, release.plan.clone(), release.min_cohort),
+            )
+        };
+        let (_members, noisy, plan, min_cohort) = release_view;
+        let counts = count_slots(&plan);
+        let count_ciphertexts: Vec<Ciphertext> = counts.iter().map(|&slot| noisy[slot]).collect();
+        let prepared = (|| -> Result<(ProofContext, Vec<Ciphertext>, PublicKey), Status> {
+            Ok(match phase {
+                KeySwitchPhase::Counts => (
+                    counts_context(&order)?,
+                    count_ciphertexts,
+                    public_count_key(),
+                ),
+                _ => {
+                    let shares: Vec<KeySwitchShare> =
+                        decode_all(&message.count_shares, "count_shares")?;
+                    let opened = committee
+                        .combine(
+                            &counts_context(&order)?,
+                            &count_ciphertexts,
+                            &public_count_key(),
+                            &shares,
+                        )
+                        .map_err(|error| {
+                            Status::invalid_argument(format!("count_shares: {error}"))
+                        })?;
+                    if message.noisy_counts.len() != counts.len() {
+                        return Err(Status::invalid_argument(format!(
+                            "noisy_counts: {} values, the plan has {} count slots",
+                            message.noisy_counts.len(),
+                            counts.len()
+                        )));
+                    }
+                    for (index, (ciphertext, &value)) in opened
+                        .ciphertexts
+                        .iter()
+                        .zip(&message.noisy_counts)
+                        .enumerate()
+                    {
+                        if !opens_to(ciphertext, value) {
+                            return Err(Status::invalid_argument(format!(
+                                "noisy_counts[{index}]: not what the count shares decrypt to"
+                            )));
+                        }
+                    }
+                    let suppressed = suppressed_cells(&plan, &message.noisy_counts, min_cohort);
+                    let slots = released_value_slots(&plan, &suppressed);
+                    if slots.is_empty() {
+                        return Err(Status::failed_precondition(
+                            "every cell is suppressed: nothing to release",
+                        ));
+                    }
+                    let recipient: PublicKey = decode(&message.recipient, "recipient")?;
+                    (
+                        release_context(&order)?,
+                        slots.iter().map(|&slot| noisy[slot]).collect(),
+                        recipient,
+                    )
+                }
+            })
+        })();
+        let (context, ciphertexts, recipient) = match prepared {
+            Ok(prepared) => prepared,
+            Err(status) => {
+                if phase == KeySwitchPhase::Values {
+                    if let Some(release) = self.lock()?.releases.get_mut(&order) {
+                        release.stage.undo_values();
+                    }
+                }
+                return Err(status);
+            }
+        };
+        let switched = tokio::task::spawn_blocking(move || {
+            share.key_switch_with_rng(&context, &ciphertexts, &recipient, &mut OsRng)
+        })
+        .await
+        .map_err(|error| Status::internal(format!("worker failed: {error}")))?;
+        Ok(KeySwitchResponse {
+            share: switched.to_bytes(),
+        })
+    }
+
+    /// Co-signs the order's receipt if it names exactly what this member verified and summed,
+    /// and the ledger agrees; one receipt per order.
+    pub(super) async fn cosign(
+        &self,
+        message: CosignReceiptRequest,
+    ) -> Result<CosignReceiptResponse, Status> {
+        let receipt = QueryReceipt::from_bytes(&message.receipt)
+            .map_err(|_| Status::invalid_argument("receipt: not a postcard-encoded receipt"))?;
+        let order = receipt.order.0 .0.as_bytes().to_vec();
+        // 1. What this member verified and summed itself.
+        let summed = {
+            let state = self.lock()?;
+            let release = state.releases.get(&order).ok_or_else(|| {
+                Status::failed_precondition(
+                    "receipt.order: this member added no noise to the order, so it cannot vouch \
+                     for its receipt",
+                )
+            })?;
+            if !release.stage.counts_switched() {
+                return Err(Status::failed_precondition(
+                    "receipt.order: this member has not key-switched the order's release",
+                ));
+            }
+            release.contributions.clone()
+        };
+        let same_contributions = receipt.listings.len() == summed.len()
+            && receipt
+                .listings
+                .iter()
+                .zip(&summed)
+                .all(|(part, (listing, hash))| {
+                    part.listing.0 == *listing && part.contribution_hash == *hash
+                });
+        if !same_contributions {
+            return Err(Status::permission_denied(
+                "receipt.listings: not the contributions this member verified and summed",
+            ));
+        }
+        let root = market::hash::contributions_root(
+            receipt.listings.iter().map(|part| &part.contribution_hash),
+        );
+        if receipt.contributions_root != root {
+            return Err(Status::invalid_argument(
+                "receipt.contributions_root: not the root of its listings' contribution hashes",
+            ));
+        }
+        // 2. What the ledger says, from this node's verified replica.
+        let channel = self.market_channel().await?;
+        let order_key = receipt.order;
+        let (found, owners, committed, registered) = self
+            .follower
+            .sync_and_read(channel, |machine| {
+                let state = machine.state();
+                let owners: Vec<Option<AccountId>> = receipt
+                    .listings
+                    .iter()
+                    .map(|part| state.listing(&part.listing).map(|listing| listing.owner))
+                    .collect();
+                (
+                    state.order(&order_key).cloned(),
+                    owners,
+                    state.release(&order_key).cloned(),
+                    state.committee().cloned(),
+                )
+            })
+            .await
+            .map_err(follow_status)?;
+        self.config.committee.check_ledger(registered.as_ref())?;
+        let chain_id = self.config.ledger.chain_id;
+        for (index, (part, owner)) in receipt.listings.iter().zip(&owners).enumerate() {
+            let attested = owner
+                .and_then(|owner| owner.verifying_key().ok())
+                .is_some_and(|key| {
+                    part.attested_by(&key, &chain_id, &order_key, &receipt.query_hash)
+                });
+            if !attested {
+                return Err(Status::permission_denied(format!(
+                    "receipt.listings[{index}]: not attested by the listing's owner on the ledger"
+                )));
+            }
+        }
+        let found = found.ok_or_else(|| {
+            Status::failed_precondition("receipt.order: no such order on the ledger")
+        })?;
+        if found.status != market::state::OrderStatus::Open {
+            return Err(Status::failed_precondition(
+                "receipt.order: the order is no longer open on the ledger",
+            ));
+        }
+        if found.query_hash != receipt.query_hash {
+            return Err(Status::invalid_argument(
+                "receipt.query_hash: not the order's query hash",
+            ));
+        }
+        if let Some(index) = receipt
+            .listings
+            .iter()
+            .position(|part| part.epsilon_debited_micro != found.epsilon_requested_micro)
+        {
+            return Err(Status::invalid_argument(format!(
+                "receipt.listings[{index}].epsilon_debited_micro: not the order's ε"
+            )));
+        }
+        let member = self.config.member.get();
+        let in_quorum = committed
+            .as_ref()
+            .is_some_and(|release| release.quorum.contains(&member));
+        if !in_quorum {
+            return Err(Status::failed_precondition(
+                "receipt.order: the ledger commits no release of the order with this member in \
+                 its quorum",
+            ));
+        }
+        // 3. One receipt per order: the same one may be asked for again.
+        let digest = receipt.cosignature_digest(&chain_id);
+        let mut state = self.lock()?;
+        let release = state
+            .releases
+            .get_mut(&order)
+            .ok_or_else(|| Status::internal("the order's release was forgotten"))?;
+        let signature = match &release.cosigned {
+            Some((signed, signature)) if *signed == digest => signature.clone(),
+            Some(_) => {
+                return Err(Status::permission_denied(
+                    "receipt: this member already co-signed another receipt for the order",
+                ))
+            }
+            None => {
+                let cosignature = receipt.cosign(member, &self.config.account, &chain_id);
+                release.cosigned = Some((digest, cosignature.signature.clone()));
+                cosignature.signature
+            }
+        };
+        Ok(CosignReceiptResponse {
+            member: u32::from(member),
+            signature,
+        })
+    }
+}
+
+impl NodeService {
+    /// Refuses a key switch unless the ledger (this node's verified replica) holds the order's
+    /// release commitment, the request sums exactly the committed noise shares, and this
+    /// member is in the committed quorum: one order, one release. In phase VALUES the
+    /// recipient must be the result key the buyer signed into the order.
+    async fn check_committed_release(
+        &self,
+        order: &[u8],
+        noise: &[cohortex_proto::v1::NoiseShare],
+        phase: KeySwitchPhase,
+        recipient: &[u8],
+    ) -> Result<(), Status> {
+        let order_key = order_key(order)?;
+        let channel = self.market_channel().await?;
+        let (committed, result_key) = self
+            .follower
+            .sync_and_read(channel, |machine| {
+                let state = machine.state();
+                (
+                    state.release(&order_key).cloned(),
+                    state.result_key(&order_key).map(<[u8]>::to_vec),
+                )
+            })
+            .await
+            .map_err(follow_status)?;
+        if phase == KeySwitchPhase::Values && result_key.as_deref() != Some(recipient) {
+            return Err(Status::permission_denied(if result_key.is_none() {
+                "recipient: the order on the ledger names no result key, so its values go to no one"
+            } else {
+                "recipient: not the result key the buyer signed into the order"
+            }));
+        }
+        let committed = committed.ok_or_else(|| {
+            Status::failed_precondition(
+                "order_id: no release of the order is committed on the ledger",
+            )
+        })?;
+        let mut requested: Vec<u16> = Vec::with_capacity(noise.len());
+        for (index, share) in noise.iter().enumerate() {
+            requested.push(u16::try_from(share.member).map_err(|_| {
+                Status::invalid_argument(format!("noise[{index}].member: not a member index"))
+            })?);
+        }
+        requested.sort_unstable();
+        if requested != committed.noise_members {
+            return Err(Status::permission_denied(format!(
+                "noise: the ledger commits the release to the noise of members {:?}, not {requested:?}",
+                committed.noise_members
+            )));
+        }
+        if !committed.quorum.contains(&self.config.member.get()) {
+            return Err(Status::permission_denied(format!(
+                "member {} is not in the quorum committed on the ledger ({:?})",
+                self.config.member.get(),
+                committed.quorum
+            )));
+        }
+        if committed.quorum.len() < usize::from(self.config.committee.threshold()) {
+            return Err(Status::permission_denied(format!(
+                "the committed quorum {:?} is smaller than the threshold {}",
+                committed.quorum,
+                self.config.committee.threshold()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Decodes and checks the noise shares of a key-switch request; returns them and the noisy
+/// sum they give.
+fn noisy_sum(
+    release: &Release,
+    order: &[u8],
+    committee: &CommitteePublic,
+    wire: &[cohortex_proto::v1::NoiseShare],
+) -> Result<(Vec<u16>, Vec<Ciphertext>), Status> {
+    let shares: Vec<NoiseShare> = wire
+        .iter()
+        .enumerate()
+        .map(|(index, share)| decode_noise_share(share, &format!("noise[{index}]")))
+        .collect::<Result<_, _>>()?;
+    let mut members: Vec<u16> = shares.iter().map(|share| share.member).collect();
+    members.sort_unstable();
+    if members.windows(2).any(|pair| pair[0] == pair[1]) {
+        return Err(Status::invalid_argument(
+            "noise: a member's share appears twice",
+        ));
+    }
+    let known: BTreeSet<u16> = committee.members().map(|member| member.get()).collect();
+    if let Some(stranger) = members.iter().find(|member| !known.contains(member)) {
+        return Err(Status::invalid_argument(format!(
+            "noise: member {stranger} is not on the committee"
+        )));
+    }
+    let own = shares
+        .iter()
+        .find(|share| share.member == release.own.member)
+        .ok_or_else(|| {
+            Status::failed_precondition("noise: this member's own noise share is not included")
+        })?;
+    if own != &release.own {
+        return Err(Status::invalid_argument(
+            "noise: this member's share was altered",
+        ));
+    }
+    if let Some(fixed) = release.stage.fixed_noise() {
+        if fixed != members.as_slice() {
+            return Err(Status::invalid_argument(format!(
+                "noise: the release already used the shares of members {fixed:?}"
+            )));
+        }
+    }
+    let contexts: Vec<ProofContext> = shares
+        .iter()
+        .map(|share| noise_context(order, share.member))
+        .collect::<Result<_, _>>()?;
+    let statements: Vec<_> = shares
+        .iter()
+        .zip(&contexts)
+        .map(|(share, context)| {
+            if share.ciphertexts.len() != release.calibration.slots.len() {
+                return Err(crate::contribution::ContributionError::Length {
+                    got: share.ciphertexts.len(),
+                    expected: release.calibration.slots.len(),
+                });
+            }
+            Ok(noise_statement(context, share, &release.calibration))
+        })
+        .collect();
+    if let Err(failures) = verify_bounded(committee.collective_key(), &statements, &mut OsRng) {
+        let named: Vec<String> = failures
+            .iter()
+            .map(|(index, error)| format!("member {}: {error}", shares[*index].member))
+            .collect();
+        return Err(Status::invalid_argument(format!(
+            "noise: shares do not verify ({})",
+            named.join("; ")
+        )));
+    }
+    let included: Vec<&NoiseShare> = shares.iter().collect();
+    Ok((
+        members,
+        apply_noise(&release.sum, &included, &release.calibration),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    fn code(result: Result<(), Status>) -> Option<Code> {
+        result.err().map(|status| status.code())
+    }
+
+    #[test]
+    fn values_before_counts_are_refused() {
+        let mut stage = Stage::Noised;
+        assert_eq!(
+            code(stage.advance(KeySwitchPhase::Values, vec![1, 2])),
+            Some(Code::FailedPrecondition)
+        );
+        assert!(matches!(stage, Stage::Noised));
+    }
+
+    #[test]
+    fn each_phase_is_key_switched_once_with_the_first_noise_set() {
+        let mut stage = Stage::Noised;
+        assert_eq!(stage.fixed_noise(), None);
+        assert!(stage.advance(KeySwitchPhase::Counts, vec![1, 3]).is_ok());
+        assert!(stage.counts_switched());
+        assert_eq!(stage.fixed_noise(), Some(&[1, 3][..]));
+        assert_eq!(
+            code(stage.advance(KeySwitchPhase::Counts, vec![1, 3])),
+            Some(Code::AlreadyExists)
+        );
+        assert!(stage.advance(KeySwitchPhase::Values, vec![1, 3]).is_ok());
+        assert_eq!(
+            code(stage.advance(KeySwitchPhase::Values, vec![1, 3])),
+            Some(Code::AlreadyExists)
+        );
+        assert_eq!(
+            code(stage.advance(KeySwitchPhase::Counts, vec![1, 3])),
+            Some(Code::AlreadyExists)
+        );
+    }
+
+    #[test]
+    fn values_switch_that_failed_its_checks_may_be_asked_again() {
+        let mut stage = Stage::Noised;
+        assert!(stage.advance(KeySwitchPhase::Counts, vec![2, 3]).is_ok());
+        assert!(stage.advance(KeySwitchPhase::Values, vec![2, 3]).is_ok());
+        stage.undo_values();
+        assert_eq!(stage.fixed_noise(), Some(&[2, 3][..]));
+        assert!(stage.check(KeySwitchPhase::Values).is_ok());
+        assert_eq!(
+            code(stage.check(KeySwitchPhase::Counts)),
+            Some(Code::AlreadyExists)
+        );
+    }
+}

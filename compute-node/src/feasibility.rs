@@ -20,10 +20,14 @@
 //! Nothing in this module logs or stores a table entry's meaning: the node only ever holds
 //! ciphertexts of the criteria.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+#[cfg(feature = "vault")]
+use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
-use zk::fhe::{EncryptedBit, EncryptedCount, Evaluator, FheError, FheSecretKey, MatchBit};
+use zk::fhe::{EncryptedBit, Evaluator, FheError, FheSecretKey};
+#[cfg(feature = "vault")]
+use zk::fhe::{EncryptedCount, MatchBit};
 
 use crate::record::Value;
 use crate::schema::{ColumnType, Schema};

@@ -5,7 +5,7 @@
 use cohortex_proto::v1;
 use market::hash::{Hash32, TaggedHasher};
 use tonic::Status;
-use zk::fhe::EncryptedBit;
+use zk::fhe::{EncryptedBit, MAX_EVALUATION_KEY_BYTES};
 
 use crate::feasibility::{Domain, EncryptedClause, EncryptedCriteria, MAX_BINS, MAX_CLAUSES};
 
@@ -140,4 +140,21 @@ pub fn criteria_to_wire(
             })
             .collect(),
     }
+}
+
+/// The bytes of an evaluation key streamed in chunks (`PutEvaluationKey`, to the market and
+/// from it to each node), refused once they pass [`MAX_EVALUATION_KEY_BYTES`].
+pub async fn read_evaluation_key(
+    stream: &mut tonic::Streaming<v1::EvaluationKeyChunk>,
+) -> Result<Vec<u8>, Status> {
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream.message().await? {
+        if bytes.len() + chunk.data.len() > MAX_EVALUATION_KEY_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "data: the evaluation key exceeds {MAX_EVALUATION_KEY_BYTES} bytes"
+            )));
+        }
+        bytes.extend_from_slice(&chunk.data);
+    }
+    Ok(bytes)
 }

@@ -525,16 +525,8 @@ impl MarketService {
         &self,
         mut stream: tonic::Streaming<EvaluationKeyChunk>,
     ) -> Result<Response<PutEvaluationKeyResponse>, Status> {
-        use zk::fhe::{EvaluationKey, MAX_EVALUATION_KEY_BYTES};
-        let mut bytes = Vec::new();
-        while let Some(chunk) = stream.message().await? {
-            if bytes.len() + chunk.data.len() > MAX_EVALUATION_KEY_BYTES {
-                return Err(Status::invalid_argument(format!(
-                    "data: the evaluation key exceeds {MAX_EVALUATION_KEY_BYTES} bytes"
-                )));
-            }
-            bytes.extend_from_slice(&chunk.data);
-        }
+        use zk::fhe::EvaluationKey;
+        let bytes = compute_node::feasibility_wire::read_evaluation_key(&mut stream).await?;
         let (bytes, checked) = tokio::task::spawn_blocking(move || {
             let checked = EvaluationKey::from_bytes(&bytes).map(|_| ());
             (bytes, checked)

@@ -20,12 +20,12 @@ use cohortex_proto::v1::{
 use market::{AccountId, AttestationKind, ListingContribution, ListingId, Purpose};
 use rand::rngs::OsRng;
 use tonic::{Response, Status};
-use zk::fhe::{EvaluationKey, Evaluator, MAX_EVALUATION_KEY_BYTES};
+use zk::fhe::{EvaluationKey, Evaluator};
 
 use super::{follow_status, order_id, order_key, NodeService, EVALUATION_KEYS_KEPT};
 use crate::dp::{SlotNoise, MICRO, TAIL_SCALES};
 use crate::feasibility::{evaluate_feasibility, FeasibilityStep, ReleaseRule};
-use crate::feasibility_wire::{criteria_from_wire, criteria_hash};
+use crate::feasibility_wire::{criteria_from_wire, criteria_hash, read_evaluation_key};
 
 /// The noise of one count at ε = `epsilon_micro`/10⁶: scale b = 1/ε (sensitivity 1) and
 /// bound K = ⌈48·b⌉ + 1 (see docs/privacy.md, "Truncation").
@@ -50,22 +50,14 @@ pub fn count_noise(epsilon_micro: u64) -> Result<SlotNoise, Status> {
 }
 
 impl NodeService {
-    /// Receives an evaluation key in chunks (at most [`MAX_EVALUATION_KEY_BYTES`]), checks that
+    /// Receives an evaluation key in chunks ([`read_evaluation_key`]), checks that
     /// it decodes for this build's parameters, expands it off the async workers and keeps it
     /// by fingerprint.
     pub(super) async fn receive_evaluation_key(
         &self,
         mut stream: tonic::Streaming<EvaluationKeyChunk>,
     ) -> Result<Response<PutEvaluationKeyResponse>, Status> {
-        let mut bytes = Vec::new();
-        while let Some(chunk) = stream.message().await? {
-            if bytes.len() + chunk.data.len() > MAX_EVALUATION_KEY_BYTES {
-                return Err(Status::invalid_argument(format!(
-                    "data: the evaluation key exceeds {MAX_EVALUATION_KEY_BYTES} bytes"
-                )));
-            }
-            bytes.extend_from_slice(&chunk.data);
-        }
+        let bytes = read_evaluation_key(&mut stream).await?;
         let fingerprint = EvaluationKey::fingerprint_of(&bytes);
         let length = bytes.len() as u64;
         if self.evaluator(&fingerprint)?.is_none() {

@@ -40,6 +40,16 @@ enum BuyerCommand {
     Listings(ListingsArgs),
     /// Order a federated query, wait for it, decrypt the result and verify its receipt.
     Query(QueryArgs),
+    /// Cancel one of your orders whose release is not committed yet: the escrow comes back
+    /// and the ε it reserved on each listing is freed.
+    Cancel(CancelArgs),
+}
+
+#[derive(Args, Debug)]
+struct CancelArgs {
+    /// The order id (64 hex digits), as `buyer query` printed it.
+    #[arg(long)]
+    order: String,
 }
 
 #[derive(Args, Debug)]
@@ -191,6 +201,33 @@ pub async fn run(command: BuyerCmd) -> anyhow::Result<()> {
             }
         }
         BuyerCommand::Query(args) => query(&session, args).await?,
+        BuyerCommand::Cancel(args) => {
+            let order = hex::decode(args.order.trim())
+                .ok()
+                .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+                .map(|bytes| market::TxId(market::Hash32(bytes)))
+                .ok_or_else(|| anyhow!("--order: expected 64 hex digits, the order id"))?;
+            let endpoint = &session.public.endpoint;
+            let nonce = next_nonce(
+                endpoint,
+                Some(&session.config.tls),
+                &session.key,
+                session.public.chain_id,
+            )
+            .await?
+            .ok_or_else(|| {
+                anyhow!("buyer {account} is not registered; run `cohortex buyer register` first")
+            })?;
+            let buyer = Buyer::new(
+                session.key.clone(),
+                session.public.chain_id,
+                endpoint.clone(),
+                nonce,
+            )
+            .with_tls(Some(session.config.tls.clone()));
+            let height = buyer.cancel(order).await?;
+            println!("cancelled order {order} (ledger block {height}); its escrow is back");
+        }
     }
     Ok(())
 }

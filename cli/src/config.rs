@@ -18,9 +18,11 @@ use serde::{Deserialize, Serialize};
 use crate::keys::parse_account;
 use cohortex_proto::tls::TlsIdentity;
 
-/// A listing's per-order ε cap when `listing.max_epsilon_per_order` is not set: 10, a common
-/// ceiling for one release in deployed differential privacy (and never above the budget).
-pub const DEFAULT_MAX_EPSILON_PER_ORDER_MICRO: u64 = 10_000_000;
+/// A listing's per-order ε cap when `listing.max_epsilon_per_order` is not set: 1 (and never
+/// above the budget). At ε = 10 two overlapping large cohorts, differenced, reveal one
+/// person's attribute; at ε = 1 one order moves the odds of any inference about a person by
+/// at most e ≈ 2.7. A listing may raise it (docs/privacy.md, "Choosing ε").
+pub const DEFAULT_MAX_EPSILON_PER_ORDER_MICRO: u64 = 1_000_000;
 
 /// The config format version these files must declare.
 pub const CONFIG_VERSION: u32 = 1;
@@ -799,14 +801,14 @@ mod tests {
             error.contains("listing.max_epsilon_per_order = 11"),
             "{error}"
         );
-        // Without the field, the cap is the default 10, and never above the budget.
+        // Without the field, the cap is the default 1, and never above the budget.
         let path = write(dir.path(), "node.toml", &(base.clone() + &tls));
         let config = NodeConfig::load(&path).unwrap();
-        assert_eq!(config.listing.max_epsilon_per_order_micro, 10_000_000);
-        let small = base.replace("epsilon_budget = 10.0\n", "epsilon_budget = 2.0\n");
+        assert_eq!(config.listing.max_epsilon_per_order_micro, 1_000_000);
+        let small = base.replace("epsilon_budget = 10.0\n", "epsilon_budget = 0.5\n");
         let path = write(dir.path(), "node.toml", &(small + &tls));
         let config = NodeConfig::load(&path).unwrap();
-        assert_eq!(config.listing.max_epsilon_per_order_micro, 2_000_000);
+        assert_eq!(config.listing.max_epsilon_per_order_micro, 500_000);
     }
 
     #[test]

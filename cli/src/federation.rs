@@ -219,6 +219,7 @@ pub async fn local(args: LocalArgs) -> anyhow::Result<()> {
         nodes_read_market_at: None,
         authority: None,
         ledger_committee_threshold: None,
+        key_ceremony: true,
     };
     let cluster = Cluster::start(&dir, setups, &options, |step| {
         bar.set_message(step.to_string())
@@ -482,6 +483,7 @@ pub async fn demo(
         nodes_read_market_at: None,
         authority: None,
         ledger_committee_threshold: None,
+        key_ceremony: true,
     };
     let cluster = Cluster::start(&dir, setups, &options, |step| {
         bar.set_message(step.to_string())
@@ -557,8 +559,8 @@ pub async fn demo(
             let state = ledger.state();
             limited
                 .iter()
-                .filter(|(account, listing)| {
-                    state.personal_spent_micro(account, listing) + DEMO_EPSILON_MICRO
+                .filter(|(account, _)| {
+                    state.person_spent_micro(account) + DEMO_EPSILON_MICRO
                         > DEMO_PERSONAL_LIMIT_MICRO
                 })
                 .count()

@@ -497,14 +497,13 @@ fn market_nodes_patients_and_buyer_as_separate_processes() {
     // refunded, never lost; the listings and the key committee survive the restart, so the
     // nodes, which kept running with their key shares, answer the next query.
     let escrow_before = ledger_balance(dir, &buyer_account);
-    place_order_the_market_never_computes(dir, &["site-1", "site-2", "site-3"]);
+    market.child.kill().unwrap();
+    market.child.wait().unwrap();
     assert_eq!(
-        ledger_balance(dir, &buyer_account),
+        append_order_the_market_never_computed(dir, &["site-1", "site-2", "site-3"]),
         escrow_before - 3 * PRICE,
         "the order's escrow left the buyer's balance"
     );
-    market.child.kill().unwrap();
-    market.child.wait().unwrap();
     let mut market = spawn(
         &["market", "serve", "--config", path(&market_toml)],
         dir.join("market-restarted.log"),
@@ -621,50 +620,49 @@ fn ledger_balance(dir: &Path, account: &str) -> u64 {
     })
 }
 
-/// The buyer's order, placed straight on the ledger: escrowed, but never handed to the
-/// coordinator, exactly as if the market had died right after accepting it.
-fn place_order_the_market_never_computes(dir: &Path, listings: &[&str]) {
-    let (endpoint, chain_id) = market_public(dir);
-    let seed = hex::decode(
-        std::fs::read_to_string(dir.join("keys/buyer.key"))
-            .unwrap()
-            .trim(),
+/// The buyer's order, appended to the stopped market's ledger with the market's own ledger
+/// key: escrowed, but never handed to the coordinator, exactly as if the market had died right
+/// after recording it. (The Ledger service refuses orders not placed through the market, so
+/// no client can leave one behind like this.) Returns the buyer's balance after the escrow.
+fn append_order_the_market_never_computed(dir: &Path, listings: &[&str]) -> u64 {
+    let key_from = |file: &str| {
+        let seed = hex::decode(std::fs::read_to_string(dir.join(file)).unwrap().trim()).unwrap();
+        ed25519_dalek::SigningKey::from_bytes(&seed.try_into().unwrap())
+    };
+    let buyer = key_from("keys/buyer.key");
+    let ledger_key = key_from("state/market/ledger.key");
+    let issuer = market::AccountId::of(&key_from("state/market/issuer.key"));
+    let (mut ledger, created) = cohortex_coordinator::standalone::open_or_create_ledger(
+        &dir.join("state/market/ledger.db"),
+        "unused: the ledger exists",
+        &ledger_key,
+        issuer,
     )
     .unwrap();
-    let key = ed25519_dalek::SigningKey::from_bytes(&seed.try_into().unwrap());
+    assert!(!created);
+    let account = market::AccountId::of(&buyer);
+    let nonce = ledger.state().account(&account).unwrap().next_nonce;
     let result_key = zk::KeyPair::generate_with_rng(&mut rand::rngs::OsRng).public;
-    runtime().block_on(async {
-        let nonce = cohortex_coordinator::standalone::next_nonce(
-            &endpoint,
-            Some(&buyer_tls(dir)),
-            &key,
-            chain_id,
-        )
-        .await
-        .unwrap()
-        .unwrap();
-        let envelope = cohortex_coordinator::standalone::sign_action(
-            &key,
-            chain_id,
-            nonce,
-            market::Action::OrderQueryFor {
-                query_hash: market::hash::query_hash("SELECT COUNT(*) FROM patients"),
-                listings: listings
-                    .iter()
-                    .map(|id| market::ListingId::new(*id))
-                    .collect(),
-                purpose: market::Purpose::AcademicResearch,
-                epsilon_micro: 1_000_000,
-                expires_at: market::server::auth::unix_now() + 3600,
-                result_key: zk::Wire::to_bytes(&result_key),
-            },
-        )
-        .unwrap();
-        cohortex_proto::v1::ledger_client::LedgerClient::new(market_channel(dir, &endpoint).await)
-            .submit_transaction(cohortex_proto::v1::SignedTransaction { envelope })
-            .await
-            .unwrap();
-    });
+    let envelope = cohortex_coordinator::standalone::sign_action(
+        &buyer,
+        ledger.chain_id(),
+        nonce,
+        market::Action::OrderQueryFor {
+            query_hash: market::hash::query_hash("SELECT COUNT(*) FROM patients"),
+            listings: listings
+                .iter()
+                .map(|id| market::ListingId::new(*id))
+                .collect(),
+            purpose: market::Purpose::AcademicResearch,
+            epsilon_micro: 1_000_000,
+            expires_at: market::server::auth::unix_now() + 3600,
+            result_key: zk::Wire::to_bytes(&result_key),
+        },
+    )
+    .unwrap();
+    let outcome = ledger.append(vec![envelope]).unwrap();
+    assert!(outcome.refused.is_empty(), "{:?}", outcome.refused);
+    ledger.state().balance(&account)
 }
 
 /// A FHIR Bundle as an EHR exports it: the Patient (with the patient's Cohortex key as an

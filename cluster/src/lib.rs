@@ -111,6 +111,9 @@ pub struct ClusterOptions {
     /// `threshold`, the one every node pins). Adversarial tests register another, to check
     /// that nodes refuse a ledger committee other than their own.
     pub ledger_committee_threshold: Option<u16>,
+    /// Whether the coordinator runs the committee's key ceremony once the nodes are up (every
+    /// real use). Tests of the ceremony itself leave it off and relay the rounds by hand.
+    pub key_ceremony: bool,
 }
 
 /// The host names every in-process certificate is valid for.
@@ -128,6 +131,59 @@ pub struct RunningNode {
     pub account: AccountId,
     key: SigningKey,
     stop: Option<oneshot::Sender<()>>,
+    launch: NodeLaunch,
+}
+
+/// What it takes to start a node's service (again, after a restart): its vault and its
+/// configuration. Each node keeps its key share in a file, as a deployed node does, so that a
+/// restarted node rejoins the committee.
+struct NodeLaunch {
+    vault: Arc<Vault>,
+    listing: String,
+    member: MemberIndex,
+    coordinator: AccountId,
+    committee: PinnedCommittee,
+    ledger: PinnedLedger,
+    market_endpoint: String,
+    tls: TlsIdentity,
+    key_share_file: PathBuf,
+    fault: Option<Fault>,
+}
+
+impl NodeLaunch {
+    fn config(&self, key: &SigningKey) -> NodeConfig {
+        NodeConfig {
+            listing: self.listing.clone(),
+            account: key.clone(),
+            member: self.member,
+            coordinator: self.coordinator,
+            committee: self.committee.clone(),
+            ledger: self.ledger.clone(),
+            market_endpoint: self.market_endpoint.clone(),
+            tls: Some(self.tls.clone()),
+            key_share_file: Some(self.key_share_file.clone()),
+            fault: self.fault,
+        }
+    }
+}
+
+/// Serves `service` on `listener` until the returned sender fires (or is dropped).
+fn spawn_node(
+    service: NodeService,
+    listener: TcpListener,
+    tls: TlsIdentity,
+) -> oneshot::Sender<()> {
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        if let Err(error) = serve_node(service, listener, Some(&tls), async {
+            let _ = stopped.await;
+        })
+        .await
+        {
+            tracing::error!(%error, "node server stopped");
+        }
+    });
+    stop
 }
 
 impl RunningNode {
@@ -360,34 +416,22 @@ impl Cluster {
             let manifest = setup.vault.schema().to_toml();
             let vault = Arc::new(setup.vault);
             let node_tls = identity(&format!("node-{}", member.get()))?;
-            let service = NodeService::new(
-                Arc::clone(&vault),
-                NodeConfig {
-                    listing: setup.listing.clone(),
-                    account: node_key.clone(),
-                    member,
-                    coordinator: coordinator.account(),
-                    committee: committee.clone(),
-                    ledger: pinned_ledger.clone(),
-                    market_endpoint: nodes_read_market_at.clone(),
-                    tls: Some(node_tls.clone()),
-                    key_share_file: None,
-                    fault: setup.fault,
-                },
-            )
-            .map_err(|error| anyhow!("node {}: {error}", setup.listing))?;
+            let launch = NodeLaunch {
+                vault: Arc::clone(&vault),
+                listing: setup.listing.clone(),
+                member,
+                coordinator: coordinator.account(),
+                committee: committee.clone(),
+                ledger: pinned_ledger.clone(),
+                market_endpoint: nodes_read_market_at.clone(),
+                tls: node_tls.clone(),
+                key_share_file: dir.join(format!("node-{}.key-share", member.get())),
+                fault: setup.fault,
+            };
+            let service = NodeService::new(Arc::clone(&vault), launch.config(node_key))
+                .map_err(|error| anyhow!("node {}: {error}", setup.listing))?;
             followers.push(service.follower());
-            let (stop, stopped) = oneshot::channel::<()>();
-            let serving_tls = node_tls.clone();
-            tokio::spawn(async move {
-                if let Err(error) = serve_node(service, listener, Some(&serving_tls), async {
-                    let _ = stopped.await;
-                })
-                .await
-                {
-                    tracing::error!(%error, "node server stopped");
-                }
-            });
+            let stop = spawn_node(service, listener, node_tls.clone());
 
             // The node publishes its listing through the Market service.
             let terms = ListingTerms {
@@ -465,6 +509,7 @@ impl Cluster {
                 account: AccountId::of(node_key),
                 key: node_key.clone(),
                 stop: Some(stop),
+                launch,
             });
         }
 
@@ -472,11 +517,13 @@ impl Cluster {
         append_in_blocks(&ledger, patient_txs_register).await?;
         append_in_blocks(&ledger, patient_txs_consent).await?;
 
-        progress("running the committee's key ceremony");
-        coordinator
-            .run_key_ceremony(members, options.threshold)
-            .await
-            .map_err(|status| anyhow!("key ceremony: {}", status.message()))?;
+        if options.key_ceremony {
+            progress("running the committee's key ceremony");
+            coordinator
+                .run_key_ceremony(members, options.threshold)
+                .await
+                .map_err(|status| anyhow!("key ceremony: {}", status.message()))?;
+        }
 
         if options.nodes_read_market_at.is_none() {
             // Each node replays and verifies the whole ledger before it believes anything in
@@ -584,6 +631,39 @@ impl Cluster {
         if let Some(stop) = self.nodes.get_mut(index).and_then(|node| node.stop.take()) {
             let _ = stop.send(());
         }
+    }
+
+    /// Stops node `index` and starts it again on the same endpoint, from its configuration
+    /// and stored key share: what survives is what a real node keeps on disk, and nothing it
+    /// held in memory.
+    pub async fn restart_node(&mut self, index: usize) -> anyhow::Result<()> {
+        self.stop_node(index);
+        let node = self
+            .nodes
+            .get_mut(index)
+            .ok_or_else(|| anyhow!("no node {index}"))?;
+        let address = node.endpoint.trim_start_matches("https://").to_string();
+        // The stopped server lets go of its port once its connections have closed.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let listener = loop {
+            match TcpListener::bind(&address).await {
+                Ok(listener) => break listener,
+                Err(error) if std::time::Instant::now() < deadline => {
+                    tracing::debug!(%error, %address, "waiting for the node's port");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(error) => {
+                    return Err(error).with_context(|| format!("binding {address} again"))
+                }
+            }
+        };
+        let service = NodeService::new(
+            Arc::clone(&node.launch.vault),
+            node.launch.config(&node.key),
+        )
+        .map_err(|error| anyhow!("node {}: {error}", node.listing))?;
+        node.stop = Some(spawn_node(service, listener, node.launch.tls.clone()));
+        Ok(())
     }
 
     /// Stops every server.

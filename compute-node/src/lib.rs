@@ -20,6 +20,8 @@
 #![deny(clippy::unwrap_used)]
 #![warn(missing_docs)]
 
+#[cfg(feature = "protocol")]
+pub mod ceremony;
 pub mod combine;
 pub mod contribution;
 pub mod dp;

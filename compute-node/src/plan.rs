@@ -101,6 +101,24 @@ pub enum Predicate {
 }
 
 impl Predicate {
+    /// The depth of the condition tree (a single test is 1), counted without recursion.
+    pub fn depth(&self) -> usize {
+        let mut deepest = 0;
+        let mut pending = vec![(self, 1usize)];
+        while let Some((predicate, depth)) = pending.pop() {
+            deepest = deepest.max(depth);
+            match predicate {
+                Predicate::And(left, right) | Predicate::Or(left, right) => {
+                    pending.push((left, depth + 1));
+                    pending.push((right, depth + 1));
+                }
+                Predicate::Not(inner) => pending.push((inner, depth + 1)),
+                _ => {}
+            }
+        }
+        deepest
+    }
+
     /// Every (codes column, prefix) pair the predicate tests, in first-use order.
     pub fn code_matches(&self) -> Vec<(String, String)> {
         let mut found = Vec::new();

@@ -21,6 +21,8 @@ pub mod methods {
     pub const DKG_JUSTIFY: &str = "/cohortex.v1.Compute/DkgJustify";
     /// DkgFinish.
     pub const DKG_FINISH: &str = "/cohortex.v1.Compute/DkgFinish";
+    /// Key ceremony, round 5.
+    pub const DKG_CONFIRM: &str = "/cohortex.v1.Compute/DkgConfirm";
     /// Contribute.
     pub const CONTRIBUTE: &str = "/cohortex.v1.Compute/Contribute";
     /// AddNoise.

@@ -24,6 +24,12 @@ use crate::schema::{ColumnSpec, ColumnType, Schema};
 /// Longest query text accepted.
 pub const MAX_QUERY_LEN: usize = 16 * 1024;
 
+/// Deepest a WHERE clause's condition tree may be once chains of AND, OR and IN are balanced
+/// (a chain of n terms is log₂ n deep, so this bounds nesting by parentheses and NOT, which
+/// the parser already limits to 50). Evaluating, hashing and sending a plan recurse over the
+/// tree, so its depth must not grow with the length of the query.
+pub const MAX_CONDITION_DEPTH: usize = 64;
+
 /// Why a query was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum QueryError {
@@ -131,6 +137,13 @@ impl Compiler<'_> {
             .as_ref()
             .map(|expr| self.predicate(expr))
             .transpose()?;
+        if let Some(depth) = filter.as_ref().map(Predicate::depth) {
+            if depth > MAX_CONDITION_DEPTH {
+                return unsupported(format!(
+                    "WHERE conditions nested {depth} levels deep (at most {MAX_CONDITION_DEPTH})"
+                ));
+            }
+        }
 
         let mut groups = match &select.group_by {
             GroupByExpr::Expressions(expressions, modifiers) => {
@@ -617,14 +630,21 @@ impl Compiler<'_> {
         match expr {
             Expr::Nested(inner) => self.predicate(inner),
             Expr::BinaryOp { left, op, right } => match op {
-                BinaryOperator::And => Ok(Predicate::And(
-                    Box::new(self.predicate(left)?),
-                    Box::new(self.predicate(right)?),
-                )),
-                BinaryOperator::Or => Ok(Predicate::Or(
-                    Box::new(self.predicate(left)?),
-                    Box::new(self.predicate(right)?),
-                )),
+                BinaryOperator::And | BinaryOperator::Or => {
+                    // `a OR b OR c …` parses as a left-deep chain as long as the query; it is
+                    // walked without recursion and compiled into a balanced tree.
+                    let terms = chain_terms(expr, op)
+                        .into_iter()
+                        .map(|term| self.predicate(term))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    let join = if *op == BinaryOperator::And {
+                        Predicate::And
+                    } else {
+                        Predicate::Or
+                    };
+                    balanced(terms, join)
+                        .ok_or_else(|| QueryError::Unsupported("an empty condition".into()))
+                }
                 _ => {
                     let op = comparison(op)
                         .ok_or_else(|| QueryError::Unsupported(format!("the operator {op}")))?;
@@ -656,15 +676,12 @@ impl Compiler<'_> {
                 list,
                 negated,
             } => {
-                let mut alternatives = list
+                let alternatives = list
                     .iter()
-                    .map(|item| self.comparison(expr, Comparison::Eq, item));
-                let first = alternatives
-                    .next()
-                    .ok_or_else(|| QueryError::Unsupported("an empty IN list".into()))??;
-                let any = alternatives.try_fold(first, |all, next| {
-                    Ok::<_, QueryError>(Predicate::Or(Box::new(all), Box::new(next?)))
-                })?;
+                    .map(|item| self.comparison(expr, Comparison::Eq, item))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let any = balanced(alternatives, Predicate::Or)
+                    .ok_or_else(|| QueryError::Unsupported("an empty IN list".into()))?;
                 Ok(if *negated {
                     Predicate::Not(Box::new(any))
                 } else {
@@ -838,6 +855,43 @@ fn flip(op: Comparison) -> Comparison {
 type FunctionCall<'a> = (String, Vec<Option<&'a Expr>>);
 
 /// A plain function call: its lowercase name and arguments (`None` for `*`).
+/// The terms of a chain of one operator, left to right: `a OR b OR c` gives [a, b, c]. The
+/// left spine is walked in a loop, so a chain as long as the query costs no stack.
+fn chain_terms<'e>(expr: &'e Expr, chain_op: &BinaryOperator) -> Vec<&'e Expr> {
+    let mut terms = Vec::new();
+    let mut current = expr;
+    while let Expr::BinaryOp { left, op, right } = current {
+        if op != chain_op {
+            break;
+        }
+        terms.push(right.as_ref());
+        current = left.as_ref();
+    }
+    terms.push(current);
+    terms.reverse();
+    terms
+}
+
+/// Joins `terms` pairwise, round by round, into a tree ⌈log₂ n⌉ deep that keeps their
+/// left-to-right order (`None` for no terms).
+fn balanced(
+    mut terms: Vec<Predicate>,
+    join: fn(Box<Predicate>, Box<Predicate>) -> Predicate,
+) -> Option<Predicate> {
+    while terms.len() > 1 {
+        let mut joined = Vec::with_capacity(terms.len().div_ceil(2));
+        let mut pairs = terms.into_iter();
+        while let Some(left) = pairs.next() {
+            joined.push(match pairs.next() {
+                Some(right) => join(Box::new(left), Box::new(right)),
+                None => left,
+            });
+        }
+        terms = joined;
+    }
+    terms.pop()
+}
+
 fn function_call(expr: &Expr) -> Result<Option<FunctionCall<'_>>, QueryError> {
     let Expr::Function(function) = expr else {
         return Ok(None);

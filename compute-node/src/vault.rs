@@ -103,6 +103,8 @@ pub struct Vault {
     schema: Schema,
     records: Vec<PatientRecord>,
     index: BTreeMap<String, usize>,
+    /// Patient key (hex) → the patient id whose row holds it: one person, one row.
+    keys: BTreeMap<String, String>,
     /// The feature table, built on first use after a change (a clone shares its buffers).
     frame: OnceLock<DataFrame>,
 }
@@ -114,6 +116,7 @@ impl Vault {
             schema,
             records: Vec::new(),
             index: BTreeMap::new(),
+            keys: BTreeMap::new(),
             frame: OnceLock::new(),
         }
     }
@@ -152,8 +155,25 @@ impl Vault {
 
     /// Adds a patient's row, or replaces the patient's previous row. The row is checked
     /// against the schema's types (bounds are checked by manifest ingest, and clipped by
-    /// queries).
+    /// queries), and its patient key may be no other row's: the ledger's consents, budgets and
+    /// payouts are per person, so one person's key on two rows would count them twice.
     pub fn upsert(&mut self, record: PatientRecord) -> Result<(), VaultError> {
+        if let Some(key) = &record.patient_key {
+            if let Some(holder) = self
+                .keys
+                .get(key)
+                .filter(|holder| **holder != record.patient_id)
+            {
+                return Err(VaultError::Record {
+                    patient_id: record.patient_id.clone(),
+                    column: "patient_key".into(),
+                    reason: format!(
+                        "patient key {key} is already on the row of patient `{holder}`: one \
+                         person, one row"
+                    ),
+                });
+            }
+        }
         if record.values.len() != self.schema.columns.len() {
             return Err(VaultError::Record {
                 patient_id: record.patient_id.clone(),
@@ -175,6 +195,14 @@ impl Vault {
                 })?;
         }
         self.frame = OnceLock::new();
+        if let Some(&row) = self.index.get(&record.patient_id) {
+            if let Some(old_key) = &self.records[row].patient_key {
+                self.keys.remove(old_key);
+            }
+        }
+        if let Some(key) = &record.patient_key {
+            self.keys.insert(key.clone(), record.patient_id.clone());
+        }
         match self.index.get(&record.patient_id) {
             Some(&row) => self.records[row] = record,
             None => {

@@ -189,6 +189,53 @@ fn duplicate_patient_id_is_rejected_on_its_second_row() {
 }
 
 #[test]
+fn ingest_refuses_duplicate_patient_keys() {
+    // One person's key on two rows (two record numbers for one patient, say) would count
+    // them twice against one consent and one personal budget.
+    let manifest = MANIFEST.replace(
+        "id_column = \"patient_id\"",
+        "id_column = \"patient_id\"\nkey_column = \"patient_key\"",
+    );
+    let schema = Schema::from_toml(&manifest, "keyed manifest").unwrap();
+    let key = hex::encode(
+        ed25519_dalek::SigningKey::from_bytes(&[7; 32])
+            .verifying_key()
+            .as_bytes(),
+    );
+    let other = hex::encode(
+        ed25519_dalek::SigningKey::from_bytes(&[8; 32])
+            .verifying_key()
+            .as_bytes(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "keys.csv",
+        &format!("patient_id,patient_key,age\na,{key},50\nb,{key},51\nc,{other},52\n"),
+    );
+    let mut vault = Vault::new(schema);
+    let report = ingest_table(&path, &mut vault).unwrap();
+    assert_eq!(report.accepted, 2, "{:?}", report.rejected);
+    assert_eq!(report.rejected.len(), 1);
+    assert_eq!(report.rejected[0].location.row, 2);
+    assert!(
+        report.rejected[0].reason.contains("one person, one row"),
+        "{}",
+        report.rejected[0].reason
+    );
+    assert!(vault.record("b").is_none());
+    assert_eq!(vault.len(), 2);
+    // A patient's own row may be replaced with the same key.
+    let again = write(
+        dir.path(),
+        "again.csv",
+        &format!("patient_id,patient_key,age\na,{key},53\n"),
+    );
+    let report = ingest_table(&again, &mut vault).unwrap();
+    assert_eq!(report.accepted, 1, "{:?}", report.rejected);
+}
+
+#[test]
 fn ragged_csv_row_fails_the_file_naming_the_row() {
     let dir = tempfile::tempdir().unwrap();
     let path = write(

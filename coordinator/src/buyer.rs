@@ -154,6 +154,26 @@ impl Buyer {
         Ok(TxId(Hash32(bytes)))
     }
 
+    /// Cancels the buyer's own order before its release is committed, through the Ledger
+    /// service: the escrow comes back and the ε reserved on each listing is freed. Returns the
+    /// ledger block that recorded it.
+    pub async fn cancel(&self, order: TxId) -> anyhow::Result<u64> {
+        let envelope = self.sign(Action::CancelOrder {
+            order: market::OrderId(order),
+        })?;
+        let result = LedgerClient::new(channel(&self.market, self.tls.as_ref()).await?)
+            .submit_transaction(SignedTransaction { envelope })
+            .await;
+        match result {
+            Ok(answer) => Ok(answer.into_inner().height),
+            Err(status) => {
+                // A refused transaction used no nonce on the ledger.
+                self.next_nonce.fetch_sub(1, Ordering::SeqCst);
+                Err(anyhow!("cancelling order {order}: {}", status.message()))
+            }
+        }
+    }
+
     /// Polls the order until it completes or fails.
     pub async fn wait(&self, order: TxId) -> anyhow::Result<OrderStatus> {
         let mut client = MarketClient::new(channel(&self.market, self.tls.as_ref()).await?)

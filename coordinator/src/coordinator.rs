@@ -17,8 +17,8 @@ use cohortex_proto::tls::{endpoint as link, TlsIdentity};
 use cohortex_proto::v1::compute_client::ComputeClient;
 use cohortex_proto::v1::{
     AddNoiseRequest, AddNoiseResponse, ContributeRequest, ContributionRecord, CosignReceiptRequest,
-    DkgDealRequest, DkgFinishRequest, DkgJustifyRequest, DkgPeer, DkgReceiveRequest,
-    KeySwitchPhase, KeySwitchRequest, KeySwitchResponse, NodeReport, OrderState,
+    DkgConfirmRequest, DkgDealRequest, DkgFinishRequest, DkgJustifyRequest, DkgPeer,
+    DkgReceiveRequest, KeySwitchPhase, KeySwitchRequest, KeySwitchResponse, NodeReport, OrderState,
 };
 use compute_node::contribution::{sum_contributions, Contribution, ContributionStatement};
 use compute_node::dp::calibrate;
@@ -148,23 +148,22 @@ pub struct Coordinator {
     save_lock: Arc<tokio::sync::Mutex<()>>,
     /// The market's TLS identity, presented to the nodes (`None`: plaintext, in-process only).
     tls: Option<TlsIdentity>,
-    /// Recruiters' TFHE evaluation keys by fingerprint, the most recent last.
+    /// Recruiters' TFHE evaluation keys by fingerprint, with a quota per recruiter.
     #[cfg(feature = "tfhe")]
-    evaluation_keys: Mutex<Vec<KeptEvaluationKey>>,
+    evaluation_keys: Mutex<crate::evaluation_keys::EvaluationKeyStore>,
+    /// Evaluation-key uploads read at once.
+    #[cfg(feature = "tfhe")]
+    evaluation_key_uploads: Arc<tokio::sync::Semaphore>,
     /// Replies to posted trials, by trial (also kept beside the state file).
     #[cfg(feature = "tfhe")]
     trial_replies: Mutex<BTreeMap<String, Vec<cohortex_proto::v1::TrialReply>>>,
 }
 
-/// A recruiter's evaluation key the market keeps: its fingerprint and bytes.
-#[cfg(feature = "tfhe")]
-type KeptEvaluationKey = ([u8; 32], Arc<Vec<u8>>);
-
 #[cfg(feature = "tfhe")]
 #[path = "coordinator_feasibility.rs"]
 mod feasibility;
 #[cfg(feature = "tfhe")]
-pub use feasibility::{key_chunks, EVALUATION_KEYS_KEPT, KEY_CHUNK_BYTES};
+pub use feasibility::{key_chunks, KEY_CHUNK_BYTES};
 #[cfg(feature = "tfhe")]
 #[path = "coordinator_recruitment.rs"]
 mod recruitment;
@@ -232,7 +231,11 @@ impl Coordinator {
             save_lock: Arc::new(tokio::sync::Mutex::new(())),
             tls: None,
             #[cfg(feature = "tfhe")]
-            evaluation_keys: Mutex::new(Vec::new()),
+            evaluation_keys: Mutex::new(crate::evaluation_keys::EvaluationKeyStore::default()),
+            #[cfg(feature = "tfhe")]
+            evaluation_key_uploads: Arc::new(tokio::sync::Semaphore::new(
+                crate::evaluation_keys::CONCURRENT_UPLOADS,
+            )),
             #[cfg(feature = "tfhe")]
             trial_replies: Mutex::new(BTreeMap::new()),
         }
@@ -733,6 +736,9 @@ impl Coordinator {
         for (_, endpoint) in &members {
             clients.push(connect(endpoint, self.tls.as_ref()).await?);
         }
+        // The coordinator only relays: every public message is signed by the member it comes
+        // from and checked by every other member against its own pinned committee.
+        let missing = |what: &str| Status::internal(format!("a member answered without {what}"));
         let mut broadcasts = Vec::new();
         for client in &mut clients {
             let request = DkgDealRequest {
@@ -743,7 +749,8 @@ impl Coordinator {
             let response = client
                 .dkg_deal(signed_request(&self.account, methods::DKG_DEAL, request))
                 .await?;
-            broadcasts.push(response.into_inner().broadcast);
+            let broadcast = response.into_inner().broadcast;
+            broadcasts.push(broadcast.ok_or_else(|| missing("its broadcast"))?);
         }
         let mut complaints = Vec::new();
         for client in &mut clients {
@@ -754,22 +761,22 @@ impl Coordinator {
             let response = client
                 .dkg_receive(signed_request(&self.account, methods::DKG_RECEIVE, request))
                 .await?;
-            complaints.extend(response.into_inner().complaints);
+            let statement = response.into_inner().complaints;
+            complaints.push(statement.ok_or_else(|| missing("its complaints"))?);
         }
         let mut justifications = Vec::new();
-        if !complaints.is_empty() {
-            for client in &mut clients {
-                let request = DkgJustifyRequest {
-                    session_id: session_id.clone(),
-                    complaints: complaints.clone(),
-                };
-                let response = client
-                    .dkg_justify(signed_request(&self.account, methods::DKG_JUSTIFY, request))
-                    .await?;
-                justifications.extend(response.into_inner().justifications);
-            }
+        for client in &mut clients {
+            let request = DkgJustifyRequest {
+                session_id: session_id.clone(),
+                complaints: complaints.clone(),
+            };
+            let response = client
+                .dkg_justify(signed_request(&self.account, methods::DKG_JUSTIFY, request))
+                .await?;
+            let statement = response.into_inner().justifications;
+            justifications.push(statement.ok_or_else(|| missing("its justifications"))?);
         }
-        let mut committee: Option<Vec<u8>> = None;
+        let mut confirmations = Vec::new();
         for client in &mut clients {
             let request = DkgFinishRequest {
                 session_id: session_id.clone(),
@@ -778,6 +785,22 @@ impl Coordinator {
             };
             let response = client
                 .dkg_finish(signed_request(&self.account, methods::DKG_FINISH, request))
+                .await?
+                .into_inner();
+            confirmations.push(
+                response
+                    .confirmation
+                    .ok_or_else(|| missing("its confirmation"))?,
+            );
+        }
+        let mut committee: Option<Vec<u8>> = None;
+        for client in &mut clients {
+            let request = DkgConfirmRequest {
+                session_id: session_id.clone(),
+                confirmations: confirmations.clone(),
+            };
+            let response = client
+                .dkg_confirm(signed_request(&self.account, methods::DKG_CONFIRM, request))
                 .await?
                 .into_inner();
             match &committee {

@@ -28,9 +28,6 @@ use tonic::{Code, Status};
 use super::{connect, failed_reports, poisoned, Coordinator, OrderRecord, ReleaseIdentity};
 use crate::error::OrderError;
 
-/// How many recruiters' evaluation keys the market keeps (about 30 MB each).
-pub const EVALUATION_KEYS_KEPT: usize = 4;
-
 /// Bytes per chunk when streaming an evaluation key.
 pub const KEY_CHUNK_BYTES: usize = 1 << 20;
 
@@ -46,24 +43,40 @@ pub fn key_chunks(bytes: &[u8]) -> impl tokio_stream::Stream<Item = EvaluationKe
 }
 
 impl Coordinator {
-    /// Keeps a recruiter's evaluation key (already checked to decode) by its fingerprint.
-    pub fn keep_evaluation_key(&self, fingerprint: [u8; 32], bytes: Vec<u8>) -> Result<(), Status> {
-        let mut keys = self.evaluation_keys.lock().map_err(|_| poisoned())?;
-        keys.retain(|(kept, _)| *kept != fingerprint);
-        keys.push((fingerprint, Arc::new(bytes)));
-        while keys.len() > EVALUATION_KEYS_KEPT {
-            keys.remove(0);
-        }
-        Ok(())
+    /// Keeps `owner`'s evaluation key (already checked to decode) by its fingerprint, within
+    /// the recruiter's quota ([`crate::evaluation_keys`]).
+    pub fn keep_evaluation_key(
+        &self,
+        owner: AccountId,
+        fingerprint: [u8; 32],
+        bytes: Vec<u8>,
+    ) -> Result<(), Status> {
+        self.evaluation_keys.lock().map_err(|_| poisoned())?.keep(
+            owner,
+            fingerprint,
+            bytes,
+            std::time::Instant::now(),
+        )
     }
 
     /// The bytes of the evaluation key with this fingerprint, if the market holds it.
     pub fn evaluation_key(&self, fingerprint: &[u8; 32]) -> Result<Option<Arc<Vec<u8>>>, Status> {
-        let keys = self.evaluation_keys.lock().map_err(|_| poisoned())?;
-        Ok(keys
-            .iter()
-            .find(|(kept, _)| kept == fingerprint)
-            .map(|(_, bytes)| Arc::clone(bytes)))
+        Ok(self
+            .evaluation_keys
+            .lock()
+            .map_err(|_| poisoned())?
+            .get(fingerprint, std::time::Instant::now()))
+    }
+
+    /// A turn to read an evaluation-key upload: at most
+    /// [`CONCURRENT_UPLOADS`](crate::evaluation_keys::CONCURRENT_UPLOADS) are read at once.
+    pub async fn evaluation_key_upload_turn(
+        &self,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+        Arc::clone(&self.evaluation_key_uploads)
+            .acquire_owned()
+            .await
+            .map_err(|_| Status::unavailable("the market is shutting down"))
     }
 
     /// Records a new feasibility order (already escrowed on the ledger) and computes it in

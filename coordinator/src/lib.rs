@@ -12,6 +12,8 @@ pub mod arrow_release;
 pub mod buyer;
 pub mod coordinator;
 pub mod error;
+#[cfg(feature = "tfhe")]
+pub mod evaluation_keys;
 pub mod market_service;
 #[cfg(feature = "tfhe")]
 pub mod recruiter;

@@ -18,7 +18,7 @@ use market::server::{
     submit_if, tx_error_status, tx_id_field, wrong_action,
 };
 use market::tx::UncheckedTx;
-use market::{Action, Compensation, TxBody, TxId};
+use market::{AccountId, Action, Compensation, TxBody, TxId};
 use tonic::{Request, Response, Status};
 use zk::{PublicKey, Wire};
 
@@ -416,7 +416,8 @@ impl Market for MarketService {
                 "only a registered buyer (recruiter) account may store an evaluation key",
             ));
         }
-        self.receive_evaluation_key(request.into_inner()).await
+        self.receive_evaluation_key(caller, request.into_inner())
+            .await
     }
 
     #[tracing::instrument(skip(self, request))]
@@ -523,9 +524,11 @@ impl Market for MarketService {
 impl MarketService {
     async fn receive_evaluation_key(
         &self,
+        owner: AccountId,
         mut stream: tonic::Streaming<EvaluationKeyChunk>,
     ) -> Result<Response<PutEvaluationKeyResponse>, Status> {
         use zk::fhe::EvaluationKey;
+        let _turn = self.coordinator.evaluation_key_upload_turn().await?;
         let bytes = compute_node::feasibility_wire::read_evaluation_key(&mut stream).await?;
         let (bytes, checked) = tokio::task::spawn_blocking(move || {
             let checked = EvaluationKey::from_bytes(&bytes).map(|_| ());
@@ -536,7 +539,8 @@ impl MarketService {
         checked.map_err(|error| Status::invalid_argument(format!("data: {error}")))?;
         let fingerprint = EvaluationKey::fingerprint_of(&bytes);
         let length = bytes.len() as u64;
-        self.coordinator.keep_evaluation_key(fingerprint, bytes)?;
+        self.coordinator
+            .keep_evaluation_key(owner, fingerprint, bytes)?;
         Ok(Response::new(PutEvaluationKeyResponse {
             fingerprint: fingerprint.to_vec(),
             bytes: length,
@@ -713,6 +717,7 @@ impl MarketService {
 
     async fn receive_evaluation_key(
         &self,
+        _: AccountId,
         _: tonic::Streaming<EvaluationKeyChunk>,
     ) -> Result<Response<PutEvaluationKeyResponse>, Status> {
         Err(Status::unimplemented(

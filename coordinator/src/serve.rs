@@ -33,6 +33,8 @@ pub async fn serve_market(
     ])
     .await?;
     let ledger = Arc::clone(coordinator.ledger());
+    // One count of self-registrations per client, whichever service registers.
+    let registrations = Arc::new(market::server::rate::RateLimiter::registrations());
     tracing::info!(address = ?listener.local_addr().ok(), "serving market, consent and ledger");
     cohortex_proto::serving::server_builder(tls)?
         .timeout(REQUEST_TIMEOUT)
@@ -40,12 +42,15 @@ pub async fn serve_market(
         .add_service(reflection)
         .add_service(reflection_v1alpha)
         .add_service(
-            LedgerServer::new(LedgerService::new(Arc::clone(&ledger)))
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            LedgerServer::new(
+                LedgerService::new(Arc::clone(&ledger))
+                    .sharing_registrations(Arc::clone(&registrations)),
+            )
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
         .add_service(
-            ConsentServer::new(ConsentService::new(ledger))
+            ConsentServer::new(ConsentService::new(ledger).sharing_registrations(registrations))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )

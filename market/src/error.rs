@@ -182,10 +182,10 @@ pub enum TxError {
     /// A personal privacy limit of zero, which would exclude the patient from every query.
     #[error("personal epsilon limit must be positive; revoke the consent instead")]
     ZeroPersonalLimit,
-    /// A personal privacy limit below what the patient's records in the listing already spent.
+    /// A personal privacy limit below what the patient already spent, in every listing.
     #[error(
-        "personal epsilon limit {limit_micro} is below the {spent_micro} micro-epsilon already \
-         spent on {patient}'s records in listing {listing}",
+        "personal epsilon limit {limit_micro} for listing {listing} is below the {spent_micro} \
+         micro-epsilon already spent on {patient}, over every listing",
         listing = shown(.listing)
     )]
     PersonalLimitBelowSpent {
@@ -195,7 +195,7 @@ pub enum TxError {
         listing: ListingId,
         /// The limit asked for.
         limit_micro: u64,
-        /// Already spent on the patient's records in the listing.
+        /// Already spent on the patient, over every listing.
         spent_micro: u64,
     },
     /// A time that must lie in the future does not.
@@ -206,6 +206,18 @@ pub enum TxError {
         /// The block time.
         now: u64,
     },
+    /// An order's expiry lies more than [`MAX_ORDER_LIFETIME_SECS`](crate::tx::MAX_ORDER_LIFETIME_SECS) after the block time.
+    #[error("order expiry {expires_at} is more than 24 h after the block time: at most {latest}")]
+    OrderExpiryTooFar {
+        /// The expiry asked for.
+        expires_at: u64,
+        /// The latest expiry accepted now.
+        latest: u64,
+    },
+    /// The order's release is committed: it can no longer be cancelled, only receipted or
+    /// refunded.
+    #[error("order {0}'s release is committed; it can no longer be cancelled")]
+    ReleaseCommitted(OrderId),
     /// An order must name at least one and at most `MAX_LISTINGS_PER_ORDER` listings, each once.
     #[error("invalid order: {0}")]
     InvalidOrder(&'static str),
@@ -338,8 +350,8 @@ pub enum TxError {
     },
     /// A participant whose personal privacy limit the receipt's debit would exceed.
     #[error(
-        "participant {patient} of listing {listing} has spent {spent_micro} of a personal limit of \
-         {limit_micro} micro-epsilon; the receipt debits {debited_micro}",
+        "participant {patient} of listing {listing} has spent {spent_micro}, over every listing, of \
+         a personal limit of {limit_micro} micro-epsilon; the receipt debits {debited_micro}",
         listing = shown(.listing)
     )]
     PersonalBudgetExceeded {
@@ -347,7 +359,7 @@ pub enum TxError {
         patient: AccountId,
         /// The listing.
         listing: ListingId,
-        /// Spent on the patient's records in the listing so far.
+        /// Spent on the patient so far, over every listing.
         spent_micro: u64,
         /// The limit in the consent used by the order.
         limit_micro: u64,

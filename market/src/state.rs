@@ -25,8 +25,8 @@ use crate::tx::{
     AccountId, Action, AttestationKind, Compensation, ListingId, ListingTerms, OrderId,
     PayoutChoice, Purpose, QueryReceipt, ReceiptCosignature, ReceiptId, Role, TrialPosting,
     VerifiedTx, MAX_COMMITTEE_MEMBERS, MAX_LISTINGS_PER_ORDER, MAX_LISTING_ID_LEN,
-    MAX_TRIAL_CRITERIA_LEN, MAX_TRIAL_DURATION_SECS, MAX_TRIAL_ID_LEN, MAX_TRIAL_LISTINGS,
-    MAX_TRIAL_REPLIES, MAX_TRIAL_SUMMARY_LEN, MIN_COMMITTEE_THRESHOLD,
+    MAX_ORDER_LIFETIME_SECS, MAX_TRIAL_CRITERIA_LEN, MAX_TRIAL_DURATION_SECS, MAX_TRIAL_ID_LEN,
+    MAX_TRIAL_LISTINGS, MAX_TRIAL_REPLIES, MAX_TRIAL_SUMMARY_LEN, MIN_COMMITTEE_THRESHOLD,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -105,9 +105,10 @@ pub struct Consent {
     /// Block time of the revocation, if revoked.
     pub revoked_at: Option<u64>,
     /// The patient's personal privacy limit for queries under this consent, micro-epsilon:
-    /// a receipt may name the patient only while the ε spent on their records in the listing
-    /// (every purpose, see [`State::personal_spent_micro`]) plus its own debit stays within
-    /// it. `None`: only the listing's budget applies.
+    /// a receipt may name the patient only while the ε spent on the person, in every listing
+    /// and for every purpose ([`State::person_spent_micro`]), plus its own debit stays within
+    /// it. The privacy unit is the person: records in several listings share one loss.
+    /// `None`: only the listing's budget applies.
     pub epsilon_limit_micro: Option<u64>,
 }
 
@@ -440,6 +441,15 @@ impl State {
             .unwrap_or(0)
     }
 
+    /// ε (micro) spent on `patient` by recorded receipts, in every listing and for every
+    /// purpose: what a personal limit bounds.
+    pub fn person_spent_micro(&self, patient: &AccountId) -> u64 {
+        self.personal_spent
+            .range((*patient, ListingId::new(""))..)
+            .take_while(|((owner, _), _)| owner == patient)
+            .fold(0u64, |total, (_, spent)| total.saturating_add(*spent))
+    }
+
     /// The patients of [`State::current_consents`] whose personal limit also allows a query
     /// debiting `epsilon_micro` now: those a node may include in such a query.
     pub fn current_consents_affording(
@@ -455,7 +465,7 @@ impl State {
                 self.consents
                     .get(&(*patient, listing.clone(), purpose))
                     .is_some_and(|consent| {
-                        consent.affords(self.personal_spent_micro(patient, listing), epsilon_micro)
+                        consent.affords(self.person_spent_micro(patient), epsilon_micro)
                     })
             })
             .collect()
@@ -823,6 +833,7 @@ impl State {
             )?,
             Action::Settle { order, receipt } => self.settle(signer, *order, *receipt)?,
             Action::Refund { order } => self.refund(signer, *order, ctx)?,
+            Action::CancelOrder { order } => self.cancel_order(signer, *order)?,
             Action::CommitRelease {
                 order,
                 noise_members,
@@ -1092,7 +1103,7 @@ impl State {
             if limit == 0 {
                 return Err(TxError::ZeroPersonalLimit);
             }
-            let spent = self.personal_spent_micro(&patient, id);
+            let spent = self.person_spent_micro(&patient);
             if limit < spent {
                 return Err(TxError::PersonalLimitBelowSpent {
                     patient,
@@ -1195,6 +1206,10 @@ impl State {
                 expires_at,
                 now: ctx.time,
             });
+        }
+        let latest = ctx.time.saturating_add(MAX_ORDER_LIFETIME_SECS);
+        if expires_at > latest {
+            return Err(TxError::OrderExpiryTooFar { expires_at, latest });
         }
         let mut escrow: u64 = 0;
         let mut ordered = Vec::with_capacity(listing_ids.len());
@@ -1405,7 +1420,7 @@ impl State {
                         listing: id.clone(),
                         purpose: order.purpose,
                     })?;
-                let spent = self.personal_spent_micro(participant, id);
+                let spent = self.person_spent_micro(participant);
                 if !consent.affords(spent, contribution.epsilon_debited_micro) {
                     return Err(TxError::PersonalBudgetExceeded {
                         patient: *participant,
@@ -1595,6 +1610,31 @@ impl State {
                 signer,
             });
         }
+        self.return_escrow(order_id)
+    }
+
+    /// Cancels an open order whose release is not committed, at its buyer's request.
+    fn cancel_order(&mut self, signer: AccountId, order_id: OrderId) -> Result<(), TxError> {
+        let order = self.open_order(order_id)?;
+        if signer != order.buyer {
+            return Err(TxError::NotOrderParty {
+                order: order_id,
+                signer,
+            });
+        }
+        if self.releases.contains_key(&order_id) {
+            return Err(TxError::ReleaseCommitted(order_id));
+        }
+        self.return_escrow(order_id)
+    }
+
+    /// Ends an open order without a receipt: the escrow goes back to the buyer and the ε
+    /// reserved on each listing is freed, or spent if a release was committed.
+    fn return_escrow(&mut self, order_id: OrderId) -> Result<(), TxError> {
+        let order = self
+            .orders
+            .get(&order_id)
+            .ok_or(TxError::UnknownOrder(order_id))?;
         let buyer = order.buyer;
         let escrow = order.escrow;
         let requested = order.epsilon_requested_micro;

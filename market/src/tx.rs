@@ -27,6 +27,10 @@ pub const MAX_SIGNED_TX_LEN: usize = 4 * 1024 * 1024;
 pub const MAX_LISTING_ID_LEN: usize = 64;
 /// Most listings one order may name.
 pub const MAX_LISTINGS_PER_ORDER: usize = 64;
+/// Longest an order may stay open, in seconds after the block that records it (24 h). An
+/// order holds its ε reserved on every listing it names until its receipt, refund or
+/// cancellation; a bounded life keeps a buyer from locking listings' budgets for years.
+pub const MAX_ORDER_LIFETIME_SECS: u64 = 86_400;
 
 pub use cohortex_types::ids::{AccountId, ListingId, OrderId, Purpose, ReceiptId, Role, TxId};
 
@@ -577,6 +581,32 @@ pub enum Action {
         /// The listing owner's signature over [`trial_reply_digest`].
         attestation: Vec<u8>,
     },
+    /// Cancels an open order before its release is committed (signer: its buyer): the
+    /// escrow goes back to the buyer and the ε reserved on each listing is freed, since
+    /// nothing was released. Once a release is committed, only a receipt or a refund ends it.
+    CancelOrder {
+        /// The order.
+        order: OrderId,
+    },
+}
+
+impl Action {
+    /// Whether a party may submit this action to the ledger directly (`Ledger.SubmitTransaction`
+    /// or `Consent`), rather than only through the Market service. Orders, listings and trial
+    /// postings go through the market, which checks what the ledger cannot (the SQL compiles
+    /// against the manifests, the manifest hashes to `schema_hash`, the criteria decode) and
+    /// starts the work; an order placed on the ledger alone would only hold escrow and ε
+    /// reserved until it expires.
+    pub fn submitted_directly(&self) -> bool {
+        !matches!(
+            self,
+            Action::OrderQuery { .. }
+                | Action::OrderQueryFor { .. }
+                | Action::PublishListing { .. }
+                | Action::UpdateListing { .. }
+                | Action::PostTrial(_)
+        )
+    }
 }
 
 /// The signed part of a transaction.
@@ -676,6 +706,11 @@ impl UncheckedTx {
             key,
             digest,
         })
+    }
+
+    /// The body as parsed, not yet authenticated: for routing only, never to act on.
+    pub fn body(&self) -> &TxBody {
+        &self.body
     }
 
     /// Checks the signature alone.

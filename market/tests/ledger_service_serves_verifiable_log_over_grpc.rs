@@ -14,8 +14,8 @@ use ed25519_dalek::VerifyingKey;
 use market::server::{serve_ledger_and_consent, ServeError, MAX_MESSAGE_BYTES};
 use market::tx::MAX_SIGNED_TX_LEN;
 use market::{
-    verify_consistency, verify_inclusion, AccountId, Action, Hash32, Receipt, Role, SignedTreeHead,
-    TxBody, TxId,
+    verify_consistency, verify_inclusion, AccountId, Action, Hash32, ListingId, Purpose, Receipt,
+    Role, SignedTreeHead, TxBody, TxId,
 };
 use prost::Message;
 use rand_chacha::ChaCha20Rng;
@@ -609,5 +609,113 @@ async fn reflection_lists_the_ledger_and_consent_services() {
             "grpc.reflection.v1.ServerReflection",
         ]
     );
+    served.stop().await;
+}
+
+#[tokio::test]
+async fn ledger_refuses_orders_not_placed_through_market() {
+    let mut served = Served::start().await;
+    let mut client = served.client().await;
+    let (buyer, _) = served.new_buyer(&mut client).await;
+    let head_before = client
+        .get_signed_tree_head(v1::GetSignedTreeHeadRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    // Seven raw orders with a long life used to lock every listing's budget: the Ledger
+    // service takes no order, listing or trial posting at all, whatever its terms.
+    let placed_through_the_market = [
+        Action::OrderQueryFor {
+            query_hash: Hash32([9; 32]),
+            listings: vec![ListingId::new("any")],
+            purpose: Purpose::AcademicResearch,
+            epsilon_micro: 1_000_000,
+            expires_at: u64::MAX,
+            result_key: vec![1; 38],
+        },
+        Action::OrderQuery {
+            query_hash: Hash32([9; 32]),
+            listings: vec![ListingId::new("any")],
+            purpose: Purpose::AcademicResearch,
+            epsilon_micro: 1_000_000,
+            expires_at: u64::MAX,
+        },
+    ];
+    for action in placed_through_the_market {
+        let refused = client
+            .submit_transaction(served.envelope(&buyer, action))
+            .await
+            .expect_err("the Ledger service took an order not placed through the market");
+        assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+        assert!(
+            refused.message().contains("through the Market service"),
+            "{refused:?}"
+        );
+    }
+    let head_after = client
+        .get_signed_tree_head(v1::GetSignedTreeHeadRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        head_after.tree_size, head_before.tree_size,
+        "nothing was appended"
+    );
+    served.stop().await;
+}
+
+#[tokio::test]
+async fn self_registration_rate_limited() {
+    use market::server::rate::SELF_REGISTRATIONS_PER_MINUTE;
+    let mut served = Served::start().await;
+    let mut client = served.client().await;
+    // Each account is state every node replays forever, and registering costs nothing: one
+    // client may register a minute's allowance, and no more.
+    for _ in 0..SELF_REGISTRATIONS_PER_MINUTE {
+        served.new_buyer(&mut client).await;
+    }
+    let extra = Party::new(&mut served.rng);
+    let refused = client
+        .submit_transaction(served.envelope(
+            &extra,
+            Action::RegisterAccount {
+                account: extra.id,
+                role: Role::Buyer,
+            },
+        ))
+        .await
+        .expect_err("one client registered more accounts than the limit allows");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused.message().contains("self-registrations"),
+        "{refused:?}"
+    );
+    // The Consent service counts in the same allowance.
+    let patient = Party::new(&mut served.rng);
+    let by_consent = cohortex_proto::v1::consent_client::ConsentClient::new(served.channel().await)
+        .register(served.envelope(
+            &patient,
+            Action::RegisterAccount {
+                account: patient.id,
+                role: Role::Patient,
+            },
+        ))
+        .await
+        .expect_err("the Consent service registered past the limit");
+    assert_eq!(by_consent.code(), Code::ResourceExhausted, "{by_consent:?}");
+    // An issuer's admission is not a self-registration, and still goes through.
+    let node = Party::new(&mut served.rng);
+    let stand_in = Party::new(&mut served.rng);
+    let mut issuer = std::mem::replace(&mut served.issuer, stand_in);
+    served
+        .submit(
+            &mut client,
+            &mut issuer,
+            Action::RegisterAccount {
+                account: node.id,
+                role: Role::ComputeNode,
+            },
+        )
+        .await;
     served.stop().await;
 }

@@ -9,7 +9,7 @@
 mod common;
 
 use common::*;
-use market::{Action, Ledger, PayoutChoice, Purpose, TxError};
+use market::{Action, Ledger, OrderId, PayoutChoice, Purpose, TxError};
 
 /// Debited by every receipt of the scene, micro-epsilon.
 const DEBIT: u64 = 500_000;
@@ -222,4 +222,70 @@ fn personal_spending_is_rebuilt_from_storage_after_a_restart() {
         DEBIT
     );
     drop(dir);
+}
+
+#[test]
+fn personal_limit_bounds_the_person_across_listings() {
+    let mut scene = Scene::new();
+    // Patient 0's records are also in a second listing, from another node; the patient
+    // consents there too, with the same limit. Room for one receipt of 0.5, in all.
+    let mut second_node = scene.f.register(market::Role::ComputeNode);
+    let second = publish(
+        &mut scene.f,
+        &mut second_node,
+        "cardiology-cohort",
+        terms(1000, market::Compensation::Payment),
+    );
+    grant_with_limit(&mut scene, 0, Some(600_000)).expect("grant with a limit");
+    let mut in_second = grant_action(&scene.patients[0], &second, PayoutChoice::ToPatient);
+    if let Action::GrantConsent {
+        epsilon_limit_micro,
+        ..
+    } = &mut in_second
+    {
+        *epsilon_limit_micro = Some(600_000);
+    }
+    scene
+        .f
+        .submit(&mut scene.patients[0], in_second)
+        .expect("grant in the second listing");
+    let patient = scene.patients[0].id;
+
+    let first = scene.order();
+    scene.record(first, vec![patient]);
+    let state = scene.f.ledger.state();
+    assert_eq!(state.person_spent_micro(&patient), DEBIT);
+    assert_eq!(state.personal_spent_micro(&patient, &second), 0);
+    // Nothing was spent on the patient's records in the second listing, but the person has
+    // spent 0.5 of 0.6: the second listing may not use them for another 0.5.
+    let now = scene.f.ledger.machine().last_time();
+    assert!(state
+        .current_consents_affording(&second, Purpose::AcademicResearch, now, DEBIT)
+        .is_empty());
+
+    let order = OrderId(
+        scene
+            .f
+            .submit(
+                &mut scene.buyer,
+                order_action(std::slice::from_ref(&second), scene.f.now() + 3600),
+            )
+            .expect("order on the second listing"),
+    );
+    let naming_the_patient = receipt_action(
+        scene.f.ledger.chain_id(),
+        order,
+        vec![(second.clone(), &second_node, vec![patient])],
+    );
+    scene.f.refuse(
+        &scene.committee,
+        naming_the_patient,
+        TxError::PersonalBudgetExceeded {
+            patient,
+            listing: second,
+            spent_micro: DEBIT,
+            limit_micro: 600_000,
+            debited_micro: DEBIT,
+        },
+    );
 }

@@ -370,3 +370,106 @@ proptest! {
         prop_assert!(f.conserved());
     }
 }
+
+#[test]
+fn order_expiry_is_capped() {
+    let mut scene = Scene::new();
+    let listing = scene.listing.clone();
+    let now = scene.f.now();
+    let latest = now + market::tx::MAX_ORDER_LIFETIME_SECS;
+    // Ten years, as the raw orders that locked every listing's budget asked.
+    for expires_at in [now + 10 * 366 * 86_400, latest + 1] {
+        scene.f.refuse(
+            &scene.buyer,
+            order_action(std::slice::from_ref(&listing), expires_at),
+            TxError::OrderExpiryTooFar { expires_at, latest },
+        );
+    }
+    let order = OrderId(
+        scene
+            .f
+            .submit(
+                &mut scene.buyer,
+                order_action(std::slice::from_ref(&listing), latest),
+            )
+            .expect("an order of exactly 24 hours"),
+    );
+    assert_eq!(
+        scene
+            .f
+            .ledger
+            .state()
+            .order(&order)
+            .expect("order")
+            .expires_at,
+        latest
+    );
+}
+
+#[test]
+fn buyer_cancels_its_unstarted_order() {
+    let mut scene = Scene::new();
+    let order = scene.order();
+    let listing = scene.listing.clone();
+    // Nobody but the buyer cancels it.
+    let committee = scene.committee.id;
+    scene.f.refuse(
+        &scene.committee,
+        Action::CancelOrder { order },
+        TxError::NotOrderParty {
+            order,
+            signer: committee,
+        },
+    );
+    scene
+        .f
+        .submit(&mut scene.buyer, Action::CancelOrder { order })
+        .expect("cancel before expiry");
+    let state = scene.f.ledger.state();
+    assert_eq!(state.balance(&scene.buyer.id), 5000, "the escrow came back");
+    let listing = state.listing(&listing).expect("listing");
+    assert_eq!(
+        listing.epsilon_reserved_micro, 0,
+        "the ε reservation is freed"
+    );
+    assert_eq!(
+        listing.epsilon_spent_micro, 0,
+        "nothing was released, nothing spent"
+    );
+    assert!(scene.f.conserved());
+    // A cancelled order is closed: no release may be committed for it.
+    scene.f.refuse(
+        &scene.committee,
+        Action::CommitRelease {
+            order,
+            noise_members: vec![1, 2],
+            quorum: vec![1, 2],
+        },
+        TxError::OrderNotOpen {
+            order,
+            status: "refunded",
+        },
+    );
+}
+
+#[test]
+fn order_with_a_committed_release_cannot_be_cancelled() {
+    let mut scene = Scene::new();
+    let order = scene.order();
+    scene
+        .f
+        .submit(
+            &mut scene.committee,
+            Action::CommitRelease {
+                order,
+                noise_members: vec![1, 2],
+                quorum: vec![1, 2],
+            },
+        )
+        .expect("release committed");
+    scene.f.refuse(
+        &scene.buyer,
+        Action::CancelOrder { order },
+        TxError::ReleaseCommitted(order),
+    );
+}

@@ -160,6 +160,7 @@ async fn python_client_queries_and_consents_against_a_live_federation() {
         nodes_read_market_at: None,
         authority: None,
         ledger_committee_threshold: None,
+        key_ceremony: true,
     };
     let cluster = Cluster::start(&dir.path().join("state"), setups, &options, |_| {})
         .await

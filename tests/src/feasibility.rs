@@ -62,6 +62,7 @@ pub async fn purpose_cluster(
         nodes_read_market_at: None,
         authority: None,
         ledger_committee_threshold: None,
+        key_ceremony: true,
     };
     let cluster = Cluster::start(dir.path(), setups, &options, |_| {})
         .await

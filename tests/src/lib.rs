@@ -157,6 +157,8 @@ pub struct Setup {
     pub authority: Option<std::sync::Arc<cohortex_proto::certs::Authority>>,
     /// The threshold the operator registers on the ledger (default: the pinned 2).
     pub ledger_committee_threshold: Option<u16>,
+    /// Whether the key ceremony runs at start (default: yes; tests of the ceremony relay it).
+    pub key_ceremony: bool,
 }
 
 impl Default for Setup {
@@ -169,6 +171,7 @@ impl Default for Setup {
             nodes_read_market_at: None,
             authority: None,
             ledger_committee_threshold: None,
+            key_ceremony: true,
         }
     }
 }
@@ -194,6 +197,7 @@ pub async fn start_with(setup: Setup) -> (tempfile::TempDir, Cluster, Truth) {
         nodes_read_market_at: setup.nodes_read_market_at,
         authority: setup.authority,
         ledger_committee_threshold: setup.ledger_committee_threshold,
+        key_ceremony: setup.key_ceremony,
     };
     let cluster = Cluster::start(dir.path(), setups, &options, |_| {})
         .await

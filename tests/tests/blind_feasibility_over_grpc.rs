@@ -80,3 +80,91 @@ async fn patients_who_did_not_consent_are_never_counted() {
     }
     assert!(someone_declined, "the population has patients who declined");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_feasibility_calls_get_one_noise_draw() {
+    use cohortex_proto::v1::compute_client::ComputeClient;
+    use cohortex_proto::v1::FeasibilityRequest;
+    use compute_node::feasibility::EncryptedCriteria;
+    use compute_node::feasibility_wire::{criteria_hash, criteria_to_wire};
+    use compute_node::protocol::methods;
+    use market::server::auth::{signed_request, signed_stream_request, unix_now};
+
+    let (_dir, cluster, _truths) = feasibility_cluster().await;
+    let keys = recruiter_keys();
+    let (recruiter, _) = buyer_with_key(&cluster).await;
+    let fingerprint = zk::fhe::EvaluationKey::fingerprint_of(&keys.evaluation_key);
+    let clauses = EncryptedCriteria::encrypt(&criteria("I10", None), &keys.secret);
+    let wire = criteria_to_wire(fingerprint, &clauses);
+    // The recruiter's order, appended by the operator to the ledger it runs, so that only the
+    // operator (not the honest coordinator) asks the nodes.
+    let order = market::TxBody {
+        chain_id: cluster.chain_id,
+        signer: market::AccountId::of(&recruiter),
+        nonce: 1,
+        action: market::Action::OrderQueryFor {
+            query_hash: criteria_hash(&wire),
+            listings: listings(&cluster)
+                .into_iter()
+                .map(market::ListingId::new)
+                .collect(),
+            purpose: market::Purpose::TrialFeasibility,
+            epsilon_micro: EPSILON_ONE,
+            expires_at: unix_now() + 3600,
+            result_key: wire.evaluation_key.clone(),
+        },
+    }
+    .sign(&recruiter)
+    .unwrap();
+    let appended = cluster
+        .ledger
+        .lock()
+        .unwrap()
+        .append(vec![order.bytes.clone()])
+        .unwrap();
+    assert!(appended.refused.is_empty(), "{:?}", appended.refused);
+
+    let mut node = ComputeClient::new(
+        cluster
+            .channel_to(&cluster.nodes[0].endpoint)
+            .await
+            .unwrap(),
+    );
+    node.put_evaluation_key(signed_stream_request(
+        cluster.operator_key(),
+        methods::PUT_EVALUATION_KEY,
+        cohortex_coordinator::coordinator::key_chunks(&keys.evaluation_key),
+    ))
+    .await
+    .unwrap();
+    // Two noisy counts of one cohort, each with its own noise, average to a less noisy one:
+    // the operator asks twice at once.
+    let request = || {
+        signed_request(
+            cluster.operator_key(),
+            methods::FEASIBILITY,
+            FeasibilityRequest {
+                order_id: order.id().0.as_bytes().to_vec(),
+                listing: listings(&cluster)[0].clone(),
+                criteria: Some(wire.clone()),
+            },
+        )
+    };
+    let (mut first, mut second) = (node.clone(), node.clone());
+    let (first, second) = tokio::join!(first.feasibility(request()), second.feasibility(request()));
+    let answers = [first, second];
+    let answered = answers.iter().filter(|answer| answer.is_ok()).count();
+    assert_eq!(answered, 1, "{answers:?}");
+    let refused = answers
+        .iter()
+        .find_map(|answer| answer.as_ref().err())
+        .unwrap();
+    assert_eq!(refused.code(), tonic::Code::AlreadyExists, "{refused:?}");
+    // Nor is it answered a third time.
+    let again = node
+        .feasibility(request())
+        .await
+        .expect_err("a node answered one feasibility order twice");
+    assert_eq!(again.code(), tonic::Code::AlreadyExists, "{again:?}");
+    cluster.shutdown();
+}

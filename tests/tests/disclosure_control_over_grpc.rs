@@ -375,6 +375,7 @@ async fn patient_in_two_listings_is_counted_once() {
         nodes_read_market_at: None,
         authority: None,
         ledger_committee_threshold: None,
+        key_ceremony: true,
     };
     let cluster = cohortex_cluster::Cluster::start(dir.path(), setups, &options, |_| {})
         .await

@@ -376,6 +376,13 @@ impl Compute for ShareCollector {
     ) -> Result<Response<v1::DkgFinishResponse>, Status> {
         Err(Status::unimplemented("collector"))
     }
+
+    async fn dkg_confirm(
+        &self,
+        _: Request<v1::DkgConfirmRequest>,
+    ) -> Result<Response<v1::DkgConfirmResponse>, Status> {
+        Err(Status::unimplemented("collector"))
+    }
     async fn contribute(
         &self,
         _: Request<v1::ContributeRequest>,

@@ -2,9 +2,9 @@
 //! quorums could each open the order's sum with their own noise: two independent noisy
 //! answers to one query, which averaging turns into a less noisy one at the price of one ε.
 //! The release's noise set and key-switch quorum are committed on the ledger before any key
-//! switch, and members key-switch nothing else. The test plays the hostile operator: it places
-//! the order straight on the ledger (so the honest coordinator never sees it) and drives the
-//! members itself over gRPC.
+//! switch, and members key-switch nothing else. The test plays the hostile operator: it appends
+//! the order to the ledger it runs (so the honest coordinator never sees it; the Ledger service
+//! refuses orders from outside the market) and drives the members itself over gRPC.
 
 use cohortex_cluster::{Cluster, ClusterOptions};
 use cohortex_proto::v1::compute_client::ComputeClient;
@@ -92,19 +92,26 @@ async fn disjoint_quorums_cannot_get_two_releases_of_one_order() {
         nodes_read_market_at: None,
         authority: None,
         ledger_committee_threshold: None,
+        key_ceremony: true,
     };
     let cluster = Cluster::start(dir.path(), setups, &options, |_| {})
         .await
         .unwrap();
     let listings = listings(&cluster);
 
-    // A buyer's order, appended to the ledger directly: escrowed and ε reserved, but never
-    // handed to the honest coordinator.
+    // A buyer's order, appended by the operator to the ledger it runs: escrowed and ε
+    // reserved, but never handed to the honest coordinator.
     let (key, buyer) = buyer_with_key(&cluster).await;
     let epsilon = 2_000_000;
     let order = signed_order(&cluster, &key, epsilon);
     let order_id = order.id().0.as_bytes().to_vec();
-    submit(&cluster, order.bytes.clone()).await.unwrap();
+    let appended = cluster
+        .ledger
+        .lock()
+        .unwrap()
+        .append(vec![order.bytes.clone()])
+        .unwrap();
+    assert!(appended.refused.is_empty(), "{:?}", appended.refused);
 
     // Every node contributes; every member adds its noise.
     let mut records = Vec::new();
@@ -242,4 +249,179 @@ async fn disjoint_quorums_cannot_get_two_releases_of_one_order() {
     }
     books_balance(&cluster);
     cluster.shutdown();
+}
+
+/// The buyer's order, appended by the operator to the ledger it runs; returns its id.
+async fn order_appended_by_the_operator(cluster: &Cluster) -> (Vec<u8>, OrderId) {
+    let (key, _buyer) = buyer_with_key(cluster).await;
+    let order = signed_order(cluster, &key, EPSILON);
+    let appended = cluster
+        .ledger
+        .lock()
+        .unwrap()
+        .append(vec![order.bytes.clone()])
+        .unwrap();
+    assert!(appended.refused.is_empty(), "{:?}", appended.refused);
+    (order.id().0.as_bytes().to_vec(), OrderId(order.id()))
+}
+
+/// Every node's contribution to the order.
+async fn contributions(cluster: &Cluster, order_id: &[u8]) -> Vec<ContributionRecord> {
+    let mut records = Vec::new();
+    for (node, listing) in cluster.nodes.iter().zip(listings(cluster)) {
+        let contribution = ComputeClient::new(cluster.channel_to(&node.endpoint).await.unwrap())
+            .contribute(operator_contribute(cluster, order_id, &listing))
+            .await
+            .unwrap()
+            .into_inner();
+        records.push(ContributionRecord {
+            listing,
+            capacity: contribution.capacity,
+            ciphertexts: contribution.ciphertexts,
+            proof: contribution.proof,
+        });
+    }
+    records
+}
+
+/// Member `member`'s noise share of the order.
+async fn add_noise(
+    cluster: &Cluster,
+    member: usize,
+    order_id: &[u8],
+    records: &[ContributionRecord],
+) -> Result<NoiseShare, tonic::Status> {
+    let share = ComputeClient::new(
+        cluster
+            .channel_to(&cluster.nodes[member - 1].endpoint)
+            .await
+            .unwrap(),
+    )
+    .add_noise(signed_request(
+        cluster.operator_key(),
+        methods::ADD_NOISE,
+        AddNoiseRequest {
+            order_id: order_id.to_vec(),
+            sql: SQL.into(),
+            contributions: records.to_vec(),
+        },
+    ))
+    .await?
+    .into_inner()
+    .share
+    .unwrap();
+    Ok(share)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_member_refuses_fresh_noise_for_a_committed_release() {
+    let (_dir, mut cluster, _truth) = start([None, None, None]).await;
+    let (order_id, order) = order_appended_by_the_operator(&cluster).await;
+    let records = contributions(&cluster, &order_id).await;
+    let first = add_noise(&cluster, 1, &order_id, &records).await.unwrap();
+    let second = add_noise(&cluster, 2, &order_id, &records).await.unwrap();
+    submit_committed_release(&cluster, order, vec![1, 2]).await;
+    // Asked again, a member answers with the noise it drew, never fresh noise.
+    assert_eq!(
+        add_noise(&cluster, 1, &order_id, &records).await.unwrap(),
+        first
+    );
+    key_switch_counts(&cluster, 1, &order_id, &[first.clone(), second.clone()])
+        .await
+        .unwrap();
+
+    // Member 1 restarts: its key share is on disk, its noise for the order was in memory.
+    // Fresh noise now would let the operator open the same sum a second time with other
+    // noise, and average the two openings.
+    cluster.restart_node(0).await.unwrap();
+    let refused = add_noise(&cluster, 1, &order_id, &records)
+        .await
+        .expect_err("a restarted member drew fresh noise for a committed release");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(
+        refused
+            .message()
+            .contains("no fresh noise for a committed release"),
+        "{refused:?}"
+    );
+    // Nor does it key-switch the release again without its noise.
+    let refused = key_switch_counts(&cluster, 1, &order_id, &[first, second])
+        .await
+        .expect_err("a restarted member key-switched a release it holds no noise for");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    cluster.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_switch_refused_once_order_not_open() {
+    let (_dir, cluster, _truth) = start([None, None, None]).await;
+    let (order_id, order) = order_appended_by_the_operator(&cluster).await;
+    let records = contributions(&cluster, &order_id).await;
+    let noise = vec![
+        add_noise(&cluster, 1, &order_id, &records).await.unwrap(),
+        add_noise(&cluster, 2, &order_id, &records).await.unwrap(),
+    ];
+    submit_committed_release(&cluster, order, vec![1, 2]).await;
+    for member in 1..=2 {
+        key_switch_counts(&cluster, member, &order_id, &noise)
+            .await
+            .unwrap();
+    }
+    // The order is refunded after its counts were opened; the values must stay sealed.
+    submit(&cluster, as_operator(&cluster, Action::Refund { order }))
+        .await
+        .unwrap();
+    let result_key = cluster
+        .ledger
+        .lock()
+        .unwrap()
+        .state()
+        .result_key(&order)
+        .unwrap()
+        .to_vec();
+    for member in 1..=2 {
+        let refused = ComputeClient::new(
+            cluster
+                .channel_to(&cluster.nodes[member - 1].endpoint)
+                .await
+                .unwrap(),
+        )
+        .key_switch(signed_request(
+            cluster.operator_key(),
+            methods::KEY_SWITCH,
+            KeySwitchRequest {
+                order_id: order_id.clone(),
+                recipient: result_key.clone(),
+                phase: KeySwitchPhase::Values as i32,
+                noise: noise.clone(),
+                count_shares: Vec::new(),
+                noisy_counts: Vec::new(),
+            },
+        ))
+        .await
+        .expect_err("a member key-switched the values of a refunded order");
+        assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+        assert!(
+            refused.message().contains("not open on the ledger"),
+            "{refused:?}"
+        );
+    }
+    cluster.shutdown();
+}
+
+/// The operator commits the order's release to `members`' noise, key-switched by them.
+async fn submit_committed_release(cluster: &Cluster, order: OrderId, members: Vec<u16>) {
+    submit(
+        cluster,
+        as_operator(
+            cluster,
+            Action::CommitRelease {
+                order,
+                noise_members: members.clone(),
+                quorum: members,
+            },
+        ),
+    )
+    .await
+    .unwrap();
 }

@@ -15,7 +15,6 @@
 //! bytes are not the canonical encoding of what they decode to (an unknown or repeated field
 //! appended to a signed request is `INVALID_ARGUMENT`), so the signature covers every byte read.
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -126,17 +125,63 @@ fn hex_field<const N: usize>(
         .map_err(|_| Status::unauthenticated(format!("metadata {name} must be {N} bytes")))
 }
 
-/// Checks request signatures and remembers nonces to refuse replays.
+/// How many nonces a verifier remembers at most: the requests of one skew window
+/// ([`MAX_CLOCK_SKEW`] either side of now) beyond this are refused until older ones age out,
+/// so a flood of validly signed requests cannot grow a server's memory without bound.
+pub const MAX_REMEMBERED_NONCES: usize = 200_000;
+
+/// The nonces seen in the skew window, by timestamp (to prune the oldest in O(log n) each) and
+/// by value (to find a replay in O(1)).
 #[derive(Debug, Default)]
+struct SeenNonces {
+    by_time: std::collections::BTreeSet<(u64, [u8; 16])>,
+    values: std::collections::HashSet<[u8; 16]>,
+}
+
+impl SeenNonces {
+    /// Forgets every nonce whose request time is more than the skew before `now`.
+    fn prune(&mut self, now: u64) {
+        let oldest_kept = now.saturating_sub(MAX_CLOCK_SKEW);
+        while let Some(&(timestamp, nonce)) = self.by_time.first() {
+            if timestamp >= oldest_kept {
+                break;
+            }
+            self.by_time.pop_first();
+            self.values.remove(&nonce);
+        }
+    }
+}
+
+/// Checks request signatures and remembers nonces to refuse replays.
+#[derive(Debug)]
 pub struct RequestVerifier {
-    /// Nonce → timestamp of the request that used it, pruned past the skew window.
-    seen: Mutex<HashMap<[u8; 16], u64>>,
+    seen: Mutex<SeenNonces>,
+    capacity: usize,
+}
+
+impl Default for RequestVerifier {
+    fn default() -> Self {
+        Self::with_capacity(MAX_REMEMBERED_NONCES)
+    }
 }
 
 impl RequestVerifier {
-    /// A verifier with no nonce seen.
+    /// A verifier with no nonce seen, remembering at most [`MAX_REMEMBERED_NONCES`].
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A verifier remembering at most `capacity` nonces.
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self {
+            seen: Mutex::new(SeenNonces::default()),
+            capacity,
+        }
+    }
+
+    /// How many nonces the verifier remembers now.
+    pub fn remembered(&self) -> usize {
+        self.seen.lock().map_or(0, |seen| seen.values.len())
     }
 
     /// Verifies `request` for `method` at server time `now`; returns the caller's account.
@@ -147,6 +192,20 @@ impl RequestVerifier {
         request: &Request<T>,
         now: u64,
     ) -> Result<AccountId, Status> {
+        self.verify_from(method, request, now, |_| Ok(()))
+    }
+
+    /// [`RequestVerifier::verify`] for a method only some callers may use: `admit` judges the
+    /// claimed account **before** any signature work or nonce is remembered, so that strangers
+    /// cost the server neither.
+    pub fn verify_from<T: Message>(
+        &self,
+        method: &str,
+        request: &Request<T>,
+        now: u64,
+        admit: impl FnOnce(&AccountId) -> Result<(), Status>,
+    ) -> Result<AccountId, Status> {
+        admit(&claimed_account(request.metadata())?)?;
         self.verify_body(
             method,
             request.metadata(),
@@ -173,7 +232,7 @@ impl RequestVerifier {
         body: &[u8],
         now: u64,
     ) -> Result<AccountId, Status> {
-        let account = AccountId(hex_field::<32>(metadata, ACCOUNT)?);
+        let account = claimed_account(metadata)?;
         let timestamp: u64 = field(metadata, TIMESTAMP)?.parse().map_err(|_| {
             Status::unauthenticated("metadata x-cohortex-timestamp is not a number")
         })?;
@@ -197,12 +256,91 @@ impl RequestVerifier {
             .seen
             .lock()
             .map_err(|_| Status::internal("nonce cache poisoned"))?;
-        seen.retain(|_, &mut used_at| used_at.abs_diff(now) <= MAX_CLOCK_SKEW);
-        if seen.insert(nonce, timestamp).is_some() {
+        seen.prune(now);
+        if seen.values.contains(&nonce) {
             return Err(Status::unauthenticated(
                 "replayed request: this nonce was already used",
             ));
         }
+        if seen.values.len() >= self.capacity {
+            return Err(Status::resource_exhausted(format!(
+                "more than {} signed requests in the last {MAX_CLOCK_SKEW} s; retry later",
+                self.capacity
+            )));
+        }
+        seen.values.insert(nonce);
+        seen.by_time.insert((timestamp, nonce));
         Ok(account)
+    }
+}
+
+/// The account a request claims to come from (not yet verified).
+fn claimed_account(metadata: &MetadataMap) -> Result<AccountId, Status> {
+    Ok(AccountId(hex_field::<32>(metadata, ACCOUNT)?))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn request(key: &SigningKey, timestamp: u64) -> Request<()> {
+        let mut nonce = [0u8; 16];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        signed_request_with(key, "/m", (), timestamp, nonce)
+    }
+
+    #[test]
+    fn nonce_cache_is_bounded() {
+        let key = SigningKey::from_bytes(&[5; 32]);
+        let verifier = RequestVerifier::with_capacity(3);
+        let now = 1_000_000;
+        for _ in 0..3 {
+            verifier.verify("/m", &request(&key, now), now).unwrap();
+        }
+        // Full: a fourth request in the window is refused, and nothing more is remembered.
+        let refused = verifier.verify("/m", &request(&key, now), now).unwrap_err();
+        assert_eq!(
+            refused.code(),
+            tonic::Code::ResourceExhausted,
+            "{refused:?}"
+        );
+        assert_eq!(verifier.remembered(), 3);
+        // Once the window has passed, the old nonces are forgotten and requests pass again.
+        let later = now + MAX_CLOCK_SKEW + 1;
+        verifier.verify("/m", &request(&key, later), later).unwrap();
+        assert_eq!(verifier.remembered(), 1);
+    }
+
+    #[test]
+    fn replayed_nonce_is_refused_within_the_window() {
+        let key = SigningKey::from_bytes(&[5; 32]);
+        let verifier = RequestVerifier::new();
+        let now = 1_000_000;
+        let first = signed_request_with(&key, "/m", (), now, [1; 16]);
+        verifier.verify("/m", &first, now).unwrap();
+        let again = signed_request_with(&key, "/m", (), now, [1; 16]);
+        let refused = verifier.verify("/m", &again, now + 1).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+        assert!(refused.message().contains("replayed"), "{refused:?}");
+    }
+
+    #[test]
+    fn unknown_caller_is_refused_before_its_nonce_is_remembered() {
+        let key = SigningKey::from_bytes(&[5; 32]);
+        let verifier = RequestVerifier::new();
+        let now = 1_000_000;
+        // A bad signature too: it must not be looked at.
+        let mut forged = request(&key, now);
+        forged
+            .metadata_mut()
+            .insert(SIGNATURE, hex::encode([0u8; 64]).parse().unwrap());
+        let refused = verifier
+            .verify_from("/m", &forged, now, |_| {
+                Err(Status::permission_denied("not a caller of this method"))
+            })
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+        assert_eq!(verifier.remembered(), 0);
     }
 }

@@ -39,5 +39,12 @@ pub const LABEL_TRIAL_REPLY: &str = "cohortex/market/trial-reply/v1";
 /// Domain label of a trial reply's content hash.
 pub const LABEL_TRIAL_REPLY_CONTENT: &str = "cohortex/market/trial-reply-content/v1";
 
+/// Domain label of a key-ceremony message a committee member signs (a broadcast, its
+/// complaints, its justifications, its confirmation), over the chain, session and round.
+pub const LABEL_DKG_MESSAGE: &str = "cohortex/dkg/message/v1";
+/// Domain label of a key-ceremony transcript digest: what every member echoes, so that no
+/// member finishes on messages the others did not see.
+pub const LABEL_DKG_TRANSCRIPT: &str = "cohortex/dkg/transcript/v1";
+
 /// Label of request signatures (see [`crate::auth`]).
 pub const LABEL_REQUEST: &str = "cohortex/rpc/request/v1";

@@ -1,17 +1,25 @@
 //! The node's side of the key ceremony (`zk::dkg`: Pedersen DKG with complaints), one type per
 //! round. A node that dealt holds [`Dealt`]; checking every dealer's broadcast and share turns
-//! it into [`Received`]; finishing turns that into the node's key share. Each step consumes
-//! the round before it, so no round runs twice or out of order, and a step that fails leaves
-//! the node idle, for the coordinator to start a new session.
+//! it into [`Received`]; finishing turns that into [`Finished`], a key not yet used; only when
+//! every member confirms the same transcript does the key share become the node's. Each step
+//! consumes the round before it, so no round runs twice or out of order, and a step that fails
+//! leaves the node idle, for the coordinator to start a new session.
+//!
+//! Every public message is a statement signed by the member it comes from and checked against
+//! the node's own pinned committee ([`crate::ceremony`]): the coordinator only relays. A node
+//! that holds a key refuses a new ceremony.
 
 use cohortex_proto::tls::endpoint as link;
 use cohortex_proto::v1::{
-    DeliverShareRequest, DeliverShareResponse, DkgDealRequest, DkgDealResponse, DkgFinishRequest,
-    DkgFinishResponse, DkgJustifyRequest, DkgJustifyResponse, DkgReceiveRequest,
-    DkgReceiveResponse,
+    DeliverShareRequest, DeliverShareResponse, DkgComplaints, DkgConfirmRequest,
+    DkgConfirmResponse, DkgDealRequest, DkgDealResponse, DkgFinishRequest, DkgFinishResponse,
+    DkgJustifications, DkgJustifyRequest, DkgJustifyResponse, DkgReceiveRequest,
+    DkgReceiveResponse, SignedDkgMessage,
 };
 use cohortex_types::auth::signed_request;
+use cohortex_types::Hash32;
 use market::AccountId;
+use prost::Message;
 use rand::rngs::OsRng;
 use tonic::Status;
 use zk::dkg::messages::{Complaint, DealerBroadcast, DealerShare, Justification};
@@ -19,8 +27,15 @@ use zk::dkg::{deal_with_rng, AwaitingJustifications, AwaitingShares, DkgOutput, 
 use zk::{CommitteePublic, KeyShare, MemberIndex, Wire};
 
 use super::{NodeConfig, NodeService};
-use crate::protocol::{decode_all, methods, normal_endpoint, CommitteeError};
+use crate::ceremony::{
+    check_confirmations, complaints_over, confirmation_body, justifications_over, round_digest,
+    sign_statement, verify_round, CeremonyError, CeremonyRound, Statement,
+};
+use crate::protocol::{decode, methods, normal_endpoint, CommitteeError};
 use crate::sealed_share::{open_share, seal_share_with_rng, SealError};
+
+/// How many ceremony sessions a node remembers having dealt in.
+pub(super) const SESSIONS_REMEMBERED: usize = 64;
 
 /// Where the node stands in the current key ceremony.
 pub(super) enum DkgRound {
@@ -30,18 +45,32 @@ pub(super) enum DkgRound {
     Dealt(Dealt),
     /// Round 2 done: the dealers' broadcasts and shares checked, complaints filed.
     Received(Received),
+    /// Round 4 done: the key derived, awaiting every member's confirmation.
+    Finished(Finished),
 }
 
 /// Round 1 of a session: this node dealt, and awaits the other dealers' shares.
 pub(super) struct Dealt {
     session: Vec<u8>,
     state: AwaitingShares,
+    /// The broadcast this node signed for the session: the one every member must be shown.
+    broadcast: Vec<u8>,
 }
 
 /// Round 2 of a session: shares checked; awaits the justifications of complaints.
 pub(super) struct Received {
     session: Vec<u8>,
     state: AwaitingJustifications,
+    /// The digest of every member's signed broadcast, as this node checked them.
+    broadcasts_digest: Hash32,
+}
+
+/// Round 4 of a session: the key derived from the transcript, not yet in use.
+pub(super) struct Finished {
+    session: Vec<u8>,
+    output: DkgOutput,
+    /// The confirmation this node signed: the transcript digest and the committee.
+    confirmation: Vec<u8>,
 }
 
 fn not_current() -> Status {
@@ -81,10 +110,36 @@ impl DkgRound {
         }
     }
 
-    /// Round 2, left in place (justifying does not end it).
-    fn received(&self) -> Result<&Received, Status> {
+    /// Takes round 4 of `session` out, leaving the node idle. A request for another session
+    /// leaves the round as it was.
+    fn take_finished(&mut self, session: &[u8]) -> Result<Finished, Status> {
+        match std::mem::replace(self, DkgRound::Idle) {
+            DkgRound::Finished(finished) if finished.session.as_slice() == session => Ok(finished),
+            DkgRound::Finished(finished) => {
+                *self = DkgRound::Finished(finished);
+                Err(not_current())
+            }
+            other => {
+                *self = other;
+                Err(Status::failed_precondition("no DKG round 4 completed"))
+            }
+        }
+    }
+
+    /// The broadcast this node dealt in `session`, while it awaits round 2.
+    fn dealt_broadcast(&self, session: &[u8]) -> Result<&[u8], Status> {
         match self {
-            DkgRound::Received(received) => Ok(received),
+            DkgRound::Dealt(dealt) if dealt.session.as_slice() == session => Ok(&dealt.broadcast),
+            DkgRound::Dealt(_) => Err(not_current()),
+            _ => Err(Status::failed_precondition("no DKG round 1 in progress")),
+        }
+    }
+
+    /// Round 2 of `session`, left in place (justifying does not end it).
+    fn received(&self, session: &[u8]) -> Result<&Received, Status> {
+        match self {
+            DkgRound::Received(received) if received.session.as_slice() == session => Ok(received),
+            DkgRound::Received(_) => Err(not_current()),
             _ => Err(Status::failed_precondition("no DKG round 2 completed")),
         }
     }
@@ -96,6 +151,7 @@ impl Dealt {
         self,
         broadcasts: &[DealerBroadcast],
         shares: &[DealerShare],
+        broadcasts_digest: Hash32,
     ) -> Result<(Received, Vec<Complaint>), Status> {
         let (state, complaints) = self
             .state
@@ -104,6 +160,7 @@ impl Dealt {
         let received = Received {
             session: self.session,
             state,
+            broadcasts_digest,
         };
         Ok((received, complaints))
     }
@@ -127,7 +184,89 @@ impl Received {
     }
 }
 
+/// Every member's complaints, checked: signed by their member, over the broadcasts this node
+/// saw, each naming its signer as the complainer. Returns the complaints and the digest that
+/// the dealers' justifications must name.
+fn checked_complaints(
+    statements: &[Statement],
+    broadcasts_digest: &Hash32,
+    session: &[u8],
+) -> Result<(Vec<Complaint>, Hash32), Status> {
+    let mut complaints = Vec::new();
+    for (index, statement) in statements.iter().enumerate() {
+        let field = format!("complaints[{index}]");
+        for bytes in complaints_over(statement, broadcasts_digest, &field)? {
+            let complaint: Complaint = decode(&bytes, &field)?;
+            if complaint.complainer != statement.member {
+                return Err(CeremonyError::Malformed {
+                    field,
+                    reason: format!(
+                        "member {} complains in member {}'s name",
+                        statement.member, complaint.complainer
+                    ),
+                }
+                .into());
+            }
+            complaints.push(complaint);
+        }
+    }
+    let digest = round_digest(
+        session,
+        CeremonyRound::Complaints,
+        Some(broadcasts_digest),
+        statements,
+    );
+    Ok((complaints, digest))
+}
+
+/// A live key is never replaced at the relay's request: re-keying would let whoever runs the
+/// ceremony start over until it can cheat, and would strand every release encrypted under the
+/// current key. Retiring a key is the member's own decision.
+fn refuse_if_keyed(holds_key: bool) -> Result<(), Status> {
+    if holds_key {
+        return Err(Status::failed_precondition(
+            "this node holds the committee's key share; it takes part in no new key ceremony \
+             until its operator retires the share (docs/privacy.md, key rotation)",
+        ));
+    }
+    Ok(())
+}
+
+fn sign_body<T: Message>(
+    config: &NodeConfig,
+    session: &[u8],
+    round: CeremonyRound,
+    body: &T,
+) -> SignedDkgMessage {
+    sign_statement(
+        &config.account,
+        &config.ledger.chain_id,
+        session,
+        round,
+        config.member,
+        body.encode_to_vec(),
+    )
+}
+
 impl NodeService {
+    /// Checks one round's signed statements against the pinned committee.
+    fn verified(
+        &self,
+        session: &[u8],
+        round: CeremonyRound,
+        messages: &[SignedDkgMessage],
+        field: &str,
+    ) -> Result<Vec<Statement>, Status> {
+        Ok(verify_round(
+            &self.config.committee,
+            &self.config.ledger.chain_id,
+            session,
+            round,
+            messages,
+            field,
+        )?)
+    }
+
     /// Round 1: deals to the committee pinned in the node's own configuration, which the
     /// request may only name back, and delivers each private share straight to its member.
     pub(super) async fn deal(&self, message: DkgDealRequest) -> Result<DkgDealResponse, Status> {
@@ -164,6 +303,22 @@ impl NodeService {
                     peer.member
                 )));
             }
+        }
+        {
+            let mut state = self.lock()?;
+            refuse_if_keyed(state.key.is_some())?;
+            // One polynomial per session: dealing again in a session would let the relay pair
+            // this node's new dealing with its old, signed broadcast, so that it complains about
+            // honest dealers and makes them reveal their shares for it.
+            if state.dealt_sessions.contains(&message.session_id) {
+                return Err(Status::already_exists(
+                    "session_id: this node already dealt in this session",
+                ));
+            }
+            if state.dealt_sessions.len() >= SESSIONS_REMEMBERED {
+                state.dealt_sessions.pop_front();
+            }
+            state.dealt_sessions.push_back(message.session_id.clone());
         }
         let parameters = DkgParameters::new(
             committee.threshold(),
@@ -210,12 +365,25 @@ impl NodeService {
                 ))
                 .await?;
         }
-        self.lock()?.round = DkgRound::Dealt(Dealt {
+        let broadcast = broadcast.to_bytes();
+        let signed = sign_statement(
+            &self.config.account,
+            &self.config.ledger.chain_id,
+            &message.session_id,
+            CeremonyRound::Broadcast,
+            self.config.member,
+            broadcast.clone(),
+        );
+        let mut node = self.lock()?;
+        // A ceremony confirmed while this one was dealing leaves the key in place.
+        refuse_if_keyed(node.key.is_some())?;
+        node.round = DkgRound::Dealt(Dealt {
             session: message.session_id,
             state,
+            broadcast,
         });
         Ok(DkgDealResponse {
-            broadcast: broadcast.to_bytes(),
+            broadcast: Some(signed),
         })
     }
 
@@ -258,45 +426,197 @@ impl NodeService {
         Ok(DeliverShareResponse {})
     }
 
-    /// Round 2: checks the dealers' broadcasts against the shares delivered for the session.
+    /// Round 2: checks every member's signed broadcast against the shares delivered for the
+    /// session; answers with this node's signed complaints, which name what it checked.
     pub(super) fn receive_broadcasts(
         &self,
         message: DkgReceiveRequest,
     ) -> Result<DkgReceiveResponse, Status> {
-        let broadcasts: Vec<DealerBroadcast> = decode_all(&message.broadcasts, "broadcasts")?;
+        let session = message.session_id;
+        let statements = self.verified(
+            &session,
+            CeremonyRound::Broadcast,
+            &message.broadcasts,
+            "broadcasts",
+        )?;
+        let mut broadcasts = Vec::with_capacity(statements.len());
+        for (index, statement) in statements.iter().enumerate() {
+            let field = format!("broadcasts[{index}]");
+            let broadcast: DealerBroadcast = decode(&statement.body, &field)?;
+            if broadcast.dealer != statement.member {
+                return Err(CeremonyError::Malformed {
+                    field,
+                    reason: format!(
+                        "member {} signed dealer {}'s broadcast",
+                        statement.member, broadcast.dealer
+                    ),
+                }
+                .into());
+            }
+            broadcasts.push(broadcast);
+        }
+        let broadcasts_digest = round_digest(&session, CeremonyRound::Broadcast, None, &statements);
         let mut state = self.lock()?;
-        let dealt = state.round.take_dealt(&message.session_id)?;
-        let shares = state.inbox.remove(&message.session_id).unwrap_or_default();
-        let (received, complaints) = dealt.receive(&broadcasts, &shares)?;
+        refuse_if_keyed(state.key.is_some())?;
+        // The broadcast signed in this node's name must be the one it dealt now: after a
+        // restart, a relay holding an older signed broadcast of this node's must not get
+        // complaints from it over that one.
+        let own = statements
+            .iter()
+            .find(|statement| statement.member == self.config.member)
+            .map(|statement| statement.body.as_slice());
+        if own != Some(state.round.dealt_broadcast(&session)?) {
+            return Err(CeremonyError::NotOwnBroadcast {
+                member: self.config.member.get(),
+            }
+            .into());
+        }
+        let dealt = state.round.take_dealt(&session)?;
+        let shares = state.inbox.remove(&session).unwrap_or_default();
+        let (received, complaints) = dealt.receive(&broadcasts, &shares, broadcasts_digest)?;
         state.round = DkgRound::Received(received);
-        Ok(DkgReceiveResponse {
+        let body = DkgComplaints {
+            broadcasts_digest: broadcasts_digest.as_bytes().to_vec(),
             complaints: complaints.iter().map(Wire::to_bytes).collect(),
+        };
+        Ok(DkgReceiveResponse {
+            complaints: Some(sign_body(
+                &self.config,
+                &session,
+                CeremonyRound::Complaints,
+                &body,
+            )),
         })
     }
 
-    /// Answers the complaints against this node's dealing.
+    /// Round 3: checks every member's signed complaints (over the broadcasts this node saw)
+    /// and answers those against this node's dealing, signed.
     pub(super) fn justify(&self, message: DkgJustifyRequest) -> Result<DkgJustifyResponse, Status> {
-        let complaints: Vec<Complaint> = decode_all(&message.complaints, "complaints")?;
+        let session = message.session_id;
+        let statements = self.verified(
+            &session,
+            CeremonyRound::Complaints,
+            &message.complaints,
+            "complaints",
+        )?;
         let state = self.lock()?;
-        let justifications = state.round.received()?.justify(&complaints);
+        let received = state.round.received(&session)?;
+        let (complaints, complaints_digest) =
+            checked_complaints(&statements, &received.broadcasts_digest, &session)?;
+        let body = DkgJustifications {
+            complaints_digest: complaints_digest.as_bytes().to_vec(),
+            justifications: received
+                .justify(&complaints)
+                .iter()
+                .map(Wire::to_bytes)
+                .collect(),
+        };
         Ok(DkgJustifyResponse {
-            justifications: justifications.iter().map(Wire::to_bytes).collect(),
+            justifications: Some(sign_body(
+                &self.config,
+                &session,
+                CeremonyRound::Justifications,
+                &body,
+            )),
         })
     }
 
-    /// Round 3: the node's key share, stored (if configured) before it is used.
+    /// Round 4: derives the key from every member's signed complaints and every dealer's
+    /// signed justifications (over the same complaints), and signs a confirmation of the whole
+    /// transcript. The key is not used until every member confirms the same.
     pub(super) fn finish_dkg(
         &self,
         message: DkgFinishRequest,
     ) -> Result<DkgFinishResponse, Status> {
-        let complaints: Vec<Complaint> = decode_all(&message.complaints, "complaints")?;
-        let justifications: Vec<Justification> =
-            decode_all(&message.justifications, "justifications")?;
+        let session = message.session_id;
+        let complaint_statements = self.verified(
+            &session,
+            CeremonyRound::Complaints,
+            &message.complaints,
+            "complaints",
+        )?;
+        let justification_statements = self.verified(
+            &session,
+            CeremonyRound::Justifications,
+            &message.justifications,
+            "justifications",
+        )?;
         let mut state = self.lock()?;
-        let output = state
-            .round
-            .take_received(&message.session_id)?
-            .finish(&complaints, &justifications)?;
+        refuse_if_keyed(state.key.is_some())?;
+        let received = state.round.take_received(&session)?;
+        let (complaints, complaints_digest) =
+            checked_complaints(&complaint_statements, &received.broadcasts_digest, &session)?;
+        let mut justifications = Vec::new();
+        for (index, statement) in justification_statements.iter().enumerate() {
+            let field = format!("justifications[{index}]");
+            for bytes in justifications_over(statement, &complaints_digest, &field)? {
+                let justification: Justification = decode(&bytes, &field)?;
+                // A statement answers only for its signer's own dealing: a share revealed in
+                // another dealer's name is refused, whoever relays it.
+                if justification.dealer != statement.member {
+                    return Err(CeremonyError::Malformed {
+                        field,
+                        reason: format!(
+                            "member {} answers for dealer {}",
+                            statement.member, justification.dealer
+                        ),
+                    }
+                    .into());
+                }
+                justifications.push(justification);
+            }
+        }
+        let transcript_digest = round_digest(
+            &session,
+            CeremonyRound::Justifications,
+            Some(&complaints_digest),
+            &justification_statements,
+        );
+        let output = received.finish(&complaints, &justifications)?;
+        let committee = output.committee.to_bytes();
+        let confirmation = confirmation_body(&transcript_digest, committee.clone());
+        let signed = sign_statement(
+            &self.config.account,
+            &self.config.ledger.chain_id,
+            &session,
+            CeremonyRound::Confirmation,
+            self.config.member,
+            confirmation.clone(),
+        );
+        state.round = DkgRound::Finished(Finished {
+            session,
+            output,
+            confirmation,
+        });
+        Ok(DkgFinishResponse {
+            committee,
+            confirmation: Some(signed),
+        })
+    }
+
+    /// Round 5: every member confirmed the transcript and committee this node derived; the key
+    /// share is stored (if configured) and used from now on. A confirmation that differs
+    /// abandons the ceremony.
+    pub(super) fn confirm_dkg(
+        &self,
+        message: DkgConfirmRequest,
+    ) -> Result<DkgConfirmResponse, Status> {
+        let session = message.session_id;
+        let statements = self.verified(
+            &session,
+            CeremonyRound::Confirmation,
+            &message.confirmations,
+            "confirmations",
+        )?;
+        let mut state = self.lock()?;
+        if state.key.is_some() {
+            return Err(Status::failed_precondition(
+                "this node already holds the committee's key share",
+            ));
+        }
+        let finished = state.round.take_finished(&session)?;
+        check_confirmations(&statements, &finished.confirmation, "confirmations")?;
+        let output = finished.output;
         let committee = output.committee.to_bytes();
         if let Some(path) = &self.config.key_share_file {
             store_key_share(path, &output.share, &output.committee).map_err(|error| {
@@ -305,7 +625,7 @@ impl NodeService {
             })?;
         }
         state.key = Some((output.share, output.committee));
-        Ok(DkgFinishResponse { committee })
+        Ok(DkgConfirmResponse { committee })
     }
 }
 
@@ -383,10 +703,11 @@ mod tests {
     fn dealt(session: &[u8]) -> DkgRound {
         let parameters = DkgParameters::new(2, 3, session).unwrap();
         let member = MemberIndex::new(1).unwrap();
-        let (state, _, _) = deal_with_rng(&parameters, member, &mut OsRng).unwrap();
+        let (state, broadcast, _) = deal_with_rng(&parameters, member, &mut OsRng).unwrap();
         DkgRound::Dealt(Dealt {
             session: session.to_vec(),
             state,
+            broadcast: broadcast.to_bytes(),
         })
     }
 
@@ -416,7 +737,7 @@ mod tests {
             Some(Code::FailedPrecondition)
         );
         assert_eq!(
-            round_one.received().err().map(code),
+            round_one.received(b"s").err().map(code),
             Some(Code::FailedPrecondition)
         );
         assert!(matches!(round_one, DkgRound::Dealt(_)));

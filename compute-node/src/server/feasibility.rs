@@ -132,11 +132,9 @@ impl NodeService {
                  fingerprint; send it with PutEvaluationKey first",
             )
         })?;
-        if self.lock()?.contributed.contains(&order) {
-            return Err(Status::already_exists(
-                "order_id: this node already answered the order",
-            ));
-        }
+        // Claimed before any work, under the lock: two concurrent calls for one order must
+        // not each draw noise (two noisy counts of one cohort average to a less noisy one).
+        let claim = AnswerClaim::take(self, &order)?;
 
         // The order, from the node's verified replica.
         let channel = self.market_channel().await?;
@@ -270,13 +268,52 @@ impl NodeService {
             &order_key,
             &query_hash,
         );
-        self.lock()?.contributed.insert(order);
+        claim.keep();
         Ok(FeasibilityResponse {
             noisy_count,
             participants,
             capacity: self.vault.capacity(),
             attestation: attested.attestation,
         })
+    }
+}
+
+/// A node's claim to answer one feasibility order: taken before any noise is drawn, kept once
+/// the answer leaves, and given back (so the order may be asked again) if the answer fails.
+struct AnswerClaim<'a> {
+    node: &'a NodeService,
+    order: Vec<u8>,
+    kept: bool,
+}
+
+impl<'a> AnswerClaim<'a> {
+    /// Claims `order`, or refuses if it was answered or is being answered.
+    fn take(node: &'a NodeService, order: &[u8]) -> Result<Self, Status> {
+        if !node.lock()?.contributed.insert(order.to_vec()) {
+            return Err(Status::already_exists(
+                "order_id: this node already answered the order, or is answering it",
+            ));
+        }
+        Ok(Self {
+            node,
+            order: order.to_vec(),
+            kept: false,
+        })
+    }
+
+    /// The answer left: the order stays answered.
+    fn keep(mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for AnswerClaim<'_> {
+    fn drop(&mut self) {
+        if !self.kept {
+            if let Ok(mut state) = self.node.lock() {
+                state.contributed.remove(&self.order);
+            }
+        }
     }
 }
 

@@ -5,10 +5,11 @@
 use cohortex_proto::v1::compute_server::Compute;
 use cohortex_proto::v1::{
     AddNoiseRequest, AddNoiseResponse, ContributeRequest, ContributeResponse, CosignReceiptRequest,
-    CosignReceiptResponse, DeliverShareRequest, DeliverShareResponse, DkgDealRequest,
-    DkgDealResponse, DkgFinishRequest, DkgFinishResponse, DkgJustifyRequest, DkgJustifyResponse,
-    DkgReceiveRequest, DkgReceiveResponse, EvaluationKeyChunk, FeasibilityRequest,
-    FeasibilityResponse, KeySwitchRequest, KeySwitchResponse, PutEvaluationKeyResponse,
+    CosignReceiptResponse, DeliverShareRequest, DeliverShareResponse, DkgConfirmRequest,
+    DkgConfirmResponse, DkgDealRequest, DkgDealResponse, DkgFinishRequest, DkgFinishResponse,
+    DkgJustifyRequest, DkgJustifyResponse, DkgReceiveRequest, DkgReceiveResponse,
+    EvaluationKeyChunk, FeasibilityRequest, FeasibilityResponse, KeySwitchRequest,
+    KeySwitchResponse, PutEvaluationKeyResponse,
 };
 use cohortex_types::auth::unix_now;
 use market::AccountId;
@@ -18,13 +19,18 @@ use super::NodeService;
 use crate::protocol::methods;
 
 impl NodeService {
-    /// Refuses a request not signed by this node's coordinator.
+    /// Refuses a request not signed by this node's coordinator; any other caller is refused
+    /// before its signature is checked or its nonce remembered.
     fn check_coordinator<T: prost::Message>(
         &self,
         method: &str,
         request: &Request<T>,
     ) -> Result<(), Status> {
-        self.coordinator_only(self.verifier.verify(method, request, unix_now())?)
+        self.verifier
+            .verify_from(method, request, unix_now(), |caller| {
+                self.coordinator_only(*caller)
+            })
+            .map(|_| ())
     }
 
     /// Refuses a caller other than this node's coordinator.
@@ -55,9 +61,19 @@ impl Compute for NodeService {
         request: Request<DeliverShareRequest>,
     ) -> Result<Response<DeliverShareResponse>, Status> {
         // The other members call this one, not the coordinator: the share says whose it is.
-        let caller = self
-            .verifier
-            .verify(methods::DELIVER_SHARE, &request, unix_now())?;
+        let caller =
+            self.verifier
+                .verify_from(
+                    methods::DELIVER_SHARE,
+                    &request,
+                    unix_now(),
+                    |caller| match self.config.committee.seat_of(caller) {
+                        Some(_) => Ok(()),
+                        None => Err(Status::permission_denied(format!(
+                            "account {caller} is not a committee member"
+                        ))),
+                    },
+                )?;
         self.take_share(caller, request.into_inner())
             .map(Response::new)
     }
@@ -88,6 +104,15 @@ impl Compute for NodeService {
     ) -> Result<Response<DkgFinishResponse>, Status> {
         self.check_coordinator(methods::DKG_FINISH, &request)?;
         self.finish_dkg(request.into_inner()).map(Response::new)
+    }
+
+    #[tracing::instrument(skip(self, request), fields(listing = %self.config.listing))]
+    async fn dkg_confirm(
+        &self,
+        request: Request<DkgConfirmRequest>,
+    ) -> Result<Response<DkgConfirmResponse>, Status> {
+        self.check_coordinator(methods::DKG_CONFIRM, &request)?;
+        self.confirm_dkg(request.into_inner()).map(Response::new)
     }
 
     #[tracing::instrument(skip(self, request), fields(listing = %self.config.listing))]

@@ -139,6 +139,9 @@ pub enum Fault {
 
 struct NodeState {
     round: DkgRound,
+    /// The key-ceremony sessions this node dealt in since it started, the most recent last
+    /// (at most [`dkg::SESSIONS_REMEMBERED`]): it never deals twice in one session.
+    dealt_sessions: std::collections::VecDeque<Vec<u8>>,
     /// Shares delivered by peers for the current session.
     inbox: BTreeMap<Vec<u8>, Vec<DealerShare>>,
     key: Option<(KeyShare, CommitteePublic)>,
@@ -240,6 +243,7 @@ impl NodeService {
             evaluation_keys: Mutex::new(Vec::new()),
             state: Mutex::new(NodeState {
                 round: DkgRound::Idle,
+                dealt_sessions: std::collections::VecDeque::new(),
                 inbox: BTreeMap::new(),
                 key: stored_key,
                 contributed: BTreeSet::new(),

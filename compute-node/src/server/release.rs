@@ -138,6 +138,7 @@ impl NodeService {
             committee.clone()
         };
         let facts = self.order_facts(&order, &message.sql).await?;
+        self.refuse_noise_after_commitment(&order).await?;
         let mut seen = BTreeSet::new();
         let mut contributions = Vec::with_capacity(message.contributions.len());
         let mut summed_hashes = Vec::with_capacity(message.contributions.len());
@@ -513,6 +514,29 @@ impl NodeService {
     /// release commitment, the request sums exactly the committed noise shares, and this
     /// member is in the committed quorum: one order, one release. In phase VALUES the
     /// recipient must be the result key the buyer signed into the order.
+    /// Refuses to draw noise for an order whose release is already committed on the ledger.
+    /// A member that added noise answers again from memory before this; one that has no noise
+    /// for a committed release (it restarted, say) must not draw fresh noise: the operator
+    /// could open the same sum twice with different noise and average the two.
+    async fn refuse_noise_after_commitment(&self, order: &[u8]) -> Result<(), Status> {
+        let order_key = order_key(order)?;
+        let channel = self.market_channel().await?;
+        let committed = self
+            .follower
+            .sync_and_read(channel, |machine| {
+                machine.state().release(&order_key).is_some()
+            })
+            .await
+            .map_err(follow_status)?;
+        if committed {
+            return Err(Status::failed_precondition(
+                "order_id: the order's release is committed on the ledger and this member holds \
+                 no noise for it; it draws no fresh noise for a committed release",
+            ));
+        }
+        Ok(())
+    }
+
     async fn check_committed_release(
         &self,
         order: &[u8],
@@ -522,17 +546,25 @@ impl NodeService {
     ) -> Result<(), Status> {
         let order_key = order_key(order)?;
         let channel = self.market_channel().await?;
-        let (committed, result_key) = self
+        let (committed, result_key, status) = self
             .follower
             .sync_and_read(channel, |machine| {
                 let state = machine.state();
                 (
                     state.release(&order_key).cloned(),
                     state.result_key(&order_key).map(<[u8]>::to_vec),
+                    state.order(&order_key).map(|order| order.status),
                 )
             })
             .await
             .map_err(follow_status)?;
+        // A refunded or cancelled order releases nothing more, whatever was committed for it.
+        if status != Some(market::state::OrderStatus::Open) {
+            return Err(Status::failed_precondition(format!(
+                "order_id: the order is not open on the ledger ({status:?}); nothing more of it \
+                 is key-switched"
+            )));
+        }
         if phase == KeySwitchPhase::Values && result_key.as_deref() != Some(recipient) {
             return Err(Status::permission_denied(if result_key.is_none() {
                 "recipient: the order on the ledger names no result key, so its values go to no one"

@@ -17,7 +17,10 @@ use tonic::{Request, Response, Status};
 use cohortex_proto::v1;
 use cohortex_proto::v1::consent_server::Consent as ConsentRpc;
 
+use std::sync::Arc;
+
 use super::auth::{unix_now, RequestVerifier};
+use super::rate::{caller_of, RateLimiter};
 use super::{
     account_field, envelope_field, listing_field, purpose_field, purpose_name, read_ledger,
     submit_if, wrong_action, SharedLedger,
@@ -37,6 +40,8 @@ pub const LIST_CURRENT_CONSENTS: &str = "/cohortex.v1.Consent/ListCurrentConsent
 pub struct ConsentService {
     ledger: SharedLedger,
     verifier: RequestVerifier,
+    /// Self-registrations per client certificate (shared with the Ledger service).
+    registrations: Arc<RateLimiter>,
 }
 
 impl ConsentService {
@@ -45,7 +50,15 @@ impl ConsentService {
         ConsentService {
             ledger,
             verifier: RequestVerifier::new(),
+            registrations: Arc::new(RateLimiter::registrations()),
         }
+    }
+
+    /// The same service, counting self-registrations in `registrations` (which the Ledger
+    /// service counts in too).
+    pub fn sharing_registrations(mut self, registrations: Arc<RateLimiter>) -> Self {
+        self.registrations = registrations;
+        self
     }
 }
 
@@ -182,6 +195,8 @@ impl ConsentRpc for ConsentService {
         &self,
         request: Request<v1::SignedTransaction>,
     ) -> Result<Response<v1::TransactionResult>, Status> {
+        self.registrations
+            .admit(&caller_of(&request), std::time::Instant::now())?;
         let envelope = envelope_field(request.into_inner())?;
         let submitted = submit_if(&self.ledger, envelope, admit_patient_registration).await?;
         Ok(Response::new(submitted.into()))

@@ -10,28 +10,46 @@
 //! Every answer carries what a client needs to verify it offline: proofs come with the signed
 //! tree head they lead to, and blocks with their signed head.
 
+use std::sync::Arc;
+
 use tonic::{Request, Response, Status};
 
 use cohortex_proto::v1;
 use cohortex_proto::v1::ledger_server::Ledger as LedgerRpc;
 
+use super::rate::{caller_of, RateLimiter};
 use super::{
-    account_field, envelope_field, latest_head, ledger_error_status, read_ledger, split_hashes,
-    submit, tx_id_field, SharedLedger,
+    account_field, action_name, envelope_field, latest_head, ledger_error_status, read_ledger,
+    split_hashes, submit, tx_error_status, tx_id_field, SharedLedger,
 };
 use crate::log::SignedTreeHead;
 use crate::storage::{Ledger, LedgerError};
-use crate::tx::TxId;
+use crate::tx::{Action, TxId, UncheckedTx};
 
 /// The Ledger service over a shared ledger.
 pub struct LedgerService {
     ledger: SharedLedger,
+    /// Self-registrations per client certificate (shared with the Consent service).
+    registrations: Arc<RateLimiter>,
+    /// Direct submissions per signing account.
+    submissions: RateLimiter,
 }
 
 impl LedgerService {
     /// A service answering from `ledger`.
     pub fn new(ledger: SharedLedger) -> Self {
-        LedgerService { ledger }
+        LedgerService {
+            ledger,
+            registrations: Arc::new(RateLimiter::registrations()),
+            submissions: RateLimiter::submissions(),
+        }
+    }
+
+    /// The same service, counting self-registrations in `registrations` (which the Consent
+    /// service counts in too).
+    pub fn sharing_registrations(mut self, registrations: Arc<RateLimiter>) -> Self {
+        self.registrations = registrations;
+        self
     }
 }
 
@@ -73,7 +91,28 @@ impl LedgerRpc for LedgerService {
         &self,
         request: Request<v1::SignedTransaction>,
     ) -> Result<Response<v1::TransactionResult>, Status> {
+        let caller = caller_of(&request);
         let envelope = envelope_field(request.into_inner())?;
+        // Orders, listings and trial postings are placed through the Market service, which
+        // checks them against what the ledger does not hold and starts the work.
+        let unchecked =
+            UncheckedTx::parse(envelope.clone()).map_err(|error| tx_error_status(&error))?;
+        let action = &unchecked.body().action;
+        if !action.submitted_directly() {
+            return Err(Status::permission_denied(format!(
+                "envelope: {} is placed through the Market service, not submitted to the ledger \
+                 directly",
+                action_name(action)
+            )));
+        }
+        // Free transactions are rate-limited: self-registrations per client certificate, and
+        // everything per signer (checked before any signature or state work).
+        let now = std::time::Instant::now();
+        let signer = unchecked.body().signer;
+        if matches!(action, Action::RegisterAccount { account, .. } if *account == signer) {
+            self.registrations.admit(&caller, now)?;
+        }
+        self.submissions.admit(&signer.0, now)?;
         let submitted = submit(&self.ledger, envelope).await?;
         Ok(Response::new(submitted.into()))
     }

@@ -23,6 +23,7 @@
 pub use cohortex_types::auth;
 pub mod consent;
 pub mod ledger;
+pub mod rate;
 
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -96,6 +97,8 @@ pub fn tx_error_code(error: &TxError) -> Code {
         | TxError::NotAFund(_)
         | TxError::NoActiveConsent { .. }
         | TxError::ExpiryNotInFuture { .. }
+        | TxError::OrderExpiryTooFar { .. }
+        | TxError::ReleaseCommitted(_)
         | TxError::EpsilonBudgetExhausted { .. }
         | TxError::EpsilonAboveOrderCap { .. }
         | TxError::OrderNotOpen { .. }
@@ -289,6 +292,7 @@ pub fn action_name(action: &Action) -> &'static str {
         Action::RecordFeasibility(_) => "RecordFeasibility",
         Action::PostTrial(_) => "PostTrial",
         Action::RecordTrialReply { .. } => "RecordTrialReply",
+        Action::CancelOrder { .. } => "CancelOrder",
     }
 }
 
@@ -412,12 +416,16 @@ pub async fn serve_ledger_and_consent(
         v1::consent_server::SERVICE_NAME,
     ])
     .await?;
-    let ledger_service = LedgerServer::new(LedgerService::new(Arc::clone(&ledger)))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let consent_service = ConsentServer::new(ConsentService::new(ledger))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let registrations = Arc::new(rate::RateLimiter::registrations());
+    let ledger_service = LedgerServer::new(
+        LedgerService::new(Arc::clone(&ledger)).sharing_registrations(Arc::clone(&registrations)),
+    )
+    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let consent_service =
+        ConsentServer::new(ConsentService::new(ledger).sharing_registrations(registrations))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
     tracing::info!(address = ?listener.local_addr().ok(), "serving ledger and consent");
     tonic::transport::Server::builder()
         .timeout(REQUEST_TIMEOUT)

@@ -33,7 +33,7 @@ use compute_node::protocol::{
 use compute_node::{compile, verify_contributions, QueryPlan, Schema};
 use ed25519_dalek::SigningKey;
 use market::hash::tagged_hash;
-use market::server::auth::signed_request;
+use market::server::auth::signed_request_to;
 use market::server::{
     bounded_message, excerpt, purpose_name, read_ledger, submit, SharedLedger, Submitted,
 };
@@ -603,7 +603,7 @@ impl Coordinator {
     {
         let mut tasks = tokio::task::JoinSet::new();
         for (member, endpoint) in committee.members.clone() {
-            let signed = signed_request(&self.account, method, request.clone());
+            let signed = signed_request_to(&self.account, &endpoint, method, request.clone());
             let timeout = self.node_timeout;
             let call = call.clone();
             let tls = self.tls.clone();
@@ -734,57 +734,80 @@ impl Coordinator {
             .collect();
         let mut clients = Vec::new();
         for (_, endpoint) in &members {
-            clients.push(connect(endpoint, self.tls.as_ref()).await?);
+            clients.push((
+                connect(endpoint, self.tls.as_ref()).await?,
+                endpoint.as_str(),
+            ));
         }
         // The coordinator only relays: every public message is signed by the member it comes
         // from and checked by every other member against its own pinned committee.
         let missing = |what: &str| Status::internal(format!("a member answered without {what}"));
         let mut broadcasts = Vec::new();
-        for client in &mut clients {
+        for (client, endpoint) in &mut clients {
             let request = DkgDealRequest {
                 session_id: session_id.clone(),
                 threshold: u32::from(threshold),
                 peers: peers.clone(),
             };
             let response = client
-                .dkg_deal(signed_request(&self.account, methods::DKG_DEAL, request))
+                .dkg_deal(signed_request_to(
+                    &self.account,
+                    endpoint,
+                    methods::DKG_DEAL,
+                    request,
+                ))
                 .await?;
             let broadcast = response.into_inner().broadcast;
             broadcasts.push(broadcast.ok_or_else(|| missing("its broadcast"))?);
         }
         let mut complaints = Vec::new();
-        for client in &mut clients {
+        for (client, endpoint) in &mut clients {
             let request = DkgReceiveRequest {
                 session_id: session_id.clone(),
                 broadcasts: broadcasts.clone(),
             };
             let response = client
-                .dkg_receive(signed_request(&self.account, methods::DKG_RECEIVE, request))
+                .dkg_receive(signed_request_to(
+                    &self.account,
+                    endpoint,
+                    methods::DKG_RECEIVE,
+                    request,
+                ))
                 .await?;
             let statement = response.into_inner().complaints;
             complaints.push(statement.ok_or_else(|| missing("its complaints"))?);
         }
         let mut justifications = Vec::new();
-        for client in &mut clients {
+        for (client, endpoint) in &mut clients {
             let request = DkgJustifyRequest {
                 session_id: session_id.clone(),
                 complaints: complaints.clone(),
             };
             let response = client
-                .dkg_justify(signed_request(&self.account, methods::DKG_JUSTIFY, request))
+                .dkg_justify(signed_request_to(
+                    &self.account,
+                    endpoint,
+                    methods::DKG_JUSTIFY,
+                    request,
+                ))
                 .await?;
             let statement = response.into_inner().justifications;
             justifications.push(statement.ok_or_else(|| missing("its justifications"))?);
         }
         let mut confirmations = Vec::new();
-        for client in &mut clients {
+        for (client, endpoint) in &mut clients {
             let request = DkgFinishRequest {
                 session_id: session_id.clone(),
                 complaints: complaints.clone(),
                 justifications: justifications.clone(),
             };
             let response = client
-                .dkg_finish(signed_request(&self.account, methods::DKG_FINISH, request))
+                .dkg_finish(signed_request_to(
+                    &self.account,
+                    endpoint,
+                    methods::DKG_FINISH,
+                    request,
+                ))
                 .await?
                 .into_inner();
             confirmations.push(
@@ -794,13 +817,18 @@ impl Coordinator {
             );
         }
         let mut committee: Option<Vec<u8>> = None;
-        for client in &mut clients {
+        for (client, endpoint) in &mut clients {
             let request = DkgConfirmRequest {
                 session_id: session_id.clone(),
                 confirmations: confirmations.clone(),
             };
             let response = client
-                .dkg_confirm(signed_request(&self.account, methods::DKG_CONFIRM, request))
+                .dkg_confirm(signed_request_to(
+                    &self.account,
+                    endpoint,
+                    methods::DKG_CONFIRM,
+                    request,
+                ))
                 .await?
                 .into_inner();
             match &committee {
@@ -925,7 +953,8 @@ impl Coordinator {
                 sql: sql.to_string(),
                 purpose: purpose_name(purpose).to_string(),
             };
-            let signed = signed_request(&self.account, methods::CONTRIBUTE, request);
+            let signed =
+                signed_request_to(&self.account, &info.endpoint, methods::CONTRIBUTE, request);
             let timeout = self.node_timeout;
             let tls = self.tls.clone();
             tasks.spawn(async move {

@@ -16,7 +16,7 @@ use cohortex_proto::v1::{
 };
 use compute_node::protocol::methods;
 use market::hash::tagged_hash;
-use market::server::auth::{signed_request, signed_stream_request};
+use market::server::auth::{signed_request_to, signed_stream_request_to};
 use market::server::read_ledger;
 use market::{
     AccountId, Action, AttestationKind, ListingContribution, ListingId, OrderId, QueryReceipt,
@@ -151,7 +151,12 @@ impl Coordinator {
     ) -> Result<FeasibilityResponse, Status> {
         let mut client: ComputeClient<Channel> = connect(endpoint, self.tls.as_ref()).await?;
         let ask = |client: &mut ComputeClient<Channel>| {
-            let signed = signed_request(&self.account, methods::FEASIBILITY, request.clone());
+            let signed = signed_request_to(
+                &self.account,
+                endpoint,
+                methods::FEASIBILITY,
+                request.clone(),
+            );
             let mut client = client.clone();
             let timeout = self.node_timeout;
             async move {
@@ -166,8 +171,9 @@ impl Coordinator {
                 if status.code() == Code::FailedPrecondition
                     && status.message().contains("PutEvaluationKey") =>
             {
-                let upload = signed_stream_request(
+                let upload = signed_stream_request_to(
                     &self.account,
+                    endpoint,
                     methods::PUT_EVALUATION_KEY,
                     key_chunks(key),
                 );

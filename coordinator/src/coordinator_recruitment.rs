@@ -12,7 +12,7 @@ use cohortex_proto::v1::compute_client::ComputeClient;
 use cohortex_proto::v1::{AcceptInvitationRequest, AcceptInvitationResponse, TrialReply};
 use compute_node::protocol::methods;
 use market::hash::Hash32;
-use market::server::auth::{signed_request, signed_stream_request};
+use market::server::auth::{signed_request_to, signed_stream_request_to};
 use market::server::read_ledger;
 use market::{Action, ListingId};
 use prost::Message;
@@ -55,7 +55,12 @@ impl Coordinator {
 
         let mut client: ComputeClient<Channel> = connect(&info.endpoint, self.tls.as_ref()).await?;
         let ask = |client: &ComputeClient<Channel>| {
-            let signed = signed_request(&self.account, methods::ACCEPT_INVITATION, request.clone());
+            let signed = signed_request_to(
+                &self.account,
+                &info.endpoint,
+                methods::ACCEPT_INVITATION,
+                request.clone(),
+            );
             let mut client = client.clone();
             let timeout = self.node_timeout;
             async move {
@@ -78,8 +83,9 @@ impl Coordinator {
                          evaluation key; the recruiter must store it again (PutEvaluationKey)",
                         )
                     })?;
-                let upload = signed_stream_request(
+                let upload = signed_stream_request_to(
                     &self.account,
+                    &info.endpoint,
                     methods::PUT_EVALUATION_KEY,
                     key_chunks(&key),
                 );

@@ -104,10 +104,27 @@ struct Served {
     rng: ChaCha20Rng,
     shutdown: oneshot::Sender<()>,
     task: JoinHandle<Result<(), ServeError>>,
+    /// The served ledger itself, for what only the Market service places (listings, orders).
+    ledger: Arc<Mutex<market::Ledger>>,
     _dir: tempfile::TempDir,
 }
 
 impl Served {
+    /// Appends `action`, signed by `party`, as the Market service would after its own checks
+    /// (the Ledger service takes no listings or orders directly). Advances the nonce.
+    fn place_through_market(&self, party: &mut Party, action: Action) -> TxId {
+        let envelope = self.net.envelope(party, action).envelope;
+        let outcome = self
+            .ledger
+            .lock()
+            .unwrap()
+            .append(vec![envelope.clone()])
+            .unwrap();
+        assert!(outcome.refused.is_empty(), "{:?}", outcome.refused);
+        party.nonce += 1;
+        market::tx::txid_of(&envelope)
+    }
+
     async fn start() -> Self {
         let Fixture {
             ledger,
@@ -121,8 +138,9 @@ impl Served {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let (shutdown, stop) = oneshot::channel::<()>();
+        let ledger = Arc::new(Mutex::new(ledger));
         let task = tokio::spawn(serve_ledger_and_consent(
-            Arc::new(Mutex::new(ledger)),
+            Arc::clone(&ledger),
             listener,
             async {
                 let _ = stop.await;
@@ -144,6 +162,7 @@ impl Served {
             rng,
             shutdown,
             task,
+            ledger,
             _dir: dir,
         };
         served.admit(served.node.id, Role::ComputeNode).await;
@@ -152,7 +171,9 @@ impl Served {
             schema_hash: Hash32([3; 32]),
             terms: terms(1000, Compensation::Payment),
         };
-        served.net.submit(&mut served.node, publish).await;
+        let mut node = std::mem::replace(&mut served.node, Party::new(&mut served.rng));
+        served.place_through_market(&mut node, publish);
+        served.node = node;
         served
     }
 
@@ -756,7 +777,7 @@ async fn earnings_split_payments_and_donations_of_settled_queries() {
     }
 
     let order = order_action(std::slice::from_ref(&served.listing), START_TIME + 3600);
-    let order = OrderId(served.net.submit(&mut buyer, order).await);
+    let order = OrderId(served.place_through_market(&mut buyer, order));
     // The committee records the participants the compute node reads at compute time.
     let (participants, _) = served.current("academic_research").await;
     assert_eq!(participants.len(), 3);

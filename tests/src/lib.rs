@@ -317,8 +317,15 @@ pub fn operator_contribute(
     order_id: &[u8],
     listing: &str,
 ) -> tonic::Request<cohortex_proto::v1::ContributeRequest> {
-    market::server::auth::signed_request(
+    let endpoint = cluster
+        .nodes
+        .iter()
+        .find(|node| node.listing == listing)
+        .map(|node| node.endpoint.as_str())
+        .unwrap_or_default();
+    market::server::auth::signed_request_to(
         cluster.operator_key(),
+        endpoint,
         compute_node::protocol::methods::CONTRIBUTE,
         cohortex_proto::v1::ContributeRequest {
             order_id: order_id.to_vec(),

@@ -88,7 +88,7 @@ async fn concurrent_feasibility_calls_get_one_noise_draw() {
     use compute_node::feasibility::EncryptedCriteria;
     use compute_node::feasibility_wire::{criteria_hash, criteria_to_wire};
     use compute_node::protocol::methods;
-    use market::server::auth::{signed_request, signed_stream_request, unix_now};
+    use market::server::auth::{signed_request_to, signed_stream_request_to, unix_now};
 
     let (_dir, cluster, _truths) = feasibility_cluster().await;
     let keys = recruiter_keys();
@@ -130,8 +130,9 @@ async fn concurrent_feasibility_calls_get_one_noise_draw() {
             .await
             .unwrap(),
     );
-    node.put_evaluation_key(signed_stream_request(
+    node.put_evaluation_key(signed_stream_request_to(
         cluster.operator_key(),
+        &cluster.nodes[0].endpoint,
         methods::PUT_EVALUATION_KEY,
         cohortex_coordinator::coordinator::key_chunks(&keys.evaluation_key),
     ))
@@ -140,8 +141,9 @@ async fn concurrent_feasibility_calls_get_one_noise_draw() {
     // Two noisy counts of one cohort, each with its own noise, average to a less noisy one:
     // the operator asks twice at once.
     let request = || {
-        signed_request(
+        signed_request_to(
             cluster.operator_key(),
+            &cluster.nodes[0].endpoint,
             methods::FEASIBILITY,
             FeasibilityRequest {
                 order_id: order.id().0.as_bytes().to_vec(),

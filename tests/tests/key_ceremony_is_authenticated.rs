@@ -16,7 +16,7 @@ use cohortex_proto::v1::{
 use compute_node::ceremony::{round_digest, sign_statement, CeremonyRound, Statement};
 use compute_node::protocol::methods;
 use ed25519_dalek::SigningKey;
-use market::server::auth::signed_request;
+use market::server::auth::signed_request_to;
 use prost::Message;
 use testkit::*;
 use tonic::transport::Channel;
@@ -28,6 +28,7 @@ use zk::{MemberIndex, Wire};
 /// shows each node whatever it likes.
 struct Relay {
     clients: Vec<ComputeClient<Channel>>,
+    endpoints: Vec<String>,
     key: SigningKey,
     session: Vec<u8>,
     peers: Vec<DkgPeer>,
@@ -52,6 +53,11 @@ impl Relay {
             .collect();
         Self {
             clients,
+            endpoints: cluster
+                .nodes
+                .iter()
+                .map(|node| node.endpoint.clone())
+                .collect(),
             key: cluster.operator_key().clone(),
             session: session.to_vec(),
             peers,
@@ -65,7 +71,12 @@ impl Relay {
             peers: self.peers.clone(),
         };
         let response = self.clients[node]
-            .dkg_deal(signed_request(&self.key, methods::DKG_DEAL, request))
+            .dkg_deal(signed_request_to(
+                &self.key,
+                &self.endpoints[node],
+                methods::DKG_DEAL,
+                request,
+            ))
             .await?;
         Ok(response.into_inner().broadcast.unwrap())
     }
@@ -88,7 +99,12 @@ impl Relay {
             broadcasts: broadcasts.to_vec(),
         };
         let response = self.clients[node]
-            .dkg_receive(signed_request(&self.key, methods::DKG_RECEIVE, request))
+            .dkg_receive(signed_request_to(
+                &self.key,
+                &self.endpoints[node],
+                methods::DKG_RECEIVE,
+                request,
+            ))
             .await?;
         Ok(response.into_inner().complaints.unwrap())
     }
@@ -103,7 +119,12 @@ impl Relay {
             complaints: complaints.to_vec(),
         };
         let response = self.clients[node]
-            .dkg_justify(signed_request(&self.key, methods::DKG_JUSTIFY, request))
+            .dkg_justify(signed_request_to(
+                &self.key,
+                &self.endpoints[node],
+                methods::DKG_JUSTIFY,
+                request,
+            ))
             .await?;
         Ok(response.into_inner().justifications.unwrap())
     }
@@ -120,7 +141,12 @@ impl Relay {
             justifications: justifications.to_vec(),
         };
         let response = self.clients[node]
-            .dkg_finish(signed_request(&self.key, methods::DKG_FINISH, request))
+            .dkg_finish(signed_request_to(
+                &self.key,
+                &self.endpoints[node],
+                methods::DKG_FINISH,
+                request,
+            ))
             .await?;
         Ok(response.into_inner())
     }
@@ -135,7 +161,12 @@ impl Relay {
             confirmations: confirmations.to_vec(),
         };
         let response = self.clients[node]
-            .dkg_confirm(signed_request(&self.key, methods::DKG_CONFIRM, request))
+            .dkg_confirm(signed_request_to(
+                &self.key,
+                &self.endpoints[node],
+                methods::DKG_CONFIRM,
+                request,
+            ))
             .await?;
         Ok(response.into_inner().committee)
     }

@@ -18,7 +18,7 @@ use cohortex_proto::v1::market_server::{Market as MarketRpc, MarketServer};
 use cohortex_proto::v1::{self as v1, DkgDealRequest, DkgPeer};
 use compute_node::protocol::methods;
 use compute_node::sealed_share::seal_share_with_rng;
-use market::server::auth::signed_request;
+use market::server::auth::signed_request_to;
 use market::server::LedgerService;
 use market::Purpose;
 use testkit::*;
@@ -274,8 +274,9 @@ async fn order_never_on_the_ledger_is_refused_by_every_node() {
             refused.message()
         );
         let refused = client
-            .add_noise(signed_request(
+            .add_noise(signed_request_to(
                 cluster.operator_key(),
+                &node.endpoint,
                 methods::ADD_NOISE,
                 v1::AddNoiseRequest {
                     order_id: order_id.clone(),
@@ -474,8 +475,9 @@ async fn coordinator_naming_itself_twice_in_the_committee_gets_nothing() {
     for node in &cluster.nodes {
         let refused = compute_client(&cluster, &node.endpoint)
             .await
-            .dkg_deal(signed_request(
+            .dkg_deal(signed_request_to(
                 cluster.operator_key(),
+                &node.endpoint,
                 methods::DKG_DEAL,
                 DkgDealRequest {
                     session_id: b"hostile-session".to_vec(),
@@ -503,8 +505,9 @@ async fn threshold_one_is_refused() {
     for node in &cluster.nodes {
         let refused = compute_client(&cluster, &node.endpoint)
             .await
-            .dkg_deal(signed_request(
+            .dkg_deal(signed_request_to(
                 cluster.operator_key(),
+                &node.endpoint,
                 methods::DKG_DEAL,
                 DkgDealRequest {
                     session_id: b"threshold-one".to_vec(),
@@ -588,8 +591,9 @@ async fn share_dealt_in_another_members_name_is_refused() {
     // Sealed, as members deliver shares, to member 1's pinned account key.
     let member_1_key = cluster.nodes[0].account.verifying_key().unwrap();
     let deliver = |share: &zk::dkg::messages::DealerShare| {
-        signed_request(
+        signed_request_to(
             hostile,
+            &cluster.nodes[0].endpoint,
             methods::DELIVER_SHARE,
             v1::DeliverShareRequest {
                 session_id: session.clone(),
@@ -647,8 +651,9 @@ async fn share_not_sealed_to_the_recipients_key_is_refused() {
         .unwrap();
     let mut member_1 = compute_client(&cluster, &cluster.nodes[0].endpoint).await;
     let deliver = |sealed_share: Vec<u8>| {
-        signed_request(
+        signed_request_to(
             member_2,
+            &cluster.nodes[0].endpoint,
             methods::DELIVER_SHARE,
             v1::DeliverShareRequest {
                 session_id: session.clone(),
@@ -687,5 +692,40 @@ async fn share_not_sealed_to_the_recipients_key_is_refused() {
     )
     .unwrap();
     member_1.deliver_share(deliver(sealed)).await.unwrap();
+    cluster.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_for_one_node_refused_by_another() {
+    let (_dir, cluster, _truth) = start([None, None, None]).await;
+    // The coordinator's signed request for member 1, which member 1 (turned hostile) replays
+    // to member 2 within the clock window: the signature names member 1's endpoint.
+    let for_member_1 = || {
+        signed_request_to(
+            cluster.operator_key(),
+            &cluster.nodes[0].endpoint,
+            methods::ADD_NOISE,
+            v1::AddNoiseRequest {
+                order_id: vec![7; 32],
+                sql: SQL.into(),
+                contributions: Vec::new(),
+            },
+        )
+    };
+    let refused = compute_client(&cluster, &cluster.nodes[1].endpoint)
+        .await
+        .add_noise(for_member_1())
+        .await
+        .expect_err("a node took a request signed for another node");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().contains("names server"), "{refused:?}");
+    // Member 1 itself takes it (and refuses the order on its own merits).
+    let answered = compute_client(&cluster, &cluster.nodes[0].endpoint)
+        .await
+        .add_noise(for_member_1())
+        .await
+        .expect_err("there is no such order");
+    assert_ne!(answered.code(), Code::PermissionDenied, "{answered:?}");
+    assert_ne!(answered.code(), Code::Unauthenticated, "{answered:?}");
     cluster.shutdown();
 }

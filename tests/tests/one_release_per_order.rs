@@ -14,7 +14,7 @@ use cohortex_proto::v1::{
     SignedTransaction,
 };
 use compute_node::protocol::methods;
-use market::server::auth::signed_request;
+use market::server::auth::signed_request_to;
 use market::{AccountId, Action, ListingId, OrderId, Purpose, TxBody};
 use testkit::*;
 use tonic::Code;
@@ -63,8 +63,9 @@ async fn key_switch_counts(
             .await
             .unwrap(),
     )
-    .key_switch(signed_request(
+    .key_switch(signed_request_to(
         cluster.operator_key(),
+        &cluster.nodes[member - 1].endpoint,
         methods::KEY_SWITCH,
         KeySwitchRequest {
             order_id: order.to_vec(),
@@ -131,8 +132,9 @@ async fn disjoint_quorums_cannot_get_two_releases_of_one_order() {
     let mut noise = Vec::new();
     for node in &cluster.nodes {
         let share = ComputeClient::new(cluster.channel_to(&node.endpoint).await.unwrap())
-            .add_noise(signed_request(
+            .add_noise(signed_request_to(
                 cluster.operator_key(),
+                &node.endpoint,
                 methods::ADD_NOISE,
                 AddNoiseRequest {
                     order_id: order_id.clone(),
@@ -297,8 +299,9 @@ async fn add_noise(
             .await
             .unwrap(),
     )
-    .add_noise(signed_request(
+    .add_noise(signed_request_to(
         cluster.operator_key(),
+        &cluster.nodes[member - 1].endpoint,
         methods::ADD_NOISE,
         AddNoiseRequest {
             order_id: order_id.to_vec(),
@@ -386,8 +389,9 @@ async fn values_switch_refused_once_order_not_open() {
                 .await
                 .unwrap(),
         )
-        .key_switch(signed_request(
+        .key_switch(signed_request_to(
             cluster.operator_key(),
+            &cluster.nodes[member - 1].endpoint,
             methods::KEY_SWITCH,
             KeySwitchRequest {
                 order_id: order_id.clone(),

@@ -6,7 +6,7 @@
 use cohortex_proto::v1::compute_client::ComputeClient;
 use cohortex_proto::v1::CosignReceiptRequest;
 use compute_node::protocol::methods;
-use market::server::auth::signed_request;
+use market::server::auth::signed_request_to;
 use market::tx::UncheckedTx;
 use market::{Action, QueryReceipt, TxId};
 use testkit::*;
@@ -48,8 +48,9 @@ async fn ask_to_cosign(
             .await
             .unwrap(),
     )
-    .cosign_receipt(signed_request(
+    .cosign_receipt(signed_request_to(
         cluster.operator_key(),
+        &cluster.nodes[index].endpoint,
         methods::COSIGN_RECEIPT,
         CosignReceiptRequest {
             receipt: receipt.to_bytes(),

@@ -6,6 +6,12 @@
 //!                      [method path, timestamp (8 bytes LE), nonce (16 bytes), protobuf body])
 //! ```
 //!
+//! A request meant for one server of several (a compute node) also names its **audience**,
+//! the endpoint it is sent to, in `x-cohortex-audience`, and the signature covers it as a fifth
+//! part: `[method, timestamp, nonce, body, audience]`. A server that knows its own endpoint
+//! ([`RequestVerifier::for_audience`]) refuses a request naming no audience or another one, so
+//! a committee member cannot replay a coordinator's request to a peer.
+//!
 //! The metadata keys are `x-cohortex-account` (hex key), `x-cohortex-timestamp` (unix seconds),
 //! `x-cohortex-nonce` (32 hex digits) and `x-cohortex-signature` (hex). A server accepts a
 //! request whose timestamp is within [`MAX_CLOCK_SKEW`] of its clock and whose nonce it has
@@ -33,6 +39,8 @@ pub const ACCOUNT: &str = "x-cohortex-account";
 pub const TIMESTAMP: &str = "x-cohortex-timestamp";
 /// Metadata key of the nonce.
 pub const NONCE: &str = "x-cohortex-nonce";
+/// Metadata key of the server a request is meant for (its endpoint).
+pub const AUDIENCE: &str = "x-cohortex-audience";
 /// Metadata key of the signature.
 pub const SIGNATURE: &str = "x-cohortex-signature";
 /// How far a request's timestamp may be from the server's clock, in seconds.
@@ -45,12 +53,25 @@ pub fn unix_now() -> u64 {
         .map_or(0, |elapsed| elapsed.as_secs())
 }
 
-fn digest(method: &str, timestamp: u64, nonce: &[u8; 16], body: &[u8]) -> [u8; 32] {
-    *tagged_hash(
-        LABEL_REQUEST,
-        &[method.as_bytes(), &timestamp.to_le_bytes(), nonce, body],
-    )
-    .as_bytes()
+fn digest(
+    method: &str,
+    timestamp: u64,
+    nonce: &[u8; 16],
+    body: &[u8],
+    audience: Option<&str>,
+) -> [u8; 32] {
+    let timestamp = timestamp.to_le_bytes();
+    let mut parts: Vec<&[u8]> = vec![method.as_bytes(), &timestamp, nonce, body];
+    if let Some(audience) = audience {
+        parts.push(audience.as_bytes());
+    }
+    *tagged_hash(LABEL_REQUEST, &parts).as_bytes()
+}
+
+/// An endpoint as an audience: without a trailing slash, so that `https://a:1/` and
+/// `https://a:1` name the same server.
+pub fn normal_audience(endpoint: &str) -> &str {
+    endpoint.trim_end_matches('/')
 }
 
 /// Wraps `message` in a request for `method` (e.g. `/cohortex.v1.Ledger/GetBlock`), signed by
@@ -71,7 +92,60 @@ pub fn signed_request_with<T: Message>(
 ) -> Request<T> {
     let body = message.encode_to_vec();
     let mut request = Request::new(message);
-    sign_metadata(request.metadata_mut(), key, method, &body, timestamp, nonce);
+    sign_metadata(
+        request.metadata_mut(),
+        key,
+        method,
+        &body,
+        timestamp,
+        nonce,
+        None,
+    );
+    request
+}
+
+/// [`signed_request`] for the server at `audience` (its endpoint) only.
+pub fn signed_request_to<T: Message>(
+    key: &SigningKey,
+    audience: &str,
+    method: &str,
+    message: T,
+) -> Request<T> {
+    let mut nonce = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    let body = message.encode_to_vec();
+    let mut request = Request::new(message);
+    sign_metadata(
+        request.metadata_mut(),
+        key,
+        method,
+        &body,
+        unix_now(),
+        nonce,
+        Some(normal_audience(audience)),
+    );
+    request
+}
+
+/// [`signed_stream_request`] for the server at `audience` (its endpoint) only.
+pub fn signed_stream_request_to<S>(
+    key: &SigningKey,
+    audience: &str,
+    method: &str,
+    stream: S,
+) -> Request<S> {
+    let mut nonce = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    let mut request = Request::new(stream);
+    sign_metadata(
+        request.metadata_mut(),
+        key,
+        method,
+        &[],
+        unix_now(),
+        nonce,
+        Some(normal_audience(audience)),
+    );
     request
 }
 
@@ -83,7 +157,15 @@ pub fn signed_stream_request<S>(key: &SigningKey, method: &str, stream: S) -> Re
     let mut nonce = [0u8; 16];
     rand::rngs::OsRng.fill_bytes(&mut nonce);
     let mut request = Request::new(stream);
-    sign_metadata(request.metadata_mut(), key, method, &[], unix_now(), nonce);
+    sign_metadata(
+        request.metadata_mut(),
+        key,
+        method,
+        &[],
+        unix_now(),
+        nonce,
+        None,
+    );
     request
 }
 
@@ -94,13 +176,17 @@ fn sign_metadata(
     body: &[u8],
     timestamp: u64,
     nonce: [u8; 16],
+    audience: Option<&str>,
 ) {
-    let signature = key.sign(&digest(method, timestamp, &nonce, body));
+    let signature = key.sign(&digest(method, timestamp, &nonce, body, audience));
     let mut insert = |name: &'static str, value: String| {
         if let Ok(value) = value.parse() {
             metadata.insert(name, value);
         }
     };
+    if let Some(audience) = audience {
+        insert(AUDIENCE, audience.to_string());
+    }
     insert(ACCOUNT, hex::encode(key.verifying_key().as_bytes()));
     insert(TIMESTAMP, timestamp.to_string());
     insert(NONCE, hex::encode(nonce));
@@ -157,6 +243,8 @@ impl SeenNonces {
 pub struct RequestVerifier {
     seen: Mutex<SeenNonces>,
     capacity: usize,
+    /// This server's endpoint, if requests must name it.
+    audience: Option<String>,
 }
 
 impl Default for RequestVerifier {
@@ -176,6 +264,16 @@ impl RequestVerifier {
         Self {
             seen: Mutex::new(SeenNonces::default()),
             capacity,
+            audience: None,
+        }
+    }
+
+    /// A verifier for the server at `endpoint`: every request must name it as its audience
+    /// (signed with [`signed_request_to`]), so a request for another server is refused.
+    pub fn for_audience(endpoint: &str) -> Self {
+        Self {
+            audience: Some(normal_audience(endpoint).to_string()),
+            ..Self::default()
         }
     }
 
@@ -246,12 +344,29 @@ impl RequestVerifier {
         let key = account
             .verifying_key()
             .map_err(|error| Status::unauthenticated(format!("x-cohortex-account: {error}")))?;
-        key.verify(&digest(method, timestamp, &nonce, body), &signature)
-            .map_err(|_| {
-                Status::unauthenticated(
-                    "request signature does not verify for this account, method and message",
-                )
-            })?;
+        let audience = match metadata.get(AUDIENCE) {
+            Some(value) => Some(value.to_str().map_err(|_| {
+                Status::unauthenticated("metadata x-cohortex-audience is not ASCII")
+            })?),
+            None => None,
+        };
+        if let Some(expected) = &self.audience {
+            if audience != Some(expected.as_str()) {
+                return Err(Status::permission_denied(format!(
+                    "the request names server {}, not this one ({expected})",
+                    audience.unwrap_or("none")
+                )));
+            }
+        }
+        key.verify(
+            &digest(method, timestamp, &nonce, body, audience),
+            &signature,
+        )
+        .map_err(|_| {
+            Status::unauthenticated(
+                "request signature does not verify for this account, method and message",
+            )
+        })?;
         let mut seen = self
             .seen
             .lock()
@@ -310,6 +425,27 @@ mod tests {
         let later = now + MAX_CLOCK_SKEW + 1;
         verifier.verify("/m", &request(&key, later), later).unwrap();
         assert_eq!(verifier.remembered(), 1);
+    }
+
+    #[test]
+    fn request_for_one_server_is_refused_by_another() {
+        let key = SigningKey::from_bytes(&[5; 32]);
+        let first = RequestVerifier::for_audience("https://127.0.0.1:7701/");
+        let second = RequestVerifier::for_audience("https://127.0.0.1:7702");
+        let request = || signed_request_to(&key, "https://127.0.0.1:7701", "/m", ());
+        first.verify("/m", &request(), unix_now()).unwrap();
+        let refused = second.verify("/m", &request(), unix_now()).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+        // Nor does a request naming no server pass, nor one whose named server was changed
+        // after signing.
+        let plain = signed_request(&key, "/m", ());
+        assert!(second.verify("/m", &plain, unix_now()).is_err());
+        let mut moved = request();
+        moved
+            .metadata_mut()
+            .insert(AUDIENCE, "https://127.0.0.1:7702".parse().unwrap());
+        let refused = second.verify("/m", &moved, unix_now()).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
     }
 
     #[test]

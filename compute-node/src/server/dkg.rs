@@ -16,7 +16,7 @@ use cohortex_proto::v1::{
     DkgJustifications, DkgJustifyRequest, DkgJustifyResponse, DkgReceiveRequest,
     DkgReceiveResponse, SignedDkgMessage,
 };
-use cohortex_types::auth::signed_request;
+use cohortex_types::auth::signed_request_to;
 use cohortex_types::Hash32;
 use market::AccountId;
 use prost::Message;
@@ -355,8 +355,9 @@ impl NodeService {
                 })?;
             let mut client = cohortex_proto::v1::compute_client::ComputeClient::new(channel);
             client
-                .deliver_share(signed_request(
+                .deliver_share(signed_request_to(
                     &self.config.account,
+                    &seat.endpoint,
                     methods::DELIVER_SHARE,
                     DeliverShareRequest {
                         session_id: message.session_id.clone(),

@@ -202,6 +202,7 @@ impl NodeService {
             .committee
             .seat(config.member)
             .ok_or(CommitteeError::NoSeat(config.member.get()))?;
+        let seat_endpoint = seat.endpoint.clone();
         if seat.account != own {
             return Err(CommitteeError::NotOwnSeat {
                 member: config.member.get(),
@@ -236,7 +237,8 @@ impl NodeService {
         Ok(Self {
             vault,
             config,
-            verifier: RequestVerifier::new(),
+            // Requests must name this node's own pinned endpoint: one signed for a peer is refused.
+            verifier: RequestVerifier::for_audience(&seat_endpoint),
             follower,
             market: tokio::sync::OnceCell::new(),
             #[cfg(feature = "tfhe")]

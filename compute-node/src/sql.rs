@@ -26,9 +26,11 @@ pub const MAX_QUERY_LEN: usize = 16 * 1024;
 
 /// Deepest a WHERE clause's condition tree may be once chains of AND, OR and IN are balanced
 /// (a chain of n terms is log₂ n deep, so this bounds nesting by parentheses and NOT, which
-/// the parser already limits to 50). Evaluating, hashing and sending a plan recurse over the
-/// tree, so its depth must not grow with the length of the query.
-pub const MAX_CONDITION_DEPTH: usize = 64;
+/// the parser's recursion limit already bounds). Evaluating, hashing and sending a plan
+/// recurse over the tree, so its depth must not grow with the length of the query; and the
+/// plan's JSON form takes two levels per condition level (`{"And":[…]}`), which serde_json
+/// reads only up to 128 levels deep.
+pub const MAX_CONDITION_DEPTH: usize = 48;
 
 /// Why a query was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -854,7 +856,6 @@ fn flip(op: Comparison) -> Comparison {
 /// A function's lowercase name and its arguments (`None` for `*`).
 type FunctionCall<'a> = (String, Vec<Option<&'a Expr>>);
 
-/// A plain function call: its lowercase name and arguments (`None` for `*`).
 /// The terms of a chain of one operator, left to right: `a OR b OR c` gives [a, b, c]. The
 /// left spine is walked in a loop, so a chain as long as the query costs no stack.
 fn chain_terms<'e>(expr: &'e Expr, chain_op: &BinaryOperator) -> Vec<&'e Expr> {
@@ -892,6 +893,7 @@ fn balanced(
     terms.pop()
 }
 
+/// A plain function call: its lowercase name and arguments (`None` for `*`).
 fn function_call(expr: &Expr) -> Result<Option<FunctionCall<'_>>, QueryError> {
     let Expr::Function(function) = expr else {
         return Ok(None);

@@ -110,28 +110,47 @@ fn and_chain_at_max_query_length_does_not_overflow_the_stack() {
     assert_eq!(count_on_a_worker_stack(sql).unwrap(), 91.0);
 }
 
-#[test]
-fn conditions_nested_too_deep_are_refused_with_a_limit_named() {
-    // Forty levels, each a chain of sixteen terms whose last is the next level: the parser
-    // allows 50 levels of nesting and the balanced tree is four levels deep per chain, so one
-    // of the two limits refuses it (and neither overflows the stack on the way).
+/// `levels` parenthesised levels, each a chain of sixteen terms whose last is the next level:
+/// four tree levels per parenthesis once the chain is balanced.
+fn nested_chains(levels: usize) -> String {
     let mut condition = "age >= 0".to_string();
-    for _ in 0..40 {
+    for _ in 0..levels {
         let chain = vec!["age >= 0"; 15].join(" AND ");
         condition = format!("({chain} AND {condition})");
     }
-    let sql = format!("SELECT COUNT(*) FROM patients WHERE {condition}");
-    assert!(sql.len() < MAX_QUERY_LEN);
-    match count_on_a_worker_stack(sql) {
-        Err(QueryError::Unsupported(reason)) => {
-            assert!(
-                reason.contains(&format!("at most {MAX_CONDITION_DEPTH}")),
-                "{reason}"
-            );
-        }
-        Err(QueryError::Syntax(reason)) => {
-            assert!(reason.contains("recursion limit"), "{reason}");
-        }
+    format!("SELECT COUNT(*) FROM patients WHERE {condition}")
+}
+
+#[test]
+fn conditions_nested_too_deep_are_refused_with_the_limit_named() {
+    // Deep enough for the depth limit, shallow enough for the parser's recursion limit.
+    let sql = nested_chains(13);
+    match compile(&sql, vault().schema()) {
+        Err(QueryError::Unsupported(reason)) => assert!(
+            reason.contains(&format!("at most {MAX_CONDITION_DEPTH}")),
+            "{reason}"
+        ),
+        other => panic!("conditions nested beyond the limit were accepted: {other:?}"),
+    }
+    // Deeper still, the parser refuses first; neither overflows the stack.
+    match count_on_a_worker_stack(nested_chains(40)) {
+        Err(QueryError::Syntax(reason)) => assert!(reason.contains("recursion"), "{reason}"),
+        Err(QueryError::Unsupported(reason)) => assert!(reason.contains("at most"), "{reason}"),
         other => panic!("conditions nested 160 levels deep were accepted: {other:?}"),
     }
+}
+
+#[test]
+fn plan_at_the_depth_limit_survives_its_json_form() {
+    // The deepest accepted plan must reach every node and the buyer: its JSON form is read
+    // back with serde_json's default recursion limit.
+    let accepted = (1..=13)
+        .rev()
+        .find_map(|levels| compile(&nested_chains(levels), vault().schema()).ok())
+        .expect("some nesting is accepted");
+    let depth = accepted.filter.as_ref().unwrap().depth();
+    assert!(depth > MAX_CONDITION_DEPTH - 4, "depth {depth}");
+    let json = serde_json::to_string(&accepted).unwrap();
+    let read: compute_node::QueryPlan = serde_json::from_str(&json).unwrap();
+    assert_eq!(read, accepted);
 }

@@ -7,7 +7,9 @@
 //! - the market holds at most [`KEYS_KEPT`] keys in all; when full, a new recruiter's key
 //!   takes the place of the key unused the longest, but only if that key has been idle for
 //!   [`IDLE_BEFORE_EVICTION`]; otherwise the upload is refused (`RESOURCE_EXHAUSTED`) and the
-//!   keys in use stay.
+//!   keys in use stay;
+//! - a key counts as used only when an order or a trial (which cost escrow) uses it, never
+//!   when it is uploaded again, so holding a place costs something.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -46,13 +48,9 @@ impl EvaluationKeyStore {
         bytes: Vec<u8>,
         now: Instant,
     ) -> Result<(), Status> {
-        if let Some(kept) = self
-            .kept
-            .iter_mut()
-            .find(|kept| kept.fingerprint == fingerprint)
-        {
-            // The same key again (from its owner or anyone who has its bytes): nothing new.
-            kept.last_used = now;
+        if self.kept.iter().any(|kept| kept.fingerprint == fingerprint) {
+            // The same key again (from its owner or anyone who has its bytes): nothing new, and
+            // not a use.
             return Ok(());
         }
         let own = self.kept.iter().filter(|kept| kept.owner == owner).count();
@@ -155,10 +153,12 @@ mod tests {
             .unwrap_err();
         assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
         // Once a key has gone unused long enough, a newcomer takes its place: the idlest.
+        // Uploading a key again is not a use: it holds no place for free.
         let later = start + IDLE_BEFORE_EVICTION + Duration::from_secs(1);
         for owner in 1..KEYS_KEPT as u8 {
             store.get(&[owner; 32], later).unwrap();
         }
+        store.keep(recruiter(0), [0; 32], vec![0], later).unwrap();
         store
             .keep(recruiter(200), [200; 32], vec![200], later)
             .unwrap();

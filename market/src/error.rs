@@ -214,6 +214,14 @@ pub enum TxError {
         /// The latest expiry accepted now.
         latest: u64,
     },
+    /// The order cannot be cancelled.
+    #[error("order {order} cannot be cancelled: {reason}")]
+    NotCancellable {
+        /// The order.
+        order: OrderId,
+        /// Why.
+        reason: &'static str,
+    },
     /// The order's release is committed: it can no longer be cancelled, only receipted or
     /// refunded.
     #[error("order {0}'s release is committed; it can no longer be cancelled")]

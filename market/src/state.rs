@@ -1625,6 +1625,14 @@ impl State {
         if self.releases.contains_key(&order_id) {
             return Err(TxError::ReleaseCommitted(order_id));
         }
+        // A feasibility search has no committed release: each node answers on its own, so
+        // the ledger cannot know that nothing went out yet.
+        if order.purpose == Purpose::TrialFeasibility {
+            return Err(TxError::NotCancellable {
+                order: order_id,
+                reason: "a feasibility search's counts may already be out",
+            });
+        }
         self.return_escrow(order_id)
     }
 
@@ -1638,6 +1646,7 @@ impl State {
         let buyer = order.buyer;
         let escrow = order.escrow;
         let requested = order.epsilon_requested_micro;
+        let feasibility = order.purpose == Purpose::TrialFeasibility;
         let listing_ids: Vec<ListingId> =
             order.listings.iter().map(|l| l.listing.clone()).collect();
         let new_balance = self
@@ -1653,8 +1662,9 @@ impl State {
         }
         self.changed.insert(StateKey::Account(buyer));
         // Once a release was committed, its noisy counts may have been opened: the ε it
-        // reserved is spent, not returned, even though the credits are.
-        let released = self.releases.contains_key(&order_id);
+        // reserved is spent, not returned, even though the credits are. A feasibility search
+        // commits no release, and its nodes may have answered: its ε is spent too.
+        let released = self.releases.contains_key(&order_id) || feasibility;
         for id in listing_ids {
             if let Some(listing) = self.listings.get_mut(&id) {
                 listing.epsilon_reserved_micro =

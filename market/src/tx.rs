@@ -584,6 +584,8 @@ pub enum Action {
     /// Cancels an open order before its release is committed (signer: its buyer): the
     /// escrow goes back to the buyer and the ε reserved on each listing is freed, since
     /// nothing was released. Once a release is committed, only a receipt or a refund ends it.
+    /// A feasibility search cannot be cancelled: its nodes answer without a committed
+    /// release, so its counts may be out.
     CancelOrder {
         /// The order.
         order: OrderId,

@@ -612,6 +612,17 @@ async fn reflection_lists_the_ledger_and_consent_services() {
     served.stop().await;
 }
 
+fn listing_terms() -> market::ListingTerms {
+    market::ListingTerms {
+        price_per_query: 1,
+        allowed_purposes: [Purpose::AcademicResearch].into_iter().collect(),
+        min_cohort_size: 1,
+        epsilon_budget_micro: 10_000_000,
+        max_epsilon_per_order_micro: 1_000_000,
+        compensation: market::Compensation::Payment,
+    }
+}
+
 #[tokio::test]
 async fn ledger_refuses_orders_not_placed_through_market() {
     let mut served = Served::start().await;
@@ -640,6 +651,24 @@ async fn ledger_refuses_orders_not_placed_through_market() {
             epsilon_micro: 1_000_000,
             expires_at: u64::MAX,
         },
+        Action::PublishListing {
+            listing: ListingId::new("unchecked"),
+            schema_hash: Hash32([3; 32]),
+            terms: listing_terms(),
+        },
+        Action::UpdateListing {
+            listing: ListingId::new("unchecked"),
+            terms: listing_terms(),
+        },
+        Action::PostTrial(market::TrialPosting {
+            trial: "t".into(),
+            summary: "s".into(),
+            contact_key: [6; 32],
+            evaluation_key: [5; 32],
+            criteria: vec![1],
+            listings: vec![ListingId::new("any")],
+            expires_at: u64::MAX,
+        }),
     ];
     for action in placed_through_the_market {
         let refused = client

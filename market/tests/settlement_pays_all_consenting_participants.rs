@@ -473,3 +473,45 @@ fn order_with_a_committed_release_cannot_be_cancelled() {
         TxError::ReleaseCommitted(order),
     );
 }
+
+#[test]
+fn feasibility_order_cannot_be_cancelled_and_its_refund_spends_its_epsilon() {
+    let mut scene = Scene::new();
+    let listing = scene.listing.clone();
+    let epsilon_micro = 500_000;
+    let order = OrderId(
+        scene
+            .f
+            .submit(
+                &mut scene.buyer,
+                Action::OrderQuery {
+                    query_hash: market::Hash32([9; 32]),
+                    listings: vec![listing.clone()],
+                    purpose: market::Purpose::TrialFeasibility,
+                    epsilon_micro,
+                    expires_at: scene.f.now() + 3600,
+                },
+            )
+            .expect("feasibility order"),
+    );
+    // Each node answers a feasibility search on its own, with no release committed first:
+    // the ledger cannot know the counts are not out, so the buyer cannot cancel for free.
+    scene.f.refuse(
+        &scene.buyer,
+        Action::CancelOrder { order },
+        TxError::NotCancellable {
+            order,
+            reason: "a feasibility search's counts may already be out",
+        },
+    );
+    // Refunded when the search fails, the credits come back but the ε stays spent.
+    scene
+        .f
+        .submit(&mut scene.committee, Action::Refund { order })
+        .expect("refund of a failed search");
+    let state = scene.f.ledger.state();
+    let listing = state.listing(&listing).expect("listing");
+    assert_eq!(listing.epsilon_reserved_micro, 0);
+    assert_eq!(listing.epsilon_spent_micro, epsilon_micro);
+    assert_eq!(state.balance(&scene.buyer.id), 5000);
+}

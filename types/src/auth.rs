@@ -320,6 +320,19 @@ impl RequestVerifier {
         request: &Request<S>,
         now: u64,
     ) -> Result<AccountId, Status> {
+        self.verify_stream_from(method, request, now, |_| Ok(()))
+    }
+
+    /// [`RequestVerifier::verify_stream`] for a method only some callers may use, judged as
+    /// in [`RequestVerifier::verify_from`] before any signature work.
+    pub fn verify_stream_from<S>(
+        &self,
+        method: &str,
+        request: &Request<S>,
+        now: u64,
+        admit: impl FnOnce(&AccountId) -> Result<(), Status>,
+    ) -> Result<AccountId, Status> {
+        admit(&claimed_account(request.metadata())?)?;
         self.verify_body(method, request.metadata(), &[], now)
     }
 

@@ -162,11 +162,12 @@ impl Compute for NodeService {
         &self,
         request: Request<tonic::Streaming<EvaluationKeyChunk>>,
     ) -> Result<Response<PutEvaluationKeyResponse>, Status> {
-        self.coordinator_only(self.verifier.verify_stream(
+        self.verifier.verify_stream_from(
             methods::PUT_EVALUATION_KEY,
             &request,
             unix_now(),
-        )?)?;
+            |caller| self.coordinator_only(*caller),
+        )?;
         self.receive_evaluation_key(request.into_inner()).await
     }
 

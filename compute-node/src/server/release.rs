@@ -546,24 +546,35 @@ impl NodeService {
     ) -> Result<(), Status> {
         let order_key = order_key(order)?;
         let channel = self.market_channel().await?;
-        let (committed, result_key, status) = self
+        let now = cohortex_types::auth::unix_now();
+        let (committed, result_key, status, expired) = self
             .follower
             .sync_and_read(channel, |machine| {
                 let state = machine.state();
+                let time = now.max(machine.last_time());
+                let order = state.order(&order_key);
                 (
                     state.release(&order_key).cloned(),
                     state.result_key(&order_key).map(<[u8]>::to_vec),
-                    state.order(&order_key).map(|order| order.status),
+                    order.map(|order| order.status),
+                    order.is_some_and(|order| time >= order.expires_at),
                 )
             })
             .await
             .map_err(follow_status)?;
-        // A refunded or cancelled order releases nothing more, whatever was committed for it.
+        // A refunded or cancelled order releases nothing more, whatever was committed for it;
+        // nor does an expired one, which its buyer may take back (without a receipt, patients
+        // would go unpaid and their budgets undebited for a release that happened).
         if status != Some(market::state::OrderStatus::Open) {
             return Err(Status::failed_precondition(format!(
                 "order_id: the order is not open on the ledger ({status:?}); nothing more of it \
                  is key-switched"
             )));
+        }
+        if expired {
+            return Err(Status::failed_precondition(
+                "order_id: the order has expired on the ledger; nothing more of it is key-switched",
+            ));
         }
         if phase == KeySwitchPhase::Values && result_key.as_deref() != Some(recipient) {
             return Err(Status::permission_denied(if result_key.is_none() {

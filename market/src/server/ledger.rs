@@ -106,13 +106,17 @@ impl LedgerRpc for LedgerService {
             )));
         }
         // Free transactions are rate-limited: self-registrations per client certificate, and
-        // everything per signer (checked before any signature or state work).
+        // everything per signer, counted only once the signature verifies (so nobody can use
+        // up another account's allowance with envelopes it did not sign).
         let now = std::time::Instant::now();
-        let signer = unchecked.body().signer;
-        if matches!(action, Action::RegisterAccount { account, .. } if *account == signer) {
+        let self_registration = matches!(action, Action::RegisterAccount { account, .. } if *account == unchecked.body().signer);
+        let verified = unchecked
+            .verify()
+            .map_err(|error| tx_error_status(&error))?;
+        if self_registration {
             self.registrations.admit(&caller, now)?;
         }
-        self.submissions.admit(&signer.0, now)?;
+        self.submissions.admit(&verified.body().signer.0, now)?;
         let submitted = submit(&self.ledger, envelope).await?;
         Ok(Response::new(submitted.into()))
     }

@@ -99,6 +99,7 @@ pub fn tx_error_code(error: &TxError) -> Code {
         | TxError::ExpiryNotInFuture { .. }
         | TxError::OrderExpiryTooFar { .. }
         | TxError::ReleaseCommitted(_)
+        | TxError::NotCancellable { .. }
         | TxError::EpsilonBudgetExhausted { .. }
         | TxError::EpsilonAboveOrderCap { .. }
         | TxError::OrderNotOpen { .. }

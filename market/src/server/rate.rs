@@ -15,7 +15,8 @@ use tonic::{Request, Status};
 pub const SELF_REGISTRATIONS_PER_MINUTE: u32 = 60;
 /// Transactions accepted per signing account per minute through `SubmitTransaction`.
 pub const SUBMISSIONS_PER_MINUTE: u32 = 600;
-/// Callers a limiter tracks at once; past it, the oldest windows are dropped first.
+/// Callers a limiter tracks at once: when full, expired windows are dropped, and a new
+/// caller is refused while every tracked window is still open.
 const TRACKED_CALLERS: usize = 10_000;
 
 /// A fixed-window counter per caller.
@@ -66,6 +67,13 @@ impl RateLimiter {
         if counts.len() >= TRACKED_CALLERS && !counts.contains_key(caller) {
             let window = self.window;
             counts.retain(|_, (started, _)| now.duration_since(*started) < window);
+            if counts.len() >= TRACKED_CALLERS {
+                return Err(Status::resource_exhausted(format!(
+                    "{} from more than {TRACKED_CALLERS} callers in {} s; retry later",
+                    self.what,
+                    window.as_secs()
+                )));
+            }
         }
         let entry = counts.entry(caller.to_vec()).or_insert((now, 0));
         if now.duration_since(entry.0) >= self.window {

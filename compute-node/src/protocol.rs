@@ -134,6 +134,14 @@ pub enum CommitteeError {
     /// This node's member index has no seat.
     #[error("member {0} has no seat in the committee")]
     NoSeat(u16),
+    /// The record of answered feasibility searches cannot be read.
+    #[error("the record of answered feasibility searches {path}: {reason}")]
+    AnsweredRecord {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// The stored key share cannot be used.
     #[error("the stored key share {path}: {reason}")]
     StoredKeyShare {

@@ -82,7 +82,7 @@ async fn patients_who_did_not_consent_are_never_counted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_feasibility_calls_get_one_noise_draw() {
+async fn concurrent_feasibility_calls_get_one_noise_draw_even_across_a_restart() {
     use cohortex_proto::v1::compute_client::ComputeClient;
     use cohortex_proto::v1::FeasibilityRequest;
     use compute_node::feasibility::EncryptedCriteria;
@@ -90,7 +90,7 @@ async fn concurrent_feasibility_calls_get_one_noise_draw() {
     use compute_node::protocol::methods;
     use market::server::auth::{signed_request_to, signed_stream_request_to, unix_now};
 
-    let (_dir, cluster, _truths) = feasibility_cluster().await;
+    let (_dir, mut cluster, _truths) = feasibility_cluster().await;
     let keys = recruiter_keys();
     let (recruiter, _) = buyer_with_key(&cluster).await;
     let fingerprint = zk::fhe::EvaluationKey::fingerprint_of(&keys.evaluation_key);
@@ -140,14 +140,17 @@ async fn concurrent_feasibility_calls_get_one_noise_draw() {
     .unwrap();
     // Two noisy counts of one cohort, each with its own noise, average to a less noisy one:
     // the operator asks twice at once.
+    let operator = cluster.operator_key().clone();
+    let endpoint = cluster.nodes[0].endpoint.clone();
+    let listing = listings(&cluster)[0].clone();
     let request = || {
         signed_request_to(
-            cluster.operator_key(),
-            &cluster.nodes[0].endpoint,
+            &operator,
+            &endpoint,
             methods::FEASIBILITY,
             FeasibilityRequest {
                 order_id: order.id().0.as_bytes().to_vec(),
-                listing: listings(&cluster)[0].clone(),
+                listing: listing.clone(),
                 criteria: Some(wire.clone()),
             },
         )
@@ -168,5 +171,31 @@ async fn concurrent_feasibility_calls_get_one_noise_draw() {
         .await
         .expect_err("a node answered one feasibility order twice");
     assert_eq!(again.code(), tonic::Code::AlreadyExists, "{again:?}");
+    // Nor after a restart, once the operator hands the restarted node the key again: the
+    // answer was recorded on disk before it left.
+    cluster.restart_node(0).await.unwrap();
+    let mut node = ComputeClient::new(
+        cluster
+            .channel_to(&cluster.nodes[0].endpoint)
+            .await
+            .unwrap(),
+    );
+    node.put_evaluation_key(signed_stream_request_to(
+        cluster.operator_key(),
+        &cluster.nodes[0].endpoint,
+        methods::PUT_EVALUATION_KEY,
+        cohortex_coordinator::coordinator::key_chunks(&keys.evaluation_key),
+    ))
+    .await
+    .unwrap();
+    let after_restart = node
+        .feasibility(request())
+        .await
+        .expect_err("a restarted node answered a feasibility order again");
+    assert_eq!(
+        after_restart.code(),
+        tonic::Code::AlreadyExists,
+        "{after_restart:?}"
+    );
     cluster.shutdown();
 }

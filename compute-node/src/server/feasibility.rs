@@ -268,7 +268,7 @@ impl NodeService {
             &order_key,
             &query_hash,
         );
-        claim.keep();
+        claim.keep().await?;
         Ok(FeasibilityResponse {
             noisy_count,
             participants,
@@ -301,10 +301,67 @@ impl<'a> AnswerClaim<'a> {
         })
     }
 
-    /// The answer left: the order stays answered.
-    fn keep(mut self) {
+    /// The answer is about to leave: the order stays answered, and (when the node keeps
+    /// its key share on disk) the record of it is written first, so that a restarted node
+    /// does not answer the order again with fresh noise.
+    async fn keep(mut self) -> Result<(), Status> {
+        if let Some(path) = answered_path(&self.node.config) {
+            let order = self.order.clone();
+            let written = tokio::task::spawn_blocking(move || record_answered(&path, &order))
+                .await
+                .map_err(|error| Status::internal(format!("worker failed: {error}")))?;
+            written.map_err(|error| {
+                tracing::error!(%error, "recording an answered feasibility search");
+                Status::internal("the node could not record its answer; it sends none")
+            })?;
+        }
         self.kept = true;
+        Ok(())
     }
+}
+
+/// Where a node records the feasibility searches it answered: beside its key share
+/// (`<key share file>.feasibility-answered`), one order id in hex a line.
+pub(super) fn answered_path(config: &super::NodeConfig) -> Option<std::path::PathBuf> {
+    config
+        .key_share_file
+        .as_ref()
+        .map(|path| path.with_extension("feasibility-answered"))
+}
+
+/// Appends `order` to the record and waits until it is on disk.
+fn record_answered(path: &std::path::Path, order: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    writeln!(file, "{}", hex::encode(order))?;
+    file.sync_all()
+}
+
+/// The feasibility searches a node answered before it (re)started.
+pub(super) fn load_answered(
+    path: &std::path::Path,
+) -> Result<std::collections::BTreeSet<Vec<u8>>, crate::protocol::CommitteeError> {
+    let bad = |reason: String| crate::protocol::CommitteeError::AnsweredRecord {
+        path: path.display().to_string(),
+        reason,
+    };
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(error) => return Err(bad(error.to_string())),
+    };
+    text.lines()
+        .enumerate()
+        .map(|(index, line)| {
+            hex::decode(line.trim())
+                .ok()
+                .filter(|order| order.len() == 32)
+                .ok_or_else(|| bad(format!("line {} is not an order id", index + 1)))
+        })
+        .collect()
 }
 
 impl Drop for AnswerClaim<'_> {

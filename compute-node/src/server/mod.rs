@@ -214,6 +214,13 @@ impl NodeService {
             Some(path) if path.exists() => Some(load_key_share(path, &config)?),
             _ => None,
         };
+        #[cfg(feature = "tfhe")]
+        let answered = match feasibility::answered_path(&config) {
+            Some(path) => feasibility::load_answered(&path)?,
+            None => BTreeSet::new(),
+        };
+        #[cfg(not(feature = "tfhe"))]
+        let answered = BTreeSet::new();
         let follower = Arc::new(LedgerFollower::new(config.ledger.clone()));
         // Follow the ledger from the start, as a node does, so that the replica is warm when
         // the first order arrives (outside a runtime, reads still sync on demand).
@@ -248,7 +255,8 @@ impl NodeService {
                 dealt_sessions: std::collections::VecDeque::new(),
                 inbox: BTreeMap::new(),
                 key: stored_key,
-                contributed: BTreeSet::new(),
+                // Feasibility searches answered before a restart stay answered.
+                contributed: answered,
                 first_contribution: None,
                 releases: BTreeMap::new(),
                 trial_replies: BTreeSet::new(),

@@ -342,19 +342,21 @@ impl Market for MarketService {
         &self,
         request: Request<GetOrderRequest>,
     ) -> Result<Response<OrderStatus>, Status> {
-        let caller = self
-            .verifier
-            .verify(methods::GET_ORDER, &request, unix_now())?;
         let order: TxId = tx_id_field(&request.get_ref().order_id, "order_id")?;
         let record = self
             .coordinator
             .order(&order)?
             .ok_or_else(|| Status::not_found("order_id: no such order"))?;
-        if record.buyer != caller {
-            return Err(Status::permission_denied(
-                "only the order's buyer may read its status and result",
-            ));
-        }
+        // Anyone but the buyer is refused before its signature is checked.
+        self.verifier
+            .verify_from(methods::GET_ORDER, &request, unix_now(), |caller| {
+                if *caller != record.buyer {
+                    return Err(Status::permission_denied(
+                        "only the order's buyer may read its status and result",
+                    ));
+                }
+                Ok(())
+            })?;
         Ok(Response::new(OrderStatus {
             state: record.state as i32,
             message: record.message,
@@ -404,11 +406,11 @@ impl Market for MarketService {
         &self,
         request: Request<tonic::Streaming<EvaluationKeyChunk>>,
     ) -> Result<Response<PutEvaluationKeyResponse>, Status> {
-        let caller =
-            self.verifier
-                .verify_stream(methods::PUT_EVALUATION_KEY, &request, unix_now())?;
+        // Only a registered buyer may upload: anyone else is refused before any signature
+        // work or nonce is spent on it.
+        let claimed = market::server::auth::claimed_account(request.metadata())?;
         let role = read_ledger(self.coordinator.ledger(), move |ledger| {
-            Ok(ledger.state().account(&caller).map(|account| account.role))
+            Ok(ledger.state().account(&claimed).map(|account| account.role))
         })
         .await?;
         if role != Some(market::Role::Buyer) {
@@ -416,6 +418,9 @@ impl Market for MarketService {
                 "only a registered buyer (recruiter) account may store an evaluation key",
             ));
         }
+        let caller =
+            self.verifier
+                .verify_stream(methods::PUT_EVALUATION_KEY, &request, unix_now())?;
         self.receive_evaluation_key(caller, request.into_inner())
             .await
     }
@@ -489,21 +494,23 @@ impl Market for MarketService {
         &self,
         request: Request<TrialRepliesRequest>,
     ) -> Result<Response<Self::TrialRepliesStream>, Status> {
-        let caller = self
-            .verifier
-            .verify(methods::TRIAL_REPLIES, &request, unix_now())?;
-        let trial = request.into_inner().trial;
-        let wanted = trial.clone();
+        let wanted = request.get_ref().trial.clone();
         let recruiter = read_ledger(self.coordinator.ledger(), move |ledger| {
             Ok(ledger.state().trial(&wanted).map(|record| record.recruiter))
         })
         .await?
         .ok_or_else(|| Status::not_found("trial: no such trial is posted"))?;
-        if recruiter != caller {
-            return Err(Status::permission_denied(
-                "only the trial's recruiter may read its replies",
-            ));
-        }
+        // Anyone but the recruiter is refused before its signature is checked.
+        self.verifier
+            .verify_from(methods::TRIAL_REPLIES, &request, unix_now(), |caller| {
+                if *caller != recruiter {
+                    return Err(Status::permission_denied(
+                        "only the trial's recruiter may read its replies",
+                    ));
+                }
+                Ok(())
+            })?;
+        let trial = request.into_inner().trial;
         let replies = self.stored_replies(&trial).await?;
         let items: Vec<Result<TrialReply, Status>> = replies.into_iter().map(Ok).collect();
         Ok(Response::new(tokio_stream::iter(items)))

@@ -496,11 +496,13 @@ async fn forged_request_signature_is_unauthenticated() {
     let status = served.net.consent.list_consents(forged).await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
 
-    // Signed by the patient, then the message changed on the way.
+    // Signed by the patient, then the message changed on the way to ask for the impostor's
+    // consents: refused before the signature is even checked, since the claimed caller may
+    // read only its own (a changed byte the signature covers is `request_bytes_…` below).
     let mut altered = signed_request(&patient.key, LIST_CONSENTS, list_consents_of(&patient));
     altered.get_mut().patient = impostor.id.0.to_vec();
     let status = served.net.consent.list_consents(altered).await.unwrap_err();
-    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
 
     // Signed for another method.
     let other_method = signed_request(&patient.key, LIST_EARNINGS, list_consents_of(&patient));

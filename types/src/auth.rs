@@ -221,7 +221,10 @@ pub const MAX_REMEMBERED_NONCES: usize = 200_000;
 #[derive(Debug, Default)]
 struct SeenNonces {
     by_time: std::collections::BTreeSet<(u64, [u8; 16])>,
-    values: std::collections::HashSet<[u8; 16]>,
+    /// Each remembered nonce, with the account that used it.
+    values: std::collections::HashMap<[u8; 16], AccountId>,
+    /// How many nonces each account has in the window.
+    per_account: std::collections::HashMap<AccountId, usize>,
 }
 
 impl SeenNonces {
@@ -233,10 +236,21 @@ impl SeenNonces {
                 break;
             }
             self.by_time.pop_first();
-            self.values.remove(&nonce);
+            if let Some(account) = self.values.remove(&nonce) {
+                if let Some(count) = self.per_account.get_mut(&account) {
+                    *count = count.saturating_sub(1);
+                    if *count == 0 {
+                        self.per_account.remove(&account);
+                    }
+                }
+            }
         }
     }
 }
+
+/// How many nonces one account may have in the window: one caller cannot use up the cache
+/// that every caller shares.
+pub const MAX_NONCES_PER_ACCOUNT: usize = 2_000;
 
 /// Checks request signatures and remembers nonces to refuse replays.
 #[derive(Debug)]
@@ -385,7 +399,7 @@ impl RequestVerifier {
             .lock()
             .map_err(|_| Status::internal("nonce cache poisoned"))?;
         seen.prune(now);
-        if seen.values.contains(&nonce) {
+        if seen.values.contains_key(&nonce) {
             return Err(Status::unauthenticated(
                 "replayed request: this nonce was already used",
             ));
@@ -396,14 +410,24 @@ impl RequestVerifier {
                 self.capacity
             )));
         }
-        seen.values.insert(nonce);
+        let used = seen.per_account.get(&account).copied().unwrap_or(0);
+        if used >= MAX_NONCES_PER_ACCOUNT.min(self.capacity) {
+            return Err(Status::resource_exhausted(format!(
+                "account {account} signed more than {} requests in the last {MAX_CLOCK_SKEW} s; \
+                 retry later",
+                MAX_NONCES_PER_ACCOUNT.min(self.capacity)
+            )));
+        }
+        seen.values.insert(nonce, account);
+        *seen.per_account.entry(account).or_insert(0) += 1;
         seen.by_time.insert((timestamp, nonce));
         Ok(account)
     }
 }
 
-/// The account a request claims to come from (not yet verified).
-fn claimed_account(metadata: &MetadataMap) -> Result<AccountId, Status> {
+/// The account a request claims to come from, **not yet verified**: only to decide, before
+/// any signature work, whether such a caller may call at all.
+pub fn claimed_account(metadata: &MetadataMap) -> Result<AccountId, Status> {
     Ok(AccountId(hex_field::<32>(metadata, ACCOUNT)?))
 }
 
@@ -459,6 +483,27 @@ mod tests {
             .insert(AUDIENCE, "https://127.0.0.1:7702".parse().unwrap());
         let refused = second.verify("/m", &moved, unix_now()).unwrap_err();
         assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    }
+
+    #[test]
+    fn one_account_cannot_fill_the_nonce_cache() {
+        let verifier = RequestVerifier::with_capacity(MAX_NONCES_PER_ACCOUNT + 10);
+        let now = 1_000_000;
+        let flooder = SigningKey::from_bytes(&[6; 32]);
+        for _ in 0..MAX_NONCES_PER_ACCOUNT {
+            verifier.verify("/m", &request(&flooder, now), now).unwrap();
+        }
+        let refused = verifier
+            .verify("/m", &request(&flooder, now), now)
+            .unwrap_err();
+        assert_eq!(
+            refused.code(),
+            tonic::Code::ResourceExhausted,
+            "{refused:?}"
+        );
+        // Another caller still gets in.
+        let other = SigningKey::from_bytes(&[7; 32]);
+        verifier.verify("/m", &request(&other, now), now).unwrap();
     }
 
     #[test]

@@ -19,7 +19,7 @@ use cohortex_proto::v1::consent_server::Consent as ConsentRpc;
 
 use std::sync::Arc;
 
-use super::auth::{unix_now, RequestVerifier};
+use super::auth::{claimed_account, unix_now, RequestVerifier};
 use super::rate::{caller_of, RateLimiter};
 use super::{
     account_field, envelope_field, listing_field, purpose_field, purpose_name, read_ledger,
@@ -227,9 +227,12 @@ impl ConsentRpc for ConsentService {
         &self,
         request: Request<v1::ListConsentsRequest>,
     ) -> Result<Response<v1::ListConsentsResponse>, Status> {
-        let caller = self.verifier.verify(LIST_CONSENTS, &request, unix_now())?;
         let patient = account_field(&request.get_ref().patient, "patient")?;
-        require_own(caller, patient)?;
+        // Another caller is refused before its signature is checked or its nonce remembered.
+        self.verifier
+            .verify_from(LIST_CONSENTS, &request, unix_now(), |caller| {
+                require_own(*caller, patient)
+            })?;
         let response = read_ledger(&self.ledger, move |ledger| consents_of(ledger, &patient));
         Ok(Response::new(response.await?))
     }
@@ -239,9 +242,11 @@ impl ConsentRpc for ConsentService {
         &self,
         request: Request<v1::ListEarningsRequest>,
     ) -> Result<Response<v1::Earnings>, Status> {
-        let caller = self.verifier.verify(LIST_EARNINGS, &request, unix_now())?;
         let patient = account_field(&request.get_ref().patient, "patient")?;
-        require_own(caller, patient)?;
+        self.verifier
+            .verify_from(LIST_EARNINGS, &request, unix_now(), |caller| {
+                require_own(*caller, patient)
+            })?;
         let response = read_ledger(&self.ledger, move |ledger| earnings_of(ledger, &patient));
         Ok(Response::new(response.await?))
     }
@@ -251,6 +256,18 @@ impl ConsentRpc for ConsentService {
         &self,
         request: Request<v1::ListCurrentConsentsRequest>,
     ) -> Result<Response<v1::ListCurrentConsentsResponse>, Status> {
+        // Only a registered account may ask: a stranger is refused before any signature work
+        // or nonce is spent on it.
+        let claimed = claimed_account(request.metadata())?;
+        read_ledger(&self.ledger, move |ledger| {
+            if ledger.state().account(&claimed).is_none() {
+                return Err(Status::permission_denied(format!(
+                    "caller {claimed} is not a registered account"
+                )));
+            }
+            Ok(())
+        })
+        .await?;
         let caller = self
             .verifier
             .verify(LIST_CURRENT_CONSENTS, &request, unix_now())?;

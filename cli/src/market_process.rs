@@ -142,6 +142,17 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
             refunded.len()
         );
     }
+    // Orders a previous run recorded a receipt for but did not settle are paid out now.
+    let settled = coordinator
+        .settle_orders_left_computed()
+        .await
+        .map_err(|status| anyhow!("settling orders left computed: {}", status.message()))?;
+    if !settled.is_empty() {
+        println!(
+            "settled {} order(s) an earlier run left computed",
+            settled.len()
+        );
+    }
     if coordinator.committee().ok().flatten().is_some() {
         tracing::info!(path = %state_file.display(), "resumed the key committee and listings");
     }

@@ -35,7 +35,8 @@ use ed25519_dalek::SigningKey;
 use market::hash::tagged_hash;
 use market::server::auth::signed_request_to;
 use market::server::{
-    bounded_message, excerpt, purpose_name, read_ledger, submit, SharedLedger, Submitted,
+    bounded_message, excerpt, purpose_name, read_ledger, submit, submit_together, SharedLedger,
+    Submitted,
 };
 use market::{
     AccountId, Action, Hash32, ListingContribution, ListingId, OrderId, Purpose, QueryReceipt,
@@ -691,6 +692,82 @@ impl Coordinator {
         Ok(())
     }
 
+    /// Records `receipt` with its co-signatures and settles `order` against it, in one block
+    /// ([`submit_together`]): no crash can leave a computed order unpaid. Returns the
+    /// receipt's id.
+    async fn record_receipt_and_settle(
+        &self,
+        order: OrderId,
+        receipt: QueryReceipt,
+        cosignatures: Vec<ReceiptCosignature>,
+    ) -> Result<TxId, Status> {
+        let _guard = self.submit_lock.lock().await;
+        let me = self.account();
+        let (chain_id, nonce) = read_ledger(&self.ledger, move |ledger| {
+            Ok((
+                ledger.chain_id(),
+                ledger
+                    .state()
+                    .account(&me)
+                    .map_or(0, |account| account.next_nonce),
+            ))
+        })
+        .await?;
+        let sign = |nonce: u64, action: Action| {
+            TxBody {
+                chain_id,
+                signer: me,
+                nonce,
+                action,
+            }
+            .sign(&self.account)
+            .map_err(|error| Status::internal(format!("signing: {error}")))
+        };
+        let recorded = sign(
+            nonce,
+            Action::RecordCosignedReceipt {
+                receipt,
+                cosignatures,
+            },
+        )?;
+        let receipt_id = recorded.id();
+        let settled = sign(
+            nonce + 1,
+            Action::Settle {
+                order,
+                receipt: ReceiptId(receipt_id),
+            },
+        )?;
+        submit_together(&self.ledger, vec![recorded.bytes, settled.bytes]).await?;
+        Ok(receipt_id)
+    }
+
+    /// Settles every order the ledger holds computed but not settled: at start-up, those are
+    /// orders whose receipt an earlier run recorded before it stopped (or whose settlement
+    /// the ledger refused). Returns the orders settled.
+    pub async fn settle_orders_left_computed(&self) -> Result<Vec<OrderId>, Status> {
+        let computed: Vec<(OrderId, ReceiptId)> = read_ledger(&self.ledger, |ledger| {
+            Ok(ledger
+                .state()
+                .orders()
+                .filter_map(|(id, order)| match order.status {
+                    market::state::OrderStatus::Computed { receipt } => Some((*id, receipt)),
+                    _ => None,
+                })
+                .collect())
+        })
+        .await?;
+        for (order, receipt) in &computed {
+            self.submit_own(Action::Settle {
+                order: *order,
+                receipt: *receipt,
+            })
+            .await?;
+            tracing::info!(order = %hex::encode(order.0 .0.as_bytes()), "settled an order an earlier run left computed");
+        }
+        Ok(computed.into_iter().map(|(order, _)| order).collect())
+    }
+
     /// Signs `action` with the coordinator's account at its next nonce and appends it.
     pub async fn submit_own(&self, action: Action) -> Result<Submitted, Status> {
         let _guard = self.submit_lock.lock().await;
@@ -1314,19 +1391,12 @@ impl Coordinator {
         //     themselves, and against their own ledger replicas, and co-sign it: the ledger
         //     records no receipt on the coordinator's word alone.
         let cosignatures = self.cosign_round(&committee, &receipt).await?;
-        let recorded = self
-            .submit_own(Action::RecordCosignedReceipt {
-                receipt,
-                cosignatures,
-            })
+        // The receipt and the settlement go into one block: no crash can leave a computed
+        // order unpaid (and `settle_orders_left_computed` settles any a ledger still holds).
+        let receipt_id = self
+            .record_receipt_and_settle(OrderId(order), receipt, cosignatures)
             .await
-            .map_err(OrderError::refused("receipt"))?;
-        self.submit_own(Action::Settle {
-            order: OrderId(order),
-            receipt: ReceiptId(recorded.tx_id),
-        })
-        .await
-        .map_err(OrderError::refused("settlement"))?;
+            .map_err(OrderError::refused("receipt and settlement"))?;
         let used: Vec<u32> = used.iter().map(|member| u32::from(member.get())).collect();
         let hidden = suppressed.iter().filter(|&&hidden| hidden).count();
         self.update_order(order, |record| {
@@ -1340,7 +1410,7 @@ impl Coordinator {
                 suppressed.len(),
             );
             record.result = result;
-            record.receipt = Some(recorded.tx_id);
+            record.receipt = Some(receipt_id);
             record.committee_used = used.clone();
             record.epsilon_micro = epsilon_micro;
             record.noise_members = noise_members.clone();

@@ -157,3 +157,40 @@ async fn ledger_committee_other_than_the_pinned_one_is_refused_by_every_node() {
     );
     books_balance(&cluster);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipt_and_settlement_share_one_block() {
+    // No crash can fall between them: the receipt and the payout commit together.
+    let (_dir, cluster, _truth) = start([None, None, None]).await;
+    let buyer = buyer(&cluster).await;
+    let release = query_sql(&cluster, &buyer, EPSILON).await.unwrap();
+    let ledger = cluster.ledger.lock().unwrap();
+    let record = ledger
+        .transaction(&release.receipt)
+        .unwrap()
+        .expect("the receipt is on the ledger");
+    let block = ledger.block_tx_ids(record.height).unwrap();
+    assert_eq!(
+        block.len(),
+        2,
+        "the receipt's block holds it and its settlement"
+    );
+    let settlement = ledger.transaction(&block[1]).unwrap().unwrap();
+    let settle = UncheckedTx::parse(settlement.envelope)
+        .and_then(UncheckedTx::verify)
+        .unwrap();
+    match &settle.body().action {
+        Action::Settle { receipt, .. } => assert_eq!(receipt.0, release.receipt),
+        other => panic!("the receipt's block holds {other:?}, not its settlement"),
+    }
+    assert!(matches!(
+        ledger
+            .state()
+            .orders()
+            .find(|(_, order)| order.buyer == buyer.account())
+            .map(|(_, order)| order.status),
+        Some(market::state::OrderStatus::Settled { .. })
+    ));
+    drop(ledger);
+    books_balance(&cluster);
+}

@@ -236,6 +236,40 @@ fn append_one(ledger: &SharedLedger, envelope: Vec<u8>) -> Result<Submitted, Sta
     })
 }
 
+/// Appends `envelopes` together, in one block (one SQLite transaction), so that no crash can
+/// leave the first without the others. Each is checked in order against the state the ones
+/// before it left; the first refusal is returned, and the ones accepted before it stand.
+pub async fn submit_together(
+    ledger: &SharedLedger,
+    envelopes: Vec<Vec<u8>>,
+) -> Result<Vec<Submitted>, Status> {
+    let ledger = Arc::clone(ledger);
+    run_blocking(move || {
+        let tx_ids: Vec<TxId> = envelopes.iter().map(|envelope| txid_of(envelope)).collect();
+        let mut ledger = lock(&ledger)?;
+        let outcome = ledger
+            .append(envelopes)
+            .map_err(|error| ledger_error_status(&error))?;
+        if let Some(refusal) = outcome.refused.first() {
+            return Err(tx_error_status(&refusal.error));
+        }
+        let head = outcome
+            .head
+            .ok_or_else(|| Status::internal("accepted transactions made no block"))?;
+        let first_leaf = head.header.tree_size.saturating_sub(tx_ids.len() as u64);
+        Ok(tx_ids
+            .into_iter()
+            .enumerate()
+            .map(|(position, tx_id)| Submitted {
+                tx_id,
+                height: head.header.height,
+                leaf_index: first_leaf + position as u64,
+            })
+            .collect())
+    })
+    .await
+}
+
 /// Runs `read` on the ledger on a blocking thread (it waits for the mutex, which an append
 /// holds across its SQLite commit, and may query SQLite itself).
 pub async fn read_ledger<T, F>(ledger: &SharedLedger, read: F) -> Result<T, Status>

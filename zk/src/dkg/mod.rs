@@ -27,8 +27,11 @@
 //! The rounds are typestates: [`deal_with_rng`] returns [`AwaitingShares`], whose `receive`
 //! returns [`AwaitingJustifications`], whose `finish` returns the [`DkgOutput`]. The protocol
 //! assumes a broadcast channel on which all honest members see the same broadcasts, complaints
-//! and justifications (the ledger or the market's relay provides it) and confidential
-//! point-to-point channels for [`DealerShare`](messages::DealerShare)s. Joint-Feldman lets a
+//! and justifications, and confidential point-to-point channels for
+//! [`DealerShare`](messages::DealerShare)s. The market's relay is not such a channel: the
+//! compute node builds one over it (`compute_node::ceremony`) by having every member sign its
+//! messages and echo the digest of what it saw, and using its key only once all members
+//! confirmed the same transcript. Joint-Feldman lets a
 //! rushing adversary bias the distribution of Y slightly (Gennaro et al. 1999); that bias does
 //! not help against ElGamal's semantic security, which is all the key is used for here.
 

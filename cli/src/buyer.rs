@@ -207,36 +207,40 @@ pub async fn run(command: BuyerCmd) -> anyhow::Result<()> {
                 .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
                 .map(|bytes| market::TxId(market::Hash32(bytes)))
                 .ok_or_else(|| anyhow!("--order: expected 64 hex digits, the order id"))?;
-            let endpoint = &session.public.endpoint;
-            let nonce = next_nonce(
-                endpoint,
-                Some(&session.config.tls),
-                &session.key,
-                session.public.chain_id,
-            )
-            .await?
-            .ok_or_else(|| {
-                anyhow!("buyer {account} is not registered; run `cohortex buyer register` first")
-            })?;
-            let buyer = Buyer::new(
-                session.key.clone(),
-                session.public.chain_id,
-                endpoint.clone(),
-                nonce,
-            )
-            .with_tls(Some(session.config.tls.clone()));
-            let height = buyer.cancel(order).await?;
+            let height = registered_buyer(&session).await?.cancel(order).await?;
             println!("cancelled order {order} (ledger block {height}); its escrow is back");
         }
     }
     Ok(())
 }
 
+/// The session's buyer at its next ledger nonce; refused if the account is not registered.
+async fn registered_buyer(session: &Session) -> anyhow::Result<Buyer> {
+    let account = AccountId::of(&session.key);
+    let endpoint = &session.public.endpoint;
+    let nonce = next_nonce(
+        endpoint,
+        Some(&session.config.tls),
+        &session.key,
+        session.public.chain_id,
+    )
+    .await?
+    .ok_or_else(|| {
+        anyhow!("buyer {account} is not registered; run `cohortex buyer register` first")
+    })?;
+    Ok(Buyer::new(
+        session.key.clone(),
+        session.public.chain_id,
+        endpoint.clone(),
+        nonce,
+    )
+    .with_tls(Some(session.config.tls.clone())))
+}
+
 async fn query(session: &Session, args: QueryArgs) -> anyhow::Result<()> {
     let purpose = market::server::purpose_field(&args.purpose, "--purpose")
         .map_err(|status| anyhow!("{}", status.message()))?;
     let endpoint = &session.public.endpoint;
-    let account = AccountId::of(&session.key);
     let format = crate::output::resolve(args.format, args.json)?;
     let quiet = format != crate::output::Format::Table;
     let chosen = if args.listings.is_empty() {
@@ -255,24 +259,8 @@ async fn query(session: &Session, args: QueryArgs) -> anyhow::Result<()> {
     } else {
         args.listings.clone()
     };
-    let nonce = next_nonce(
-        endpoint,
-        Some(&session.config.tls),
-        &session.key,
-        session.public.chain_id,
-    )
-    .await?
-    .ok_or_else(|| {
-        anyhow!("buyer {account} is not registered; run `cohortex buyer register` first")
-    })?;
+    let buyer = registered_buyer(session).await?;
     let table = decryption_table(quiet)?;
-    let buyer = Buyer::new(
-        session.key.clone(),
-        session.public.chain_id,
-        endpoint.clone(),
-        nonce,
-    )
-    .with_tls(Some(session.config.tls.clone()));
     tracing::info!(listings = ?chosen, purpose = %args.purpose, "ordering");
     let order = buyer
         .order(&args.query, &chosen, purpose, session.config.epsilon_micro)

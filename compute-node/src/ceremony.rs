@@ -291,13 +291,13 @@ pub fn complaints_over(
     field: &str,
 ) -> Result<Vec<Vec<u8>>, CeremonyError> {
     let body: DkgComplaints = decode_body(statement, field)?;
-    if digest_field(&body.broadcasts_digest, field)? != *broadcasts_digest {
-        return Err(CeremonyError::Diverged {
-            field: field.to_string(),
-            member: statement.member.get(),
-            what: "checked other broadcasts",
-        });
-    }
+    require_same_view(
+        statement,
+        &body.broadcasts_digest,
+        broadcasts_digest,
+        field,
+        "checked other broadcasts",
+    )?;
     Ok(body.complaints)
 }
 
@@ -308,14 +308,32 @@ pub fn justifications_over(
     field: &str,
 ) -> Result<Vec<Vec<u8>>, CeremonyError> {
     let body: DkgJustifications = decode_body(statement, field)?;
-    if digest_field(&body.complaints_digest, field)? != *complaints_digest {
+    require_same_view(
+        statement,
+        &body.complaints_digest,
+        complaints_digest,
+        field,
+        "answered other complaints",
+    )?;
+    Ok(body.justifications)
+}
+
+/// Refuses a statement whose named digest of the round before is not this member's.
+fn require_same_view(
+    statement: &Statement,
+    named: &[u8],
+    own: &Hash32,
+    field: &str,
+    what: &'static str,
+) -> Result<(), CeremonyError> {
+    if digest_field(named, field)? != *own {
         return Err(CeremonyError::Diverged {
             field: field.to_string(),
             member: statement.member.get(),
-            what: "answered other complaints",
+            what,
         });
     }
-    Ok(body.justifications)
+    Ok(())
 }
 
 /// The confirmation body a member signs: the transcript digest and the committee it derived.

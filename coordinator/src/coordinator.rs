@@ -40,7 +40,7 @@ use market::server::{
 };
 use market::{
     AccountId, Action, Hash32, ListingContribution, ListingId, OrderId, Purpose, QueryReceipt,
-    ReceiptCosignature, ReceiptId, TxBody, TxId,
+    ReceiptCosignature, ReceiptId, SignedTx, TxBody, TxId,
 };
 use rand::RngCore;
 use tonic::transport::Channel;
@@ -702,28 +702,9 @@ impl Coordinator {
         cosignatures: Vec<ReceiptCosignature>,
     ) -> Result<TxId, Status> {
         let _guard = self.submit_lock.lock().await;
-        let me = self.account();
-        let (chain_id, nonce) = read_ledger(&self.ledger, move |ledger| {
-            Ok((
-                ledger.chain_id(),
-                ledger
-                    .state()
-                    .account(&me)
-                    .map_or(0, |account| account.next_nonce),
-            ))
-        })
-        .await?;
-        let sign = |nonce: u64, action: Action| {
-            TxBody {
-                chain_id,
-                signer: me,
-                nonce,
-                action,
-            }
-            .sign(&self.account)
-            .map_err(|error| Status::internal(format!("signing: {error}")))
-        };
-        let recorded = sign(
+        let (chain_id, nonce) = self.own_next_nonce().await?;
+        let recorded = self.sign_own(
+            chain_id,
             nonce,
             Action::RecordCosignedReceipt {
                 receipt,
@@ -731,7 +712,8 @@ impl Coordinator {
             },
         )?;
         let receipt_id = recorded.id();
-        let settled = sign(
+        let settled = self.sign_own(
+            chain_id,
             nonce + 1,
             Action::Settle {
                 order,
@@ -771,8 +753,16 @@ impl Coordinator {
     /// Signs `action` with the coordinator's account at its next nonce and appends it.
     pub async fn submit_own(&self, action: Action) -> Result<Submitted, Status> {
         let _guard = self.submit_lock.lock().await;
+        let (chain_id, nonce) = self.own_next_nonce().await?;
+        let envelope = self.sign_own(chain_id, nonce, action)?;
+        submit(&self.ledger, envelope.bytes).await
+    }
+
+    /// The chain id and the coordinator account's next nonce. The caller holds `submit_lock`
+    /// until what it signs is appended.
+    async fn own_next_nonce(&self) -> Result<(Hash32, u64), Status> {
         let me = self.account();
-        let (chain_id, nonce) = read_ledger(&self.ledger, move |ledger| {
+        read_ledger(&self.ledger, move |ledger| {
             Ok((
                 ledger.chain_id(),
                 ledger
@@ -781,16 +771,19 @@ impl Coordinator {
                     .map_or(0, |account| account.next_nonce),
             ))
         })
-        .await?;
-        let envelope = TxBody {
+        .await
+    }
+
+    /// `action` signed with the coordinator's account at `nonce`.
+    fn sign_own(&self, chain_id: Hash32, nonce: u64, action: Action) -> Result<SignedTx, Status> {
+        TxBody {
             chain_id,
-            signer: me,
+            signer: self.account(),
             nonce,
             action,
         }
         .sign(&self.account)
-        .map_err(|error| Status::internal(format!("signing: {error}")))?;
-        submit(&self.ledger, envelope.bytes).await
+        .map_err(|error| Status::internal(format!("signing: {error}")))
     }
 
     /// Runs the joint-Feldman key ceremony across `members` (index, endpoint) with threshold

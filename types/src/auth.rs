@@ -77,9 +77,7 @@ pub fn normal_audience(endpoint: &str) -> &str {
 /// Wraps `message` in a request for `method` (e.g. `/cohortex.v1.Ledger/GetBlock`), signed by
 /// `key` with a fresh nonce.
 pub fn signed_request<T: Message>(key: &SigningKey, method: &str, message: T) -> Request<T> {
-    let mut nonce = [0u8; 16];
-    rand::rngs::OsRng.fill_bytes(&mut nonce);
-    signed_request_with(key, method, message, unix_now(), nonce)
+    signed_request_with(key, method, message, unix_now(), fresh_nonce())
 }
 
 /// [`signed_request`] with the timestamp and nonce given (tests replay and skew with it).
@@ -91,17 +89,15 @@ pub fn signed_request_with<T: Message>(
     nonce: [u8; 16],
 ) -> Request<T> {
     let body = message.encode_to_vec();
-    let mut request = Request::new(message);
-    sign_metadata(
-        request.metadata_mut(),
+    signed(
         key,
+        None,
         method,
         &body,
+        Request::new(message),
         timestamp,
         nonce,
-        None,
-    );
-    request
+    )
 }
 
 /// [`signed_request`] for the server at `audience` (its endpoint) only.
@@ -111,20 +107,17 @@ pub fn signed_request_to<T: Message>(
     method: &str,
     message: T,
 ) -> Request<T> {
-    let mut nonce = [0u8; 16];
-    rand::rngs::OsRng.fill_bytes(&mut nonce);
     let body = message.encode_to_vec();
-    let mut request = Request::new(message);
-    sign_metadata(
-        request.metadata_mut(),
+    let audience = Some(normal_audience(audience));
+    signed(
         key,
+        audience,
         method,
         &body,
+        Request::new(message),
         unix_now(),
-        nonce,
-        Some(normal_audience(audience)),
-    );
-    request
+        fresh_nonce(),
+    )
 }
 
 /// [`signed_stream_request`] for the server at `audience` (its endpoint) only.
@@ -134,19 +127,16 @@ pub fn signed_stream_request_to<S>(
     method: &str,
     stream: S,
 ) -> Request<S> {
-    let mut nonce = [0u8; 16];
-    rand::rngs::OsRng.fill_bytes(&mut nonce);
-    let mut request = Request::new(stream);
-    sign_metadata(
-        request.metadata_mut(),
+    let audience = Some(normal_audience(audience));
+    signed(
         key,
+        audience,
         method,
         &[],
+        Request::new(stream),
         unix_now(),
-        nonce,
-        Some(normal_audience(audience)),
-    );
-    request
+        fresh_nonce(),
+    )
 }
 
 /// Wraps a client stream in a request for `method`, signed by `key` over an empty body: the
@@ -154,17 +144,42 @@ pub fn signed_stream_request_to<S>(
 /// while what is streamed must authenticate itself (an evaluation key is named by its
 /// fingerprint wherever it is used).
 pub fn signed_stream_request<S>(key: &SigningKey, method: &str, stream: S) -> Request<S> {
+    signed(
+        key,
+        None,
+        method,
+        &[],
+        Request::new(stream),
+        unix_now(),
+        fresh_nonce(),
+    )
+}
+
+fn fresh_nonce() -> [u8; 16] {
     let mut nonce = [0u8; 16];
     rand::rngs::OsRng.fill_bytes(&mut nonce);
-    let mut request = Request::new(stream);
+    nonce
+}
+
+/// `request` with the signature metadata over `body` (its encoded message, or nothing for a
+/// stream) added.
+fn signed<T>(
+    key: &SigningKey,
+    audience: Option<&str>,
+    method: &str,
+    body: &[u8],
+    mut request: Request<T>,
+    timestamp: u64,
+    nonce: [u8; 16],
+) -> Request<T> {
     sign_metadata(
         request.metadata_mut(),
         key,
         method,
-        &[],
-        unix_now(),
+        body,
+        timestamp,
         nonce,
-        None,
+        audience,
     );
     request
 }

@@ -161,6 +161,8 @@ struct OrderFacts {
     epsilon_micro: u64,
     min_cohort: u64,
     listings: Vec<String>,
+    /// Whether a release of the order is committed on the ledger.
+    release_committed: bool,
 }
 
 /// One node: its vault, its pinned configuration, its ledger replica and its protocol state;
@@ -385,7 +387,7 @@ impl NodeService {
         let channel = self.market_channel().await?;
         let order_key = order_key(order)?;
         let now = unix_now();
-        let (found, ledger_listings, time, height, registered) = self
+        let (found, ledger_listings, time, height, registered, release_committed) = self
             .follower
             .sync_and_read(channel.clone(), |machine| {
                 let state = machine.state();
@@ -407,6 +409,7 @@ impl NodeService {
                     now.max(machine.last_time()),
                     machine.height(),
                     registered,
+                    state.release(&order_key).is_some(),
                 )
             })
             .await
@@ -503,6 +506,7 @@ impl NodeService {
             epsilon_micro,
             min_cohort,
             listings: names,
+            release_committed,
         })
     }
 }

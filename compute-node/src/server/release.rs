@@ -138,7 +138,15 @@ impl NodeService {
             committee.clone()
         };
         let facts = self.order_facts(&order, &message.sql).await?;
-        self.refuse_noise_after_commitment(&order).await?;
+        // A member that added noise answered from memory above; one that has none for a
+        // committed release (it restarted, say) must not draw fresh noise: the operator could
+        // open the same sum twice with different noise and average the two.
+        if facts.release_committed {
+            return Err(Status::failed_precondition(
+                "order_id: the order's release is committed on the ledger and this member holds \
+                 no noise for it; it draws no fresh noise for a committed release",
+            ));
+        }
         let mut seen = BTreeSet::new();
         let mut contributions = Vec::with_capacity(message.contributions.len());
         let mut summed_hashes = Vec::with_capacity(message.contributions.len());
@@ -514,29 +522,6 @@ impl NodeService {
     /// release commitment, the request sums exactly the committed noise shares, and this
     /// member is in the committed quorum: one order, one release. In phase VALUES the
     /// recipient must be the result key the buyer signed into the order.
-    /// Refuses to draw noise for an order whose release is already committed on the ledger.
-    /// A member that added noise answers again from memory before this; one that has no noise
-    /// for a committed release (it restarted, say) must not draw fresh noise: the operator
-    /// could open the same sum twice with different noise and average the two.
-    async fn refuse_noise_after_commitment(&self, order: &[u8]) -> Result<(), Status> {
-        let order_key = order_key(order)?;
-        let channel = self.market_channel().await?;
-        let committed = self
-            .follower
-            .sync_and_read(channel, |machine| {
-                machine.state().release(&order_key).is_some()
-            })
-            .await
-            .map_err(follow_status)?;
-        if committed {
-            return Err(Status::failed_precondition(
-                "order_id: the order's release is committed on the ledger and this member holds \
-                 no noise for it; it draws no fresh noise for a committed release",
-            ));
-        }
-        Ok(())
-    }
-
     async fn check_committed_release(
         &self,
         order: &[u8],

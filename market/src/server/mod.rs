@@ -216,24 +216,37 @@ where
 }
 
 fn append_one(ledger: &SharedLedger, envelope: Vec<u8>) -> Result<Submitted, Status> {
-    let tx_id = txid_of(&envelope);
+    append_all(ledger, vec![envelope])?
+        .pop()
+        .ok_or_else(|| Status::internal("an accepted transaction made no block"))
+}
+
+/// Appends `envelopes` in one block; the first refusal is the error (the ones accepted before
+/// it stand).
+fn append_all(ledger: &SharedLedger, envelopes: Vec<Vec<u8>>) -> Result<Vec<Submitted>, Status> {
+    let tx_ids: Vec<TxId> = envelopes.iter().map(|envelope| txid_of(envelope)).collect();
     let mut ledger = lock(ledger)?;
     let outcome = ledger
-        .append(vec![envelope])
+        .append(envelopes)
         .map_err(|error| ledger_error_status(&error))?;
     if let Some(refusal) = outcome.refused.first() {
         return Err(tx_error_status(&refusal.error));
     }
     let head = outcome
         .head
-        .ok_or_else(|| Status::internal("an accepted transaction made no block"))?;
-    debug_assert_eq!(head.header.tx_count, 1, "one transaction per block");
-    Ok(Submitted {
-        tx_id,
-        height: head.header.height,
-        // The block holds this transaction alone, so it is the log's last leaf.
-        leaf_index: head.header.tree_size.saturating_sub(1),
-    })
+        .ok_or_else(|| Status::internal("accepted transactions made no block"))?;
+    debug_assert_eq!(head.header.tx_count as usize, tx_ids.len());
+    // The block holds these transactions alone, so they are the log's last leaves.
+    let first_leaf = head.header.tree_size.saturating_sub(tx_ids.len() as u64);
+    Ok(tx_ids
+        .into_iter()
+        .enumerate()
+        .map(|(position, tx_id)| Submitted {
+            tx_id,
+            height: head.header.height,
+            leaf_index: first_leaf + position as u64,
+        })
+        .collect())
 }
 
 /// Appends `envelopes` together, in one block (one SQLite transaction), so that no crash can
@@ -244,30 +257,7 @@ pub async fn submit_together(
     envelopes: Vec<Vec<u8>>,
 ) -> Result<Vec<Submitted>, Status> {
     let ledger = Arc::clone(ledger);
-    run_blocking(move || {
-        let tx_ids: Vec<TxId> = envelopes.iter().map(|envelope| txid_of(envelope)).collect();
-        let mut ledger = lock(&ledger)?;
-        let outcome = ledger
-            .append(envelopes)
-            .map_err(|error| ledger_error_status(&error))?;
-        if let Some(refusal) = outcome.refused.first() {
-            return Err(tx_error_status(&refusal.error));
-        }
-        let head = outcome
-            .head
-            .ok_or_else(|| Status::internal("accepted transactions made no block"))?;
-        let first_leaf = head.header.tree_size.saturating_sub(tx_ids.len() as u64);
-        Ok(tx_ids
-            .into_iter()
-            .enumerate()
-            .map(|(position, tx_id)| Submitted {
-                tx_id,
-                height: head.header.height,
-                leaf_index: first_leaf + position as u64,
-            })
-            .collect())
-    })
-    .await
+    run_blocking(move || append_all(&ledger, envelopes)).await
 }
 
 /// Runs `read` on the ledger on a blocking thread (it waits for the mutex, which an append

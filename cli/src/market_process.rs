@@ -153,6 +153,14 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
             settled.len()
         );
     }
+    // Orders completed and paid for before the restart: their buyers can read them again.
+    let resumed = coordinator
+        .resume_completed_orders()
+        .await
+        .map_err(|status| anyhow!("resuming completed orders: {}", status.message()))?;
+    if resumed > 0 {
+        println!("serving the results of {resumed} completed order(s) again");
+    }
     if coordinator.committee().ok().flatten().is_some() {
         tracing::info!(path = %state_file.display(), "resumed the key committee and listings");
     }

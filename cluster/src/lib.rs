@@ -348,9 +348,15 @@ impl Cluster {
         };
         let market_tls = identity("market")?;
         let client_tls = identity("client")?;
+        // The market keeps its state (listings, committee, completed orders) on disk, as the
+        // deployed market does, so that a test can start another on the same ledger.
         let coordinator = Arc::new(
-            Coordinator::new(Arc::clone(&ledger), coordinator_key.clone())
-                .with_tls(Some(market_tls.clone())),
+            Coordinator::with_state_file(
+                Arc::clone(&ledger),
+                coordinator_key.clone(),
+                dir.join("coordinator.json"),
+            )?
+            .with_tls(Some(market_tls.clone())),
         );
         let market_listener = TcpListener::bind("127.0.0.1:0")
             .await

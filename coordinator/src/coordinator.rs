@@ -107,7 +107,7 @@ pub struct OrderRecord {
 
 /// What makes two orders the same query: the buyer, the SQL's hash, the listings, the
 /// purpose, ε and the key the result is encrypted to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ReleaseIdentity {
     /// The buyer.
     pub buyer: AccountId,
@@ -140,6 +140,9 @@ pub struct Coordinator {
     withheld_noise: Mutex<BTreeSet<u16>>,
     /// Test hook: phase VALUES re-encrypts to this key instead of the order's.
     values_redirected_to: Mutex<Option<PublicKey>>,
+    /// Test hook: receipts are recorded without their settlement (see
+    /// [`Coordinator::leave_orders_computed`]).
+    leave_computed: std::sync::atomic::AtomicBool,
     /// How long a node may take to contribute or key-switch.
     pub node_timeout: Duration,
     /// Where the listings' endpoints and manifests and the committee are kept across
@@ -227,6 +230,7 @@ impl Coordinator {
             orders: Mutex::new(BTreeMap::new()),
             withheld_noise: Mutex::new(BTreeSet::new()),
             values_redirected_to: Mutex::new(None),
+            leave_computed: std::sync::atomic::AtomicBool::new(false),
             node_timeout: Duration::from_secs(120),
             state_file: None,
             save_lock: Arc::new(tokio::sync::Mutex::new(())),
@@ -395,6 +399,89 @@ impl Coordinator {
             tracing::info!(order = %hex::encode(order.0 .0.as_bytes()), "refunded an order left open by an earlier run");
         }
         Ok(open)
+    }
+
+    /// Serves again the completed orders an earlier run kept on disk whose receipts the
+    /// ledger holds, and deletes the records of those it does not (refunded: their buyers did
+    /// not pay). Call it after [`Coordinator::refund_orders_left_open`]. Returns how many
+    /// orders are served again.
+    pub async fn resume_completed_orders(&self) -> Result<usize, Status> {
+        let Some(directory) = self
+            .state_file
+            .as_deref()
+            .map(crate::kept_orders::directory)
+        else {
+            return Ok(0);
+        };
+        let kept = {
+            let directory = directory.clone();
+            tokio::task::spawn_blocking(move || crate::kept_orders::read_all(&directory))
+                .await
+                .map_err(|error| Status::internal(format!("the order reader failed: {error}")))?
+                .map_err(|error| Status::internal(format!("kept orders: {error:#}")))?
+        };
+        let receipts: Vec<Option<ReceiptId>> = {
+            let orders: Vec<TxId> = kept.iter().map(|(order, _)| *order).collect();
+            read_ledger(&self.ledger, move |ledger| {
+                Ok(orders
+                    .iter()
+                    .map(|order| {
+                        ledger.state().order(&OrderId(*order)).and_then(|found| {
+                            match found.status {
+                                market::state::OrderStatus::Computed { receipt }
+                                | market::state::OrderStatus::Settled { receipt } => Some(receipt),
+                                _ => None,
+                            }
+                        })
+                    })
+                    .collect())
+            })
+            .await?
+        };
+        let mut resumed = 0;
+        for ((order, mut record), receipt) in kept.into_iter().zip(receipts) {
+            match receipt {
+                Some(receipt) => {
+                    record.receipt = Some(receipt.0);
+                    self.orders
+                        .lock()
+                        .map_err(|_| poisoned())?
+                        .insert(order, record);
+                    resumed += 1;
+                }
+                None => crate::kept_orders::forget(&directory, &order).map_err(|error| {
+                    Status::internal(format!("deleting a refunded order's record: {error}"))
+                })?,
+            }
+        }
+        Ok(resumed)
+    }
+
+    /// Writes `record`, completed but with its receipt not yet recorded, beside the state
+    /// file (if there is one), synced, so that it survives a restart once the receipt lands.
+    async fn keep_completed(&self, order: TxId, record: OrderRecord) -> Result<(), Status> {
+        let Some(directory) = self
+            .state_file
+            .as_deref()
+            .map(crate::kept_orders::directory)
+        else {
+            return Ok(());
+        };
+        tokio::task::spawn_blocking(move || crate::kept_orders::keep(&directory, order, &record))
+            .await
+            .map_err(|error| Status::internal(format!("the order writer failed: {error}")))?
+            .map_err(|error| {
+                tracing::error!(%error, "keeping a completed order");
+                Status::internal("the market could not keep the order's result on disk")
+            })
+    }
+
+    /// Records every later receipt without its settlement, as a market that stopped between
+    /// the two left its ledger before they went into one block. For restart tests:
+    /// [`Coordinator::settle_orders_left_computed`] settles them.
+    pub fn leave_orders_computed(&self) {
+        self.leave_computed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Leaves these members' noise shares out of every later release, as a coordinator
@@ -684,6 +771,28 @@ impl Coordinator {
         Ok(self.orders.lock().map_err(|_| poisoned())?.get(id).cloned())
     }
 
+    /// The order's record as `update` completes it, without storing it: it is shown to the
+    /// buyer only once its receipt is on the ledger ([`Coordinator::complete_order`]).
+    fn completed_record(
+        &self,
+        id: TxId,
+        update: impl FnOnce(&mut OrderRecord),
+    ) -> Result<OrderRecord, Status> {
+        let mut record = self
+            .order(&id)?
+            .ok_or_else(|| Status::internal("the order's record is gone"))?;
+        update(&mut record);
+        Ok(record)
+    }
+
+    /// Shows `record` to the buyer, with its receipt.
+    fn complete_order(&self, id: TxId, record: OrderRecord, receipt: TxId) -> Result<(), Status> {
+        self.update_order(id, |current| {
+            *current = record;
+            current.receipt = Some(receipt);
+        })
+    }
+
     fn update_order(&self, id: TxId, update: impl FnOnce(&mut OrderRecord)) -> Result<(), Status> {
         let mut orders = self.orders.lock().map_err(|_| poisoned())?;
         if let Some(record) = orders.get_mut(&id) {
@@ -712,6 +821,13 @@ impl Coordinator {
             },
         )?;
         let receipt_id = recorded.id();
+        if self
+            .leave_computed
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            submit(&self.ledger, recorded.bytes).await?;
+            return Ok(receipt_id);
+        }
         let settled = self.sign_own(
             chain_id,
             nonce + 1,
@@ -1384,15 +1500,9 @@ impl Coordinator {
         //     themselves, and against their own ledger replicas, and co-sign it: the ledger
         //     records no receipt on the coordinator's word alone.
         let cosignatures = self.cosign_round(&committee, &receipt).await?;
-        // The receipt and the settlement go into one block: no crash can leave a computed
-        // order unpaid (and `settle_orders_left_computed` settles any a ledger still holds).
-        let receipt_id = self
-            .record_receipt_and_settle(OrderId(order), receipt, cosignatures)
-            .await
-            .map_err(OrderError::refused("receipt and settlement"))?;
         let used: Vec<u32> = used.iter().map(|member| u32::from(member.get())).collect();
         let hidden = suppressed.iter().filter(|&&hidden| hidden).count();
-        self.update_order(order, |record| {
+        let completed = self.completed_record(order, |record| {
             record.state = OrderState::Completed;
             record.message = format!(
                 "computed by {} listing(s); noise added by members {:?} (ε = {}); key-switched by members {:?}; {hidden} of {} cell(s) suppressed below the minimum cohort of {min_cohort}; receipt recorded and escrow settled",
@@ -1403,14 +1513,22 @@ impl Coordinator {
                 suppressed.len(),
             );
             record.result = result;
-            record.receipt = Some(receipt_id);
             record.committee_used = used.clone();
             record.epsilon_micro = epsilon_micro;
             record.noise_members = noise_members.clone();
             record.suppressed = suppressed.clone();
             record.completed_at = Some(market::server::auth::unix_now());
-        })
-        ?;
+        })?;
+        // Kept on disk before the receipt goes out: once the buyer pays, the result survives
+        // a restart.
+        self.keep_completed(order, completed.clone()).await?;
+        // The receipt and the settlement go into one block: no crash can leave a computed
+        // order unpaid (and `settle_orders_left_computed` settles any a ledger still holds).
+        let receipt_id = self
+            .record_receipt_and_settle(OrderId(order), receipt, cosignatures)
+            .await
+            .map_err(OrderError::refused("receipt and settlement"))?;
+        self.complete_order(order, completed, receipt_id)?;
         Ok(())
     }
 }

@@ -335,6 +335,17 @@ impl Coordinator {
             result_hash: tagged_hash("cohortex/market/result/v1", &[&counts]),
             listings: parts,
         };
+        let sites = site_counts.len();
+        let completed = self.completed_record(order, |record| {
+            record.state = OrderState::Completed;
+            record.message = format!(
+                "{sites} listing(s) released a noisy count under the recruiter's key (ε = {}); receipt recorded and escrow settled",
+                epsilon_micro as f64 / 1e6
+            );
+            record.site_counts = site_counts;
+            record.completed_at = Some(market::server::auth::unix_now());
+        })?;
+        self.keep_completed(order, completed.clone()).await?;
         let recorded = self
             .submit_own(Action::RecordFeasibility(receipt))
             .await
@@ -345,17 +356,7 @@ impl Coordinator {
         })
         .await
         .map_err(OrderError::refused("settlement"))?;
-        let sites = site_counts.len();
-        self.update_order(order, |record| {
-            record.state = OrderState::Completed;
-            record.message = format!(
-                "{sites} listing(s) released a noisy count under the recruiter's key (ε = {}); receipt recorded and escrow settled",
-                epsilon_micro as f64 / 1e6
-            );
-            record.site_counts = site_counts;
-            record.receipt = Some(recorded.tx_id);
-            record.completed_at = Some(market::server::auth::unix_now());
-        })?;
+        self.complete_order(order, completed, recorded.tx_id)?;
         Ok(())
     }
 }

@@ -14,6 +14,7 @@ pub mod coordinator;
 pub mod error;
 #[cfg(feature = "tfhe")]
 pub mod evaluation_keys;
+mod kept_orders;
 pub mod market_service;
 #[cfg(feature = "tfhe")]
 pub mod recruiter;

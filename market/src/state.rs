@@ -118,6 +118,15 @@ impl Consent {
         self.revoked_at.is_none() && self.expires_at.is_none_or(|expiry| time < expiry)
     }
 
+    /// Whether the consent held at some block time in `[from, until]`.
+    pub fn held_during(&self, from: u64, until: u64) -> bool {
+        let ended_at = match (self.revoked_at, self.expires_at) {
+            (Some(revoked), Some(expiry)) => Some(revoked.min(expiry)),
+            (revoked, expiry) => revoked.or(expiry),
+        };
+        self.granted_at <= until && ended_at.is_none_or(|end| from < end)
+    }
+
     /// Whether a query debiting `epsilon_micro` may use the records under this consent, given
     /// `spent_micro` already spent on them in the listing.
     pub fn affords(&self, spent_micro: u64, epsilon_micro: u64) -> bool {
@@ -833,7 +842,7 @@ impl State {
             )?,
             Action::Settle { order, receipt } => self.settle(signer, *order, *receipt)?,
             Action::Refund { order } => self.refund(signer, *order, ctx)?,
-            Action::CancelOrder { order } => self.cancel_order(signer, *order)?,
+            Action::CancelOrder { order } => self.cancel_order(signer, *order, ctx)?,
             Action::CommitRelease {
                 order,
                 noise_members,
@@ -1610,11 +1619,16 @@ impl State {
                 signer,
             });
         }
-        self.return_escrow(order_id)
+        self.return_escrow(order_id, ctx.time)
     }
 
     /// Cancels an open order whose release is not committed, at its buyer's request.
-    fn cancel_order(&mut self, signer: AccountId, order_id: OrderId) -> Result<(), TxError> {
+    fn cancel_order(
+        &mut self,
+        signer: AccountId,
+        order_id: OrderId,
+        ctx: &BlockContext,
+    ) -> Result<(), TxError> {
         let order = self.open_order(order_id)?;
         if signer != order.buyer {
             return Err(TxError::NotOrderParty {
@@ -1633,12 +1647,13 @@ impl State {
                 reason: "a feasibility search's counts may already be out",
             });
         }
-        self.return_escrow(order_id)
+        self.return_escrow(order_id, ctx.time)
     }
 
-    /// Ends an open order without a receipt: the escrow goes back to the buyer and the ε
-    /// reserved on each listing is freed, or spent if a release was committed.
-    fn return_escrow(&mut self, order_id: OrderId) -> Result<(), TxError> {
+    /// Ends an open order without a receipt, at block time `ctx_time`: the escrow goes back to
+    /// the buyer and the ε reserved on each listing is freed, or spent if a release was
+    /// committed.
+    fn return_escrow(&mut self, order_id: OrderId, ctx_time: u64) -> Result<(), TxError> {
         let order = self
             .orders
             .get(&order_id)
@@ -1646,7 +1661,9 @@ impl State {
         let buyer = order.buyer;
         let escrow = order.escrow;
         let requested = order.epsilon_requested_micro;
-        let feasibility = order.purpose == Purpose::TrialFeasibility;
+        let purpose = order.purpose;
+        let placed_at = order.placed_at;
+        let feasibility = purpose == Purpose::TrialFeasibility;
         let listing_ids: Vec<ListingId> =
             order.listings.iter().map(|l| l.listing.clone()).collect();
         let new_balance = self
@@ -1664,15 +1681,28 @@ impl State {
         // Once a release was committed, its noisy counts may have been opened: the ε it
         // reserved is spent, not returned, even though the credits are. A feasibility search
         // commits no release, and its nodes may have answered: its ε is spent too.
-        let released = self.releases.contains_key(&order_id) || feasibility;
+        //
+        // The same holds for the people in it, but without a receipt the ledger does not know
+        // who was: every person whose consent for the order's purpose held at some time
+        // between the order and the commitment (for a search, the refund) is debited, as a
+        // receipt would debit its participants. The cohort is among them, so no one in it goes
+        // uncharged; the others pay for the failure with ε they did not spend.
+        let released_until = match self.releases.get(&order_id) {
+            Some(release) => Some(release.committed_at),
+            None if feasibility => Some(ctx_time),
+            None => None,
+        };
         for id in listing_ids {
             if let Some(listing) = self.listings.get_mut(&id) {
                 listing.epsilon_reserved_micro =
                     listing.epsilon_reserved_micro.saturating_sub(requested);
-                if released {
+                if released_until.is_some() {
                     listing.epsilon_spent_micro =
                         listing.epsilon_spent_micro.saturating_add(requested);
                 }
+            }
+            if let Some(until) = released_until {
+                self.debit_consents_held_between(&id, purpose, placed_at, until, requested);
             }
             self.changed.insert(StateKey::Listing(id));
         }
@@ -1681,6 +1711,38 @@ impl State {
         }
         self.changed.insert(StateKey::Order(order_id));
         Ok(())
+    }
+
+    /// Debits `epsilon_micro` from the personal budget, in `listing`, of every person whose
+    /// consent to `purpose` there held at some block time in `[from, until]`.
+    fn debit_consents_held_between(
+        &mut self,
+        listing: &ListingId,
+        purpose: Purpose,
+        from: u64,
+        until: u64,
+        epsilon_micro: u64,
+    ) {
+        if epsilon_micro == 0 {
+            return;
+        }
+        let held: Vec<AccountId> = self
+            .consents
+            .iter()
+            .filter(|((_, consented_listing, consented_purpose), consent)| {
+                consented_listing == listing
+                    && *consented_purpose == purpose
+                    && consent.held_during(from, until)
+            })
+            .map(|((patient, _, _), _)| *patient)
+            .collect();
+        for patient in held {
+            let key = (patient, listing.clone());
+            let spent = self.personal_spent.entry(key).or_insert(0);
+            *spent = spent.saturating_add(epsilon_micro);
+            self.changed
+                .insert(StateKey::PersonalSpent(patient, listing.clone()));
+        }
     }
 
     /// The order `order_id`, which must exist and be open.

@@ -289,3 +289,129 @@ fn personal_limit_bounds_the_person_across_listings() {
         },
     );
 }
+
+/// Commits a release of `order` with members 1 and 2 as noise set and quorum.
+fn commit_release(scene: &mut Scene, order: OrderId) {
+    let commit = Action::CommitRelease {
+        order,
+        noise_members: vec![1, 2],
+        quorum: vec![1, 2],
+    };
+    scene
+        .f
+        .submit(&mut scene.committee, commit)
+        .expect("commit the release");
+}
+
+#[test]
+fn refund_after_commit_debits_personal_budgets() {
+    let mut scene = Scene::new();
+    let ids = scene.patient_ids();
+    // The third patient revokes before the order: they cannot be in its cohort.
+    scene.f.advance(1);
+    let revoke = Action::RevokeConsent {
+        listing: scene.listing.clone(),
+        purpose: Purpose::AcademicResearch,
+    };
+    scene
+        .f
+        .submit(&mut scene.patients[2], revoke)
+        .expect("revoke");
+    scene.f.advance(1);
+    let order = scene.order();
+    scene.f.advance(1);
+    commit_release(&mut scene, order);
+    // A patient who consents only after the commitment cannot be in the cohort either.
+    scene.f.advance(1);
+    let mut late = scene.f.register(market::Role::Patient);
+    let grant = grant_action(&late, &scene.listing, PayoutChoice::ToPatient);
+    scene.f.submit(&mut late, grant).expect("late grant");
+
+    // The committee declares the computation failed after the release was committed: the
+    // noisy values may be out, so the people who could be in them pay as a receipt's would.
+    scene
+        .f
+        .submit(&mut scene.committee, Action::Refund { order })
+        .expect("refund after the commitment");
+    let state = scene.f.ledger.state();
+    let spent = |patient: &market::AccountId| state.personal_spent_micro(patient, &scene.listing);
+    assert_eq!(spent(&ids[0]), DEBIT);
+    assert_eq!(spent(&ids[1]), DEBIT);
+    assert_eq!(spent(&ids[2]), 0, "revoked before the order");
+    assert_eq!(spent(&late.id), 0, "consented after the commitment");
+    assert_eq!(state.person_spent_micro(&ids[0]), DEBIT);
+    assert_eq!(
+        state.balance(&scene.buyer.id),
+        5000,
+        "the credits come back"
+    );
+
+    // The debit holds against personal limits like a receipt's: a limit below it is refused.
+    let mut too_low = grant_action(&scene.patients[0], &scene.listing, PayoutChoice::ToPatient);
+    if let Action::GrantConsent {
+        epsilon_limit_micro,
+        ..
+    } = &mut too_low
+    {
+        *epsilon_limit_micro = Some(DEBIT - 1);
+    }
+    scene.f.refuse(
+        &scene.patients[0],
+        too_low,
+        TxError::PersonalLimitBelowSpent {
+            patient: ids[0],
+            listing: scene.listing.clone(),
+            limit_micro: DEBIT - 1,
+            spent_micro: DEBIT,
+        },
+    );
+}
+
+#[test]
+fn refund_before_any_commitment_debits_no_personal_budget() {
+    let mut scene = Scene::new();
+    let ids = scene.patient_ids();
+    let order = scene.order();
+    scene
+        .f
+        .submit(&mut scene.committee, Action::Refund { order })
+        .expect("refund of an order never released");
+    let state = scene.f.ledger.state();
+    for id in &ids {
+        assert_eq!(state.personal_spent_micro(id, &scene.listing), 0);
+    }
+}
+
+#[test]
+fn failed_feasibility_search_debits_the_people_it_could_have_counted() {
+    let mut scene = Scene::new();
+    let ids = scene.patient_ids();
+    // Only the first patient consents to feasibility counts.
+    let mut feasibility = grant_action(&scene.patients[0], &scene.listing, PayoutChoice::ToPatient);
+    if let Action::GrantConsent { purpose, .. } = &mut feasibility {
+        *purpose = Purpose::TrialFeasibility;
+    }
+    scene
+        .f
+        .submit(&mut scene.patients[0], feasibility)
+        .expect("grant for feasibility");
+    let search = Action::OrderQuery {
+        query_hash: market::Hash32([9; 32]),
+        listings: vec![scene.listing.clone()],
+        purpose: Purpose::TrialFeasibility,
+        epsilon_micro: DEBIT,
+        expires_at: scene.f.now() + 3600,
+    };
+    let order = OrderId(scene.f.submit(&mut scene.buyer, search).expect("search"));
+    scene
+        .f
+        .submit(&mut scene.committee, Action::Refund { order })
+        .expect("refund of a failed search");
+    let state = scene.f.ledger.state();
+    assert_eq!(state.personal_spent_micro(&ids[0], &scene.listing), DEBIT);
+    assert_eq!(
+        state.personal_spent_micro(&ids[1], &scene.listing),
+        0,
+        "no consent to feasibility counts"
+    );
+}

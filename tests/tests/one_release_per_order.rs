@@ -355,6 +355,35 @@ async fn restarted_member_refuses_fresh_noise_for_a_committed_release() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_add_noise_calls_get_one_noise_draw() {
+    let (_dir, cluster, _truth) = start([None, None, None]).await;
+    let (order_id, _order) = order_appended_by_the_operator(&cluster).await;
+    let records = contributions(&cluster, &order_id).await;
+    // Four calls for one order race on member 1: each verifies and draws on its own, and all
+    // must come back with the one share the member keeps.
+    let racing = tokio::join!(
+        add_noise(&cluster, 1, &order_id, &records),
+        add_noise(&cluster, 1, &order_id, &records),
+        add_noise(&cluster, 1, &order_id, &records),
+        add_noise(&cluster, 1, &order_id, &records),
+    );
+    let shares: Vec<NoiseShare> = [racing.0, racing.1, racing.2, racing.3]
+        .into_iter()
+        .map(|share| share.expect("noise share"))
+        .collect();
+    assert!(
+        shares.windows(2).all(|pair| pair[0] == pair[1]),
+        "concurrent calls got different noise draws"
+    );
+    // And the member answers later calls with that same share.
+    assert_eq!(
+        add_noise(&cluster, 1, &order_id, &records).await.unwrap(),
+        shares[0]
+    );
+    cluster.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn values_switch_refused_once_order_not_open() {
     let (_dir, cluster, _truth) = start([None, None, None]).await;
     let (order_id, order) = order_appended_by_the_operator(&cluster).await;

@@ -194,3 +194,80 @@ async fn receipt_and_settlement_share_one_block() {
     drop(ledger);
     books_balance(&cluster);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_settles_computed_orders() {
+    let (_dir, cluster, _truth) = start([None, None, None]).await;
+    // The market records the receipt and then stops before the settlement, as one that
+    // crashed between the two did before they went into one block.
+    cluster.coordinator.leave_orders_computed();
+    let buyer = buyer(&cluster).await;
+    let release = query_sql(&cluster, &buyer, EPSILON).await.unwrap();
+    let order = market::OrderId(release.order);
+    let status = |cluster: &cohortex_cluster::Cluster| {
+        cluster
+            .ledger
+            .lock()
+            .unwrap()
+            .state()
+            .order(&order)
+            .map(|order| order.status)
+    };
+    assert_eq!(
+        status(&cluster),
+        Some(market::state::OrderStatus::Computed {
+            receipt: market::ReceiptId(release.receipt)
+        })
+    );
+    let escrow =
+        |cluster: &cohortex_cluster::Cluster| cluster.ledger.lock().unwrap().state().escrow_held();
+    assert_eq!(
+        escrow(&cluster),
+        3 * u128::from(PRICE),
+        "three listings' prices"
+    );
+    let served = cluster
+        .coordinator
+        .order(&release.order)
+        .unwrap()
+        .expect("the order's record");
+
+    // The market starts again over the same ledger and state file.
+    let restarted = cohortex_coordinator::Coordinator::with_state_file(
+        std::sync::Arc::clone(&cluster.ledger),
+        cluster.operator_key().clone(),
+        cluster.dir.join("coordinator.json"),
+    )
+    .unwrap();
+    assert!(restarted
+        .refund_orders_left_open()
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        restarted.settle_orders_left_computed().await.unwrap(),
+        vec![order],
+        "the computed order is settled"
+    );
+    assert_eq!(
+        status(&cluster),
+        Some(market::state::OrderStatus::Settled {
+            receipt: market::ReceiptId(release.receipt)
+        })
+    );
+    assert_eq!(escrow(&cluster), 0, "the escrow was paid out");
+
+    // The result the buyer paid for survives the restart, with its receipt.
+    assert_eq!(restarted.resume_completed_orders().await.unwrap(), 1);
+    let resumed = restarted
+        .order(&release.order)
+        .unwrap()
+        .expect("the restarted market serves the completed order");
+    assert_eq!(resumed.state, cohortex_proto::v1::OrderState::Completed);
+    assert_eq!(resumed.receipt, Some(release.receipt));
+    assert!(!resumed.result.is_empty());
+    assert_eq!(resumed.result, served.result);
+    assert_eq!(resumed.nodes, served.nodes);
+    assert_eq!(resumed.identity, served.identity);
+    books_balance(&cluster);
+}

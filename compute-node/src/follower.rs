@@ -15,7 +15,8 @@
 //! What the node then reads (the order, its status, expiry and ε, the listings' terms and
 //! `schema_hash`, the consents and personal limits) comes from that verified replica. A
 //! transaction that was never appended cannot appear in it, and a block that breaks a rule
-//! or a signature is refused, and the replica is rebuilt from genesis on the next read.
+//! or a signature is refused; the replica stays at the last block that verified, and the next
+//! read resumes from there.
 //!
 //! What a hostile market can still do is withhold the newest blocks (the node then acts on a
 //! verified but older prefix: a consent revoked in a withheld block would still count, and
@@ -83,7 +84,7 @@ pub enum FollowError {
 /// The node's verified replica of the ledger, brought up to date on every read.
 pub struct LedgerFollower {
     pinned: PinnedLedger,
-    /// `None` until the genesis has been fetched and checked (and again after a bad block).
+    /// `None` until the genesis has been fetched and checked.
     replica: tokio::sync::Mutex<Option<Auditor>>,
 }
 
@@ -161,15 +162,16 @@ impl LedgerFollower {
                 height: next,
                 reason: format!("replay worker failed: {error}"),
             })?;
+            // A block that fails leaves the replica at the last verified block: the next read
+            // resumes from there, not from genesis.
+            *guard = Some(auditor);
             if let Err(failure) = checked {
-                // The replica may be half-applied: start again from genesis next time.
                 tracing::warn!(height = next, %failure, "the market served a block that does not verify");
                 return Err(FollowError::BadBlock {
                     height: next,
                     reason: failure.to_string(),
                 });
             }
-            *guard = Some(auditor);
         }
     }
 

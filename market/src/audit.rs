@@ -200,7 +200,9 @@ impl Auditor {
         &self.machine
     }
 
-    /// Checks the next block (see the module documentation for the checks and their order).
+    /// Checks the next block (see the module documentation for the checks and their order)
+    /// and, if it verifies, applies it. A block that fails leaves the auditor at the last
+    /// verified block, ready for the next one.
     pub fn check_block(&mut self, block: StoredBlock) -> Result<(), Box<AuditFailure>> {
         let height = block.height;
         let at_block = |problem| {
@@ -285,24 +287,29 @@ impl Auditor {
             other => at_block(AuditProblem::Block(other)),
         })?;
         let replayed = &finalized.header;
-        if replayed.tree_size != head.header.tree_size
+        let mismatch = if replayed.tree_size != head.header.tree_size
             || replayed.tree_root != head.header.tree_root
         {
-            return Err(at_block(AuditProblem::MerkleRootMismatch {
+            Some(AuditProblem::MerkleRootMismatch {
                 header_size: head.header.tree_size,
                 header_root: head.header.tree_root,
                 size: replayed.tree_size,
                 root: replayed.tree_root,
-            }));
-        }
-        if replayed.state_hash != head.header.state_hash {
-            return Err(at_block(AuditProblem::StateHashMismatch {
+            })
+        } else if replayed.state_hash != head.header.state_hash {
+            Some(AuditProblem::StateHashMismatch {
                 header: head.header.state_hash,
                 replayed: replayed.state_hash,
-            }));
-        }
-        if *replayed != head.header {
-            return Err(at_block(AuditProblem::HeaderMismatch));
+            })
+        } else if *replayed != head.header {
+            Some(AuditProblem::HeaderMismatch)
+        } else {
+            None
+        };
+        if let Some(problem) = mismatch {
+            // Back to the last verified block: a follower goes on from there.
+            self.machine.abandon(finalized);
+            return Err(at_block(problem));
         }
         self.machine
             .commit(finalized, head.signature)

@@ -372,6 +372,20 @@ impl MerkleLog {
         self.tree.push(txid);
     }
 
+    /// Drops every leaf from position `size` on: the log as it was at that size. Rebuilds the
+    /// tree, linear in `size`; for undoing a block that failed its checks.
+    pub fn truncate(&mut self, size: u64) {
+        if size >= self.size() {
+            return;
+        }
+        let kept = usize::try_from(size).unwrap_or(usize::MAX);
+        let mut tree = MemoryBackedTree::new();
+        for txid in &self.tree.items()[..kept] {
+            tree.push(*txid);
+        }
+        self.tree = tree;
+    }
+
     /// Number of leaves.
     pub fn size(&self) -> u64 {
         self.tree.len()

@@ -336,8 +336,8 @@ impl StateMachine {
     /// whole, naming the first transaction that fails. On success the log holds the new leaves
     /// and the machine waits for [`StateMachine::commit`]; the state is unchanged until then.
     ///
-    /// The log cannot drop leaves again, so if the block is then not committed (storage
-    /// failed) the machine must be rebuilt from storage; `Ledger` does that.
+    /// If the block is then not committed, [`StateMachine::abandon`] takes its leaves out
+    /// again (or the machine is rebuilt from storage, as `Ledger` does when storage fails).
     pub fn finalize_block(&mut self, block: ProposedBlock) -> Result<FinalizedBlock, BlockError> {
         if self.commit_pending {
             return Err(BlockError::CommitPending);
@@ -396,6 +396,15 @@ impl StateMachine {
             changes,
             next_state,
         })
+    }
+
+    /// Undoes [`StateMachine::finalize_block`] for a block that will not be committed (a
+    /// replayed block whose signed header does not match): the machine is back at its last
+    /// committed block.
+    pub fn abandon(&mut self, block: FinalizedBlock) {
+        let size = self.log.size().saturating_sub(block.txs.len() as u64);
+        self.log.truncate(size);
+        self.commit_pending = false;
     }
 
     /// Commit: checks the sequencer's signature over the finalized header and makes the new

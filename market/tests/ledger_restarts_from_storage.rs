@@ -155,3 +155,74 @@ fn block_pages_return_every_envelope_of_the_block_in_order() {
         .expect("read")
         .is_none());
 }
+
+/// Block `height` of `ledger` as a replica fetches it: its signed head and every envelope.
+fn stored_block(ledger: &Ledger, height: u64) -> market::audit::StoredBlock {
+    let head = ledger.head_at(height).unwrap().expect("the block exists");
+    let first_leaf = head.header.tree_size - u64::from(head.header.tx_count);
+    let page = ledger
+        .block_envelopes(height, 0, usize::MAX)
+        .unwrap()
+        .expect("the block exists");
+    market::audit::StoredBlock {
+        height,
+        head: head.to_bytes(),
+        block_hash: head.block_hash().as_bytes().to_vec(),
+        txs: page
+            .envelopes
+            .into_iter()
+            .enumerate()
+            .map(|(position, bytes)| market::audit::StoredTx {
+                position: position as u32,
+                leaf_index: first_leaf + position as u64,
+                txid: market::tx::txid_of(&bytes).0.as_bytes().to_vec(),
+                bytes,
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn replica_stays_at_its_last_verified_block_after_a_forged_one() {
+    use ed25519_dalek::Signer;
+    let mut scene = Scene::new();
+    let order = scene.order();
+    scene.record(order, scene.patient_ids());
+    let ledger = &scene.f.ledger;
+    let last = ledger.head().expect("head").header.height;
+    let mut replica = market::Auditor::new(&ledger.machine().genesis().to_bytes()).unwrap();
+    for height in 1..last {
+        replica.check_block(stored_block(ledger, height)).unwrap();
+    }
+
+    // The operator, holding the ledger key, signs a last block whose header claims another
+    // state: everything checks until the replayed state hash.
+    let honest = stored_block(ledger, last);
+    let mut forged_head = ledger.head_at(last).unwrap().unwrap();
+    forged_head.header.state_hash = market::Hash32([0x42; 32]);
+    forged_head.signature = scene
+        .f
+        .ledger_key
+        .sign(forged_head.header.signing_digest().as_bytes());
+    let forged = market::audit::StoredBlock {
+        head: forged_head.to_bytes(),
+        block_hash: forged_head.block_hash().as_bytes().to_vec(),
+        ..honest.clone()
+    };
+    let failure = replica.check_block(forged).unwrap_err();
+    assert!(
+        matches!(failure.problem, AuditProblem::StateHashMismatch { .. }),
+        "{failure}"
+    );
+    assert_eq!(replica.machine().height(), last - 1);
+    assert_eq!(
+        replica.machine().log().size(),
+        ledger.head_at(last - 1).unwrap().unwrap().header.tree_size,
+        "the forged block's leaves are gone"
+    );
+
+    // The honest block then applies on the replica as it stands, with no replay from genesis.
+    replica.check_block(honest).unwrap();
+    assert_eq!(replica.machine().height(), last);
+    assert_eq!(replica.machine().state().hash(), ledger.state().hash());
+}

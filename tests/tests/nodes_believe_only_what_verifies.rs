@@ -33,6 +33,10 @@ struct Lies {
     transaction: Option<(Vec<u8>, Vec<u8>)>,
     /// Served by ListListings in place of every listing's manifest.
     manifest: Option<String>,
+    /// GetBlockTransactions flips a byte of the first envelope of every page it serves.
+    corrupt_block_transactions: bool,
+    /// How many times GetGenesis was served (a replica starting from genesis).
+    genesis_served: usize,
 }
 
 type SharedLies = Arc<Mutex<Lies>>;
@@ -100,13 +104,21 @@ impl LedgerRpc for LyingLedger {
         &self,
         request: Request<v1::GetGenesisRequest>,
     ) -> Result<Response<v1::GenesisRecord>, Status> {
+        self.lies.lock().unwrap().genesis_served += 1;
         self.honest.get_genesis(request).await
     }
     async fn get_block_transactions(
         &self,
         request: Request<v1::GetBlockTransactionsRequest>,
     ) -> Result<Response<v1::BlockTransactions>, Status> {
-        self.honest.get_block_transactions(request).await
+        let mut page = self.honest.get_block_transactions(request).await?;
+        if self.lies.lock().unwrap().corrupt_block_transactions {
+            if let Some(envelope) = page.get_mut().envelopes.first_mut() {
+                let last = envelope.len() - 1;
+                envelope[last] ^= 1;
+            }
+        }
+        Ok(page)
     }
 }
 
@@ -727,5 +739,57 @@ async fn request_for_one_node_refused_by_another() {
         .expect_err("there is no such order");
     assert_ne!(answered.code(), Code::PermissionDenied, "{answered:?}");
     assert_ne!(answered.code(), Code::Unauthenticated, "{answered:?}");
+    cluster.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follower_resumes_from_its_last_verified_block() {
+    let (_dir, cluster, lies) = start_behind_a_lying_front().await;
+    let listing = listings(&cluster)[0].clone();
+    let node = &cluster.nodes[0];
+    let unknown_order = vec![0x33; 32];
+    let ask = || async {
+        compute_client(&cluster, &node.endpoint)
+            .await
+            .contribute(operator_contribute(&cluster, &unknown_order, &listing))
+            .await
+            .expect_err("no such order")
+    };
+    // Every node's replica is up to date, each started from genesis once.
+    for (node, listing) in cluster.nodes.iter().zip(listings(&cluster)) {
+        let caught_up = compute_client(&cluster, &node.endpoint)
+            .await
+            .contribute(operator_contribute(&cluster, &unknown_order, &listing))
+            .await
+            .expect_err("no such order");
+        assert!(
+            caught_up.message().contains("no such order on the ledger"),
+            "{caught_up:?}"
+        );
+    }
+    let started = lies.lock().unwrap().genesis_served;
+    assert_eq!(started, cluster.nodes.len());
+
+    // The market tampers with every block it serves from now on; a new block is appended.
+    lies.lock().unwrap().corrupt_block_transactions = true;
+    let _buyer = buyer(&cluster).await;
+    let refused = ask().await;
+    assert!(
+        refused.message().contains("does not verify"),
+        "the node acted on a tampered block: {refused:?}"
+    );
+
+    // The market serves honestly again: the node goes on from the last block it verified.
+    lies.lock().unwrap().corrupt_block_transactions = false;
+    let resumed = ask().await;
+    assert!(
+        resumed.message().contains("no such order on the ledger"),
+        "{resumed:?}"
+    );
+    assert_eq!(
+        lies.lock().unwrap().genesis_served,
+        started,
+        "a replica went back to genesis after a bad block"
+    );
     cluster.shutdown();
 }

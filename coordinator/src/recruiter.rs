@@ -301,7 +301,9 @@ pub async fn acceptance_request(
     (trial, listing): (&str, &str),
     contact: &str,
 ) -> anyhow::Result<AcceptInvitationRequest> {
-    let (trials, chain_id) = list_trials(market, tls).await?;
+    // The trials are read anonymously too, or the read just before would name the patient.
+    let anonymous = tls.map(TlsIdentity::without_certificate);
+    let (trials, chain_id) = list_trials(market, anonymous.as_ref()).await?;
     let found = trials
         .iter()
         .find(|found| found.trial == trial)
@@ -341,13 +343,17 @@ pub async fn acceptance_request(
     })
 }
 
-/// Sends an acceptance ([`acceptance_request`]) through the market.
+/// Sends an acceptance ([`acceptance_request`]) through the market, over TLS without the
+/// client certificate of `tls`: the market cannot tell whose acceptance it relays.
 pub async fn send_acceptance(
     market: &str,
     tls: Option<&TlsIdentity>,
     request: AcceptInvitationRequest,
 ) -> Result<AcceptInvitationResponse, tonic::Status> {
-    let channel = channel(market, tls)
+    // Without the patient's certificate: the market relays the acceptance without learning
+    // whose it is.
+    let anonymous = tls.map(TlsIdentity::without_certificate);
+    let channel = channel(market, anonymous.as_ref())
         .await
         .map_err(|error| tonic::Status::unavailable(format!("{error:#}")))?;
     Ok(MarketClient::new(channel)

@@ -36,7 +36,9 @@ pub async fn serve_market(
     // One count of self-registrations per client, whichever service registers.
     let registrations = Arc::new(market::server::rate::RateLimiter::registrations());
     tracing::info!(address = ?listener.local_addr().ok(), "serving market, consent and ledger");
-    cohortex_proto::serving::server_builder(tls)?
+    // Every call needs a client certificate but reading the trials and relaying a patient's
+    // acceptance, which must not tell the market whose it is.
+    cohortex_proto::serving::market_server_builder(tls)?
         .timeout(REQUEST_TIMEOUT)
         .add_service(health)
         .add_service(reflection)

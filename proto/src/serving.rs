@@ -75,3 +75,97 @@ pub fn server_builder(tls: Option<&TlsIdentity>) -> Result<tonic::transport::Ser
         None => Ok(builder),
     }
 }
+
+/// The calls a market answers without a client certificate: reading the posted trials, and a
+/// patient's acceptance of one, so that the market relays an acceptance without learning
+/// whose it is (the acceptance itself is signed and sealed to the listing's node).
+pub const ANONYMOUS_CALLS: &[&str] = &[
+    "/cohortex.v1.Market/ListTrials",
+    "/cohortex.v1.Market/AcceptInvitation",
+];
+
+/// A server builder for a market: TLS that lets clients present no certificate, behind
+/// [`CertificateRequiredLayer`], which refuses every call but [`ANONYMOUS_CALLS`] made
+/// without one. Without `tls`, plaintext (in-process tests), as [`server_builder`].
+pub fn market_server_builder(
+    tls: Option<&TlsIdentity>,
+) -> Result<
+    tonic::transport::Server<
+        tower::layer::util::Stack<CertificateRequiredLayer, tower::layer::util::Identity>,
+    >,
+    ServeError,
+> {
+    let builder = tonic::transport::Server::builder();
+    let builder = match tls {
+        Some(tls) => builder.tls_config(tls.server_allowing_anonymous_clients())?,
+        None => builder,
+    };
+    Ok(builder.layer(CertificateRequiredLayer {
+        required: tls.is_some(),
+    }))
+}
+
+/// Refuses, with `UNAUTHENTICATED`, every call made without a client certificate except
+/// [`ANONYMOUS_CALLS`] (when `required`; a plaintext server has no certificates to check).
+#[derive(Clone, Copy, Debug)]
+pub struct CertificateRequiredLayer {
+    required: bool,
+}
+
+impl<S> tower::Layer<S> for CertificateRequiredLayer {
+    type Service = CertificateRequired<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CertificateRequired {
+            inner,
+            required: self.required,
+        }
+    }
+}
+
+/// The service [`CertificateRequiredLayer`] makes.
+#[derive(Clone, Debug)]
+pub struct CertificateRequired<S> {
+    inner: S,
+    required: bool,
+}
+
+type BoxedResponse<R, E> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<R, E>> + Send + 'static>>;
+
+impl<S, B> tower::Service<http::Request<B>> for CertificateRequired<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = BoxedResponse<Self::Response, Self::Error>;
+
+    fn poll_ready(
+        &mut self,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(context)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+        let presented = request
+            .extensions()
+            .get::<TlsConnectInfo<TcpConnectInfo>>()
+            .and_then(TlsConnectInfo::peer_certs)
+            .is_some_and(|certificates| !certificates.is_empty());
+        if !self.required || presented || ANONYMOUS_CALLS.contains(&request.uri().path()) {
+            return Box::pin(self.inner.call(request));
+        }
+        let refused = tonic::Status::unauthenticated(format!(
+            "{} needs a client certificate from the federation's authority; only {} may be \
+             called without one",
+            request.uri().path(),
+            ANONYMOUS_CALLS.join(" and ")
+        ))
+        .into_http();
+        Box::pin(async move { Ok(refused) })
+    }
+}

@@ -76,6 +76,8 @@ pub enum LinkError {
 pub struct TlsIdentity {
     authority: Certificate,
     identity: Identity,
+    /// Whether the client side presents `identity` (see [`TlsIdentity::without_certificate`]).
+    presents_certificate: bool,
 }
 
 impl std::fmt::Debug for TlsIdentity {
@@ -143,6 +145,17 @@ impl TlsIdentity {
         Self {
             authority: Certificate::from_pem(authority_pem),
             identity: Identity::from_pem(certificate_pem, key_pem),
+            presents_certificate: true,
+        }
+    }
+
+    /// The same party dialling without presenting its certificate: it still checks the
+    /// server's against the authority, but the server cannot tell who dials. For the calls a
+    /// server answers anonymously ([`crate::serving::ANONYMOUS_CALLS`]).
+    pub fn without_certificate(&self) -> Self {
+        Self {
+            presents_certificate: false,
+            ..self.clone()
         }
     }
 
@@ -179,11 +192,24 @@ impl TlsIdentity {
             .client_auth_optional(false)
     }
 
-    /// The client side: trust only the authority, and present this party's certificate.
+    /// The server side of a server that answers some calls without a client certificate:
+    /// present this party's certificate and check any client certificate against the
+    /// authority, but let a client present none. Serve it behind
+    /// [`crate::serving::CertificateRequiredLayer`], which refuses every other call made
+    /// without one.
+    pub fn server_allowing_anonymous_clients(&self) -> ServerTlsConfig {
+        self.server().client_auth_optional(true)
+    }
+
+    /// The client side: trust only the authority, and present this party's certificate
+    /// (unless made [`TlsIdentity::without_certificate`]).
     pub fn client(&self) -> ClientTlsConfig {
-        ClientTlsConfig::new()
-            .ca_certificate(self.authority.clone())
-            .identity(self.identity.clone())
+        let config = ClientTlsConfig::new().ca_certificate(self.authority.clone());
+        if self.presents_certificate {
+            config.identity(self.identity.clone())
+        } else {
+            config
+        }
     }
 }
 

@@ -46,7 +46,8 @@ async fn client_without_a_certificate_is_refused() {
     // Control: the cluster's own client certificate is accepted.
     head(cluster.market_channel().await.unwrap()).await.unwrap();
     // The authority is trusted, so the client knows it talks to the market, but it presents
-    // nothing: the market refuses, and so does every node.
+    // nothing: the market refuses the call (it answers only reading the trials and relaying
+    // acceptances without a certificate), and every node refuses the connection.
     let anonymous = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(cluster.authority().certificate_pem()));
     let refused = head_over(&cluster.market_endpoint, anonymous.clone()).await;

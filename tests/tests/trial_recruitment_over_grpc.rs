@@ -276,3 +276,48 @@ async fn acceptance_signed_by_another_key_is_refused() {
     );
     assert_eq!(replies_on_ledger(&cluster), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acceptance_reaches_the_market_without_the_patients_certificate() {
+    let (_dir, cluster, patients) = recruitment_cluster().await;
+    let _recruiter = post(&cluster).await;
+    let patient = patients.iter().find(|p| p.consents).unwrap();
+    // A link that presents no client certificate at all: whatever the market learns of the
+    // acceptance, it is not a certificate naming the patient.
+    let anonymous = cluster.client_tls().without_certificate();
+    let channel = cohortex_proto::tls::endpoint(&cluster.market_endpoint, Some(&anonymous))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let request = acceptance_request(
+        &cluster.market_endpoint,
+        Some(&anonymous),
+        &patient.key,
+        (TRIAL, "clinic-0"),
+        "eve@example.org",
+    )
+    .await
+    .unwrap();
+    cohortex_proto::v1::market_client::MarketClient::new(channel.clone())
+        .accept_invitation(request)
+        .await
+        .expect("the market relays an acceptance made without a certificate");
+    assert_eq!(replies_on_ledger(&cluster), 1);
+
+    // Every other call still needs a certificate from the federation's authority.
+    let refused = cohortex_proto::v1::ledger_client::LedgerClient::new(channel.clone())
+        .get_signed_tree_head(cohortex_proto::v1::GetSignedTreeHeadRequest {})
+        .await
+        .expect_err("the ledger answered a client without a certificate");
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    assert!(
+        refused.message().contains("GetSignedTreeHead"),
+        "{refused:?}"
+    );
+    let refused = cohortex_proto::v1::consent_client::ConsentClient::new(channel)
+        .list_consents(cohortex_proto::v1::ListConsentsRequest::default())
+        .await
+        .expect_err("the consent service answered a client without a certificate");
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+}

@@ -3,7 +3,7 @@
 //! A trial recruiter's inclusion criteria are confidential: a competitor learning which
 //! HbA1c band or which code prefixes a sponsor screens for learns its trial design. So the
 //! recruiter encrypts them under its own TFHE key ([`FheSecretKey`], `tfhe` crate, integer
-//! API, `PARAM_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128`: 2 message and 2 carry bits per
+//! API, `PARAM_MESSAGE_2_CARRY_2_KS32_PBS_TUNIFORM_2M128`: 2 message and 2 carry bits per
 //! block, failure probability below 2⁻¹²⁸ per bootstrap) as **indicator tables**: for each
 //! clause, over a public domain of bins (an age grid, the sex categories, a vocabulary of
 //! code prefixes), one encrypted bit per bin, 1 where the criterion accepts the bin. A node

@@ -578,19 +578,63 @@ impl Coordinator {
         .map_err(OrderError::from)
     }
 
-    /// Asks every committee member for its noise share.
-    async fn add_noise_round(
+    /// Noise shares from t members (the release's quorum): the first t members by index,
+    /// leaving out `withheld`; a member that fails is replaced by the next one. Returns the
+    /// shares and, per member that did not give one, why.
+    async fn noise_from_a_quorum(
         &self,
         committee: &Committee,
+        withheld: &BTreeSet<u16>,
         request: AddNoiseRequest,
-    ) -> Vec<(MemberIndex, Result<AddNoiseResponse, Status>)> {
-        self.member_round(
-            committee,
-            methods::ADD_NOISE,
-            request,
-            |mut client, signed| async move { client.add_noise(signed).await },
-        )
-        .await
+    ) -> (Vec<NoiseShare>, Vec<String>) {
+        let threshold = usize::from(committee.public.threshold());
+        let mut candidates: Vec<(MemberIndex, String)> = committee
+            .members
+            .iter()
+            .filter(|(member, _)| !withheld.contains(&member.get()))
+            .cloned()
+            .collect();
+        candidates.sort_by_key(|(member, _)| member.get());
+        let mut candidates = candidates.into_iter();
+        let mut noise: Vec<NoiseShare> = Vec::new();
+        let mut absent = Vec::new();
+        while noise.len() < threshold {
+            let asked: Vec<(MemberIndex, String)> =
+                candidates.by_ref().take(threshold - noise.len()).collect();
+            if asked.is_empty() {
+                break;
+            }
+            let round = Committee {
+                public: committee.public.clone(),
+                members: asked,
+            };
+            let answers = self
+                .member_round(
+                    &round,
+                    methods::ADD_NOISE,
+                    request.clone(),
+                    |mut client, signed| async move { client.add_noise(signed).await },
+                )
+                .await;
+            for (member, answer) in answers {
+                match answer.and_then(|response: AddNoiseResponse| {
+                    response
+                        .share
+                        .ok_or_else(|| Status::invalid_argument("share: missing"))
+                        .and_then(|share| decode_noise_share(&share, "share"))
+                }) {
+                    Ok(share) if share.member == member.get() => noise.push(share),
+                    Ok(_) => absent.push(format!(
+                        "member {}: share names another member",
+                        member.get()
+                    )),
+                    Err(status) => {
+                        absent.push(format!("member {}: {}", member.get(), status.message()))
+                    }
+                }
+            }
+        }
+        (noise, absent)
     }
 
     /// Asks every committee member for a key-switch share.
@@ -1281,8 +1325,10 @@ impl Coordinator {
         self.check_receipt_rules(named, purpose, epsilon_micro)
             .await?;
 
-        // 3. Every committee member verifies the contributions, fixes their sum and adds its
-        //    share of the noise under encryption; at least t shares are needed.
+        // 3. A quorum of t members verifies the contributions, fixes their sum and adds its
+        //    share of the noise under encryption. With at most t − 1 members colluding, any t
+        //    include an honest one, whose share alone gives the release its ε: so t shares,
+        //    not n, and the buyer's noise is √t draws, not √n.
         let accepted: Vec<&Contribution> = decoded
             .iter()
             .enumerate()
@@ -1305,9 +1351,17 @@ impl Coordinator {
             .collect();
         let calibration = calibrate(plan, epsilon_micro)
             .map_err(|error| OrderError::Calibration(error.to_string()))?;
-        let noise_answers = self
-            .add_noise_round(
+        // Test hook: a coordinator colluding with members who withhold their noise asks them
+        // for none, and goes on with fewer than t shares (the ledger then refuses the release).
+        let withheld = self
+            .withheld_noise
+            .lock()
+            .map_err(|_| OrderError::Internal("coordinator lock poisoned".into()))?
+            .clone();
+        let (mut noise, absent) = self
+            .noise_from_a_quorum(
                 &committee,
+                &withheld,
                 AddNoiseRequest {
                     order_id: order_bytes.clone(),
                     sql: sql.to_string(),
@@ -1315,42 +1369,25 @@ impl Coordinator {
                 },
             )
             .await;
-        let mut noise: Vec<NoiseShare> = Vec::new();
-        let mut absent = Vec::new();
-        for (member, answer) in noise_answers {
-            match answer.and_then(|response| {
-                response
-                    .share
-                    .ok_or_else(|| Status::invalid_argument("share: missing"))
-                    .and_then(|share| decode_noise_share(&share, "share"))
-            }) {
-                Ok(share) if share.member == member.get() => noise.push(share),
-                Ok(_) => absent.push(format!(
-                    "member {}: share names another member",
-                    member.get()
-                )),
-                Err(status) => {
-                    absent.push(format!("member {}: {}", member.get(), status.message()))
-                }
-            }
-        }
         let threshold = usize::from(committee.public.threshold());
-        if noise.len() < threshold {
+        if noise.len() < threshold && withheld.is_empty() {
             return Err(OrderError::Committee(format!(
                 "only {} of the {threshold} committee members needed added noise ({})",
                 noise.len(),
                 absent.join("; ")
             )));
         }
-        {
-            // Test hook: a coordinator colluding with members who withhold their noise.
-            let withheld = self
-                .withheld_noise
-                .lock()
-                .map_err(|_| OrderError::Internal("coordinator lock poisoned".into()))?;
-            noise.retain(|share| !withheld.contains(&share.member));
-        }
         noise.sort_by_key(|share| share.member);
+        // The noise, key-switch and co-signature rounds run on this quorum only.
+        let quorum = Committee {
+            public: committee.public.clone(),
+            members: committee
+                .members
+                .iter()
+                .filter(|(member, _)| noise.iter().any(|share| share.member == member.get()))
+                .cloned()
+                .collect(),
+        };
         let noise_members: Vec<u32> = noise.iter().map(|share| u32::from(share.member)).collect();
         let wire_noise: Vec<_> = noise.iter().map(encode_noise_share).collect();
         let shares_included: Vec<&NoiseShare> = noise.iter().collect();
@@ -1374,7 +1411,7 @@ impl Coordinator {
         let count_ciphertexts: Vec<Ciphertext> = counts.iter().map(|&slot| noisy[slot]).collect();
         let count_answers = self
             .key_switch_round(
-                &committee,
+                &quorum,
                 KeySwitchRequest {
                     order_id: order_bytes.clone(),
                     recipient: Vec::new(),
@@ -1435,7 +1472,7 @@ impl Coordinator {
         if !value_slots.is_empty() {
             let answers = self
                 .key_switch_round(
-                    &committee,
+                    &quorum,
                     KeySwitchRequest {
                         order_id: order_bytes.clone(),
                         recipient: recipient.to_bytes(),
@@ -1499,7 +1536,7 @@ impl Coordinator {
         // 6b. At least t members check the receipt against what they verified and summed
         //     themselves, and against their own ledger replicas, and co-sign it: the ledger
         //     records no receipt on the coordinator's word alone.
-        let cosignatures = self.cosign_round(&committee, &receipt).await?;
+        let cosignatures = self.cosign_round(&quorum, &receipt).await?;
         let used: Vec<u32> = used.iter().map(|member| u32::from(member.get())).collect();
         let hidden = suppressed.iter().filter(|&&hidden| hidden).count();
         let completed = self.completed_record(order, |record| {

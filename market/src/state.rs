@@ -403,10 +403,13 @@ impl State {
     /// `tagged_hash("cohortex/ledger/state/v1")` over the postcard encoding of the state
     /// (maps in key order). Committed in every block header.
     pub fn hash(&self) -> Hash32 {
-        let hasher = TaggedHasher::new(LABEL_STATE);
-        match postcard::to_io(self, hasher) {
-            Ok(hasher) => hasher.finalize(),
+        // Postcard writes a field at a time, often a byte at a time: buffered, the hasher sees
+        // large blocks (the same bytes, so the same hash).
+        let hasher = std::io::BufWriter::with_capacity(1 << 16, TaggedHasher::new(LABEL_STATE));
+        match postcard::to_io(self, hasher).map(std::io::BufWriter::into_inner) {
+            Ok(Ok(hasher)) => hasher.finalize(),
             // Writing into a hasher cannot fail, and every field is serialisable.
+            Ok(Err(error)) => unreachable!("state hashing failed: {}", error.error()),
             Err(error) => unreachable!("state serialisation failed: {error}"),
         }
     }

@@ -400,3 +400,115 @@ async fn patient_in_two_listings_is_counted_once() {
     books_balance(&cluster);
     cluster.shutdown();
 }
+
+/// The noisy count slots of one release, in plan order: the participants, then every COUNT of
+/// every cell (`None` where the cell was suppressed).
+fn noisy_counts(answer: &compute_node::QueryAnswer) -> Vec<Option<f64>> {
+    let mut counts = vec![Some(answer.participants as f64)];
+    for row in &answer.rows {
+        // Two group keys, then the six counts.
+        for cell in &row[2..] {
+            counts.push(cell.as_f64());
+        }
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn noise_comes_from_a_quorum_of_t_members_not_from_all_n() {
+    // n = 6 members, t = 2: any 2 include an honest one when at most one colludes, so the
+    // release sums 2 noise draws, not 6, and its standard deviation is √2 draws, not √6.
+    let dir = tempfile::tempdir().unwrap();
+    let (node_setups, _) = setups([None, None, None, None, None, None], 1);
+    let options = cohortex_cluster::ClusterOptions {
+        purpose: Purpose::AcademicResearch,
+        threshold: 2,
+        epsilon_budget_micro: 100 * EPSILON,
+        max_epsilon_per_order_micro: EPSILON,
+        extra_purposes: Vec::new(),
+        nodes_read_market_at: None,
+        authority: None,
+        ledger_committee_threshold: None,
+        key_ceremony: true,
+    };
+    let cluster = cohortex_cluster::Cluster::start(dir.path(), node_setups, &options, |_| {})
+        .await
+        .unwrap();
+    let buyer = cluster.new_buyer(100 * PRICE).await.unwrap();
+    let listings: Vec<String> = cluster
+        .nodes
+        .iter()
+        .map(|node| node.listing.clone())
+        .collect();
+    let sql = "SELECT sex, BIN(age), COUNT(*), COUNT(hba1c), COUNT(bmi), COUNT(ldl), \
+               COUNT(systolic_bp), COUNT(diastolic_bp) FROM patients GROUP BY sex, BIN(age)";
+    // Five releases at ε ≈ 5 (slightly different, so none is a repeat answered from another).
+    let epsilons = [5_000_000u64, 5_000_001, 5_000_002, 5_000_003, 5_000_004];
+    let mut releases = Vec::new();
+    for epsilon_micro in epsilons {
+        let release = buyer
+            .query(
+                sql,
+                &listings,
+                Purpose::AcademicResearch,
+                epsilon_micro,
+                &table(),
+                &cluster.ledger_key,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            release.status.noise_members,
+            vec![1, 2],
+            "the release sums the noise of the first t members, no more"
+        );
+        let mut used = release.status.committee_used.clone();
+        used.sort();
+        assert_eq!(used, vec![1, 2], "the quorum key-switches");
+        releases.push(release);
+    }
+
+    // The first release picks the slots (cells it shows with 30 or more patients, so that no
+    // later release of them is suppressed); the other four, independent of it, give the noise
+    // in pairs: the difference of two releases is the difference of their noise.
+    let counts: Vec<Vec<Option<f64>>> = releases
+        .iter()
+        .map(|release| noisy_counts(&release.answer))
+        .collect();
+    let counts_per_row = 6;
+    let large = |slot: usize| {
+        slot == 0 || {
+            let row_start = 1 + (slot - 1) / counts_per_row * counts_per_row;
+            counts[0][row_start].is_some_and(|count| count >= 30.0)
+        }
+    };
+    let mut differences = Vec::new();
+    for pair in [(1, 2), (3, 4)] {
+        for slot in (0..counts[0].len()).filter(|&slot| large(slot)) {
+            differences.push(counts[pair.0][slot].unwrap() - counts[pair.1][slot].unwrap());
+        }
+    }
+    let n = differences.len() as f64;
+    assert!(n >= 30.0, "only {n} slots to measure the noise on");
+    let variance = differences.iter().map(|d| d * d).sum::<f64>() / n;
+
+    // Textbook: a person touches the participants and one cell's six counts, each by 1, so
+    // the L1 sensitivity is 7 and each draw is a discrete Laplace of scale b = 7/ε, variance
+    // 2p/(1 − p)² with p = e^(−1/b). A release sums t = 2 draws; the difference of two
+    // releases, four. (The five ε differ by a millionth: one variance for all.)
+    let one_draw = |epsilon_micro: u64| {
+        let p = (-(epsilon_micro as f64 / 1e6) / 7.0).exp();
+        2.0 * p / (1.0 - p).powi(2)
+    };
+    let expected = 4.0 * one_draw(epsilons[1]);
+    // The sample variance's relative standard error is √((2 + κ)/n), κ = 3/4 the excess
+    // kurtosis of a sum of four Laplace draws; all n = 6 members' noise would be 3× expected.
+    let tolerance = 4.5 * (2.75 / n).sqrt();
+    eprintln!("noise variance {variance:.2}, √2 draws {expected:.2}, over {n} slots");
+    assert!(
+        (variance / expected - 1.0).abs() < tolerance,
+        "noise variance {variance:.2}; √2 draws give {expected:.2}, √6 draws {:.2} ({n} slots)",
+        3.0 * expected
+    );
+    cluster.shutdown();
+}

@@ -27,7 +27,8 @@ async fn full_flow_matches_the_plaintext_answer_and_settles() {
         row[1]
     );
     assert_eq!(release.status.epsilon_micro, EPSILON);
-    assert_eq!(release.status.noise_members, vec![1, 2, 3]);
+    // The noise of a quorum of t = 2 members, the first two by index (docs/privacy.md).
+    assert_eq!(release.status.noise_members, vec![1, 2]);
     assert_eq!(
         release.answer.participants,
         (truth.paying.len() + truth.donating) as u64
@@ -75,6 +76,24 @@ async fn one_node_down_at_key_switch_still_completes_with_two_of_three() {
     let mut used = release.status.committee_used.clone();
     used.sort();
     assert_eq!(used, vec![1, 2], "member 3 was down");
+    books_balance(&cluster);
+    cluster.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_down_at_the_noise_round_is_replaced_by_the_next() {
+    let (_dir, cluster, truth) = start([Some(Fault::DownAtKeySwitch), None, None]).await;
+    let buyer = buyer(&cluster).await;
+    let release = query_sql(&cluster, &buyer, EPSILON).await.unwrap();
+    assert_eq!(release.answer.rows[0][0].as_f64(), Some(truth.count));
+    assert_eq!(
+        release.status.noise_members,
+        vec![2, 3],
+        "member 1 did not answer: member 3 took its place in the quorum"
+    );
+    let mut used = release.status.committee_used.clone();
+    used.sort();
+    assert_eq!(used, vec![2, 3]);
     books_balance(&cluster);
     cluster.shutdown();
 }

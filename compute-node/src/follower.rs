@@ -29,11 +29,12 @@ use cohortex_proto::v1::{
     GetBlockRequest, GetBlockTransactionsRequest, GetGenesisRequest, GetSignedTreeHeadRequest,
 };
 use ed25519_dalek::VerifyingKey;
-use market::audit::{Auditor, StoredBlock, StoredTx};
+use market::audit::{AuditFailure, Auditor, StoredBlock, StoredTx};
 use market::log::SignedTreeHead;
 use market::machine::{Genesis, StateMachine};
 use market::tx::txid_of;
-use market::Hash32;
+use market::{Hash32, Replica};
+use std::path::PathBuf;
 use std::sync::Weak;
 use std::time::Duration;
 use thiserror::Error;
@@ -84,8 +85,33 @@ pub enum FollowError {
 /// The node's verified replica of the ledger, brought up to date on every read.
 pub struct LedgerFollower {
     pinned: PinnedLedger,
-    /// `None` until the genesis has been fetched and checked.
-    replica: tokio::sync::Mutex<Option<Auditor>>,
+    /// Where the replica is kept across restarts (`None`: in memory, replayed from genesis
+    /// after a restart).
+    replica_file: Option<PathBuf>,
+    /// `None` until the genesis has been fetched and checked, or the stored replica reopened.
+    replica: tokio::sync::Mutex<Option<Verified>>,
+}
+
+/// What the follower has verified: in memory, or in a database that survives a restart.
+enum Verified {
+    Memory(Box<Auditor>),
+    Stored(Box<Replica>),
+}
+
+impl Verified {
+    fn machine(&self) -> &StateMachine {
+        match self {
+            Verified::Memory(auditor) => auditor.machine(),
+            Verified::Stored(replica) => replica.machine(),
+        }
+    }
+
+    fn check_block(&mut self, block: StoredBlock) -> Result<(), Box<AuditFailure>> {
+        match self {
+            Verified::Memory(auditor) => auditor.check_block(block),
+            Verified::Stored(replica) => replica.check_block(block),
+        }
+    }
 }
 
 fn unreachable(status: tonic::Status) -> FollowError {
@@ -97,7 +123,17 @@ impl LedgerFollower {
     pub fn new(pinned: PinnedLedger) -> Self {
         Self {
             pinned,
+            replica_file: None,
             replica: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// A follower that keeps its replica in the database `path` and, restarted, goes on from
+    /// the last block verified there (checked against its signed head and the pinned chain).
+    pub fn with_replica_file(pinned: PinnedLedger, path: PathBuf) -> Self {
+        Self {
+            replica_file: Some(path),
+            ..Self::new(pinned)
         }
     }
 
@@ -175,8 +211,62 @@ impl LedgerFollower {
         }
     }
 
-    /// Fetches the genesis and checks it against the pinned chain id and ledger key.
-    async fn start(&self, client: &mut LedgerClient<Channel>) -> Result<Auditor, FollowError> {
+    /// The replica to go on from: the stored one if it reopens, verified against its last
+    /// signed head and the pinned chain; otherwise one started from the genesis the market
+    /// serves (stored, if the follower has a replica file).
+    async fn start(&self, client: &mut LedgerClient<Channel>) -> Result<Verified, FollowError> {
+        let Some(path) = self.replica_file.clone() else {
+            return Ok(Verified::Memory(Box::new(self.genesis(client).await?.1)));
+        };
+        if path.exists() {
+            let pinned = self.pinned.clone();
+            let reopened = {
+                let path = path.clone();
+                tokio::task::spawn_blocking(move || {
+                    let replica = Replica::open(&path).map_err(|error| error.to_string())?;
+                    let machine = replica.machine();
+                    if machine.chain_id() != pinned.chain_id
+                        || machine.ledger_key() != pinned.ledger_key
+                    {
+                        return Err("it replicates another chain".to_string());
+                    }
+                    Ok(replica)
+                })
+                .await
+                .map_err(|error| FollowError::BadGenesis(format!("replica worker: {error}")))?
+            };
+            match reopened {
+                Ok(replica) => {
+                    tracing::info!(path = %path.display(), height = replica.machine().height(), "resumed the ledger replica");
+                    return Ok(Verified::Stored(Box::new(replica)));
+                }
+                Err(reason) => {
+                    // Set aside, not deleted: someone may want to know what was in it.
+                    let aside = path.with_extension("refused");
+                    tracing::warn!(path = %path.display(), %reason, aside = %aside.display(), "the stored ledger replica does not verify; replaying from genesis");
+                    std::fs::rename(&path, &aside).map_err(|error| {
+                        FollowError::BadGenesis(format!(
+                            "setting {} aside: {error}",
+                            path.display()
+                        ))
+                    })?;
+                }
+            }
+        }
+        let (bytes, _) = self.genesis(client).await?;
+        let created = tokio::task::spawn_blocking(move || Replica::create(&path, &bytes))
+            .await
+            .map_err(|error| FollowError::BadGenesis(format!("replica worker: {error}")))?
+            .map_err(|error| FollowError::BadGenesis(format!("creating the replica: {error}")))?;
+        Ok(Verified::Stored(Box::new(created)))
+    }
+
+    /// Fetches the genesis and checks it against the pinned chain id and ledger key; returns
+    /// its bytes and an auditor started from it.
+    async fn genesis(
+        &self,
+        client: &mut LedgerClient<Channel>,
+    ) -> Result<(Vec<u8>, Auditor), FollowError> {
         let bytes = client
             .get_genesis(GetGenesisRequest {})
             .await
@@ -195,7 +285,9 @@ impl LedgerFollower {
         if genesis.ledger_key != self.pinned.ledger_key.to_bytes() {
             return Err(FollowError::WrongLedgerKey);
         }
-        Auditor::new(&bytes).map_err(|failure| FollowError::BadGenesis(failure.to_string()))
+        let auditor =
+            Auditor::new(&bytes).map_err(|failure| FollowError::BadGenesis(failure.to_string()))?;
+        Ok((bytes, auditor))
     }
 }
 

@@ -13,7 +13,7 @@
 use crate::error::TxError;
 use crate::hash::Hash32;
 use crate::log::SignedTreeHead;
-use crate::machine::{BlockError, Genesis, ProposedBlock, StateMachine};
+use crate::machine::{BlockError, FinalizedBlock, Genesis, ProposedBlock, StateMachine};
 use crate::state::State;
 use crate::tx::UncheckedTx;
 use std::fmt;
@@ -104,6 +104,9 @@ pub enum AuditProblem {
     /// The block cannot be applied.
     #[error("{0}")]
     Block(BlockError),
+    /// The block verified but could not be stored (a replica's database failed).
+    #[error("the verified block could not be stored: {0}")]
+    NotStored(String),
     /// The recomputed log does not match the header.
     #[error("merkle root mismatch: header says size {header_size} root {header_root}, replay gives size {size} root {root}")]
     MerkleRootMismatch {
@@ -195,6 +198,12 @@ impl Auditor {
         Ok(Auditor { machine })
     }
 
+    /// Goes on from `machine`, a state already verified up to its last head (a replica
+    /// reopened from its own storage, [`StateMachine::check_resumed`]).
+    pub fn from_machine(machine: StateMachine) -> Self {
+        Auditor { machine }
+    }
+
     /// What has been replayed and verified so far: the state, the log and the last head.
     pub fn machine(&self) -> &StateMachine {
         &self.machine
@@ -204,6 +213,16 @@ impl Auditor {
     /// and, if it verifies, applies it. A block that fails leaves the auditor at the last
     /// verified block, ready for the next one.
     pub fn check_block(&mut self, block: StoredBlock) -> Result<(), Box<AuditFailure>> {
+        self.check_block_and_store(block, |_, _| Ok(()))
+    }
+
+    /// [`Auditor::check_block`], and `store` the block once it verifies, before it is applied:
+    /// if `store` fails, the auditor stays at the last verified block.
+    pub fn check_block_and_store(
+        &mut self,
+        block: StoredBlock,
+        store: impl FnOnce(&SignedTreeHead, &FinalizedBlock) -> Result<(), String>,
+    ) -> Result<(), Box<AuditFailure>> {
         let height = block.height;
         let at_block = |problem| {
             Box::new(AuditFailure {
@@ -306,7 +325,11 @@ impl Auditor {
         } else {
             None
         };
-        if let Some(problem) = mismatch {
+        let problem = match mismatch {
+            Some(problem) => Some(problem),
+            None => store(&head, &finalized).err().map(AuditProblem::NotStored),
+        };
+        if let Some(problem) = problem {
             // Back to the last verified block: a follower goes on from there.
             self.machine.abandon(finalized);
             return Err(at_block(problem));

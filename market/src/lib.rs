@@ -41,7 +41,9 @@ pub use machine::{BlockError, Genesis, StateMachine};
 pub use sequencer::{InProcessSequencer, Sequencer};
 pub use state::State;
 #[cfg(feature = "storage")]
-pub use storage::{audit_database, AppendOutcome, AuditError, Ledger, LedgerError, Refusal};
+pub use storage::{
+    audit_database, AppendOutcome, AuditError, Ledger, LedgerError, Refusal, Replica,
+};
 pub use tx::{
     AccountId, Action, AttestationKind, Compensation, ListingContribution, ListingId, ListingTerms,
     OrderId, PayoutChoice, Purpose, QueryReceipt, ReceiptCosignature, ReceiptId, Role, SignedTx,

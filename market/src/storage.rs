@@ -190,6 +190,202 @@ fn load_state(conn: &Connection) -> Result<Result<State, String>, rusqlite::Erro
     )
 }
 
+/// Writes a verified block (its head, transactions and the state entries it changed) in one
+/// SQLite transaction; refuses if the database is not at the block's parent height.
+fn store_block(
+    conn: &mut Connection,
+    head: &SignedTreeHead,
+    block: &FinalizedBlock,
+) -> Result<(), LedgerError> {
+    let height = head.header.height;
+    let sql = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let stored_height: u64 =
+        sql.query_row("SELECT COALESCE(MAX(height), 0) FROM blocks", [], |row| {
+            row.get(0)
+        })?;
+    if stored_height + 1 != height {
+        return Err(LedgerError::ConcurrentWriter(stored_height));
+    }
+    sql.execute(
+        "INSERT INTO blocks (height, head, block_hash, time, tree_size) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            height,
+            head.to_bytes(),
+            head.block_hash().as_bytes().to_vec(),
+            head.header.time,
+            head.header.tree_size
+        ],
+    )?;
+    {
+        let mut insert_tx = sql.prepare_cached(
+            "INSERT INTO transactions (leaf_index, height, position, txid, tx) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        let first_leaf = head.header.tree_size - u64::from(head.header.tx_count);
+        for (position, tx) in block.txs.iter().enumerate() {
+            insert_tx.execute(params![
+                first_leaf + position as u64,
+                height,
+                position as u64,
+                tx.id().0.as_bytes().to_vec(),
+                tx.bytes()
+            ])?;
+        }
+        let mut upsert_state = sql.prepare_cached(
+            "INSERT INTO state_entries (key, value, height) VALUES (?1, ?2, ?3)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value, height = excluded.height",
+        )?;
+        for (key, value) in &block.changes {
+            upsert_state.execute(params![key, value, height])?;
+        }
+    }
+    sql.commit()?;
+    Ok(())
+}
+
+/// Writes the schema, the genesis and the genesis state into a new database at `path`.
+fn initialise(
+    conn: &mut Connection,
+    path: &Path,
+    genesis: &Genesis,
+    machine: &mut StateMachine,
+) -> Result<(), LedgerError> {
+    let sql = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    sql.execute_batch(SCHEMA)?;
+    let existing: Option<i64> = sql
+        .query_row("SELECT COUNT(*) FROM meta", [], |row| row.get(0))
+        .optional()?;
+    if existing.unwrap_or(0) > 0 {
+        return Err(LedgerError::AlreadyInitialised(path.to_path_buf()));
+    }
+    sql.execute(
+        "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)",
+        params![SCHEMA_VERSION],
+    )?;
+    sql.execute(
+        "INSERT INTO meta (key, value) VALUES ('genesis', ?1)",
+        params![genesis.to_bytes()],
+    )?;
+    for (key, value) in machine.take_state_changes() {
+        sql.execute(
+            "INSERT INTO state_entries (key, value, height) VALUES (?1, ?2, 0)",
+            params![key, value],
+        )?;
+    }
+    sql.commit()?;
+    Ok(())
+}
+
+/// Loads the state and rebuilds the log from storage, and checks both against the last
+/// signed head.
+fn load_machine(conn: &Connection, path: &Path) -> Result<StateMachine, LedgerError> {
+    let genesis = read_genesis(conn, path)?;
+    let state = load_state(conn)?.map_err(corrupt("state entries"))?;
+    let mut log = MerkleLog::new();
+    {
+        let mut statement =
+            conn.prepare("SELECT leaf_index, txid FROM transactions ORDER BY leaf_index")?;
+        let mut rows = statement.query([])?;
+        while let Some(row) = rows.next()? {
+            let index: u64 = row.get(0)?;
+            let txid: Vec<u8> = row.get(1)?;
+            let txid: [u8; 32] = txid
+                .try_into()
+                .map_err(|_| corrupt("transaction id")(format!("leaf {index}")))?;
+            if index != log.size() {
+                return Err(corrupt("transactions")(format!(
+                    "leaf {index} out of sequence"
+                )));
+            }
+            log.push(TxId(Hash32(txid)));
+        }
+    }
+    let head_bytes: Option<Vec<u8>> = conn
+        .query_row(
+            "SELECT head FROM blocks ORDER BY height DESC LIMIT 1",
+            [],
+            |row| row.get(0),
+        )
+        .optional()?;
+    let last_head = head_bytes
+        .map(|bytes| SignedTreeHead::from_bytes(&bytes))
+        .transpose()
+        .map_err(|e| corrupt("last tree head")(e.to_string()))?;
+    let machine = StateMachine::resume(genesis, state, log, last_head)?;
+    machine.check_resumed()?;
+    Ok(machine)
+}
+
+/// A verifying replica of a ledger that someone else signs, kept in SQLite in the ledger's own
+/// format: every block is checked by an [`Auditor`] (head signature under the pinned key, hash
+/// link, transaction signatures, state rules, Merkle root and state hash) and stored, with the
+/// state entries it changed, before it is applied. Reopened, the replica is checked against
+/// its last signed head as a ledger is ([`StateMachine::check_resumed`]), so a node that
+/// restarts goes on from the last block it verified instead of replaying from genesis.
+pub struct Replica {
+    conn: Connection,
+    path: PathBuf,
+    auditor: Auditor,
+}
+
+impl Replica {
+    /// A new replica in `path` (which must not hold one) of the chain whose genesis
+    /// configuration is `genesis_bytes`.
+    pub fn create(path: impl AsRef<Path>, genesis_bytes: &[u8]) -> Result<Self, LedgerError> {
+        let path = path.as_ref().to_path_buf();
+        let genesis =
+            Genesis::from_bytes(genesis_bytes).map_err(|e| corrupt("genesis")(e.to_string()))?;
+        let mut machine = StateMachine::from_genesis(genesis.clone())?;
+        let mut conn = open_replica_connection(&path)?;
+        initialise(&mut conn, &path, &genesis, &mut machine)?;
+        Ok(Replica {
+            conn,
+            path,
+            auditor: Auditor::from_machine(machine),
+        })
+    }
+
+    /// Reopens the replica in `path`, checked against its last signed head.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, LedgerError> {
+        let path = path.as_ref().to_path_buf();
+        let conn = open_replica_connection(&path)?;
+        let machine = load_machine(&conn, &path)?;
+        Ok(Replica {
+            conn,
+            path,
+            auditor: Auditor::from_machine(machine),
+        })
+    }
+
+    /// Where the replica is kept.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// What has been verified so far.
+    pub fn machine(&self) -> &StateMachine {
+        self.auditor.machine()
+    }
+
+    /// Checks the next block and, if it verifies, stores and applies it. A block that fails,
+    /// or that cannot be stored, leaves the replica at the last verified block.
+    pub fn check_block(&mut self, block: StoredBlock) -> Result<(), Box<AuditFailure>> {
+        let conn = &mut self.conn;
+        self.auditor
+            .check_block_and_store(block, |head, finalized| {
+                store_block(conn, head, finalized).map_err(|error| error.to_string())
+            })
+    }
+}
+
+/// A replica's connection: as a ledger's, but not synced at every commit. A replica lost to a
+/// crash is rebuilt from the ledger; a torn one does not match its last head and is refused on
+/// open.
+fn open_replica_connection(path: &Path) -> Result<Connection, LedgerError> {
+    let conn = open_connection(path)?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    Ok(conn)
+}
+
 impl<S: Sequencer> Ledger<S> {
     /// Creates a new ledger in `path` (which must not hold one yet).
     pub fn create(
@@ -203,29 +399,7 @@ impl<S: Sequencer> Ledger<S> {
         }
         let mut machine = StateMachine::from_genesis(genesis.clone())?;
         let mut conn = open_connection(&path)?;
-        let sql = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        sql.execute_batch(SCHEMA)?;
-        let existing: Option<i64> = sql
-            .query_row("SELECT COUNT(*) FROM meta", [], |row| row.get(0))
-            .optional()?;
-        if existing.unwrap_or(0) > 0 {
-            return Err(LedgerError::AlreadyInitialised(path));
-        }
-        sql.execute(
-            "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)",
-            params![SCHEMA_VERSION],
-        )?;
-        sql.execute(
-            "INSERT INTO meta (key, value) VALUES ('genesis', ?1)",
-            params![genesis.to_bytes()],
-        )?;
-        for (key, value) in machine.take_state_changes() {
-            sql.execute(
-                "INSERT INTO state_entries (key, value, height) VALUES (?1, ?2, 0)",
-                params![key, value],
-            )?;
-        }
-        sql.commit()?;
+        initialise(&mut conn, &path, &genesis, &mut machine)?;
         tracing::info!(path = %path.display(), chain_id = %machine.chain_id(), "ledger created");
         Ok(Ledger {
             conn,
@@ -240,7 +414,7 @@ impl<S: Sequencer> Ledger<S> {
     pub fn open(path: impl AsRef<Path>, sequencer: S) -> Result<Self, LedgerError> {
         let path = path.as_ref().to_path_buf();
         let conn = open_connection(&path)?;
-        let machine = Self::load_machine(&conn, &path)?;
+        let machine = load_machine(&conn, &path)?;
         if sequencer.verifying_key() != machine.ledger_key() {
             return Err(LedgerError::SequencerKeyMismatch);
         }
@@ -256,44 +430,6 @@ impl<S: Sequencer> Ledger<S> {
             machine,
             sequencer,
         })
-    }
-
-    fn load_machine(conn: &Connection, path: &Path) -> Result<StateMachine, LedgerError> {
-        let genesis = read_genesis(conn, path)?;
-        let state = load_state(conn)?.map_err(corrupt("state entries"))?;
-        let mut log = MerkleLog::new();
-        {
-            let mut statement =
-                conn.prepare("SELECT leaf_index, txid FROM transactions ORDER BY leaf_index")?;
-            let mut rows = statement.query([])?;
-            while let Some(row) = rows.next()? {
-                let index: u64 = row.get(0)?;
-                let txid: Vec<u8> = row.get(1)?;
-                let txid: [u8; 32] = txid
-                    .try_into()
-                    .map_err(|_| corrupt("transaction id")(format!("leaf {index}")))?;
-                if index != log.size() {
-                    return Err(corrupt("transactions")(format!(
-                        "leaf {index} out of sequence"
-                    )));
-                }
-                log.push(TxId(Hash32(txid)));
-            }
-        }
-        let head_bytes: Option<Vec<u8>> = conn
-            .query_row(
-                "SELECT head FROM blocks ORDER BY height DESC LIMIT 1",
-                [],
-                |row| row.get(0),
-            )
-            .optional()?;
-        let last_head = head_bytes
-            .map(|bytes| SignedTreeHead::from_bytes(&bytes))
-            .transpose()
-            .map_err(|e| corrupt("last tree head")(e.to_string()))?;
-        let machine = StateMachine::resume(genesis, state, log, last_head)?;
-        machine.check_resumed()?;
-        Ok(machine)
     }
 
     /// The state machine (committed state, log, last head).
@@ -374,7 +510,7 @@ impl<S: Sequencer> Ledger<S> {
         if let Err(error) = persisted {
             // The in-memory log already holds the block's leaves; the database is the truth.
             tracing::warn!(%error, "block not persisted; reloading the ledger from storage");
-            self.machine = Self::load_machine(&self.conn, &self.path)?;
+            self.machine = load_machine(&self.conn, &self.path)?;
             return Err(error);
         }
         let head = self.machine.commit(finalized, signature)?;
@@ -395,51 +531,7 @@ impl<S: Sequencer> Ledger<S> {
         head: &SignedTreeHead,
         block: &FinalizedBlock,
     ) -> Result<(), LedgerError> {
-        let height = head.header.height;
-        let sql = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let stored_height: u64 =
-            sql.query_row("SELECT COALESCE(MAX(height), 0) FROM blocks", [], |row| {
-                row.get(0)
-            })?;
-        if stored_height + 1 != height {
-            return Err(LedgerError::ConcurrentWriter(stored_height));
-        }
-        sql.execute(
-            "INSERT INTO blocks (height, head, block_hash, time, tree_size) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![
-                height,
-                head.to_bytes(),
-                head.block_hash().as_bytes().to_vec(),
-                head.header.time,
-                head.header.tree_size
-            ],
-        )?;
-        {
-            let mut insert_tx = sql.prepare_cached(
-                "INSERT INTO transactions (leaf_index, height, position, txid, tx) VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?;
-            let first_leaf = head.header.tree_size - u64::from(head.header.tx_count);
-            for (position, tx) in block.txs.iter().enumerate() {
-                insert_tx.execute(params![
-                    first_leaf + position as u64,
-                    height,
-                    position as u64,
-                    tx.id().0.as_bytes().to_vec(),
-                    tx.bytes()
-                ])?;
-            }
-            let mut upsert_state = sql.prepare_cached(
-                "INSERT INTO state_entries (key, value, height) VALUES (?1, ?2, ?3)
-                 ON CONFLICT(key) DO UPDATE SET value = excluded.value, height = excluded.height",
-            )?;
-            for (key, value) in &block.changes {
-                upsert_state.execute(params![key, value, height])?;
-            }
-        }
-        sql.commit()?;
-        Ok(())
+        store_block(&mut self.conn, head, block)
     }
 
     /// A receipt for transaction `txid` against the current signed head.

@@ -226,3 +226,50 @@ fn replica_stays_at_its_last_verified_block_after_a_forged_one() {
     assert_eq!(replica.machine().height(), last);
     assert_eq!(replica.machine().state().hash(), ledger.state().hash());
 }
+
+#[test]
+fn replica_reopens_at_its_last_verified_block_and_refuses_tampered_storage() {
+    let mut scene = Scene::new();
+    let order = scene.order();
+    scene.record(order, scene.patient_ids());
+    let ledger = &scene.f.ledger;
+    let last = ledger.head().expect("head").header.height;
+    let path = scene.f.dir.path().join("replica.db");
+    let genesis = ledger.machine().genesis().to_bytes();
+    {
+        let mut replica = market::Replica::create(&path, &genesis).unwrap();
+        for height in 1..=last {
+            replica.check_block(stored_block(ledger, height)).unwrap();
+        }
+    }
+    // Reopened, it stands where it stopped, with the ledger's state.
+    let reopened = market::Replica::open(&path).unwrap();
+    assert_eq!(reopened.machine().height(), last);
+    assert_eq!(reopened.machine().state().hash(), ledger.state().hash());
+    drop(reopened);
+
+    // Someone with the disk credits a patient: the replica no longer matches its signed head.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let (key, mut value): (Vec<u8>, Vec<u8>) = conn
+        .query_row(
+            "SELECT key, value FROM state_entries ORDER BY height DESC LIMIT 1",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .unwrap();
+    let end = value.len() - 1;
+    value[end] ^= 1;
+    conn.execute(
+        "UPDATE state_entries SET value = ?1 WHERE key = ?2",
+        rusqlite::params![value, key],
+    )
+    .unwrap();
+    drop(conn);
+    assert!(
+        matches!(
+            market::Replica::open(&path),
+            Err(LedgerError::Resume(ResumeError::StateMismatch) | LedgerError::Corrupt { .. })
+        ),
+        "a tampered replica reopened"
+    );
+}

@@ -793,3 +793,44 @@ async fn follower_resumes_from_its_last_verified_block() {
     );
     cluster.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_node_resumes_its_replica_from_disk() {
+    let (_dir, mut cluster, lies) = start_behind_a_lying_front().await;
+    let unknown_order = vec![0x34; 32];
+    for index in 0..cluster.nodes.len() {
+        let caught_up = ask_node(&cluster, index, &unknown_order).await;
+        assert!(
+            caught_up.message().contains("no such order on the ledger"),
+            "{caught_up:?}"
+        );
+    }
+    let started = lies.lock().unwrap().genesis_served;
+    assert_eq!(started, cluster.nodes.len());
+
+    // New blocks, then node 1 restarts: it reopens its replica, checked against its last
+    // signed head, and fetches only the blocks after it.
+    let _buyer = buyer(&cluster).await;
+    cluster.restart_node(0).await.unwrap();
+    let resumed = ask_node(&cluster, 0, &unknown_order).await;
+    assert!(
+        resumed.message().contains("no such order on the ledger"),
+        "{resumed:?}"
+    );
+    assert_eq!(
+        lies.lock().unwrap().genesis_served,
+        started,
+        "the restarted node replayed the ledger from genesis"
+    );
+    cluster.shutdown();
+}
+
+/// The operator asks node `index` to contribute to `order`.
+async fn ask_node(cluster: &Cluster, index: usize, order: &[u8]) -> Status {
+    let node = &cluster.nodes[index];
+    compute_client(cluster, &node.endpoint)
+        .await
+        .contribute(operator_contribute(cluster, order, &node.listing))
+        .await
+        .expect_err("no such order")
+}

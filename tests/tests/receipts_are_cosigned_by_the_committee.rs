@@ -60,6 +60,35 @@ async fn ask_to_cosign(
     .map(|response| response.into_inner().signature)
 }
 
+/// The node positions of the members whose noise the release sums (its quorum).
+fn quorum_indices(release: &cohortex_coordinator::Release) -> Vec<usize> {
+    release
+        .status
+        .noise_members
+        .iter()
+        .map(|member| *member as usize - 1)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_outside_the_quorum_vouches_for_nothing() {
+    let (_dir, cluster, _truth) = start([None, None, None]).await;
+    let buyer = buyer(&cluster).await;
+    let release = query_sql(&cluster, &buyer, EPSILON).await.unwrap();
+    let (receipt, _) = recorded_receipt(&cluster, &release.receipt);
+    assert_eq!(release.status.noise_members, vec![1, 2]);
+    // Member 3 verified and summed nothing of this order: even the true receipt is refused.
+    let refused = ask_to_cosign(&cluster, 2, &receipt)
+        .await
+        .expect_err("a member outside the quorum co-signed");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(
+        refused.message().contains("added no noise to the order"),
+        "{}",
+        refused.message()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receipt_on_the_ledger_carries_t_member_cosignatures() {
     let (_dir, cluster, _truth) = start([None, None, None]).await;
@@ -99,7 +128,8 @@ async fn member_refuses_to_cosign_a_receipt_over_contributions_it_did_not_sum() 
     receipt.contributions_root = market::hash::contributions_root(
         receipt.listings.iter().map(|part| &part.contribution_hash),
     );
-    for index in 0..cluster.nodes.len() {
+    // The quorum's members (the others summed nothing, and vouch for nothing: below).
+    for index in quorum_indices(&release) {
         let refused = ask_to_cosign(&cluster, index, &receipt)
             .await
             .expect_err("no member vouches for contributions it did not sum");
@@ -122,7 +152,7 @@ async fn member_refuses_to_cosign_a_receipt_naming_participants_its_node_did_not
     let (mut receipt, _) = recorded_receipt(&cluster, &release.receipt);
     // The operator drops a participant of the second listing (paying the others more).
     receipt.listings[1].participants.remove(0);
-    for index in 0..cluster.nodes.len() {
+    for index in quorum_indices(&release) {
         let refused = ask_to_cosign(&cluster, index, &receipt)
             .await
             .expect_err("no member vouches for participants a node did not attest");

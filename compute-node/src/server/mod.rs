@@ -223,7 +223,15 @@ impl NodeService {
         };
         #[cfg(not(feature = "tfhe"))]
         let answered = BTreeSet::new();
-        let follower = Arc::new(LedgerFollower::new(config.ledger.clone()));
+        // The replica is kept beside the key share, so that a restarted node goes on from the
+        // last block it verified.
+        let follower = Arc::new(match &config.key_share_file {
+            Some(path) => LedgerFollower::with_replica_file(
+                config.ledger.clone(),
+                path.with_extension("ledger-replica.db"),
+            ),
+            None => LedgerFollower::new(config.ledger.clone()),
+        });
         // Follow the ledger from the start, as a node does, so that the replica is warm when
         // the first order arrives (outside a runtime, reads still sync on demand).
         match (

@@ -740,8 +740,10 @@ impl UncheckedTx {
 /// cofactorless batch equation a signature carrying a small-torsion component passes or fails
 /// depending on the random coefficients, so two honest verifiers (the sequencer and an auditor
 /// replaying the block) could disagree. Validity must be a function of the transaction alone.
+/// The signatures are checked in parallel, on every core rayon's pool has.
 pub fn verify_all(txs: Vec<Vec<u8>>) -> Vec<Result<VerifiedTx, TxError>> {
-    txs.into_iter()
+    use rayon::prelude::*;
+    txs.into_par_iter()
         .map(|bytes| UncheckedTx::parse(bytes)?.verify())
         .collect()
 }

@@ -1,6 +1,7 @@
 //! The layering the crates promise (docs/services.md, "Crates"): the coordinator compiles
-//! queries and checks contributions without a vault, so it links no polars; a compute node
-//! replays the ledger without storing it, so it links no SQLite; the shared types link neither
+//! queries and checks contributions without a vault, so it links no polars; the node's wire
+//! contract takes the ledger as the pure state machine, so it links no SQLite (the node's
+//! service does, for its replica); the shared types link neither
 //! the ledger nor the node. Checked on the resolved dependency graph (`cargo tree`, offline),
 //! so a dependency added in the wrong place fails here, not in a review.
 
@@ -65,8 +66,14 @@ fn coordinator_links_no_polars() {
 }
 
 #[test]
-fn compute_node_service_links_no_sqlite() {
-    assert_links_none("compute-node", &["server"], &["rusqlite", "libsqlite3-sys"]);
+fn compute_node_wire_contract_links_no_sqlite() {
+    // What the coordinator and clients take of the node: the ledger as the pure state
+    // machine. (The node's own service keeps its verified replica in SQLite.)
+    assert_links_none(
+        "compute-node",
+        &["protocol"],
+        &["rusqlite", "libsqlite3-sys"],
+    );
 }
 
 #[test]

@@ -48,8 +48,10 @@ use cohortex_coordinator::{Buyer, Coordinator};
 use compute_node::server::serve as serve_node;
 use market::hash::manifest_hash;
 
-/// Transactions appended per block during bulk onboarding.
-pub const ONBOARDING_BLOCK: usize = 4000;
+/// Transactions appended per block during bulk onboarding. Each block copies and hashes the
+/// whole state once on the market and on every replica, so fewer, larger blocks onboard a
+/// large population faster (the ledger takes up to 100,000 per block).
+pub const ONBOARDING_BLOCK: usize = 25_000;
 
 /// Where a consenting patient's share goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -33,6 +33,31 @@ fn grant_with_limit(scene: &mut Scene, index: usize, limit: Option<u64>) -> Resu
         .map(|_| ())
 }
 
+/// The first patient's new consent with a limit of `limit_micro`, below the `spent_micro`
+/// already spent on them, is refused naming both numbers.
+fn refuse_limit_below_spent(scene: &mut Scene, limit_micro: u64, spent_micro: u64) {
+    let mut too_low = grant_action(&scene.patients[0], &scene.listing, PayoutChoice::ToPatient);
+    if let Action::GrantConsent {
+        epsilon_limit_micro,
+        ..
+    } = &mut too_low
+    {
+        *epsilon_limit_micro = Some(limit_micro);
+    }
+    let patient = scene.patients[0].id;
+    let listing = scene.listing.clone();
+    scene.f.refuse(
+        &scene.patients[0],
+        too_low,
+        TxError::PersonalLimitBelowSpent {
+            patient,
+            listing,
+            limit_micro,
+            spent_micro,
+        },
+    );
+}
+
 #[test]
 fn receipt_that_would_take_a_patient_past_their_personal_limit_is_refused() {
     let mut scene = Scene::new();
@@ -113,24 +138,7 @@ fn revoking_and_consenting_again_does_not_reset_what_was_spent() {
         .expect("revoke");
 
     // A new limit below what is already spent is refused, naming both numbers.
-    let mut too_low = grant_action(&scene.patients[0], &scene.listing, PayoutChoice::ToPatient);
-    if let Action::GrantConsent {
-        epsilon_limit_micro,
-        ..
-    } = &mut too_low
-    {
-        *epsilon_limit_micro = Some(300_000);
-    }
-    scene.f.refuse(
-        &scene.patients[0],
-        too_low,
-        TxError::PersonalLimitBelowSpent {
-            patient: ids[0],
-            listing: scene.listing.clone(),
-            limit_micro: 300_000,
-            spent_micro: DEBIT,
-        },
-    );
+    refuse_limit_below_spent(&mut scene, 300_000, DEBIT);
 
     grant_with_limit(&mut scene, 0, Some(1_000_000)).expect("grant again");
     assert_eq!(
@@ -347,24 +355,7 @@ fn refund_after_commit_debits_personal_budgets() {
     );
 
     // The debit holds against personal limits like a receipt's: a limit below it is refused.
-    let mut too_low = grant_action(&scene.patients[0], &scene.listing, PayoutChoice::ToPatient);
-    if let Action::GrantConsent {
-        epsilon_limit_micro,
-        ..
-    } = &mut too_low
-    {
-        *epsilon_limit_micro = Some(DEBIT - 1);
-    }
-    scene.f.refuse(
-        &scene.patients[0],
-        too_low,
-        TxError::PersonalLimitBelowSpent {
-            patient: ids[0],
-            listing: scene.listing.clone(),
-            limit_micro: DEBIT - 1,
-            spent_micro: DEBIT,
-        },
-    );
+    refuse_limit_below_spent(&mut scene, DEBIT - 1, DEBIT);
 }
 
 #[test]

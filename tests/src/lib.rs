@@ -184,12 +184,26 @@ pub async fn start(faults: [Option<Fault>; 3]) -> (tempfile::TempDir, Cluster, T
     .await
 }
 
+/// The options of a test cluster of any size: academic research, threshold 2, budgets and
+/// caps that no test order reaches, the key ceremony run at start.
+pub fn cluster_options() -> ClusterOptions {
+    ClusterOptions {
+        purpose: Purpose::AcademicResearch,
+        threshold: 2,
+        epsilon_budget_micro: 100 * EPSILON,
+        max_epsilon_per_order_micro: EPSILON,
+        extra_purposes: Vec::new(),
+        nodes_read_market_at: None,
+        authority: None,
+        ledger_committee_threshold: None,
+        key_ceremony: true,
+    }
+}
+
 pub async fn start_with(setup: Setup) -> (tempfile::TempDir, Cluster, Truth) {
     let dir = tempfile::tempdir().unwrap();
     let (setups, truth) = setups(setup.faults, setup.min_cohort_size);
     let options = ClusterOptions {
-        purpose: Purpose::AcademicResearch,
-        threshold: 2,
         epsilon_budget_micro: setup.epsilon_budget_micro,
         // The functional tests order at ε = EPSILON for exact answers; no order asks more.
         max_epsilon_per_order_micro: EPSILON.min(setup.epsilon_budget_micro),
@@ -198,6 +212,7 @@ pub async fn start_with(setup: Setup) -> (tempfile::TempDir, Cluster, Truth) {
         authority: setup.authority,
         ledger_committee_threshold: setup.ledger_committee_threshold,
         key_ceremony: setup.key_ceremony,
+        ..cluster_options()
     };
     let cluster = Cluster::start(dir.path(), setups, &options, |_| {})
         .await

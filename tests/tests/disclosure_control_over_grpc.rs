@@ -366,17 +366,7 @@ async fn patient_in_two_listings_is_counted_once() {
     )
     .unwrap();
     setups[1].vault.upsert(record).unwrap();
-    let options = cohortex_cluster::ClusterOptions {
-        purpose: Purpose::AcademicResearch,
-        threshold: 2,
-        epsilon_budget_micro: 100 * EPSILON,
-        max_epsilon_per_order_micro: EPSILON,
-        extra_purposes: Vec::new(),
-        nodes_read_market_at: None,
-        authority: None,
-        ledger_committee_threshold: None,
-        key_ceremony: true,
-    };
+    let options = cluster_options();
     let cluster = cohortex_cluster::Cluster::start(dir.path(), setups, &options, |_| {})
         .await
         .unwrap();
@@ -420,17 +410,7 @@ async fn noise_comes_from_a_quorum_of_t_members_not_from_all_n() {
     // release sums 2 noise draws, not 6, and its standard deviation is √2 draws, not √6.
     let dir = tempfile::tempdir().unwrap();
     let (node_setups, _) = setups([None, None, None, None, None, None], 1);
-    let options = cohortex_cluster::ClusterOptions {
-        purpose: Purpose::AcademicResearch,
-        threshold: 2,
-        epsilon_budget_micro: 100 * EPSILON,
-        max_epsilon_per_order_micro: EPSILON,
-        extra_purposes: Vec::new(),
-        nodes_read_market_at: None,
-        authority: None,
-        ledger_committee_threshold: None,
-        key_ceremony: true,
-    };
+    let options = cluster_options();
     let cluster = cohortex_cluster::Cluster::start(dir.path(), node_setups, &options, |_| {})
         .await
         .unwrap();

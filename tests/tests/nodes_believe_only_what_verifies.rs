@@ -745,35 +745,13 @@ async fn request_for_one_node_refused_by_another() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follower_resumes_from_its_last_verified_block() {
     let (_dir, cluster, lies) = start_behind_a_lying_front().await;
-    let listing = listings(&cluster)[0].clone();
-    let node = &cluster.nodes[0];
     let unknown_order = vec![0x33; 32];
-    let ask = || async {
-        compute_client(&cluster, &node.endpoint)
-            .await
-            .contribute(operator_contribute(&cluster, &unknown_order, &listing))
-            .await
-            .expect_err("no such order")
-    };
-    // Every node's replica is up to date, each started from genesis once.
-    for (node, listing) in cluster.nodes.iter().zip(listings(&cluster)) {
-        let caught_up = compute_client(&cluster, &node.endpoint)
-            .await
-            .contribute(operator_contribute(&cluster, &unknown_order, &listing))
-            .await
-            .expect_err("no such order");
-        assert!(
-            caught_up.message().contains("no such order on the ledger"),
-            "{caught_up:?}"
-        );
-    }
-    let started = lies.lock().unwrap().genesis_served;
-    assert_eq!(started, cluster.nodes.len());
+    let started = every_node_caught_up(&cluster, &lies, &unknown_order).await;
 
     // The market tampers with every block it serves from now on; a new block is appended.
     lies.lock().unwrap().corrupt_block_transactions = true;
     let _buyer = buyer(&cluster).await;
-    let refused = ask().await;
+    let refused = ask_node(&cluster, 0, &unknown_order).await;
     assert!(
         refused.message().contains("does not verify"),
         "the node acted on a tampered block: {refused:?}"
@@ -781,7 +759,7 @@ async fn follower_resumes_from_its_last_verified_block() {
 
     // The market serves honestly again: the node goes on from the last block it verified.
     lies.lock().unwrap().corrupt_block_transactions = false;
-    let resumed = ask().await;
+    let resumed = ask_node(&cluster, 0, &unknown_order).await;
     assert!(
         resumed.message().contains("no such order on the ledger"),
         "{resumed:?}"
@@ -798,15 +776,7 @@ async fn follower_resumes_from_its_last_verified_block() {
 async fn restarted_node_resumes_its_replica_from_disk() {
     let (_dir, mut cluster, lies) = start_behind_a_lying_front().await;
     let unknown_order = vec![0x34; 32];
-    for index in 0..cluster.nodes.len() {
-        let caught_up = ask_node(&cluster, index, &unknown_order).await;
-        assert!(
-            caught_up.message().contains("no such order on the ledger"),
-            "{caught_up:?}"
-        );
-    }
-    let started = lies.lock().unwrap().genesis_served;
-    assert_eq!(started, cluster.nodes.len());
+    let started = every_node_caught_up(&cluster, &lies, &unknown_order).await;
 
     // New blocks, then node 1 restarts: it reopens its replica, checked against its last
     // signed head, and fetches only the blocks after it.
@@ -833,4 +803,19 @@ async fn ask_node(cluster: &Cluster, index: usize, order: &[u8]) -> Status {
         .contribute(operator_contribute(cluster, order, &node.listing))
         .await
         .expect_err("no such order")
+}
+
+/// Asks every node about `order` (unknown), so that each replica is up to date; checks that
+/// each started from genesis once, and returns how many genesis reads the front served.
+async fn every_node_caught_up(cluster: &Cluster, lies: &SharedLies, order: &[u8]) -> usize {
+    for index in 0..cluster.nodes.len() {
+        let caught_up = ask_node(cluster, index, order).await;
+        assert!(
+            caught_up.message().contains("no such order on the ledger"),
+            "{caught_up:?}"
+        );
+    }
+    let started = lies.lock().unwrap().genesis_served;
+    assert_eq!(started, cluster.nodes.len());
+    started
 }

@@ -6,7 +6,7 @@
 //! the order to the ledger it runs (so the honest coordinator never sees it; the Ledger service
 //! refuses orders from outside the market) and drives the members itself over gRPC.
 
-use cohortex_cluster::{Cluster, ClusterOptions};
+use cohortex_cluster::Cluster;
 use cohortex_proto::v1::compute_client::ComputeClient;
 use cohortex_proto::v1::ledger_client::LedgerClient;
 use cohortex_proto::v1::{
@@ -15,7 +15,7 @@ use cohortex_proto::v1::{
 };
 use compute_node::protocol::methods;
 use market::server::auth::signed_request_to;
-use market::{AccountId, Action, ListingId, OrderId, Purpose, TxBody};
+use market::{AccountId, Action, ListingId, OrderId, TxBody};
 use testkit::*;
 use tonic::Code;
 
@@ -84,17 +84,7 @@ async fn key_switch_counts(
 async fn disjoint_quorums_cannot_get_two_releases_of_one_order() {
     let dir = tempfile::tempdir().unwrap();
     let (setups, _truth) = setups([None, None, None, None], 1);
-    let options = ClusterOptions {
-        purpose: Purpose::AcademicResearch,
-        threshold: 2,
-        epsilon_budget_micro: 100 * EPSILON,
-        max_epsilon_per_order_micro: EPSILON,
-        extra_purposes: Vec::new(),
-        nodes_read_market_at: None,
-        authority: None,
-        ledger_committee_threshold: None,
-        key_ceremony: true,
-    };
+    let options = cluster_options();
     let cluster = Cluster::start(dir.path(), setups, &options, |_| {})
         .await
         .unwrap();

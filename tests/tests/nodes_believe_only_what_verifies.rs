@@ -759,16 +759,7 @@ async fn follower_resumes_from_its_last_verified_block() {
 
     // The market serves honestly again: the node goes on from the last block it verified.
     lies.lock().unwrap().corrupt_block_transactions = false;
-    let resumed = ask_node(&cluster, 0, &unknown_order).await;
-    assert!(
-        resumed.message().contains("no such order on the ledger"),
-        "{resumed:?}"
-    );
-    assert_eq!(
-        lies.lock().unwrap().genesis_served,
-        started,
-        "a replica went back to genesis after a bad block"
-    );
+    node_answers_without_genesis(&cluster, &lies, &unknown_order, started).await;
     cluster.shutdown();
 }
 
@@ -782,16 +773,7 @@ async fn restarted_node_resumes_its_replica_from_disk() {
     // signed head, and fetches only the blocks after it.
     let _buyer = buyer(&cluster).await;
     cluster.restart_node(0).await.unwrap();
-    let resumed = ask_node(&cluster, 0, &unknown_order).await;
-    assert!(
-        resumed.message().contains("no such order on the ledger"),
-        "{resumed:?}"
-    );
-    assert_eq!(
-        lies.lock().unwrap().genesis_served,
-        started,
-        "the restarted node replayed the ledger from genesis"
-    );
+    node_answers_without_genesis(&cluster, &lies, &unknown_order, started).await;
     cluster.shutdown();
 }
 
@@ -818,4 +800,24 @@ async fn every_node_caught_up(cluster: &Cluster, lies: &SharedLies, order: &[u8]
     let started = lies.lock().unwrap().genesis_served;
     assert_eq!(started, cluster.nodes.len());
     started
+}
+
+/// Node 1 answers about `order` from a replica brought up to date, and the front served no
+/// genesis beyond the `started` reads: it went on from its last verified block.
+async fn node_answers_without_genesis(
+    cluster: &Cluster,
+    lies: &SharedLies,
+    order: &[u8],
+    started: usize,
+) {
+    let resumed = ask_node(cluster, 0, order).await;
+    assert!(
+        resumed.message().contains("no such order on the ledger"),
+        "{resumed:?}"
+    );
+    assert_eq!(
+        lies.lock().unwrap().genesis_served,
+        started,
+        "node 1 replayed the ledger from genesis"
+    );
 }

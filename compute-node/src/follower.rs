@@ -29,7 +29,7 @@ use cohortex_proto::v1::{
     GetBlockRequest, GetBlockTransactionsRequest, GetGenesisRequest, GetSignedTreeHeadRequest,
 };
 use ed25519_dalek::VerifyingKey;
-use market::audit::{AuditFailure, Auditor, StoredBlock, StoredTx};
+use market::audit::{AuditFailure, AuditProblem, Auditor, StoredBlock, StoredTx};
 use market::log::SignedTreeHead;
 use market::machine::{Genesis, StateMachine};
 use market::tx::txid_of;
@@ -199,8 +199,16 @@ impl LedgerFollower {
                 reason: format!("replay worker failed: {error}"),
             })?;
             // A block that fails leaves the replica at the last verified block: the next read
-            // resumes from there, not from genesis.
-            *guard = Some(auditor);
+            // resumes from there, not from genesis. One that verified but could not be stored
+            // (another writer got there first, say) drops the replica: the next read reopens
+            // it from its database.
+            let not_stored = matches!(
+                &checked,
+                Err(failure) if matches!(failure.problem, AuditProblem::NotStored(_))
+            );
+            if !not_stored {
+                *guard = Some(auditor);
+            }
             if let Err(failure) = checked {
                 tracing::warn!(height = next, %failure, "the market served a block that does not verify");
                 return Err(FollowError::BadBlock {
@@ -250,6 +258,21 @@ impl LedgerFollower {
                             path.display()
                         ))
                     })?;
+                    // SQLite's write-ahead log and index go with it, or the new replica would
+                    // read them.
+                    for suffix in ["-wal", "-shm"] {
+                        let mut companion = path.clone().into_os_string();
+                        companion.push(suffix);
+                        let mut companion_aside = aside.clone().into_os_string();
+                        companion_aside.push(suffix);
+                        if std::path::Path::new(&companion).exists() {
+                            std::fs::rename(&companion, &companion_aside).map_err(|error| {
+                                FollowError::BadGenesis(format!(
+                                    "setting the replica's {suffix} aside: {error}"
+                                ))
+                            })?;
+                        }
+                    }
                 }
             }
         }

@@ -420,19 +420,23 @@ impl Coordinator {
                 .map_err(|error| Status::internal(format!("the order reader failed: {error}")))?
                 .map_err(|error| Status::internal(format!("kept orders: {error:#}")))?
         };
+        // The receipt of each kept order, if the ledger holds one for that order and buyer.
         let receipts: Vec<Option<ReceiptId>> = {
-            let orders: Vec<TxId> = kept.iter().map(|(order, _)| *order).collect();
+            let orders: Vec<(TxId, AccountId)> = kept
+                .iter()
+                .map(|(order, record)| (*order, record.buyer))
+                .collect();
             read_ledger(&self.ledger, move |ledger| {
                 Ok(orders
                     .iter()
-                    .map(|order| {
-                        ledger.state().order(&OrderId(*order)).and_then(|found| {
-                            match found.status {
-                                market::state::OrderStatus::Computed { receipt }
-                                | market::state::OrderStatus::Settled { receipt } => Some(receipt),
-                                _ => None,
-                            }
-                        })
+                    .map(|(order, buyer)| {
+                        let found = ledger.state().order(&OrderId(*order))?;
+                        match found.status {
+                            _ if found.buyer != *buyer => None,
+                            market::state::OrderStatus::Computed { receipt }
+                            | market::state::OrderStatus::Settled { receipt } => Some(receipt),
+                            _ => None,
+                        }
                     })
                     .collect())
             })

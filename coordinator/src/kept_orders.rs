@@ -107,6 +107,9 @@ pub(crate) fn read_all(directory: &Path) -> anyhow::Result<Vec<(TxId, OrderRecor
         let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
         let kept: KeptOrder = postcard::from_bytes(&bytes)
             .with_context(|| format!("{}: not a kept order", path.display()))?;
+        if path.file_name() != file_of(directory, &kept.order).file_name() {
+            anyhow::bail!("{}: holds another order", path.display());
+        }
         if kept.version != KEPT_ORDER_VERSION {
             anyhow::bail!(
                 "{}: version {} (this build reads {KEPT_ORDER_VERSION})",

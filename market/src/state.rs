@@ -1695,6 +1695,9 @@ impl State {
             None if feasibility => Some(ctx_time),
             None => None,
         };
+        if let Some(until) = released_until {
+            self.debit_consents_held_between(&listing_ids, purpose, placed_at, until, requested);
+        }
         for id in listing_ids {
             if let Some(listing) = self.listings.get_mut(&id) {
                 listing.epsilon_reserved_micro =
@@ -1703,9 +1706,6 @@ impl State {
                     listing.epsilon_spent_micro =
                         listing.epsilon_spent_micro.saturating_add(requested);
                 }
-            }
-            if let Some(until) = released_until {
-                self.debit_consents_held_between(&id, purpose, placed_at, until, requested);
             }
             self.changed.insert(StateKey::Listing(id));
         }
@@ -1716,11 +1716,13 @@ impl State {
         Ok(())
     }
 
-    /// Debits `epsilon_micro` from the personal budget, in `listing`, of every person whose
-    /// consent to `purpose` there held at some block time in `[from, until]`.
+    /// Debits `epsilon_micro` from the personal budget of every person whose consent to
+    /// `purpose` in one of `listings` held at some block time in `[from, until]`: once per
+    /// person, in the first of `listings` where it held, as a node counts a person once per
+    /// order, in the earliest listing.
     fn debit_consents_held_between(
         &mut self,
-        listing: &ListingId,
+        listings: &[ListingId],
         purpose: Purpose,
         from: u64,
         until: u64,
@@ -1729,22 +1731,31 @@ impl State {
         if epsilon_micro == 0 {
             return;
         }
-        let held: Vec<AccountId> = self
-            .consents
-            .iter()
-            .filter(|((_, consented_listing, consented_purpose), consent)| {
-                consented_listing == listing
-                    && *consented_purpose == purpose
-                    && consent.held_during(from, until)
-            })
-            .map(|((patient, _, _), _)| *patient)
-            .collect();
-        for patient in held {
-            let key = (patient, listing.clone());
-            let spent = self.personal_spent.entry(key).or_insert(0);
-            *spent = spent.saturating_add(epsilon_micro);
-            self.changed
-                .insert(StateKey::PersonalSpent(patient, listing.clone()));
+        let mut debited: BTreeSet<AccountId> = BTreeSet::new();
+        for listing in listings {
+            let held: Vec<AccountId> = self
+                .consents
+                .iter()
+                .filter(
+                    |((patient, consented_listing, consented_purpose), consent)| {
+                        consented_listing == listing
+                            && *consented_purpose == purpose
+                            && consent.held_during(from, until)
+                            && !debited.contains(patient)
+                    },
+                )
+                .map(|((patient, _, _), _)| *patient)
+                .collect();
+            for patient in held {
+                let spent = self
+                    .personal_spent
+                    .entry((patient, listing.clone()))
+                    .or_insert(0);
+                *spent = spent.saturating_add(epsilon_micro);
+                self.changed
+                    .insert(StateKey::PersonalSpent(patient, listing.clone()));
+                debited.insert(patient);
+            }
         }
     }
 

@@ -344,11 +344,18 @@ impl Replica {
         })
     }
 
-    /// Reopens the replica in `path`, checked against its last signed head.
+    /// Reopens the replica in `path`, checked against its last signed head. State, log and
+    /// head are read in one transaction, so a writer finishing a block meanwhile is seen
+    /// whole or not at all.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, LedgerError> {
         let path = path.as_ref().to_path_buf();
-        let conn = open_replica_connection(&path)?;
-        let machine = load_machine(&conn, &path)?;
+        let mut conn = open_replica_connection(&path)?;
+        let machine = {
+            let snapshot = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
+            let machine = load_machine(&snapshot, &path)?;
+            snapshot.commit()?;
+            machine
+        };
         Ok(Replica {
             conn,
             path,

@@ -406,3 +406,37 @@ fn failed_feasibility_search_debits_the_people_it_could_have_counted() {
         "no consent to feasibility counts"
     );
 }
+
+#[test]
+fn refund_after_commit_debits_a_person_once_across_the_orders_listings() {
+    let mut scene = Scene::new();
+    let ids = scene.patient_ids();
+    // A second listing of the same node, to which the first patient also consents: a node
+    // counts them once per order, in the earliest listing, so a refund debits them once.
+    let second = publish(
+        &mut scene.f,
+        &mut scene.node,
+        "second-cohort",
+        terms(1000, market::Compensation::Payment),
+    );
+    let grant = grant_action(&scene.patients[0], &second, PayoutChoice::ToPatient);
+    scene
+        .f
+        .submit(&mut scene.patients[0], grant)
+        .expect("grant on the second listing");
+    let both = order_action(
+        &[scene.listing.clone(), second.clone()],
+        scene.f.now() + 3600,
+    );
+    let order = OrderId(scene.f.submit(&mut scene.buyer, both).expect("order"));
+    commit_release(&mut scene, order);
+    scene
+        .f
+        .submit(&mut scene.committee, Action::Refund { order })
+        .expect("refund after the commitment");
+    let state = scene.f.ledger.state();
+    assert_eq!(state.person_spent_micro(&ids[0]), DEBIT, "debited once");
+    assert_eq!(state.personal_spent_micro(&ids[0], &scene.listing), DEBIT);
+    assert_eq!(state.personal_spent_micro(&ids[0], &second), 0);
+    assert_eq!(state.person_spent_micro(&ids[1]), DEBIT);
+}

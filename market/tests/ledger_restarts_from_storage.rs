@@ -273,3 +273,43 @@ fn replica_reopens_at_its_last_verified_block_and_refuses_tampered_storage() {
         "a tampered replica reopened"
     );
 }
+
+#[test]
+fn snapshot_of_the_ledger_opens_as_a_replica_checked_against_its_signed_head() {
+    // A new node may start from a copy of the ledger's database instead of replaying from
+    // genesis: it is the replica format, and opening it checks the state and the log against
+    // the last head signed by the pinned ledger key.
+    let mut scene = Scene::new();
+    let order = scene.order();
+    scene.record(order, scene.patient_ids());
+    let snapshot = scene.f.dir.path().join("snapshot.db");
+    let conn = rusqlite::Connection::open(scene.f.ledger.path()).unwrap();
+    conn.execute(
+        "VACUUM INTO ?1",
+        rusqlite::params![snapshot.to_str().unwrap()],
+    )
+    .unwrap();
+    drop(conn);
+    let mut replica = market::Replica::open(&snapshot).unwrap();
+    let head = scene.f.ledger.head().unwrap().clone();
+    assert_eq!(replica.machine().height(), head.header.height);
+    assert_eq!(replica.machine().state().hash(), head.header.state_hash);
+    assert_eq!(
+        replica.machine().ledger_key(),
+        scene.f.ledger_key.verifying_key()
+    );
+
+    // It then follows the ledger from there like any replica.
+    let later = scene.order();
+    scene.record(later, scene.patient_ids());
+    let last = scene.f.ledger.head().unwrap().header.height;
+    for height in head.header.height + 1..=last {
+        replica
+            .check_block(stored_block(&scene.f.ledger, height))
+            .unwrap();
+    }
+    assert_eq!(
+        replica.machine().state().hash(),
+        scene.f.ledger.state().hash()
+    );
+}

@@ -252,23 +252,18 @@ impl LedgerFollower {
                     // Set aside, not deleted: someone may want to know what was in it.
                     let aside = path.with_extension("refused");
                     tracing::warn!(path = %path.display(), %reason, aside = %aside.display(), "the stored ledger replica does not verify; replaying from genesis");
-                    std::fs::rename(&path, &aside).map_err(|error| {
-                        FollowError::BadGenesis(format!(
-                            "setting {} aside: {error}",
-                            path.display()
-                        ))
-                    })?;
                     // SQLite's write-ahead log and index go with it, or the new replica would
                     // read them.
-                    for suffix in ["-wal", "-shm"] {
-                        let mut companion = path.clone().into_os_string();
-                        companion.push(suffix);
-                        let mut companion_aside = aside.clone().into_os_string();
-                        companion_aside.push(suffix);
-                        if std::path::Path::new(&companion).exists() {
-                            std::fs::rename(&companion, &companion_aside).map_err(|error| {
+                    for suffix in ["", "-wal", "-shm"] {
+                        let mut from = path.clone().into_os_string();
+                        from.push(suffix);
+                        let mut to = aside.clone().into_os_string();
+                        to.push(suffix);
+                        if std::path::Path::new(&from).exists() {
+                            std::fs::rename(&from, &to).map_err(|error| {
                                 FollowError::BadGenesis(format!(
-                                    "setting the replica's {suffix} aside: {error}"
+                                    "setting {} aside: {error}",
+                                    std::path::Path::new(&from).display()
                                 ))
                             })?;
                         }

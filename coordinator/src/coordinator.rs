@@ -406,11 +406,7 @@ impl Coordinator {
     /// not pay). Call it after [`Coordinator::refund_orders_left_open`]. Returns how many
     /// orders are served again.
     pub async fn resume_completed_orders(&self) -> Result<usize, Status> {
-        let Some(directory) = self
-            .state_file
-            .as_deref()
-            .map(crate::kept_orders::directory)
-        else {
+        let Some(directory) = self.kept_orders_directory() else {
             return Ok(0);
         };
         let kept = {
@@ -463,21 +459,26 @@ impl Coordinator {
 
     /// Writes `record`, completed but with its receipt not yet recorded, beside the state
     /// file (if there is one), synced, so that it survives a restart once the receipt lands.
-    async fn keep_completed(&self, order: TxId, record: OrderRecord) -> Result<(), Status> {
-        let Some(directory) = self
-            .state_file
-            .as_deref()
-            .map(crate::kept_orders::directory)
-        else {
+    async fn keep_completed(&self, order: TxId, record: &OrderRecord) -> Result<(), Status> {
+        let Some(directory) = self.kept_orders_directory() else {
             return Ok(());
         };
-        tokio::task::spawn_blocking(move || crate::kept_orders::keep(&directory, order, &record))
+        let bytes = crate::kept_orders::encode(order, record)
+            .map_err(|error| Status::internal(format!("encoding the order: {error}")))?;
+        tokio::task::spawn_blocking(move || crate::kept_orders::keep(&directory, order, &bytes))
             .await
             .map_err(|error| Status::internal(format!("the order writer failed: {error}")))?
             .map_err(|error| {
                 tracing::error!(%error, "keeping a completed order");
                 Status::internal("the market could not keep the order's result on disk")
             })
+    }
+
+    /// Where completed orders are kept: beside the state file, if there is one.
+    fn kept_orders_directory(&self) -> Option<std::path::PathBuf> {
+        self.state_file
+            .as_deref()
+            .map(crate::kept_orders::directory)
     }
 
     /// Records every later receipt without its settlement, as a market that stopped between
@@ -1562,7 +1563,7 @@ impl Coordinator {
         })?;
         // Kept on disk before the receipt goes out: once the buyer pays, the result survives
         // a restart.
-        self.keep_completed(order, completed.clone()).await?;
+        self.keep_completed(order, &completed).await?;
         // The receipt and the settlement go into one block: no crash can leave a computed
         // order unpaid (and `settle_orders_left_computed` settles any a ledger still holds).
         let receipt_id = self

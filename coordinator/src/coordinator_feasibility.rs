@@ -345,7 +345,7 @@ impl Coordinator {
             record.site_counts = site_counts;
             record.completed_at = Some(market::server::auth::unix_now());
         })?;
-        self.keep_completed(order, completed.clone()).await?;
+        self.keep_completed(order, &completed).await?;
         let recorded = self
             .submit_own(Action::RecordFeasibility(receipt))
             .await

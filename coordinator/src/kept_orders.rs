@@ -49,10 +49,9 @@ fn file_of(directory: &Path, order: &TxId) -> PathBuf {
     directory.join(format!("{}.order", hex::encode(order.0.as_bytes())))
 }
 
-/// Writes `record`, the completed order `order`, under `directory`, replacing any earlier
-/// record of it.
-pub(crate) fn keep(directory: &Path, order: TxId, record: &OrderRecord) -> anyhow::Result<()> {
-    let kept = KeptOrder {
+/// `record`, the completed order `order`, as kept on disk.
+pub(crate) fn encode(order: TxId, record: &OrderRecord) -> postcard::Result<Vec<u8>> {
+    postcard::to_stdvec(&KeptOrder {
         version: KEPT_ORDER_VERSION,
         order,
         buyer: record.buyer,
@@ -71,11 +70,14 @@ pub(crate) fn keep(directory: &Path, order: TxId, record: &OrderRecord) -> anyho
             .iter()
             .map(Message::encode_to_vec)
             .collect(),
-    };
-    let bytes = postcard::to_stdvec(&kept)?;
+    })
+}
+
+/// Writes `bytes` ([`encode`]) as the record of `order` under `directory`, replacing any
+/// earlier one.
+pub(crate) fn keep(directory: &Path, order: TxId, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::create_dir_all(directory)?;
-    compute_node::durable::replace_file(&file_of(directory, &order), &bytes)?;
-    Ok(())
+    compute_node::durable::replace_file(&file_of(directory, &order), bytes)
 }
 
 /// Deletes the record of `order`, if any.
@@ -105,17 +107,20 @@ pub(crate) fn read_all(directory: &Path) -> anyhow::Result<Vec<(TxId, OrderRecor
             continue;
         }
         let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        // The version leads the record: read it alone first, so that another layout is named
+        // as such rather than as damage.
+        let (version, _) = postcard::take_from_bytes::<u32>(&bytes)
+            .with_context(|| format!("{}: not a kept order", path.display()))?;
+        if version != KEPT_ORDER_VERSION {
+            anyhow::bail!(
+                "{}: version {version} (this build reads {KEPT_ORDER_VERSION})",
+                path.display()
+            );
+        }
         let kept: KeptOrder = postcard::from_bytes(&bytes)
             .with_context(|| format!("{}: not a kept order", path.display()))?;
         if path.file_name() != file_of(directory, &kept.order).file_name() {
             anyhow::bail!("{}: holds another order", path.display());
-        }
-        if kept.version != KEPT_ORDER_VERSION {
-            anyhow::bail!(
-                "{}: version {} (this build reads {KEPT_ORDER_VERSION})",
-                path.display(),
-                kept.version
-            );
         }
         let nodes = decode_messages::<NodeReport>(&kept.nodes, &path, "nodes")?;
         let site_counts = decode_messages::<SiteCount>(&kept.site_counts, &path, "site_counts")?;

@@ -283,9 +283,10 @@ impl Auditor {
                 ));
             }
         }
-        let stored_ids: Vec<Vec<u8>> = block.txs.iter().map(|tx| tx.txid.clone()).collect();
+        let (stored_ids, envelopes): (Vec<Vec<u8>>, Vec<Vec<u8>>) =
+            block.txs.into_iter().map(|tx| (tx.txid, tx.bytes)).unzip();
         // The signatures, in parallel (each on its own: see `verify_all`).
-        let checked = verify_all(block.txs.into_iter().map(|tx| tx.bytes).collect());
+        let checked = verify_all(envelopes);
         let mut verified = Vec::with_capacity(checked.len());
         for (position, (tx, stored_id)) in checked.into_iter().zip(stored_ids).enumerate() {
             let tx = tx.map_err(|e| at_tx(position, AuditProblem::BadTransaction(e)))?;

@@ -90,6 +90,27 @@ pub struct NodeSetup {
     pub fault: Option<Fault>,
 }
 
+impl NodeSetup {
+    /// A node whose listing pays its participants `price_per_query`, with a minimum cohort of
+    /// one and no fault.
+    pub fn paid(
+        listing: String,
+        vault: Vault,
+        patients: Vec<PatientEnrolment>,
+        price_per_query: u64,
+    ) -> Self {
+        Self {
+            listing,
+            vault,
+            patients,
+            price_per_query,
+            donation: false,
+            min_cohort_size: 1,
+            fault: None,
+        }
+    }
+}
+
 /// Cluster-wide options.
 pub struct ClusterOptions {
     /// The purpose every listing allows and every consent names.
@@ -480,35 +501,38 @@ impl Cluster {
 
             for patient in &setup.patients {
                 let account = AccountId::of(&patient.key);
-                patient_txs_register.push(sign(
+                // A consenting patient's consent registers them (one signed transaction); one
+                // who does not consent only registers.
+                let Some(payout) = patient.consent else {
+                    patient_txs_register.push(sign(
+                        &patient.key,
+                        chain_id,
+                        0,
+                        Action::RegisterAccount {
+                            account,
+                            role: Role::Patient,
+                        },
+                    )?);
+                    continue;
+                };
+                patient_txs_consent.push(sign(
                     &patient.key,
                     chain_id,
                     0,
-                    Action::RegisterAccount {
-                        account,
-                        role: Role::Patient,
+                    Action::GrantConsent {
+                        patient: account,
+                        listing: ListingId::new(setup.listing.clone()),
+                        purpose: options.purpose,
+                        expires_at: None,
+                        payout: match payout {
+                            Payout::ToPatient => PayoutChoice::ToPatient,
+                            Payout::Donate => PayoutChoice::DonateTo {
+                                fund: AccountId::of(&fund),
+                            },
+                        },
+                        epsilon_limit_micro: patient.epsilon_limit_micro,
                     },
                 )?);
-                if let Some(payout) = patient.consent {
-                    patient_txs_consent.push(sign(
-                        &patient.key,
-                        chain_id,
-                        1,
-                        Action::GrantConsent {
-                            patient: account,
-                            listing: ListingId::new(setup.listing.clone()),
-                            purpose: options.purpose,
-                            expires_at: None,
-                            payout: match payout {
-                                Payout::ToPatient => PayoutChoice::ToPatient,
-                                Payout::Donate => PayoutChoice::DonateTo {
-                                    fund: AccountId::of(&fund),
-                                },
-                            },
-                            epsilon_limit_micro: patient.epsilon_limit_micro,
-                        },
-                    )?);
-                }
             }
             members.push((member, endpoint.clone()));
             nodes.push(RunningNode {

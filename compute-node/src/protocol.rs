@@ -25,6 +25,8 @@ pub mod methods {
     pub const DKG_CONFIRM: &str = "/cohortex.v1.Compute/DkgConfirm";
     /// Contribute.
     pub const CONTRIBUTE: &str = "/cohortex.v1.Compute/Contribute";
+    /// ContributionParticipants.
+    pub const CONTRIBUTION_PARTICIPANTS: &str = "/cohortex.v1.Compute/ContributionParticipants";
     /// AddNoise.
     pub const ADD_NOISE: &str = "/cohortex.v1.Compute/AddNoise";
     /// KeySwitch.

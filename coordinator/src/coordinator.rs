@@ -16,9 +16,10 @@ use std::time::Duration;
 use cohortex_proto::tls::{endpoint as link, TlsIdentity};
 use cohortex_proto::v1::compute_client::ComputeClient;
 use cohortex_proto::v1::{
-    AddNoiseRequest, AddNoiseResponse, ContributeRequest, ContributionRecord, CosignReceiptRequest,
-    DkgConfirmRequest, DkgDealRequest, DkgFinishRequest, DkgJustifyRequest, DkgPeer,
-    DkgReceiveRequest, KeySwitchPhase, KeySwitchRequest, KeySwitchResponse, NodeReport, OrderState,
+    AddNoiseRequest, AddNoiseResponse, ContributeRequest, ContributionParticipantsRequest,
+    ContributionRecord, CosignReceiptRequest, DkgConfirmRequest, DkgDealRequest, DkgFinishRequest,
+    DkgJustifyRequest, DkgPeer, DkgReceiveRequest, KeySwitchPhase, KeySwitchRequest,
+    KeySwitchResponse, NodeReport, OrderState,
 };
 use compute_node::contribution::{sum_contributions, Contribution, ContributionStatement};
 use compute_node::dp::calibrate;
@@ -40,7 +41,7 @@ use market::server::{
 };
 use market::{
     AccountId, Action, Hash32, ListingContribution, ListingId, OrderId, Purpose, QueryReceipt,
-    ReceiptCosignature, ReceiptId, SignedTx, TxBody, TxId,
+    ReceiptCosignature, ReceiptId, SignedTx, TxBody, TxId, MAX_STAGED_PER_TX,
 };
 use rand::RngCore;
 use tonic::transport::Channel;
@@ -103,6 +104,31 @@ pub struct OrderRecord {
     pub completed_at: Option<u64>,
     /// A feasibility order: each listing's noisy count under the recruiter's TFHE key.
     pub site_counts: Vec<cohortex_proto::v1::SiteCount>,
+    /// How long each phase of the computation took, in the order they ran (empty for an
+    /// order computed before this run).
+    pub phases: Vec<(&'static str, Duration)>,
+}
+
+/// Wall-clock time per phase of an order, as the coordinator sees it.
+struct PhaseClock {
+    started: std::time::Instant,
+    phases: Vec<(&'static str, Duration)>,
+}
+
+impl PhaseClock {
+    fn start() -> Self {
+        Self {
+            started: std::time::Instant::now(),
+            phases: Vec::new(),
+        }
+    }
+
+    /// Ends the phase `name` now and starts the next.
+    fn lap(&mut self, name: &'static str) {
+        let now = std::time::Instant::now();
+        self.phases.push((name, now - self.started));
+        self.started = now;
+    }
 }
 
 /// What makes two orders the same query: the buyer, the SQL's hash, the listings, the
@@ -566,6 +592,70 @@ impl Coordinator {
                 Err(OrderError::ReceiptRules(problems))
             }
         })
+    }
+
+    /// Stages each listing's participants for `order`'s receipt on the ledger, in chunks of at
+    /// most [`MAX_STAGED_PER_TX`], and commits the release (`noise_members` both noise and
+    /// key-switch it), all in one block: one block for every replica to replay, however many
+    /// chunks. A list an earlier run began is resumed where it stops; one that is not a start
+    /// of `participants` is refused (the receipt would not match the node's attestation). A
+    /// refused chunk leaves the release uncommitted.
+    async fn stage_and_commit_release(
+        &self,
+        order: OrderId,
+        named: Vec<(ListingId, Vec<AccountId>)>,
+        noise_members: Vec<u16>,
+    ) -> Result<(), OrderError> {
+        let _guard = self.submit_lock.lock().await;
+        let (chain_id, mut nonce) = self.own_next_nonce().await?;
+        let mut envelopes = Vec::new();
+        let mut chunks = 0;
+        for (listing, participants) in named {
+            let staged = {
+                let listing = listing.clone();
+                read_ledger(&self.ledger, move |ledger| {
+                    Ok(ledger
+                        .state()
+                        .staged_participants(&order, &listing)
+                        .to_vec())
+                })
+                .await?
+            };
+            if !participants.starts_with(&staged) {
+                return Err(OrderError::ReceiptRules(vec![format!(
+                    "listing {listing} has {} participant(s) staged on the ledger that are not \
+                     the ones its node attested",
+                    staged.len()
+                )]));
+            }
+            for chunk in participants[staged.len()..].chunks(MAX_STAGED_PER_TX) {
+                let action = Action::StageParticipants {
+                    order,
+                    listing: listing.clone(),
+                    participants: chunk.to_vec(),
+                };
+                envelopes.push(self.sign_own(chain_id, nonce, action)?.bytes);
+                nonce += 1;
+                chunks += 1;
+            }
+        }
+        let commit = Action::CommitRelease {
+            order,
+            noise_members: noise_members.clone(),
+            quorum: noise_members,
+        };
+        envelopes.push(self.sign_own(chain_id, nonce, commit)?.bytes);
+        submit_together(&self.ledger, envelopes)
+            .await
+            .map_err(OrderError::refused(
+                "staging the participants and committing the release",
+            ))?;
+        tracing::info!(
+            order = %hex::encode(order.0 .0.as_bytes()),
+            chunks,
+            "participants staged and release committed"
+        );
+        Ok(())
     }
 
     /// The largest minimum cohort among `listings`' terms on the ledger.
@@ -1126,6 +1216,7 @@ impl Coordinator {
                 identity,
                 completed_at: None,
                 site_counts: Vec::new(),
+                phases: Vec::new(),
             },
         );
         let coordinator = Arc::clone(self);
@@ -1175,6 +1266,7 @@ impl Coordinator {
         let committee = self.committee()?.ok_or(OrderError::NoCommittee)?;
         let collective_key = *committee.public.collective_key();
         let order_bytes = order.0.as_bytes().to_vec();
+        let mut clock = PhaseClock::start();
 
         // 1. Every listing's node computes, encrypts and proves, in parallel.
         let mut tasks = tokio::task::JoinSet::new();
@@ -1192,13 +1284,50 @@ impl Coordinator {
                 signed_request_to(&self.account, &info.endpoint, methods::CONTRIBUTE, request);
             let timeout = self.node_timeout;
             let tls = self.tls.clone();
+            let account = self.account.clone();
+            let order_id = order_bytes.clone();
             tasks.spawn(async move {
                 let answer = async {
                     let mut client = connect(&info.endpoint, tls.as_ref()).await?;
-                    tokio::time::timeout(timeout, client.contribute(signed))
+                    let mut response = tokio::time::timeout(timeout, client.contribute(signed))
                         .await
                         .map_err(|_| Status::deadline_exceeded("node did not answer in time"))?
-                        .map(tonic::Response::into_inner)
+                        .map(tonic::Response::into_inner)?;
+                    // The rest of a long participant list, a page at a time.
+                    let total = usize::try_from(response.participant_count).unwrap_or(usize::MAX);
+                    while response.participants.len() < total {
+                        let request = ContributionParticipantsRequest {
+                            order_id: order_id.clone(),
+                            offset: response.participants.len() as u64,
+                        };
+                        let signed = signed_request_to(
+                            &account,
+                            &info.endpoint,
+                            methods::CONTRIBUTION_PARTICIPANTS,
+                            request,
+                        );
+                        let page =
+                            tokio::time::timeout(timeout, client.contribution_participants(signed))
+                                .await
+                                .map_err(|_| {
+                                    Status::deadline_exceeded("node did not answer in time")
+                                })??
+                                .into_inner();
+                        if page.participants.is_empty() {
+                            return Err(Status::data_loss(format!(
+                                "participants: the node gave {} of the {total} it counted",
+                                response.participants.len()
+                            )));
+                        }
+                        response.participants.extend(page.participants);
+                    }
+                    if total != 0 && response.participants.len() != total {
+                        return Err(Status::data_loss(format!(
+                            "participants: the node gave {} but counted {total}",
+                            response.participants.len()
+                        )));
+                    }
+                    Ok(response)
                 }
                 .await;
                 (position, answer)
@@ -1211,6 +1340,7 @@ impl Coordinator {
             answers.insert(position, answer);
         }
 
+        clock.lap("contribute");
         // 2. Decode, then batch-verify every decodable contribution.
         //    Each contribution must carry its node's attestation (signed with the listing
         //    owner's key), which the receipt needs: the ledger refuses a receipt without it.
@@ -1313,6 +1443,7 @@ impl Coordinator {
                 rejected_positions.push(index);
             }
         }
+        clock.lap("verify");
         let _ = self.update_order(order, |record| record.nodes = reports.clone());
         let failed = failed_reports(&reports);
         if !failed.is_empty() {
@@ -1327,8 +1458,9 @@ impl Coordinator {
                 (listings[*position].clone(), attested.participants.clone())
             })
             .collect();
-        self.check_receipt_rules(named, purpose, epsilon_micro)
+        self.check_receipt_rules(named.clone(), purpose, epsilon_micro)
             .await?;
+        clock.lap("check receipt rules");
 
         // 3. A quorum of t members verifies the contributions, fixes their sum and adds its
         //    share of the noise under encryption. With at most t − 1 members colluding, any t
@@ -1397,18 +1529,18 @@ impl Coordinator {
         let wire_noise: Vec<_> = noise.iter().map(encode_noise_share).collect();
         let shares_included: Vec<&NoiseShare> = noise.iter().collect();
         let noisy = apply_noise(&summed, &shares_included, &calibration);
+        clock.lap("noise");
 
         // 3b. The release is fixed on the ledger before anything is key-switched: these
         //     members' noise, switched by these members. Members key-switch nothing else, so
         //     the order is released at most once; from here on a refund keeps its ε spent.
+        //     In the same block, before it, the participants go on the ledger in bounded
+        //     chunks, so that the receipt names none and stays small however many took part
+        //     (the members check the nodes' attestations against the staged lists).
         let committed: Vec<u16> = noise.iter().map(|share| share.member).collect();
-        self.submit_own(Action::CommitRelease {
-            order: OrderId(order),
-            noise_members: committed.clone(),
-            quorum: committed,
-        })
-        .await
-        .map_err(OrderError::refused("release commitment"))?;
+        self.stage_and_commit_release(OrderId(order), named, committed)
+            .await?;
+        clock.lap("stage participants, commit release");
 
         // 4. Phase COUNTS: the noisy counts are key-switched to the public count key and
         //    decrypted; cells below the minimum cohort are suppressed.
@@ -1457,6 +1589,7 @@ impl Coordinator {
         let min_cohort = self.min_cohort(listings).await?;
         let suppressed = suppressed_cells(plan, &noisy_counts, min_cohort);
         let value_slots = released_value_slots(plan, &suppressed);
+        clock.lap("key switch counts");
 
         // 5. Phase VALUES: the other slots of the released cells, to the buyer's key.
         let mut result: Vec<Vec<u8>> = vec![Vec::new(); plan.vector_len()];
@@ -1508,6 +1641,7 @@ impl Coordinator {
             value_shares = shares;
         }
         let shares: Vec<KeySwitchShare> = count_shares.into_iter().chain(value_shares).collect();
+        clock.lap("key switch values");
 
         // 6. Receipt and settlement on the ledger.
         let mut proofs_hash = Vec::new();
@@ -1533,15 +1667,24 @@ impl Coordinator {
             ),
             proofs_hash: tagged_hash("cohortex/market/proofs/v1", &[&proofs_hash]),
             result_hash: tagged_hash("cohortex/market/result/v1", &[&result.concat()]),
+            // The participants are staged (2c): each part names none.
             listings: decoded
                 .iter()
-                .map(|(_, _, attested)| attested.clone())
+                .map(|(_, _, attested)| ListingContribution {
+                    listing: attested.listing.clone(),
+                    epsilon_debited_micro: attested.epsilon_debited_micro,
+                    participants: Vec::new(),
+                    capacity: attested.capacity,
+                    contribution_hash: attested.contribution_hash,
+                    attestation: attested.attestation.clone(),
+                })
                 .collect(),
         };
         // 6b. At least t members check the receipt against what they verified and summed
         //     themselves, and against their own ledger replicas, and co-sign it: the ledger
         //     records no receipt on the coordinator's word alone.
         let cosignatures = self.cosign_round(&quorum, &receipt).await?;
+        clock.lap("co-sign receipt");
         let used: Vec<u32> = used.iter().map(|member| u32::from(member.get())).collect();
         let hidden = suppressed.iter().filter(|&&hidden| hidden).count();
         let completed = self.completed_record(order, |record| {
@@ -1570,6 +1713,9 @@ impl Coordinator {
             .record_receipt_and_settle(OrderId(order), receipt, cosignatures)
             .await
             .map_err(OrderError::refused("receipt and settlement"))?;
+        clock.lap("record receipt");
+        let mut completed = completed;
+        completed.phases = clock.phases;
         self.complete_order(order, completed, receipt_id)?;
         Ok(())
     }

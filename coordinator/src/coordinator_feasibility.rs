@@ -115,6 +115,7 @@ impl Coordinator {
                 },
                 completed_at: None,
                 site_counts: Vec::new(),
+                phases: Vec::new(),
             },
         );
         let coordinator = Arc::clone(self);

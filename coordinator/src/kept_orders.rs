@@ -141,6 +141,7 @@ pub(crate) fn read_all(directory: &Path) -> anyhow::Result<Vec<(TxId, OrderRecor
                 identity: kept.identity,
                 completed_at: kept.completed_at,
                 site_counts,
+                phases: Vec::new(),
             },
         ));
     }

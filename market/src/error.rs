@@ -330,6 +330,35 @@ pub enum TxError {
     /// The participant list is not strictly ascending (so a participant could be counted twice).
     #[error("participants of listing {} are not strictly ascending", shown(.0))]
     ParticipantsNotCanonical(ListingId),
+    /// Staged participants must be strictly ascending, each after the last one staged for the
+    /// listing, and a chunk holds between 1 and `MAX_STAGED_PER_TX` of them.
+    #[error(
+        "participants staged for listing {listing} of order {order} must be 1 to {max} \
+         accounts, strictly ascending and after those staged before",
+        listing = shown(.listing),
+        max = crate::tx::MAX_STAGED_PER_TX
+    )]
+    StagedParticipantsNotCanonical {
+        /// The order.
+        order: OrderId,
+        /// The listing.
+        listing: ListingId,
+    },
+    /// A listing the order does not name.
+    #[error("order {order} does not name listing {}", shown(.listing))]
+    ListingNotInOrder {
+        /// The order.
+        order: OrderId,
+        /// The listing.
+        listing: ListingId,
+    },
+    /// A receipt that both names a listing's participants and has them staged: the staged
+    /// list is the one the listing's node attested, so the receipt's part must name none.
+    #[error(
+        "receipt names participants for listing {} whose participants are staged; name none",
+        shown(.0)
+    )]
+    ParticipantsStagedAndNamed(ListingId),
     /// Fewer participants than the listing's minimum cohort size.
     #[error(
         "listing {listing} needs at least {min} participants, receipt has {got}",

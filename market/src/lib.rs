@@ -47,5 +47,5 @@ pub use storage::{
 pub use tx::{
     AccountId, Action, AttestationKind, Compensation, ListingContribution, ListingId, ListingTerms,
     OrderId, PayoutChoice, Purpose, QueryReceipt, ReceiptCosignature, ReceiptId, Role, SignedTx,
-    TrialPosting, TxBody, TxId, VerifiedTx,
+    TrialPosting, TxBody, TxId, VerifiedTx, MAX_STAGED_PER_TX,
 };

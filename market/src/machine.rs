@@ -130,6 +130,9 @@ pub struct Preparation {
     pub block: Option<ProposedBlock>,
     /// Transactions left out, with their position in the input and the reason.
     pub refused: Vec<(usize, TxError)>,
+    /// The state after the block, as preparing it left it: the proposer finalizes its own
+    /// block with it ([`StateMachine::finalize_prepared`]) instead of applying it again.
+    applied: State,
 }
 
 /// A block applied by [`StateMachine::finalize_block`], waiting for its signature and commit.
@@ -329,7 +332,27 @@ impl StateMachine {
             time,
             txs: accepted,
         });
-        Ok(Preparation { block, refused })
+        Ok(Preparation {
+            block,
+            refused,
+            applied: scratch,
+        })
+    }
+
+    /// [`StateMachine::finalize_block`] for the block this machine prepared itself: the state
+    /// the preparation left is the one applying the block again would give (the rules are
+    /// deterministic, and the same transactions apply in the same order at the same height
+    /// and time), so the block's transactions are not applied a second time. `None` when the
+    /// preparation holds no block.
+    pub fn finalize_prepared(
+        &mut self,
+        preparation: Preparation,
+    ) -> Result<Option<FinalizedBlock>, BlockError> {
+        let Some(block) = preparation.block else {
+            return Ok(None);
+        };
+        self.check_proposal(&block)?;
+        self.finalize_applied(block, preparation.applied).map(Some)
     }
 
     /// ProcessProposal + FinalizeBlock: applies every transaction of `block` or refuses it
@@ -339,6 +362,27 @@ impl StateMachine {
     /// If the block is then not committed, [`StateMachine::abandon`] takes its leaves out
     /// again (or the machine is rebuilt from storage, as `Ledger` does when storage fails).
     pub fn finalize_block(&mut self, block: ProposedBlock) -> Result<FinalizedBlock, BlockError> {
+        self.check_proposal(&block)?;
+        let ctx = BlockContext {
+            height: block.height,
+            time: block.time,
+        };
+        let mut next_state = self.state.clone();
+        for (index, tx) in block.txs.iter().enumerate() {
+            next_state
+                .apply(tx, &self.chain_id, &ctx)
+                .map_err(|error| BlockError::TxRefused {
+                    // Bounded by MAX_TXS_PER_BLOCK.
+                    index: index as u32,
+                    error,
+                })?;
+        }
+        self.finalize_applied(block, next_state)
+    }
+
+    /// What a proposed block must be before it is applied: the next height, not empty, not
+    /// too large, and not earlier than the last block.
+    fn check_proposal(&self, block: &ProposedBlock) -> Result<(), BlockError> {
         if self.commit_pending {
             return Err(BlockError::CommitPending);
         }
@@ -361,20 +405,15 @@ impl StateMachine {
                 previous: self.last_time(),
             });
         }
-        let ctx = BlockContext {
-            height: block.height,
-            time: block.time,
-        };
-        let mut next_state = self.state.clone();
-        for (index, tx) in block.txs.iter().enumerate() {
-            next_state
-                .apply(tx, &self.chain_id, &ctx)
-                .map_err(|error| BlockError::TxRefused {
-                    // Bounded by MAX_TXS_PER_BLOCK.
-                    index: index as u32,
-                    error,
-                })?;
-        }
+        Ok(())
+    }
+
+    /// Appends the leaves of `block`, whose transactions made `next_state`, and hashes it.
+    fn finalize_applied(
+        &mut self,
+        block: ProposedBlock,
+        mut next_state: State,
+    ) -> Result<FinalizedBlock, BlockError> {
         for tx in &block.txs {
             self.log.push(tx.id());
         }

@@ -22,9 +22,9 @@
 use crate::error::TxError;
 use crate::hash::{Hash32, TaggedHasher, LABEL_STATE};
 use crate::tx::{
-    AccountId, Action, AttestationKind, Compensation, ListingId, ListingTerms, OrderId,
-    PayoutChoice, Purpose, QueryReceipt, ReceiptCosignature, ReceiptId, Role, TrialPosting,
-    VerifiedTx, MAX_COMMITTEE_MEMBERS, MAX_LISTINGS_PER_ORDER, MAX_LISTING_ID_LEN,
+    AccountId, Action, AttestationKind, Compensation, ListingContribution, ListingId, ListingTerms,
+    OrderId, PayoutChoice, Purpose, QueryReceipt, ReceiptCosignature, ReceiptId, Role,
+    TrialPosting, VerifiedTx, MAX_COMMITTEE_MEMBERS, MAX_LISTINGS_PER_ORDER, MAX_LISTING_ID_LEN,
     MAX_ORDER_LIFETIME_SECS, MAX_TRIAL_CRITERIA_LEN, MAX_TRIAL_DURATION_SECS, MAX_TRIAL_ID_LEN,
     MAX_TRIAL_LISTINGS, MAX_TRIAL_REPLIES, MAX_TRIAL_SUMMARY_LEN, MIN_COMMITTEE_THRESHOLD,
 };
@@ -331,6 +331,9 @@ pub enum StateKey {
     Committee,
     /// A posted trial, by id.
     Trial(String),
+    /// The participants staged for an order's receipt, per listing. Written empty when the
+    /// list goes (the entry is then deleted from storage).
+    Staged(OrderId, ListingId),
 }
 
 /// A stored state entry does not decode.
@@ -375,6 +378,11 @@ pub struct State {
     /// Trials posted for recruitment, by id. Hashed only when not empty, like `releases`.
     #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
     trials: BTreeMap<String, TrialRecord>,
+    /// Participants staged for the receipts of open orders, per order and listing
+    /// ([`Action::StageParticipants`](crate::tx::Action::StageParticipants)). Hashed only when
+    /// not empty, like `releases`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
+    staged: BTreeMap<(OrderId, ListingId), Vec<AccountId>>,
     /// Keys written since the last [`State::take_changes`]; not part of the state itself.
     #[serde(skip)]
     changed: BTreeSet<StateKey>,
@@ -563,6 +571,13 @@ impl State {
         self.orders.iter()
     }
 
+    /// The participants staged for `order`'s receipt on `listing`, ascending (empty if none).
+    pub fn staged_participants(&self, order: &OrderId, listing: &ListingId) -> &[AccountId] {
+        self.staged
+            .get(&(*order, listing.clone()))
+            .map_or(&[], Vec::as_slice)
+    }
+
     /// The key an order's release is re-encrypted to, if it was placed with one.
     pub fn result_key(&self, id: &OrderId) -> Option<&[u8]> {
         self.result_keys.get(id).map(Vec::as_slice)
@@ -613,6 +628,7 @@ impl State {
     }
 
     /// Drains the keys written since the last call, with their encoded values, for storage.
+    /// An empty value means the entry was removed (no stored value encodes to zero bytes).
     pub fn take_changes(&mut self) -> Vec<(Vec<u8>, Vec<u8>)> {
         let keys = std::mem::take(&mut self.changed);
         keys.into_iter()
@@ -635,6 +651,11 @@ impl State {
                     StateKey::ResultKey(id) => self.result_keys.get(id).map(postcard::to_stdvec),
                     StateKey::Committee => self.committee.as_ref().map(postcard::to_stdvec),
                     StateKey::Trial(id) => self.trials.get(id).map(postcard::to_stdvec),
+                    StateKey::Staged(order, listing) => Some(
+                        self.staged
+                            .get(&(*order, listing.clone()))
+                            .map_or(Ok(Vec::new()), postcard::to_stdvec),
+                    ),
                 }?;
                 let key = postcard::to_stdvec(&key);
                 match (key, value) {
@@ -698,6 +719,11 @@ impl State {
                 StateKey::Trial(id) => {
                     state.trials.insert(id.clone(), value(&key, value_bytes)?);
                 }
+                StateKey::Staged(order, listing) => {
+                    state
+                        .staged
+                        .insert((*order, listing.clone()), value(&key, value_bytes)?);
+                }
             }
         }
         Ok(state)
@@ -722,9 +748,16 @@ impl State {
             &body.action,
             Action::RegisterAccount { account, .. } if *account == signer
         );
+        // A patient's first consent may register them, as their own `RegisterAccount` would:
+        // one signature, not two, per patient enrolled.
+        let consent_registers = !self.accounts.contains_key(&signer)
+            && matches!(
+                &body.action,
+                Action::GrantConsent { patient, .. } if *patient == signer
+            );
         let expected_nonce = match self.accounts.get(&signer) {
             Some(account) => account.next_nonce,
-            None if self_registration => 0,
+            None if self_registration || consent_registers => 0,
             None => return Err(TxError::UnknownAccount(signer)),
         };
         if body.nonce < expected_nonce {
@@ -761,16 +794,29 @@ impl State {
                 expires_at,
                 payout,
                 epsilon_limit_micro,
-            } => self.grant(
-                signer,
-                *patient,
-                listing,
-                *purpose,
-                *expires_at,
-                *payout,
-                *epsilon_limit_micro,
-                ctx,
-            )?,
+            } => {
+                if consent_registers {
+                    self.register(signer, signer, Role::Patient)?;
+                }
+                let granted = self.grant(
+                    signer,
+                    *patient,
+                    listing,
+                    *purpose,
+                    *expires_at,
+                    *payout,
+                    *epsilon_limit_micro,
+                    ctx,
+                );
+                if let Err(error) = granted {
+                    // A refused consent registers no one.
+                    if consent_registers {
+                        self.accounts.remove(&signer);
+                        self.changed.remove(&StateKey::Account(signer));
+                    }
+                    return Err(error);
+                }
+            }
             Action::RevokeConsent { listing, purpose } => {
                 self.revoke(signer, listing, *purpose, ctx)?
             }
@@ -846,6 +892,11 @@ impl State {
             Action::Settle { order, receipt } => self.settle(signer, *order, *receipt)?,
             Action::Refund { order } => self.refund(signer, *order, ctx)?,
             Action::CancelOrder { order } => self.cancel_order(signer, *order, ctx)?,
+            Action::StageParticipants {
+                order,
+                listing,
+                participants,
+            } => self.stage_participants(signer, *order, listing, participants, ctx)?,
             Action::CommitRelease {
                 order,
                 noise_members,
@@ -885,9 +936,20 @@ impl State {
             account.next_nonce = next_nonce;
             self.changed.insert(StateKey::Account(signer));
         }
-        debug_assert_eq!(
-            self.total_balances() + self.escrow_held(),
-            u128::from(self.total_issued),
+        // Linear in the accounts: checked only after actions that move credits, so that
+        // enrolling a population (registrations and consents) stays linear in debug builds.
+        let moves_credits = matches!(
+            body.action,
+            Action::Deposit { .. }
+                | Action::OrderQuery { .. }
+                | Action::OrderQueryFor { .. }
+                | Action::Settle { .. }
+                | Action::Refund { .. }
+                | Action::CancelOrder { .. }
+        );
+        debug_assert!(
+            !moves_credits
+                || self.total_balances() + self.escrow_held() == u128::from(self.total_issued),
             "credits are conserved"
         );
         Ok(())
@@ -1346,6 +1408,24 @@ impl State {
         if !listings_match {
             return Err(TxError::ReceiptListingsMismatch(order_id));
         }
+        // A listing whose participants were staged names none in the receipt: its part stands
+        // for the staged list, and every rule below applies to that list.
+        let mut resolved = Vec::with_capacity(receipt.listings.len());
+        for contribution in &receipt.listings {
+            let staged = self.staged_participants(&order_id, &contribution.listing);
+            if staged.is_empty() {
+                resolved.push(std::borrow::Cow::Borrowed(contribution));
+            } else if contribution.participants.is_empty() {
+                resolved.push(std::borrow::Cow::Owned(ListingContribution {
+                    participants: staged.to_vec(),
+                    ..contribution.clone()
+                }));
+            } else {
+                return Err(TxError::ParticipantsStagedAndNamed(
+                    contribution.listing.clone(),
+                ));
+            }
+        }
         // Each listing's part is the node's word, not the market's: its owner signed who took
         // part, its capacity and the hash of what it sent, for this order and query; and the
         // receipt's root is over exactly those hashes.
@@ -1358,7 +1438,7 @@ impl State {
         if receipt.contributions_root != root {
             return Err(TxError::ContributionsRootMismatch(order_id));
         }
-        for contribution in &receipt.listings {
+        for contribution in &resolved {
             let id = &contribution.listing;
             let owner = self
                 .listings
@@ -1380,7 +1460,7 @@ impl State {
         // listings takes part once, in the first of them (the node rule), so no patient may
         // be named twice in one receipt.
         let mut named_in: BTreeMap<AccountId, &ListingId> = BTreeMap::new();
-        for contribution in &receipt.listings {
+        for contribution in &resolved {
             for participant in &contribution.participants {
                 if let Some(first) = named_in.insert(*participant, &contribution.listing) {
                     if first != &contribution.listing {
@@ -1394,7 +1474,7 @@ impl State {
             }
         }
         let mut settlements = Vec::with_capacity(receipt.listings.len());
-        for (contribution, ordered) in receipt.listings.iter().zip(&order.listings) {
+        for (contribution, ordered) in resolved.iter().zip(&order.listings) {
             let id = &contribution.listing;
             // Exactly the order's ε: the noise was calibrated to it, so a smaller debit would
             // under-charge the budgets.
@@ -1503,6 +1583,7 @@ impl State {
             },
         );
         self.changed.insert(StateKey::Receipt(receipt_id));
+        self.unstage(order_id);
         Ok(())
     }
 
@@ -1713,6 +1794,7 @@ impl State {
             order.status = OrderStatus::Refunded;
         }
         self.changed.insert(StateKey::Order(order_id));
+        self.unstage(order_id);
         Ok(())
     }
 
@@ -1760,6 +1842,83 @@ impl State {
     }
 
     /// The order `order_id`, which must exist and be open.
+    fn stage_participants(
+        &mut self,
+        signer: AccountId,
+        order_id: OrderId,
+        listing: &ListingId,
+        participants: &[AccountId],
+        ctx: &BlockContext,
+    ) -> Result<(), TxError> {
+        self.require_role(signer, &[Role::CommitteeMember], "committee member")?;
+        let order = self.open_order(order_id)?;
+        if ctx.time >= order.expires_at {
+            return Err(TxError::OrderExpired {
+                order: order_id,
+                expires_at: order.expires_at,
+            });
+        }
+        if !order
+            .listings
+            .iter()
+            .any(|ordered| &ordered.listing == listing)
+        {
+            return Err(TxError::ListingNotInOrder {
+                order: order_id,
+                listing: listing.clone(),
+            });
+        }
+        let key = (order_id, listing.clone());
+        let last = self.staged.get(&key).and_then(|staged| staged.last());
+        let canonical = !participants.is_empty()
+            && participants.len() <= crate::tx::MAX_STAGED_PER_TX
+            && participants.windows(2).all(|pair| pair[0] < pair[1])
+            && last.is_none_or(|last| *last < participants[0]);
+        if !canonical {
+            return Err(TxError::StagedParticipantsNotCanonical {
+                order: order_id,
+                listing: listing.clone(),
+            });
+        }
+        // Only people who may take part, so a staged list is bounded by the listing's
+        // consents; the receipt checks every rule again when it is recorded.
+        let purpose = order.purpose;
+        if let Some(patient) = participants.iter().find(|patient| {
+            !self
+                .consents
+                .get(&(**patient, listing.clone(), purpose))
+                .is_some_and(|consent| consent.is_active_at(ctx.time))
+        }) {
+            return Err(TxError::ParticipantWithoutConsent {
+                patient: *patient,
+                listing: listing.clone(),
+                purpose,
+            });
+        }
+        self.staged
+            .entry(key)
+            .or_default()
+            .extend_from_slice(participants);
+        self.changed
+            .insert(StateKey::Staged(order_id, listing.clone()));
+        Ok(())
+    }
+
+    /// Drops every participant list staged for `order_id` (its receipt was recorded, or it
+    /// was refunded or cancelled).
+    fn unstage(&mut self, order_id: OrderId) {
+        let staged: Vec<(OrderId, ListingId)> = self
+            .staged
+            .range((order_id, ListingId::new(""))..)
+            .take_while(|((order, _), _)| *order == order_id)
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in staged {
+            self.staged.remove(&key);
+            self.changed.insert(StateKey::Staged(key.0, key.1));
+        }
+    }
+
     fn open_order(&self, order_id: OrderId) -> Result<&Order, TxError> {
         let order = self
             .orders

@@ -234,8 +234,14 @@ fn store_block(
             "INSERT INTO state_entries (key, value, height) VALUES (?1, ?2, ?3)
              ON CONFLICT(key) DO UPDATE SET value = excluded.value, height = excluded.height",
         )?;
+        let mut delete_state = sql.prepare_cached("DELETE FROM state_entries WHERE key = ?1")?;
         for (key, value) in &block.changes {
-            upsert_state.execute(params![key, value, height])?;
+            // An empty value is a removed entry (`State::take_changes`).
+            if value.is_empty() {
+                delete_state.execute(params![key])?;
+            } else {
+                upsert_state.execute(params![key, value, height])?;
+            }
         }
     }
     sql.commit()?;
@@ -488,8 +494,8 @@ impl<S: Sequencer> Ledger<S> {
         let time = self.sequencer.block_time(self.machine.last_time());
         // Indices refer to the sequencer's order; map them back to the input.
         let ordered_ids: Vec<TxId> = ordered.iter().map(VerifiedTx::id).collect();
-        let preparation = self.machine.prepare_block(ordered, time)?;
-        for (position, error) in preparation.refused {
+        let mut preparation = self.machine.prepare_block(ordered, time)?;
+        for (position, error) in std::mem::take(&mut preparation.refused) {
             let index = ordered_ids
                 .get(position)
                 .and_then(|id| input_index.get(id))
@@ -498,13 +504,13 @@ impl<S: Sequencer> Ledger<S> {
             refused.push(Refusal { index, error });
         }
         refused.sort_by_key(|r| r.index);
-        let Some(block) = preparation.block else {
+        // The block as preparing it applied it: applying it again would give the same state.
+        let Some(finalized) = self.machine.finalize_prepared(preparation)? else {
             return Ok(AppendOutcome {
                 head: None,
                 refused,
             });
         };
-        let finalized = self.machine.finalize_block(block)?;
         let signature = self.sequencer.sign_head(&finalized.header);
         let head = SignedTreeHead {
             header: finalized.header.clone(),

@@ -20,9 +20,12 @@ use std::collections::BTreeSet;
 
 /// Version byte of the signed-transaction envelope.
 pub const SIGNED_TX_VERSION: u8 = 1;
-/// Largest signed transaction accepted, in bytes (checked before decoding). A receipt lists
-/// every participant (32 bytes each), so this allows receipts for about 130,000 participants.
+/// Largest signed transaction accepted, in bytes (checked before decoding). No transaction
+/// grows with the number of patients: a receipt's participants are staged in as many
+/// [`Action::StageParticipants`] of at most [`MAX_STAGED_PER_TX`] each as they need.
 pub const MAX_SIGNED_TX_LEN: usize = 4 * 1024 * 1024;
+/// Most participants one [`Action::StageParticipants`] carries (1 MiB of account ids).
+pub const MAX_STAGED_PER_TX: usize = 32_768;
 /// Longest listing id, in bytes.
 pub const MAX_LISTING_ID_LEN: usize = 64;
 /// Most listings one order may name.
@@ -87,6 +90,11 @@ pub struct ListingContribution {
     /// Every consenting participant whose contribution was accepted, in strictly ascending
     /// order. Every consenting participant contributes (a zero when they do not match), so this
     /// list reveals consent, which is public, and not cohort membership.
+    ///
+    /// Empty in a receipt whose participants for this listing were staged on the ledger
+    /// beforehand ([`Action::StageParticipants`]): the ledger then reads them from its state,
+    /// and the attestation is checked over the staged list, so the receipt stays small however
+    /// many took part.
     pub participants: Vec<AccountId>,
     /// The vault's public capacity the node proved its contribution against (the bound on
     /// its rows).
@@ -589,6 +597,22 @@ pub enum Action {
     CancelOrder {
         /// The order.
         order: OrderId,
+    },
+    /// Stages the next participants of one listing of an open order for its receipt (signer:
+    /// committee member). A listing's participants are staged in ascending chunks of at most
+    /// [`MAX_STAGED_PER_TX`], each after every one staged before, and each holding an active
+    /// consent to the listing for the order's purpose. A receipt whose part for the listing
+    /// names no participants then stands for the staged list: the listing owner's attestation
+    /// is checked over it and every rule of the receipt applies to it, so no transaction and
+    /// no message grows with the number of patients. The staged lists go when the order's
+    /// receipt is recorded or the order is refunded or cancelled.
+    StageParticipants {
+        /// The open order.
+        order: OrderId,
+        /// One of the order's listings.
+        listing: ListingId,
+        /// The next participants, strictly ascending, each after the last one staged.
+        participants: Vec<AccountId>,
     },
 }
 

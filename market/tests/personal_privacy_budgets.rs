@@ -9,7 +9,7 @@
 mod common;
 
 use common::*;
-use market::{Action, Ledger, OrderId, PayoutChoice, Purpose, TxError};
+use market::{Action, OrderId, PayoutChoice, Purpose, TxError};
 
 /// Debited by every receipt of the scene, micro-epsilon.
 const DEBIT: u64 = 500_000;
@@ -210,18 +210,7 @@ fn personal_spending_is_rebuilt_from_storage_after_a_restart() {
     scene.record(order, ids.clone());
     let hash = scene.f.ledger.state().hash();
 
-    let path = scene.f.dir.path().join("ledger.db");
-    let Scene { f, .. } = scene;
-    let common::Fixture {
-        ledger,
-        clock,
-        ledger_key,
-        dir,
-        ..
-    } = f;
-    drop(ledger);
-    let reopened =
-        Ledger::open(&path, ledger_sequencer(&ledger_key, &clock)).expect("reopen the ledger");
+    let (reopened, _dir) = scene.reopen();
     assert_eq!(reopened.state().hash(), hash);
     assert_eq!(
         reopened
@@ -229,7 +218,6 @@ fn personal_spending_is_rebuilt_from_storage_after_a_restart() {
             .personal_spent_micro(&ids[0], &market::ListingId::new("diabetes-cohort")),
         DEBIT
     );
-    drop(dir);
 }
 
 #[test]

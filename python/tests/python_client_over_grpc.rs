@@ -53,15 +53,12 @@ fn setups() -> (Vec<NodeSetup>, Vec<f64>, ed25519_dalek::SigningKey) {
                 epsilon_limit_micro: None,
             });
         }
-        setups.push(NodeSetup {
-            listing: format!("clinic-{node}"),
+        setups.push(NodeSetup::paid(
+            format!("clinic-{node}"),
             vault,
             patients,
-            price_per_query: 1_000,
-            donation: false,
-            min_cohort_size: 1,
-            fault: None,
-        });
+            1_000,
+        ));
     }
     (setups, hba1c, consenting_key.unwrap())
 }

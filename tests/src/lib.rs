@@ -265,9 +265,20 @@ pub async fn query_sql(
     buyer: &Buyer,
     epsilon_micro: u64,
 ) -> anyhow::Result<cohortex_coordinator::Release> {
+    query(cluster, buyer, SQL, epsilon_micro).await
+}
+
+/// `buyer` orders `sql` over every listing for academic research at `epsilon_micro`, and
+/// waits for, opens and verifies the release.
+pub async fn query(
+    cluster: &Cluster,
+    buyer: &Buyer,
+    sql: &str,
+    epsilon_micro: u64,
+) -> anyhow::Result<cohortex_coordinator::Release> {
     buyer
         .query(
-            SQL,
+            sql,
             &listings(cluster),
             Purpose::AcademicResearch,
             epsilon_micro,

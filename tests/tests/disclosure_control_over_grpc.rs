@@ -56,17 +56,14 @@ async fn small_cohort_cells_are_suppressed_not_zero() {
     })
     .await;
     let buyer = buyer(&cluster).await;
-    let release = buyer
-        .query(
-            "SELECT BIN(age), COUNT(*), AVG(age) FROM patients GROUP BY BIN(age)",
-            &listings(&cluster),
-            Purpose::AcademicResearch,
-            EPSILON,
-            &table(),
-            &cluster.ledger_key,
-        )
-        .await
-        .unwrap();
+    let release = query(
+        &cluster,
+        &buyer,
+        "SELECT BIN(age), COUNT(*), AVG(age) FROM patients GROUP BY BIN(age)",
+        EPSILON,
+    )
+    .await
+    .unwrap();
     assert_eq!(release.answer.rows.len(), truth.len());
     for (band, (row, &count)) in release.answer.rows.iter().zip(&truth).enumerate() {
         if count < u64::from(MIN) {
@@ -206,7 +203,7 @@ fn diabetic_paid_patient_of_node_0() -> (u64, synth::SyntheticPatient) {
 }
 
 /// The patient consents again to `listing` for academic research, paid, with a personal
-/// privacy limit (their third transaction: registration and first consent came before).
+/// privacy limit (their second transaction: their first consent registered them).
 async fn set_personal_limit(
     cluster: &cohortex_cluster::Cluster,
     key: &ed25519_dalek::SigningKey,
@@ -216,8 +213,8 @@ async fn set_personal_limit(
     consent_again(cluster, key, listing, Some(limit_micro)).await;
 }
 
-/// The patient's third transaction (registration and first consent came before): a paid
-/// consent to `listing` for academic research, with an optional personal limit.
+/// The patient's second transaction (their first consent registered them): a paid consent
+/// to `listing` for academic research, with an optional personal limit.
 async fn consent_again(
     cluster: &cohortex_cluster::Cluster,
     key: &ed25519_dalek::SigningKey,
@@ -230,7 +227,7 @@ async fn consent_again(
     let grant = market::TxBody {
         chain_id: cluster.chain_id,
         signer: account,
-        nonce: 2,
+        nonce: 1,
         action: market::Action::GrantConsent {
             patient: account,
             listing: listing.clone(),

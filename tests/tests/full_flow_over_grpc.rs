@@ -279,7 +279,8 @@ async fn consent_revoked_between_order_and_compute_is_honoured() {
     let revoke = market::TxBody {
         chain_id: cluster.chain_id,
         signer: AccountId::of(&patient.key),
-        nonce: 2,
+        // Their first consent registered them (nonce 0).
+        nonce: 1,
         action: market::Action::RevokeConsent {
             listing: market::ListingId::new("clinic-0"),
             purpose: Purpose::AcademicResearch,

@@ -402,6 +402,12 @@ impl Compute for ShareCollector {
     ) -> Result<Response<v1::ContributeResponse>, Status> {
         Err(Status::unimplemented("collector"))
     }
+    async fn contribution_participants(
+        &self,
+        _: Request<v1::ContributionParticipantsRequest>,
+    ) -> Result<Response<v1::ContributionParticipantsResponse>, Status> {
+        Err(Status::unimplemented("collector"))
+    }
     async fn add_noise(
         &self,
         _: Request<v1::AddNoiseRequest>,

@@ -4,7 +4,7 @@
 //! ledger replica before it signs. These tests play the hostile operator over real gRPC.
 
 use cohortex_proto::v1::compute_client::ComputeClient;
-use cohortex_proto::v1::CosignReceiptRequest;
+use cohortex_proto::v1::{ContributionParticipantsRequest, CosignReceiptRequest};
 use compute_node::protocol::methods;
 use market::server::auth::signed_request_to;
 use market::tx::UncheckedTx;
@@ -150,7 +150,27 @@ async fn member_refuses_to_cosign_a_receipt_naming_participants_its_node_did_not
     let buyer = buyer(&cluster).await;
     let release = query_sql(&cluster, &buyer, EPSILON).await.unwrap();
     let (mut receipt, _) = recorded_receipt(&cluster, &release.receipt);
-    // The operator drops a participant of the second listing (paying the others more).
+    // The recorded receipt names no one: the participants were staged on the ledger, and the
+    // staged lists went with the receipt. The operator names each listing's participants as
+    // the ledger paid them, but one fewer for the second listing (paying the others more).
+    assert!(receipt
+        .listings
+        .iter()
+        .all(|part| part.participants.is_empty()));
+    {
+        let ledger = cluster.ledger.lock().unwrap();
+        let record = ledger
+            .state()
+            .receipt(&market::ReceiptId(release.receipt))
+            .expect("the receipt's record");
+        for (part, settlement) in receipt.listings.iter_mut().zip(&record.listings) {
+            part.participants = settlement
+                .payees
+                .iter()
+                .map(|payee| payee.participant)
+                .collect();
+        }
+    }
     receipt.listings[1].participants.remove(0);
     for index in quorum_indices(&release) {
         let refused = ask_to_cosign(&cluster, index, &receipt)
@@ -300,4 +320,88 @@ async fn restart_settles_computed_orders() {
     assert_eq!(resumed.nodes, served.nodes);
     assert_eq!(resumed.identity, served.identity);
     books_balance(&cluster);
+}
+
+/// Asks node 0, as the holder of `key`, for its participants in `order` from `offset` on.
+async fn participants_page(
+    cluster: &cohortex_cluster::Cluster,
+    key: &ed25519_dalek::SigningKey,
+    order: &TxId,
+    offset: u64,
+) -> Result<Vec<market::AccountId>, tonic::Status> {
+    let endpoint = &cluster.nodes[0].endpoint;
+    let page = ComputeClient::new(cluster.channel_to(endpoint).await.unwrap())
+        .contribution_participants(signed_request_to(
+            key,
+            endpoint,
+            methods::CONTRIBUTION_PARTICIPANTS,
+            ContributionParticipantsRequest {
+                order_id: order.0.as_bytes().to_vec(),
+                offset,
+            },
+        ))
+        .await?
+        .into_inner();
+    Ok(page
+        .participants
+        .iter()
+        .map(|bytes| market::AccountId(bytes.as_slice().try_into().unwrap()))
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contribution_participants_are_paged_to_the_coordinator_alone() {
+    let (_dir, cluster, _truth) = start([None, None, None]).await;
+    let buyer = buyer(&cluster).await;
+    let release = query_sql(&cluster, &buyer, EPSILON).await.unwrap();
+    let paid: Vec<market::AccountId> = {
+        let ledger = cluster.ledger.lock().unwrap();
+        ledger
+            .state()
+            .receipt(&market::ReceiptId(release.receipt))
+            .expect("the receipt's record")
+            .listings[0]
+            .payees
+            .iter()
+            .map(|payee| payee.participant)
+            .collect()
+    };
+    assert!(paid.len() > 2);
+    let coordinator = cluster.operator_key();
+    // From the start, every participant the ledger paid (fewer than a page); from an offset,
+    // the rest of them.
+    let all = participants_page(&cluster, coordinator, &release.order, 0)
+        .await
+        .unwrap();
+    assert_eq!(all, paid);
+    let rest = participants_page(&cluster, coordinator, &release.order, 2)
+        .await
+        .unwrap();
+    assert_eq!(rest, paid[2..].to_vec());
+
+    let beyond = participants_page(&cluster, coordinator, &release.order, paid.len() as u64 + 1)
+        .await
+        .expect_err("an offset past the end is refused");
+    assert_eq!(beyond.code(), Code::OutOfRange, "{beyond:?}");
+    assert!(
+        beyond.message().starts_with("offset:"),
+        "{}",
+        beyond.message()
+    );
+
+    let elsewhere = participants_page(&cluster, coordinator, &TxId(market::Hash32([7; 32])), 0)
+        .await
+        .expect_err("an order the node did not contribute to has no list");
+    assert_eq!(elsewhere.code(), Code::NotFound, "{elsewhere:?}");
+    assert!(
+        elsewhere.message().starts_with("order_id:"),
+        "{}",
+        elsewhere.message()
+    );
+
+    let stranger = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+    let refused = participants_page(&cluster, &stranger, &release.order, 0)
+        .await
+        .expect_err("only the coordinator reads the list");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
 }

@@ -3,7 +3,10 @@
 
 use std::sync::Arc;
 
-use cohortex_proto::v1::{ContributeRequest, ContributeResponse};
+use cohortex_proto::v1::{
+    ContributeRequest, ContributeResponse, ContributionParticipantsRequest,
+    ContributionParticipantsResponse,
+};
 use cohortex_types::text::bounded_message;
 use market::{AccountId, ListingContribution, ListingId};
 use rand::rngs::OsRng;
@@ -16,7 +19,47 @@ use crate::evaluate::evaluate;
 use crate::protocol::contribution_context;
 use crate::sql::compile;
 
+/// Most participants one message carries (1 MiB of accounts): a contribution's first page, or
+/// one `ContributionParticipants` answer.
+pub const PARTICIPANTS_PAGE: usize = 32_768;
+
+/// Contributions whose participant lists a node keeps for paging (the latest ones).
+pub const PARTICIPANT_LISTS_KEPT: usize = 16;
+
 impl NodeService {
+    /// A page of the participants of this node's contribution to an order, from `offset` on.
+    pub(super) fn contribution_participants(
+        &self,
+        message: ContributionParticipantsRequest,
+    ) -> Result<ContributionParticipantsResponse, Status> {
+        let order = order_id(&message.order_id)?;
+        let list = self
+            .lock()?
+            .participant_lists
+            .iter()
+            .find(|(listed, _)| *listed == order)
+            .map(|(_, list)| Arc::clone(list))
+            .ok_or_else(|| {
+                Status::not_found(
+                    "order_id: this node holds no participant list for the order (it did not \
+                     contribute to it, or contributed to many orders since)",
+                )
+            })?;
+        let offset = usize::try_from(message.offset)
+            .ok()
+            .filter(|offset| *offset <= list.len())
+            .ok_or_else(|| {
+                Status::out_of_range(format!(
+                    "offset: the contribution has {} participants",
+                    list.len()
+                ))
+            })?;
+        let end = list.len().min(offset + PARTICIPANTS_PAGE);
+        Ok(ContributionParticipantsResponse {
+            participants: list[offset..end].to_vec(),
+        })
+    }
+
     /// Evaluates the order's query over the patients who consent now and proves the result,
     /// once per order; the buyer's signed order on the ledger, not the coordinator, says what
     /// is asked, for which purpose and at what ε.
@@ -142,10 +185,17 @@ impl NodeService {
             ciphertexts,
             proof,
             capacity: self.vault.capacity(),
-            participants,
+            participants: participants[..participants.len().min(PARTICIPANTS_PAGE)].to_vec(),
             attestation: attested.attestation,
+            participant_count: participants.len() as u64,
         };
         let mut state = self.lock()?;
+        if state.participant_lists.len() >= PARTICIPANT_LISTS_KEPT {
+            state.participant_lists.pop_front();
+        }
+        state
+            .participant_lists
+            .push_back((order.clone(), Arc::new(participants)));
         state.contributed.insert(order);
         if self.fault() == Some(Fault::ReplayFirstContribution) {
             let first = state

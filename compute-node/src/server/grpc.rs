@@ -4,7 +4,8 @@
 
 use cohortex_proto::v1::compute_server::Compute;
 use cohortex_proto::v1::{
-    AddNoiseRequest, AddNoiseResponse, ContributeRequest, ContributeResponse, CosignReceiptRequest,
+    AddNoiseRequest, AddNoiseResponse, ContributeRequest, ContributeResponse,
+    ContributionParticipantsRequest, ContributionParticipantsResponse, CosignReceiptRequest,
     CosignReceiptResponse, DeliverShareRequest, DeliverShareResponse, DkgConfirmRequest,
     DkgConfirmResponse, DkgDealRequest, DkgDealResponse, DkgFinishRequest, DkgFinishResponse,
     DkgJustifyRequest, DkgJustifyResponse, DkgReceiveRequest, DkgReceiveResponse,
@@ -123,6 +124,16 @@ impl Compute for NodeService {
         self.check_coordinator(methods::CONTRIBUTE, &request)?;
         self.contribution(request.into_inner())
             .await
+            .map(Response::new)
+    }
+
+    #[tracing::instrument(skip(self, request), fields(listing = %self.config.listing))]
+    async fn contribution_participants(
+        &self,
+        request: Request<ContributionParticipantsRequest>,
+    ) -> Result<Response<ContributionParticipantsResponse>, Status> {
+        self.check_coordinator(methods::CONTRIBUTION_PARTICIPANTS, &request)?;
+        self.contribution_participants(request.into_inner())
             .map(Response::new)
     }
 

@@ -148,11 +148,17 @@ struct NodeState {
     contributed: BTreeSet<Vec<u8>>,
     /// The first contribution sent (kept only under `Fault::ReplayFirstContribution`).
     first_contribution: Option<ContributeResponse>,
+    /// The participants of the latest contributions (at most
+    /// [`contribute::PARTICIPANT_LISTS_KEPT`], oldest first), for `ContributionParticipants`.
+    participant_lists: std::collections::VecDeque<(Vec<u8>, ParticipantList)>,
     /// Per order: the fixed sum, this member's noise and what has been released.
     releases: BTreeMap<Vec<u8>, Release>,
     /// (trial, patient) pairs this node answered an acceptance for: one reply per patient.
     trial_replies: BTreeSet<(String, [u8; 32])>,
 }
+
+/// A contribution's participants (32-byte accounts, ascending), shared with the pages served.
+type ParticipantList = Arc<Vec<Vec<u8>>>;
 
 /// What the ledger and the market say about an order, as a member checks it.
 struct OrderFacts {
@@ -268,6 +274,7 @@ impl NodeService {
                 // Feasibility searches answered before a restart stay answered.
                 contributed: answered,
                 first_contribution: None,
+                participant_lists: std::collections::VecDeque::new(),
                 releases: BTreeMap::new(),
                 trial_replies: BTreeSet::new(),
             }),

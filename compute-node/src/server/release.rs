@@ -10,7 +10,7 @@ use cohortex_proto::v1::{
     KeySwitchRequest, KeySwitchResponse,
 };
 use cohortex_types::text::excerpt;
-use market::{AccountId, Hash32, QueryReceipt};
+use market::{AccountId, Hash32, ListingContribution, QueryReceipt};
 use rand::rngs::OsRng;
 use tonic::Status;
 use zk::{
@@ -430,10 +430,19 @@ impl NodeService {
             .follower
             .sync_and_read(channel, |machine| {
                 let state = machine.state();
-                let owners: Vec<Option<AccountId>> = receipt
+                // Each listing's owner, and the participants staged for its part (a part
+                // that names none stands for them, as on the ledger).
+                let owners: Vec<(Option<AccountId>, Vec<AccountId>)> = receipt
                     .listings
                     .iter()
-                    .map(|part| state.listing(&part.listing).map(|listing| listing.owner))
+                    .map(|part| {
+                        (
+                            state.listing(&part.listing).map(|listing| listing.owner),
+                            state
+                                .staged_participants(&order_key, &part.listing)
+                                .to_vec(),
+                        )
+                    })
                     .collect();
                 (
                     state.order(&order_key).cloned(),
@@ -446,7 +455,23 @@ impl NodeService {
             .map_err(follow_status)?;
         self.config.committee.check_ledger(registered.as_ref())?;
         let chain_id = self.config.ledger.chain_id;
-        for (index, (part, owner)) in receipt.listings.iter().zip(&owners).enumerate() {
+        for (index, (part, (owner, staged))) in receipt.listings.iter().zip(owners).enumerate() {
+            if !staged.is_empty() && !part.participants.is_empty() {
+                return Err(Status::invalid_argument(format!(
+                    "receipt.listings[{index}].participants: staged on the ledger, so the \
+                     receipt must name none"
+                )));
+            }
+            let resolved;
+            let part = if staged.is_empty() {
+                part
+            } else {
+                resolved = ListingContribution {
+                    participants: staged,
+                    ..part.clone()
+                };
+                &resolved
+            };
             let attested = owner
                 .and_then(|owner| owner.verifying_key().ok())
                 .is_some_and(|key| {

@@ -71,7 +71,9 @@ pub fn tx_error_code(error: &TxError) -> Code {
         | TxError::InvalidRelease(_)
         | TxError::InvalidCommittee(_)
         | TxError::InvalidTrial(_)
-        | TxError::ParticipantsNotCanonical(_) => Code::InvalidArgument,
+        | TxError::ParticipantsNotCanonical(_)
+        | TxError::StagedParticipantsNotCanonical { .. }
+        | TxError::ParticipantsStagedAndNamed(_) => Code::InvalidArgument,
         TxError::BadSignature(_) => Code::Unauthenticated,
         TxError::UnknownAccount(_)
         | TxError::UnknownListing(_)
@@ -116,6 +118,7 @@ pub fn tx_error_code(error: &TxError) -> Code {
         | TxError::PersonalBudgetExceeded { .. }
         | TxError::ReceiptForAnotherOrder { .. }
         | TxError::ParticipantInTwoListings { .. }
+        | TxError::ListingNotInOrder { .. }
         | TxError::AlreadySettled(_)
         | TxError::AlreadyRefunded(_)
         | TxError::ReleaseAlreadyCommitted(_)
@@ -318,6 +321,7 @@ pub fn action_name(action: &Action) -> &'static str {
         Action::PostTrial(_) => "PostTrial",
         Action::RecordTrialReply { .. } => "RecordTrialReply",
         Action::CancelOrder { .. } => "CancelOrder",
+        Action::StageParticipants { .. } => "StageParticipants",
     }
 }
 

@@ -358,6 +358,23 @@ impl Scene {
         OrderId(self.f.submit(&mut self.buyer, action).expect("order"))
     }
 
+    /// Closes the ledger and opens it again from its database, as after a restart; the
+    /// directory holding it lives as long as the returned guard.
+    pub fn reopen(self) -> (Ledger, tempfile::TempDir) {
+        let Fixture {
+            ledger,
+            clock,
+            ledger_key,
+            dir,
+            ..
+        } = self.f;
+        let path = ledger.path().to_path_buf();
+        drop(ledger);
+        let reopened =
+            Ledger::open(&path, ledger_sequencer(&ledger_key, &clock)).expect("reopen the ledger");
+        (reopened, dir)
+    }
+
     /// Records a receipt for `order` naming `participants`; returns the receipt id.
     pub fn record(&mut self, order: OrderId, participants: Vec<AccountId>) -> market::ReceiptId {
         let action = receipt_action(

@@ -1,0 +1,339 @@
+//! A receipt's participants staged on the ledger in bounded chunks (`StageParticipants`), so
+//! that no transaction grows with the number of patients: the receipt's part for a listing
+//! then names none and stands for the staged list, under every rule a named list has.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use market::{AccountId, Action, ListingId, OrderId, PayoutChoice, Purpose, TxError};
+
+const DEBIT: u64 = 500_000;
+
+/// The scene's patients, ascending (the order a node lists and stages them in).
+fn ascending(scene: &Scene) -> Vec<AccountId> {
+    let mut ids = scene.patient_ids();
+    ids.sort();
+    ids
+}
+
+fn stage(listing: &ListingId, order: OrderId, participants: &[AccountId]) -> Action {
+    Action::StageParticipants {
+        order,
+        listing: listing.clone(),
+        participants: participants.to_vec(),
+    }
+}
+
+/// The node's receipt part attested over `attested`, with the participants left out, as the
+/// coordinator sends it once they are staged.
+fn receipt_naming_none(scene: &Scene, order: OrderId, attested: Vec<AccountId>) -> Action {
+    let mut action = receipt_action(
+        scene.f.ledger.chain_id(),
+        order,
+        vec![(scene.listing.clone(), &scene.node, attested)],
+    );
+    if let Action::RecordReceipt(receipt) = &mut action {
+        for part in &mut receipt.listings {
+            part.participants.clear();
+        }
+    }
+    action
+}
+
+/// Records the receipt naming none over `attested` and settles the order.
+fn record_naming_none_and_settle(scene: &mut Scene, order: OrderId, attested: Vec<AccountId>) {
+    let receipt = receipt_naming_none(scene, order, attested);
+    let receipt = market::ReceiptId(
+        scene
+            .f
+            .submit(&mut scene.committee, receipt)
+            .expect("a receipt naming none records over the staged list"),
+    );
+    scene
+        .f
+        .submit(&mut scene.buyer, Action::Settle { order, receipt })
+        .expect("settle");
+}
+
+#[test]
+fn receipt_over_staged_participants_pays_and_debits_each_of_them() {
+    let mut scene = Scene::new();
+    let ids = ascending(&scene);
+    let order = scene.order();
+    // Two chunks, the second after the first.
+    scene
+        .f
+        .submit(
+            &mut scene.committee,
+            stage(&scene.listing, order, &ids[..1]),
+        )
+        .expect("first chunk");
+    scene
+        .f
+        .submit(
+            &mut scene.committee,
+            stage(&scene.listing, order, &ids[1..]),
+        )
+        .expect("second chunk");
+    assert_eq!(
+        scene
+            .f
+            .ledger
+            .state()
+            .staged_participants(&order, &scene.listing),
+        ids.as_slice()
+    );
+
+    record_naming_none_and_settle(&mut scene, order, ids.clone());
+
+    // 1000 credits over 3 participants: 333 each, 1 back to the buyer; the third patient
+    // donates theirs to the fund.
+    let state = scene.f.ledger.state();
+    assert_eq!(state.balance(&scene.patients[0].id), 333);
+    assert_eq!(state.balance(&scene.patients[1].id), 333);
+    assert_eq!(state.balance(&scene.patients[2].id), 0);
+    assert_eq!(state.balance(&scene.fund.id), 333);
+    assert_eq!(state.balance(&scene.buyer.id), 5000 - 1000 + 1);
+    for id in &ids {
+        assert_eq!(state.personal_spent_micro(id, &scene.listing), DEBIT);
+    }
+    assert!(
+        state.staged_participants(&order, &scene.listing).is_empty(),
+        "the staged list goes with the receipt"
+    );
+    assert!(scene.f.conserved());
+}
+
+#[test]
+fn staged_participants_must_ascend_after_those_staged_before() {
+    let mut scene = Scene::new();
+    let ids = ascending(&scene);
+    let order = scene.order();
+    let not_canonical = TxError::StagedParticipantsNotCanonical {
+        order,
+        listing: scene.listing.clone(),
+    };
+    let descending = vec![ids[1], ids[0]];
+    scene.f.refuse(
+        &scene.committee,
+        stage(&scene.listing, order, &descending),
+        not_canonical.clone(),
+    );
+    scene.f.refuse(
+        &scene.committee,
+        stage(&scene.listing, order, &[ids[0], ids[0]]),
+        not_canonical.clone(),
+    );
+    scene.f.refuse(
+        &scene.committee,
+        stage(&scene.listing, order, &[]),
+        not_canonical.clone(),
+    );
+
+    scene
+        .f
+        .submit(
+            &mut scene.committee,
+            stage(&scene.listing, order, &ids[1..2]),
+        )
+        .expect("a chunk");
+    // Before or equal to the last one staged: refused, so no one is staged twice.
+    scene.f.refuse(
+        &scene.committee,
+        stage(&scene.listing, order, &ids[..1]),
+        not_canonical.clone(),
+    );
+    scene.f.refuse(
+        &scene.committee,
+        stage(&scene.listing, order, &ids[1..2]),
+        not_canonical,
+    );
+}
+
+#[test]
+fn staging_a_participant_without_consent_is_refused() {
+    let mut scene = Scene::new();
+    let order = scene.order();
+    let revoke = Action::RevokeConsent {
+        listing: scene.listing.clone(),
+        purpose: Purpose::AcademicResearch,
+    };
+    scene
+        .f
+        .submit(&mut scene.patients[0], revoke)
+        .expect("revoke");
+    let patient = scene.patients[0].id;
+    scene.f.refuse(
+        &scene.committee,
+        stage(&scene.listing, order, &[patient]),
+        TxError::ParticipantWithoutConsent {
+            patient,
+            listing: scene.listing.clone(),
+            purpose: Purpose::AcademicResearch,
+        },
+    );
+}
+
+#[test]
+fn staging_by_an_account_outside_the_committee_is_refused() {
+    let mut scene = Scene::new();
+    let ids = ascending(&scene);
+    let order = scene.order();
+    scene.f.refuse(
+        &scene.buyer,
+        stage(&scene.listing, order, &ids),
+        TxError::WrongRole {
+            account: scene.buyer.id,
+            actual: market::Role::Buyer,
+            required: "committee member",
+        },
+    );
+}
+
+#[test]
+fn staging_for_a_listing_the_order_does_not_name_is_refused() {
+    let mut scene = Scene::new();
+    let ids = ascending(&scene);
+    let order = scene.order();
+    let elsewhere = ListingId::new("another-listing");
+    scene.f.refuse(
+        &scene.committee,
+        Action::StageParticipants {
+            order,
+            listing: elsewhere.clone(),
+            participants: ids,
+        },
+        TxError::ListingNotInOrder {
+            order,
+            listing: elsewhere,
+        },
+    );
+}
+
+#[test]
+fn receipt_naming_participants_that_are_also_staged_is_refused() {
+    let mut scene = Scene::new();
+    let ids = ascending(&scene);
+    let order = scene.order();
+    scene
+        .f
+        .submit(&mut scene.committee, stage(&scene.listing, order, &ids))
+        .expect("stage");
+    let naming = receipt_action(
+        scene.f.ledger.chain_id(),
+        order,
+        vec![(scene.listing.clone(), &scene.node, ids)],
+    );
+    scene.f.refuse(
+        &scene.committee,
+        naming,
+        TxError::ParticipantsStagedAndNamed(scene.listing.clone()),
+    );
+}
+
+#[test]
+fn receipt_over_staged_participants_the_node_did_not_attest_is_refused() {
+    let mut scene = Scene::new();
+    let ids = ascending(&scene);
+    let order = scene.order();
+    // The market stages only two of the three people the node attested.
+    scene
+        .f
+        .submit(
+            &mut scene.committee,
+            stage(&scene.listing, order, &ids[..2]),
+        )
+        .expect("stage");
+    let receipt = receipt_naming_none(&scene, order, ids);
+    scene.f.refuse(
+        &scene.committee,
+        receipt,
+        TxError::ContributionNotAttested {
+            listing: scene.listing.clone(),
+            owner: scene.node.id,
+        },
+    );
+}
+
+#[test]
+fn refund_drops_the_staged_participants_and_storage_forgets_them() {
+    let mut scene = Scene::new();
+    let ids = ascending(&scene);
+    let order = scene.order();
+    scene
+        .f
+        .submit(&mut scene.committee, stage(&scene.listing, order, &ids))
+        .expect("stage");
+    let staged_hash = scene.f.ledger.state().hash();
+    scene
+        .f
+        .submit(&mut scene.committee, Action::Refund { order })
+        .expect("refund");
+    let state = scene.f.ledger.state();
+    assert!(state.staged_participants(&order, &scene.listing).is_empty());
+    assert_ne!(state.hash(), staged_hash);
+    // Nothing was released, so nobody is debited.
+    for id in &ids {
+        assert_eq!(state.personal_spent_micro(id, &scene.listing), 0);
+    }
+    let hash = state.hash();
+
+    // The ledger reopened from its database holds the same state: the staged list's entry
+    // was deleted, not left behind.
+    let (reopened, _dir) = scene.reopen();
+    assert_eq!(reopened.state().hash(), hash);
+    assert!(reopened
+        .state()
+        .staged_participants(&order, &ListingId::new("diabetes-cohort"))
+        .is_empty());
+}
+
+#[test]
+fn staged_participants_survive_a_restart_of_the_ledger() {
+    let mut scene = Scene::new();
+    let ids = ascending(&scene);
+    let order = scene.order();
+    scene
+        .f
+        .submit(&mut scene.committee, stage(&scene.listing, order, &ids))
+        .expect("stage");
+    let hash = scene.f.ledger.state().hash();
+    let (reopened, _dir) = scene.reopen();
+    assert_eq!(reopened.state().hash(), hash);
+    assert_eq!(
+        reopened
+            .state()
+            .staged_participants(&order, &ListingId::new("diabetes-cohort")),
+        ids.as_slice()
+    );
+}
+
+#[test]
+fn payout_of_a_staged_participant_follows_their_consent_when_the_receipt_is_recorded() {
+    // A patient who donates is staged like any other; the payout rule reads their consent
+    // when the receipt is recorded, not when they were staged.
+    let mut scene = Scene::new();
+    let ids = ascending(&scene);
+    let order = scene.order();
+    scene
+        .f
+        .submit(&mut scene.committee, stage(&scene.listing, order, &ids))
+        .expect("stage");
+    // The first patient switches to donating before the receipt.
+    scene.f.advance(1);
+    let fund = scene.fund.id;
+    let regrant = grant_action(
+        &scene.patients[0],
+        &scene.listing,
+        PayoutChoice::DonateTo { fund },
+    );
+    scene
+        .f
+        .submit(&mut scene.patients[0], regrant)
+        .expect("change of payout");
+    record_naming_none_and_settle(&mut scene, order, ids);
+    let state = scene.f.ledger.state();
+    assert_eq!(state.balance(&scene.patients[0].id), 0);
+    assert_eq!(state.balance(&scene.fund.id), 2 * 333);
+}

@@ -1293,7 +1293,14 @@ impl Coordinator {
                         .await
                         .map_err(|_| Status::deadline_exceeded("node did not answer in time"))?
                         .map(tonic::Response::into_inner)?;
-                    // The rest of a long participant list, a page at a time.
+                    // The rest of a long participant list, a page at a time; no more than the
+                    // vault's capacity, the public bound on its rows.
+                    if response.participant_count > response.capacity {
+                        return Err(Status::invalid_argument(format!(
+                            "participant_count: {} is more than the vault's capacity {}",
+                            response.participant_count, response.capacity
+                        )));
+                    }
                     let total = usize::try_from(response.participant_count).unwrap_or(usize::MAX);
                     while response.participants.len() < total {
                         let request = ContributionParticipantsRequest {

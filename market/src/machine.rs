@@ -126,8 +126,9 @@ pub struct ProposedBlock {
 /// The result of [`StateMachine::prepare_block`].
 #[derive(Debug)]
 pub struct Preparation {
-    /// The block to finalize (`None` when nothing applied).
-    pub block: Option<ProposedBlock>,
+    /// The block to finalize (`None` when nothing applied). Private: the state in `applied`
+    /// is this block's, so the block cannot be changed before it is finalized with it.
+    block: Option<ProposedBlock>,
     /// Transactions left out, with their position in the input and the reason.
     pub refused: Vec<(usize, TxError)>,
     /// The state after the block, as preparing it left it: the proposer finalizes its own
@@ -156,6 +157,13 @@ pub struct StateMachine {
     log: MerkleLog,
     last_head: Option<SignedTreeHead>,
     commit_pending: bool,
+}
+
+impl Preparation {
+    /// The block to finalize (`None` when no transaction applied).
+    pub fn block(&self) -> Option<&ProposedBlock> {
+        self.block.as_ref()
+    }
 }
 
 impl StateMachine {

@@ -632,7 +632,7 @@ impl State {
     pub fn take_changes(&mut self) -> Vec<(Vec<u8>, Vec<u8>)> {
         let keys = std::mem::take(&mut self.changed);
         keys.into_iter()
-            .filter_map(|key| {
+            .map(|key| {
                 let value = match &key {
                     StateKey::Account(id) => self.accounts.get(id).map(postcard::to_stdvec),
                     StateKey::Listing(id) => self.listings.get(id).map(postcard::to_stdvec),
@@ -651,15 +651,16 @@ impl State {
                     StateKey::ResultKey(id) => self.result_keys.get(id).map(postcard::to_stdvec),
                     StateKey::Committee => self.committee.as_ref().map(postcard::to_stdvec),
                     StateKey::Trial(id) => self.trials.get(id).map(postcard::to_stdvec),
-                    StateKey::Staged(order, listing) => Some(
-                        self.staged
-                            .get(&(*order, listing.clone()))
-                            .map_or(Ok(Vec::new()), postcard::to_stdvec),
-                    ),
-                }?;
+                    StateKey::Staged(order, listing) => self
+                        .staged
+                        .get(&(*order, listing.clone()))
+                        .map(postcard::to_stdvec),
+                }
+                // A key written but no longer present was removed.
+                .unwrap_or(Ok(Vec::new()));
                 let key = postcard::to_stdvec(&key);
                 match (key, value) {
-                    (Ok(key), Ok(value)) => Some((key, value)),
+                    (Ok(key), Ok(value)) => (key, value),
                     // Serialising into a Vec cannot fail for these types.
                     (Err(error), _) | (_, Err(error)) => {
                         unreachable!("state entry serialisation failed: {error}")
@@ -1841,7 +1842,7 @@ impl State {
         }
     }
 
-    /// The order `order_id`, which must exist and be open.
+    /// Appends `participants` to the list staged for `order_id`'s receipt on `listing`.
     fn stage_participants(
         &mut self,
         signer: AccountId,
@@ -1857,6 +1858,11 @@ impl State {
                 order: order_id,
                 expires_at: order.expires_at,
             });
+        }
+        // Staged before the release is committed, or not at all: a list that could grow
+        // afterwards would let a member stall a released order until its refund.
+        if self.releases.contains_key(&order_id) {
+            return Err(TxError::ReleaseCommitted(order_id));
         }
         if !order
             .listings
@@ -1919,6 +1925,7 @@ impl State {
         }
     }
 
+    /// The order `order_id`, which must exist and be open.
     fn open_order(&self, order_id: OrderId) -> Result<&Order, TxError> {
         let order = self
             .orders

@@ -271,7 +271,11 @@ fn initialise(
         "INSERT INTO meta (key, value) VALUES ('genesis', ?1)",
         params![genesis.to_bytes()],
     )?;
+    // An empty value is a removed entry (`State::take_changes`): nothing to store.
     for (key, value) in machine.take_state_changes() {
+        if value.is_empty() {
+            continue;
+        }
         sql.execute(
             "INSERT INTO state_entries (key, value, height) VALUES (?1, ?2, 0)",
             params![key, value],

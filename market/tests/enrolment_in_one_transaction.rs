@@ -78,3 +78,39 @@ fn registering_consent_must_be_the_signers_first_transaction() {
         },
     );
 }
+
+#[test]
+fn block_with_a_refused_first_consent_replays_to_the_same_state() {
+    // The market finalizes a block with the state its preparation left; a replica (and
+    // `ledger verify`) applies the block afresh. A first consent refused inside a block must
+    // leave no trace in the first, or the two would disagree on the state hash.
+    let mut scene = Scene::new();
+    let accepted = Party::new(&mut scene.f.rng);
+    let refused = Party::new(&mut scene.f.rng);
+    let other = Party::new(&mut scene.f.rng);
+    let unknown = ListingId::new("no-such-listing");
+    let txs = vec![
+        scene.f.sign(
+            &accepted,
+            grant_action(&accepted, &scene.listing, PayoutChoice::ToPatient),
+        ),
+        scene.f.sign(
+            &refused,
+            grant_action(&refused, &unknown, PayoutChoice::ToPatient),
+        ),
+        scene.f.sign(
+            &other,
+            grant_action(&other, &scene.listing, PayoutChoice::ToPatient),
+        ),
+    ];
+    let outcome = scene.f.ledger.append(txs).expect("append");
+    assert_eq!(outcome.refused.len(), 1);
+    assert_eq!(outcome.refused[0].index, 1);
+    let head = outcome.head.expect("a block of the two accepted consents");
+    assert_eq!(head.header.tx_count, 2);
+    let state = scene.f.ledger.state();
+    assert!(state.account(&refused.id).is_none());
+    assert!(state.account(&accepted.id).is_some() && state.account(&other.id).is_some());
+    let path = scene.f.ledger.path().to_path_buf();
+    market::audit_database(&path).expect("the replayed state hashes match the signed ones");
+}

@@ -337,3 +337,70 @@ fn payout_of_a_staged_participant_follows_their_consent_when_the_receipt_is_reco
     assert_eq!(state.balance(&scene.patients[0].id), 0);
     assert_eq!(state.balance(&scene.fund.id), 2 * 333);
 }
+
+#[test]
+fn staging_after_the_release_is_committed_is_refused() {
+    // A list that could grow after the commitment would let a member stall a released order
+    // (its receipt could never match the node's attestation) until its refund.
+    let mut scene = Scene::new();
+    let ids = ascending(&scene);
+    let order = scene.order();
+    let commit = Action::CommitRelease {
+        order,
+        noise_members: vec![1],
+        quorum: vec![1],
+    };
+    scene
+        .f
+        .submit(&mut scene.committee, commit)
+        .expect("commit the release");
+    scene.f.refuse(
+        &scene.committee,
+        stage(&scene.listing, order, &ids),
+        TxError::ReleaseCommitted(order),
+    );
+}
+
+#[test]
+fn cancelling_the_order_drops_the_staged_participants() {
+    let mut scene = Scene::new();
+    let ids = ascending(&scene);
+    let order = scene.order();
+    scene
+        .f
+        .submit(&mut scene.committee, stage(&scene.listing, order, &ids))
+        .expect("stage");
+    scene
+        .f
+        .submit(&mut scene.buyer, Action::CancelOrder { order })
+        .expect("cancel");
+    assert!(scene
+        .f
+        .ledger
+        .state()
+        .staged_participants(&order, &scene.listing)
+        .is_empty());
+}
+
+#[test]
+fn recorded_receipt_drops_the_staged_participants_from_storage_too() {
+    let mut scene = Scene::new();
+    let ids = ascending(&scene);
+    let order = scene.order();
+    scene
+        .f
+        .submit(&mut scene.committee, stage(&scene.listing, order, &ids))
+        .expect("stage");
+    record_naming_none_and_settle(&mut scene, order, ids);
+    let hash = scene.f.ledger.state().hash();
+    let path = scene.f.ledger.path().to_path_buf();
+    let (reopened, _dir) = scene.reopen();
+    assert_eq!(reopened.state().hash(), hash);
+    assert!(reopened
+        .state()
+        .staged_participants(&order, &ListingId::new("diabetes-cohort"))
+        .is_empty());
+    drop(reopened);
+    // Replaying every block from genesis, as `ledger verify` does, gives the same state.
+    market::audit_database(&path).expect("the ledger verifies");
+}

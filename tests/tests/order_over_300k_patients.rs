@@ -5,9 +5,14 @@
 #![allow(clippy::unwrap_used)]
 
 use cohortex_cluster::{Cluster, NodeSetup, PatientEnrolment, Payout};
+use cohortex_proto::v1::compute_client::ComputeClient;
+use cohortex_proto::v1::ContributionParticipantsRequest;
+use compute_node::protocol::methods;
 use compute_node::record::{PatientRecord, Value};
+use compute_node::server::PARTICIPANTS_PAGE;
 use compute_node::{Schema, Vault};
 use ed25519_dalek::SigningKey;
+use market::server::auth::signed_request_to;
 use market::{AccountId, MAX_STAGED_PER_TX};
 use rand::rngs::OsRng;
 use testkit::{cluster_options, listings, manifests, query, EPSILON, PRICE};
@@ -156,5 +161,45 @@ async fn order_over_300k_patients_completes() {
             "largest transaction: {largest} bytes"
         );
     }
+    // Each node's list is longer than a page: the coordinator read the rest from node 0 a
+    // page at a time, and so can a second reader with its key; past the end is refused.
+    let endpoint = cluster.nodes[0].endpoint.clone();
+    let page = |offset: u64| {
+        let request = signed_request_to(
+            cluster.operator_key(),
+            &endpoint,
+            methods::CONTRIBUTION_PARTICIPANTS,
+            ContributionParticipantsRequest {
+                order_id: release.order.0.as_bytes().to_vec(),
+                offset,
+            },
+        );
+        let channel = cluster.channel_to(&endpoint);
+        async move {
+            ComputeClient::new(channel.await.unwrap())
+                .contribution_participants(request)
+                .await
+                .map(|page| page.into_inner().participants)
+        }
+    };
+    let first = truth.consenting[0].len();
+    assert!(first > PARTICIPANTS_PAGE);
+    let second_page = page(PARTICIPANTS_PAGE as u64).await.unwrap();
+    assert_eq!(second_page.len(), first - PARTICIPANTS_PAGE);
+    let mut expected = truth.consenting[0].clone();
+    expected.sort();
+    assert_eq!(
+        second_page.last().unwrap().as_slice(),
+        &expected[first - 1].0
+    );
+    let beyond = page(first as u64 + 1)
+        .await
+        .expect_err("an offset past the end is refused");
+    assert_eq!(beyond.code(), tonic::Code::OutOfRange, "{beyond:?}");
+    assert!(
+        beyond.message().starts_with("offset:"),
+        "{}",
+        beyond.message()
+    );
     cluster.shutdown();
 }

@@ -23,7 +23,8 @@ use crate::sql::compile;
 /// one `ContributionParticipants` answer.
 pub const PARTICIPANTS_PAGE: usize = 32_768;
 
-/// Contributions whose participant lists a node keeps for paging (the latest ones).
+/// Contributions whose participant lists (those longer than a page) a node keeps for paging:
+/// the latest ones.
 pub const PARTICIPANT_LISTS_KEPT: usize = 16;
 
 impl NodeService {
@@ -56,7 +57,7 @@ impl NodeService {
             })?;
         let end = list.len().min(offset + PARTICIPANTS_PAGE);
         Ok(ContributionParticipantsResponse {
-            participants: list[offset..end].to_vec(),
+            participants: list[offset..end].iter().map(|key| key.to_vec()).collect(),
         })
     }
 
@@ -190,12 +191,19 @@ impl NodeService {
             participant_count: participants.len() as u64,
         };
         let mut state = self.lock()?;
-        if state.participant_lists.len() >= PARTICIPANT_LISTS_KEPT {
-            state.participant_lists.pop_front();
+        // Only a list longer than the first page is read again, a page at a time.
+        if participants.len() > PARTICIPANTS_PAGE {
+            if state.participant_lists.len() >= PARTICIPANT_LISTS_KEPT {
+                state.participant_lists.pop_front();
+            }
+            let compact: Vec<[u8; 32]> = participants
+                .iter()
+                .filter_map(|bytes| <[u8; 32]>::try_from(bytes.as_slice()).ok())
+                .collect();
+            state
+                .participant_lists
+                .push_back((order.clone(), Arc::new(compact)));
         }
-        state
-            .participant_lists
-            .push_back((order.clone(), Arc::new(participants)));
         state.contributed.insert(order);
         if self.fault() == Some(Fault::ReplayFirstContribution) {
             let first = state

@@ -50,6 +50,7 @@ mod grpc;
 mod recruitment;
 mod release;
 
+pub use contribute::{PARTICIPANTS_PAGE, PARTICIPANT_LISTS_KEPT};
 use dkg::{load_key_share, DkgRound};
 #[cfg(feature = "tfhe")]
 pub use feasibility::count_noise;
@@ -148,7 +149,7 @@ struct NodeState {
     contributed: BTreeSet<Vec<u8>>,
     /// The first contribution sent (kept only under `Fault::ReplayFirstContribution`).
     first_contribution: Option<ContributeResponse>,
-    /// The participants of the latest contributions (at most
+    /// The participants of the latest contributions longer than a page (at most
     /// [`contribute::PARTICIPANT_LISTS_KEPT`], oldest first), for `ContributionParticipants`.
     participant_lists: std::collections::VecDeque<(Vec<u8>, ParticipantList)>,
     /// Per order: the fixed sum, this member's noise and what has been released.
@@ -157,8 +158,8 @@ struct NodeState {
     trial_replies: BTreeSet<(String, [u8; 32])>,
 }
 
-/// A contribution's participants (32-byte accounts, ascending), shared with the pages served.
-type ParticipantList = Arc<Vec<Vec<u8>>>;
+/// A contribution's participants (accounts, ascending), shared with the pages served.
+type ParticipantList = Arc<Vec<[u8; 32]>>;
 
 /// What the ledger and the market say about an order, as a member checks it.
 struct OrderFacts {

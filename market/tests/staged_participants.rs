@@ -17,6 +17,34 @@ fn ascending(scene: &Scene) -> Vec<AccountId> {
     ids
 }
 
+/// The scene, its patients ascending and an open order on its listing.
+fn ordered() -> (Scene, Vec<AccountId>, OrderId) {
+    let mut scene = Scene::new();
+    let ids = ascending(&scene);
+    let order = scene.order();
+    (scene, ids, order)
+}
+
+/// What is staged for `order` once the ledger is reopened from its database (which must hold
+/// the same state).
+fn staged_after_restart(scene: Scene, order: OrderId) -> Vec<AccountId> {
+    let (reopened, _dir) = scene.reopen();
+    let staged = reopened
+        .state()
+        .staged_participants(&order, &ListingId::new("diabetes-cohort"))
+        .to_vec();
+    staged
+}
+
+/// Stages `participants` for `order`'s receipt; the ledger must accept it.
+fn stage_ok(scene: &mut Scene, order: OrderId, participants: &[AccountId]) {
+    let action = stage(&scene.listing, order, participants);
+    scene
+        .f
+        .submit(&mut scene.committee, action)
+        .expect("staged");
+}
+
 fn stage(listing: &ListingId, order: OrderId, participants: &[AccountId]) -> Action {
     Action::StageParticipants {
         order,
@@ -58,24 +86,10 @@ fn record_naming_none_and_settle(scene: &mut Scene, order: OrderId, attested: Ve
 
 #[test]
 fn receipt_over_staged_participants_pays_and_debits_each_of_them() {
-    let mut scene = Scene::new();
-    let ids = ascending(&scene);
-    let order = scene.order();
+    let (mut scene, ids, order) = ordered();
     // Two chunks, the second after the first.
-    scene
-        .f
-        .submit(
-            &mut scene.committee,
-            stage(&scene.listing, order, &ids[..1]),
-        )
-        .expect("first chunk");
-    scene
-        .f
-        .submit(
-            &mut scene.committee,
-            stage(&scene.listing, order, &ids[1..]),
-        )
-        .expect("second chunk");
+    stage_ok(&mut scene, order, &ids[..1]);
+    stage_ok(&mut scene, order, &ids[1..]);
     assert_eq!(
         scene
             .f
@@ -107,9 +121,7 @@ fn receipt_over_staged_participants_pays_and_debits_each_of_them() {
 
 #[test]
 fn staged_participants_must_ascend_after_those_staged_before() {
-    let mut scene = Scene::new();
-    let ids = ascending(&scene);
-    let order = scene.order();
+    let (mut scene, ids, order) = ordered();
     let not_canonical = TxError::StagedParticipantsNotCanonical {
         order,
         listing: scene.listing.clone(),
@@ -131,13 +143,7 @@ fn staged_participants_must_ascend_after_those_staged_before() {
         not_canonical.clone(),
     );
 
-    scene
-        .f
-        .submit(
-            &mut scene.committee,
-            stage(&scene.listing, order, &ids[1..2]),
-        )
-        .expect("a chunk");
+    stage_ok(&mut scene, order, &ids[1..2]);
     // Before or equal to the last one staged: refused, so no one is staged twice.
     scene.f.refuse(
         &scene.committee,
@@ -155,14 +161,7 @@ fn staged_participants_must_ascend_after_those_staged_before() {
 fn staging_a_participant_without_consent_is_refused() {
     let mut scene = Scene::new();
     let order = scene.order();
-    let revoke = Action::RevokeConsent {
-        listing: scene.listing.clone(),
-        purpose: Purpose::AcademicResearch,
-    };
-    scene
-        .f
-        .submit(&mut scene.patients[0], revoke)
-        .expect("revoke");
+    scene.revoke(0);
     let patient = scene.patients[0].id;
     scene.f.refuse(
         &scene.committee,
@@ -177,9 +176,7 @@ fn staging_a_participant_without_consent_is_refused() {
 
 #[test]
 fn staging_by_an_account_outside_the_committee_is_refused() {
-    let mut scene = Scene::new();
-    let ids = ascending(&scene);
-    let order = scene.order();
+    let (mut scene, ids, order) = ordered();
     scene.f.refuse(
         &scene.buyer,
         stage(&scene.listing, order, &ids),
@@ -193,9 +190,7 @@ fn staging_by_an_account_outside_the_committee_is_refused() {
 
 #[test]
 fn staging_for_a_listing_the_order_does_not_name_is_refused() {
-    let mut scene = Scene::new();
-    let ids = ascending(&scene);
-    let order = scene.order();
+    let (mut scene, ids, order) = ordered();
     let elsewhere = ListingId::new("another-listing");
     scene.f.refuse(
         &scene.committee,
@@ -213,13 +208,8 @@ fn staging_for_a_listing_the_order_does_not_name_is_refused() {
 
 #[test]
 fn receipt_naming_participants_that_are_also_staged_is_refused() {
-    let mut scene = Scene::new();
-    let ids = ascending(&scene);
-    let order = scene.order();
-    scene
-        .f
-        .submit(&mut scene.committee, stage(&scene.listing, order, &ids))
-        .expect("stage");
+    let (mut scene, ids, order) = ordered();
+    stage_ok(&mut scene, order, &ids);
     let naming = receipt_action(
         scene.f.ledger.chain_id(),
         order,
@@ -234,17 +224,9 @@ fn receipt_naming_participants_that_are_also_staged_is_refused() {
 
 #[test]
 fn receipt_over_staged_participants_the_node_did_not_attest_is_refused() {
-    let mut scene = Scene::new();
-    let ids = ascending(&scene);
-    let order = scene.order();
+    let (mut scene, ids, order) = ordered();
     // The market stages only two of the three people the node attested.
-    scene
-        .f
-        .submit(
-            &mut scene.committee,
-            stage(&scene.listing, order, &ids[..2]),
-        )
-        .expect("stage");
+    stage_ok(&mut scene, order, &ids[..2]);
     let receipt = receipt_naming_none(&scene, order, ids);
     scene.f.refuse(
         &scene.committee,
@@ -258,13 +240,8 @@ fn receipt_over_staged_participants_the_node_did_not_attest_is_refused() {
 
 #[test]
 fn refund_drops_the_staged_participants_and_storage_forgets_them() {
-    let mut scene = Scene::new();
-    let ids = ascending(&scene);
-    let order = scene.order();
-    scene
-        .f
-        .submit(&mut scene.committee, stage(&scene.listing, order, &ids))
-        .expect("stage");
+    let (mut scene, ids, order) = ordered();
+    stage_ok(&mut scene, order, &ids);
     let staged_hash = scene.f.ledger.state().hash();
     scene
         .f
@@ -277,49 +254,25 @@ fn refund_drops_the_staged_participants_and_storage_forgets_them() {
     for id in &ids {
         assert_eq!(state.personal_spent_micro(id, &scene.listing), 0);
     }
-    let hash = state.hash();
 
     // The ledger reopened from its database holds the same state: the staged list's entry
     // was deleted, not left behind.
-    let (reopened, _dir) = scene.reopen();
-    assert_eq!(reopened.state().hash(), hash);
-    assert!(reopened
-        .state()
-        .staged_participants(&order, &ListingId::new("diabetes-cohort"))
-        .is_empty());
+    assert!(staged_after_restart(scene, order).is_empty());
 }
 
 #[test]
 fn staged_participants_survive_a_restart_of_the_ledger() {
-    let mut scene = Scene::new();
-    let ids = ascending(&scene);
-    let order = scene.order();
-    scene
-        .f
-        .submit(&mut scene.committee, stage(&scene.listing, order, &ids))
-        .expect("stage");
-    let hash = scene.f.ledger.state().hash();
-    let (reopened, _dir) = scene.reopen();
-    assert_eq!(reopened.state().hash(), hash);
-    assert_eq!(
-        reopened
-            .state()
-            .staged_participants(&order, &ListingId::new("diabetes-cohort")),
-        ids.as_slice()
-    );
+    let (mut scene, ids, order) = ordered();
+    stage_ok(&mut scene, order, &ids);
+    assert_eq!(staged_after_restart(scene, order), ids);
 }
 
 #[test]
 fn payout_of_a_staged_participant_follows_their_consent_when_the_receipt_is_recorded() {
     // A patient who donates is staged like any other; the payout rule reads their consent
     // when the receipt is recorded, not when they were staged.
-    let mut scene = Scene::new();
-    let ids = ascending(&scene);
-    let order = scene.order();
-    scene
-        .f
-        .submit(&mut scene.committee, stage(&scene.listing, order, &ids))
-        .expect("stage");
+    let (mut scene, ids, order) = ordered();
+    stage_ok(&mut scene, order, &ids);
     // The first patient switches to donating before the receipt.
     scene.f.advance(1);
     let fund = scene.fund.id;
@@ -342,9 +295,7 @@ fn payout_of_a_staged_participant_follows_their_consent_when_the_receipt_is_reco
 fn staging_after_the_release_is_committed_is_refused() {
     // A list that could grow after the commitment would let a member stall a released order
     // (its receipt could never match the node's attestation) until its refund.
-    let mut scene = Scene::new();
-    let ids = ascending(&scene);
-    let order = scene.order();
+    let (mut scene, ids, order) = ordered();
     let commit = Action::CommitRelease {
         order,
         noise_members: vec![1],
@@ -363,13 +314,8 @@ fn staging_after_the_release_is_committed_is_refused() {
 
 #[test]
 fn cancelling_the_order_drops_the_staged_participants() {
-    let mut scene = Scene::new();
-    let ids = ascending(&scene);
-    let order = scene.order();
-    scene
-        .f
-        .submit(&mut scene.committee, stage(&scene.listing, order, &ids))
-        .expect("stage");
+    let (mut scene, ids, order) = ordered();
+    stage_ok(&mut scene, order, &ids);
     scene
         .f
         .submit(&mut scene.buyer, Action::CancelOrder { order })
@@ -384,23 +330,10 @@ fn cancelling_the_order_drops_the_staged_participants() {
 
 #[test]
 fn recorded_receipt_drops_the_staged_participants_from_storage_too() {
-    let mut scene = Scene::new();
-    let ids = ascending(&scene);
-    let order = scene.order();
-    scene
-        .f
-        .submit(&mut scene.committee, stage(&scene.listing, order, &ids))
-        .expect("stage");
+    let (mut scene, ids, order) = ordered();
+    stage_ok(&mut scene, order, &ids);
     record_naming_none_and_settle(&mut scene, order, ids);
-    let hash = scene.f.ledger.state().hash();
-    let path = scene.f.ledger.path().to_path_buf();
-    let (reopened, _dir) = scene.reopen();
-    assert_eq!(reopened.state().hash(), hash);
-    assert!(reopened
-        .state()
-        .staged_participants(&order, &ListingId::new("diabetes-cohort"))
-        .is_empty());
-    drop(reopened);
     // Replaying every block from genesis, as `ledger verify` does, gives the same state.
-    market::audit_database(&path).expect("the ledger verifies");
+    market::audit_database(scene.f.ledger.path()).expect("the ledger verifies");
+    assert!(staged_after_restart(scene, order).is_empty());
 }

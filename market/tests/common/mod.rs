@@ -358,9 +358,11 @@ impl Scene {
         OrderId(self.f.submit(&mut self.buyer, action).expect("order"))
     }
 
-    /// Closes the ledger and opens it again from its database, as after a restart; the
-    /// directory holding it lives as long as the returned guard.
+    /// Closes the ledger and opens it again from its database, as after a restart, and
+    /// checks that it holds the same state (its hash); the directory holding it lives as long
+    /// as the returned guard.
     pub fn reopen(self) -> (Ledger, tempfile::TempDir) {
+        let hash = self.f.ledger.state().hash();
         let Fixture {
             ledger,
             clock,
@@ -372,7 +374,23 @@ impl Scene {
         drop(ledger);
         let reopened =
             Ledger::open(&path, ledger_sequencer(&ledger_key, &clock)).expect("reopen the ledger");
+        assert_eq!(
+            reopened.state().hash(),
+            hash,
+            "the same state after a restart"
+        );
         (reopened, dir)
+    }
+
+    /// Patient `index` revokes their consent to the listing for academic research.
+    pub fn revoke(&mut self, index: usize) {
+        let revoke = Action::RevokeConsent {
+            listing: self.listing.clone(),
+            purpose: Purpose::AcademicResearch,
+        };
+        self.f
+            .submit(&mut self.patients[index], revoke)
+            .expect("revoke");
     }
 
     /// Records a receipt for `order` naming `participants`; returns the receipt id.

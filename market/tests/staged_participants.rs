@@ -72,11 +72,16 @@ fn receipt_naming_none(scene: &Scene, order: OrderId, attested: Vec<AccountId>) 
 /// Records the receipt naming none over `attested` and settles the order.
 fn record_naming_none_and_settle(scene: &mut Scene, order: OrderId, attested: Vec<AccountId>) {
     let receipt = receipt_naming_none(scene, order, attested);
+    record_and_settle(scene, order, receipt);
+}
+
+/// Records `receipt` (the ledger must accept it) and settles `order` against it.
+fn record_and_settle(scene: &mut Scene, order: OrderId, receipt: Action) {
     let receipt = market::ReceiptId(
         scene
             .f
             .submit(&mut scene.committee, receipt)
-            .expect("a receipt naming none records over the staged list"),
+            .expect("the receipt records"),
     );
     scene
         .f
@@ -336,4 +341,116 @@ fn recorded_receipt_drops_the_staged_participants_from_storage_too() {
     // Replaying every block from genesis, as `ledger verify` does, gives the same state.
     market::audit_database(scene.f.ledger.path()).expect("the ledger verifies");
     assert!(staged_after_restart(scene, order).is_empty());
+}
+
+/// A second node's listing, to which patient 0 also consents; returns the node and listing.
+fn second_listing(scene: &mut Scene) -> (Party, ListingId) {
+    let mut node = scene.f.register(market::Role::ComputeNode);
+    let listing = publish(
+        &mut scene.f,
+        &mut node,
+        "cardiology-cohort",
+        terms(1000, market::Compensation::Payment),
+    );
+    let grant = grant_action(&scene.patients[0], &listing, PayoutChoice::ToPatient);
+    scene
+        .f
+        .submit(&mut scene.patients[0], grant)
+        .expect("grant in the second listing");
+    (node, listing)
+}
+
+/// An order on the scene's listing and `second`, in that order.
+fn order_on_both(scene: &mut Scene, second: &ListingId) -> OrderId {
+    let listings = [scene.listing.clone(), second.clone()];
+    let action = order_action(&listings, scene.f.now() + 3600);
+    OrderId(scene.f.submit(&mut scene.buyer, action).expect("order"))
+}
+
+/// The receipt of an order on both listings: each part attested by its node over its list,
+/// and each part naming its list only if `named` says so.
+fn receipt_on_both(
+    scene: &Scene,
+    second: (&Party, &ListingId),
+    order: OrderId,
+    lists: [Vec<AccountId>; 2],
+    named: [bool; 2],
+) -> Action {
+    let [first, other] = lists;
+    let mut action = receipt_action(
+        scene.f.ledger.chain_id(),
+        order,
+        vec![
+            (scene.listing.clone(), &scene.node, first),
+            (second.1.clone(), second.0, other),
+        ],
+    );
+    if let Action::RecordReceipt(receipt) = &mut action {
+        for (part, named) in receipt.listings.iter_mut().zip(named) {
+            if !named {
+                part.participants.clear();
+            }
+        }
+    }
+    action
+}
+
+#[test]
+fn person_staged_under_two_listings_of_one_order_is_refused_at_the_receipt() {
+    // The privacy unit is the person: staged lists get the rule named lists have.
+    let mut scene = Scene::new();
+    let (second_node, second) = second_listing(&mut scene);
+    let ids = ascending(&scene);
+    let patient = scene.patients[0].id;
+    let order = order_on_both(&mut scene, &second);
+    stage_ok(&mut scene, order, &ids);
+    let again = stage(&second, order, &[patient]);
+    scene
+        .f
+        .submit(&mut scene.committee, again)
+        .expect("staged under the second listing too");
+    let receipt = receipt_on_both(
+        &scene,
+        (&second_node, &second),
+        order,
+        [ids, vec![patient]],
+        [false, false],
+    );
+    scene.f.refuse(
+        &scene.committee,
+        receipt,
+        TxError::ParticipantInTwoListings {
+            patient,
+            first: scene.listing.clone(),
+            second,
+        },
+    );
+}
+
+#[test]
+fn receipt_may_mix_a_staged_part_and_a_named_part() {
+    let mut scene = Scene::new();
+    let (second_node, second) = second_listing(&mut scene);
+    let ids = ascending(&scene);
+    let patient = scene.patients[0].id;
+    let others: Vec<AccountId> = ids.iter().copied().filter(|id| *id != patient).collect();
+    let order = order_on_both(&mut scene, &second);
+    // The first listing's part stands for its staged list; the second names its one person.
+    stage_ok(&mut scene, order, &others);
+    let receipt = receipt_on_both(
+        &scene,
+        (&second_node, &second),
+        order,
+        [others.clone(), vec![patient]],
+        [false, true],
+    );
+    record_and_settle(&mut scene, order, receipt);
+    let state = scene.f.ledger.state();
+    // The first listing's 1000 over its two participants (one donates to the fund); the
+    // second's 1000 to its one participant.
+    assert_eq!(state.balance(&patient), 1000);
+    assert_eq!(state.balance(&scene.fund.id), 500);
+    for id in &ids {
+        assert_eq!(state.person_spent_micro(id), DEBIT);
+    }
 }

@@ -333,8 +333,8 @@ pub enum TxError {
     /// Staged participants must be strictly ascending, each after the last one staged for the
     /// listing, and a chunk holds between 1 and `MAX_STAGED_PER_TX` of them.
     #[error(
-        "participants staged for listing {listing} of order {order} must be 1 to {max} \
-         accounts, strictly ascending and after those staged before",
+        "participants staged for listing {listing} of order {order}: {reason} (a chunk holds \
+         1 to {max} accounts, strictly ascending and after those staged before)",
         listing = shown(.listing),
         max = crate::tx::MAX_STAGED_PER_TX
     )]
@@ -343,6 +343,8 @@ pub enum TxError {
         order: OrderId,
         /// The listing.
         listing: ListingId,
+        /// Which rule the chunk breaks.
+        reason: &'static str,
     },
     /// A listing the order does not name.
     #[error("order {order} does not name listing {}", shown(.listing))]

@@ -1876,14 +1876,24 @@ impl State {
         }
         let key = (order_id, listing.clone());
         let last = self.staged.get(&key).and_then(|staged| staged.last());
-        let canonical = !participants.is_empty()
-            && participants.len() <= crate::tx::MAX_STAGED_PER_TX
-            && participants.windows(2).all(|pair| pair[0] < pair[1])
-            && last.is_none_or(|last| *last < participants[0]);
-        if !canonical {
+        let broken = match participants.first() {
+            None => Some("the chunk is empty"),
+            Some(_) if participants.len() > crate::tx::MAX_STAGED_PER_TX => {
+                Some("the chunk holds too many accounts")
+            }
+            Some(_) if participants.windows(2).any(|pair| pair[0] >= pair[1]) => {
+                Some("the chunk is not strictly ascending")
+            }
+            Some(first) if last.is_some_and(|last| last >= first) => {
+                Some("the chunk does not start after the last account staged")
+            }
+            Some(_) => None,
+        };
+        if let Some(reason) = broken {
             return Err(TxError::StagedParticipantsNotCanonical {
                 order: order_id,
                 listing: listing.clone(),
+                reason,
             });
         }
         // Only people who may take part, so a staged list is bounded by the listing's

@@ -127,38 +127,52 @@ fn receipt_over_staged_participants_pays_and_debits_each_of_them() {
 #[test]
 fn staged_participants_must_ascend_after_those_staged_before() {
     let (mut scene, ids, order) = ordered();
-    let not_canonical = TxError::StagedParticipantsNotCanonical {
+    let not_canonical = |reason| TxError::StagedParticipantsNotCanonical {
         order,
-        listing: scene.listing.clone(),
+        listing: ListingId::new("diabetes-cohort"),
+        reason,
     };
     let descending = vec![ids[1], ids[0]];
     scene.f.refuse(
         &scene.committee,
         stage(&scene.listing, order, &descending),
-        not_canonical.clone(),
+        not_canonical("the chunk is not strictly ascending"),
     );
     scene.f.refuse(
         &scene.committee,
         stage(&scene.listing, order, &[ids[0], ids[0]]),
-        not_canonical.clone(),
+        not_canonical("the chunk is not strictly ascending"),
     );
     scene.f.refuse(
         &scene.committee,
         stage(&scene.listing, order, &[]),
-        not_canonical.clone(),
+        not_canonical("the chunk is empty"),
+    );
+    let too_many: Vec<AccountId> = (0..=market::MAX_STAGED_PER_TX as u32)
+        .map(|index| {
+            let mut key = [0u8; 32];
+            key[..4].copy_from_slice(&index.to_be_bytes());
+            AccountId(key)
+        })
+        .collect();
+    scene.f.refuse(
+        &scene.committee,
+        stage(&scene.listing, order, &too_many),
+        not_canonical("the chunk holds too many accounts"),
     );
 
     stage_ok(&mut scene, order, &ids[1..2]);
     // Before or equal to the last one staged: refused, so no one is staged twice.
+    let behind = not_canonical("the chunk does not start after the last account staged");
     scene.f.refuse(
         &scene.committee,
         stage(&scene.listing, order, &ids[..1]),
-        not_canonical.clone(),
+        behind.clone(),
     );
     scene.f.refuse(
         &scene.committee,
         stage(&scene.listing, order, &ids[1..2]),
-        not_canonical,
+        behind,
     );
 }
 

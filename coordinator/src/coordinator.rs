@@ -536,7 +536,7 @@ impl Coordinator {
     /// limit allows `epsilon_micro` more, and each listing has at least its minimum cohort.
     async fn check_receipt_rules(
         &self,
-        named: Vec<(ListingId, Vec<AccountId>)>,
+        named: Arc<[(ListingId, Vec<AccountId>)]>,
         purpose: Purpose,
         epsilon_micro: u64,
     ) -> Result<(), OrderError> {
@@ -545,7 +545,7 @@ impl Coordinator {
             let now = ledger.machine().last_time();
             let mut problems = Vec::new();
             let mut seen: BTreeMap<AccountId, &ListingId> = BTreeMap::new();
-            for (listing, participants) in &named {
+            for (listing, participants) in named.iter() {
                 for participant in participants {
                     if let Some(first) = seen.insert(*participant, listing) {
                         problems.push(format!(
@@ -555,7 +555,7 @@ impl Coordinator {
                     }
                 }
             }
-            for (listing, participants) in &named {
+            for (listing, participants) in named.iter() {
                 let usable = state
                     .current_consents_affording(listing, purpose, now, epsilon_micro)
                     .into_iter()
@@ -603,7 +603,7 @@ impl Coordinator {
     async fn stage_and_commit_release(
         &self,
         order: OrderId,
-        named: Vec<(ListingId, Vec<AccountId>)>,
+        named: &[(ListingId, Vec<AccountId>)],
         noise_members: Vec<u16>,
     ) -> Result<(), OrderError> {
         let _guard = self.submit_lock.lock().await;
@@ -1459,13 +1459,14 @@ impl Coordinator {
         // 2b. The receipt's rules, checked against the ledger before any noise is drawn or
         //     anything decrypted: every participant may still be used (consent, personal
         //     limit) and every listing keeps its minimum cohort. A refusal here costs no ε.
-        let named: Vec<(ListingId, Vec<AccountId>)> = decoded
+        // Shared with the ledger check, not copied: a list holds every participant.
+        let named: Arc<[(ListingId, Vec<AccountId>)]> = decoded
             .iter()
             .map(|(position, _, attested)| {
                 (listings[*position].clone(), attested.participants.clone())
             })
             .collect();
-        self.check_receipt_rules(named.clone(), purpose, epsilon_micro)
+        self.check_receipt_rules(Arc::clone(&named), purpose, epsilon_micro)
             .await?;
         clock.lap("check receipt rules");
 
@@ -1545,7 +1546,7 @@ impl Coordinator {
         //     chunks, so that the receipt names none and stays small however many took part
         //     (the members check the nodes' attestations against the staged lists).
         let committed: Vec<u16> = noise.iter().map(|share| share.member).collect();
-        self.stage_and_commit_release(OrderId(order), named, committed)
+        self.stage_and_commit_release(OrderId(order), &named, committed)
             .await?;
         clock.lap("stage participants, commit release");
 

@@ -218,16 +218,11 @@ pub async fn run(command: BuyerCmd) -> anyhow::Result<()> {
 async fn registered_buyer(session: &Session) -> anyhow::Result<Buyer> {
     let account = AccountId::of(&session.key);
     let endpoint = &session.public.endpoint;
-    let nonce = next_nonce(
-        endpoint,
-        Some(&session.config.tls),
-        &session.key,
-        session.public.chain_id,
-    )
-    .await?
-    .ok_or_else(|| {
-        anyhow!("buyer {account} is not registered; run `cohortex buyer register` first")
-    })?;
+    let nonce = next_nonce(endpoint, Some(&session.config.tls), &session.key)
+        .await?
+        .ok_or_else(|| {
+            anyhow!("buyer {account} is not registered; run `cohortex buyer register` first")
+        })?;
     Ok(Buyer::new(
         session.key.clone(),
         session.public.chain_id,

@@ -208,14 +208,9 @@ pub async fn deposit(config_path: &Path, to: &str, amount: u64) -> anyhow::Resul
         &format!("issuer.key (in state_dir {})", config.state_dir.display()),
     )?;
     let public = MarketPublic::load(&config.public_path(), "state_dir")?;
-    let nonce = next_nonce(
-        &public.endpoint,
-        Some(&config.tls),
-        &issuer,
-        public.chain_id,
-    )
-    .await?
-    .ok_or_else(|| anyhow!("the issuer is not registered on the market's ledger"))?;
+    let nonce = next_nonce(&public.endpoint, Some(&config.tls), &issuer)
+        .await?
+        .ok_or_else(|| anyhow!("the issuer is not registered on the market's ledger"))?;
     let envelope = sign_action(
         &issuer,
         public.chain_id,

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
+use backon::BackoffBuilder as _;
 use cohortex_coordinator::standalone::{publish_listing, ListingPublication};
 use compute_node::fhir::ProvenancePolicy;
 use compute_node::follower::PinnedLedger;
@@ -211,7 +212,15 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
         ),
         false,
     );
-    let deadline = tokio::time::Instant::now() + MARKET_WAIT;
+    // An unreachable market is waited for, with growing pauses, for MARKET_WAIT in all; a
+    // refusal is final.
+    let mut pauses = backon::ExponentialBuilder::new()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times()
+        .with_total_delay(Some(MARKET_WAIT))
+        .build();
     let published = loop {
         let attempt = publish_listing(
             &public.endpoint,
@@ -226,47 +235,50 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
             },
         )
         .await;
-        match attempt {
+        let error = match attempt {
             Ok(result) => break Some(result),
-            // Only an unreachable market is worth waiting for; a refusal is final.
-            Err(error)
-                if format!("{error:#}").contains("connecting to the market")
-                    && tokio::time::Instant::now() < deadline =>
-            {
-                tracing::debug!(error = %format!("{error:#}"), "market not reachable yet");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(error)
-                if format!("{error:#}").contains("AlreadyExists")
-                    && already_ours(
-                        &follower,
-                        &public.endpoint,
-                        &config.tls,
-                        &config.listing.id,
-                        &key,
-                        &manifest,
-                    )
-                    .await =>
-            {
-                // A restart: the listing is on the ledger already, this node's own and for
-                // the same manifest. The market kept its endpoint, the node its key share.
-                tracing::info!(listing = %config.listing.id, "listing already published by this node; serving it again");
-                break None;
-            }
-            Err(error) => {
-                bar.finish_and_clear();
-                let _ = stop.send(());
-                if format!("{error:#}").contains("AlreadyExists") {
-                    return Err(error.context(format!(
-                        "listing {} is already on this market's ledger, from an earlier run: \
-                         a node cannot yet re-announce a published listing, so give \
-                         [listing] id a new value or start the market with a fresh state_dir",
-                        config.listing.id
-                    )));
-                }
-                return Err(error);
+            Err(error) => error,
+        };
+        if error.is_unreachable() {
+            if let Some(pause) = pauses.next() {
+                tracing::debug!(%error, ?pause, "market not reachable yet");
+                tokio::time::sleep(pause).await;
+                continue;
             }
         }
+        if error.already_published()
+            && already_ours(
+                &follower,
+                &public.endpoint,
+                &config.tls,
+                &config.listing.id,
+                &key,
+                &manifest,
+            )
+            .await
+        {
+            // A restart: the listing is on the ledger already, this node's own and for the
+            // same manifest. The market kept its endpoint, the node its key share.
+            tracing::info!(listing = %config.listing.id, "listing already published by this node; serving it again");
+            break None;
+        }
+        bar.finish_and_clear();
+        let _ = stop.send(());
+        if error.already_published() {
+            return Err(anyhow::Error::new(error).context(format!(
+                "listing {} is already on this market's ledger, from an earlier run: a node \
+                 cannot yet re-announce a published listing, so give [listing] id a new value \
+                 or start the market with a fresh state_dir",
+                config.listing.id
+            )));
+        }
+        if error.is_unreachable() {
+            return Err(anyhow::Error::new(error).context(format!(
+                "the market did not answer within {} s",
+                MARKET_WAIT.as_secs()
+            )));
+        }
+        return Err(error.into());
     };
     bar.finish_and_clear();
     println!(

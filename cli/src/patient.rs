@@ -140,19 +140,14 @@ impl Patient {
     }
 
     async fn nonce(&self) -> anyhow::Result<u64> {
-        next_nonce(
-            &self.public.endpoint,
-            Some(&self.tls),
-            &self.key,
-            self.public.chain_id,
-        )
-        .await?
-        .ok_or_else(|| {
-            anyhow!(
-                "account {} is not registered; run `cohortex patient register` first",
-                self.account()
-            )
-        })
+        next_nonce(&self.public.endpoint, Some(&self.tls), &self.key)
+            .await?
+            .ok_or_else(|| {
+                anyhow!(
+                    "account {} is not registered; run `cohortex patient register` first",
+                    self.account()
+                )
+            })
     }
 
     /// The listings where this patient's consent to trial_recruitment is active.

@@ -375,7 +375,7 @@ async fn recruiter(config: &Path) -> anyhow::Result<(Buyer, MarketPublic, BuyerC
         &format!("{}: market", config.path.display()),
     )?;
     let account = AccountId::of(&key);
-    let nonce = next_nonce(&public.endpoint, Some(&config.tls), &key, public.chain_id)
+    let nonce = next_nonce(&public.endpoint, Some(&config.tls), &key)
         .await?
         .ok_or_else(|| {
             anyhow!("account {account} is not registered; run `cohortex buyer register` first")

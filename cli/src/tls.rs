@@ -43,9 +43,27 @@ pub struct CertArgs {
     /// check a server's certificate against the host in the URL they dial.
     #[arg(long = "host", required = true, value_name = "HOST")]
     hosts: Vec<String>,
+    /// Bind the certificate to this account (its Ed25519 public key, 64 hex digits, as
+    /// `cohortex keygen` prints it): servers then refuse any request signed by another account
+    /// over a link it authenticates. Without it, the certificate serves any account.
+    #[arg(long, value_name = "HEX")]
+    account: Option<String>,
     /// Directory for NAME.crt and NAME.key (created if missing; existing files are refused).
     #[arg(long, value_name = "DIR")]
     out_dir: PathBuf,
+}
+
+/// The account `--account` names.
+fn parse_account(text: &str) -> anyhow::Result<[u8; 32]> {
+    hex::decode(text.trim())
+        .ok()
+        .and_then(|bytes| <[u8; 32]>::try_from(bytes.as_slice()).ok())
+        .with_context(|| {
+            format!(
+                "--account `{text}` must be an account's public key: 64 hex digits, as \
+                 `cohortex keygen` prints it"
+            )
+        })
 }
 
 /// Runs `cohortex tls …`.
@@ -76,13 +94,16 @@ pub fn run(command: TlsCommand) -> anyhow::Result<()> {
                     args.name
                 );
             }
+            let account = args.account.as_deref().map(parse_account).transpose()?;
             let ca_cert = read(&args.ca_dir.join(AUTHORITY_CERT), "--ca-dir")?;
             let ca_key = Zeroizing::new(read(&args.ca_dir.join(AUTHORITY_KEY), "--ca-dir")?);
             let authority = Authority::from_pem(&ca_cert, &ca_key)
                 .with_context(|| format!("--ca-dir {}", args.ca_dir.display()))?;
-            let issued = authority
-                .issue(&args.name, &args.hosts)
-                .with_context(|| format!("--host {}", args.hosts.join(", ")))?;
+            let issued = match &account {
+                Some(account) => authority.issue_for_account(&args.name, &args.hosts, account),
+                None => authority.issue(&args.name, &args.hosts),
+            }
+            .with_context(|| format!("--host {}", args.hosts.join(", ")))?;
             let cert = args.out_dir.join(format!("{}.crt", args.name));
             let key = args.out_dir.join(format!("{}.key", args.name));
             refuse_existing(&[&cert, &key])?;
@@ -95,6 +116,12 @@ pub fn run(command: TlsCommand) -> anyhow::Result<()> {
                 args.hosts.join(", "),
                 key.display()
             );
+            if let Some(account) = &account {
+                println!(
+                    "bound to account {}: it serves no other",
+                    hex::encode(account)
+                );
+            }
         }
     }
     Ok(())
@@ -154,4 +181,20 @@ fn write_secret(path: &Path, text: &str) -> anyhow::Result<()> {
 fn write_public(path: &Path, text: &str) -> anyhow::Result<()> {
     create_parent(path)?;
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn account_that_is_not_a_public_key_is_refused_naming_the_flag() {
+        for bad in ["", "zz", &"ab".repeat(31), &"ab".repeat(33)] {
+            let refused = parse_account(bad).unwrap_err().to_string();
+            assert!(refused.starts_with("--account"), "{refused}");
+            assert!(refused.contains("64 hex digits"), "{refused}");
+        }
+        assert_eq!(parse_account(&"0a".repeat(32)).unwrap(), [0x0a; 32]);
+    }
 }

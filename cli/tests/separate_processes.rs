@@ -164,19 +164,28 @@ fn market_nodes_patients_and_buyer_as_separate_processes() {
     // The federation's TLS authority, and a certificate for every party: every link below is
     // mutual TLS.
     ok(&["tls", "ca", "--out-dir", path(&dir.join("tls"))]);
+    let tls_dir = dir.join("tls");
     for party in ["market", "node-1", "node-2", "node-3", "patient", "buyer"] {
-        ok(&[
+        let mut args = vec![
             "tls",
             "cert",
             "--ca-dir",
-            path(&dir.join("tls")),
+            path(&tls_dir),
             "--name",
             party,
             "--host",
             "127.0.0.1",
             "--out-dir",
-            path(&dir.join("tls")),
-        ]);
+            path(&tls_dir),
+        ];
+        // Each node's certificate is bound to the node's account: the node signs every
+        // request it sends over it (to the market and its peers), so the run below works only
+        // if the servers accept a bound certificate for its own account.
+        if let Some(node) = party.strip_prefix("node-") {
+            let index: usize = node.parse().unwrap();
+            args.extend(["--account", nodes[index - 1].as_str()]);
+        }
+        ok(&args);
     }
     let tls = |party: &str| {
         format!(

@@ -2,7 +2,8 @@
 //! of `COUNT(*)` and the mean and variance of C columns (1 + 2C statistics), ε = 1.
 //!
 //! Run: `cargo bench --workspace --bench scale -- --json` (12 nodes × 50,000 patients × 12
-//! columns: 25 statistics). Options: `--nodes N`, `--patients P` (per node), `--columns C`.
+//! columns: 25 statistics). Options: `--nodes N`, `--patients P` (per node), `--columns C`,
+//! `--prio3`.
 //! It prints, as one JSON object with `--json` (a table otherwise):
 //! - the set-up, per step (creating the ledger, starting the nodes, enrolling the patients
 //!   and their consents, the key ceremony, the nodes replaying and verifying the ledger);
@@ -11,6 +12,14 @@
 //!   recording the receipt);
 //! - one node's evaluation and its encryption and proving, timed apart on its own vault;
 //! - peak resident memory of the process.
+//!
+//! With `--prio3` it also computes the same statistics over the same records with Prio3
+//! (`prio` crate, Prio3SumVec, two aggregators), after the Cohortex run and in the same process,
+//! and prints both and their ratio (docs/services.md, "Side by side with Prio3", says what
+//! each trusts). Every record is one Prio3 report: `[1, x₁, x₁², …, x_C, x_C²]` in tenths for a
+//! patient aged 40 or more and zeros otherwise, each entry at most 1000² (20 bits), so the
+//! aggregate is the count and the sums a mean and variance need. The result is checked against
+//! the plaintext sums.
 //!
 //! Without `--bench` on the command line (as under `cargo test --all-targets`) it runs a
 //! 3 × 200 smoke pass at a large ε and checks the released count against the plaintext one.
@@ -32,6 +41,16 @@ struct Config {
     epsilon_micro: u64,
     json: bool,
     smoke: bool,
+    prio3: bool,
+}
+
+/// Record `index` of the population: its age and its C column values in tenths (0 to 1000).
+fn record(index: u64, columns: usize) -> (u64, Vec<u64>) {
+    let age = 18 + (index * 7_919) % 80;
+    let tenths = (0..columns as u64)
+        .map(|column| (index * 104_729 + column * 7_777) % 1_000)
+        .collect();
+    (age, tenths)
 }
 
 fn arg(args: &[String], name: &str) -> Option<u64> {
@@ -81,13 +100,13 @@ fn population(config: &Config, schema: &Schema) -> (Vec<NodeSetup>, u64) {
         for offset in 0..config.patients {
             let index = node as u64 * config.patients + offset;
             let key = SigningKey::generate(&mut OsRng);
-            let age = 18 + (index * 7_919) % 80;
+            let (age, tenths) = record(index, config.columns);
             let mut values = vec![Value::Integer(age as i64)];
-            for column in 0..config.columns as u64 {
-                values.push(Value::Float(
-                    ((index * 104_729 + column * 7_777) % 1_000) as f64 / 10.0,
-                ));
-            }
+            values.extend(
+                tenths
+                    .iter()
+                    .map(|&tenths| Value::Float(tenths as f64 / 10.0)),
+            );
             vault
                 .upsert(PatientRecord {
                     patient_id: format!("p{index}"),
@@ -135,6 +154,144 @@ fn node_split(config: &Config, schema: &Schema, vault: &Vault) -> (Duration, Dur
     )
     .expect("proves");
     (evaluation, started.elapsed())
+}
+
+/// What the Prio3 run measured.
+struct Prio3Run {
+    /// Wall time of the whole run: every client's sharding, both aggregators' verification
+    /// and aggregation, and the collector's unsharding.
+    wall: Duration,
+    /// CPU time the clients spent sharding and proving (summed over the worker threads).
+    clients_cpu: Duration,
+    /// CPU time both aggregators spent verifying and aggregating.
+    aggregators_cpu: Duration,
+    reports: u64,
+}
+
+/// The aggregate Prio3 must reach, computed directly: `[count, Σx₁, Σx₁², …]` in tenths over
+/// the patients aged 40 or more.
+fn plaintext_sums(config: &Config) -> Vec<u128> {
+    let mut sums = vec![0u128; 1 + 2 * config.columns];
+    for index in 0..config.nodes as u64 * config.patients {
+        let (age, tenths) = record(index, config.columns);
+        if age >= 40 {
+            sums[0] += 1;
+            for (column, &value) in tenths.iter().enumerate() {
+                sums[1 + 2 * column] += u128::from(value);
+                sums[2 + 2 * column] += u128::from(value * value);
+            }
+        }
+    }
+    sums
+}
+
+/// Prio3SumVec with two aggregators over every record, on as many threads as there are cores;
+/// returns the unsharded aggregate and the timings.
+fn prio3_run(config: &Config) -> anyhow::Result<(Vec<u128>, Prio3Run)> {
+    use prio::vdaf::prio3::Prio3;
+    use prio::vdaf::{Aggregatable, Aggregator, Client, Collector, VerifyTransition};
+    use rand::RngCore;
+
+    const CONTEXT: &[u8] = b"cohortex scale bench";
+    let length = 1 + 2 * config.columns;
+    // Chunk length near the square root of the number of bits proved, as the VDAF draft
+    // recommends.
+    let bits = 20 * length;
+    let chunk = ((bits as f64).sqrt().round() as usize).max(1);
+    let vdaf = Prio3::new_sum_vec(2, 1_000_000, length, chunk)?;
+    let mut verify_key = [0u8; 32];
+    OsRng.fill_bytes(&mut verify_key);
+    let reports = config.nodes as u64 * config.patients;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    let started = Instant::now();
+    let parts = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|worker| {
+                let vdaf = &vdaf;
+                let verify_key = &verify_key;
+                scope.spawn(move || -> anyhow::Result<_> {
+                    let mut shares = [vdaf.aggregate_init(&()), vdaf.aggregate_init(&())];
+                    let (mut clients, mut aggregators) = (Duration::ZERO, Duration::ZERO);
+                    let mut index = worker;
+                    while index < reports {
+                        let (age, tenths) = record(index, config.columns);
+                        let mut measurement = vec![0u128; length];
+                        if age >= 40 {
+                            measurement[0] = 1;
+                            for (column, &value) in tenths.iter().enumerate() {
+                                measurement[1 + 2 * column] = u128::from(value);
+                                measurement[2 + 2 * column] = u128::from(value * value);
+                            }
+                        }
+                        let mut nonce = [0u8; 16];
+                        OsRng.fill_bytes(&mut nonce);
+                        let at = Instant::now();
+                        let (public_share, input_shares) =
+                            vdaf.shard(CONTEXT, &measurement, &nonce)?;
+                        let sharded = Instant::now();
+                        clients += sharded - at;
+                        let mut states = Vec::with_capacity(2);
+                        let mut verifier_shares = Vec::with_capacity(2);
+                        for (aggregator, input_share) in input_shares.iter().enumerate() {
+                            let (state, share) = vdaf.verify_init(
+                                verify_key,
+                                CONTEXT,
+                                aggregator,
+                                &(),
+                                &nonce,
+                                &public_share,
+                                input_share,
+                            )?;
+                            states.push(state);
+                            verifier_shares.push(share);
+                        }
+                        let message =
+                            vdaf.verifier_shares_to_message(CONTEXT, &(), verifier_shares)?;
+                        for (aggregator, state) in states.into_iter().enumerate() {
+                            match vdaf.verify_next(CONTEXT, state, message.clone())? {
+                                VerifyTransition::Finish(output) => {
+                                    shares[aggregator].accumulate(&output)?
+                                }
+                                VerifyTransition::Continue(..) => {
+                                    anyhow::bail!("Prio3 verification took a second round")
+                                }
+                            }
+                        }
+                        aggregators += sharded.elapsed();
+                        index += threads;
+                    }
+                    Ok((shares, clients, aggregators))
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|worker| {
+                worker
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("a Prio3 worker panicked"))?
+            })
+            .collect::<anyhow::Result<Vec<_>>>()
+    })?;
+    let mut totals = [vdaf.aggregate_init(&()), vdaf.aggregate_init(&())];
+    let (mut clients_cpu, mut aggregators_cpu) = (Duration::ZERO, Duration::ZERO);
+    for (shares, clients, aggregators) in parts {
+        for (total, share) in totals.iter_mut().zip(shares.iter()) {
+            total.merge(share)?;
+        }
+        clients_cpu += clients;
+        aggregators_cpu += aggregators;
+    }
+    let result = vdaf.unshard(&(), totals, reports as usize)?;
+    Ok((
+        result,
+        Prio3Run {
+            wall: started.elapsed(),
+            clients_cpu,
+            aggregators_cpu,
+            reports,
+        },
+    ))
 }
 
 /// Peak resident memory of this process, from /proc (Linux), in bytes.
@@ -254,6 +411,18 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let peak = peak_rss_bytes();
     cluster.shutdown();
 
+    // Prio3 over the same records, once the federation has let go of its memory.
+    let prio3 = if config.prio3 {
+        let (aggregate, run) = prio3_run(&config)?;
+        anyhow::ensure!(
+            aggregate == plaintext_sums(&config),
+            "Prio3's aggregate is not the plaintext sums"
+        );
+        Some(run)
+    } else {
+        None
+    };
+
     let statistics = 1 + 2 * config.columns;
     if config.json {
         let object = |pairs: &[(String, Duration)]| {
@@ -286,6 +455,15 @@ async fn run(config: Config) -> anyhow::Result<()> {
             "released_count": released_count,
             "plaintext_count": plaintext_count,
             "peak_rss_bytes": peak,
+            "prio3": prio3.as_ref().map(|run| serde_json::json!({
+                "reports": run.reports,
+                "aggregators": 2,
+                "wall_s": seconds(run.wall),
+                "clients_shard_cpu_s": seconds(run.clients_cpu),
+                "aggregators_cpu_s": seconds(run.aggregators_cpu),
+                "wall_over_cohortex_order_to_receipt":
+                    (run.wall.as_secs_f64() / order_to_receipt.as_secs_f64() * 100.0).round() / 100.0,
+            })),
         });
         println!("{report}");
     } else {
@@ -329,6 +507,17 @@ async fn run(config: Config) -> anyhow::Result<()> {
             "released count {released_count} (plaintext {plaintext_count}); peak RSS {:.2} GB",
             peak.unwrap_or(0) as f64 / 1e9
         );
+        if let Some(run) = &prio3 {
+            println!(
+                "Prio3SumVec, 2 aggregators, {} reports: {:.3} s wall (clients sharding {:.3} \
+                 CPU-s, aggregators {:.3} CPU-s); {:.2}× Cohortex's order → receipt",
+                run.reports,
+                seconds(run.wall),
+                seconds(run.clients_cpu),
+                seconds(run.aggregators_cpu),
+                run.wall.as_secs_f64() / order_to_receipt.as_secs_f64()
+            );
+        }
     }
     Ok(())
 }
@@ -352,6 +541,8 @@ fn main() -> anyhow::Result<()> {
             epsilon_micro: 100_000_000_000,
             json: args.iter().any(|arg| arg == "--json"),
             smoke,
+            // The smoke pass checks Prio3's aggregate against the plaintext sums too.
+            prio3: true,
         }
     } else {
         Config {
@@ -361,6 +552,7 @@ fn main() -> anyhow::Result<()> {
             epsilon_micro: 1_000_000,
             json: args.iter().any(|arg| arg == "--json"),
             smoke,
+            prio3: args.iter().any(|arg| arg == "--prio3"),
         }
     };
     if config.nodes < 2 || config.patients == 0 || config.columns == 0 {

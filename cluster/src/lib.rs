@@ -369,7 +369,14 @@ impl Cluster {
                 .identity(name, &loopback_hosts())
                 .with_context(|| format!("issuing {name}'s TLS certificate"))
         };
-        let market_tls = identity("market")?;
+        // The market's and each node's certificates are bound to the account that signs their
+        // requests, so a stolen certificate cannot carry another account's requests.
+        let bound_identity = |name: &str, account: AccountId| {
+            authority
+                .identity_for_account(name, &loopback_hosts(), &account.0)
+                .with_context(|| format!("issuing {name}'s TLS certificate"))
+        };
+        let market_tls = bound_identity("market", AccountId::of(&coordinator_key))?;
         let client_tls = identity("client")?;
         // The market keeps its state (listings, committee, completed orders) on disk, as the
         // deployed market does, so that a test can start another on the same ledger.
@@ -444,7 +451,8 @@ impl Cluster {
             let endpoint = seat.endpoint.clone();
             let manifest = setup.vault.schema().to_toml();
             let vault = Arc::new(setup.vault);
-            let node_tls = identity(&format!("node-{}", member.get()))?;
+            let node_tls =
+                bound_identity(&format!("node-{}", member.get()), AccountId::of(node_key))?;
             let launch = NodeLaunch {
                 vault: Arc::clone(&vault),
                 listing: setup.listing.clone(),

@@ -144,6 +144,14 @@ pub enum CommitteeError {
         /// What is wrong.
         reason: String,
     },
+    /// A release this member wrote to disk cannot be read back.
+    #[error("the stored release {path}: {reason}")]
+    StoredRelease {
+        /// The file or folder.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// The stored key share cannot be used.
     #[error("the stored key share {path}: {reason}")]
     StoredKeyShare {

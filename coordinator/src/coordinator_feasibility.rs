@@ -169,8 +169,8 @@ impl Coordinator {
         };
         match ask(&mut client).await {
             Err(status)
-                if status.code() == Code::FailedPrecondition
-                    && status.message().contains("PutEvaluationKey") =>
+                if cohortex_types::rpc::Refusal::of(&status)
+                    == Some(cohortex_types::rpc::Refusal::EvaluationKeyMissing) =>
             {
                 let upload = signed_stream_request_to(
                     &self.account,

@@ -17,7 +17,7 @@ use market::server::read_ledger;
 use market::{Action, ListingId};
 use prost::Message;
 use tonic::transport::Channel;
-use tonic::{Code, Status};
+use tonic::Status;
 
 use super::feasibility::key_chunks;
 use super::{connect, poisoned, Coordinator};
@@ -72,8 +72,8 @@ impl Coordinator {
         };
         let reply = match ask(&client).await {
             Err(status)
-                if status.code() == Code::FailedPrecondition
-                    && status.message().contains("PutEvaluationKey") =>
+                if cohortex_types::rpc::Refusal::of(&status)
+                    == Some(cohortex_types::rpc::Refusal::EvaluationKeyMissing) =>
             {
                 let key = self
                     .evaluation_key(&posting.evaluation_key)?

@@ -12,10 +12,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
+use backon::BackoffBuilder as _;
 use cohortex_proto::tls::{endpoint as link, TlsIdentity};
 use cohortex_proto::v1::ledger_client::LedgerClient;
 use cohortex_proto::v1::market_client::MarketClient;
-use cohortex_proto::v1::{PublishListingRequest, SignedTransaction, TransactionResult};
+use cohortex_proto::v1::{
+    GetAccountRequest, PublishListingRequest, SignedTransaction, TransactionResult,
+};
 use ed25519_dalek::SigningKey;
 use market::server::{read_ledger, SharedLedger};
 use market::{
@@ -225,6 +228,16 @@ pub async fn form_committee_when_published(
         }
     }
     let mut last_published = usize::MAX;
+    // A failed ceremony is tried again after a pause that grows (2 s, 4 s, … up to a minute)
+    // while it keeps failing, and starts again from 2 s once one succeeds.
+    let retry_pauses = || {
+        backon::ExponentialBuilder::new()
+            .with_min_delay(Duration::from_secs(2))
+            .with_max_delay(Duration::from_secs(60))
+            .without_max_times()
+            .build()
+    };
+    let mut pauses = retry_pauses();
     loop {
         match member_endpoints(&coordinator, &members).await {
             Ok(endpoints) => {
@@ -251,13 +264,15 @@ pub async fn form_committee_when_published(
                                 "key committee formed"
                             );
                             formed_with = Some(endpoints);
+                            pauses = retry_pauses();
                             if let Ok(mut slot) = progress.lock() {
                                 *slot = CommitteeProgress::Formed;
                             }
                         }
                         Err(status) => {
-                            tracing::warn!(error = %status.message(), "key ceremony failed; retrying");
-                            tokio::time::sleep(Duration::from_secs(2)).await;
+                            let pause = pauses.next().unwrap_or(Duration::from_secs(60));
+                            tracing::warn!(error = %status.message(), ?pause, "key ceremony failed; retrying");
+                            tokio::time::sleep(pause).await;
                         }
                     }
                 } else if formed_with.is_none() {
@@ -314,48 +329,75 @@ pub async fn connect(endpoint: &str, tls: Option<&TlsIdentity>) -> anyhow::Resul
 }
 
 /// The next nonce the ledger accepts from `key`'s account, or `None` when the account is not
-/// registered.
-///
-/// The Ledger service has no nonce query, so this submits a probe: a transaction signed at
-/// nonce `u64::MAX`, which the ledger refuses at its nonce rule (before any action rule, and
-/// a refused transaction changes nothing) with a message that names the expected nonce; an
-/// unregistered signer is refused earlier as an unknown account.
+/// registered (`Ledger.GetAccount`).
 pub async fn next_nonce(
     endpoint: &str,
     tls: Option<&TlsIdentity>,
     key: &SigningKey,
-    chain_id: Hash32,
 ) -> anyhow::Result<Option<u64>> {
     let account = AccountId::of(key);
-    let probe = sign_action(
-        key,
-        chain_id,
-        u64::MAX,
-        Action::Deposit {
-            to: account,
-            amount: 0,
-        },
-    )?;
-    let refusal = match LedgerClient::new(connect(endpoint, tls).await?)
-        .submit_transaction(SignedTransaction { envelope: probe })
+    next_nonce_on(connect(endpoint, tls).await?, &account)
         .await
-    {
-        Ok(_) => bail!("the ledger accepted a nonce probe; refusing to continue"),
-        Err(status) => status,
-    };
-    if refusal.code() == Code::NotFound && refusal.message().contains("unknown account") {
-        return Ok(None);
-    }
-    parse_expected_nonce(refusal.message())
-        .map(Some)
-        .ok_or_else(|| anyhow!("reading the account's nonce: {}", refusal.message()))
+        .map_err(|status| anyhow!("reading account {account} from the ledger: {status}"))
 }
 
-/// The `N` of a ledger refusal "… expects nonce N, got M".
-fn parse_expected_nonce(message: &str) -> Option<u64> {
-    let (_, rest) = message.split_once("expects nonce ")?;
-    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-    digits.parse().ok()
+/// [`next_nonce`] over an open channel to the market.
+async fn next_nonce_on(
+    channel: Channel,
+    account: &AccountId,
+) -> Result<Option<u64>, tonic::Status> {
+    match LedgerClient::new(channel)
+        .get_account(GetAccountRequest {
+            account: account.0.to_vec(),
+        })
+        .await
+    {
+        Ok(record) => Ok(Some(record.into_inner().next_nonce)),
+        Err(status) if status.code() == Code::NotFound => Ok(None),
+        Err(status) => Err(status),
+    }
+}
+
+/// Why a listing could not be published ([`publish_listing`]).
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The market could not be reached (not started yet, or gone): worth trying again.
+    #[error("connecting to the market at {endpoint}: {reason}")]
+    Unreachable {
+        /// The market's endpoint.
+        endpoint: String,
+        /// What the transport said.
+        reason: String,
+    },
+    /// The node's account is not on the ledger.
+    #[error(
+        "account {0} is not admitted on the market's ledger; the market operator must list it \
+         in [committee] members of market.toml"
+    )]
+    NotAdmitted(AccountId),
+    /// The market refused the listing.
+    #[error("publishing listing {listing}: {} ({:?})", status.message(), status.code())]
+    Refused {
+        /// The listing id.
+        listing: String,
+        /// The market's answer.
+        status: tonic::Status,
+    },
+    /// The endpoint or the signature could not be made.
+    #[error(transparent)]
+    Local(#[from] anyhow::Error),
+}
+
+impl PublishError {
+    /// Whether trying again later may succeed: the market was not reachable.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, PublishError::Unreachable { .. })
+    }
+
+    /// Whether the ledger already holds the listing.
+    pub fn already_published(&self) -> bool {
+        matches!(self, PublishError::Refused { status, .. } if status.code() == Code::AlreadyExists)
+    }
 }
 
 /// A listing a node publishes.
@@ -378,16 +420,32 @@ pub async fn publish_listing(
     key: &SigningKey,
     chain_id: Hash32,
     publication: ListingPublication<'_>,
-) -> anyhow::Result<TransactionResult> {
-    let nonce = next_nonce(market_endpoint, tls, key, chain_id)
-        .await?
-        .ok_or_else(|| {
-            anyhow!(
-                "account {} is not admitted on the market's ledger; the market operator must \
-                 list it in [committee] members of market.toml",
-                AccountId::of(key)
-            )
-        })?;
+) -> Result<TransactionResult, PublishError> {
+    let unreachable = |reason: String| PublishError::Unreachable {
+        endpoint: market_endpoint.to_string(),
+        reason,
+    };
+    let refused = |status: tonic::Status| {
+        if status.code() == Code::Unavailable {
+            unreachable(status.message().to_string())
+        } else {
+            PublishError::Refused {
+                listing: publication.listing.to_string(),
+                status,
+            }
+        }
+    };
+    let channel = link(market_endpoint, tls)
+        .with_context(|| format!("market endpoint `{market_endpoint}`"))?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .map_err(|error| unreachable(error.to_string()))?;
+    let account = AccountId::of(key);
+    let nonce = next_nonce_on(channel.clone(), &account)
+        .await
+        .map_err(refused)?
+        .ok_or(PublishError::NotAdmitted(account))?;
     let envelope = sign_action(
         key,
         chain_id,
@@ -398,36 +456,13 @@ pub async fn publish_listing(
             terms: publication.terms,
         },
     )?;
-    let result = MarketClient::new(connect(market_endpoint, tls).await?)
+    let result = MarketClient::new(channel)
         .publish_listing(PublishListingRequest {
             transaction: Some(SignedTransaction { envelope }),
             manifest: publication.manifest,
             node_endpoint: publication.node_endpoint,
         })
         .await
-        .map_err(|status| {
-            anyhow!(
-                "publishing listing {}: {} ({:?})",
-                publication.listing,
-                status.message(),
-                status.code()
-            )
-        })?;
+        .map_err(refused)?;
     Ok(result.into_inner())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_expected_nonce;
-
-    #[test]
-    fn reads_the_expected_nonce_of_a_nonce_refusal() {
-        assert_eq!(
-            parse_expected_nonce(
-                "nonce gap: account ab12 expects nonce 7, got 18446744073709551615"
-            ),
-            Some(7)
-        );
-        assert_eq!(parse_expected_nonce("unknown account ab12"), None);
-    }
 }

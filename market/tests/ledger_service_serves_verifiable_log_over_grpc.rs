@@ -748,3 +748,74 @@ async fn self_registration_rate_limited() {
         .await;
     served.stop().await;
 }
+
+#[tokio::test]
+async fn get_account_reports_role_next_nonce_and_balance() {
+    let mut served = Served::start().await;
+    let mut client = served.client().await;
+    let (buyer, _) = served.new_buyer(&mut client).await;
+    let before = client
+        .get_account(v1::GetAccountRequest {
+            account: buyer.id.0.to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(before.role, v1::AccountRole::Buyer as i32);
+    // The buyer registered itself with its first transaction: its next is nonce 1.
+    assert_eq!(before.next_nonce, 1);
+    assert_eq!(before.balance, 0);
+
+    let issuer_before = client
+        .get_account(v1::GetAccountRequest {
+            account: served.issuer.id.0.to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(issuer_before.role, v1::AccountRole::Issuer as i32);
+    assert_eq!(issuer_before.next_nonce, served.issuer.nonce);
+    let deposit = served.envelope(
+        &served.issuer,
+        Action::Deposit {
+            to: buyer.id,
+            amount: 250,
+        },
+    );
+    client.submit_transaction(deposit).await.unwrap();
+    served.issuer.nonce += 1;
+    let after = client
+        .get_account(v1::GetAccountRequest {
+            account: buyer.id.0.to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(after.balance, 250);
+    let issuer_after = client
+        .get_account(v1::GetAccountRequest {
+            account: served.issuer.id.0.to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(issuer_after.next_nonce, issuer_before.next_nonce + 1);
+
+    let unknown = client
+        .get_account(v1::GetAccountRequest {
+            account: vec![9; 32],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound, "{unknown:?}");
+    assert!(unknown.message().starts_with("account:"), "{unknown:?}");
+    let short = client
+        .get_account(v1::GetAccountRequest {
+            account: vec![1; 3],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(short.code(), Code::InvalidArgument, "{short:?}");
+    assert!(short.message().contains("account"), "{short:?}");
+    served.stop().await;
+}

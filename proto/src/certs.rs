@@ -8,7 +8,7 @@
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -17,6 +17,14 @@ use crate::tls::TlsIdentity;
 /// The authority's subject. It is fixed so that the authority can be reloaded from its key and
 /// certificate without parsing X.509: what identifies an authority is its key.
 const AUTHORITY_NAME: &str = "Cohortex federation authority";
+
+/// The URI prefix that binds a certificate to one account (the same as
+/// `cohortex_types::auth::CERTIFICATE_ACCOUNT_PREFIX`, which servers check).
+pub const ACCOUNT_URI_PREFIX: &str = "cohortex:account:";
+
+fn hex_encode(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
 
 /// How long an authority is valid.
 const AUTHORITY_LIFETIME: Duration = Duration::days(3650);
@@ -142,13 +150,41 @@ impl Authority {
     }
 
     /// A certificate for the party `name`, valid for `hosts` (DNS names or IP addresses) as a
-    /// server and as a client, with a fresh key.
+    /// server and as a client, with a fresh key. It serves any account (see
+    /// [`Authority::issue_for_account`]).
     pub fn issue(&self, name: &str, hosts: &[String]) -> Result<IssuedCertificate, CertError> {
+        self.issue_with(name, hosts, None)
+    }
+
+    /// A certificate as [`Authority::issue`] makes, **bound to `account`** (an Ed25519 key):
+    /// its subject alternative names also hold the URI `cohortex:account:<hex>`, and servers
+    /// refuse requests signed by any other account over a link it authenticates.
+    pub fn issue_for_account(
+        &self,
+        name: &str,
+        hosts: &[String],
+        account: &[u8; 32],
+    ) -> Result<IssuedCertificate, CertError> {
+        self.issue_with(name, hosts, Some(account))
+    }
+
+    fn issue_with(
+        &self,
+        name: &str,
+        hosts: &[String],
+        account: Option<&[u8; 32]>,
+    ) -> Result<IssuedCertificate, CertError> {
         if hosts.is_empty() {
             return Err(CertError::NoHost);
         }
         let key = KeyPair::generate().map_err(rcgen("the party's key"))?;
         let mut params = CertificateParams::new(hosts.to_vec()).map_err(rcgen("the host names"))?;
+        if let Some(account) = account {
+            let uri = format!("{ACCOUNT_URI_PREFIX}{}", hex_encode(account));
+            params.subject_alt_names.push(SanType::URI(
+                uri.try_into().map_err(rcgen("the account URI"))?,
+            ));
+        }
         let mut subject = DistinguishedName::new();
         subject.push(DnType::CommonName, name);
         params.distinguished_name = subject;
@@ -170,6 +206,22 @@ impl Authority {
             certificate_pem: certificate.pem(),
             key_pem: key.serialize_pem(),
         })
+    }
+
+    /// A party identity bound to `account` (for in-process use), as
+    /// [`Authority::issue_for_account`] makes it.
+    pub fn identity_for_account(
+        &self,
+        name: &str,
+        hosts: &[String],
+        account: &[u8; 32],
+    ) -> Result<TlsIdentity, CertError> {
+        let issued = self.issue_for_account(name, hosts, account)?;
+        Ok(TlsIdentity::from_pem(
+            &self.certificate_pem,
+            &issued.certificate_pem,
+            &issued.key_pem,
+        ))
     }
 
     /// A party identity (for in-process use): a new certificate for `name` on `hosts`, with

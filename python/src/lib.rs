@@ -237,7 +237,7 @@ impl Market {
     }
 
     async fn buyer(link: &Link, key: &SigningKey) -> anyhow::Result<Buyer> {
-        let nonce = next_nonce(&link.endpoint, Some(&link.tls), key, link.chain_id)
+        let nonce = next_nonce(&link.endpoint, Some(&link.tls), key)
             .await?
             .ok_or_else(|| {
                 anyhow::anyhow!(
@@ -476,7 +476,7 @@ impl Patient {
         action: Action,
         grant: bool,
     ) -> anyhow::Result<u64> {
-        let nonce = next_nonce(&link.endpoint, Some(&link.tls), key, link.chain_id)
+        let nonce = next_nonce(&link.endpoint, Some(&link.tls), key)
             .await?
             .ok_or_else(|| {
                 anyhow::anyhow!(

@@ -155,3 +155,119 @@ async fn server_certificate_for_another_host_is_refused() {
     );
     cluster.shutdown();
 }
+
+/// Asks node 1 for the participants of an unknown order over a link authenticated by
+/// `certificate`, with the request signed by the coordinator's key.
+async fn participants_as_coordinator_over(
+    cluster: &cohortex_cluster::Cluster,
+    certificate: &cohortex_proto::certs::IssuedCertificate,
+) -> Result<(), tonic::Status> {
+    use cohortex_proto::v1::compute_client::ComputeClient;
+    use cohortex_proto::v1::ContributionParticipantsRequest;
+    let node = &cluster.nodes[0].endpoint;
+    let identity = TlsIdentity::from_pem(
+        cluster.authority().certificate_pem(),
+        &certificate.certificate_pem,
+        &certificate.key_pem,
+    );
+    let channel = link(node, Some(&identity))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    ComputeClient::new(channel)
+        .contribution_participants(market::server::auth::signed_request_to(
+            cluster.operator_key(),
+            node,
+            compute_node::protocol::methods::CONTRIBUTION_PARTICIPANTS,
+            ContributionParticipantsRequest {
+                order_id: vec![7; 32],
+                offset: 0,
+            },
+        ))
+        .await
+        .map(|_| ())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_bound_to_one_account_refuses_requests_signed_by_another() {
+    let (_dir, cluster, _truth) = start([None, None, None]).await;
+    let coordinator = market::AccountId::of(cluster.operator_key());
+    // The URI the authority writes is the one servers read.
+    assert_eq!(
+        cohortex_proto::certs::ACCOUNT_URI_PREFIX,
+        cohortex_types::auth::CERTIFICATE_ACCOUNT_PREFIX
+    );
+
+    // Control: a certificate bound to the coordinator's account carries its requests (the
+    // node answers, with NOT_FOUND for an order it never contributed to).
+    let bound_to_coordinator = cluster
+        .authority()
+        .issue_for_account("coordinator", &loopback(), &coordinator.0)
+        .unwrap();
+    let answered = participants_as_coordinator_over(&cluster, &bound_to_coordinator)
+        .await
+        .unwrap_err();
+    assert_eq!(answered.code(), tonic::Code::NotFound, "{answered:?}");
+    // An unbound certificate serves any account, as before.
+    let unbound = cluster.authority().issue("anyone", &loopback()).unwrap();
+    let answered = participants_as_coordinator_over(&cluster, &unbound)
+        .await
+        .unwrap_err();
+    assert_eq!(answered.code(), tonic::Code::NotFound, "{answered:?}");
+
+    // A certificate issued to another account (a stolen one, say) cannot carry the
+    // coordinator's signed requests: the node refuses before any signature work.
+    let other = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+    let bound_to_other = cluster
+        .authority()
+        .issue_for_account(
+            "someone-else",
+            &loopback(),
+            other.verifying_key().as_bytes(),
+        )
+        .unwrap();
+    let refused = participants_as_coordinator_over(&cluster, &bound_to_other)
+        .await
+        .expect_err(
+            "a node served a request signed by an account its link's certificate is not bound to",
+        );
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(
+        refused.message().contains("bound to account")
+            && refused.message().contains(&coordinator.to_string()),
+        "{refused:?}"
+    );
+    cluster.shutdown();
+}
+
+#[test]
+fn certificate_naming_an_account_reads_back_as_that_account() {
+    let authority = Authority::generate().unwrap();
+    let account = [0x5a; 32];
+    let issued = authority
+        .issue_for_account("node-1", &loopback(), &account)
+        .unwrap();
+    let der = pem_der(&issued.certificate_pem);
+    assert_eq!(
+        cohortex_types::auth::certificate_account(&der).unwrap(),
+        Some(market::AccountId(account))
+    );
+    let unbound = authority.issue("node-1", &loopback()).unwrap();
+    assert_eq!(
+        cohortex_types::auth::certificate_account(&pem_der(&unbound.certificate_pem)).unwrap(),
+        None
+    );
+}
+
+/// The DER bytes of a PEM certificate.
+fn pem_der(pem: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    let body: String = pem
+        .lines()
+        .filter(|line| !line.starts_with("-----"))
+        .collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .unwrap()
+}

@@ -100,6 +100,12 @@ impl LedgerRpc for LyingLedger {
     ) -> Result<Response<v1::Balance>, Status> {
         self.honest.get_balance(request).await
     }
+    async fn get_account(
+        &self,
+        request: Request<v1::GetAccountRequest>,
+    ) -> Result<Response<v1::AccountRecord>, Status> {
+        self.honest.get_account(request).await
+    }
     async fn get_genesis(
         &self,
         request: Request<v1::GetGenesisRequest>,

@@ -308,7 +308,7 @@ async fn add_noise(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarted_member_refuses_fresh_noise_for_a_committed_release() {
-    let (_dir, mut cluster, _truth) = start([None, None, None]).await;
+    let (dir, mut cluster, _truth) = start([None, None, None]).await;
     let (order_id, order) = order_appended_by_the_operator(&cluster).await;
     let records = contributions(&cluster, &order_id).await;
     let first = add_noise(&cluster, 1, &order_id, &records).await.unwrap();
@@ -320,9 +320,18 @@ async fn restarted_member_refuses_fresh_noise_for_a_committed_release() {
         first
     );
 
-    // Member 1 restarts: its key share is on disk, its noise for the order was in memory.
+    // Member 1 restarts: its noise was on disk before it left, so it answers with the same.
+    cluster.restart_node(0).await.unwrap();
+    assert_eq!(
+        add_noise(&cluster, 1, &order_id, &records).await.unwrap(),
+        first,
+        "a restarted member answered with other noise than it sent before"
+    );
+
+    // Member 1 restarts again, with its record of the release lost (a disk replaced, say).
     // Fresh noise now would let the operator open the same sum a second time with other
     // noise, and average the two openings.
+    std::fs::remove_dir_all(dir.path().join("node-1.releases")).unwrap();
     cluster.restart_node(0).await.unwrap();
     let refused = add_noise(&cluster, 1, &order_id, &records)
         .await
@@ -334,13 +343,47 @@ async fn restarted_member_refuses_fresh_noise_for_a_committed_release() {
             .contains("no fresh noise for a committed release"),
         "{refused:?}"
     );
-    // Nor does it key-switch the release without its noise (before the restart it would
-    // have: the counts were not key-switched yet).
+    // Nor does it key-switch the release without its noise.
     let refused = key_switch_counts(&cluster, 1, &order_id, &[first, second])
         .await
-        .expect_err("a restarted member key-switched a release it holds no noise for");
+        .expect_err("a member key-switched a release it holds no noise for");
     assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
     assert!(refused.message().contains("added no noise"), "{refused:?}");
+    cluster.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_member_resumes_its_release_where_it_stopped() {
+    let (_dir, mut cluster, _truth) = start([None, None, None]).await;
+    let (order_id, order) = order_appended_by_the_operator(&cluster).await;
+    let records = contributions(&cluster, &order_id).await;
+    let noise = vec![
+        add_noise(&cluster, 1, &order_id, &records).await.unwrap(),
+        add_noise(&cluster, 2, &order_id, &records).await.unwrap(),
+    ];
+    submit_committed_release(&cluster, order, vec![1, 2]).await;
+
+    // A member restarted between its noise and the key switch goes on: the release is not
+    // lost with its memory.
+    cluster.restart_node(0).await.unwrap();
+    key_switch_counts(&cluster, 1, &order_id, &noise)
+        .await
+        .expect("a restarted member could not key-switch the release it added noise to");
+
+    // Restarted again, it still knows the counts were key-switched: each phase once.
+    cluster.restart_node(0).await.unwrap();
+    let refused = key_switch_counts(&cluster, 1, &order_id, &noise)
+        .await
+        .expect_err("a restarted member key-switched the counts a second time");
+    assert_eq!(refused.code(), Code::AlreadyExists, "{refused:?}");
+    // Member 2, never restarted, agrees.
+    key_switch_counts(&cluster, 2, &order_id, &noise)
+        .await
+        .unwrap();
+    let refused = key_switch_counts(&cluster, 2, &order_id, &noise)
+        .await
+        .expect_err("a member key-switched the counts a second time");
+    assert_eq!(refused.code(), Code::AlreadyExists, "{refused:?}");
     cluster.shutdown();
 }
 

@@ -20,6 +20,12 @@
 //! decodes with `cohortex_proto::codec::CanonicalProstCodec`, which refuses any request whose
 //! bytes are not the canonical encoding of what they decode to (an unknown or repeated field
 //! appended to a signed request is `INVALID_ARGUMENT`), so the signature covers every byte read.
+//!
+//! A federation certificate may be **bound to one account**: its subject alternative names then
+//! hold the URI `cohortex:account:<64 hex digits>` ([`CERTIFICATE_ACCOUNT_PREFIX`],
+//! `cohortex tls cert --account`). Over a link whose client certificate is bound, a server
+//! refuses every request signed by another account (`PERMISSION_DENIED`), before any signature
+//! work; a certificate without the URI serves any account, as before.
 
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -43,6 +49,9 @@ pub const NONCE: &str = "x-cohortex-nonce";
 pub const AUDIENCE: &str = "x-cohortex-audience";
 /// Metadata key of the signature.
 pub const SIGNATURE: &str = "x-cohortex-signature";
+/// The prefix of the URI, in a certificate's subject alternative names, that binds the
+/// certificate to one account: `cohortex:account:` and the account's key in hex.
+pub const CERTIFICATE_ACCOUNT_PREFIX: &str = "cohortex:account:";
 /// How far a request's timestamp may be from the server's clock, in seconds.
 pub const MAX_CLOCK_SKEW: u64 = 300;
 
@@ -332,7 +341,9 @@ impl RequestVerifier {
         now: u64,
         admit: impl FnOnce(&AccountId) -> Result<(), Status>,
     ) -> Result<AccountId, Status> {
-        admit(&claimed_account(request.metadata())?)?;
+        let claimed = claimed_account(request.metadata())?;
+        check_certificate_binding(request, &claimed)?;
+        admit(&claimed)?;
         self.verify_body(
             method,
             request.metadata(),
@@ -361,7 +372,9 @@ impl RequestVerifier {
         now: u64,
         admit: impl FnOnce(&AccountId) -> Result<(), Status>,
     ) -> Result<AccountId, Status> {
-        admit(&claimed_account(request.metadata())?)?;
+        let claimed = claimed_account(request.metadata())?;
+        check_certificate_binding(request, &claimed)?;
+        admit(&claimed)?;
         self.verify_body(method, request.metadata(), &[], now)
     }
 
@@ -444,6 +457,58 @@ impl RequestVerifier {
 /// any signature work, whether such a caller may call at all.
 pub fn claimed_account(metadata: &MetadataMap) -> Result<AccountId, Status> {
     Ok(AccountId(hex_field::<32>(metadata, ACCOUNT)?))
+}
+
+/// The account a client certificate (DER) is bound to, if it names one (see
+/// [`CERTIFICATE_ACCOUNT_PREFIX`]). A certificate naming two accounts, or a malformed one, is
+/// refused: it serves no one.
+pub fn certificate_account(der: &[u8]) -> Result<Option<AccountId>, Status> {
+    let der = rustls_pki_types_der(der);
+    let certificate = webpki::EndEntityCert::try_from(&der)
+        .map_err(|_| Status::unauthenticated("the client certificate cannot be parsed"))?;
+    let mut named = certificate
+        .valid_uri_names()
+        .filter_map(|uri| uri.strip_prefix(CERTIFICATE_ACCOUNT_PREFIX));
+    let Some(first) = named.next() else {
+        return Ok(None);
+    };
+    if named.next().is_some() {
+        return Err(Status::permission_denied(
+            "the client certificate names more than one account; it serves none",
+        ));
+    }
+    let account = hex::decode(first)
+        .ok()
+        .and_then(|bytes| <[u8; 32]>::try_from(bytes.as_slice()).ok())
+        .ok_or_else(|| {
+            Status::permission_denied(format!(
+                "the client certificate's {CERTIFICATE_ACCOUNT_PREFIX} URI does not hold a \
+                 32-byte account in hex"
+            ))
+        })?;
+    Ok(Some(AccountId(account)))
+}
+
+fn rustls_pki_types_der(der: &[u8]) -> tonic::transport::CertificateDer<'_> {
+    tonic::transport::CertificateDer::from(der)
+}
+
+/// Refuses a request signed by `claimed` over a link whose client certificate is bound to
+/// another account.
+fn check_certificate_binding<T>(request: &Request<T>, claimed: &AccountId) -> Result<(), Status> {
+    let Some(certificates) = request.peer_certs() else {
+        return Ok(());
+    };
+    let Some(leaf) = certificates.first() else {
+        return Ok(());
+    };
+    match certificate_account(leaf.as_ref())? {
+        Some(bound) if bound != *claimed => Err(Status::permission_denied(format!(
+            "the client certificate is bound to account {bound}, but the request is signed by \
+             {claimed}: a certificate serves only the account it was issued for"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]

@@ -127,7 +127,8 @@ impl NodeService {
             .map_err(|error| Status::invalid_argument(format!("criteria.{error}")))?;
         let query_hash = criteria_hash(wire);
         let evaluator = self.evaluator(&fingerprint)?.ok_or_else(|| {
-            Status::failed_precondition(
+            cohortex_types::rpc::Refusal::EvaluationKeyMissing.status(
+                tonic::Code::FailedPrecondition,
                 "criteria.evaluation_key: this node holds no evaluation key with this \
                  fingerprint; send it with PutEvaluationKey first",
             )

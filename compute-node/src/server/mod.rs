@@ -54,7 +54,7 @@ pub use contribute::{PARTICIPANTS_PAGE, PARTICIPANT_LISTS_KEPT};
 use dkg::{load_key_share, DkgRound};
 #[cfg(feature = "tfhe")]
 pub use feasibility::count_noise;
-use release::Release;
+use release::{Release, ReleaseStore};
 
 #[cfg(not(feature = "tfhe"))]
 impl NodeService {
@@ -181,6 +181,8 @@ pub struct NodeService {
     follower: Arc<LedgerFollower>,
     market: tokio::sync::OnceCell<Channel>,
     state: Mutex<NodeState>,
+    /// Where this member's releases are written before any share of them leaves.
+    releases: ReleaseStore,
     /// Recruiters' expanded TFHE evaluation keys by fingerprint, the most recent last (at
     /// most [`EVALUATION_KEYS_KEPT`]: each is about 120 MB once expanded).
     #[cfg(feature = "tfhe")]
@@ -230,6 +232,9 @@ impl NodeService {
         };
         #[cfg(not(feature = "tfhe"))]
         let answered = BTreeSet::new();
+        // Releases under way before a restart go on with the noise already drawn.
+        let releases = ReleaseStore::beside(config.key_share_file.as_deref());
+        let stored_releases = releases.load()?;
         // The replica is kept beside the key share, so that a restarted node goes on from the
         // last block it verified.
         let follower = Arc::new(match &config.key_share_file {
@@ -265,6 +270,7 @@ impl NodeService {
             verifier: RequestVerifier::for_audience(&seat_endpoint),
             follower,
             market: tokio::sync::OnceCell::new(),
+            releases,
             #[cfg(feature = "tfhe")]
             evaluation_keys: Mutex::new(Vec::new()),
             state: Mutex::new(NodeState {
@@ -276,7 +282,7 @@ impl NodeService {
                 contributed: answered,
                 first_contribution: None,
                 participant_lists: std::collections::VecDeque::new(),
-                releases: BTreeMap::new(),
+                releases: stored_releases,
                 trial_replies: BTreeSet::new(),
             }),
         })

@@ -137,7 +137,8 @@ impl NodeService {
             ));
         }
         let evaluator = self.evaluator(&fingerprint)?.ok_or_else(|| {
-            Status::failed_precondition(
+            cohortex_types::rpc::Refusal::EvaluationKeyMissing.status(
+                tonic::Code::FailedPrecondition,
                 "trial.evaluation_key: this node holds no evaluation key with this \
                  fingerprint; send it with PutEvaluationKey first",
             )

@@ -33,9 +33,13 @@ use crate::protocol::{
     encode_noise_share, noise_context, release_context,
 };
 
-/// What a member remembers of an order it added noise to.
+/// What a member remembers of an order it added noise to. It is written to disk (see
+/// [`ReleaseStore`]) before any share of it leaves the member, and again at every stage, so a
+/// member that restarts resumes the release with the same noise instead of refusing it.
 pub(super) struct Release {
     plan: QueryPlan,
+    /// The order's ε: with the plan, it gives the calibration again after a restart.
+    epsilon_micro: u64,
     calibration: Calibration,
     min_cohort: u64,
     /// The verified contributions' sum, fixed before any noise was drawn.
@@ -54,6 +58,7 @@ pub(super) struct Release {
 /// How far an order's release has gone on this member. Each stage is reached only from the one
 /// before it, once: noise added, then the counts key-switched, then the values. The first key
 /// switch fixes whose noise the release includes.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 enum Stage {
     /// Noise added; nothing key-switched yet.
     Noised,
@@ -233,6 +238,7 @@ impl NodeService {
             .map_err(|error| Status::internal(format!("noise share: {error}")))?;
             Ok::<_, Status>(Release {
                 plan: facts.plan,
+                epsilon_micro: facts.epsilon_micro,
                 calibration,
                 min_cohort: facts.min_cohort,
                 sum,
@@ -244,18 +250,19 @@ impl NodeService {
         })
         .await
         .map_err(|error| Status::internal(format!("worker failed: {error}")))??;
-        let share = encode_noise_share(&release.own);
         let mut state = self.lock()?;
-        // A concurrent call may have won the race: keep the first share.
-        let kept = state.releases.entry(order).or_insert(release);
-        let share = if kept.own.ciphertexts.first().map(Wire::to_bytes)
-            == share.ciphertexts.first().cloned()
-        {
-            share
-        } else {
-            encode_noise_share(&kept.own)
+        // A concurrent call may have won the race: keep the first share. It is on disk before
+        // it leaves (the lock is held until then, so no other call answers with it first).
+        let kept = match state.releases.entry(order.clone()) {
+            std::collections::btree_map::Entry::Occupied(kept) => kept.into_mut(),
+            std::collections::btree_map::Entry::Vacant(vacant) => {
+                self.releases.save(&order, &release)?;
+                vacant.insert(release)
+            }
         };
-        Ok(AddNoiseResponse { share: Some(share) })
+        Ok(AddNoiseResponse {
+            share: Some(encode_noise_share(&kept.own)),
+        })
     }
 
     /// This member's key-switch share of the order's noisy counts (phase COUNTS) or of its
@@ -372,6 +379,13 @@ impl NodeService {
         })
         .await
         .map_err(|error| Status::internal(format!("worker failed: {error}")))?;
+        // The stage this share moves the release to is on disk before the share leaves.
+        {
+            let state = self.lock()?;
+            if let Some(release) = state.releases.get(&order) {
+                self.releases.save(&order, release)?;
+            }
+        }
         Ok(KeySwitchResponse {
             share: switched.to_bytes(),
         })
@@ -532,6 +546,11 @@ impl NodeService {
             None => {
                 let cosignature = receipt.cosign(member, &self.config.account, &chain_id);
                 release.cosigned = Some((digest, cosignature.signature.clone()));
+                // One receipt per order, across restarts too.
+                if let Err(status) = self.releases.save(&order, release) {
+                    release.cosigned = None;
+                    return Err(status);
+                }
                 cosignature.signature
             }
         };
@@ -760,5 +779,192 @@ mod tests {
             code(stage.check(KeySwitchPhase::Counts)),
             Some(Code::AlreadyExists)
         );
+    }
+}
+
+/// Where a member keeps its releases across restarts: a folder beside its key share
+/// (`<key share>.releases/`), one file per order named by its id in hex, each replaced whole
+/// (mode 0600) and synced before the share it records leaves the member. A node without a key
+/// share file keeps them in memory only.
+pub(super) struct ReleaseStore {
+    folder: Option<std::path::PathBuf>,
+}
+
+/// A release as it is written to disk: what [`Release`] holds, with the calibration left out
+/// (it follows from the plan and ε) and every group element in its wire form, in hex.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredRelease {
+    plan: QueryPlan,
+    epsilon_micro: u64,
+    min_cohort: u64,
+    sum: Vec<String>,
+    /// This member's noise share, as the `NoiseShare` message it sends.
+    own: String,
+    contributions: Vec<(String, String)>,
+    cosigned: Option<(String, String)>,
+    stage: Stage,
+}
+
+impl ReleaseStore {
+    /// The store of the node configured with `key_share_file`.
+    pub(super) fn beside(key_share_file: Option<&std::path::Path>) -> Self {
+        Self {
+            folder: key_share_file.map(|path| path.with_extension("releases")),
+        }
+    }
+
+    fn file(folder: &std::path::Path, order: &[u8]) -> std::path::PathBuf {
+        folder.join(hex::encode(order))
+    }
+
+    /// Writes `release` for `order` and waits until it is on disk.
+    fn save(&self, order: &[u8], release: &Release) -> Result<(), Status> {
+        let Some(folder) = &self.folder else {
+            return Ok(());
+        };
+        let stored = StoredRelease {
+            plan: release.plan.clone(),
+            epsilon_micro: release.epsilon_micro,
+            min_cohort: release.min_cohort,
+            sum: release
+                .sum
+                .iter()
+                .map(|ciphertext| hex::encode(ciphertext.to_bytes()))
+                .collect(),
+            own: hex::encode(prost::Message::encode_to_vec(&encode_noise_share(
+                &release.own,
+            ))),
+            contributions: release
+                .contributions
+                .iter()
+                .map(|(listing, hash)| (listing.clone(), hex::encode(hash.0)))
+                .collect(),
+            cosigned: release
+                .cosigned
+                .as_ref()
+                .map(|(digest, signature)| (hex::encode(digest.0), hex::encode(signature))),
+            stage: release.stage.clone(),
+        };
+        let written = serde_json::to_vec(&stored)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| {
+                std::fs::create_dir_all(folder)?;
+                crate::durable::replace_file(&Self::file(folder, order), &bytes)
+            });
+        written.map_err(|error| {
+            tracing::error!(%error, folder = %folder.display(), "cannot write a release to disk");
+            Status::internal(
+                "this member cannot write the release to disk, so it sends no share of it",
+            )
+        })
+    }
+
+    /// Every release written before this start, by order id.
+    pub(super) fn load(
+        &self,
+    ) -> Result<std::collections::BTreeMap<Vec<u8>, Release>, crate::protocol::CommitteeError> {
+        let mut releases = std::collections::BTreeMap::new();
+        let Some(folder) = &self.folder else {
+            return Ok(releases);
+        };
+        let entries = match std::fs::read_dir(folder) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(releases),
+            Err(error) => {
+                return Err(crate::protocol::CommitteeError::StoredRelease {
+                    path: folder.display().to_string(),
+                    reason: error.to_string(),
+                })
+            }
+        };
+        for entry in entries {
+            let path = entry
+                .map_err(|error| crate::protocol::CommitteeError::StoredRelease {
+                    path: folder.display().to_string(),
+                    reason: error.to_string(),
+                })?
+                .path();
+            // A temporary file is a write that did not finish: its share never left.
+            if path.extension().is_some_and(|extension| extension == "tmp") {
+                continue;
+            }
+            let bad = |reason: String| crate::protocol::CommitteeError::StoredRelease {
+                path: path.display().to_string(),
+                reason,
+            };
+            let order = path
+                .file_name()
+                .and_then(|name| name.to_str())
+                .and_then(|name| hex::decode(name).ok())
+                .filter(|order| order.len() == 32)
+                .ok_or_else(|| bad("the file name is not an order id in hex".into()))?;
+            let bytes = std::fs::read(&path).map_err(|error| bad(error.to_string()))?;
+            let release = Release::from_stored(
+                serde_json::from_slice(&bytes).map_err(|error| bad(error.to_string()))?,
+            )
+            .map_err(bad)?;
+            releases.insert(order, release);
+        }
+        Ok(releases)
+    }
+}
+
+impl Release {
+    fn from_stored(stored: StoredRelease) -> Result<Self, String> {
+        let bytes =
+            |text: &str, field: &str| hex::decode(text).map_err(|_| format!("{field} is not hex"));
+        let hash = |text: &str, field: &str| {
+            bytes(text, field).and_then(|raw| {
+                <[u8; 32]>::try_from(raw.as_slice())
+                    .map(Hash32)
+                    .map_err(|_| format!("{field} is not 32 bytes"))
+            })
+        };
+        let calibration = calibrate(&stored.plan, stored.epsilon_micro)
+            .map_err(|error| format!("epsilon: {error}"))?;
+        let sum = stored
+            .sum
+            .iter()
+            .enumerate()
+            .map(|(index, text)| {
+                let field = format!("sum[{index}]");
+                decode::<Ciphertext>(&bytes(text, &field)?, &field)
+                    .map_err(|status| status.message().to_string())
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let own_message: cohortex_proto::v1::NoiseShare =
+            prost::Message::decode(bytes(&stored.own, "own")?.as_slice())
+                .map_err(|error| format!("own: {error}"))?;
+        let own = decode_noise_share(&own_message, "own")
+            .map_err(|status| status.message().to_string())?;
+        let contributions = stored
+            .contributions
+            .iter()
+            .enumerate()
+            .map(|(index, (listing, text))| {
+                Ok((
+                    listing.clone(),
+                    hash(text, &format!("contributions[{index}]"))?,
+                ))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let cosigned = stored
+            .cosigned
+            .as_ref()
+            .map(|(digest, signature)| {
+                Ok::<_, String>((hash(digest, "cosigned")?, bytes(signature, "cosigned")?))
+            })
+            .transpose()?;
+        Ok(Self {
+            plan: stored.plan,
+            epsilon_micro: stored.epsilon_micro,
+            calibration,
+            min_cohort: stored.min_cohort,
+            sum,
+            own,
+            contributions,
+            cosigned,
+            stage: stored.stage,
+        })
     }
 }

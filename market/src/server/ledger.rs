@@ -224,6 +224,27 @@ impl LedgerRpc for LedgerService {
         Ok(Response::new(v1::Balance { available }))
     }
 
+    #[tracing::instrument(skip(self, request))]
+    async fn get_account(
+        &self,
+        request: Request<v1::GetAccountRequest>,
+    ) -> Result<Response<v1::AccountRecord>, Status> {
+        let account = account_field(&request.get_ref().account, "account")?;
+        let found = read_ledger(&self.ledger, move |ledger| {
+            ledger.state().account(&account).cloned().ok_or_else(|| {
+                Status::not_found(format!(
+                    "account: {account} is not registered on the ledger"
+                ))
+            })
+        })
+        .await?;
+        Ok(Response::new(v1::AccountRecord {
+            role: account_role(found.role) as i32,
+            next_nonce: found.next_nonce,
+            balance: found.balance,
+        }))
+    }
+
     #[tracing::instrument(skip(self, _request))]
     async fn get_genesis(
         &self,
@@ -274,3 +295,17 @@ impl LedgerRpc for LedgerService {
 /// About how many envelope bytes one `GetBlockTransactions` answer carries: half the message
 /// limit, so that a page always fits.
 const BLOCK_PAGE_BYTES: usize = super::MAX_MESSAGE_BYTES / 2;
+
+/// The wire form of a ledger role.
+fn account_role(role: crate::Role) -> v1::AccountRole {
+    use crate::Role;
+    match role {
+        Role::Patient => v1::AccountRole::Patient,
+        Role::Buyer => v1::AccountRole::Buyer,
+        Role::ComputeNode => v1::AccountRole::ComputeNode,
+        Role::CommitteeMember => v1::AccountRole::CommitteeMember,
+        Role::Auditor => v1::AccountRole::Auditor,
+        Role::Issuer => v1::AccountRole::Issuer,
+        Role::Fund => v1::AccountRole::Fund,
+    }
+}

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use ed25519_dalek::VerifyingKey;
-use market::{AccountId, Hash32, Purpose};
+use market::{AccountId, Hash32, Purpose, MAX_LISTING_ID_LEN, MIN_COMMITTEE_THRESHOLD};
 use serde::{Deserialize, Serialize};
 
 use crate::keys::parse_account;
@@ -200,10 +200,12 @@ impl MarketConfig {
                 path.display()
             );
         }
-        if file.committee.threshold < 2 || usize::from(file.committee.threshold) > size {
+        if file.committee.threshold < MIN_COMMITTEE_THRESHOLD
+            || usize::from(file.committee.threshold) > size
+        {
             bail!(
-                "{}: committee.threshold = {} must be at least 2 (so that no single member can \
-                 decrypt) and at most the number of members ({size})",
+                "{}: committee.threshold = {} must be at least {MIN_COMMITTEE_THRESHOLD} (so that \
+                 no single member can decrypt) and at most the number of members ({size})",
                 path.display(),
                 file.committee.threshold
             );
@@ -488,10 +490,12 @@ impl NodeConfig {
         for (index, endpoint) in committee.endpoints.iter().enumerate() {
             check_https(endpoint, path, &format!("committee.endpoints[{index}]"))?;
         }
-        if committee.threshold < 2 || usize::from(committee.threshold) > members.len() {
+        if committee.threshold < MIN_COMMITTEE_THRESHOLD
+            || usize::from(committee.threshold) > members.len()
+        {
             bail!(
-                "{}: committee.threshold = {} must be at least 2 (so that no single member can \
-                 decrypt) and at most the number of members ({})",
+                "{}: committee.threshold = {} must be at least {MIN_COMMITTEE_THRESHOLD} (so that \
+                 no single member can decrypt) and at most the number of members ({})",
                 path.display(),
                 committee.threshold,
                 members.len()
@@ -507,8 +511,11 @@ impl NodeConfig {
             );
         }
         let listing = file.listing;
-        if listing.id.is_empty() || listing.id.len() > 64 {
-            bail!("{}: listing.id must be 1 to 64 bytes", path.display());
+        if listing.id.is_empty() || listing.id.len() > MAX_LISTING_ID_LEN {
+            bail!(
+                "{}: listing.id must be 1 to {MAX_LISTING_ID_LEN} bytes",
+                path.display()
+            );
         }
         if listing.purposes.is_empty() {
             bail!(

@@ -735,14 +735,9 @@ async fn write_client_files(
         .context("crediting the notebooks' buyer")?;
     if let Some(patient) = patient {
         let path = dir.join("patient.key");
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
-        }
-        let mut file = options
+        let mut file = cohortex_types::private_file::private_options()
+            .create(true)
+            .truncate(true)
             .open(&path)
             .with_context(|| format!("writing {}", path.display()))?;
         std::io::Write::write_all(&mut file, hex::encode(patient.to_bytes()).as_bytes())

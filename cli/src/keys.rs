@@ -8,6 +8,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
+use cohortex_types::private_file::{check_owner_only, create_new_private, PrivateFileError};
 use ed25519_dalek::SigningKey;
 use market::AccountId;
 use zeroize::Zeroizing;
@@ -34,14 +35,7 @@ pub fn generate(out: &Path) -> anyhow::Result<AccountId> {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating the directory {}", parent.display()))?;
     }
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options.open(out).with_context(|| {
+    let mut file = create_new_private(out).with_context(|| {
         if out.exists() {
             format!(
                 "{} already exists; cohortex never overwrites a key (remove it or pick another --out)",
@@ -64,28 +58,17 @@ pub fn generate(out: &Path) -> anyhow::Result<AccountId> {
 /// Reads a key file written by [`generate`]. `field` names the config field that points at it,
 /// for error messages.
 pub fn read(path: &Path, field: &str) -> anyhow::Result<SigningKey> {
-    let metadata = std::fs::metadata(path).with_context(|| {
-        format!(
-            "{field}: cannot read the key file {} (create one with `cohortex keygen --out {}`)",
-            path.display(),
-            path.display()
-        )
-    })?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = metadata.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            bail!(
-                "{field}: the key file {} may be read by other users (mode {mode:o}); \
-                 run `chmod 600 {}`",
+    match check_owner_only(path) {
+        Ok(()) => {}
+        Err(error @ PrivateFileError::Unreadable { .. }) => {
+            return Err(anyhow::Error::new(error).context(format!(
+                "{field}: cannot read the key file {} (create one with `cohortex keygen --out {}`)",
                 path.display(),
                 path.display()
-            );
+            )))
         }
+        Err(error) => bail!("{field}: the key file {error}"),
     }
-    #[cfg(not(unix))]
-    let _ = metadata;
     let text = Zeroizing::new(
         std::fs::read_to_string(path)
             .with_context(|| format!("{field}: reading {}", path.display()))?,

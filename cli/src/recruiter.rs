@@ -137,15 +137,7 @@ pub async fn run(command: RecruiterCmd) -> anyhow::Result<()> {
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    options
-        .open(path)
+    cohortex_types::private_file::create_new_private(path)
         .and_then(|mut file| file.write_all(bytes))
         .with_context(|| format!("writing {}", path.display()))
 }
@@ -183,27 +175,16 @@ fn keygen(out: &Path) -> anyhow::Result<()> {
 
 fn read_keys(dir: &Path) -> anyhow::Result<(FheSecretKey, Vec<u8>)> {
     let secret_path = dir.join(SECRET_FILE);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&secret_path)
-            .with_context(|| {
-                format!(
-                    "--fhe-keys: cannot read {} (make the keys with `cohortex recruiter keygen --out {}`)",
-                    secret_path.display(),
-                    dir.display()
-                )
-            })?
-            .permissions()
-            .mode()
-            & 0o777;
-        if mode & 0o077 != 0 {
-            bail!(
-                "--fhe-keys: {} may be read by other users (mode {mode:o}); run `chmod 600 {}`",
+    match cohortex_types::private_file::check_owner_only(&secret_path) {
+        Ok(()) => {}
+        Err(error @ cohortex_types::private_file::PrivateFileError::Unreadable { .. }) => {
+            return Err(anyhow::Error::new(error).context(format!(
+                "--fhe-keys: cannot read {} (make the keys with `cohortex recruiter keygen --out {}`)",
                 secret_path.display(),
-                secret_path.display()
-            );
+                dir.display()
+            )))
         }
+        Err(error) => bail!("--fhe-keys: {error}"),
     }
     let bytes = Zeroizing::new(
         std::fs::read(&secret_path)

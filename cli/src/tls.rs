@@ -162,15 +162,7 @@ fn create_parent(path: &Path) -> anyhow::Result<()> {
 
 fn write_secret(path: &Path, text: &str) -> anyhow::Result<()> {
     create_parent(path)?;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options
-        .open(path)
+    let mut file = cohortex_types::private_file::create_new_private(path)
         .with_context(|| format!("creating {}", path.display()))?;
     file.write_all(text.as_bytes())
         .with_context(|| format!("writing {}", path.display()))?;

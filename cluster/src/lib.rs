@@ -36,7 +36,7 @@ use compute_node::Vault;
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use market::{
     AccountId, Action, Compensation, Genesis, Hash32, InProcessSequencer, Ledger, ListingId,
-    ListingTerms, PayoutChoice, Purpose, Role, TxBody,
+    ListingTerms, PayoutChoice, Purpose, Role,
 };
 use rand::rngs::OsRng;
 use tokio::net::TcpListener;
@@ -242,17 +242,7 @@ pub struct Cluster {
     client_tls: TlsIdentity,
 }
 
-fn sign(key: &SigningKey, chain_id: Hash32, nonce: u64, action: Action) -> anyhow::Result<Vec<u8>> {
-    Ok(TxBody {
-        chain_id,
-        signer: AccountId::of(key),
-        nonce,
-        action,
-    }
-    .sign(key)
-    .map_err(|error| anyhow!("signing: {error}"))?
-    .bytes)
-}
+use cohortex_coordinator::standalone::sign_action as sign;
 
 /// Appends `txs` directly, in blocks, failing on the first refusal.
 async fn append_in_blocks(

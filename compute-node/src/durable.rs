@@ -8,14 +8,10 @@ use std::path::Path;
 /// Unix, since such files may hold secrets), synced to disk, then renamed over `path`.
 pub fn replace_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     let temporary = path.with_extension("tmp");
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options.open(&temporary)?;
+    let mut file = cohortex_types::private_file::private_options()
+        .create(true)
+        .truncate(true)
+        .open(&temporary)?;
     file.write_all(contents)?;
     file.sync_all()?;
     std::fs::rename(&temporary, path)

@@ -10,7 +10,7 @@ use zk::fhe::{EncryptedBit, MAX_EVALUATION_KEY_BYTES};
 use crate::feasibility::{Domain, EncryptedClause, EncryptedCriteria, MAX_BINS, MAX_CLAUSES};
 
 /// Domain label of the criteria hash (a feasibility order's `query_hash`).
-pub const LABEL_CRITERIA: &str = "cohortex/market/feasibility-criteria/v1";
+pub const LABEL_CRITERIA: &str = cohortex_types::labels::LABEL_FEASIBILITY_CRITERIA;
 
 /// `tagged_hash("cohortex/market/feasibility-criteria/v1", …)` over the evaluation key's
 /// fingerprint and every clause's column, domain and table entries, each as its own part.

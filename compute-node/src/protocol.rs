@@ -92,7 +92,7 @@ pub fn contribution_context(order_id: &[u8], listing: &str) -> Result<ProofConte
 
 /// The smallest committee threshold a node serves in: with t = 1 any single member (or
 /// whoever receives one member's share) could decrypt alone.
-pub const MIN_THRESHOLD: u16 = 2;
+pub const MIN_THRESHOLD: u16 = market::MIN_COMMITTEE_THRESHOLD;
 
 /// One seat of the key committee, as pinned in a node's own configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -31,11 +31,11 @@ use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, Zeroizing};
 
 /// HPKE `info` of a sealed contact.
-const INFO_CONTACT: &[u8] = b"cohortex/trial-contact/v1";
+const INFO_CONTACT: &[u8] = cohortex_types::labels::LABEL_TRIAL_CONTACT_HPKE.as_bytes();
 /// HPKE `info` of a sealed acceptance.
-const INFO_ACCEPTANCE: &[u8] = b"cohortex/trial-acceptance/v1";
+const INFO_ACCEPTANCE: &[u8] = cohortex_types::labels::LABEL_TRIAL_ACCEPTANCE_HPKE.as_bytes();
 /// HPKE `psk_id` of the gated pre-shared key.
-const PSK_ID: &[u8] = b"cohortex/trial-gated-key/v1";
+const PSK_ID: &[u8] = cohortex_types::labels::LABEL_TRIAL_GATED_KEY_PSK.as_bytes();
 /// Bytes of an X25519 encapsulated key.
 const ENCAPPED_BYTES: usize = 32;
 /// Longest contact a patient may leave, in bytes.

@@ -30,7 +30,7 @@ use zk::dkg::messages::DealerShare;
 use zk::{MemberIndex, Wire};
 
 /// HPKE's `info`: what the key schedule is for, versioned.
-const INFO: &[u8] = b"cohortex/dkg-share/v1";
+const INFO: &[u8] = cohortex_types::labels::LABEL_DKG_SHARE_HPKE.as_bytes();
 
 /// Bytes of an X25519 encapsulated key.
 const ENCAPPED_BYTES: usize = 32;

@@ -1673,8 +1673,8 @@ impl Coordinator {
                     .iter()
                     .map(|(_, _, attested)| &attested.contribution_hash),
             ),
-            proofs_hash: tagged_hash("cohortex/market/proofs/v1", &[&proofs_hash]),
-            result_hash: tagged_hash("cohortex/market/result/v1", &[&result.concat()]),
+            proofs_hash: tagged_hash(cohortex_types::labels::LABEL_PROOFS, &[&proofs_hash]),
+            result_hash: tagged_hash(cohortex_types::labels::LABEL_RESULT, &[&result.concat()]),
             // The participants are staged (2c): each part names none.
             listings: decoded
                 .iter()

@@ -332,8 +332,8 @@ impl Coordinator {
                 parts.iter().map(|part| &part.contribution_hash),
             ),
             // No proofs: each node's count is vouched for by its own signature.
-            proofs_hash: tagged_hash("cohortex/market/proofs/v1", &[]),
-            result_hash: tagged_hash("cohortex/market/result/v1", &[&counts]),
+            proofs_hash: tagged_hash(cohortex_types::labels::LABEL_PROOFS, &[]),
+            result_hash: tagged_hash(cohortex_types::labels::LABEL_RESULT, &[&counts]),
             listings: parts,
         };
         let sites = site_counts.len();

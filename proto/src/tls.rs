@@ -112,26 +112,19 @@ fn read_pem(
 /// Refuses a private key that others may read, as ssh does: a key that has leaked to other
 /// local users is not the party's alone any more.
 fn refuse_shared_key(path: &Path, field: &str) -> Result<(), LinkError> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let metadata = std::fs::metadata(path).map_err(|source| LinkError::Read {
+    use cohortex_types::private_file::{check_owner_only, PrivateFileError};
+    check_owner_only(path).map_err(|error| match error {
+        PrivateFileError::Unreadable { path, source } => LinkError::Read {
             field: field.to_string(),
-            path: path.display().to_string(),
+            path,
             source,
-        })?;
-        let mode = metadata.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(LinkError::KeyReadableByOthers {
-                field: field.to_string(),
-                path: path.display().to_string(),
-                mode,
-            });
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = (path, field);
-    Ok(())
+        },
+        PrivateFileError::ReadableByOthers { path, mode } => LinkError::KeyReadableByOthers {
+            field: field.to_string(),
+            path,
+            mode,
+        },
+    })
 }
 
 impl TlsIdentity {

@@ -84,22 +84,12 @@ fn block<T: Send>(
 
 /// Reads an account key file: 64 hex digits of an Ed25519 seed, readable by its owner only.
 fn read_key(path: &Path, field: &str) -> PyResult<SigningKey> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(path)
-            .map_err(|error| bad(format!("{field}: cannot read {} ({error})", path.display())))?
-            .permissions()
-            .mode()
-            & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(bad(format!(
-                "{field}: the key file {} may be read by other users (mode {mode:o}); run `chmod 600 {}`",
-                path.display(),
-                path.display()
-            )));
+    cohortex_types::private_file::check_owner_only(path).map_err(|error| match error {
+        cohortex_types::private_file::PrivateFileError::Unreadable { .. } => {
+            bad(format!("{field}: {error}"))
         }
-    }
+        _ => bad(format!("{field}: the key file {error}")),
+    })?;
     let text = Zeroizing::new(
         std::fs::read_to_string(path)
             .map_err(|error| bad(format!("{field}: cannot read {} ({error})", path.display())))?,

@@ -46,5 +46,66 @@ pub const LABEL_DKG_MESSAGE: &str = "cohortex/dkg/message/v1";
 /// member finishes on messages the others did not see.
 pub const LABEL_DKG_TRANSCRIPT: &str = "cohortex/dkg/transcript/v1";
 
+/// Domain label of a receipt's `proofs_hash` (over the contributions' range proofs).
+pub const LABEL_PROOFS: &str = "cohortex/market/proofs/v1";
+/// Domain label of a receipt's `result_hash` (over the result released to the buyer).
+pub const LABEL_RESULT: &str = "cohortex/market/result/v1";
+/// Domain label of a feasibility order's `query_hash`: the criteria hash.
+pub const LABEL_FEASIBILITY_CRITERIA: &str = "cohortex/market/feasibility-criteria/v1";
+/// Domain label of a recruiter's TFHE evaluation-key fingerprint.
+pub const LABEL_EVALUATION_KEY: &str = "cohortex/fhe/evaluation-key/v1";
+
+/// HPKE `info` of a DKG share sealed to its recipient's account key.
+pub const LABEL_DKG_SHARE_HPKE: &str = "cohortex/dkg-share/v1";
+/// HPKE `info` of a trial contact sealed to the recruiter.
+pub const LABEL_TRIAL_CONTACT_HPKE: &str = "cohortex/trial-contact/v1";
+/// HPKE `info` of a patient's trial acceptance sealed to the node that holds their record.
+pub const LABEL_TRIAL_ACCEPTANCE_HPKE: &str = "cohortex/trial-acceptance/v1";
+/// HPKE `psk_id` of a trial contact's gated pre-shared key.
+pub const LABEL_TRIAL_GATED_KEY_PSK: &str = "cohortex/trial-gated-key/v1";
+
 /// Label of request signatures (see [`crate::auth`]).
 pub const LABEL_REQUEST: &str = "cohortex/rpc/request/v1";
+
+/// Every label above: none may repeat another.
+pub const ALL: &[&str] = &[
+    LABEL_TX_SIGNATURE,
+    LABEL_TXID,
+    LABEL_TREE_HEAD,
+    LABEL_BLOCK,
+    LABEL_GENESIS,
+    LABEL_STATE,
+    LABEL_QUERY,
+    LABEL_MANIFEST,
+    LABEL_CONTRIBUTION,
+    LABEL_CONTRIBUTIONS,
+    LABEL_ATTESTATION,
+    LABEL_FEASIBILITY_ATTESTATION,
+    LABEL_RECEIPT_COSIGNATURE,
+    LABEL_TRIAL_ACCEPTANCE,
+    LABEL_TRIAL_REPLY,
+    LABEL_TRIAL_REPLY_CONTENT,
+    LABEL_DKG_MESSAGE,
+    LABEL_DKG_TRANSCRIPT,
+    LABEL_PROOFS,
+    LABEL_RESULT,
+    LABEL_FEASIBILITY_CRITERIA,
+    LABEL_EVALUATION_KEY,
+    LABEL_DKG_SHARE_HPKE,
+    LABEL_TRIAL_CONTACT_HPKE,
+    LABEL_TRIAL_ACCEPTANCE_HPKE,
+    LABEL_TRIAL_GATED_KEY_PSK,
+    LABEL_REQUEST,
+];
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn no_two_labels_are_the_same() {
+        let mut seen = std::collections::BTreeSet::new();
+        for label in super::ALL {
+            assert!(seen.insert(*label), "{label} appears twice");
+            assert!(label.starts_with("cohortex/"), "{label}");
+        }
+    }
+}

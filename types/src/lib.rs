@@ -13,6 +13,7 @@ pub mod auth;
 pub mod hash;
 pub mod ids;
 pub mod labels;
+pub mod private_file;
 #[cfg(feature = "rpc")]
 pub mod rpc;
 pub mod text;

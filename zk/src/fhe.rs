@@ -83,7 +83,7 @@ pub const GATED_KEY_BLOCKS: usize = GATED_KEY_BYTES * 4;
 pub const MAX_GATED_KEY_BYTES: usize = 4 << 20;
 
 /// Domain label of an evaluation key's fingerprint.
-pub const LABEL_EVALUATION_KEY: &str = "cohortex/fhe/evaluation-key/v1";
+pub const LABEL_EVALUATION_KEY: &str = cohortex_types::labels::LABEL_EVALUATION_KEY;
 
 /// The message modulus of a block (base of the radix digits).
 const BASE: u64 = 4;

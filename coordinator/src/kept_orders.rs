@@ -10,7 +10,7 @@
 
 use std::path::{Path, PathBuf};
 
-use cohortex_proto::v1::{NodeReport, OrderState, SiteCount};
+use cohortex_proto::v1::{OrderState, SiteCount};
 use market::{AccountId, TxId};
 use prost::Message;
 use serde::{Deserialize, Serialize};
@@ -56,7 +56,11 @@ pub(crate) fn encode(order: TxId, record: &OrderRecord) -> postcard::Result<Vec<
         order,
         buyer: record.buyer,
         message: record.message.clone(),
-        nodes: record.nodes.iter().map(Message::encode_to_vec).collect(),
+        nodes: record
+            .nodes
+            .iter()
+            .map(|report| cohortex_proto::v1::NodeReport::from(report).encode_to_vec())
+            .collect(),
         plan: record.plan.clone(),
         result: record.result.clone(),
         committee_used: record.committee_used.clone(),
@@ -122,7 +126,14 @@ pub(crate) fn read_all(directory: &Path) -> anyhow::Result<Vec<(TxId, OrderRecor
         if path.file_name() != file_of(directory, &kept.order).file_name() {
             anyhow::bail!("{}: holds another order", path.display());
         }
-        let nodes = decode_messages::<NodeReport>(&kept.nodes, &path, "nodes")?;
+        let nodes = decode_messages::<cohortex_proto::v1::NodeReport>(&kept.nodes, &path, "nodes")?
+            .into_iter()
+            .enumerate()
+            .map(|(index, wire)| {
+                crate::coordinator::NodeReport::try_from(wire)
+                    .map_err(|reason| anyhow::anyhow!("{}: nodes[{index}].{reason}", path.display()))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let site_counts = decode_messages::<SiteCount>(&kept.site_counts, &path, "site_counts")?;
         orders.push((
             kept.order,

@@ -360,7 +360,7 @@ impl Market for MarketService {
         Ok(Response::new(OrderStatus {
             state: record.state as i32,
             message: record.message,
-            nodes: record.nodes,
+            nodes: record.nodes.iter().map(Into::into).collect(),
             plan: record.plan,
             result: record.result,
             receipt_id: record

@@ -352,8 +352,9 @@ pub enum StateDecodeError {
     },
 }
 
-/// The whole market state.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+/// The whole market state. It is serialised only to be hashed ([`State::hash`]); it is never
+/// read back from bytes (storage keeps it as per-entry rows), so it has no `Deserialize`.
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct State {
     accounts: BTreeMap<AccountId, Account>,
     listings: BTreeMap<ListingId, Listing>,

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use cohortex_proto::v1::compute_client::ComputeClient;
 use cohortex_proto::v1::{
-    EncryptedCriteria, EvaluationKeyChunk, FeasibilityRequest, FeasibilityResponse, NodeReport,
+    EncryptedCriteria, EvaluationKeyChunk, FeasibilityRequest, FeasibilityResponse,
     OrderState, SiteCount,
 };
 use compute_node::protocol::methods;
@@ -25,7 +25,10 @@ use market::{
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-use super::{connect, failed_reports, poisoned, Coordinator, OrderRecord, ReleaseIdentity};
+use super::{
+    connect, failed_reports, poisoned, Coordinator, NodeOutcome, NodeReport, OrderRecord,
+    ReleaseIdentity,
+};
 use crate::error::OrderError;
 
 /// Bytes per chunk when streaming an evaluation key.
@@ -238,12 +241,7 @@ impl Coordinator {
         let mut parts = Vec::new();
         let mut site_counts = Vec::new();
         for (position, listing) in listings.iter().enumerate() {
-            let mut report = NodeReport {
-                listing: listing.0.clone(),
-                outcome: "accepted".into(),
-                reason: String::new(),
-                participants: 0,
-            };
+            let mut report = NodeReport::accepted(&listing.0);
             match answers.remove(&position) {
                 Some(Ok(response)) => {
                     let participants: Option<Vec<AccountId>> = response
@@ -284,35 +282,31 @@ impl Coordinator {
                                     noisy_count: response.noisy_count,
                                 });
                             } else {
-                                report.outcome = "rejected".into();
-                                report.reason = "attestation: not the listing owner's signature \
-                                                 over this order's count and participants"
-                                    .into();
+                                report.mark(
+                                    NodeOutcome::Rejected,
+                                    "attestation: not the listing owner's signature over this \
+                                     order's count and participants",
+                                );
                             }
                         }
-                        (None, _) => {
-                            report.outcome = "rejected".into();
-                            report.reason = "participants: not 32-byte accounts".into();
-                        }
+                        (None, _) => report.mark(
+                            NodeOutcome::Rejected,
+                            "participants: not 32-byte accounts",
+                        ),
                         (_, Err(error)) => {
-                            report.outcome = "rejected".into();
-                            report.reason = format!("noisy_count: {error}");
+                            report.mark(NodeOutcome::Rejected, format!("noisy_count: {error}"))
                         }
                     }
                 }
-                Some(Err(status)) => {
-                    report.outcome =
-                        if matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded) {
-                            "unavailable".into()
-                        } else {
-                            "rejected".into()
-                        };
-                    report.reason = status.message().to_string();
-                }
-                None => {
-                    report.outcome = "unavailable".into();
-                    report.reason = "no answer".into();
-                }
+                Some(Err(status)) => report.mark(
+                    if matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded) {
+                        NodeOutcome::Unavailable
+                    } else {
+                        NodeOutcome::Rejected
+                    },
+                    status.message(),
+                ),
+                None => report.mark(NodeOutcome::Unavailable, "no answer"),
             }
             reports.push(report);
         }

@@ -19,7 +19,7 @@ use cohortex_proto::v1::{
     AddNoiseRequest, AddNoiseResponse, ContributeRequest, ContributionParticipantsRequest,
     ContributionRecord, CosignReceiptRequest, DkgConfirmRequest, DkgDealRequest, DkgFinishRequest,
     DkgJustifyRequest, DkgPeer, DkgReceiveRequest, KeySwitchPhase, KeySwitchRequest,
-    KeySwitchResponse, NodeReport, OrderState,
+    KeySwitchResponse, OrderState,
 };
 use compute_node::contribution::{sum_contributions, Contribution, ContributionStatement};
 use compute_node::dp::calibrate;
@@ -71,6 +71,100 @@ pub struct Committee {
     pub public: CommitteePublic,
     /// Each member's index and endpoint.
     pub members: Vec<(MemberIndex, String)>,
+}
+
+/// How one listing's node took part in an order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeOutcome {
+    /// Its contribution verified and was summed.
+    Accepted,
+    /// It answered with something that does not verify, or refused.
+    Rejected,
+    /// It did not answer in time.
+    Unavailable,
+}
+
+impl NodeOutcome {
+    const ALL: [NodeOutcome; 3] = [
+        NodeOutcome::Accepted,
+        NodeOutcome::Rejected,
+        NodeOutcome::Unavailable,
+    ];
+
+    /// Its name on the wire (`NodeReport.outcome`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeOutcome::Accepted => "accepted",
+            NodeOutcome::Rejected => "rejected",
+            NodeOutcome::Unavailable => "unavailable",
+        }
+    }
+
+    /// The outcome named `text` on the wire.
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|outcome| outcome.as_str() == text)
+    }
+}
+
+/// What one listing's node did in an order, as the buyer is told.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeReport {
+    /// The listing.
+    pub listing: String,
+    /// How it took part.
+    pub outcome: NodeOutcome,
+    /// Why, when it was not accepted.
+    pub reason: String,
+    /// How many of its patients took part.
+    pub participants: u64,
+}
+
+impl NodeReport {
+    /// An accepted report for `listing`, with nothing counted yet.
+    pub(crate) fn accepted(listing: &str) -> Self {
+        Self {
+            listing: listing.to_string(),
+            outcome: NodeOutcome::Accepted,
+            reason: String::new(),
+            participants: 0,
+        }
+    }
+
+    /// Marks the report `outcome`, for `reason`.
+    pub(crate) fn mark(&mut self, outcome: NodeOutcome, reason: impl Into<String>) {
+        self.outcome = outcome;
+        self.reason = reason.into();
+    }
+}
+
+impl From<&NodeReport> for cohortex_proto::v1::NodeReport {
+    fn from(report: &NodeReport) -> Self {
+        Self {
+            listing: report.listing.clone(),
+            outcome: report.outcome.as_str().to_string(),
+            reason: report.reason.clone(),
+            participants: report.participants,
+        }
+    }
+}
+
+impl TryFrom<cohortex_proto::v1::NodeReport> for NodeReport {
+    type Error = String;
+
+    fn try_from(wire: cohortex_proto::v1::NodeReport) -> Result<Self, String> {
+        let outcome = NodeOutcome::parse(&wire.outcome).ok_or_else(|| {
+            format!(
+                "outcome: `{}` is none of accepted, rejected, unavailable",
+                wire.outcome
+            )
+        })?;
+        Ok(Self {
+            listing: wire.listing,
+            outcome,
+            reason: wire.reason,
+            participants: wire.participants,
+        })
+    }
 }
 
 /// An order as the coordinator tracks it.
@@ -190,38 +284,13 @@ pub struct Coordinator {
 }
 
 #[cfg(feature = "tfhe")]
-#[path = "coordinator_feasibility.rs"]
 mod feasibility;
 #[cfg(feature = "tfhe")]
 pub use feasibility::{key_chunks, KEY_CHUNK_BYTES};
 #[cfg(feature = "tfhe")]
-#[path = "coordinator_recruitment.rs"]
 mod recruitment;
+mod persistence;
 
-/// What the coordinator keeps across restarts: what the ledger does not hold.
-#[derive(serde::Serialize, serde::Deserialize, Default)]
-struct SavedState {
-    /// Format version (1).
-    version: u32,
-    /// Listing id → manifest text and node endpoint.
-    listings: BTreeMap<String, SavedListing>,
-    /// The committee's public data (CXZK, hex) and each member's index and endpoint.
-    committee: Option<SavedCommittee>,
-}
-
-#[derive(serde::Serialize, serde::Deserialize)]
-struct SavedListing {
-    manifest: String,
-    endpoint: String,
-}
-
-#[derive(serde::Serialize, serde::Deserialize)]
-struct SavedCommittee {
-    public: String,
-    members: Vec<(u16, String)>,
-}
-
-const SAVED_STATE_VERSION: u32 = 1;
 
 fn poisoned() -> Status {
     Status::internal("coordinator state lock poisoned")
@@ -284,232 +353,10 @@ impl Coordinator {
         self
     }
 
-    /// A coordinator that keeps its listings and committee in `path` (a JSON file, replaced
-    /// atomically on every change) and starts from what an earlier run left there.
-    pub fn with_state_file(
-        ledger: SharedLedger,
-        account: SigningKey,
-        path: std::path::PathBuf,
-    ) -> anyhow::Result<Self> {
-        use anyhow::Context;
-        let mut coordinator = Self::new(ledger, account);
-        if path.exists() {
-            let text = std::fs::read_to_string(&path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            let saved: SavedState = serde_json::from_str(&text)
-                .with_context(|| format!("{}: not a coordinator state file", path.display()))?;
-            if saved.version != SAVED_STATE_VERSION {
-                anyhow::bail!(
-                    "{}: version {} (this build reads {SAVED_STATE_VERSION})",
-                    path.display(),
-                    saved.version
-                );
-            }
-            let mut listings = BTreeMap::new();
-            for (id, listing) in saved.listings {
-                let schema = Schema::from_toml(&listing.manifest, &id).map_err(|error| {
-                    anyhow::anyhow!("{}: listing {id}: {error}", path.display())
-                })?;
-                listings.insert(
-                    id,
-                    ListingInfo {
-                        manifest: listing.manifest,
-                        schema,
-                        endpoint: listing.endpoint,
-                    },
-                );
-            }
-            *coordinator
-                .listings
-                .get_mut()
-                .map_err(|_| anyhow::anyhow!("lock poisoned"))? = listings;
-            if let Some(committee) = saved.committee {
-                let bytes = hex::decode(&committee.public)
-                    .with_context(|| format!("{}: committee.public", path.display()))?;
-                let public = CommitteePublic::from_bytes(&bytes)
-                    .map_err(|error| anyhow::anyhow!("{}: committee: {error}", path.display()))?;
-                let mut members = Vec::new();
-                for (member, endpoint) in committee.members {
-                    let member = MemberIndex::new(member).ok_or_else(|| {
-                        anyhow::anyhow!("{}: committee member index 0", path.display())
-                    })?;
-                    members.push((member, endpoint));
-                }
-                *coordinator
-                    .committee
-                    .get_mut()
-                    .map_err(|_| anyhow::anyhow!("lock poisoned"))? =
-                    Some(Committee { public, members });
-            }
-        }
-        coordinator.state_file = Some(path);
-        Ok(coordinator)
-    }
-
-    /// Writes the listings and committee to the state file, if there is one, replacing it
-    /// whole ([`compute_node::durable::replace_file`]): a crash leaves the old or the new.
-    async fn save(&self) -> Result<(), Status> {
-        let Some(path) = self.state_file.clone() else {
-            return Ok(());
-        };
-        // One writer at a time, each writing a snapshot taken under the lock: the last
-        // rename holds the latest state. The write and its fsync run on the blocking pool, so
-        // no async worker waits on the disk; the lock goes with them and is released only after
-        // the rename, even if this future is dropped (a client gone, a deadline) meanwhile.
-        let writing = Arc::clone(&self.save_lock).lock_owned().await;
-        let listings = self
-            .listings
-            .lock()
-            .map_err(|_| poisoned())?
-            .iter()
-            .map(|(id, info)| {
-                (
-                    id.clone(),
-                    SavedListing {
-                        manifest: info.manifest.clone(),
-                        endpoint: info.endpoint.clone(),
-                    },
-                )
-            })
-            .collect();
-        let committee = self
-            .committee
-            .lock()
-            .map_err(|_| poisoned())?
-            .as_ref()
-            .map(|committee| SavedCommittee {
-                public: hex::encode(committee.public.to_bytes()),
-                members: committee
-                    .members
-                    .iter()
-                    .map(|(member, endpoint)| (member.get(), endpoint.clone()))
-                    .collect(),
-            });
-        let saved = SavedState {
-            version: SAVED_STATE_VERSION,
-            listings,
-            committee,
-        };
-        let text = serde_json::to_string_pretty(&saved).map_err(|error| {
-            Status::internal(format!("encoding the coordinator state: {error}"))
-        })?;
-        let written = tokio::task::spawn_blocking(move || {
-            let _writing = writing;
-            compute_node::durable::replace_file(&path, text.as_bytes())
-                .map_err(|error| (path, error))
-        })
-        .await
-        .map_err(|error| Status::internal(format!("the state writer failed: {error}")))?;
-        written.map_err(|(path, error)| {
-            tracing::error!(path = %path.display(), %error, "saving the coordinator state");
-            Status::internal("the market could not save its state")
-        })
-    }
-
-    /// Refunds every order the ledger still holds open: at start-up, those are orders whose
-    /// computation a previous run of the market did not finish (it stopped or crashed). The
-    /// escrow goes back to the buyer; the ε of an order whose release was committed stays
-    /// spent (ledger rule). Returns the orders refunded.
-    pub async fn refund_orders_left_open(&self) -> Result<Vec<OrderId>, Status> {
-        let open: Vec<OrderId> = read_ledger(&self.ledger, |ledger| {
-            Ok(ledger
-                .state()
-                .orders()
-                .filter(|(_, order)| order.status == market::state::OrderStatus::Open)
-                .map(|(id, _)| *id)
-                .collect())
-        })
-        .await?;
-        for order in &open {
-            self.submit_own(Action::Refund { order: *order }).await?;
-            tracing::info!(order = %hex::encode(order.0 .0.as_bytes()), "refunded an order left open by an earlier run");
-        }
-        Ok(open)
-    }
-
-    /// Serves again the completed orders an earlier run kept on disk whose receipts the
-    /// ledger holds, and deletes the records of those it does not (refunded: their buyers did
-    /// not pay). Call it after [`Coordinator::refund_orders_left_open`]. Returns how many
-    /// orders are served again.
-    pub async fn resume_completed_orders(&self) -> Result<usize, Status> {
-        let Some(directory) = self.kept_orders_directory() else {
-            return Ok(0);
-        };
-        let kept = {
-            let directory = directory.clone();
-            tokio::task::spawn_blocking(move || crate::kept_orders::read_all(&directory))
-                .await
-                .map_err(|error| Status::internal(format!("the order reader failed: {error}")))?
-                .map_err(|error| Status::internal(format!("kept orders: {error:#}")))?
-        };
-        // The receipt of each kept order, if the ledger holds one for that order and buyer.
-        let receipts: Vec<Option<ReceiptId>> = {
-            let orders: Vec<(TxId, AccountId)> = kept
-                .iter()
-                .map(|(order, record)| (*order, record.buyer))
-                .collect();
-            read_ledger(&self.ledger, move |ledger| {
-                Ok(orders
-                    .iter()
-                    .map(|(order, buyer)| {
-                        let found = ledger.state().order(&OrderId(*order))?;
-                        match found.status {
-                            _ if found.buyer != *buyer => None,
-                            market::state::OrderStatus::Computed { receipt }
-                            | market::state::OrderStatus::Settled { receipt } => Some(receipt),
-                            _ => None,
-                        }
-                    })
-                    .collect())
-            })
-            .await?
-        };
-        let mut resumed = 0;
-        for ((order, mut record), receipt) in kept.into_iter().zip(receipts) {
-            match receipt {
-                Some(receipt) => {
-                    record.receipt = Some(receipt.0);
-                    self.orders
-                        .lock()
-                        .map_err(|_| poisoned())?
-                        .insert(order, record);
-                    resumed += 1;
-                }
-                None => crate::kept_orders::forget(&directory, &order).map_err(|error| {
-                    Status::internal(format!("deleting a refunded order's record: {error}"))
-                })?,
-            }
-        }
-        Ok(resumed)
-    }
-
-    /// Writes `record`, completed but with its receipt not yet recorded, beside the state
-    /// file (if there is one), synced, so that it survives a restart once the receipt lands.
-    async fn keep_completed(&self, order: TxId, record: &OrderRecord) -> Result<(), Status> {
-        let Some(directory) = self.kept_orders_directory() else {
-            return Ok(());
-        };
-        let bytes = crate::kept_orders::encode(order, record)
-            .map_err(|error| Status::internal(format!("encoding the order: {error}")))?;
-        tokio::task::spawn_blocking(move || crate::kept_orders::keep(&directory, order, &bytes))
-            .await
-            .map_err(|error| Status::internal(format!("the order writer failed: {error}")))?
-            .map_err(|error| {
-                tracing::error!(%error, "keeping a completed order");
-                Status::internal("the market could not keep the order's result on disk")
-            })
-    }
-
-    /// Where completed orders are kept: beside the state file, if there is one.
-    fn kept_orders_directory(&self) -> Option<std::path::PathBuf> {
-        self.state_file
-            .as_deref()
-            .map(crate::kept_orders::directory)
-    }
-
     /// Records every later receipt without its settlement, as a market that stopped between
     /// the two left its ledger before they went into one block. For restart tests:
     /// [`Coordinator::settle_orders_left_computed`] settles them.
+    #[cfg(feature = "fault-injection")]
     pub fn leave_orders_computed(&self) {
         self.leave_computed
             .store(true, std::sync::atomic::Ordering::SeqCst);
@@ -518,6 +365,7 @@ impl Coordinator {
     /// Leaves these members' noise shares out of every later release, as a coordinator
     /// colluding with them would. For attack tests: the release must keep its ε as long as
     /// one honest member's share remains (members refuse to key-switch without their own).
+    #[cfg(feature = "fault-injection")]
     pub fn withhold_noise_of(&self, members: &[u16]) -> Result<(), Status> {
         *self.withheld_noise.lock().map_err(|_| poisoned())? = members.iter().copied().collect();
         Ok(())
@@ -526,6 +374,7 @@ impl Coordinator {
     /// Asks the members to re-encrypt every later release's values to `key` instead of the
     /// buyer's, as a coordinator that wants to read them would. For attack tests: members
     /// key-switch only to the result key the buyer signed into the order.
+    #[cfg(feature = "fault-injection")]
     pub fn redirect_values_to(&self, key: PublicKey) -> Result<(), Status> {
         *self.values_redirected_to.lock().map_err(|_| poisoned())? = Some(key);
         Ok(())
@@ -1365,12 +1214,7 @@ impl Coordinator {
         let mut reports: Vec<NodeReport> = Vec::new();
         let mut decoded: Vec<(usize, Contribution, ListingContribution)> = Vec::new();
         for (position, listing) in listings.iter().enumerate() {
-            let mut report = NodeReport {
-                listing: listing.0.clone(),
-                outcome: "accepted".into(),
-                reason: String::new(),
-                participants: 0,
-            };
+            let mut report = NodeReport::accepted(&listing.0);
             match answers.remove(&position) {
                 Some(Ok(response)) => match decode_contribution(&response) {
                     Ok((contribution, participants)) => {
@@ -1394,33 +1238,28 @@ impl Coordinator {
                         if signed {
                             decoded.push((position, contribution, attested));
                         } else {
-                            report.outcome = "rejected".into();
-                            report.reason = "attestation: not the listing owner's signature over \
-                                             this order's contribution, participants and \
-                                             capacity; its contribution was not summed"
-                                .into();
+                            report.mark(
+                                NodeOutcome::Rejected,
+                                "attestation: not the listing owner's signature over this \
+                                 order's contribution, participants and capacity; its \
+                                 contribution was not summed",
+                            );
                         }
                     }
-                    Err(reason) => {
-                        report.outcome = "rejected".into();
-                        report.reason = reason;
-                    }
+                    Err(reason) => report.mark(NodeOutcome::Rejected, reason),
                 },
-                Some(Err(status)) => {
-                    report.outcome = if matches!(
+                Some(Err(status)) => report.mark(
+                    if matches!(
                         status.code(),
                         tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
                     ) {
-                        "unavailable".into()
+                        NodeOutcome::Unavailable
                     } else {
-                        "rejected".into()
-                    };
-                    report.reason = status.message().to_string();
-                }
-                None => {
-                    report.outcome = "unavailable".into();
-                    report.reason = "no answer".into();
-                }
+                        NodeOutcome::Rejected
+                    },
+                    status.message(),
+                ),
+                None => report.mark(NodeOutcome::Unavailable, "no answer"),
             }
             reports.push(report);
         }
@@ -1445,8 +1284,10 @@ impl Coordinator {
         {
             for (index, error) in failures {
                 let position = decoded[index].0;
-                reports[position].outcome = "rejected".into();
-                reports[position].reason = format!("{error}; its contribution was not summed");
+                reports[position].mark(
+                    NodeOutcome::Rejected,
+                    format!("{error}; its contribution was not summed"),
+                );
                 rejected_positions.push(index);
             }
         }
@@ -1773,11 +1614,13 @@ fn describe_absent(absent: &[String]) -> String {
 fn failed_reports(reports: &[NodeReport]) -> Vec<String> {
     reports
         .iter()
-        .filter(|report| report.outcome != "accepted")
+        .filter(|report| report.outcome != NodeOutcome::Accepted)
         .map(|report| {
             format!(
                 "listing {} {}: {}",
-                report.listing, report.outcome, report.reason
+                report.listing,
+                report.outcome.as_str(),
+                report.reason
             )
         })
         .collect()
@@ -1841,4 +1684,37 @@ pub fn compile_for(sql: &str, infos: &[ListingInfo]) -> Result<QueryPlan, Status
         }
     }
     plan.ok_or_else(|| Status::invalid_argument("transaction: the order names no listing"))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod node_report_tests {
+    use super::{NodeOutcome, NodeReport};
+
+    #[test]
+    fn node_outcome_travels_as_its_wire_name_and_an_unknown_name_is_refused() {
+        for (outcome, name) in [
+            (NodeOutcome::Accepted, "accepted"),
+            (NodeOutcome::Rejected, "rejected"),
+            (NodeOutcome::Unavailable, "unavailable"),
+        ] {
+            let report = NodeReport {
+                listing: "st-mary".into(),
+                outcome,
+                reason: "why".into(),
+                participants: 7,
+            };
+            let wire = cohortex_proto::v1::NodeReport::from(&report);
+            assert_eq!(wire.outcome, name);
+            assert_eq!(NodeReport::try_from(wire).unwrap(), report);
+        }
+        let unknown = cohortex_proto::v1::NodeReport {
+            listing: "st-mary".into(),
+            outcome: "accepted-ish".into(),
+            reason: String::new(),
+            participants: 0,
+        };
+        let refused = NodeReport::try_from(unknown).unwrap_err();
+        assert!(refused.starts_with("outcome:"), "{refused}");
+    }
 }

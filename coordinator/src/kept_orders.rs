@@ -130,8 +130,9 @@ pub(crate) fn read_all(directory: &Path) -> anyhow::Result<Vec<(TxId, OrderRecor
             .into_iter()
             .enumerate()
             .map(|(index, wire)| {
-                crate::coordinator::NodeReport::try_from(wire)
-                    .map_err(|reason| anyhow::anyhow!("{}: nodes[{index}].{reason}", path.display()))
+                crate::coordinator::NodeReport::try_from(wire).map_err(|reason| {
+                    anyhow::anyhow!("{}: nodes[{index}].{reason}", path.display())
+                })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let site_counts = decode_messages::<SiteCount>(&kept.site_counts, &path, "site_counts")?;

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use cohortex_proto::v1::compute_client::ComputeClient;
 use cohortex_proto::v1::{
-    EncryptedCriteria, EvaluationKeyChunk, FeasibilityRequest, FeasibilityResponse,
-    OrderState, SiteCount,
+    EncryptedCriteria, EvaluationKeyChunk, FeasibilityRequest, FeasibilityResponse, OrderState,
+    SiteCount,
 };
 use compute_node::protocol::methods;
 use market::hash::tagged_hash;
@@ -289,10 +289,9 @@ impl Coordinator {
                                 );
                             }
                         }
-                        (None, _) => report.mark(
-                            NodeOutcome::Rejected,
-                            "participants: not 32-byte accounts",
-                        ),
+                        (None, _) => {
+                            report.mark(NodeOutcome::Rejected, "participants: not 32-byte accounts")
+                        }
                         (_, Err(error)) => {
                             report.mark(NodeOutcome::Rejected, format!("noisy_count: {error}"))
                         }

@@ -102,7 +102,9 @@ impl NodeOutcome {
 
     /// The outcome named `text` on the wire.
     pub fn parse(text: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|outcome| outcome.as_str() == text)
+        Self::ALL
+            .into_iter()
+            .find(|outcome| outcome.as_str() == text)
     }
 }
 
@@ -287,10 +289,9 @@ pub struct Coordinator {
 mod feasibility;
 #[cfg(feature = "tfhe")]
 pub use feasibility::{key_chunks, KEY_CHUNK_BYTES};
+mod persistence;
 #[cfg(feature = "tfhe")]
 mod recruitment;
-mod persistence;
-
 
 fn poisoned() -> Status {
     Status::internal("coordinator state lock poisoned")

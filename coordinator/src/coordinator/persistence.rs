@@ -231,7 +231,11 @@ impl Coordinator {
 
     /// Writes `record`, completed but with its receipt not yet recorded, beside the state
     /// file (if there is one), synced, so that it survives a restart once the receipt lands.
-    pub(super) async fn keep_completed(&self, order: TxId, record: &OrderRecord) -> Result<(), Status> {
+    pub(super) async fn keep_completed(
+        &self,
+        order: TxId,
+        record: &OrderRecord,
+    ) -> Result<(), Status> {
         let Some(directory) = self.kept_orders_directory() else {
             return Ok(());
         };

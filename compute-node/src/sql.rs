@@ -600,6 +600,14 @@ impl Compiler<'_> {
     ) -> Result<(), QueryError> {
         let spec = self.column(column)?;
         match (spec.column_type, literal) {
+            (ColumnType::Float | ColumnType::Integer, Literal::Number(number))
+                if !number.is_finite() =>
+            {
+                Err(QueryError::Type(format!(
+                    "`{column}` is compared with a number beyond what a 64-bit float holds; \
+                     write a finite number"
+                )))
+            }
             (ColumnType::Float | ColumnType::Integer, Literal::Number(_)) => Ok(()),
             (ColumnType::Bool, Literal::Bool(_))
                 if matches!(op, Comparison::Eq | Comparison::NotEq) =>

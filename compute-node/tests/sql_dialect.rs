@@ -221,3 +221,20 @@ fn other_tables_are_refused() {
     let error = refuse("SELECT COUNT(*) FROM claims");
     assert!(error.to_string().contains("`patients`"), "{error}");
 }
+
+#[test]
+fn number_beyond_a_float_is_refused_naming_the_column() {
+    // 1e999 parses to infinity, which no plan may hold: a member writes its plan to disk with
+    // each release and must read it back after a restart.
+    for sql in [
+        "SELECT COUNT(*) FROM patients WHERE age < 1e999",
+        "SELECT COUNT(*) FROM patients WHERE -1e999 < age",
+        "SELECT COUNT(*) FROM patients WHERE age IN (40, 1e999)",
+    ] {
+        let error = refuse(sql);
+        assert!(matches!(error, QueryError::Type(_)), "{sql}: {error}");
+        assert!(error.to_string().contains("`age`"), "{sql}: {error}");
+        assert!(error.to_string().contains("finite"), "{sql}: {error}");
+    }
+    accept("SELECT COUNT(*) FROM patients WHERE age < 1e2");
+}

@@ -47,6 +47,6 @@ pub use storage::{
 pub use tx::{
     AccountId, Action, AttestationKind, Compensation, ListingContribution, ListingId, ListingTerms,
     OrderId, PayoutChoice, Purpose, QueryReceipt, ReceiptCosignature, ReceiptId, Role, SignedTx,
-    TrialPosting, TxBody, TxId, VerifiedTx, MAX_LISTING_ID_LEN, MAX_STAGED_PER_TX,
-    MIN_COMMITTEE_THRESHOLD,
+    TrialPosting, TxBody, TxId, VerifiedTx, MAX_LISTING_ID_LEN, MAX_ORDER_LIFETIME_SECS,
+    MAX_STAGED_PER_TX, MIN_COMMITTEE_THRESHOLD,
 };

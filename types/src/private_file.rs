@@ -1,7 +1,6 @@
-//! Files that hold secrets (account keys, TLS keys, key shares, a recruiter's TFHE secret key,
-//! a member's releases): made readable by their owner only, and refused when other users may
-//! read them, as ssh does with its keys. One place for both rules, so every party applies the
-//! same ones.
+//! Files that hold secrets (account keys, TLS keys, key shares, a recruiter's TFHE secret key):
+//! made readable by their owner only, and refused when other users may read them, as ssh does
+//! with its keys. One place for both rules, so every party applies the same ones.
 
 use std::fs::{File, OpenOptions};
 use std::io;

@@ -641,6 +641,8 @@ pub(super) fn load_key_share(
         path: path.display().to_string(),
         reason,
     };
+    // A key share others may read is not this member's alone any more.
+    cohortex_types::private_file::check_owner_only(path).map_err(|error| bad(error.to_string()))?;
     let text = zeroize::Zeroizing::new(
         std::fs::read_to_string(path).map_err(|error| bad(error.to_string()))?,
     );

@@ -53,6 +53,9 @@ pub(super) struct Release {
     cosigned: Option<(Hash32, Vec<u8>)>,
     /// How far the release has gone.
     stage: Stage,
+    /// A key switch that has moved `stage` on but whose share has not left yet. It is not
+    /// written to disk as reached, and it is undone if the share never leaves.
+    pending: Option<KeySwitchPhase>,
 }
 
 /// How far an order's release has gone on this member. Each stage is reached only from the one
@@ -106,12 +109,19 @@ impl Stage {
         Ok(())
     }
 
-    /// Back to the counts stage, after a values key switch whose checks failed.
-    fn undo_values(&mut self) {
-        if let Stage::ValuesSwitched { noise } = self {
-            *self = Stage::CountsSwitched {
-                noise: std::mem::take(noise),
-            };
+    /// Back to the stage before `phase`, after a key switch whose share did not leave.
+    fn undo(&mut self, phase: KeySwitchPhase) {
+        *self = self.before(phase);
+    }
+
+    /// The stage before `phase` was reached (this stage if `phase` was not reached).
+    fn before(&self, phase: KeySwitchPhase) -> Stage {
+        match (self, phase) {
+            (Stage::CountsSwitched { .. }, KeySwitchPhase::Counts) => Stage::Noised,
+            (Stage::ValuesSwitched { noise }, KeySwitchPhase::Values) => Stage::CountsSwitched {
+                noise: noise.clone(),
+            },
+            _ => self.clone(),
         }
     }
 }
@@ -246,6 +256,7 @@ impl NodeService {
                 contributions: summed_hashes,
                 cosigned: None,
                 stage: Stage::Noised,
+                pending: None,
             })
         })
         .await
@@ -297,8 +308,10 @@ impl NodeService {
             release.stage.check(phase)?;
             let (members, noisy) = noisy_sum(release, &order, committee, &message.noise)?;
             // Advanced now, under the lock, so that two concurrent requests cannot both pass.
-            // (A VALUES phase whose checks fail below goes back to the counts stage.)
+            // It stays pending until the share leaves: undone if its checks fail below or
+            // it cannot be written to disk, and never written as reached before.
             release.stage.advance(phase, members.clone())?;
+            release.pending = Some(phase);
             (
                 share.clone(),
                 committee.clone(),
@@ -363,27 +376,42 @@ impl NodeService {
                 }
             })
         })();
+        let undo = |node: &Self| {
+            if let Ok(mut state) = node.lock() {
+                if let Some(release) = state.releases.get_mut(&order) {
+                    release.stage.undo(phase);
+                    release.pending = None;
+                }
+            }
+        };
         let (context, ciphertexts, recipient) = match prepared {
             Ok(prepared) => prepared,
             Err(status) => {
-                if phase == KeySwitchPhase::Values {
-                    if let Some(release) = self.lock()?.releases.get_mut(&order) {
-                        release.stage.undo_values();
-                    }
-                }
+                undo(self);
                 return Err(status);
             }
         };
-        let switched = tokio::task::spawn_blocking(move || {
+        let switched = match tokio::task::spawn_blocking(move || {
             share.key_switch_with_rng(&context, &ciphertexts, &recipient, &mut OsRng)
         })
         .await
-        .map_err(|error| Status::internal(format!("worker failed: {error}")))?;
-        // The stage this share moves the release to is on disk before the share leaves.
         {
-            let state = self.lock()?;
-            if let Some(release) = state.releases.get(&order) {
-                self.releases.save(&order, release)?;
+            Ok(switched) => switched,
+            Err(error) => {
+                undo(self);
+                return Err(Status::internal(format!("worker failed: {error}")));
+            }
+        };
+        // The stage this share moves the release to is on disk before the share leaves; if
+        // it cannot be written, the share does not leave and the stage goes back.
+        {
+            let mut state = self.lock()?;
+            if let Some(release) = state.releases.get_mut(&order) {
+                release.pending = None;
+                if let Err(status) = self.releases.save(&order, release) {
+                    release.stage.undo(phase);
+                    return Err(status);
+                }
             }
         }
         Ok(KeySwitchResponse {
@@ -409,7 +437,7 @@ impl NodeService {
                      for its receipt",
                 )
             })?;
-            if !release.stage.counts_switched() {
+            if !release.stage.counts_switched() || release.pending == Some(KeySwitchPhase::Counts) {
                 return Err(Status::failed_precondition(
                     "receipt.order: this member has not key-switched the order's release",
                 ));
@@ -772,13 +800,30 @@ mod tests {
         let mut stage = Stage::Noised;
         assert!(stage.advance(KeySwitchPhase::Counts, vec![2, 3]).is_ok());
         assert!(stage.advance(KeySwitchPhase::Values, vec![2, 3]).is_ok());
-        stage.undo_values();
+        stage.undo(KeySwitchPhase::Values);
         assert_eq!(stage.fixed_noise(), Some(&[2, 3][..]));
         assert!(stage.check(KeySwitchPhase::Values).is_ok());
         assert_eq!(
             code(stage.check(KeySwitchPhase::Counts)),
             Some(Code::AlreadyExists)
         );
+    }
+
+    #[test]
+    fn counts_switch_whose_share_did_not_leave_may_be_asked_again() {
+        let mut stage = Stage::Noised;
+        assert!(stage.advance(KeySwitchPhase::Counts, vec![1, 2]).is_ok());
+        // What is written to disk while the share is pending: the stage before it.
+        assert!(matches!(
+            stage.before(KeySwitchPhase::Counts),
+            Stage::Noised
+        ));
+        stage.undo(KeySwitchPhase::Counts);
+        assert_eq!(stage.fixed_noise(), None);
+        assert!(stage.check(KeySwitchPhase::Counts).is_ok());
+        // Undoing a phase that was not reached changes nothing.
+        stage.undo(KeySwitchPhase::Values);
+        assert!(matches!(stage, Stage::Noised));
     }
 }
 
@@ -789,6 +834,10 @@ mod tests {
 pub(super) struct ReleaseStore {
     folder: Option<std::path::PathBuf>,
 }
+
+/// How long a release is kept on disk: twice the longest an order may stay open.
+const RELEASE_KEPT: std::time::Duration =
+    std::time::Duration::from_secs(2 * market::MAX_ORDER_LIFETIME_SECS);
 
 /// A release as it is written to disk: what [`Release`] holds, with the calibration left out
 /// (it follows from the plan and ε) and every group element in its wire form, in hex.
@@ -843,12 +892,20 @@ impl ReleaseStore {
                 .cosigned
                 .as_ref()
                 .map(|(digest, signature)| (hex::encode(digest.0), hex::encode(signature))),
-            stage: release.stage.clone(),
+            // A phase whose share has not left is not written as reached.
+            stage: match release.pending {
+                Some(phase) => release.stage.before(phase),
+                None => release.stage.clone(),
+            },
         };
         let written = serde_json::to_vec(&stored)
             .map_err(std::io::Error::other)
             .and_then(|bytes| {
-                std::fs::create_dir_all(folder)?;
+                if !folder.is_dir() {
+                    std::fs::create_dir_all(folder)?;
+                    // The new folder's own entry, so the file below is found after a crash.
+                    crate::durable::sync_folder_of(folder)?;
+                }
                 crate::durable::replace_file(&Self::file(folder, order), &bytes)
             });
         written.map_err(|error| {
@@ -886,6 +943,19 @@ impl ReleaseStore {
                 .path();
             // A temporary file is a write that did not finish: its share never left.
             if path.extension().is_some_and(|extension| extension == "tmp") {
+                continue;
+            }
+            // A release written more than twice an order's longest life ago is of an order
+            // that has expired: no member key-switches or co-signs it any more, and a member
+            // without its record refuses to, so it is deleted rather than read.
+            let age = std::fs::metadata(&path)
+                .and_then(|metadata| metadata.modified())
+                .ok()
+                .and_then(|modified| modified.elapsed().ok());
+            if age.is_some_and(|age| age > RELEASE_KEPT) {
+                if let Err(error) = std::fs::remove_file(&path) {
+                    tracing::warn!(%error, path = %path.display(), "cannot delete an expired release");
+                }
                 continue;
             }
             let bad = |reason: String| crate::protocol::CommitteeError::StoredRelease {
@@ -965,6 +1035,7 @@ impl Release {
             contributions,
             cosigned,
             stage: stored.stage,
+            pending: None,
         })
     }
 }

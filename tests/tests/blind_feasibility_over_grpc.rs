@@ -199,3 +199,101 @@ async fn concurrent_feasibility_calls_get_one_noise_draw_even_across_a_restart()
     );
     cluster.shutdown();
 }
+
+/// A FHIR-schema vault of `patients` who all consent, built from values directly (the FHIR
+/// round trip is tested elsewhere): every third has essential hypertension (I10), ages run
+/// 20 to 99. Returns the setup and the plaintext count of hypertensive patients aged 40+.
+fn large_feasibility_setup(
+    listing: &str,
+    patients: u64,
+    first: u64,
+    price: u64,
+) -> (cohortex_cluster::NodeSetup, i64) {
+    use compute_node::record::{PatientRecord, Value};
+    use compute_node::schema::ColumnType;
+    let schema = compute_node::Schema::fhir();
+    let mut vault = compute_node::Vault::new(schema.clone());
+    let mut enrolments = Vec::with_capacity(patients as usize);
+    let mut expected = 0;
+    for offset in 0..patients {
+        let index = first + offset;
+        let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+        let age = 20 + (index % 80) as i64;
+        let hypertensive = index % 3 == 0;
+        let values = schema
+            .columns
+            .iter()
+            .map(|column| match column.column_type {
+                ColumnType::Integer if column.name == "age" => Value::Integer(age),
+                ColumnType::Category => Value::Category(
+                    column.categories.as_ref().expect("declared categories")[0].clone(),
+                ),
+                ColumnType::Codes => {
+                    Value::Codes(vec![if hypertensive { "I10" } else { "J45" }.into()])
+                }
+                _ => Value::Null,
+            })
+            .collect();
+        vault
+            .upsert(PatientRecord {
+                patient_id: format!("p{index}"),
+                patient_key: Some(hex::encode(key.verifying_key().as_bytes())),
+                source: None,
+                values,
+            })
+            .expect("the record fits the FHIR schema");
+        if hypertensive && age >= 40 {
+            expected += 1;
+        }
+        enrolments.push(cohortex_cluster::PatientEnrolment {
+            key,
+            consent: Some(cohortex_cluster::Payout::ToPatient),
+            epsilon_limit_micro: None,
+        });
+    }
+    (
+        cohortex_cluster::NodeSetup::paid(listing.into(), vault, enrolments, price),
+        expected,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feasibility_over_more_participants_than_one_transaction_holds() {
+    // More consenting patients at one site than one staging transaction holds: before, the
+    // receipt named them all and the ledger refused it past about 131,000; now they are
+    // staged in chunks in the receipt's block and the receipt names none.
+    let big = market::MAX_STAGED_PER_TX as u64 + 1_000;
+    // Two credits for each of the large site's patients, so each share is exact.
+    let (large, expected) = large_feasibility_setup("large-site", big, 0, 2 * big);
+    let (small, _) = large_feasibility_setup("small-site", 60, big, 1_000);
+    let (_dir, cluster) =
+        purpose_cluster(vec![large, small], market::Purpose::TrialFeasibility).await;
+    let recruiter = cluster.new_buyer(1_000_000).await.unwrap();
+    let release = search(&cluster, &recruiter, "I10", None, EPSILON_EXACT).await;
+    assert!(release.receipt_verified, "the receipt is in the ledger");
+    assert_eq!(release.sites[0].listing, "large-site");
+    assert_eq!(release.sites[0].noisy_count, Some(expected));
+
+    let ledger = cluster.coordinator.ledger().lock().unwrap();
+    let state = ledger.state();
+    let order = market::OrderId(release.order);
+    assert!(state
+        .staged_participants(&order, &market::ListingId::new("large-site".to_string()))
+        .is_empty());
+    let receipt = ledger
+        .transaction(&release.receipt)
+        .unwrap()
+        .expect("the receipt is on the ledger");
+    assert!(
+        receipt.envelope.len() < 16 * 1024,
+        "receipt of {} bytes",
+        receipt.envelope.len()
+    );
+    // Every consenting patient of the large site took part and was paid its share.
+    let share = 2;
+    let paid = state
+        .accounts()
+        .filter(|(_, account)| account.role == market::Role::Patient && account.balance == share)
+        .count() as u64;
+    assert_eq!(paid, big, "{paid} patients paid {share}, {big} took part");
+}

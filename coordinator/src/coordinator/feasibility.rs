@@ -20,7 +20,7 @@ use market::server::auth::{signed_request_to, signed_stream_request_to};
 use market::server::read_ledger;
 use market::{
     AccountId, Action, AttestationKind, ListingContribution, ListingId, OrderId, QueryReceipt,
-    ReceiptId, TxId,
+    ReceiptId, TxId, MAX_STAGED_PER_TX,
 };
 use tonic::transport::Channel;
 use tonic::{Code, Status};
@@ -318,6 +318,15 @@ impl Coordinator {
             .iter()
             .flat_map(|site| site.noisy_count.iter().copied())
             .collect();
+        // A listing with more participants than one staging transaction holds has them staged
+        // on the ledger first, in the receipt's block; its part of the receipt then names none
+        // and stands for them (the ledger checks the node's attestation over the staged list).
+        // No transaction grows with the number of patients.
+        let staged: Vec<(ListingId, Vec<AccountId>)> = parts
+            .iter_mut()
+            .filter(|part| part.participants.len() > MAX_STAGED_PER_TX)
+            .map(|part| (part.listing.clone(), std::mem::take(&mut part.participants)))
+            .collect();
         let receipt = QueryReceipt {
             order: order_id,
             query_hash,
@@ -340,10 +349,19 @@ impl Coordinator {
             record.completed_at = Some(market::server::auth::unix_now());
         })?;
         self.keep_completed(order, &completed).await?;
-        let recorded = self
-            .submit_own(Action::RecordFeasibility(receipt))
-            .await
-            .map_err(OrderError::refused("receipt"))?;
+        let recorded = if staged.is_empty() {
+            self.submit_own(Action::RecordFeasibility(receipt))
+                .await
+                .map_err(OrderError::refused("receipt"))?
+        } else {
+            self.stage_then(
+                order_id,
+                &staged,
+                Action::RecordFeasibility(receipt),
+                "staging the participants and recording the receipt",
+            )
+            .await?
+        };
         self.submit_own(Action::Settle {
             order: order_id,
             receipt: ReceiptId(recorded.tx_id),

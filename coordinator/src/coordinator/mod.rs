@@ -456,6 +456,31 @@ impl Coordinator {
         named: &[(ListingId, Vec<AccountId>)],
         noise_members: Vec<u16>,
     ) -> Result<(), OrderError> {
+        let commit = Action::CommitRelease {
+            order,
+            noise_members: noise_members.clone(),
+            quorum: noise_members,
+        };
+        self.stage_then(
+            order,
+            named,
+            commit,
+            "staging the participants and committing the release",
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Stages `named` participants on the ledger in chunks of at most
+    /// [`MAX_STAGED_PER_TX`] (after any already staged, which must be their start) and then
+    /// appends `last`, all in one block; returns what `last` became on the ledger.
+    async fn stage_then(
+        &self,
+        order: OrderId,
+        named: &[(ListingId, Vec<AccountId>)],
+        last: Action,
+        what: &'static str,
+    ) -> Result<Submitted, OrderError> {
         let _guard = self.submit_lock.lock().await;
         let (chain_id, mut nonce) = self.own_next_nonce().await?;
         let mut envelopes = Vec::new();
@@ -489,23 +514,19 @@ impl Coordinator {
                 chunks += 1;
             }
         }
-        let commit = Action::CommitRelease {
-            order,
-            noise_members: noise_members.clone(),
-            quorum: noise_members,
-        };
-        envelopes.push(self.sign_own(chain_id, nonce, commit)?.bytes);
-        submit_together(&self.ledger, envelopes)
+        envelopes.push(self.sign_own(chain_id, nonce, last)?.bytes);
+        let mut submitted = submit_together(&self.ledger, envelopes)
             .await
-            .map_err(OrderError::refused(
-                "staging the participants and committing the release",
-            ))?;
+            .map_err(OrderError::refused(what))?;
         tracing::info!(
             order = %hex::encode(order.0 .0.as_bytes()),
             chunks,
-            "participants staged and release committed"
+            what,
+            "participants staged"
         );
-        Ok(())
+        submitted
+            .pop()
+            .ok_or_else(|| OrderError::from(Status::internal("the ledger appended nothing")))
     }
 
     /// The largest minimum cohort among `listings`' terms on the ledger.

@@ -20,11 +20,7 @@ const AUTHORITY_NAME: &str = "Cohortex federation authority";
 
 /// The URI prefix that binds a certificate to one account (the same as
 /// `cohortex_types::auth::CERTIFICATE_ACCOUNT_PREFIX`, which servers check).
-pub const ACCOUNT_URI_PREFIX: &str = "cohortex:account:";
-
-fn hex_encode(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
-}
+pub use cohortex_types::ids::CERTIFICATE_ACCOUNT_PREFIX as ACCOUNT_URI_PREFIX;
 
 /// How long an authority is valid.
 const AUTHORITY_LIFETIME: Duration = Duration::days(3650);
@@ -180,7 +176,7 @@ impl Authority {
         let key = KeyPair::generate().map_err(rcgen("the party's key"))?;
         let mut params = CertificateParams::new(hosts.to_vec()).map_err(rcgen("the host names"))?;
         if let Some(account) = account {
-            let uri = format!("{ACCOUNT_URI_PREFIX}{}", hex_encode(account));
+            let uri = format!("{ACCOUNT_URI_PREFIX}{}", hex::encode(account));
             params.subject_alt_names.push(SanType::URI(
                 uri.try_into().map_err(rcgen("the account URI"))?,
             ));

@@ -49,9 +49,7 @@ pub const NONCE: &str = "x-cohortex-nonce";
 pub const AUDIENCE: &str = "x-cohortex-audience";
 /// Metadata key of the signature.
 pub const SIGNATURE: &str = "x-cohortex-signature";
-/// The prefix of the URI, in a certificate's subject alternative names, that binds the
-/// certificate to one account: `cohortex:account:` and the account's key in hex.
-pub const CERTIFICATE_ACCOUNT_PREFIX: &str = "cohortex:account:";
+pub use crate::ids::CERTIFICATE_ACCOUNT_PREFIX;
 /// How far a request's timestamp may be from the server's clock, in seconds.
 pub const MAX_CLOCK_SKEW: u64 = 300;
 
@@ -463,7 +461,7 @@ pub fn claimed_account(metadata: &MetadataMap) -> Result<AccountId, Status> {
 /// [`CERTIFICATE_ACCOUNT_PREFIX`]). A certificate naming two accounts, or a malformed one, is
 /// refused: it serves no one.
 pub fn certificate_account(der: &[u8]) -> Result<Option<AccountId>, Status> {
-    let der = rustls_pki_types_der(der);
+    let der = tonic::transport::CertificateDer::from(der);
     let certificate = webpki::EndEntityCert::try_from(&der)
         .map_err(|_| Status::unauthenticated("the client certificate cannot be parsed"))?;
     let mut named = certificate
@@ -487,10 +485,6 @@ pub fn certificate_account(der: &[u8]) -> Result<Option<AccountId>, Status> {
             ))
         })?;
     Ok(Some(AccountId(account)))
-}
-
-fn rustls_pki_types_der(der: &[u8]) -> tonic::transport::CertificateDer<'_> {
-    tonic::transport::CertificateDer::from(der)
 }
 
 /// Refuses a request signed by `claimed` over a link whose client certificate is bound to

@@ -175,3 +175,8 @@ pub const PURPOSE_NAMES: [(Purpose, &str); 4] = [
         purpose_name(Purpose::TrialRecruitment),
     ),
 ];
+
+/// The prefix of the URI, in a certificate's subject alternative names, that binds the
+/// certificate to one account: `cohortex:account:` and the account's key in hex. The
+/// authority writes it (`cohortex_proto::certs`) and servers read it (`crate::auth`).
+pub const CERTIFICATE_ACCOUNT_PREFIX: &str = "cohortex:account:";

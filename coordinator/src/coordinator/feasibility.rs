@@ -128,19 +128,7 @@ impl Coordinator {
                 .await;
             if let Err(message) = outcome {
                 tracing::warn!(order = %hex::encode(order.0.as_bytes()), %message, "feasibility order failed; refunding");
-                let refunded = match coordinator
-                    .submit_own(Action::Refund {
-                        order: OrderId(order),
-                    })
-                    .await
-                {
-                    Ok(_) => "the escrow was refunded".to_string(),
-                    Err(error) => format!("the refund failed: {}", error.message()),
-                };
-                let _ = coordinator.update_order(order, |record| {
-                    record.state = OrderState::Failed;
-                    record.message = format!("{message}; {refunded}");
-                });
+                coordinator.refund_failed(order, message).await;
             }
         });
         Ok(())

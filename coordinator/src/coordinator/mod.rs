@@ -1046,6 +1046,24 @@ impl Coordinator {
         Ok(public)
     }
 
+    /// Refunds a failed order's escrow and marks it failed with `message` and how the refund
+    /// went.
+    async fn refund_failed(&self, order: TxId, message: impl std::fmt::Display) {
+        let refunded = match self
+            .submit_own(Action::Refund {
+                order: OrderId(order),
+            })
+            .await
+        {
+            Ok(_) => "the escrow was refunded".to_string(),
+            Err(error) => format!("the refund failed: {}", error.message()),
+        };
+        let _ = self.update_order(order, |record| {
+            record.state = OrderState::Failed;
+            record.message = format!("{message}; {refunded}");
+        });
+    }
+
     /// Records a new order (already escrowed on the ledger) and computes it in the
     /// background.
     #[allow(clippy::too_many_arguments)]
@@ -1105,19 +1123,7 @@ impl Coordinator {
                 .await;
             if let Err(message) = outcome {
                 tracing::warn!(order = %hex::encode(order.0.as_bytes()), %message, "order failed; refunding");
-                let refund = coordinator
-                    .submit_own(Action::Refund {
-                        order: OrderId(order),
-                    })
-                    .await;
-                let refunded = match refund {
-                    Ok(_) => "the escrow was refunded".to_string(),
-                    Err(error) => format!("the refund failed: {}", error.message()),
-                };
-                let _ = coordinator.update_order(order, |record| {
-                    record.state = OrderState::Failed;
-                    record.message = format!("{message}; {refunded}");
-                });
+                coordinator.refund_failed(order, message).await;
             }
         });
         Ok(())

@@ -7,6 +7,10 @@
 //! * `inclusion/verify_2^20`: verifying one RFC 6962 inclusion proof in a log of 2^20 leaves.
 //! * `receipt/verify`: verifying a full receipt offline (head signature, transaction signature,
 //!   inclusion proof).
+//! * `signatures/one_by_one_4096` and `signatures/batched_4096`: parsing and checking the
+//!   signatures of a block of 4,096 transactions from 4,096 signers, as the sequencer admits
+//!   them (`verify_all`, each with `verify_strict`) and as a replica replays them
+//!   (`verify_block`, in batches).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ed25519_dalek::SigningKey;
@@ -152,5 +156,44 @@ fn bench_inclusion(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_append, bench_inclusion);
+fn bench_signatures(c: &mut Criterion) {
+    const TXS: usize = 4096;
+    let mut rng = ChaCha20Rng::seed_from_u64(2);
+    let chain_id = Hash32([7; 32]);
+    let envelopes: Vec<Vec<u8>> = (0..TXS)
+        .map(|_| {
+            let key = SigningKey::generate(&mut rng);
+            TxBody {
+                chain_id,
+                signer: AccountId::of(&key),
+                nonce: 0,
+                action: Action::RegisterAccount {
+                    account: AccountId::of(&key),
+                    role: Role::Patient,
+                },
+            }
+            .sign(&key)
+            .expect("sign")
+            .bytes
+        })
+        .collect();
+    let mut group = c.benchmark_group("signatures");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(TXS as u64));
+    group.bench_function(BenchmarkId::new("one_by_one", TXS), |b| {
+        b.iter(|| {
+            let checked = market::verify_all(black_box(envelopes.clone()));
+            assert!(checked.iter().all(Result::is_ok));
+        })
+    });
+    group.bench_function(BenchmarkId::new("batched", TXS), |b| {
+        b.iter(|| {
+            let checked = market::verify_block(black_box(envelopes.clone()));
+            assert!(checked.iter().all(Result::is_ok));
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench_append, bench_inclusion, bench_signatures);
 criterion_main!(benches);

@@ -15,7 +15,7 @@ use crate::hash::Hash32;
 use crate::log::SignedTreeHead;
 use crate::machine::{BlockError, FinalizedBlock, Genesis, ProposedBlock, StateMachine};
 use crate::state::State;
-use crate::tx::verify_all;
+use crate::tx::{verify_all, verify_block};
 use std::fmt;
 use thiserror::Error;
 
@@ -181,6 +181,17 @@ pub struct AuditReport {
 /// Replays blocks one at a time.
 pub struct Auditor {
     machine: StateMachine,
+    signatures: SignatureCheck,
+}
+
+/// How an [`Auditor`] checks the signatures of a block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SignatureCheck {
+    /// In batches ([`crate::tx::verify_block`]): a replica following the ledger.
+    Batched,
+    /// Each alone with `verify_strict` ([`verify_all`], the admission rule itself): `ledger
+    /// verify`.
+    OneByOne,
 }
 
 impl Auditor {
@@ -195,13 +206,22 @@ impl Auditor {
         };
         let genesis = Genesis::from_bytes(genesis_bytes).map_err(fail)?;
         let machine = StateMachine::from_genesis(genesis).map_err(fail)?;
-        Ok(Auditor { machine })
+        Ok(Auditor::from_machine(machine))
     }
 
     /// Goes on from `machine`, a state already verified up to its last head (a replica
     /// reopened from its own storage, [`StateMachine::check_resumed`]).
     pub fn from_machine(machine: StateMachine) -> Self {
-        Auditor { machine }
+        Auditor {
+            machine,
+            signatures: SignatureCheck::Batched,
+        }
+    }
+
+    /// Checks signatures as `check` says (batched unless told otherwise).
+    pub fn checking_signatures(mut self, check: SignatureCheck) -> Self {
+        self.signatures = check;
+        self
     }
 
     /// What has been replayed and verified so far: the state, the log and the last head.
@@ -285,8 +305,11 @@ impl Auditor {
         }
         let (stored_ids, envelopes): (Vec<Vec<u8>>, Vec<Vec<u8>>) =
             block.txs.into_iter().map(|tx| (tx.txid, tx.bytes)).unzip();
-        // The signatures, in parallel (each on its own: see `verify_all`).
-        let checked = verify_all(envelopes);
+        // The signatures, in parallel.
+        let checked = match self.signatures {
+            SignatureCheck::Batched => verify_block(envelopes),
+            SignatureCheck::OneByOne => verify_all(envelopes),
+        };
         let mut verified = Vec::with_capacity(checked.len());
         for (position, (tx, stored_id)) in checked.into_iter().zip(stored_ids).enumerate() {
             let tx = tx.map_err(|e| at_tx(position, AuditProblem::BadTransaction(e)))?;

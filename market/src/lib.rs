@@ -31,7 +31,7 @@ pub mod state;
 pub mod storage;
 pub mod tx;
 
-pub use audit::{AuditFailure, AuditProblem, AuditReport, Auditor};
+pub use audit::{AuditFailure, AuditProblem, AuditReport, Auditor, SignatureCheck};
 pub use error::TxError;
 pub use hash::Hash32;
 pub use log::{
@@ -44,6 +44,7 @@ pub use state::State;
 pub use storage::{
     audit_database, AppendOutcome, AuditError, Ledger, LedgerError, Refusal, Replica,
 };
+pub use tx::{verify_all, verify_block, SIGNATURE_BATCH};
 pub use tx::{
     AccountId, Action, AttestationKind, Compensation, ListingContribution, ListingId, ListingTerms,
     OrderId, PayoutChoice, Purpose, QueryReceipt, ReceiptCosignature, ReceiptId, Role, SignedTx,

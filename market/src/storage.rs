@@ -16,7 +16,7 @@
 //! state_entries(key BLOB PRIMARY KEY, value BLOB, height INTEGER)
 //! ```
 
-use crate::audit::{AuditFailure, AuditReport, Auditor, StoredBlock, StoredTx};
+use crate::audit::{AuditFailure, AuditReport, Auditor, SignatureCheck, StoredBlock, StoredTx};
 use crate::error::TxError;
 use crate::hash::Hash32;
 use crate::log::{LogError, MerkleLog, Receipt, SignedTreeHead};
@@ -726,7 +726,10 @@ pub fn audit_database(path: impl AsRef<Path>) -> Result<AuditReport, AuditError>
         })?;
     let genesis_bytes =
         genesis_bytes.ok_or_else(|| LedgerError::NotInitialised(path.to_path_buf()))?;
-    let mut auditor = Auditor::new(&genesis_bytes).map_err(AuditError::Failed)?;
+    // The reference audit checks each signature by the admission rule itself.
+    let mut auditor = Auditor::new(&genesis_bytes)
+        .map_err(AuditError::Failed)?
+        .checking_signatures(SignatureCheck::OneByOne);
 
     let mut blocks = conn.prepare("SELECT height, head, block_hash FROM blocks ORDER BY height")?;
     let mut txs = conn.prepare(

@@ -739,6 +739,17 @@ impl UncheckedTx {
         &self.body
     }
 
+    /// The checks of `verify_strict` that a batch equation does not make, on the bytes: `R`
+    /// encodes a field element below p and is not of small order, and the key is not of small
+    /// order. (A small-order point is one whose y-coordinate is one of the eight torsion
+    /// points'; an `R` whose x is zero with its sign bit set, which `verify_strict` also
+    /// refuses, has y = ±1 and is among them.)
+    fn passes_strict_encoding_checks(&self) -> bool {
+        let mut r_y = self.signature.r_bytes().to_owned();
+        r_y[31] &= 0x7f;
+        is_canonical_field_element(&r_y) && !small_order_ys().contains(&r_y) && !self.key.is_weak()
+    }
+
     /// Checks the signature alone.
     pub fn verify(self) -> Result<VerifiedTx, TxError> {
         self.key
@@ -760,16 +771,97 @@ impl UncheckedTx {
 /// Parses and verifies many transactions; one result per input, in order.
 ///
 /// Each signature is checked with `verify_strict` (canonical encodings, no small-order keys,
-/// cofactorless equation). ed25519 batch verification is deliberately not used: with a
-/// cofactorless batch equation a signature carrying a small-torsion component passes or fails
-/// depending on the random coefficients, so two honest verifiers (the sequencer and an auditor
-/// replaying the block) could disagree. Validity must be a function of the transaction alone.
-/// The signatures are checked in parallel, on every core rayon's pool has.
+/// cofactorless equation), on every core rayon's pool has. This is the admission rule: the
+/// sequencer's CheckTx uses it, and it defines which transactions are valid.
+///
+/// An auditor replaying blocks that the sequencer already admitted uses the faster
+/// [`verify_block`], which gives the same answer for every transaction but those described
+/// there.
 pub fn verify_all(txs: Vec<Vec<u8>>) -> Vec<Result<VerifiedTx, TxError>> {
     use rayon::prelude::*;
     txs.into_par_iter()
         .map(|bytes| UncheckedTx::parse(bytes)?.verify())
         .collect()
+}
+
+/// Signatures checked together in one batch equation by [`verify_block`].
+pub const SIGNATURE_BATCH: usize = 256;
+
+/// [`verify_all`] for the transactions of a sequenced block, replayed by an auditor or a
+/// replica: one result per input, in order, the signatures checked in batches of
+/// [`SIGNATURE_BATCH`] (ed25519-dalek's batch verification, a random linear combination of the
+/// verification equations), the batches on every core.
+///
+/// **When it agrees with [`verify_all`].**
+/// * A batch that fails is checked again one signature at a time with `verify_strict`, so every
+///   transaction it refuses is one that [`verify_all`] refuses, with the same error.
+/// * Before a signature joins a batch, the checks of `verify_strict` that the batch equation
+///   does not make are made on its bytes: `R` encodes a field element below p and is not a
+///   point of small order, and the key is not of small order (`s` below ℓ is checked by the
+///   batch itself). A signature that fails them is checked alone, and refused.
+/// * What remains is a signature whose `R` or key is of mixed order (a point of the large
+///   subgroup plus a torsion point) and that fails the cofactorless equation only by that
+///   torsion. Only the holder of the signing key can make one, and it authenticates that
+///   holder all the same; the batch accepts it with probability about 1/8, where
+///   `verify_strict` refuses it. The sequencer admits only what `verify_strict` accepts, so such
+///   a transaction reaches a block only if the sequencer breaks the rules, and `ledger verify`
+///   (which uses [`verify_all`]) then names it.
+/// * A forged signature passes a batch with probability below 2⁻¹²⁸.
+/// * The batch's coefficients are derived from its contents (a merlin transcript), and batches
+///   are cut at fixed positions, so every replica of a block reaches the same verdict.
+pub fn verify_block(txs: Vec<Vec<u8>>) -> Vec<Result<VerifiedTx, TxError>> {
+    use rayon::prelude::*;
+    let parsed: Vec<Result<UncheckedTx, TxError>> =
+        txs.into_par_iter().map(UncheckedTx::parse).collect();
+    parsed
+        .into_par_iter()
+        .chunks(SIGNATURE_BATCH)
+        .flat_map_iter(verify_batch_of)
+        .collect()
+}
+
+/// One batch of [`verify_block`]: every signature at once if each passes the strict checks on
+/// its bytes and the batch equation holds, else each alone with `verify_strict`.
+fn verify_batch_of(
+    batch: Vec<Result<UncheckedTx, TxError>>,
+) -> impl Iterator<Item = Result<VerifiedTx, TxError>> {
+    let candidates: Vec<&UncheckedTx> = batch.iter().filter_map(|tx| tx.as_ref().ok()).collect();
+    let all_strict = candidates
+        .iter()
+        .all(|tx| tx.passes_strict_encoding_checks());
+    let messages: Vec<&[u8]> = candidates
+        .iter()
+        .map(|tx| tx.digest.as_bytes().as_slice())
+        .collect();
+    let signatures: Vec<Signature> = candidates.iter().map(|tx| tx.signature).collect();
+    let keys: Vec<VerifyingKey> = candidates.iter().map(|tx| tx.key).collect();
+    let batch_holds =
+        all_strict && ed25519_dalek::verify_batch(&messages, &signatures, &keys).is_ok();
+    batch.into_iter().map(move |tx| {
+        let tx = tx?;
+        if batch_holds {
+            Ok(tx.into_verified())
+        } else {
+            tx.verify()
+        }
+    })
+}
+
+/// The y-coordinates (little-endian, sign bit clear) of the eight points of small order.
+fn small_order_ys() -> &'static [[u8; 32]; 8] {
+    static YS: std::sync::OnceLock<[[u8; 32]; 8]> = std::sync::OnceLock::new();
+    YS.get_or_init(|| {
+        curve25519_dalek::constants::EIGHT_TORSION.map(|point| {
+            let mut y = point.compress().to_bytes();
+            y[31] &= 0x7f;
+            y
+        })
+    })
+}
+
+/// Whether the 255 low bits of `y` (little-endian) are below p = 2²⁵⁵ − 19.
+fn is_canonical_field_element(y: &[u8; 32]) -> bool {
+    !(y[31] & 0x7f == 0x7f && y[1..31].iter().all(|&b| b == 0xff) && y[0] >= 0xed)
 }
 
 /// A transaction whose envelope parsed and whose signature verified. Only these reach the state
@@ -849,5 +941,142 @@ mod tests {
             UncheckedTx::parse(vec![1; MAX_SIGNED_TX_LEN + 1]),
             Err(TxError::TooLarge { .. })
         ));
+    }
+
+    /// `count` deposits, each signed by its own key.
+    fn deposits(count: u8) -> Vec<(SigningKey, Vec<u8>)> {
+        (0..count)
+            .map(|i| {
+                let key = SigningKey::from_bytes(&[i; 32]);
+                let body = TxBody {
+                    chain_id: Hash32([1; 32]),
+                    signer: AccountId::of(&key),
+                    nonce: u64::from(i),
+                    action: Action::Deposit {
+                        to: AccountId::of(&key),
+                        amount: 5,
+                    },
+                };
+                let bytes = body.sign(&key).expect("sign").bytes;
+                (key, bytes)
+            })
+            .collect()
+    }
+
+    /// Replaces the signature of `envelope` by one made with the key's own scalar `a` and the
+    /// given `R` encoding: s = H(R ‖ A ‖ M)·a, so that [s]B = [k]A and the cofactorless
+    /// equation [s]B = R + [k]A holds whenever R is the identity. Only the key's holder can
+    /// make it. Returns the envelope and the message it signs.
+    fn signed_with_r(key: &SigningKey, envelope: &[u8], r: [u8; 32]) -> (Vec<u8>, Hash32) {
+        use sha2::{Digest, Sha512};
+        let message = tagged_hash(LABEL_TX_SIGNATURE, &[&envelope[65..]]);
+        let k = curve25519_dalek::Scalar::from_bytes_mod_order_wide(
+            &Sha512::new()
+                .chain_update(r)
+                .chain_update(key.verifying_key().as_bytes())
+                .chain_update(message.as_bytes())
+                .finalize()
+                .into(),
+        );
+        let s = k * key.to_scalar();
+        let mut forged = envelope.to_vec();
+        forged[1..33].copy_from_slice(&r);
+        forged[33..65].copy_from_slice(s.as_bytes());
+        (forged, message)
+    }
+
+    /// The encoding of the identity (y = 1, x = 0).
+    const IDENTITY: [u8; 32] = {
+        let mut bytes = [0u8; 32];
+        bytes[0] = 1;
+        bytes
+    };
+
+    fn verdicts(results: Vec<Result<VerifiedTx, TxError>>) -> Vec<Result<TxId, TxError>> {
+        results.into_iter().map(|r| r.map(|tx| tx.id())).collect()
+    }
+
+    #[test]
+    fn batched_check_refuses_exactly_what_one_by_one_refuses() {
+        // Three batches, the last one short; refusals in the first and the third.
+        let mut envelopes: Vec<Vec<u8>> = deposits(255)
+            .into_iter()
+            .chain(deposits(255))
+            .chain(deposits(100))
+            .map(|(_, bytes)| bytes)
+            .collect();
+        envelopes[3][40] ^= 1; // a signature that does not verify
+        envelopes[520][0] = 9; // an unknown envelope version
+        envelopes[530][70] ^= 0x80; // a body that no longer matches its signature
+        let one_by_one = verdicts(verify_all(envelopes.clone()));
+        let batched = verdicts(verify_block(envelopes));
+        assert_eq!(batched.len(), 610);
+        assert_eq!(batched, one_by_one);
+        let refused: Vec<usize> = (0..batched.len())
+            .filter(|&i| batched[i].is_err())
+            .collect();
+        assert_eq!(refused, vec![3, 520, 530]);
+        assert!(matches!(batched[3], Err(TxError::BadSignature(_))));
+    }
+
+    #[test]
+    fn signature_with_a_small_order_r_is_refused_in_a_batch() {
+        let mut txs = deposits(12);
+        let (key, envelope) = txs.remove(5);
+        let (forged, message) = signed_with_r(&key, &envelope, IDENTITY);
+        // The batch equation alone would take it: the check on R's bytes is what refuses it.
+        let signature = Signature::from_slice(&forged[1..65]).expect("64 bytes");
+        assert!(ed25519_dalek::verify_batch(
+            &[message.as_bytes().as_slice()],
+            &[signature],
+            &[key.verifying_key()]
+        )
+        .is_ok());
+        let mut envelopes: Vec<Vec<u8>> = txs.into_iter().map(|(_, bytes)| bytes).collect();
+        envelopes.insert(5, forged);
+        let batched = verdicts(verify_block(envelopes.clone()));
+        assert_eq!(batched, verdicts(verify_all(envelopes)));
+        assert_eq!(batched[5], Err(TxError::BadSignature(AccountId::of(&key))));
+        assert_eq!(batched.iter().filter(|r| r.is_ok()).count(), 11);
+    }
+
+    #[test]
+    fn signature_with_a_non_canonical_r_is_refused_in_a_batch() {
+        // y = p + 1, which decodes to the identity: not canonical.
+        let mut non_canonical = [0xffu8; 32];
+        non_canonical[0] = 0xee;
+        non_canonical[31] = 0x7f;
+        let mut txs = deposits(4);
+        let (key, envelope) = txs.remove(0);
+        let (forged, message) = signed_with_r(&key, &envelope, non_canonical);
+        let signature = Signature::from_slice(&forged[1..65]).expect("64 bytes");
+        assert!(ed25519_dalek::verify_batch(
+            &[message.as_bytes().as_slice()],
+            &[signature],
+            &[key.verifying_key()]
+        )
+        .is_ok());
+        let mut envelopes: Vec<Vec<u8>> = txs.into_iter().map(|(_, bytes)| bytes).collect();
+        envelopes.insert(0, forged);
+        let batched = verdicts(verify_block(envelopes.clone()));
+        assert_eq!(batched, verdicts(verify_all(envelopes)));
+        assert_eq!(batched[0], Err(TxError::BadSignature(AccountId::of(&key))));
+        assert!(batched[1..].iter().all(Result::is_ok));
+    }
+
+    #[test]
+    fn field_elements_at_and_above_p_are_not_canonical() {
+        let p_minus_one = {
+            let mut y = [0xffu8; 32];
+            y[0] = 0xec;
+            y[31] = 0x7f;
+            y
+        };
+        assert!(is_canonical_field_element(&p_minus_one));
+        let mut p = p_minus_one;
+        p[0] = 0xed;
+        assert!(!is_canonical_field_element(&p));
+        assert!(!is_canonical_field_element(&[0xffu8; 32]));
+        assert!(is_canonical_field_element(&IDENTITY));
     }
 }

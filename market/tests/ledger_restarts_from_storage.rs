@@ -228,6 +228,37 @@ fn replica_stays_at_its_last_verified_block_after_a_forged_one() {
 }
 
 #[test]
+fn replica_refuses_a_signed_block_holding_a_transaction_whose_signature_fails() {
+    let mut scene = Scene::new();
+    let order = scene.order();
+    scene.record(order, scene.patient_ids());
+    let ledger = &scene.f.ledger;
+    let last = ledger.head().expect("head").header.height;
+    let mut replica = market::Auditor::new(&ledger.machine().genesis().to_bytes()).unwrap();
+    for height in 1..last {
+        replica.check_block(stored_block(ledger, height)).unwrap();
+    }
+    // The block as signed, but one envelope's signature has a flipped bit: the replica checks
+    // the block's signatures in batches, and the failing batch one by one.
+    let mut block = stored_block(ledger, last);
+    let victim = block.txs.len() - 1;
+    block.txs[victim].bytes[10] ^= 1;
+    let failure = replica.check_block(block).unwrap_err();
+    assert_eq!(failure.block, Some(last));
+    assert_eq!(failure.transaction, Some(victim as u32), "{failure}");
+    assert!(
+        matches!(
+            failure.problem,
+            AuditProblem::BadTransaction(market::error::TxError::BadSignature(_))
+        ),
+        "{failure}"
+    );
+    assert_eq!(replica.machine().height(), last - 1);
+    replica.check_block(stored_block(ledger, last)).unwrap();
+    assert_eq!(replica.machine().state().hash(), ledger.state().hash());
+}
+
+#[test]
 fn replica_reopens_at_its_last_verified_block_and_refuses_tampered_storage() {
     let mut scene = Scene::new();
     let order = scene.order();

@@ -23,7 +23,7 @@ use tonic::{Request, Response, Status};
 use zk::{PublicKey, Wire};
 
 use crate::coordinator::{
-    compile_for, manifest_hash, query_hash, Coordinator, ListingInfo, ReleaseIdentity,
+    compile_for, manifest_hash, query_hash, Coordinator, ListingInfo, OrderSpec, ReleaseIdentity,
 };
 
 /// Method paths, as signed in requests.
@@ -321,16 +321,16 @@ impl Market for MarketService {
         self.enough_consent(listings, *purpose).await?;
         // Escrow and ε reservation happen here; a refused order changes nothing.
         let submitted = submit(self.coordinator.ledger(), envelope).await?;
-        self.coordinator.start_order(
-            submitted.tx_id,
-            body.signer,
-            message.sql,
+        self.coordinator.start_order(OrderSpec {
+            order: submitted.tx_id,
+            buyer: body.signer,
+            sql: message.sql,
             plan,
-            listings.clone(),
-            *purpose,
-            *epsilon_micro,
+            listings: listings.clone(),
+            purpose: *purpose,
+            epsilon_micro: *epsilon_micro,
             result_key,
-        )?;
+        })?;
         Ok(Response::new(OrderQueryResponse {
             order_id: submitted.tx_id.0.as_bytes().to_vec(),
             answered_from_earlier_release: false,

@@ -25,9 +25,9 @@ use market::{
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
+use super::order::failed_reports;
 use super::{
-    connect, failed_reports, poisoned, Coordinator, NodeOutcome, NodeReport, OrderRecord,
-    ReleaseIdentity,
+    connect, poisoned, Coordinator, NodeOutcome, NodeReport, OrderRecord, ReleaseIdentity,
 };
 use crate::error::OrderError;
 

@@ -16,40 +16,24 @@ use std::time::Duration;
 use cohortex_proto::tls::{endpoint as link, TlsIdentity};
 use cohortex_proto::v1::compute_client::ComputeClient;
 use cohortex_proto::v1::{
-    AddNoiseRequest, AddNoiseResponse, ContributeRequest, ContributionParticipantsRequest,
-    ContributionRecord, CosignReceiptRequest, DkgConfirmRequest, DkgDealRequest, DkgFinishRequest,
-    DkgJustifyRequest, DkgPeer, DkgReceiveRequest, KeySwitchPhase, KeySwitchRequest,
-    KeySwitchResponse, OrderState,
+    DkgConfirmRequest, DkgDealRequest, DkgFinishRequest, DkgJustifyRequest, DkgPeer,
+    DkgReceiveRequest, OrderState,
 };
-use compute_node::contribution::{sum_contributions, Contribution, ContributionStatement};
-use compute_node::dp::calibrate;
-use compute_node::noise::{
-    apply_noise, count_slots, public_count_key, public_count_secret, released_value_slots,
-    suppressed_cells, NoiseShare,
-};
-use compute_node::protocol::{
-    contribution_context, counts_context, decode_noise_share, encode_noise_share, methods,
-    release_context,
-};
-use compute_node::{compile, verify_contributions, QueryPlan, Schema};
+use compute_node::protocol::methods;
+use compute_node::{compile, QueryPlan, Schema};
 use ed25519_dalek::SigningKey;
-use market::hash::tagged_hash;
 use market::server::auth::signed_request_to;
 use market::server::{
-    bounded_message, excerpt, purpose_name, read_ledger, submit, submit_together, SharedLedger,
-    Submitted,
+    bounded_message, excerpt, read_ledger, submit, submit_together, SharedLedger, Submitted,
 };
 use market::{
-    AccountId, Action, Hash32, ListingContribution, ListingId, OrderId, Purpose, QueryReceipt,
-    ReceiptCosignature, ReceiptId, SignedTx, TxBody, TxId, MAX_STAGED_PER_TX,
+    AccountId, Action, Hash32, ListingId, OrderId, Purpose, QueryReceipt, ReceiptCosignature,
+    ReceiptId, SignedTx, TxBody, TxId, MAX_STAGED_PER_TX,
 };
 use rand::RngCore;
 use tonic::transport::Channel;
 use tonic::Status;
-use zk::{
-    BsgsConfig, Ciphertext, CiphertextRangeProof, CommitteePublic, DecryptionTable, KeySwitchShare,
-    MemberIndex, PublicKey, Wire,
-};
+use zk::{BsgsConfig, CommitteePublic, DecryptionTable, MemberIndex, PublicKey, Wire};
 
 pub use market::hash::{manifest_hash, query_hash, LABEL_MANIFEST, LABEL_QUERY};
 
@@ -274,6 +258,9 @@ pub struct Coordinator {
     save_lock: Arc<tokio::sync::Mutex<()>>,
     /// The market's TLS identity, presented to the nodes (`None`: plaintext, in-process only).
     tls: Option<TlsIdentity>,
+    /// How orders reach the nodes, when not over gRPC with `account`, `tls` and
+    /// `node_timeout` ([`Coordinator::with_nodes`]).
+    nodes: Option<Arc<dyn ComputeNodes>>,
     /// Recruiters' TFHE evaluation keys by fingerprint, with a quota per recruiter.
     #[cfg(feature = "tfhe")]
     evaluation_keys: Mutex<crate::evaluation_keys::EvaluationKeyStore>,
@@ -289,9 +276,13 @@ pub struct Coordinator {
 mod feasibility;
 #[cfg(feature = "tfhe")]
 pub use feasibility::{key_chunks, KEY_CHUNK_BYTES};
+mod nodes;
+mod order;
 mod persistence;
 #[cfg(feature = "tfhe")]
 mod recruitment;
+pub use nodes::{ComputeNodes, GrpcNodes, NodeCall};
+pub use order::OrderSpec;
 
 fn poisoned() -> Status {
     Status::internal("coordinator state lock poisoned")
@@ -331,6 +322,7 @@ impl Coordinator {
             state_file: None,
             save_lock: Arc::new(tokio::sync::Mutex::new(())),
             tls: None,
+            nodes: None,
             #[cfg(feature = "tfhe")]
             evaluation_keys: Mutex::new(crate::evaluation_keys::EvaluationKeyStore::default()),
             #[cfg(feature = "tfhe")]
@@ -352,6 +344,25 @@ impl Coordinator {
     pub fn with_tls(mut self, tls: Option<TlsIdentity>) -> Self {
         self.tls = tls;
         self
+    }
+
+    /// The coordinator reaching the nodes of its orders through `nodes` instead of gRPC (the
+    /// key ceremony, feasibility searches and recruitment still use gRPC).
+    pub fn with_nodes(mut self, nodes: Arc<dyn ComputeNodes>) -> Self {
+        self.nodes = Some(nodes);
+        self
+    }
+
+    /// How an order reaches its nodes.
+    fn nodes(&self) -> Arc<dyn ComputeNodes> {
+        match &self.nodes {
+            Some(nodes) => Arc::clone(nodes),
+            None => Arc::new(GrpcNodes {
+                account: self.account.clone(),
+                tls: self.tls.clone(),
+                timeout: self.node_timeout,
+            }),
+        }
     }
 
     /// Records every later receipt without its settlement, as a market that stopped between
@@ -542,182 +553,6 @@ impl Coordinator {
         })
         .await
         .map_err(OrderError::from)
-    }
-
-    /// Noise shares from t members (the release's quorum): the first t members by index,
-    /// leaving out `withheld`; a member that fails is replaced by the next one. Returns the
-    /// shares and, per member that did not give one, why.
-    async fn noise_from_a_quorum(
-        &self,
-        committee: &Committee,
-        withheld: &BTreeSet<u16>,
-        request: AddNoiseRequest,
-    ) -> (Vec<NoiseShare>, Vec<String>) {
-        let threshold = usize::from(committee.public.threshold());
-        let mut candidates: Vec<(MemberIndex, String)> = committee
-            .members
-            .iter()
-            .filter(|(member, _)| !withheld.contains(&member.get()))
-            .cloned()
-            .collect();
-        candidates.sort_by_key(|(member, _)| member.get());
-        let mut candidates = candidates.into_iter();
-        let mut noise: Vec<NoiseShare> = Vec::new();
-        let mut absent = Vec::new();
-        while noise.len() < threshold {
-            let asked: Vec<(MemberIndex, String)> =
-                candidates.by_ref().take(threshold - noise.len()).collect();
-            if asked.is_empty() {
-                break;
-            }
-            let round = Committee {
-                public: committee.public.clone(),
-                members: asked,
-            };
-            let answers = self
-                .member_round(
-                    &round,
-                    methods::ADD_NOISE,
-                    request.clone(),
-                    |mut client, signed| async move { client.add_noise(signed).await },
-                )
-                .await;
-            for (member, answer) in answers {
-                match answer.and_then(|response: AddNoiseResponse| {
-                    response
-                        .share
-                        .ok_or_else(|| Status::invalid_argument("share: missing"))
-                        .and_then(|share| decode_noise_share(&share, "share"))
-                }) {
-                    Ok(share) if share.member == member.get() => noise.push(share),
-                    Ok(_) => absent.push(format!(
-                        "member {}: share names another member",
-                        member.get()
-                    )),
-                    Err(status) => {
-                        absent.push(format!("member {}: {}", member.get(), status.message()))
-                    }
-                }
-            }
-        }
-        (noise, absent)
-    }
-
-    /// Asks every committee member for a key-switch share.
-    async fn key_switch_round(
-        &self,
-        committee: &Committee,
-        request: KeySwitchRequest,
-    ) -> Vec<(MemberIndex, Result<KeySwitchResponse, Status>)> {
-        self.member_round(
-            committee,
-            methods::KEY_SWITCH,
-            request,
-            |mut client, signed| async move { client.key_switch(signed).await },
-        )
-        .await
-    }
-
-    /// Asks every committee member to co-sign `receipt`; returns the co-signatures that verify
-    /// under the members' accounts registered on the ledger, ascending by member, or why
-    /// fewer than the threshold did.
-    async fn cosign_round(
-        &self,
-        committee: &Committee,
-        receipt: &QueryReceipt,
-    ) -> Result<Vec<ReceiptCosignature>, OrderError> {
-        let answers = self
-            .member_round(
-                committee,
-                methods::COSIGN_RECEIPT,
-                CosignReceiptRequest {
-                    receipt: receipt.to_bytes(),
-                },
-                |mut client, signed| async move { client.cosign_receipt(signed).await },
-            )
-            .await;
-        let (chain_id, registered) = read_ledger(&self.ledger, |ledger| {
-            Ok((ledger.chain_id(), ledger.state().committee().cloned()))
-        })
-        .await?;
-        let registered = registered.ok_or(OrderError::NoCommittee)?;
-        let mut cosignatures = Vec::new();
-        let mut absent = Vec::new();
-        for (member, answer) in answers {
-            let member = member.get();
-            match answer {
-                Ok(response) if response.member == u32::from(member) => {
-                    let verifies = registered
-                        .member_account(member)
-                        .and_then(|account| account.verifying_key().ok())
-                        .is_some_and(|key| {
-                            receipt.cosigned_by(&key, &chain_id, &response.signature)
-                        });
-                    if verifies {
-                        cosignatures.push(ReceiptCosignature {
-                            member,
-                            signature: response.signature,
-                        });
-                    } else {
-                        absent.push(format!(
-                            "member {member}: a co-signature that does not verify"
-                        ));
-                    }
-                }
-                Ok(_) => absent.push(format!("member {member}: co-signed as another member")),
-                Err(status) => absent.push(format!("member {member}: {}", status.message())),
-            }
-        }
-        if cosignatures.len() < usize::from(registered.threshold) {
-            return Err(OrderError::Committee(format!(
-                "only {} of the {} co-signatures the receipt needs ({})",
-                cosignatures.len(),
-                registered.threshold,
-                absent.join("; ")
-            )));
-        }
-        Ok(cosignatures)
-    }
-
-    /// Sends `request`, signed for `method`, to every committee member in parallel with `call`;
-    /// returns each member's answer (or why it gave none within the node timeout), in member
-    /// order.
-    async fn member_round<Req, Resp, Call, Answer>(
-        &self,
-        committee: &Committee,
-        method: &'static str,
-        request: Req,
-        call: Call,
-    ) -> Vec<(MemberIndex, Result<Resp, Status>)>
-    where
-        Req: prost::Message + Clone + 'static,
-        Resp: Send + 'static,
-        Call: Fn(ComputeClient<Channel>, tonic::Request<Req>) -> Answer
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        Answer: std::future::Future<Output = Result<tonic::Response<Resp>, Status>> + Send,
-    {
-        let mut tasks = tokio::task::JoinSet::new();
-        for (member, endpoint) in committee.members.clone() {
-            let signed = signed_request_to(&self.account, &endpoint, method, request.clone());
-            let timeout = self.node_timeout;
-            let call = call.clone();
-            let tls = self.tls.clone();
-            tasks.spawn(async move {
-                let answer = async {
-                    let client = connect(&endpoint, tls.as_ref()).await?;
-                    tokio::time::timeout(timeout, call(client, signed))
-                        .await
-                        .map_err(|_| Status::deadline_exceeded("member did not answer in time"))?
-                        .map(tonic::Response::into_inner)
-                }
-                .await;
-                (member, answer)
-            });
-        }
-        collect(tasks).await
     }
 
     /// The coordinator's account.
@@ -1063,595 +898,6 @@ impl Coordinator {
             record.message = format!("{message}; {refunded}");
         });
     }
-
-    /// Records a new order (already escrowed on the ledger) and computes it in the
-    /// background.
-    #[allow(clippy::too_many_arguments)]
-    pub fn start_order(
-        self: &Arc<Self>,
-        order: TxId,
-        buyer: AccountId,
-        sql: String,
-        plan: QueryPlan,
-        listings: Vec<ListingId>,
-        purpose: Purpose,
-        epsilon_micro: u64,
-        result_key: PublicKey,
-    ) -> Result<(), Status> {
-        let plan_json = serde_json::to_string(&plan)
-            .map_err(|error| Status::internal(format!("plan: {error}")))?;
-        let identity = ReleaseIdentity {
-            buyer,
-            query_hash: query_hash(&sql),
-            listings: listings.clone(),
-            purpose,
-            epsilon_micro,
-            result_key: result_key.to_bytes(),
-        };
-        self.orders.lock().map_err(|_| poisoned())?.insert(
-            order,
-            OrderRecord {
-                buyer,
-                state: OrderState::Computing,
-                message: "computing".into(),
-                nodes: Vec::new(),
-                plan: plan_json,
-                result: Vec::new(),
-                receipt: None,
-                committee_used: Vec::new(),
-                epsilon_micro,
-                noise_members: Vec::new(),
-                suppressed: Vec::new(),
-                identity,
-                completed_at: None,
-                site_counts: Vec::new(),
-                phases: Vec::new(),
-            },
-        );
-        let coordinator = Arc::clone(self);
-        tokio::spawn(async move {
-            let outcome = coordinator
-                .compute(
-                    order,
-                    &sql,
-                    &plan,
-                    &listings,
-                    purpose,
-                    epsilon_micro,
-                    &result_key,
-                )
-                .await;
-            if let Err(message) = outcome {
-                tracing::warn!(order = %hex::encode(order.0.as_bytes()), %message, "order failed; refunding");
-                coordinator.refund_failed(order, message).await;
-            }
-        });
-        Ok(())
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn compute(
-        &self,
-        order: TxId,
-        sql: &str,
-        plan: &QueryPlan,
-        listings: &[ListingId],
-        purpose: Purpose,
-        epsilon_micro: u64,
-        result_key: &PublicKey,
-    ) -> Result<(), OrderError> {
-        let committee = self.committee()?.ok_or(OrderError::NoCommittee)?;
-        let collective_key = *committee.public.collective_key();
-        let order_bytes = order.0.as_bytes().to_vec();
-        let mut clock = PhaseClock::start();
-
-        // 1. Every listing's node computes, encrypts and proves, in parallel.
-        let mut tasks = tokio::task::JoinSet::new();
-        for (position, listing) in listings.iter().enumerate() {
-            let info = self
-                .listing(&listing.0)?
-                .ok_or_else(|| OrderError::NoNode(listing.to_string()))?;
-            let request = ContributeRequest {
-                order_id: order_bytes.clone(),
-                listing: listing.0.clone(),
-                sql: sql.to_string(),
-                purpose: purpose_name(purpose).to_string(),
-            };
-            let signed =
-                signed_request_to(&self.account, &info.endpoint, methods::CONTRIBUTE, request);
-            let timeout = self.node_timeout;
-            let tls = self.tls.clone();
-            let account = self.account.clone();
-            let order_id = order_bytes.clone();
-            tasks.spawn(async move {
-                let answer = async {
-                    let mut client = connect(&info.endpoint, tls.as_ref()).await?;
-                    let mut response = tokio::time::timeout(timeout, client.contribute(signed))
-                        .await
-                        .map_err(|_| Status::deadline_exceeded("node did not answer in time"))?
-                        .map(tonic::Response::into_inner)?;
-                    // The rest of a long participant list, a page at a time; no more than the
-                    // vault's capacity, the public bound on its rows.
-                    if response.participant_count > response.capacity {
-                        return Err(Status::invalid_argument(format!(
-                            "participant_count: {} is more than the vault's capacity {}",
-                            response.participant_count, response.capacity
-                        )));
-                    }
-                    let total = usize::try_from(response.participant_count).unwrap_or(usize::MAX);
-                    while response.participants.len() < total {
-                        let request = ContributionParticipantsRequest {
-                            order_id: order_id.clone(),
-                            offset: response.participants.len() as u64,
-                        };
-                        let signed = signed_request_to(
-                            &account,
-                            &info.endpoint,
-                            methods::CONTRIBUTION_PARTICIPANTS,
-                            request,
-                        );
-                        let page =
-                            tokio::time::timeout(timeout, client.contribution_participants(signed))
-                                .await
-                                .map_err(|_| {
-                                    Status::deadline_exceeded("node did not answer in time")
-                                })??
-                                .into_inner();
-                        if page.participants.is_empty() {
-                            return Err(Status::data_loss(format!(
-                                "participants: the node gave {} of the {total} it counted",
-                                response.participants.len()
-                            )));
-                        }
-                        response.participants.extend(page.participants);
-                    }
-                    if total != 0 && response.participants.len() != total {
-                        return Err(Status::data_loss(format!(
-                            "participants: the node gave {} but counted {total}",
-                            response.participants.len()
-                        )));
-                    }
-                    Ok(response)
-                }
-                .await;
-                (position, answer)
-            });
-        }
-        let mut answers = BTreeMap::new();
-        while let Some(joined) = tasks.join_next().await {
-            let (position, answer) = joined
-                .map_err(|error| OrderError::Internal(format!("node task failed: {error}")))?;
-            answers.insert(position, answer);
-        }
-
-        clock.lap("contribute");
-        // 2. Decode, then batch-verify every decodable contribution.
-        //    Each contribution must carry its node's attestation (signed with the listing
-        //    owner's key), which the receipt needs: the ledger refuses a receipt without it.
-        let owned = listings.to_vec();
-        let (chain_id, owners) = read_ledger(&self.ledger, move |ledger| {
-            let owners: Vec<Option<AccountId>> = owned
-                .iter()
-                .map(|id| ledger.state().listing(id).map(|listing| listing.owner))
-                .collect();
-            Ok((ledger.chain_id(), owners))
-        })
-        .await?;
-        let order_id = OrderId(order);
-        let order_query_hash = query_hash(sql);
-        let mut reports: Vec<NodeReport> = Vec::new();
-        let mut decoded: Vec<(usize, Contribution, ListingContribution)> = Vec::new();
-        for (position, listing) in listings.iter().enumerate() {
-            let mut report = NodeReport::accepted(&listing.0);
-            match answers.remove(&position) {
-                Some(Ok(response)) => match decode_contribution(&response) {
-                    Ok((contribution, participants)) => {
-                        report.participants = participants.len() as u64;
-                        let attested = ListingContribution {
-                            listing: listing.clone(),
-                            epsilon_debited_micro: epsilon_micro,
-                            participants,
-                            capacity: response.capacity,
-                            contribution_hash: market::hash::contribution_hash(
-                                &response.ciphertexts,
-                                &response.proof,
-                            ),
-                            attestation: response.attestation.clone(),
-                        };
-                        let owner_key =
-                            owners[position].and_then(|owner| owner.verifying_key().ok());
-                        let signed = owner_key.is_some_and(|key| {
-                            attested.attested_by(&key, &chain_id, &order_id, &order_query_hash)
-                        });
-                        if signed {
-                            decoded.push((position, contribution, attested));
-                        } else {
-                            report.mark(
-                                NodeOutcome::Rejected,
-                                "attestation: not the listing owner's signature over this \
-                                 order's contribution, participants and capacity; its \
-                                 contribution was not summed",
-                            );
-                        }
-                    }
-                    Err(reason) => report.mark(NodeOutcome::Rejected, reason),
-                },
-                Some(Err(status)) => report.mark(
-                    if matches!(
-                        status.code(),
-                        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
-                    ) {
-                        NodeOutcome::Unavailable
-                    } else {
-                        NodeOutcome::Rejected
-                    },
-                    status.message(),
-                ),
-                None => report.mark(NodeOutcome::Unavailable, "no answer"),
-            }
-            reports.push(report);
-        }
-        let contexts: Vec<_> = decoded
-            .iter()
-            .map(|(position, ..)| contribution_context(&order_bytes, &listings[*position].0))
-            .collect::<Result<_, _>>()?;
-        let statements: Vec<ContributionStatement<'_>> = decoded
-            .iter()
-            .zip(&contexts)
-            .map(
-                |((_, contribution, attested), context)| ContributionStatement {
-                    context,
-                    capacity: attested.capacity,
-                    contribution,
-                },
-            )
-            .collect();
-        let mut rejected_positions = Vec::new();
-        if let Err(failures) =
-            verify_contributions(&collective_key, plan, &statements, &mut rand::rngs::OsRng)
-        {
-            for (index, error) in failures {
-                let position = decoded[index].0;
-                reports[position].mark(
-                    NodeOutcome::Rejected,
-                    format!("{error}; its contribution was not summed"),
-                );
-                rejected_positions.push(index);
-            }
-        }
-        clock.lap("verify");
-        let _ = self.update_order(order, |record| record.nodes = reports.clone());
-        let failed = failed_reports(&reports);
-        if !failed.is_empty() {
-            return Err(OrderError::Contributions(failed));
-        }
-        // 2b. The receipt's rules, checked against the ledger before any noise is drawn or
-        //     anything decrypted: every participant may still be used (consent, personal
-        //     limit) and every listing keeps its minimum cohort. A refusal here costs no ε.
-        // Shared with the ledger check, not copied: a list holds every participant.
-        let named: Arc<[(ListingId, Vec<AccountId>)]> = decoded
-            .iter()
-            .map(|(position, _, attested)| {
-                (listings[*position].clone(), attested.participants.clone())
-            })
-            .collect();
-        self.check_receipt_rules(Arc::clone(&named), purpose, epsilon_micro)
-            .await?;
-        clock.lap("check receipt rules");
-
-        // 3. A quorum of t members verifies the contributions, fixes their sum and adds its
-        //    share of the noise under encryption. With at most t − 1 members colluding, any t
-        //    include an honest one, whose share alone gives the release its ε: so t shares,
-        //    not n, and the buyer's noise is √t draws, not √n.
-        let accepted: Vec<&Contribution> = decoded
-            .iter()
-            .enumerate()
-            .filter(|(index, _)| !rejected_positions.contains(index))
-            .map(|(_, (_, contribution, _))| contribution)
-            .collect();
-        let summed = sum_contributions(&accepted);
-        let records: Vec<ContributionRecord> = decoded
-            .iter()
-            .map(|(position, contribution, attested)| ContributionRecord {
-                listing: listings[*position].0.clone(),
-                capacity: attested.capacity,
-                ciphertexts: contribution
-                    .ciphertexts
-                    .iter()
-                    .map(Wire::to_bytes)
-                    .collect(),
-                proof: contribution.proof.to_bytes(),
-            })
-            .collect();
-        let calibration = calibrate(plan, epsilon_micro)
-            .map_err(|error| OrderError::Calibration(error.to_string()))?;
-        // Test hook: a coordinator colluding with members who withhold their noise asks them
-        // for none, and goes on with fewer than t shares (the ledger then refuses the release).
-        let withheld = self
-            .withheld_noise
-            .lock()
-            .map_err(|_| OrderError::Internal("coordinator lock poisoned".into()))?
-            .clone();
-        let (mut noise, absent) = self
-            .noise_from_a_quorum(
-                &committee,
-                &withheld,
-                AddNoiseRequest {
-                    order_id: order_bytes.clone(),
-                    sql: sql.to_string(),
-                    contributions: records,
-                },
-            )
-            .await;
-        let threshold = usize::from(committee.public.threshold());
-        if noise.len() < threshold && withheld.is_empty() {
-            return Err(OrderError::Committee(format!(
-                "only {} of the {threshold} committee members needed added noise ({})",
-                noise.len(),
-                absent.join("; ")
-            )));
-        }
-        noise.sort_by_key(|share| share.member);
-        // The noise, key-switch and co-signature rounds run on this quorum only.
-        let quorum = Committee {
-            public: committee.public.clone(),
-            members: committee
-                .members
-                .iter()
-                .filter(|(member, _)| noise.iter().any(|share| share.member == member.get()))
-                .cloned()
-                .collect(),
-        };
-        let noise_members: Vec<u32> = noise.iter().map(|share| u32::from(share.member)).collect();
-        let wire_noise: Vec<_> = noise.iter().map(encode_noise_share).collect();
-        let shares_included: Vec<&NoiseShare> = noise.iter().collect();
-        let noisy = apply_noise(&summed, &shares_included, &calibration);
-        clock.lap("noise");
-
-        // 3b. The release is fixed on the ledger before anything is key-switched: these
-        //     members' noise, switched by these members. Members key-switch nothing else, so
-        //     the order is released at most once; from here on a refund keeps its ε spent.
-        //     In the same block, before it, the participants go on the ledger in bounded
-        //     chunks, so that the receipt names none and stays small however many took part
-        //     (the members check the nodes' attestations against the staged lists).
-        let committed: Vec<u16> = noise.iter().map(|share| share.member).collect();
-        self.stage_and_commit_release(OrderId(order), &named, committed)
-            .await?;
-        clock.lap("stage participants, commit release");
-
-        // 4. Phase COUNTS: the noisy counts are key-switched to the public count key and
-        //    decrypted; cells below the minimum cohort are suppressed.
-        let counts = count_slots(plan);
-        let count_ciphertexts: Vec<Ciphertext> = counts.iter().map(|&slot| noisy[slot]).collect();
-        let count_answers = self
-            .key_switch_round(
-                &quorum,
-                KeySwitchRequest {
-                    order_id: order_bytes.clone(),
-                    recipient: Vec::new(),
-                    phase: KeySwitchPhase::Counts as i32,
-                    noise: wire_noise.clone(),
-                    count_shares: Vec::new(),
-                    noisy_counts: Vec::new(),
-                },
-            )
-            .await;
-        let (count_shares, count_absent) = valid_shares(count_answers);
-        let counts_context = counts_context(&order_bytes)?;
-        let opened = committee
-            .public
-            .combine(
-                &counts_context,
-                &count_ciphertexts,
-                &public_count_key(),
-                &count_shares,
-            )
-            .map_err(|error| {
-                OrderError::Committee(format!(
-                    "key switching the counts failed: {error} (threshold {}; {})",
-                    committee.public.threshold(),
-                    describe_absent(&count_absent)
-                ))
-            })?;
-        let table = count_table()
-            .map_err(|error| OrderError::Decryption(format!("count table: {error}")))?;
-        let noisy_counts: Vec<i64> = opened
-            .ciphertexts
-            .iter()
-            .map(|ciphertext| public_count_secret().decrypt(ciphertext, table))
-            .collect::<Result<_, _>>()
-            .map_err(|error| {
-                OrderError::Decryption(format!("decrypting the noisy counts: {error}"))
-            })?;
-        let min_cohort = self.min_cohort(listings).await?;
-        let suppressed = suppressed_cells(plan, &noisy_counts, min_cohort);
-        let value_slots = released_value_slots(plan, &suppressed);
-        clock.lap("key switch counts");
-
-        // 5. Phase VALUES: the other slots of the released cells, to the buyer's key.
-        let mut result: Vec<Vec<u8>> = vec![Vec::new(); plan.vector_len()];
-        let everything_suppressed = suppressed.iter().all(|&hidden| hidden);
-        for (position, &slot) in counts.iter().enumerate() {
-            let cell_hidden = slot != 0 && suppressed[(slot - 1) / plan.statistics.len()];
-            if !(cell_hidden || (slot == 0 && everything_suppressed)) {
-                result[slot] = opened.ciphertexts.0[position].to_bytes();
-            }
-        }
-        let mut used = opened.used.clone();
-        let mut value_shares = Vec::new();
-        let redirected = *self
-            .values_redirected_to
-            .lock()
-            .map_err(|_| OrderError::Internal("coordinator lock poisoned".into()))?;
-        let recipient = redirected.unwrap_or(*result_key);
-        if !value_slots.is_empty() {
-            let answers = self
-                .key_switch_round(
-                    &quorum,
-                    KeySwitchRequest {
-                        order_id: order_bytes.clone(),
-                        recipient: recipient.to_bytes(),
-                        phase: KeySwitchPhase::Values as i32,
-                        noise: wire_noise.clone(),
-                        count_shares: count_shares.iter().map(Wire::to_bytes).collect(),
-                        noisy_counts: noisy_counts.clone(),
-                    },
-                )
-                .await;
-            let (shares, absent) = valid_shares(answers);
-            let context = release_context(&order_bytes)?;
-            let values: Vec<Ciphertext> = value_slots.iter().map(|&slot| noisy[slot]).collect();
-            let switched = committee
-                .public
-                .combine(&context, &values, &recipient, &shares)
-                .map_err(|error| {
-                    OrderError::Committee(format!(
-                        "key switching failed: {error} (threshold {}; {})",
-                        committee.public.threshold(),
-                        describe_absent(&absent)
-                    ))
-                })?;
-            for (&slot, ciphertext) in value_slots.iter().zip(switched.ciphertexts.iter()) {
-                result[slot] = ciphertext.to_bytes();
-            }
-            used = switched.used.clone();
-            value_shares = shares;
-        }
-        let shares: Vec<KeySwitchShare> = count_shares.into_iter().chain(value_shares).collect();
-        clock.lap("key switch values");
-
-        // 6. Receipt and settlement on the ledger.
-        let mut proofs_hash = Vec::new();
-        for (_, contribution, _) in &decoded {
-            proofs_hash.extend(contribution.proof.to_bytes());
-        }
-        for share in &noise {
-            for ciphertext in &share.ciphertexts {
-                proofs_hash.extend(ciphertext.to_bytes());
-            }
-            proofs_hash.extend(share.proof.to_bytes());
-        }
-        for share in &shares {
-            proofs_hash.extend(share.to_bytes());
-        }
-        let receipt = QueryReceipt {
-            order: OrderId(order),
-            query_hash: query_hash(sql),
-            contributions_root: market::hash::contributions_root(
-                decoded
-                    .iter()
-                    .map(|(_, _, attested)| &attested.contribution_hash),
-            ),
-            proofs_hash: tagged_hash(cohortex_types::labels::LABEL_PROOFS, &[&proofs_hash]),
-            result_hash: tagged_hash(cohortex_types::labels::LABEL_RESULT, &[&result.concat()]),
-            // The participants are staged (2c): each part names none.
-            listings: decoded
-                .iter()
-                .map(|(_, _, attested)| ListingContribution {
-                    listing: attested.listing.clone(),
-                    epsilon_debited_micro: attested.epsilon_debited_micro,
-                    participants: Vec::new(),
-                    capacity: attested.capacity,
-                    contribution_hash: attested.contribution_hash,
-                    attestation: attested.attestation.clone(),
-                })
-                .collect(),
-        };
-        // 6b. At least t members check the receipt against what they verified and summed
-        //     themselves, and against their own ledger replicas, and co-sign it: the ledger
-        //     records no receipt on the coordinator's word alone.
-        let cosignatures = self.cosign_round(&quorum, &receipt).await?;
-        clock.lap("co-sign receipt");
-        let used: Vec<u32> = used.iter().map(|member| u32::from(member.get())).collect();
-        let hidden = suppressed.iter().filter(|&&hidden| hidden).count();
-        let completed = self.completed_record(order, |record| {
-            record.state = OrderState::Completed;
-            record.message = format!(
-                "computed by {} listing(s); noise added by members {:?} (ε = {}); key-switched by members {:?}; {hidden} of {} cell(s) suppressed below the minimum cohort of {min_cohort}; receipt recorded and escrow settled",
-                listings.len(),
-                noise_members,
-                epsilon_micro as f64 / 1e6,
-                used,
-                suppressed.len(),
-            );
-            record.result = result;
-            record.committee_used = used.clone();
-            record.epsilon_micro = epsilon_micro;
-            record.noise_members = noise_members.clone();
-            record.suppressed = suppressed.clone();
-            record.completed_at = Some(market::server::auth::unix_now());
-        })?;
-        // Kept on disk before the receipt goes out: once the buyer pays, the result survives
-        // a restart.
-        self.keep_completed(order, &completed).await?;
-        // The receipt and the settlement go into one block: no crash can leave a computed
-        // order unpaid (and `settle_orders_left_computed` settles any a ledger still holds).
-        let receipt_id = self
-            .record_receipt_and_settle(OrderId(order), receipt, cosignatures)
-            .await
-            .map_err(OrderError::refused("receipt and settlement"))?;
-        clock.lap("record receipt");
-        let mut completed = completed;
-        completed.phases = clock.phases;
-        self.complete_order(order, completed, receipt_id)?;
-        Ok(())
-    }
-}
-
-async fn collect<T: 'static>(
-    mut tasks: tokio::task::JoinSet<(MemberIndex, Result<T, Status>)>,
-) -> Vec<(MemberIndex, Result<T, Status>)> {
-    let mut answers = Vec::new();
-    while let Some(joined) = tasks.join_next().await {
-        match joined {
-            Ok(answer) => answers.push(answer),
-            Err(error) => tracing::warn!(%error, "committee task failed"),
-        }
-    }
-    answers.sort_by_key(|(member, _)| member.get());
-    answers
-}
-
-/// The decodable key-switch shares of a round, and a line per member that gave none.
-fn valid_shares(
-    answers: Vec<(MemberIndex, Result<KeySwitchResponse, Status>)>,
-) -> (Vec<KeySwitchShare>, Vec<String>) {
-    let mut shares = Vec::new();
-    let mut absent = Vec::new();
-    for (member, answer) in answers {
-        match answer.and_then(|response| {
-            KeySwitchShare::from_bytes(&response.share)
-                .map_err(|error| Status::invalid_argument(format!("share: {error}")))
-        }) {
-            Ok(share) => shares.push(share),
-            Err(status) => absent.push(format!("member {}: {}", member.get(), status.message())),
-        }
-    }
-    (shares, absent)
-}
-
-fn describe_absent(absent: &[String]) -> String {
-    if absent.is_empty() {
-        "no member absent".to_string()
-    } else {
-        absent.join("; ")
-    }
-}
-
-/// One line per listing whose node did not answer validly: which, what happened, why.
-fn failed_reports(reports: &[NodeReport]) -> Vec<String> {
-    reports
-        .iter()
-        .filter(|report| report.outcome != NodeOutcome::Accepted)
-        .map(|report| {
-            format!(
-                "listing {} {}: {}",
-                report.listing,
-                report.outcome.as_str(),
-                report.reason
-            )
-        })
-        .collect()
 }
 
 /// A small decryption table for noisy counts (at most a few million, plus noise).
@@ -1667,31 +913,6 @@ fn count_table() -> Result<&'static DecryptionTable, String> {
         })
         .as_ref()
         .map_err(Clone::clone)
-}
-
-fn decode_contribution(
-    response: &cohortex_proto::v1::ContributeResponse,
-) -> Result<(Contribution, Vec<AccountId>), String> {
-    let ciphertexts = response
-        .ciphertexts
-        .iter()
-        .map(|bytes| Ciphertext::from_bytes(bytes))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|error| format!("ciphertexts: {error}"))?;
-    let proof = CiphertextRangeProof::from_bytes(&response.proof)
-        .map_err(|error| format!("proof: {error}"))?;
-    let mut participants = Vec::with_capacity(response.participants.len());
-    for bytes in &response.participants {
-        let key: [u8; 32] = bytes
-            .as_slice()
-            .try_into()
-            .map_err(|_| "participants: every account is 32 bytes".to_string())?;
-        participants.push(AccountId(key));
-    }
-    if participants.windows(2).any(|pair| pair[0] >= pair[1]) {
-        return Err("participants: not strictly ascending".into());
-    }
-    Ok((Contribution { ciphertexts, proof }, participants))
 }
 
 /// Compiles `sql` against every listing's schema; they must agree on the plan.

@@ -9,7 +9,7 @@ use cohortex_proto::tls::{endpoint as link, TlsIdentity};
 use cohortex_proto::v1::ledger_client::LedgerClient;
 use cohortex_proto::v1::market_client::MarketClient;
 use cohortex_proto::v1::{
-    GetOrderRequest, GetReceiptRequest, OrderQueryRequest, OrderState, OrderStatus,
+    GetOrderRequest, GetOrderResponse, GetReceiptRequest, OrderQueryRequest, OrderState,
     SignedTransaction,
 };
 use compute_node::combine::combine_release;
@@ -42,7 +42,7 @@ pub struct Release {
     /// The order id.
     pub order: TxId,
     /// The final status.
-    pub status: OrderStatus,
+    pub status: GetOrderResponse,
     /// The decrypted, combined answer.
     pub answer: QueryAnswer,
     /// The receipt id.
@@ -175,7 +175,7 @@ impl Buyer {
     }
 
     /// Polls the order until it completes or fails.
-    pub async fn wait(&self, order: TxId) -> anyhow::Result<OrderStatus> {
+    pub async fn wait(&self, order: TxId) -> anyhow::Result<GetOrderResponse> {
         let mut client = MarketClient::new(channel(&self.market, self.tls.as_ref()).await?)
             .max_decoding_message_size(market::server::MAX_MESSAGE_BYTES);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
@@ -201,7 +201,7 @@ impl Buyer {
     /// Decrypts a completed order's result with the buyer's key and combines it.
     pub fn open(
         &self,
-        status: &OrderStatus,
+        status: &GetOrderResponse,
         table: &DecryptionTable,
     ) -> anyhow::Result<QueryAnswer> {
         let plan: QueryPlan = serde_json::from_str(&status.plan).context("order plan")?;

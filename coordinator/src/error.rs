@@ -1,8 +1,6 @@
 //! Why an order failed. The error's text becomes the order's status message, which the buyer
 //! reads (`Market.GetOrder`), so every variant says what happened in the buyer's terms.
 
-use tonic::Status;
-
 /// Why the coordinator could not complete an order.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OrderError {
@@ -46,20 +44,4 @@ pub enum OrderError {
     /// A task of the coordinator itself failed.
     #[error("{0}")]
     Internal(String),
-}
-
-impl From<Status> for OrderError {
-    fn from(status: Status) -> Self {
-        OrderError::Market(status.message().to_string())
-    }
-}
-
-impl OrderError {
-    /// The ledger refused `what` (a [`Status`] from submitting it).
-    pub fn refused(what: &'static str) -> impl Fn(Status) -> OrderError {
-        move |status| OrderError::LedgerRefused {
-            what,
-            message: status.message().to_string(),
-        }
-    }
 }

@@ -5,11 +5,11 @@ use std::sync::Arc;
 use cohortex_proto::v1::market_server::Market;
 use cohortex_proto::v1::{
     AcceptInvitationRequest, AcceptInvitationResponse, EvaluationKeyChunk, GetOrderRequest,
-    GetReceiptRequest, InclusionProof, ListListingsRequest, ListListingsResponse,
+    GetOrderResponse, GetReceiptRequest, InclusionProof, ListListingsRequest, ListListingsResponse,
     ListTrialsRequest, ListTrialsResponse, Listing, OrderFeasibilityRequest, OrderQueryRequest,
-    OrderQueryResponse, OrderStatus, PostTrialRequest, PublishListingRequest,
-    PutEvaluationKeyResponse, ReceiptProof, SignedTransaction, TransactionResult, Trial,
-    TrialListing, TrialRepliesRequest, TrialReply,
+    OrderQueryResponse, PostTrialRequest, PublishListingRequest, PutEvaluationKeyResponse,
+    ReceiptProof, SignedTransaction, TransactionResult, Trial, TrialListing, TrialRepliesRequest,
+    TrialReply,
 };
 use compute_node::Schema;
 use market::server::auth::{unix_now, RequestVerifier};
@@ -341,7 +341,7 @@ impl Market for MarketService {
     async fn get_order(
         &self,
         request: Request<GetOrderRequest>,
-    ) -> Result<Response<OrderStatus>, Status> {
+    ) -> Result<Response<GetOrderResponse>, Status> {
         let order: TxId = tx_id_field(&request.get_ref().order_id, "order_id")?;
         let record = self
             .coordinator
@@ -357,7 +357,7 @@ impl Market for MarketService {
                 }
                 Ok(())
             })?;
-        Ok(Response::new(OrderStatus {
+        Ok(Response::new(GetOrderResponse {
             state: record.state as i32,
             message: record.message,
             nodes: record.nodes.iter().map(Into::into).collect(),

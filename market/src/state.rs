@@ -146,9 +146,11 @@ pub struct OrderedListing {
     pub compensation: Compensation,
 }
 
-/// Where an order stands.
+/// Where an order stands in its settlement on the ledger. How far its computation has come
+/// (computing, completed, failed) is the market's `OrderState` (proto), which the ledger does
+/// not hold: the two are the order's only state machines.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum OrderStatus {
+pub enum Settlement {
     /// Escrowed, waiting for the computation.
     Open,
     /// A receipt was recorded; waiting for settlement.
@@ -165,13 +167,13 @@ pub enum OrderStatus {
     Refunded,
 }
 
-impl OrderStatus {
+impl Settlement {
     fn name(&self) -> &'static str {
         match self {
-            OrderStatus::Open => "open",
-            OrderStatus::Computed { .. } => "computed",
-            OrderStatus::Settled { .. } => "settled",
-            OrderStatus::Refunded => "refunded",
+            Settlement::Open => "open",
+            Settlement::Computed { .. } => "computed",
+            Settlement::Settled { .. } => "settled",
+            Settlement::Refunded => "refunded",
         }
     }
 }
@@ -196,7 +198,7 @@ pub struct Order {
     /// Block time of expiry.
     pub expires_at: u64,
     /// Where it stands.
-    pub status: OrderStatus,
+    pub status: Settlement,
 }
 
 /// Which members' noise a release sums and which members key-switch it, fixed on the ledger
@@ -536,7 +538,7 @@ impl State {
     pub fn earnings_of(&self, patient: &AccountId) -> PatientEarnings {
         let mut earnings = PatientEarnings::default();
         for order in self.orders.values() {
-            let OrderStatus::Settled { receipt } = order.status else {
+            let Settlement::Settled { receipt } = order.status else {
                 continue;
             };
             let Some(receipt) = self.receipts.get(&receipt) else {
@@ -623,7 +625,7 @@ impl State {
     pub fn escrow_held(&self) -> u128 {
         self.orders
             .values()
-            .filter(|o| matches!(o.status, OrderStatus::Open | OrderStatus::Computed { .. }))
+            .filter(|o| matches!(o.status, Settlement::Open | Settlement::Computed { .. }))
             .map(|o| u128::from(o.escrow))
             .sum()
     }
@@ -1355,7 +1357,7 @@ impl State {
                 escrow,
                 placed_at: ctx.time,
                 expires_at,
-                status: OrderStatus::Open,
+                status: Settlement::Open,
             },
         );
         self.changed.insert(StateKey::Order(order_id));
@@ -1566,7 +1568,7 @@ impl State {
             }
         }
         if let Some(order) = self.orders.get_mut(&order_id) {
-            order.status = OrderStatus::Computed {
+            order.status = Settlement::Computed {
                 receipt: receipt_id,
             };
         }
@@ -1622,10 +1624,10 @@ impl State {
             });
         }
         match order.status {
-            OrderStatus::Settled { .. } => return Err(TxError::AlreadySettled(order_id)),
-            OrderStatus::Refunded => return Err(TxError::AlreadyRefunded(order_id)),
-            OrderStatus::Open => return Err(TxError::OrderNotComputed(order_id)),
-            OrderStatus::Computed { receipt } => {
+            Settlement::Settled { .. } => return Err(TxError::AlreadySettled(order_id)),
+            Settlement::Refunded => return Err(TxError::AlreadyRefunded(order_id)),
+            Settlement::Open => return Err(TxError::OrderNotComputed(order_id)),
+            Settlement::Computed { receipt } => {
                 debug_assert_eq!(receipt, receipt_id, "one receipt per order");
             }
         }
@@ -1655,7 +1657,7 @@ impl State {
             self.changed.insert(StateKey::Account(account));
         }
         if let Some(order) = self.orders.get_mut(&order_id) {
-            order.status = OrderStatus::Settled {
+            order.status = Settlement::Settled {
                 receipt: receipt_id,
             };
         }
@@ -1679,10 +1681,10 @@ impl State {
             .get(&order_id)
             .ok_or(TxError::UnknownOrder(order_id))?;
         match order.status {
-            OrderStatus::Open => {}
-            OrderStatus::Settled { .. } => return Err(TxError::AlreadySettled(order_id)),
-            OrderStatus::Refunded => return Err(TxError::AlreadyRefunded(order_id)),
-            OrderStatus::Computed { .. } => {
+            Settlement::Open => {}
+            Settlement::Settled { .. } => return Err(TxError::AlreadySettled(order_id)),
+            Settlement::Refunded => return Err(TxError::AlreadyRefunded(order_id)),
+            Settlement::Computed { .. } => {
                 return Err(TxError::OrderNotOpen {
                     order: order_id,
                     status: order.status.name(),
@@ -1793,7 +1795,7 @@ impl State {
             self.changed.insert(StateKey::Listing(id));
         }
         if let Some(order) = self.orders.get_mut(&order_id) {
-            order.status = OrderStatus::Refunded;
+            order.status = Settlement::Refunded;
         }
         self.changed.insert(StateKey::Order(order_id));
         self.unstage(order_id);
@@ -1942,7 +1944,7 @@ impl State {
             .orders
             .get(&order_id)
             .ok_or(TxError::UnknownOrder(order_id))?;
-        if order.status != OrderStatus::Open {
+        if order.status != Settlement::Open {
             return Err(TxError::OrderNotOpen {
                 order: order_id,
                 status: order.status.name(),

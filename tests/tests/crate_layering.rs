@@ -98,3 +98,85 @@ fn python_client_links_no_polars_of_its_own() {
     // second copy of the engine.
     assert_links_none("cohortex-python", &[], &["polars", "polars-core"]);
 }
+
+/// The domain modules: the query (schema, dialect, plans, noise, combining), the vault, the
+/// ledger's state machine and storage, the cryptography and the order's error. They take and
+/// return domain types; the gRPC edge (the `server` modules, `protocol`, the coordinator's
+/// node calls) converts. A file listed here that names tonic or prost outside a comment fails.
+#[test]
+fn domain_modules_import_neither_tonic_nor_prost() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut files: Vec<std::path::PathBuf> = Vec::new();
+    for name in [
+        "schema",
+        "sql",
+        "plan",
+        "dp",
+        "combine",
+        "contribution",
+        "noise",
+        "vault",
+        "record",
+        "fhir",
+        "ingest",
+        "synth",
+        "evaluate",
+        "durable",
+        "sealed_share",
+        "feasibility",
+        "recruitment",
+    ] {
+        files.push(root.join(format!("compute-node/src/{name}.rs")));
+    }
+    for name in [
+        "state",
+        "tx",
+        "machine",
+        "log",
+        "audit",
+        "hash",
+        "sequencer",
+        "error",
+        "storage",
+    ] {
+        files.push(root.join(format!("market/src/{name}.rs")));
+    }
+    files.push(root.join("coordinator/src/error.rs"));
+    let mut folders = vec![root.join("zk/src")];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder).expect("zk sources") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                folders.push(path);
+            } else if path.extension().is_some_and(|extension| extension == "rs") {
+                files.push(path);
+            }
+        }
+    }
+    assert!(files.len() > 40, "found only {} domain files", files.len());
+    let mut named = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file)
+            .unwrap_or_else(|error| panic!("{}: {error}", file.display()));
+        for (number, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or_default();
+            let words = code.split(|c: char| !(c.is_alphanumeric() || c == '_'));
+            if words
+                .into_iter()
+                .any(|word| word == "tonic" || word == "prost")
+            {
+                named.push(format!(
+                    "{}:{}: {}",
+                    file.display(),
+                    number + 1,
+                    line.trim()
+                ));
+            }
+        }
+    }
+    assert!(
+        named.is_empty(),
+        "domain modules name the transport:\n{}",
+        named.join("\n")
+    );
+}

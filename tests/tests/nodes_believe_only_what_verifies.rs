@@ -175,7 +175,7 @@ impl MarketRpc for LyingMarket {
     async fn get_order(
         &self,
         request: Request<v1::GetOrderRequest>,
-    ) -> Result<Response<v1::OrderStatus>, Status> {
+    ) -> Result<Response<v1::GetOrderResponse>, Status> {
         self.honest.get_order(request).await
     }
     async fn get_receipt(

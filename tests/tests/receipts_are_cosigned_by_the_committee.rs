@@ -239,7 +239,7 @@ async fn receipt_and_settlement_share_one_block() {
             .orders()
             .find(|(_, order)| order.buyer == buyer.account())
             .map(|(_, order)| order.status),
-        Some(market::state::OrderStatus::Settled { .. })
+        Some(market::state::Settlement::Settled { .. })
     ));
     drop(ledger);
     books_balance(&cluster);
@@ -265,7 +265,7 @@ async fn restart_settles_computed_orders() {
     };
     assert_eq!(
         status(&cluster),
-        Some(market::state::OrderStatus::Computed {
+        Some(market::state::Settlement::Computed {
             receipt: market::ReceiptId(release.receipt)
         })
     );
@@ -301,7 +301,7 @@ async fn restart_settles_computed_orders() {
     );
     assert_eq!(
         status(&cluster),
-        Some(market::state::OrderStatus::Settled {
+        Some(market::state::Settlement::Settled {
             receipt: market::ReceiptId(release.receipt)
         })
     );

@@ -158,7 +158,7 @@ impl NodeService {
             .map_err(follow_status)?;
         let found = found
             .ok_or_else(|| Status::failed_precondition("order_id: no such order on the ledger"))?;
-        if found.status != market::state::OrderStatus::Open {
+        if found.status != market::state::Settlement::Open {
             return Err(Status::failed_precondition(
                 "order_id: the order is no longer open on the ledger",
             ));

@@ -442,7 +442,7 @@ impl NodeService {
                 "order_id: no such order on the ledger (verified up to block {height})"
             )));
         };
-        if found.status != market::state::OrderStatus::Open {
+        if found.status != market::state::Settlement::Open {
             return Err(Status::failed_precondition(format!(
                 "order_id: the order is no longer open on the ledger ({:?})",
                 found.status

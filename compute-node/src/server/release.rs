@@ -528,7 +528,7 @@ impl NodeService {
         let found = found.ok_or_else(|| {
             Status::failed_precondition("receipt.order: no such order on the ledger")
         })?;
-        if found.status != market::state::OrderStatus::Open {
+        if found.status != market::state::Settlement::Open {
             return Err(Status::failed_precondition(
                 "receipt.order: the order is no longer open on the ledger",
             ));
@@ -622,7 +622,7 @@ impl NodeService {
         // A refunded or cancelled order releases nothing more, whatever was committed for it;
         // nor does an expired one, which its buyer may take back (without a receipt, patients
         // would go unpaid and their budgets undebited for a release that happened).
-        if status != Some(market::state::OrderStatus::Open) {
+        if status != Some(market::state::Settlement::Open) {
             return Err(Status::failed_precondition(format!(
                 "order_id: the order is not open on the ledger ({status:?}); nothing more of it \
                  is key-switched"

@@ -694,7 +694,7 @@ impl Coordinator {
                 .state()
                 .orders()
                 .filter_map(|(id, order)| match order.status {
-                    market::state::OrderStatus::Computed { receipt } => Some((*id, receipt)),
+                    market::state::Settlement::Computed { receipt } => Some((*id, receipt)),
                     _ => None,
                 })
                 .collect())

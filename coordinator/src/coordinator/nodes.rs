@@ -18,6 +18,7 @@ use market::server::auth::signed_request_to;
 use tonic::Status;
 
 use super::connect;
+use crate::error::OrderError;
 
 /// An answer a node will give: a `Send` future that owns what it needs.
 pub type NodeCall<T> = Pin<Box<dyn Future<Output = Result<T, Status>> + Send>>;
@@ -158,5 +159,23 @@ impl ComputeNodes for GrpcNodes {
             request,
             |mut client, signed| async move { client.cosign_receipt(signed).await },
         )
+    }
+}
+
+/// A node's or the market's refusal, as the order's failure (the order error itself names no
+/// transport: `crate::error` is domain code).
+impl From<Status> for OrderError {
+    fn from(status: Status) -> Self {
+        OrderError::Market(status.message().to_string())
+    }
+}
+
+impl OrderError {
+    /// The ledger refused `what` (a [`Status`] from submitting it).
+    pub fn refused(what: &'static str) -> impl Fn(Status) -> OrderError {
+        move |status| OrderError::LedgerRefused {
+            what,
+            message: status.message().to_string(),
+        }
     }
 }

@@ -161,7 +161,7 @@ impl Coordinator {
             Ok(ledger
                 .state()
                 .orders()
-                .filter(|(_, order)| order.status == market::state::OrderStatus::Open)
+                .filter(|(_, order)| order.status == market::state::Settlement::Open)
                 .map(|(id, _)| *id)
                 .collect())
         })
@@ -201,8 +201,8 @@ impl Coordinator {
                         let found = ledger.state().order(&OrderId(*order))?;
                         match found.status {
                             _ if found.buyer != *buyer => None,
-                            market::state::OrderStatus::Computed { receipt }
-                            | market::state::OrderStatus::Settled { receipt } => Some(receipt),
+                            market::state::Settlement::Computed { receipt }
+                            | market::state::Settlement::Settled { receipt } => Some(receipt),
                             _ => None,
                         }
                     })

@@ -336,6 +336,9 @@ pub enum StateKey {
     /// The participants staged for an order's receipt, per listing. Written empty when the
     /// list goes (the entry is then deleted from storage).
     Staged(OrderId, ListingId),
+    /// An order whose release was committed with its cohort attested
+    /// ([`Action::CommitAttestedRelease`](crate::tx::Action::CommitAttestedRelease)).
+    AttestedRelease(OrderId),
 }
 
 /// A stored state entry does not decode.
@@ -386,6 +389,10 @@ pub struct State {
     /// not empty, like `releases`.
     #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
     staged: BTreeMap<(OrderId, ListingId), Vec<AccountId>>,
+    /// Orders whose release was committed with its cohort attested: their staged lists are
+    /// exactly who is in the release. Hashed only when not empty, like `releases`.
+    #[serde(skip_serializing_if = "BTreeSet::is_empty", default)]
+    attested_releases: BTreeSet<OrderId>,
     /// Keys written since the last [`State::take_changes`]; not part of the state itself.
     #[serde(skip)]
     changed: BTreeSet<StateKey>,
@@ -586,6 +593,13 @@ impl State {
         self.result_keys.get(id).map(Vec::as_slice)
     }
 
+    /// Whether `id`'s release was committed with its cohort attested
+    /// ([`Action::CommitAttestedRelease`](crate::tx::Action::CommitAttestedRelease)): its
+    /// staged lists are then exactly who is in it.
+    pub fn release_cohort_attested(&self, id: &OrderId) -> bool {
+        self.attested_releases.contains(id)
+    }
+
     /// The committed release of an order, if any.
     pub fn release(&self, id: &OrderId) -> Option<&ReleaseCommitment> {
         self.releases.get(id)
@@ -658,6 +672,11 @@ impl State {
                         .staged
                         .get(&(*order, listing.clone()))
                         .map(postcard::to_stdvec),
+                    // Stored as `true`: an empty value means the entry went.
+                    StateKey::AttestedRelease(order) => self
+                        .attested_releases
+                        .contains(order)
+                        .then(|| postcard::to_stdvec(&true)),
                 }
                 // A key written but no longer present was removed.
                 .unwrap_or(Ok(Vec::new()));
@@ -727,6 +746,10 @@ impl State {
                     state
                         .staged
                         .insert((*order, listing.clone()), value(&key, value_bytes)?);
+                }
+                StateKey::AttestedRelease(order) => {
+                    let _present: bool = value(&key, value_bytes)?;
+                    state.attested_releases.insert(*order);
                 }
             }
         }
@@ -906,6 +929,17 @@ impl State {
                 noise_members,
                 quorum,
             } => self.commit_release(signer, *order, noise_members, quorum, ctx)?,
+            Action::CommitAttestedRelease {
+                order,
+                noise_members,
+                quorum,
+                listings,
+            } => {
+                self.check_release_cohort(*order, listings, chain_id)?;
+                self.commit_release(signer, *order, noise_members, quorum, ctx)?;
+                self.attested_releases.insert(*order);
+                self.changed.insert(StateKey::AttestedRelease(*order));
+            }
             Action::OrderQueryFor {
                 query_hash,
                 listings,
@@ -1770,17 +1804,22 @@ impl State {
         // reserved is spent, not returned, even though the credits are. A feasibility search
         // commits no release, and its nodes may have answered: its ε is spent too.
         //
-        // The same holds for the people in it, but without a receipt the ledger does not know
-        // who was: every person whose consent for the order's purpose held at some time
-        // between the order and the commitment (for a search, the refund) is debited, as a
-        // receipt would debit its participants. The cohort is among them, so no one in it goes
-        // uncharged; the others pay for the failure with ε they did not spend.
+        // The same holds for the people in it. A release committed with its cohort attested
+        // names them (the staged lists). Otherwise the ledger does not know who was: every
+        // person whose consent for the order's purpose held at some time between the order
+        // and the commitment (for a search, the refund) is debited, as a receipt would debit
+        // its participants. The cohort is among them, so no one in it goes uncharged; the
+        // others pay for the failure with ε they did not spend.
         let released_until = match self.releases.get(&order_id) {
             Some(release) => Some(release.committed_at),
             None if feasibility => Some(ctx_time),
             None => None,
         };
-        if let Some(until) = released_until {
+        // A release committed with its cohort attested names exactly who is in it: they,
+        // and no one else, are debited.
+        if self.attested_releases.contains(&order_id) {
+            self.debit_staged(order_id, &listing_ids, requested);
+        } else if let Some(until) = released_until {
             self.debit_consents_held_between(&listing_ids, purpose, placed_at, until, requested);
         }
         for id in listing_ids {
@@ -1799,6 +1838,96 @@ impl State {
         }
         self.changed.insert(StateKey::Order(order_id));
         self.unstage(order_id);
+        Ok(())
+    }
+
+    /// Debits `epsilon_micro` from the personal budget of every participant staged for
+    /// `order_id` in one of `listings` (a person is staged in one listing of an order at most:
+    /// the attestations of an attested release were checked over these lists).
+    fn debit_staged(&mut self, order_id: OrderId, listings: &[ListingId], epsilon_micro: u64) {
+        if epsilon_micro == 0 {
+            return;
+        }
+        for listing in listings {
+            let staged = self.staged_participants(&order_id, listing).to_vec();
+            for patient in staged {
+                let spent = self
+                    .personal_spent
+                    .entry((patient, listing.clone()))
+                    .or_insert(0);
+                *spent = spent.saturating_add(epsilon_micro);
+                self.changed
+                    .insert(StateKey::PersonalSpent(patient, listing.clone()));
+            }
+        }
+    }
+
+    /// Checks the cohort of an attested release of `order_id`: `parts` are the order's
+    /// listings in order, each naming no participants, for the order's ε, and each attested by
+    /// its listing's owner over the participants staged for it, no person staged under two of
+    /// them.
+    fn check_release_cohort(
+        &self,
+        order_id: OrderId,
+        parts: &[ListingContribution],
+        chain_id: &Hash32,
+    ) -> Result<(), TxError> {
+        let order = self.open_order(order_id)?;
+        let listings_match = parts.len() == order.listings.len()
+            && parts
+                .iter()
+                .zip(&order.listings)
+                .all(|(got, ordered)| got.listing == ordered.listing);
+        if !listings_match {
+            return Err(TxError::ReceiptListingsMismatch(order_id));
+        }
+        let mut named_in: BTreeMap<AccountId, &ListingId> = BTreeMap::new();
+        for part in parts {
+            if !part.participants.is_empty() {
+                return Err(TxError::ParticipantsStagedAndNamed(part.listing.clone()));
+            }
+            if part.epsilon_debited_micro != order.epsilon_requested_micro {
+                return Err(TxError::EpsilonExceedsRequest {
+                    listing: part.listing.clone(),
+                    debited_micro: part.epsilon_debited_micro,
+                    requested_micro: order.epsilon_requested_micro,
+                });
+            }
+            let staged = self.staged_participants(&order_id, &part.listing);
+            for participant in staged {
+                if let Some(first) = named_in.insert(*participant, &part.listing) {
+                    return Err(TxError::ParticipantInTwoListings {
+                        patient: *participant,
+                        first: first.clone(),
+                        second: part.listing.clone(),
+                    });
+                }
+            }
+            let owner = self
+                .listings
+                .get(&part.listing)
+                .ok_or_else(|| TxError::UnknownListing(part.listing.clone()))?
+                .owner;
+            let attested = ListingContribution {
+                participants: staged.to_vec(),
+                ..part.clone()
+            };
+            let signed = owner.verifying_key().is_ok_and(|key| {
+                attested.attested_as(
+                    AttestationKind::Contribution,
+                    &key,
+                    chain_id,
+                    &order_id,
+                    &order.query_hash,
+                )
+            });
+            if !signed {
+                return Err(TxError::ContributionNotAttested {
+                    listing: part.listing.clone(),
+                    owner,
+                });
+            }
+        }
         Ok(())
     }
 

@@ -614,6 +614,23 @@ pub enum Action {
         /// The next participants, strictly ascending, each after the last one staged.
         participants: Vec<AccountId>,
     },
+    /// [`Action::CommitRelease`] that also fixes who is in the release (signer: committee
+    /// member): `listings` holds each of the order's listings' parts, in order, naming no
+    /// participants, each with its node's attestation, which the ledger checks over the
+    /// participants staged for it. A refund after this commitment debits exactly those
+    /// participants' personal budgets, where a refund after a plain `CommitRelease` must debit
+    /// everyone who could have been in the cohort. The coordinator commits releases with this
+    /// action; `CommitRelease` stays for ledgers written before it.
+    CommitAttestedRelease {
+        /// The open order.
+        order: OrderId,
+        /// Members whose noise shares are summed, strictly ascending.
+        noise_members: Vec<u16>,
+        /// Members who key-switch the release, strictly ascending, each in `noise_members`.
+        quorum: Vec<u16>,
+        /// Each listing's part, as its node attested it, with no participants named.
+        listings: Vec<ListingContribution>,
+    },
 }
 
 impl Action {

@@ -468,3 +468,149 @@ fn receipt_may_mix_a_staged_part_and_a_named_part() {
         assert_eq!(state.person_spent_micro(id), DEBIT);
     }
 }
+
+/// An attested release of `order`: members 1 and 2 noise and key-switch it, and the listing's
+/// part is the node's attestation over `attested`, naming none.
+fn attested_release(scene: &Scene, order: OrderId, attested: Vec<AccountId>) -> Action {
+    let Action::RecordReceipt(receipt) = receipt_naming_none(scene, order, attested) else {
+        unreachable!("receipt_action builds a RecordReceipt");
+    };
+    Action::CommitAttestedRelease {
+        order,
+        noise_members: vec![1],
+        quorum: vec![1],
+        listings: receipt.listings,
+    }
+}
+
+#[test]
+fn refund_after_an_attested_release_debits_exactly_the_staged_participants() {
+    // Three patients consent, but the node's cohort is the first two: a refund after the
+    // release debits them and not the third, who could have been in it but was not.
+    let (mut scene, ids, order) = ordered();
+    let cohort = ids[..2].to_vec();
+    stage_ok(&mut scene, order, &cohort);
+    let commit = attested_release(&scene, order, cohort.clone());
+    scene
+        .f
+        .submit(&mut scene.committee, commit)
+        .expect("commit the attested release");
+    scene
+        .f
+        .submit(&mut scene.committee, Action::Refund { order })
+        .expect("refund after the commitment");
+    let state = scene.f.ledger.state();
+    let spent = |patient: &AccountId| state.personal_spent_micro(patient, &scene.listing);
+    assert_eq!(spent(&ids[0]), DEBIT);
+    assert_eq!(spent(&ids[1]), DEBIT);
+    assert_eq!(spent(&ids[2]), 0, "consented, but not in the release");
+    assert!(state.staged_participants(&order, &scene.listing).is_empty());
+    // The listing's budget is spent as for any committed release.
+    assert_eq!(
+        state
+            .listing(&scene.listing)
+            .expect("listing")
+            .epsilon_spent_micro,
+        DEBIT
+    );
+    // Replayed from genesis, and reopened from storage (which checks the state hash), the
+    // ledger holds the same state.
+    market::audit_database(scene.f.ledger.path()).expect("the ledger verifies");
+    let _ = scene.reopen();
+}
+
+#[test]
+fn attested_release_over_participants_the_node_did_not_attest_is_refused() {
+    // The market stages a third patient the node never named: the attestation does not
+    // cover the staged list, so the release is not committed.
+    let (mut scene, ids, order) = ordered();
+    stage_ok(&mut scene, order, &ids);
+    let commit = attested_release(&scene, order, ids[..2].to_vec());
+    let owner = scene.node.id;
+    scene.f.refuse(
+        &scene.committee,
+        commit,
+        TxError::ContributionNotAttested {
+            listing: scene.listing.clone(),
+            owner,
+        },
+    );
+    assert!(scene.f.ledger.state().release(&order).is_none());
+}
+
+#[test]
+fn attested_release_naming_its_participants_is_refused() {
+    // The participants are staged, never named in the commitment, so it stays small.
+    let (mut scene, ids, order) = ordered();
+    stage_ok(&mut scene, order, &ids);
+    let mut commit = attested_release(&scene, order, ids.clone());
+    if let Action::CommitAttestedRelease { listings, .. } = &mut commit {
+        listings[0].participants = ids.clone();
+    }
+    scene.f.refuse(
+        &scene.committee,
+        commit,
+        TxError::ParticipantsStagedAndNamed(scene.listing.clone()),
+    );
+}
+
+#[test]
+fn attested_release_for_another_epsilon_is_refused() {
+    let (mut scene, ids, order) = ordered();
+    stage_ok(&mut scene, order, &ids);
+    let mut commit = attested_release(&scene, order, ids.clone());
+    if let Action::CommitAttestedRelease { listings, .. } = &mut commit {
+        listings[0].epsilon_debited_micro = DEBIT / 2;
+    }
+    // The attestation covers ε too, but the ε rule is checked first and named.
+    scene.f.refuse(
+        &scene.committee,
+        commit,
+        TxError::EpsilonExceedsRequest {
+            listing: scene.listing.clone(),
+            debited_micro: DEBIT / 2,
+            requested_micro: DEBIT,
+        },
+    );
+}
+
+#[test]
+fn attested_release_with_a_person_staged_under_two_listings_is_refused() {
+    // A refund debits an attested release's staged lists, once per person: a person staged
+    // under two listings of one order is refused before the release is committed.
+    let mut scene = Scene::new();
+    let (second_node, second) = second_listing(&mut scene);
+    let ids = ascending(&scene);
+    let patient = scene.patients[0].id;
+    let order = order_on_both(&mut scene, &second);
+    stage_ok(&mut scene, order, &ids);
+    let again = stage(&second, order, &[patient]);
+    scene
+        .f
+        .submit(&mut scene.committee, again)
+        .expect("staged under the second listing too");
+    let Action::RecordReceipt(receipt) = receipt_on_both(
+        &scene,
+        (&second_node, &second),
+        order,
+        [ids, vec![patient]],
+        [false, false],
+    ) else {
+        unreachable!("receipt_action builds a RecordReceipt");
+    };
+    let commit = Action::CommitAttestedRelease {
+        order,
+        noise_members: vec![1],
+        quorum: vec![1],
+        listings: receipt.listings,
+    };
+    scene.f.refuse(
+        &scene.committee,
+        commit,
+        TxError::ParticipantInTwoListings {
+            patient,
+            first: scene.listing.clone(),
+            second,
+        },
+    );
+}

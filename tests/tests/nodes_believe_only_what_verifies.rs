@@ -588,8 +588,15 @@ async fn values_switched_to_a_key_other_than_the_buyers_is_refused() {
         status.message
     );
     assert!(status.result.is_empty(), "nothing was released");
-    // The buyer's credits come back; the ε of the committed release stays spent.
+    // The buyer's credits come back; the ε of the committed release stays spent, on the
+    // participants its nodes attested at the commitment and no one else.
     assert_eq!(balance(&cluster, buyer.account()).await, 10 * PRICE);
+    {
+        let ledger = cluster.coordinator.ledger().lock().unwrap();
+        let order = market::OrderId(order);
+        assert!(ledger.state().release(&order).is_some());
+        assert!(ledger.state().release_cohort_attested(&order));
+    }
     books_balance(&cluster);
     cluster.shutdown();
 }

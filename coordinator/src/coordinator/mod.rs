@@ -27,8 +27,8 @@ use market::server::{
     bounded_message, excerpt, read_ledger, submit, submit_together, SharedLedger, Submitted,
 };
 use market::{
-    AccountId, Action, Hash32, ListingId, OrderId, Purpose, QueryReceipt, ReceiptCosignature,
-    ReceiptId, SignedTx, TxBody, TxId, MAX_STAGED_PER_TX,
+    AccountId, Action, Hash32, ListingContribution, ListingId, OrderId, Purpose, QueryReceipt,
+    ReceiptCosignature, ReceiptId, SignedTx, TxBody, TxId, MAX_STAGED_PER_TX,
 };
 use rand::RngCore;
 use tonic::transport::Channel;
@@ -457,20 +457,23 @@ impl Coordinator {
 
     /// Stages each listing's participants for `order`'s receipt on the ledger, in chunks of at
     /// most [`MAX_STAGED_PER_TX`], and commits the release (`noise_members` both noise and
-    /// key-switch it), all in one block: one block for every replica to replay, however many
-    /// chunks. A list an earlier run began is resumed where it stops; one that is not a start
-    /// of `participants` is refused (the receipt would not match the node's attestation). A
-    /// refused chunk leaves the release uncommitted.
+    /// key-switch it) with `parts`, each listing's attested part naming no participants, so
+    /// that the ledger knows exactly who is in the release. All in one block: one block for
+    /// every replica to replay, however many chunks. A list an earlier run began is resumed
+    /// where it stops; one that is not a start of `participants` is refused (the receipt would
+    /// not match the node's attestation). A refused chunk leaves the release uncommitted.
     async fn stage_and_commit_release(
         &self,
         order: OrderId,
         named: &[(ListingId, Vec<AccountId>)],
+        parts: Vec<ListingContribution>,
         noise_members: Vec<u16>,
     ) -> Result<(), OrderError> {
-        let commit = Action::CommitRelease {
+        let commit = Action::CommitAttestedRelease {
             order,
             noise_members: noise_members.clone(),
             quorum: noise_members,
+            listings: parts,
         };
         self.stage_then(
             order,

@@ -193,7 +193,15 @@ impl Coordinator {
         // names none and stays small however many took part (the members check the nodes'
         // attestations against the staged lists).
         let committed: Vec<u16> = noised.shares.iter().map(|share| share.member).collect();
-        self.stage_and_commit_release(OrderId(spec.order), &named, committed)
+        let parts = verified
+            .attested
+            .iter()
+            .map(|part| ListingContribution {
+                participants: Vec::new(),
+                ..part.listing.clone()
+            })
+            .collect();
+        self.stage_and_commit_release(OrderId(spec.order), &named, parts, committed)
             .await?;
         clock.lap("stage participants, commit release");
 

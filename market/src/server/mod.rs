@@ -322,6 +322,7 @@ pub fn action_name(action: &Action) -> &'static str {
         Action::RecordTrialReply { .. } => "RecordTrialReply",
         Action::CancelOrder { .. } => "CancelOrder",
         Action::StageParticipants { .. } => "StageParticipants",
+        Action::CommitAttestedRelease { .. } => "CommitAttestedRelease",
     }
 }
 

@@ -204,28 +204,34 @@ impl Buyer {
         status: &GetOrderResponse,
         table: &DecryptionTable,
     ) -> anyhow::Result<QueryAnswer> {
+        use rayon::prelude::*;
         let plan: QueryPlan = serde_json::from_str(&status.plan).context("order plan")?;
         let counts = count_slots(&plan);
         let public = public_count_secret();
-        let mut totals = Vec::with_capacity(status.result.len());
-        for (slot, bytes) in status.result.iter().enumerate() {
-            if bytes.is_empty() {
-                // A slot of a suppressed cell.
-                totals.push(None);
-                continue;
-            }
-            let ciphertext = Ciphertext::from_bytes(bytes).context("result ciphertext")?;
-            // Count slots were released to the public count key, the rest to this buyer.
-            let key = if counts.contains(&slot) {
-                &public
-            } else {
-                &self.result_keys.secret
-            };
-            totals.push(Some(i128::from(
-                key.decrypt(&ciphertext, table)
-                    .context("decrypting the result")?,
-            )));
-        }
+        // Each slot is a discrete logarithm of its own: the slots are decrypted on every core.
+        let totals: Vec<Option<i128>> = status
+            .result
+            .par_iter()
+            .enumerate()
+            .map(|(slot, bytes)| {
+                if bytes.is_empty() {
+                    // A slot of a suppressed cell.
+                    return Ok(None);
+                }
+                let ciphertext = Ciphertext::from_bytes(bytes)
+                    .with_context(|| format!("result ciphertext of slot {slot}"))?;
+                // Count slots were released to the public count key, the rest to this buyer.
+                let key = if counts.contains(&slot) {
+                    &public
+                } else {
+                    &self.result_keys.secret
+                };
+                let total = key
+                    .decrypt(&ciphertext, table)
+                    .with_context(|| format!("decrypting slot {slot} of the result"))?;
+                Ok(Some(i128::from(total)))
+            })
+            .collect::<anyhow::Result<_>>()?;
         let suppressed = if status.suppressed.is_empty() {
             vec![false; plan.cells()]
         } else {

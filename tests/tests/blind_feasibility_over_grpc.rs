@@ -261,8 +261,12 @@ fn large_feasibility_setup(
 async fn feasibility_over_more_participants_than_one_transaction_holds() {
     // More consenting patients at one site than one staging transaction holds: before, the
     // receipt named them all and the ledger refused it past about 131,000; now they are
-    // staged in chunks in the receipt's block and the receipt names none.
+    // staged in chunks in the receipt's block and the receipt names none. They are also more
+    // than one message of the node's answer holds: the coordinator reads the rest of the
+    // list a page at a time (before, one answer carried the whole list, which the gRPC
+    // message limit stopped at about 240,000), and pays every one of them below.
     let big = market::MAX_STAGED_PER_TX as u64 + 1_000;
+    assert!(big as usize > compute_node::server::PARTICIPANTS_PAGE);
     // Two credits for each of the large site's patients, so each share is exact.
     let (large, expected) = large_feasibility_setup("large-site", big, 0, 2 * big);
     let (small, _) = large_feasibility_setup("small-site", 60, big, 1_000);

@@ -13,7 +13,7 @@ use rand::rngs::OsRng;
 use tonic::Status;
 use zk::Wire;
 
-use super::{order_id, order_key, Fault, NodeService};
+use super::{order_id, order_key, Fault, NodeService, NodeState};
 use crate::contribution::build_contribution;
 use crate::evaluate::evaluate;
 use crate::protocol::contribution_context;
@@ -27,8 +27,28 @@ pub const PARTICIPANTS_PAGE: usize = 32_768;
 /// the latest ones.
 pub const PARTICIPANT_LISTS_KEPT: usize = 16;
 
+/// Keeps `participants`, the list of this node's answer to `order` (a contribution or a
+/// feasibility count), for `ContributionParticipants` if it is longer than one page: only the
+/// latest [`PARTICIPANT_LISTS_KEPT`] lists are kept.
+pub(super) fn keep_for_paging(state: &mut NodeState, order: &[u8], participants: &[Vec<u8>]) {
+    if participants.len() <= PARTICIPANTS_PAGE {
+        return;
+    }
+    if state.participant_lists.len() >= PARTICIPANT_LISTS_KEPT {
+        state.participant_lists.pop_front();
+    }
+    let compact: Vec<[u8; 32]> = participants
+        .iter()
+        .filter_map(|bytes| <[u8; 32]>::try_from(bytes.as_slice()).ok())
+        .collect();
+    state
+        .participant_lists
+        .push_back((order.to_vec(), Arc::new(compact)));
+}
+
 impl NodeService {
-    /// A page of the participants of this node's contribution to an order, from `offset` on.
+    /// A page of the participants of this node's answer to an order (its contribution or its
+    /// feasibility count), from `offset` on.
     pub(super) fn contribution_participants(
         &self,
         message: ContributionParticipantsRequest,
@@ -191,19 +211,7 @@ impl NodeService {
             participant_count: participants.len() as u64,
         };
         let mut state = self.lock()?;
-        // Only a list longer than the first page is read again, a page at a time.
-        if participants.len() > PARTICIPANTS_PAGE {
-            if state.participant_lists.len() >= PARTICIPANT_LISTS_KEPT {
-                state.participant_lists.pop_front();
-            }
-            let compact: Vec<[u8; 32]> = participants
-                .iter()
-                .filter_map(|bytes| <[u8; 32]>::try_from(bytes.as_slice()).ok())
-                .collect();
-            state
-                .participant_lists
-                .push_back((order.clone(), Arc::new(compact)));
-        }
+        keep_for_paging(&mut state, &order, &participants);
         state.contributed.insert(order);
         if self.fault() == Some(Fault::ReplayFirstContribution) {
             let first = state

@@ -22,6 +22,7 @@ use rand::rngs::OsRng;
 use tonic::{Response, Status};
 use zk::fhe::{EvaluationKey, Evaluator};
 
+use super::contribute::{keep_for_paging, PARTICIPANTS_PAGE};
 use super::{follow_status, order_id, order_key, NodeService, EVALUATION_KEYS_KEPT};
 use crate::dp::{SlotNoise, MICRO, TAIL_SCALES};
 use crate::feasibility::{evaluate_feasibility, FeasibilityStep, ReleaseRule};
@@ -270,11 +271,15 @@ impl NodeService {
             &query_hash,
         );
         claim.keep().await?;
+        // The first page here, the rest with `ContributionParticipants`, as for a
+        // contribution: no message grows with the number of patients.
+        keep_for_paging(&mut *self.lock()?, &order, &participants);
         Ok(FeasibilityResponse {
             noisy_count,
-            participants,
+            participants: participants[..participants.len().min(PARTICIPANTS_PAGE)].to_vec(),
             capacity: self.vault.capacity(),
             attestation: attested.attestation,
+            participant_count: participants.len() as u64,
         })
     }
 }

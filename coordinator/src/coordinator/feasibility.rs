@@ -134,7 +134,8 @@ impl Coordinator {
         Ok(())
     }
 
-    /// Asks one node for its count, sending it the evaluation key first if it lacks it.
+    /// Asks one node for its count, sending it the evaluation key first if it lacks it, and
+    /// reads the rest of its participant list.
     async fn node_feasibility(
         &self,
         endpoint: &str,
@@ -158,7 +159,12 @@ impl Coordinator {
                     .map(tonic::Response::into_inner)
             }
         };
-        match ask(&mut client).await {
+        let pages = super::order::PageSource {
+            nodes: self.nodes(),
+            endpoint: endpoint.to_string(),
+            order_id: request.order_id.clone(),
+        };
+        let mut response = match ask(&mut client).await {
             Err(status)
                 if cohortex_types::rpc::Refusal::of(&status)
                     == Some(cohortex_types::rpc::Refusal::EvaluationKeyMissing) =>
@@ -177,7 +183,16 @@ impl Coordinator {
                 ask(&mut client).await
             }
             answer => answer,
-        }
+        }?;
+        // The rest of a long participant list, a page at a time.
+        pages
+            .fill(
+                response.participant_count,
+                response.capacity,
+                &mut response.participants,
+            )
+            .await?;
+        Ok(response)
     }
 
     async fn compute_feasibility(

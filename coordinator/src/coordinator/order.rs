@@ -737,54 +737,71 @@ impl Coordinator {
     }
 }
 
-/// The rest of a contribution's participant list, fetched a page at a time from its node.
-struct PageSource {
-    nodes: Arc<dyn ComputeNodes>,
-    endpoint: String,
-    order_id: Vec<u8>,
+/// The rest of a node's participant list (of its contribution or its feasibility count),
+/// fetched a page at a time.
+pub(super) struct PageSource {
+    pub(super) nodes: Arc<dyn ComputeNodes>,
+    pub(super) endpoint: String,
+    pub(super) order_id: Vec<u8>,
 }
 
 impl PageSource {
-    /// `first`'s answer with every participant it counted: no more than the vault's capacity,
-    /// and exactly as many as it counted.
+    /// `first`'s answer with every participant it counted.
     async fn complete(
         self,
         first: NodeCall<ContributeResponse>,
     ) -> Result<ContributeResponse, Status> {
         let mut response = first.await?;
-        if response.participant_count > response.capacity {
+        self.fill(
+            response.participant_count,
+            response.capacity,
+            &mut response.participants,
+        )
+        .await?;
+        Ok(response)
+    }
+
+    /// Reads the pages after `participants`, the first, until it holds the `count` the node
+    /// gave: no more than the vault's `capacity`, and exactly as many as it counted. A count of
+    /// 0 is a node that sent every participant in the first message.
+    pub(super) async fn fill(
+        &self,
+        count: u64,
+        capacity: u64,
+        participants: &mut Vec<Vec<u8>>,
+    ) -> Result<(), Status> {
+        if count > capacity {
             return Err(Status::invalid_argument(format!(
-                "participant_count: {} is more than the vault's capacity {}",
-                response.participant_count, response.capacity
+                "participant_count: {count} is more than the vault's capacity {capacity}"
             )));
         }
-        let total = usize::try_from(response.participant_count).unwrap_or(usize::MAX);
-        while response.participants.len() < total {
+        let total = usize::try_from(count).unwrap_or(usize::MAX);
+        while participants.len() < total {
             let page = self
                 .nodes
                 .contribution_participants(
                     &self.endpoint,
                     ContributionParticipantsRequest {
                         order_id: self.order_id.clone(),
-                        offset: response.participants.len() as u64,
+                        offset: participants.len() as u64,
                     },
                 )
                 .await?;
             if page.participants.is_empty() {
                 return Err(Status::data_loss(format!(
                     "participants: the node gave {} of the {total} it counted",
-                    response.participants.len()
+                    participants.len()
                 )));
             }
-            response.participants.extend(page.participants);
+            participants.extend(page.participants);
         }
-        if total != 0 && response.participants.len() != total {
+        if total != 0 && participants.len() != total {
             return Err(Status::data_loss(format!(
                 "participants: the node gave {} but counted {total}",
-                response.participants.len()
+                participants.len()
             )));
         }
-        Ok(response)
+        Ok(())
     }
 }
 

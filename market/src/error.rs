@@ -287,6 +287,10 @@ pub enum TxError {
         /// What the order asked.
         requested_micro: u64,
     },
+    /// The receipt is over other contributions than the attested release committed for its
+    /// order ([`Action::CommitAttestedRelease`](crate::tx::Action::CommitAttestedRelease)).
+    #[error("receipt for order {0}: its contributions are not those of the release committed for the order")]
+    ReceiptNotTheCommittedRelease(OrderId),
     /// The receipt's contributions root is not the root of its listings' contribution hashes.
     #[error("receipt for order {0}: contributions_root is not the root of its listings' contribution hashes")]
     ContributionsRootMismatch(OrderId),

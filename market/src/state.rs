@@ -389,10 +389,12 @@ pub struct State {
     /// not empty, like `releases`.
     #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
     staged: BTreeMap<(OrderId, ListingId), Vec<AccountId>>,
-    /// Orders whose release was committed with its cohort attested: their staged lists are
-    /// exactly who is in the release. Hashed only when not empty, like `releases`.
-    #[serde(skip_serializing_if = "BTreeSet::is_empty", default)]
-    attested_releases: BTreeSet<OrderId>,
+    /// Orders whose release was committed with its cohort attested, with the contribution
+    /// hash of each listing's part, in the order's listing order: their staged lists are
+    /// exactly who is in the release, and their receipts must be over these contributions.
+    /// Hashed only when not empty, like `releases`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
+    attested_releases: BTreeMap<OrderId, Vec<(ListingId, Hash32)>>,
     /// Keys written since the last [`State::take_changes`]; not part of the state itself.
     #[serde(skip)]
     changed: BTreeSet<StateKey>,
@@ -596,8 +598,9 @@ impl State {
     /// Whether `id`'s release was committed with its cohort attested
     /// ([`Action::CommitAttestedRelease`](crate::tx::Action::CommitAttestedRelease)): its
     /// staged lists are then exactly who is in it.
-    pub fn release_cohort_attested(&self, id: &OrderId) -> bool {
-        self.attested_releases.contains(id)
+    /// Each listing's contribution hash, in the order's listing order, when it was.
+    pub fn attested_release(&self, id: &OrderId) -> Option<&[(ListingId, Hash32)]> {
+        self.attested_releases.get(id).map(Vec::as_slice)
     }
 
     /// The committed release of an order, if any.
@@ -672,11 +675,9 @@ impl State {
                         .staged
                         .get(&(*order, listing.clone()))
                         .map(postcard::to_stdvec),
-                    // Stored as `true`: an empty value means the entry went.
-                    StateKey::AttestedRelease(order) => self
-                        .attested_releases
-                        .contains(order)
-                        .then(|| postcard::to_stdvec(&true)),
+                    StateKey::AttestedRelease(order) => {
+                        self.attested_releases.get(order).map(postcard::to_stdvec)
+                    }
                 }
                 // A key written but no longer present was removed.
                 .unwrap_or(Ok(Vec::new()));
@@ -748,8 +749,9 @@ impl State {
                         .insert((*order, listing.clone()), value(&key, value_bytes)?);
                 }
                 StateKey::AttestedRelease(order) => {
-                    let _present: bool = value(&key, value_bytes)?;
-                    state.attested_releases.insert(*order);
+                    state
+                        .attested_releases
+                        .insert(*order, value(&key, value_bytes)?);
                 }
             }
         }
@@ -935,9 +937,14 @@ impl State {
                 quorum,
                 listings,
             } => {
-                self.check_release_cohort(*order, listings, chain_id)?;
+                self.require_role(signer, &[Role::CommitteeMember], "committee member")?;
+                self.check_release_cohort(*order, listings, chain_id, ctx)?;
                 self.commit_release(signer, *order, noise_members, quorum, ctx)?;
-                self.attested_releases.insert(*order);
+                let hashes = listings
+                    .iter()
+                    .map(|part| (part.listing.clone(), part.contribution_hash))
+                    .collect();
+                self.attested_releases.insert(*order, hashes);
                 self.changed.insert(StateKey::AttestedRelease(*order));
             }
             Action::OrderQueryFor {
@@ -1476,6 +1483,20 @@ impl State {
         if receipt.contributions_root != root {
             return Err(TxError::ContributionsRootMismatch(order_id));
         }
+        // A release committed with its cohort attested is receipted over exactly those
+        // contributions: the members key-switched nothing else.
+        if let Some(committed) = self.attested_releases.get(&order_id) {
+            let same = committed.len() == receipt.listings.len()
+                && committed
+                    .iter()
+                    .zip(&receipt.listings)
+                    .all(|((listing, hash), part)| {
+                        *listing == part.listing && *hash == part.contribution_hash
+                    });
+            if !same {
+                return Err(TxError::ReceiptNotTheCommittedRelease(order_id));
+            }
+        }
         for contribution in &resolved {
             let id = &contribution.listing;
             let owner = self
@@ -1817,7 +1838,7 @@ impl State {
         };
         // A release committed with its cohort attested names exactly who is in it: they,
         // and no one else, are debited.
-        if self.attested_releases.contains(&order_id) {
+        if self.attested_releases.contains_key(&order_id) {
             self.debit_staged(order_id, &listing_ids, requested);
         } else if let Some(until) = released_until {
             self.debit_consents_held_between(&listing_ids, purpose, placed_at, until, requested);
@@ -1862,17 +1883,26 @@ impl State {
         }
     }
 
-    /// Checks the cohort of an attested release of `order_id`: `parts` are the order's
-    /// listings in order, each naming no participants, for the order's ε, and each attested by
-    /// its listing's owner over the participants staged for it, no person staged under two of
-    /// them.
+    /// Checks the cohort of an attested release of `order_id` as its receipt will be checked:
+    /// the order has not expired; `parts` are the order's listings in order, each naming no
+    /// participants, for the order's ε, and each attested by its listing's owner over the
+    /// participants staged for it; no person is staged under two of them; each listing has
+    /// its minimum cohort; and each participant still consents, with room in their personal
+    /// limit for the order's ε. A release the receipt would refuse is not committed.
     fn check_release_cohort(
         &self,
         order_id: OrderId,
         parts: &[ListingContribution],
         chain_id: &Hash32,
+        ctx: &BlockContext,
     ) -> Result<(), TxError> {
         let order = self.open_order(order_id)?;
+        if ctx.time >= order.expires_at {
+            return Err(TxError::OrderExpired {
+                order: order_id,
+                expires_at: order.expires_at,
+            });
+        }
         let listings_match = parts.len() == order.listings.len()
             && parts
                 .iter()
@@ -1926,6 +1956,39 @@ impl State {
                     listing: part.listing.clone(),
                     owner,
                 });
+            }
+            let listing = self
+                .listings
+                .get(&part.listing)
+                .ok_or_else(|| TxError::UnknownListing(part.listing.clone()))?;
+            let min = listing.terms.min_cohort_size;
+            if staged.len() < min as usize {
+                return Err(TxError::CohortTooSmall {
+                    listing: part.listing.clone(),
+                    min,
+                    got: staged.len(),
+                });
+            }
+            for participant in staged {
+                let consent = self
+                    .consents
+                    .get(&(*participant, part.listing.clone(), order.purpose))
+                    .filter(|consent| consent.is_active_at(ctx.time))
+                    .ok_or_else(|| TxError::ParticipantWithoutConsent {
+                        patient: *participant,
+                        listing: part.listing.clone(),
+                        purpose: order.purpose,
+                    })?;
+                let spent = self.person_spent_micro(participant);
+                if !consent.affords(spent, part.epsilon_debited_micro) {
+                    return Err(TxError::PersonalBudgetExceeded {
+                        patient: *participant,
+                        listing: part.listing.clone(),
+                        spent_micro: spent,
+                        limit_micro: consent.epsilon_limit_micro.unwrap_or(u64::MAX),
+                        debited_micro: part.epsilon_debited_micro,
+                    });
+                }
             }
         }
         Ok(())
@@ -2327,9 +2390,16 @@ impl State {
         ctx: &BlockContext,
     ) -> Result<(), TxError> {
         self.require_role(signer, &[Role::CommitteeMember], "committee member")?;
-        self.open_order(order_id)?;
+        let purpose = self.open_order(order_id)?.purpose;
         if self.releases.contains_key(&order_id) {
             return Err(TxError::ReleaseAlreadyCommitted(order_id));
+        }
+        // A feasibility search's nodes answer on their own, with no committed release; a
+        // commitment would only move its refund's debit window.
+        if purpose == Purpose::TrialFeasibility {
+            return Err(TxError::InvalidRelease(
+                "a feasibility search commits no release",
+            ));
         }
         let ascending = |members: &[u16]| {
             !members.is_empty()

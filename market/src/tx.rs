@@ -819,7 +819,8 @@ pub const SIGNATURE_BATCH: usize = 256;
 /// * What remains is a signature whose `R` or key is of mixed order (a point of the large
 ///   subgroup plus a torsion point) and that fails the cofactorless equation only by that
 ///   torsion. Only the holder of the signing key can make one, and it authenticates that
-///   holder all the same; the batch accepts it with probability about 1/8, where
+///   holder all the same; a batch accepts it with probability 1/ord(T) for its torsion
+///   point T (up to 1/2, and the holder can grind for a batch that accepts), where
 ///   `verify_strict` refuses it. The sequencer admits only what `verify_strict` accepts, so such
 ///   a transaction reaches a block only if the sequencer breaks the rules, and `ledger verify`
 ///   (which uses [`verify_all`]) then names it.

@@ -475,7 +475,7 @@ fn order_with_a_committed_release_cannot_be_cancelled() {
 }
 
 #[test]
-fn feasibility_order_cannot_be_cancelled_and_its_refund_spends_its_epsilon() {
+fn feasibility_order_cannot_be_cancelled_or_committed_and_its_refund_spends_its_epsilon() {
     let mut scene = Scene::new();
     let listing = scene.listing.clone();
     let epsilon_micro = 500_000;
@@ -503,6 +503,17 @@ fn feasibility_order_cannot_be_cancelled_and_its_refund_spends_its_epsilon() {
             order,
             reason: "a feasibility search's counts may already be out",
         },
+    );
+    // A search commits no release: a commitment would only move its refund's debit window
+    // (from the refund back to the commitment), sparing people who consented in between.
+    scene.f.refuse(
+        &scene.committee,
+        Action::CommitRelease {
+            order,
+            noise_members: vec![1],
+            quorum: vec![1],
+        },
+        TxError::InvalidRelease("a feasibility search commits no release"),
     );
     // Refunded when the search fails, the credits come back but the ε stays spent.
     scene

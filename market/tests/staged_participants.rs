@@ -614,3 +614,107 @@ fn attested_release_with_a_person_staged_under_two_listings_is_refused() {
         },
     );
 }
+
+#[test]
+fn receipt_over_other_contributions_than_the_attested_release_is_refused() {
+    // The members key-switched the committed contributions: a receipt over another
+    // contribution of the node (its word too, but not what was released) is refused.
+    let (mut scene, ids, order) = ordered();
+    stage_ok(&mut scene, order, &ids);
+    let commit = attested_release(&scene, order, ids.clone());
+    scene
+        .f
+        .submit(&mut scene.committee, commit)
+        .expect("commit the attested release");
+    let Action::RecordReceipt(mut receipt) = receipt_naming_none(&scene, order, ids.clone()) else {
+        unreachable!("receipt_action builds a RecordReceipt");
+    };
+    let chain_id = scene.f.ledger.chain_id();
+    let mut other = market::ListingContribution {
+        participants: ids.clone(),
+        contribution_hash: market::Hash32([77; 32]),
+        ..receipt.listings[0].clone()
+    };
+    other.attest(&scene.node.key, &chain_id, &order, &receipt.query_hash);
+    other.participants.clear();
+    receipt.listings = vec![other];
+    receipt.contributions_root = market::hash::contributions_root(
+        receipt.listings.iter().map(|part| &part.contribution_hash),
+    );
+    scene.f.refuse(
+        &scene.committee,
+        Action::RecordReceipt(receipt),
+        TxError::ReceiptNotTheCommittedRelease(order),
+    );
+    // The receipt over the committed contributions still records.
+    record_naming_none_and_settle(&mut scene, order, ids);
+}
+
+#[test]
+fn attested_release_below_the_minimum_cohort_is_refused() {
+    // The node attests an empty cohort, and the listing's minimum is one: a release the
+    // receipt would refuse is not committed (nothing is key-switched, and a refund spends no
+    // one's ε).
+    let (mut scene, _ids, order) = ordered();
+    let min = scene
+        .f
+        .ledger
+        .state()
+        .listing(&scene.listing)
+        .expect("listing")
+        .terms
+        .min_cohort_size;
+    assert_eq!(min, 1);
+    scene.f.refuse(
+        &scene.committee,
+        attested_release(&scene, order, Vec::new()),
+        TxError::CohortTooSmall {
+            listing: scene.listing.clone(),
+            min,
+            got: 0,
+        },
+    );
+}
+
+#[test]
+fn attested_release_of_a_participant_who_revoked_since_staging_is_refused() {
+    let (mut scene, ids, order) = ordered();
+    stage_ok(&mut scene, order, &ids);
+    scene.f.advance(1);
+    let revoke = Action::RevokeConsent {
+        listing: scene.listing.clone(),
+        purpose: Purpose::AcademicResearch,
+    };
+    let index = scene
+        .patients
+        .iter()
+        .position(|patient| patient.id == ids[0])
+        .expect("a patient of the scene");
+    let mut patient = scene.patients.remove(index);
+    scene.f.submit(&mut patient, revoke).expect("revoke");
+    scene.f.refuse(
+        &scene.committee,
+        attested_release(&scene, order, ids.clone()),
+        TxError::ParticipantWithoutConsent {
+            patient: ids[0],
+            listing: scene.listing.clone(),
+            purpose: Purpose::AcademicResearch,
+        },
+    );
+}
+
+#[test]
+fn attested_release_by_an_account_outside_the_committee_is_refused_as_such() {
+    let (mut scene, ids, order) = ordered();
+    stage_ok(&mut scene, order, &ids);
+    let buyer = scene.buyer.id;
+    scene.f.refuse(
+        &scene.buyer,
+        attested_release(&scene, order, ids),
+        TxError::WrongRole {
+            account: buyer,
+            actual: market::Role::Buyer,
+            required: "committee member",
+        },
+    );
+}

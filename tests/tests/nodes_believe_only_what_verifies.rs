@@ -595,7 +595,7 @@ async fn values_switched_to_a_key_other_than_the_buyers_is_refused() {
         let ledger = cluster.coordinator.ledger().lock().unwrap();
         let order = market::OrderId(order);
         assert!(ledger.state().release(&order).is_some());
-        assert!(ledger.state().release_cohort_attested(&order));
+        assert!(ledger.state().attested_release(&order).is_some());
     }
     books_balance(&cluster);
     cluster.shutdown();

@@ -417,6 +417,31 @@ async fn concurrent_add_noise_calls_get_one_noise_draw() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_contribute_calls_get_one_contribution() {
+    let (_dir, cluster, _truth) = start([None, None, None]).await;
+    let (order_id, _order) = order_appended_by_the_operator(&cluster).await;
+    let node = &cluster.nodes[0];
+    let listing = listings(&cluster).remove(0);
+    let contribute = || async {
+        ComputeClient::new(cluster.channel_to(&node.endpoint).await.unwrap())
+            .contribute(operator_contribute(&cluster, &order_id, &listing))
+            .await
+    };
+    // Four calls for one order race on one node: exactly one contribution (one attestation)
+    // leaves it; the others are refused, and so is any later call.
+    let racing = tokio::join!(contribute(), contribute(), contribute(), contribute());
+    let answers = [racing.0, racing.1, racing.2, racing.3];
+    let made = answers.iter().filter(|answer| answer.is_ok()).count();
+    assert_eq!(made, 1, "{answers:?}");
+    for refused in answers.iter().filter_map(|answer| answer.as_ref().err()) {
+        assert_eq!(refused.code(), tonic::Code::AlreadyExists, "{refused:?}");
+    }
+    let later = contribute().await.expect_err("a second contribution");
+    assert_eq!(later.code(), tonic::Code::AlreadyExists);
+    cluster.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn values_switch_refused_once_order_not_open() {
     let (_dir, cluster, _truth) = start([None, None, None]).await;
     let (order_id, order) = order_appended_by_the_operator(&cluster).await;

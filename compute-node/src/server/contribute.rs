@@ -46,6 +46,45 @@ pub(super) fn keep_for_paging(state: &mut NodeState, order: &[u8], participants:
         .push_back((order.to_vec(), Arc::new(compact)));
 }
 
+/// A node's claim to contribute to one order: taken before any work, kept once the
+/// contribution leaves, and given back (so the order may be asked again) if it fails.
+struct ContributionClaim<'a> {
+    node: &'a NodeService,
+    order: Vec<u8>,
+    kept: bool,
+}
+
+impl<'a> ContributionClaim<'a> {
+    /// Claims `order`, or refuses if this node contributed to it or is contributing.
+    fn take(node: &'a NodeService, order: &[u8]) -> Result<Self, Status> {
+        if !node.lock()?.contributed.insert(order.to_vec()) {
+            return Err(Status::already_exists(
+                "order_id: this node already contributed to the order, or is contributing",
+            ));
+        }
+        Ok(Self {
+            node,
+            order: order.to_vec(),
+            kept: false,
+        })
+    }
+
+    /// The contribution is leaving: the order stays claimed.
+    fn keep(mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for ContributionClaim<'_> {
+    fn drop(&mut self) {
+        if !self.kept {
+            if let Ok(mut state) = self.node.lock() {
+                state.contributed.remove(&self.order);
+            }
+        }
+    }
+}
+
 impl NodeService {
     /// A page of the participants of this node's answer to an order (its contribution or its
     /// feasibility count), from `offset` on.
@@ -100,11 +139,6 @@ impl NodeService {
         }
         let collective_key = {
             let state = self.lock()?;
-            if state.contributed.contains(&order) {
-                return Err(Status::already_exists(
-                    "order_id: this node already contributed to the order",
-                ));
-            }
             let Some((_, committee)) = &state.key else {
                 return Err(Status::failed_precondition(
                     "no collective key yet: the committee's DKG has not run",
@@ -112,6 +146,9 @@ impl NodeService {
             };
             *committee.collective_key()
         };
+        // Claimed before any work, under the lock: two concurrent calls for one order must not
+        // each make (and attest) a contribution.
+        let claim = ContributionClaim::take(self, &order)?;
         let plan = compile(&message.sql, self.vault.schema()).map_err(|error| {
             Status::invalid_argument(format!("sql: {}", bounded_message(&error.to_string())))
         })?;
@@ -212,7 +249,7 @@ impl NodeService {
         };
         let mut state = self.lock()?;
         keep_for_paging(&mut state, &order, &participants);
-        state.contributed.insert(order);
+        claim.keep();
         if self.fault() == Some(Fault::ReplayFirstContribution) {
             let first = state
                 .first_contribution

@@ -10,7 +10,7 @@ use cohortex_proto::v1::{
     KeySwitchRequest, KeySwitchResponse,
 };
 use cohortex_types::text::excerpt;
-use market::{AccountId, Hash32, ListingContribution, QueryReceipt};
+use market::{AccountId, Hash32, ListingContribution, ListingId, QueryReceipt};
 use rand::rngs::OsRng;
 use tonic::Status;
 use zk::{
@@ -290,7 +290,8 @@ impl NodeService {
             .ok()
             .filter(|phase| *phase != KeySwitchPhase::Unspecified)
             .ok_or_else(|| Status::invalid_argument("phase: COUNTS or VALUES"))?;
-        self.check_committed_release(&order, &message.noise, phase, &message.recipient)
+        let attested = self
+            .check_committed_release(&order, &message.noise, phase, &message.recipient)
             .await?;
         let (share, committee, release_view) = {
             let mut state = self.lock()?;
@@ -306,6 +307,22 @@ impl NodeService {
                 ));
             };
             release.stage.check(phase)?;
+            // A release committed with its cohort attested names the contributions it is of:
+            // this member key-switches it only if they are the ones it verified and summed.
+            if let Some(attested) = &attested {
+                let same = attested.len() == release.contributions.len()
+                    && attested.iter().zip(&release.contributions).all(
+                        |((listing, hash), (summed_listing, summed_hash))| {
+                            listing.0 == *summed_listing && hash == summed_hash
+                        },
+                    );
+                if !same {
+                    return Err(Status::permission_denied(
+                        "order_id: the release committed on the ledger is of other \
+                         contributions than this member verified and summed",
+                    ));
+                }
+            }
             let (members, noisy) = noisy_sum(release, &order, committee, &message.noise)?;
             // Advanced now, under the lock, so that two concurrent requests cannot both pass.
             // It stays pending until the share leaves: undone if its checks fail below or
@@ -600,11 +617,11 @@ impl NodeService {
         noise: &[cohortex_proto::v1::NoiseShare],
         phase: KeySwitchPhase,
         recipient: &[u8],
-    ) -> Result<(), Status> {
+    ) -> Result<Option<Vec<(ListingId, Hash32)>>, Status> {
         let order_key = order_key(order)?;
         let channel = self.market_channel().await?;
         let now = cohortex_types::auth::unix_now();
-        let (committed, result_key, status, expired) = self
+        let (committed, attested, result_key, status, expired) = self
             .follower
             .sync_and_read(channel, |machine| {
                 let state = machine.state();
@@ -612,6 +629,7 @@ impl NodeService {
                 let order = state.order(&order_key);
                 (
                     state.release(&order_key).cloned(),
+                    state.attested_release(&order_key).map(<[_]>::to_vec),
                     state.result_key(&order_key).map(<[u8]>::to_vec),
                     order.map(|order| order.status),
                     order.is_some_and(|order| time >= order.expires_at),
@@ -672,7 +690,7 @@ impl NodeService {
                 self.config.committee.threshold()
             )));
         }
-        Ok(())
+        Ok(attested)
     }
 }
 

@@ -159,8 +159,13 @@ impl Coordinator {
                     .map(tonic::Response::into_inner)
             }
         };
+        // Over gRPC, as the rest of a search.
         let pages = super::order::PageSource {
-            nodes: self.nodes(),
+            nodes: Arc::new(super::GrpcNodes {
+                account: self.account.clone(),
+                tls: self.tls.clone(),
+                timeout: self.node_timeout,
+            }),
             endpoint: endpoint.to_string(),
             order_id: request.order_id.clone(),
         };

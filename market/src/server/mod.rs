@@ -110,6 +110,7 @@ pub fn tx_error_code(error: &TxError) -> Code {
         | TxError::QueryHashMismatch(_)
         | TxError::ReceiptListingsMismatch(_)
         | TxError::ContributionsRootMismatch(_)
+        | TxError::ReceiptNotTheCommittedRelease(_)
         | TxError::ContributionNotAttested { .. }
         | TxError::EpsilonExceedsRequest { .. }
         | TxError::CohortTooSmall { .. }

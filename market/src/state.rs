@@ -1611,14 +1611,11 @@ impl State {
                 .insert(StateKey::Listing(settlement.listing.clone()));
             if settlement.epsilon_debited_micro > 0 {
                 for payee in &settlement.payees {
-                    let key = (payee.participant, settlement.listing.clone());
-                    let spent = self.personal_spent.entry(key).or_insert(0);
-                    // Saturates only past u64::MAX micro-epsilon, far beyond any limit.
-                    *spent = spent.saturating_add(settlement.epsilon_debited_micro);
-                    self.changed.insert(StateKey::PersonalSpent(
+                    self.debit_person(
                         payee.participant,
-                        settlement.listing.clone(),
-                    ));
+                        &settlement.listing,
+                        settlement.epsilon_debited_micro,
+                    );
                 }
             }
         }
@@ -1872,15 +1869,21 @@ impl State {
         for listing in listings {
             let staged = self.staged_participants(&order_id, listing).to_vec();
             for patient in staged {
-                let spent = self
-                    .personal_spent
-                    .entry((patient, listing.clone()))
-                    .or_insert(0);
-                *spent = spent.saturating_add(epsilon_micro);
-                self.changed
-                    .insert(StateKey::PersonalSpent(patient, listing.clone()));
+                self.debit_person(patient, listing, epsilon_micro);
             }
         }
+    }
+
+    /// Adds `epsilon_micro` to what `patient` has spent in `listing`. Saturates only past
+    /// u64::MAX micro-ε, far beyond any limit.
+    fn debit_person(&mut self, patient: AccountId, listing: &ListingId, epsilon_micro: u64) {
+        let spent = self
+            .personal_spent
+            .entry((patient, listing.clone()))
+            .or_insert(0);
+        *spent = spent.saturating_add(epsilon_micro);
+        self.changed
+            .insert(StateKey::PersonalSpent(patient, listing.clone()));
     }
 
     /// Checks the cohort of an attested release of `order_id` as its receipt will be checked:
@@ -2025,13 +2028,7 @@ impl State {
                 .map(|((patient, _, _), _)| *patient)
                 .collect();
             for patient in held {
-                let spent = self
-                    .personal_spent
-                    .entry((patient, listing.clone()))
-                    .or_insert(0);
-                *spent = spent.saturating_add(epsilon_micro);
-                self.changed
-                    .insert(StateKey::PersonalSpent(patient, listing.clone()));
+                self.debit_person(patient, listing, epsilon_micro);
                 debited.insert(patient);
             }
         }

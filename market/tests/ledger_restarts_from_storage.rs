@@ -182,6 +182,16 @@ fn stored_block(ledger: &Ledger, height: u64) -> market::audit::StoredBlock {
     }
 }
 
+/// A replica of `ledger` that has verified every block but the last, and the last height.
+fn replica_one_block_behind(ledger: &Ledger) -> (market::Auditor, u64) {
+    let last = ledger.head().expect("head").header.height;
+    let mut replica = market::Auditor::new(&ledger.machine().genesis().to_bytes()).unwrap();
+    for height in 1..last {
+        replica.check_block(stored_block(ledger, height)).unwrap();
+    }
+    (replica, last)
+}
+
 #[test]
 fn replica_stays_at_its_last_verified_block_after_a_forged_one() {
     use ed25519_dalek::Signer;
@@ -189,11 +199,7 @@ fn replica_stays_at_its_last_verified_block_after_a_forged_one() {
     let order = scene.order();
     scene.record(order, scene.patient_ids());
     let ledger = &scene.f.ledger;
-    let last = ledger.head().expect("head").header.height;
-    let mut replica = market::Auditor::new(&ledger.machine().genesis().to_bytes()).unwrap();
-    for height in 1..last {
-        replica.check_block(stored_block(ledger, height)).unwrap();
-    }
+    let (mut replica, last) = replica_one_block_behind(ledger);
 
     // The operator, holding the ledger key, signs a last block whose header claims another
     // state: everything checks until the replayed state hash.
@@ -233,11 +239,7 @@ fn replica_refuses_a_signed_block_holding_a_transaction_whose_signature_fails() 
     let order = scene.order();
     scene.record(order, scene.patient_ids());
     let ledger = &scene.f.ledger;
-    let last = ledger.head().expect("head").header.height;
-    let mut replica = market::Auditor::new(&ledger.machine().genesis().to_bytes()).unwrap();
-    for height in 1..last {
-        replica.check_block(stored_block(ledger, height)).unwrap();
-    }
+    let (mut replica, last) = replica_one_block_behind(ledger);
     // The block as signed, but one envelope's signature has a flipped bit: the replica checks
     // the block's signatures in batches, and the failing batch one by one.
     let mut block = stored_block(ledger, last);

@@ -409,9 +409,10 @@ fn receipt_on_both(
     action
 }
 
-#[test]
-fn person_staged_under_two_listings_of_one_order_is_refused_at_the_receipt() {
-    // The privacy unit is the person: staged lists get the rule named lists have.
+/// A scene with a second listing and an order on both, its patients staged under the first
+/// and patient 0 under the second too; returns the scene, the second node and listing, the
+/// patients ascending and the order.
+fn patient_staged_under_both() -> (Scene, (Party, ListingId), Vec<AccountId>, OrderId) {
     let mut scene = Scene::new();
     let (second_node, second) = second_listing(&mut scene);
     let ids = ascending(&scene);
@@ -423,6 +424,14 @@ fn person_staged_under_two_listings_of_one_order_is_refused_at_the_receipt() {
         .f
         .submit(&mut scene.committee, again)
         .expect("staged under the second listing too");
+    (scene, (second_node, second), ids, order)
+}
+
+#[test]
+fn person_staged_under_two_listings_of_one_order_is_refused_at_the_receipt() {
+    // The privacy unit is the person: staged lists get the rule named lists have.
+    let (mut scene, (second_node, second), ids, order) = patient_staged_under_both();
+    let patient = scene.patients[0].id;
     let receipt = receipt_on_both(
         &scene,
         (&second_node, &second),
@@ -578,17 +587,8 @@ fn attested_release_for_another_epsilon_is_refused() {
 fn attested_release_with_a_person_staged_under_two_listings_is_refused() {
     // A refund debits an attested release's staged lists, once per person: a person staged
     // under two listings of one order is refused before the release is committed.
-    let mut scene = Scene::new();
-    let (second_node, second) = second_listing(&mut scene);
-    let ids = ascending(&scene);
+    let (mut scene, (second_node, second), ids, order) = patient_staged_under_both();
     let patient = scene.patients[0].id;
-    let order = order_on_both(&mut scene, &second);
-    stage_ok(&mut scene, order, &ids);
-    let again = stage(&second, order, &[patient]);
-    scene
-        .f
-        .submit(&mut scene.committee, again)
-        .expect("staged under the second listing too");
     let Action::RecordReceipt(receipt) = receipt_on_both(
         &scene,
         (&second_node, &second),

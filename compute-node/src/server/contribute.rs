@@ -46,20 +46,21 @@ pub(super) fn keep_for_paging(state: &mut NodeState, order: &[u8], participants:
         .push_back((order.to_vec(), Arc::new(compact)));
 }
 
-/// A node's claim to contribute to one order: taken before any work, kept once the
-/// contribution leaves, and given back (so the order may be asked again) if it fails.
-struct ContributionClaim<'a> {
+/// A node's claim to answer one order, with its contribution or its feasibility count: taken
+/// under the lock before any work, so that two concurrent calls cannot both answer; kept once
+/// the answer leaves, and given back (so the order may be asked again) if it fails.
+pub(super) struct OrderClaim<'a> {
     node: &'a NodeService,
     order: Vec<u8>,
     kept: bool,
 }
 
-impl<'a> ContributionClaim<'a> {
-    /// Claims `order`, or refuses if this node contributed to it or is contributing.
-    fn take(node: &'a NodeService, order: &[u8]) -> Result<Self, Status> {
+impl<'a> OrderClaim<'a> {
+    /// Claims `order`, or refuses if this node answered it or is answering it.
+    pub(super) fn take(node: &'a NodeService, order: &[u8]) -> Result<Self, Status> {
         if !node.lock()?.contributed.insert(order.to_vec()) {
             return Err(Status::already_exists(
-                "order_id: this node already contributed to the order, or is contributing",
+                "order_id: this node already answered the order, or is answering it",
             ));
         }
         Ok(Self {
@@ -69,13 +70,18 @@ impl<'a> ContributionClaim<'a> {
         })
     }
 
-    /// The contribution is leaving: the order stays claimed.
-    fn keep(mut self) {
+    /// The order claimed.
+    pub(super) fn order(&self) -> &[u8] {
+        &self.order
+    }
+
+    /// The answer is leaving: the order stays answered.
+    pub(super) fn keep(mut self) {
         self.kept = true;
     }
 }
 
-impl Drop for ContributionClaim<'_> {
+impl Drop for OrderClaim<'_> {
     fn drop(&mut self) {
         if !self.kept {
             if let Ok(mut state) = self.node.lock() {
@@ -148,7 +154,7 @@ impl NodeService {
         };
         // Claimed before any work, under the lock: two concurrent calls for one order must not
         // each make (and attest) a contribution.
-        let claim = ContributionClaim::take(self, &order)?;
+        let claim = OrderClaim::take(self, &order)?;
         let plan = compile(&message.sql, self.vault.schema()).map_err(|error| {
             Status::invalid_argument(format!("sql: {}", bounded_message(&error.to_string())))
         })?;

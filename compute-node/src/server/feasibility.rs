@@ -22,7 +22,7 @@ use rand::rngs::OsRng;
 use tonic::{Response, Status};
 use zk::fhe::{EvaluationKey, Evaluator};
 
-use super::contribute::{keep_for_paging, PARTICIPANTS_PAGE};
+use super::contribute::{keep_for_paging, OrderClaim, PARTICIPANTS_PAGE};
 use super::{follow_status, order_id, order_key, NodeService, EVALUATION_KEYS_KEPT};
 use crate::dp::{SlotNoise, MICRO, TAIL_SCALES};
 use crate::feasibility::{evaluate_feasibility, FeasibilityStep, ReleaseRule};
@@ -136,7 +136,7 @@ impl NodeService {
         })?;
         // Claimed before any work, under the lock: two concurrent calls for one order must
         // not each draw noise (two noisy counts of one cohort average to a less noisy one).
-        let claim = AnswerClaim::take(self, &order)?;
+        let claim = OrderClaim::take(self, &order)?;
 
         // The order, from the node's verified replica.
         let channel = self.market_channel().await?;
@@ -270,7 +270,7 @@ impl NodeService {
             &order_key,
             &query_hash,
         );
-        claim.keep().await?;
+        keep_answered(self, claim).await?;
         // The first page here, the rest with `ContributionParticipants`, as for a
         // contribution: no message grows with the number of patients.
         keep_for_paging(&mut *self.lock()?, &order, &participants);
@@ -284,46 +284,22 @@ impl NodeService {
     }
 }
 
-/// A node's claim to answer one feasibility order: taken before any noise is drawn, kept once
-/// the answer leaves, and given back (so the order may be asked again) if the answer fails.
-struct AnswerClaim<'a> {
-    node: &'a NodeService,
-    order: Vec<u8>,
-    kept: bool,
-}
-
-impl<'a> AnswerClaim<'a> {
-    /// Claims `order`, or refuses if it was answered or is being answered.
-    fn take(node: &'a NodeService, order: &[u8]) -> Result<Self, Status> {
-        if !node.lock()?.contributed.insert(order.to_vec()) {
-            return Err(Status::already_exists(
-                "order_id: this node already answered the order, or is answering it",
-            ));
-        }
-        Ok(Self {
-            node,
-            order: order.to_vec(),
-            kept: false,
-        })
+/// Keeps `claim` on a feasibility order once its answer is about to leave. When the node keeps
+/// its key share on disk, the record of the answer is written first, so that a restarted node
+/// does not answer the order again with fresh noise.
+async fn keep_answered(node: &NodeService, claim: OrderClaim<'_>) -> Result<(), Status> {
+    if let Some(path) = answered_path(&node.config) {
+        let order = claim.order().to_vec();
+        let written = tokio::task::spawn_blocking(move || record_answered(&path, &order))
+            .await
+            .map_err(|error| Status::internal(format!("worker failed: {error}")))?;
+        written.map_err(|error| {
+            tracing::error!(%error, "recording an answered feasibility search");
+            Status::internal("the node could not record its answer; it sends none")
+        })?;
     }
-
-    /// The answer is about to leave: the order stays answered, and (when the node keeps
-    /// its key share on disk) the record of it is written first, so that a restarted node
-    /// does not answer the order again with fresh noise.
-    async fn keep(mut self) -> Result<(), Status> {
-        if let Some(path) = answered_path(&self.node.config) {
-            let order = self.order.clone();
-            let written = tokio::task::spawn_blocking(move || record_answered(&path, &order))
-                .await
-                .map_err(|error| Status::internal(format!("worker failed: {error}")))?;
-            written.map_err(|error| {
-                tracing::error!(%error, "recording an answered feasibility search");
-                Status::internal("the node could not record its answer; it sends none")
-            })?;
-        }
-        self.kept = true;
-        Ok(())
-    }
+    claim.keep();
+    Ok(())
 }
 
 /// Where a node records the feasibility searches it answered: beside its key share
@@ -368,16 +344,6 @@ pub(super) fn load_answered(
                 .ok_or_else(|| bad(format!("line {} is not an order id", index + 1)))
         })
         .collect()
-}
-
-impl Drop for AnswerClaim<'_> {
-    fn drop(&mut self) {
-        if !self.kept {
-            if let Ok(mut state) = self.node.lock() {
-                state.contributed.remove(&self.order);
-            }
-        }
-    }
 }
 
 fn unix_time() -> u64 {

@@ -17,13 +17,12 @@ use cohortex_proto::v1::{
 use compute_node::protocol::methods;
 use market::hash::tagged_hash;
 use market::server::auth::{signed_request_to, signed_stream_request_to};
-use market::server::read_ledger;
 use market::{
     AccountId, Action, AttestationKind, ListingContribution, ListingId, OrderId, QueryReceipt,
     ReceiptId, TxId, MAX_STAGED_PER_TX,
 };
 use tonic::transport::Channel;
-use tonic::{Code, Status};
+use tonic::Status;
 
 use super::order::failed_reports;
 use super::{
@@ -235,15 +234,7 @@ impl Coordinator {
                 .map_err(|error| OrderError::Internal(format!("node task failed: {error}")))?;
             answers.insert(position, answer);
         }
-        let owned = listings.to_vec();
-        let (chain_id, owners) = read_ledger(&self.ledger, move |ledger| {
-            let owners: Vec<Option<AccountId>> = owned
-                .iter()
-                .map(|id| ledger.state().listing(id).map(|listing| listing.owner))
-                .collect();
-            Ok((ledger.chain_id(), owners))
-        })
-        .await?;
+        let (chain_id, owners) = self.listing_owners(listings).await?;
 
         let mut reports = Vec::new();
         let mut parts = Vec::new();
@@ -305,14 +296,9 @@ impl Coordinator {
                         }
                     }
                 }
-                Some(Err(status)) => report.mark(
-                    if matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded) {
-                        NodeOutcome::Unavailable
-                    } else {
-                        NodeOutcome::Rejected
-                    },
-                    status.message(),
-                ),
+                Some(Err(status)) => {
+                    report.mark(NodeOutcome::of_refusal(&status), status.message())
+                }
                 None => report.mark(NodeOutcome::Unavailable, "no answer"),
             }
             reports.push(report);

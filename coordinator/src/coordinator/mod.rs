@@ -69,6 +69,19 @@ pub enum NodeOutcome {
 }
 
 impl NodeOutcome {
+    /// What a node's refusal means for its listing: unreachable or too slow is
+    /// `Unavailable`, anything else `Rejected`.
+    pub(crate) fn of_refusal(status: &Status) -> Self {
+        if matches!(
+            status.code(),
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+        ) {
+            NodeOutcome::Unavailable
+        } else {
+            NodeOutcome::Rejected
+        }
+    }
+
     const ALL: [NodeOutcome; 3] = [
         NodeOutcome::Accepted,
         NodeOutcome::Rejected,
@@ -541,6 +554,24 @@ impl Coordinator {
         submitted
             .pop()
             .ok_or_else(|| OrderError::from(Status::internal("the ledger appended nothing")))
+    }
+
+    /// The ledger's chain id, and the owner of each of `listings` on it (`None` for one it does
+    /// not hold): whose attestation each listing's answer must carry.
+    async fn listing_owners(
+        &self,
+        listings: &[ListingId],
+    ) -> Result<(Hash32, Vec<Option<AccountId>>), OrderError> {
+        let listings = listings.to_vec();
+        read_ledger(&self.ledger, move |ledger| {
+            let owners = listings
+                .iter()
+                .map(|id| ledger.state().listing(id).map(|listing| listing.owner))
+                .collect();
+            Ok((ledger.chain_id(), owners))
+        })
+        .await
+        .map_err(OrderError::from)
     }
 
     /// The largest minimum cohort among `listings`' terms on the ledger.

@@ -266,15 +266,7 @@ impl Coordinator {
         spec: &OrderSpec,
         mut answers: BTreeMap<usize, Result<ContributeResponse, Status>>,
     ) -> Result<Verified, OrderError> {
-        let owned = spec.listings.clone();
-        let (chain_id, owners) = read_ledger(&self.ledger, move |ledger| {
-            let owners: Vec<Option<AccountId>> = owned
-                .iter()
-                .map(|id| ledger.state().listing(id).map(|listing| listing.owner))
-                .collect();
-            Ok((ledger.chain_id(), owners))
-        })
-        .await?;
+        let (chain_id, owners) = self.listing_owners(&spec.listings).await?;
         let order_id = OrderId(spec.order);
         let order_query_hash = query_hash(&spec.sql);
         let mut reports: Vec<NodeReport> = Vec::new();
@@ -318,17 +310,9 @@ impl Coordinator {
                     }
                     Err(reason) => report.mark(NodeOutcome::Rejected, reason),
                 },
-                Some(Err(status)) => report.mark(
-                    if matches!(
-                        status.code(),
-                        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
-                    ) {
-                        NodeOutcome::Unavailable
-                    } else {
-                        NodeOutcome::Rejected
-                    },
-                    status.message(),
-                ),
+                Some(Err(status)) => {
+                    report.mark(NodeOutcome::of_refusal(&status), status.message())
+                }
                 None => report.mark(NodeOutcome::Unavailable, "no answer"),
             }
             reports.push(report);

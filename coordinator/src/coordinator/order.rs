@@ -969,6 +969,7 @@ bounds = [0, 120]
         contribute: Answer<ContributeResponse>,
         page: Answer<ContributionParticipantsResponse>,
         noise: Answer<AddNoiseResponse>,
+        cosign: Answer<CosignReceiptResponse>,
         asked_for_noise: Mutex<Vec<String>>,
     }
 
@@ -978,6 +979,7 @@ bounds = [0, 120]
                 contribute: Box::new(|_| Err(Status::unimplemented("not scripted"))),
                 page: Box::new(|_| Err(Status::unimplemented("not scripted"))),
                 noise: Box::new(|_| Err(Status::unimplemented("not scripted"))),
+                cosign: Box::new(|_| Err(Status::unimplemented("not scripted"))),
                 asked_for_noise: Mutex::new(Vec::new()),
             }
         }
@@ -1014,10 +1016,10 @@ bounds = [0, 120]
 
         fn cosign_receipt(
             &self,
-            _: &str,
+            endpoint: &str,
             _: CosignReceiptRequest,
         ) -> NodeCall<CosignReceiptResponse> {
-            ready(Err(Status::unimplemented("not scripted")))
+            ready((self.cosign)(endpoint))
         }
     }
 
@@ -1036,6 +1038,8 @@ bounds = [0, 120]
     struct Fixture {
         coordinator: Arc<Coordinator>,
         spec: OrderSpec,
+        /// The committee members' account keys, member 1 first, registered on the ledger.
+        members: Vec<SigningKey>,
         _dir: tempfile::TempDir,
     }
 
@@ -1045,18 +1049,42 @@ bounds = [0, 120]
         let mut rng = rand::rngs::OsRng;
         let ledger_key = SigningKey::generate(&mut rng);
         let account = SigningKey::generate(&mut rng);
+        let members: Vec<SigningKey> = (0..3).map(|_| SigningKey::generate(&mut rng)).collect();
         let genesis = market::Genesis {
             name: "order phases".into(),
             ledger_key: ledger_key.verifying_key().to_bytes(),
-            accounts: vec![(AccountId::of(&account), market::Role::Issuer)],
+            accounts: std::iter::once((AccountId::of(&account), market::Role::Issuer))
+                .chain(
+                    members
+                        .iter()
+                        .map(|key| (AccountId::of(key), market::Role::ComputeNode)),
+                )
+                .collect(),
         };
         let dir = tempfile::tempdir().unwrap();
-        let ledger = market::Ledger::create(
+        let mut ledger = market::Ledger::create(
             dir.path().join("ledger.db"),
             genesis,
             market::InProcessSequencer::new(ledger_key),
         )
         .unwrap();
+        // The committee of `committee()`, 2 of 3, registered by the issuer.
+        let register = market::TxBody {
+            chain_id: ledger.chain_id(),
+            signer: AccountId::of(&account),
+            nonce: 0,
+            action: market::Action::RegisterCommittee {
+                threshold: 2,
+                members: members.iter().map(AccountId::of).collect(),
+            },
+        }
+        .sign(&account)
+        .unwrap();
+        assert!(ledger
+            .append(vec![register.bytes])
+            .unwrap()
+            .refused
+            .is_empty());
         let coordinator = Coordinator::new(Arc::new(std::sync::Mutex::new(ledger)), account)
             .with_nodes(Arc::new(nodes));
         *coordinator.committee.lock().unwrap() = Some(committee());
@@ -1086,6 +1114,7 @@ bounds = [0, 120]
         Fixture {
             coordinator: Arc::new(coordinator),
             spec,
+            members,
             _dir: dir,
         }
     }
@@ -1250,6 +1279,49 @@ bounds = [0, 120]
                 "member 2: share: missing".to_string(),
                 "member 3: contributions do not verify".to_string(),
             ]
+        );
+    }
+
+    #[tokio::test]
+    async fn cosignatures_that_do_not_verify_or_name_another_member_are_not_counted() {
+        let receipt = QueryReceipt {
+            order: OrderId(TxId(market::Hash32([9; 32]))),
+            query_hash: market::Hash32([1; 32]),
+            contributions_root: market::Hash32([2; 32]),
+            proofs_hash: market::Hash32([3; 32]),
+            result_hash: market::Hash32([4; 32]),
+            listings: Vec::new(),
+        };
+        // Member 1 co-signs the receipt with its key; member 2 with a key that is not its
+        // account's; member 3 answers as member 1. One valid co-signature of the 2 needed.
+        let f = fixture(ScriptedNodes::default()).await;
+        let chain_id = f.coordinator.ledger().lock().unwrap().chain_id();
+        let right = receipt.cosign(1, &f.members[0], &chain_id).signature;
+        let stranger = SigningKey::generate(&mut rand::rngs::OsRng);
+        let wrong = receipt.cosign(2, &stranger, &chain_id).signature;
+        let nodes: Arc<dyn ComputeNodes> = Arc::new(ScriptedNodes {
+            cosign: Box::new(move |endpoint| {
+                let (member, signature) = match endpoint {
+                    "member-1" => (1, right.clone()),
+                    "member-2" => (2, wrong.clone()),
+                    _ => (1, right.clone()),
+                };
+                Ok(CosignReceiptResponse { member, signature })
+            }),
+            ..ScriptedNodes::default()
+        });
+        let refused = f
+            .coordinator
+            .cosign_round(nodes, &committee(), &receipt)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            refused,
+            OrderError::Committee(
+                "only 1 of the 2 co-signatures the receipt needs (member 2: a co-signature \
+                 that does not verify; member 3: co-signed as another member)"
+                    .into()
+            )
         );
     }
 

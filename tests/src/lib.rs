@@ -7,6 +7,36 @@
 #[cfg(feature = "tfhe")]
 pub mod feasibility;
 
+/// What a large order must leave on `ledger` once its receipt is recorded: no participant
+/// still staged for `order` on any of `listings`, and a receipt (the transaction `receipt`)
+/// under 16 KiB, since it names no participant: no transaction grows with the number of
+/// patients.
+pub fn assert_nothing_staged_and_a_small_receipt(
+    ledger: &market::Ledger,
+    order: market::OrderId,
+    listings: &[&str],
+    receipt: &market::TxId,
+) {
+    for listing in listings {
+        assert!(
+            ledger
+                .state()
+                .staged_participants(&order, &market::ListingId::new(listing.to_string()))
+                .is_empty(),
+            "participants still staged on {listing}"
+        );
+    }
+    let receipt = ledger
+        .transaction(receipt)
+        .unwrap()
+        .expect("the receipt is on the ledger");
+    assert!(
+        receipt.envelope.len() < 16 * 1024,
+        "receipt of {} bytes",
+        receipt.envelope.len()
+    );
+}
+
 /// Manifests the process tests write next to their CSV files.
 pub mod manifests {
     /// A table of age, sex and systolic blood pressure (mm[Hg]), one row per patient.

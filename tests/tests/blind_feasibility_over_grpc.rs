@@ -281,18 +281,7 @@ async fn feasibility_over_more_participants_than_one_transaction_holds() {
     let ledger = cluster.coordinator.ledger().lock().unwrap();
     let state = ledger.state();
     let order = market::OrderId(release.order);
-    assert!(state
-        .staged_participants(&order, &market::ListingId::new("large-site".to_string()))
-        .is_empty());
-    let receipt = ledger
-        .transaction(&release.receipt)
-        .unwrap()
-        .expect("the receipt is on the ledger");
-    assert!(
-        receipt.envelope.len() < 16 * 1024,
-        "receipt of {} bytes",
-        receipt.envelope.len()
-    );
+    assert_nothing_staged_and_a_small_receipt(&ledger, order, &["large-site"], &release.receipt);
     // Every consenting patient of the large site took part and was paid its share.
     let share = 2;
     let paid = state

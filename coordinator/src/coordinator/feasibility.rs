@@ -160,11 +160,7 @@ impl Coordinator {
         };
         // Over gRPC, as the rest of a search.
         let pages = super::order::PageSource {
-            nodes: Arc::new(super::GrpcNodes {
-                account: self.account.clone(),
-                tls: self.tls.clone(),
-                timeout: self.node_timeout,
-            }),
+            nodes: Arc::new(self.grpc_nodes()),
             endpoint: endpoint.to_string(),
             order_id: request.order_id.clone(),
         };

@@ -370,11 +370,16 @@ impl Coordinator {
     fn nodes(&self) -> Arc<dyn ComputeNodes> {
         match &self.nodes {
             Some(nodes) => Arc::clone(nodes),
-            None => Arc::new(GrpcNodes {
-                account: self.account.clone(),
-                tls: self.tls.clone(),
-                timeout: self.node_timeout,
-            }),
+            None => Arc::new(self.grpc_nodes()),
+        }
+    }
+
+    /// The nodes over gRPC, as this coordinator reaches them.
+    fn grpc_nodes(&self) -> GrpcNodes {
+        GrpcNodes {
+            account: self.account.clone(),
+            tls: self.tls.clone(),
+            timeout: self.node_timeout,
         }
     }
 

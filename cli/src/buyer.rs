@@ -7,8 +7,8 @@ use std::path::PathBuf;
 
 use anyhow::{anyhow, bail};
 use clap::{Args, Subcommand};
-use cohortex_coordinator::standalone::{connect, next_nonce};
-use cohortex_coordinator::Buyer;
+use cohortex_client::link::{connect, next_nonce};
+use cohortex_client::Buyer;
 use cohortex_proto::tls::TlsIdentity;
 use cohortex_proto::v1::ledger_client::LedgerClient;
 use cohortex_proto::v1::market_client::MarketClient;
@@ -18,7 +18,7 @@ use market::{AccountId, Hash32, TxId};
 
 use crate::config::{BuyerConfig, MarketPublic};
 use crate::federation::{decryption_table, print_answer, spinner};
-use crate::keys;
+use cohortex_client::keys;
 
 /// `cohortex buyer …`.
 #[derive(Args, Debug)]
@@ -308,7 +308,7 @@ async fn query(session: &Session, args: QueryArgs) -> anyhow::Result<()> {
             .map_err(|error| anyhow!("listing {}: manifest: {error}", first.id))?;
         let plan = compute_node::compile(&args.query, &schema)
             .map_err(|error| anyhow!("--query: {error}"))?;
-        let provenance = cohortex_coordinator::arrow_release::Provenance {
+        let provenance = cohortex_client::arrow_release::Provenance {
             query: args.query.clone(),
             purpose: args.purpose.clone(),
             epsilon: status.epsilon_micro as f64 / 1e6,
@@ -316,13 +316,9 @@ async fn query(session: &Session, args: QueryArgs) -> anyhow::Result<()> {
             receipt_verified: verified,
             listings: chosen.clone(),
         };
-        let bytes = cohortex_coordinator::arrow_release::to_ipc_stream(
-            &answer,
-            &plan,
-            &schema,
-            &provenance,
-        )
-        .map_err(|error| anyhow!("encoding the release as Arrow: {error}"))?;
+        let bytes =
+            cohortex_client::arrow_release::to_ipc_stream(&answer, &plan, &schema, &provenance)
+                .map_err(|error| anyhow!("encoding the release as Arrow: {error}"))?;
         if !verified {
             bail!("the receipt's inclusion proof did not verify against the ledger key");
         }

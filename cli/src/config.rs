@@ -11,11 +11,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use ed25519_dalek::VerifyingKey;
-use market::{AccountId, Hash32, Purpose, MAX_LISTING_ID_LEN, MIN_COMMITTEE_THRESHOLD};
-use serde::{Deserialize, Serialize};
+use market::{AccountId, Purpose, MAX_LISTING_ID_LEN, MIN_COMMITTEE_THRESHOLD};
+use serde::Deserialize;
 
-use crate::keys::parse_account;
+use cohortex_client::keys::parse_account;
+use cohortex_client::public::{check_version, read_toml};
+pub use cohortex_client::public::{MarketPublic, PUBLIC_FILE};
 use cohortex_proto::tls::TlsIdentity;
 
 /// A listing's per-order ε cap when `listing.max_epsilon_per_order` is not set: 1 (and never
@@ -23,26 +24,6 @@ use cohortex_proto::tls::TlsIdentity;
 /// person's attribute; at ε = 1 one order moves the odds of any inference about a person by
 /// at most e ≈ 2.7. A listing may raise it (docs/privacy.md, "Choosing ε").
 pub const DEFAULT_MAX_EPSILON_PER_ORDER_MICRO: u64 = 1_000_000;
-
-/// The config format version these files must declare.
-pub const CONFIG_VERSION: u32 = 1;
-
-/// Reads and parses a TOML file into `T`, with errors naming the file.
-fn read_toml<T: for<'de> Deserialize<'de>>(path: &Path, what: &str) -> anyhow::Result<T> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading the {what} config {}", path.display()))?;
-    toml::from_str(&text).map_err(|error| anyhow::anyhow!("{}: {error}", path.display()))
-}
-
-fn check_version(version: u32, path: &Path) -> anyhow::Result<()> {
-    if version != CONFIG_VERSION {
-        bail!(
-            "{}: version = {version} is not supported; this cohortex reads version = {CONFIG_VERSION}",
-            path.display()
-        );
-    }
-    Ok(())
-}
 
 /// `relative` resolved against the directory of the config file `config`.
 fn resolve(config: &Path, relative: &Path) -> PathBuf {
@@ -225,96 +206,6 @@ impl MarketConfig {
     /// The file the market writes its public facts to.
     pub fn public_path(&self) -> PathBuf {
         self.state_dir.join(PUBLIC_FILE)
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// public.toml
-
-/// The name of the file, in the market's state directory, that tells nodes, patients and
-/// buyers how to reach and check the market.
-pub const PUBLIC_FILE: &str = "public.toml";
-
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PublicFile {
-    version: u32,
-    endpoint: String,
-    chain_id: String,
-    ledger_key: String,
-    coordinator: String,
-    fund: String,
-    issuer: String,
-}
-
-/// What the market publishes about itself (`public.toml`): no secrets, only where it answers
-/// and the keys that let others check it.
-#[derive(Debug, Clone)]
-pub struct MarketPublic {
-    /// `https://host:port` of the Ledger, Consent and Market services.
-    pub endpoint: String,
-    /// The ledger's chain id (every transaction names it).
-    pub chain_id: Hash32,
-    /// The key that signs tree heads: receipts are checked against it.
-    pub ledger_key: VerifyingKey,
-    /// The coordinator's account: the only caller nodes accept compute requests from.
-    pub coordinator: AccountId,
-    /// The donation fund.
-    pub fund: AccountId,
-    /// The issuer (admits nodes, deposits credits).
-    pub issuer: AccountId,
-}
-
-impl MarketPublic {
-    /// Writes the file atomically.
-    pub fn write(&self, path: &Path) -> anyhow::Result<()> {
-        let file = PublicFile {
-            version: CONFIG_VERSION,
-            endpoint: self.endpoint.clone(),
-            chain_id: self.chain_id.to_string(),
-            ledger_key: hex::encode(self.ledger_key.as_bytes()),
-            coordinator: self.coordinator.to_string(),
-            fund: self.fund.to_string(),
-            issuer: self.issuer.to_string(),
-        };
-        let text = format!(
-            "# Written by `cohortex market serve`: how to reach and check this market.\n\
-             # No secrets; give it to node operators, patients and buyers.\n{}",
-            toml::to_string(&file).context("encoding public.toml")?
-        );
-        let staged = path.with_extension("toml.tmp");
-        std::fs::write(&staged, text).with_context(|| format!("writing {}", staged.display()))?;
-        std::fs::rename(&staged, path).with_context(|| format!("writing {}", path.display()))?;
-        Ok(())
-    }
-
-    /// Reads the file; `field` is the config field that named it.
-    pub fn load(path: &Path, field: &str) -> anyhow::Result<Self> {
-        if !path.exists() {
-            bail!(
-                "{field}: {} does not exist; start the market (`cohortex market serve`) first, \
-                 or copy the public.toml from its state directory",
-                path.display()
-            );
-        }
-        let file: PublicFile = read_toml(path, "market's public")?;
-        check_version(file.version, path)?;
-        let at = |name: &str| format!("{}: {name}", path.display());
-        let mut chain = [0u8; 32];
-        hex::decode_to_slice(file.chain_id.trim(), &mut chain)
-            .with_context(|| format!("{}: not 64 hex digits", at("chain_id")))?;
-        let ledger_account = parse_account(&file.ledger_key, &at("ledger_key"))?;
-        let ledger_key = ledger_account
-            .verifying_key()
-            .map_err(|error| anyhow::anyhow!("{}: {error}", at("ledger_key")))?;
-        Ok(Self {
-            endpoint: file.endpoint,
-            chain_id: Hash32(chain),
-            ledger_key,
-            coordinator: parse_account(&file.coordinator, &at("coordinator"))?,
-            fund: parse_account(&file.fund, &at("fund"))?,
-            issuer: parse_account(&file.issuer, &at("issuer"))?,
-        })
     }
 }
 
@@ -919,7 +810,7 @@ mod tests {
     #[test]
     fn a_threshold_above_the_committee_size_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let member = crate::keys::generate(&dir.path().join("n.key")).unwrap();
+        let member = cohortex_client::keys::generate(&dir.path().join("n.key")).unwrap();
         let path = write(
             dir.path(),
             "market.toml",
@@ -935,8 +826,8 @@ mod tests {
     #[test]
     fn threshold_one_is_refused_in_the_market_config() {
         let dir = tempfile::tempdir().unwrap();
-        let first = crate::keys::generate(&dir.path().join("n1.key")).unwrap();
-        let second = crate::keys::generate(&dir.path().join("n2.key")).unwrap();
+        let first = cohortex_client::keys::generate(&dir.path().join("n1.key")).unwrap();
+        let second = cohortex_client::keys::generate(&dir.path().join("n2.key")).unwrap();
         let path = write(
             dir.path(),
             "market.toml",
@@ -954,7 +845,11 @@ mod tests {
     fn two_members(dir: &Path) -> Vec<String> {
         ["n1.key", "n2.key"]
             .iter()
-            .map(|name| crate::keys::generate(&dir.join(name)).unwrap().to_string())
+            .map(|name| {
+                cohortex_client::keys::generate(&dir.join(name))
+                    .unwrap()
+                    .to_string()
+            })
             .collect()
     }
 

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use cohortex_client::Release;
 use cohortex_cluster::{Cluster, ClusterOptions, NodeSetup, PatientEnrolment, Payout};
-use cohortex_coordinator::Release;
 use compute_node::fhir::{bundle_to_record, ProvenancePolicy};
 use compute_node::ingest::{ingest_fhir, ingest_table, is_fhir_source};
 use compute_node::synth::{self, REFERENCE_DATE};
@@ -251,7 +251,7 @@ pub async fn local(args: LocalArgs) -> anyhow::Result<()> {
     if args.format == crate::output::Format::Arrow {
         let plan =
             compile(&args.query, &schema).map_err(|error| anyhow::anyhow!("--query: {error}"))?;
-        let provenance = cohortex_coordinator::arrow_release::Provenance {
+        let provenance = cohortex_client::arrow_release::Provenance {
             query: args.query.clone(),
             purpose: args.purpose.clone(),
             epsilon: release.status.epsilon_micro as f64 / 1e6,
@@ -259,7 +259,7 @@ pub async fn local(args: LocalArgs) -> anyhow::Result<()> {
             receipt_verified: release.receipt_verified,
             listings: listings.clone(),
         };
-        let bytes = cohortex_coordinator::arrow_release::to_ipc_stream(
+        let bytes = cohortex_client::arrow_release::to_ipc_stream(
             &release.answer,
             &plan,
             &schema,
@@ -716,9 +716,9 @@ async fn write_client_files(
                 .with_context(|| format!("replacing {}", stale.display()))?;
         }
     }
-    crate::keys::generate(&buyer_path)?;
-    let buyer_key = crate::keys::read(&buyer_path, "buyer.key")?;
-    let buyer = cohortex_coordinator::Buyer::new(
+    cohortex_client::keys::generate(&buyer_path)?;
+    let buyer_key = cohortex_client::keys::read(&buyer_path, "buyer.key")?;
+    let buyer = cohortex_client::Buyer::new(
         buyer_key,
         cluster.chain_id,
         cluster.market_endpoint.clone(),

@@ -7,7 +7,6 @@
 mod buyer;
 mod config;
 mod federation;
-mod keys;
 mod market_process;
 mod node_process;
 mod output;
@@ -18,6 +17,7 @@ mod tls;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use cohortex_client::keys;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;

@@ -12,8 +12,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::{anyhow, Context};
 use cohortex_coordinator::serve::serve_market;
 use cohortex_coordinator::standalone::{
-    admit_accounts, form_committee_when_published, next_nonce, register_committee, sign_action,
-    CommitteeProgress,
+    admit_accounts, form_committee_when_published, register_committee, CommitteeProgress,
 };
 use cohortex_coordinator::Coordinator;
 use cohortex_proto::v1::ledger_client::LedgerClient;
@@ -22,7 +21,9 @@ use market::{AccountId, Action, Role};
 use tokio::net::TcpListener;
 
 use crate::config::{MarketConfig, MarketPublic};
-use crate::keys;
+use cohortex_client::keys;
+use cohortex_client::link::next_nonce;
+use market::tx::sign_action;
 
 /// Resolves when the process is asked to stop (Ctrl-C, or SIGTERM on Unix).
 pub async fn shutdown_signal() {
@@ -218,7 +219,7 @@ pub async fn deposit(config_path: &Path, to: &str, amount: u64) -> anyhow::Resul
         Action::Deposit { to, amount },
     )?;
     let result = LedgerClient::new(
-        cohortex_coordinator::standalone::connect(&public.endpoint, Some(&config.tls)).await?,
+        cohortex_client::link::connect(&public.endpoint, Some(&config.tls)).await?,
     )
     .submit_transaction(SignedTransaction { envelope })
     .await

@@ -23,8 +23,8 @@ use zk::MemberIndex;
 
 use crate::config::{DataSource, MarketPublic, NodeConfig};
 use crate::federation::spinner;
-use crate::keys;
 use crate::market_process::shutdown_signal;
+use cohortex_client::keys;
 
 /// How long a starting node keeps trying to reach the market.
 const MARKET_WAIT: Duration = Duration::from_secs(60);
@@ -338,7 +338,7 @@ async fn already_ours(
     key: &ed25519_dalek::SigningKey,
     manifest: &str,
 ) -> bool {
-    let Ok(channel) = cohortex_coordinator::standalone::connect(market, Some(tls)).await else {
+    let Ok(channel) = cohortex_client::link::connect(market, Some(tls)).await else {
         return false;
     };
     let id = market::ListingId::new(listing);

@@ -8,22 +8,14 @@ use anyhow::anyhow;
 #[cfg(feature = "tfhe")]
 use anyhow::bail;
 use clap::{Args, Subcommand};
+use cohortex_client::keys;
 #[cfg(feature = "tfhe")]
-use cohortex_coordinator::recruiter as recruiter_client;
-use cohortex_coordinator::standalone::{connect, next_nonce, sign_action};
-use cohortex_proto::tls::TlsIdentity;
-use cohortex_proto::v1::consent_client::ConsentClient;
-use cohortex_proto::v1::{ListConsentsRequest, ListEarningsRequest, SignedTransaction};
-use ed25519_dalek::SigningKey;
-use market::server::auth::{signed_request, unix_now};
-use market::server::consent::{LIST_CONSENTS, LIST_EARNINGS};
-use market::{AccountId, Action, ListingId, PayoutChoice, Role};
-use tonic::transport::Channel;
+use cohortex_client::recruiter as recruiter_client;
+use cohortex_client::{ConsentGrant, MarketPublic, Patient};
+use market::ListingId;
 
-use crate::config::{MarketPublic, PatientConfig};
-use crate::keys;
+use crate::config::PatientConfig;
 
-/// `cohortex patient …`.
 #[derive(Args, Debug)]
 pub struct PatientCmd {
     /// The patient's config file (key_file, market).
@@ -103,84 +95,22 @@ struct RevokeArgs {
     purpose: String,
 }
 
-struct Patient {
-    key: SigningKey,
-    public: MarketPublic,
-    tls: TlsIdentity,
-}
-
-impl Patient {
-    fn load(config: &Path, key_override: Option<&Path>) -> anyhow::Result<Self> {
-        let config = PatientConfig::load(config)?;
-        let (key_path, field) = match key_override {
-            Some(path) => (path.to_path_buf(), "--key".to_string()),
-            None => (
-                config.key_file.clone(),
-                format!("{}: key_file", config.path.display()),
-            ),
-        };
-        Ok(Self {
-            key: keys::read(&key_path, &field)?,
-            public: MarketPublic::load(
-                &config.market,
-                &format!("{}: market", config.path.display()),
-            )?,
-            tls: config.tls,
-        })
-    }
-
-    fn account(&self) -> AccountId {
-        AccountId::of(&self.key)
-    }
-
-    async fn client(&self) -> anyhow::Result<ConsentClient<Channel>> {
-        Ok(ConsentClient::new(
-            connect(&self.public.endpoint, Some(&self.tls)).await?,
-        ))
-    }
-
-    async fn nonce(&self) -> anyhow::Result<u64> {
-        next_nonce(&self.public.endpoint, Some(&self.tls), &self.key)
-            .await?
-            .ok_or_else(|| {
-                anyhow!(
-                    "account {} is not registered; run `cohortex patient register` first",
-                    self.account()
-                )
-            })
-    }
-
-    /// The listings where this patient's consent to trial_recruitment is active.
-    #[cfg(feature = "tfhe")]
-    async fn recruiting_listings(&self) -> anyhow::Result<Vec<String>> {
-        let request = signed_request(
-            &self.key,
-            LIST_CONSENTS,
-            ListConsentsRequest {
-                patient: self.account().0.to_vec(),
-            },
-        );
-        let response = self
-            .client()
-            .await?
-            .list_consents(request)
-            .await
-            .map_err(|status| anyhow!("listing consents: {}", status.message()))?
-            .into_inner();
-        Ok(response
-            .consents
-            .into_iter()
-            .filter(|consent| consent.active && consent.purpose == "trial_recruitment")
-            .map(|consent| consent.listing)
-            .collect())
-    }
-
-    async fn signed(&self, action: Action) -> anyhow::Result<SignedTransaction> {
-        let nonce = self.nonce().await?;
-        Ok(SignedTransaction {
-            envelope: sign_action(&self.key, self.public.chain_id, nonce, action)?,
-        })
-    }
+/// The patient named by `patient.toml` (or `--key`), as a client of its market.
+fn load(config: &Path, key_override: Option<&Path>) -> anyhow::Result<Patient> {
+    let config = PatientConfig::load(config)?;
+    let (key_path, field) = match key_override {
+        Some(path) => (path.to_path_buf(), "--key".to_string()),
+        None => (
+            config.key_file.clone(),
+            format!("{}: key_file", config.path.display()),
+        ),
+    };
+    let key = keys::read(&key_path, &field)?;
+    let public = MarketPublic::load(
+        &config.market,
+        &format!("{}: market", config.path.display()),
+    )?;
+    Ok(Patient::of_market(key, &public, config.tls))
 }
 
 fn purpose(name: &str) -> anyhow::Result<market::Purpose> {
@@ -193,122 +123,48 @@ pub async fn run(command: PatientCmd) -> anyhow::Result<()> {
     let config = command.config.clone().ok_or_else(|| {
         anyhow!("--config patient.toml is required (it names key_file and market)")
     })?;
-    let patient = Patient::load(&config, command.key.as_deref())?;
+    let patient = load(&config, command.key.as_deref())?;
     let account = patient.account();
     match command.command {
         PatientCommand::Register => {
-            let envelope = sign_action(
-                &patient.key,
-                patient.public.chain_id,
-                0,
-                Action::RegisterAccount {
-                    account,
-                    role: Role::Patient,
-                },
-            )?;
-            let result = patient
-                .client()
-                .await?
-                .register(SignedTransaction { envelope })
-                .await
-                .map_err(|status| anyhow!("registering {account}: {}", status.message()))?
-                .into_inner();
-            println!(
-                "registered patient {account} (ledger block {})",
-                result.height
-            );
+            let height = patient.register().await?;
+            println!("registered patient {account} (ledger block {height})");
         }
         PatientCommand::Consent(args) => {
-            let purpose_value = purpose(&args.purpose)?;
-            let expires_at = args.expires_in_days.map(|days| unix_now() + days * 86_400);
-            let payout = if args.donate {
-                PayoutChoice::DonateTo {
-                    fund: patient.public.fund,
-                }
-            } else {
-                PayoutChoice::ToPatient
-            };
-            let transaction = patient
-                .signed(Action::GrantConsent {
-                    patient: account,
+            let height = patient
+                .grant(&ConsentGrant {
                     listing: ListingId::new(args.listing.clone()),
-                    purpose: purpose_value,
-                    expires_at,
-                    payout,
-                    epsilon_limit_micro: args
-                        .epsilon_limit
-                        .map(|epsilon| (epsilon * 1e6).round() as u64),
+                    purpose: purpose(&args.purpose)?,
+                    donate: args.donate,
+                    expires_in_days: args.expires_in_days,
+                    epsilon_limit: args.epsilon_limit,
                 })
                 .await?;
-            let result = patient
-                .client()
-                .await?
-                .grant(transaction)
-                .await
-                .map_err(|status| {
-                    anyhow!(
-                        "consent to {} for {}: {}",
-                        args.listing,
-                        args.purpose,
-                        status.message()
-                    )
-                })?
-                .into_inner();
             println!(
                 "patient {account} consents to listing {} for {}{}, {} (ledger block {})",
                 args.listing,
                 args.purpose,
-                expires_at.map_or(String::new(), |at| format!(" until unix time {at}")),
+                args.expires_in_days
+                    .map_or(String::new(), |days| format!(" for {days} days")),
                 if args.donate {
                     "donating their share to the research fund"
                 } else {
                     "paid to their own account"
                 },
-                result.height
+                height
             );
         }
         PatientCommand::Revoke(args) => {
-            let transaction = patient
-                .signed(Action::RevokeConsent {
-                    listing: ListingId::new(args.listing.clone()),
-                    purpose: purpose(&args.purpose)?,
-                })
-                .await?;
-            let result = patient
-                .client()
-                .await?
-                .revoke(transaction)
-                .await
-                .map_err(|status| {
-                    anyhow!(
-                        "revoking consent to {} for {}: {}",
-                        args.listing,
-                        args.purpose,
-                        status.message()
-                    )
-                })?
-                .into_inner();
+            let listing = ListingId::new(args.listing.clone());
+            let height = patient.revoke(&listing, purpose(&args.purpose)?).await?;
             println!(
                 "patient {account} revoked consent to listing {} for {} (ledger block {}); \
                  no query computed from now on counts them",
-                args.listing, args.purpose, result.height
+                args.listing, args.purpose, height
             );
         }
         PatientCommand::Consents => {
-            let request = signed_request(
-                &patient.key,
-                LIST_CONSENTS,
-                ListConsentsRequest {
-                    patient: account.0.to_vec(),
-                },
-            );
-            let response = patient
-                .client()
-                .await?
-                .list_consents(request)
-                .await
-                .map_err(|status| anyhow!("listing consents: {}", status.message()))?
-                .into_inner();
+            let response = patient.consents().await?;
             println!(
                 "consents of patient {account} (ledger height {}):",
                 response.height
@@ -348,7 +204,7 @@ pub async fn run(command: PatientCmd) -> anyhow::Result<()> {
         PatientCommand::Invitations => {
             let recruiting = patient.recruiting_listings().await?;
             let (trials, _) =
-                recruiter_client::list_trials(&patient.public.endpoint, Some(&patient.tls)).await?;
+                recruiter_client::list_trials(patient.market(), Some(patient.tls())).await?;
             let mut shown = 0;
             for trial in trials {
                 let yours: Vec<&str> = trial
@@ -392,7 +248,7 @@ pub async fn run(command: PatientCmd) -> anyhow::Result<()> {
                 None => {
                     let recruiting = patient.recruiting_listings().await?;
                     let (trials, _) =
-                        recruiter_client::list_trials(&patient.public.endpoint, Some(&patient.tls))
+                        recruiter_client::list_trials(patient.market(), Some(patient.tls()))
                             .await?;
                     let trial = trials
                         .iter()
@@ -423,9 +279,9 @@ pub async fn run(command: PatientCmd) -> anyhow::Result<()> {
                 false,
             );
             let answer = recruiter_client::accept_trial(
-                &patient.public.endpoint,
-                Some(&patient.tls),
-                &patient.key,
+                patient.market(),
+                Some(patient.tls()),
+                patient.key(),
                 (&args.trial, &listing),
                 &args.contact,
             )
@@ -445,20 +301,7 @@ pub async fn run(command: PatientCmd) -> anyhow::Result<()> {
             );
         }
         PatientCommand::Earnings => {
-            let request = signed_request(
-                &patient.key,
-                LIST_EARNINGS,
-                ListEarningsRequest {
-                    patient: account.0.to_vec(),
-                },
-            );
-            let earnings = patient
-                .client()
-                .await?
-                .list_earnings(request)
-                .await
-                .map_err(|status| anyhow!("listing earnings: {}", status.message()))?
-                .into_inner();
+            let earnings = patient.earnings().await?;
             println!("patient {account}");
             println!("  balance  {} credits", earnings.balance);
             println!("  paid     {} credits", earnings.paid);

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context};
 use clap::{Args, Subcommand};
-use cohortex_coordinator::standalone::{connect, next_nonce};
-use cohortex_coordinator::Buyer;
+use cohortex_client::link::{connect, next_nonce};
+use cohortex_client::Buyer;
 use cohortex_proto::v1::market_client::MarketClient;
 use cohortex_proto::v1::ListListingsRequest;
 use compute_node::feasibility::Criterion;
@@ -22,7 +22,7 @@ use zk::fhe::{EvaluationKey, FheSecretKey};
 
 use crate::config::{BuyerConfig, MarketPublic};
 use crate::federation::spinner;
-use crate::keys;
+use cohortex_client::keys;
 
 /// The secret key's file name in a recruiter key directory.
 const SECRET_FILE: &str = "fhe-secret.key";

@@ -652,7 +652,7 @@ fn append_order_the_market_never_computed(dir: &Path, listings: &[&str]) -> u64 
     let account = market::AccountId::of(&buyer);
     let nonce = ledger.state().account(&account).unwrap().next_nonce;
     let result_key = zk::KeyPair::generate_with_rng(&mut rand::rngs::OsRng).public;
-    let envelope = cohortex_coordinator::standalone::sign_action(
+    let envelope = market::tx::sign_action(
         &buyer,
         ledger.chain_id(),
         nonce,

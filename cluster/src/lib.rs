@@ -43,8 +43,9 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use zk::MemberIndex;
 
+use cohortex_client::Buyer;
 use cohortex_coordinator::serve::serve_market;
-use cohortex_coordinator::{Buyer, Coordinator};
+use cohortex_coordinator::Coordinator;
 use compute_node::server::serve as serve_node;
 use market::hash::manifest_hash;
 
@@ -242,7 +243,7 @@ pub struct Cluster {
     client_tls: TlsIdentity,
 }
 
-use cohortex_coordinator::standalone::sign_action as sign;
+use market::tx::sign_action as sign;
 
 /// Appends `txs` directly, in blocks, failing on the first refusal.
 async fn append_in_blocks(

@@ -12,6 +12,19 @@ use crate::feasibility::{Domain, EncryptedClause, EncryptedCriteria, MAX_BINS, M
 /// Domain label of the criteria hash (a feasibility order's `query_hash`).
 pub const LABEL_CRITERIA: &str = cohortex_types::labels::LABEL_FEASIBILITY_CRITERIA;
 
+/// Bytes per chunk when streaming an evaluation key.
+pub const KEY_CHUNK_BYTES: usize = 1 << 20;
+
+/// An evaluation key cut into the chunks of a `PutEvaluationKey` stream, in order.
+pub fn evaluation_key_chunks(bytes: &[u8]) -> Vec<v1::EvaluationKeyChunk> {
+    bytes
+        .chunks(KEY_CHUNK_BYTES)
+        .map(|chunk| v1::EvaluationKeyChunk {
+            data: chunk.to_vec(),
+        })
+        .collect()
+}
+
 /// `tagged_hash("cohortex/market/feasibility-criteria/v1", …)` over the evaluation key's
 /// fingerprint and every clause's column, domain and table entries, each as its own part.
 pub fn criteria_hash(criteria: &v1::EncryptedCriteria) -> Hash32 {

@@ -9,39 +9,8 @@ use zk::{MemberIndex, ProofContext, Wire};
 
 use crate::noise::NoiseShare;
 
-/// Method paths, as signed in requests.
-pub mod methods {
-    /// DkgDeal.
-    pub const DKG_DEAL: &str = "/cohortex.v1.Compute/DkgDeal";
-    /// DeliverShare.
-    pub const DELIVER_SHARE: &str = "/cohortex.v1.Compute/DeliverShare";
-    /// DkgReceive.
-    pub const DKG_RECEIVE: &str = "/cohortex.v1.Compute/DkgReceive";
-    /// DkgJustify.
-    pub const DKG_JUSTIFY: &str = "/cohortex.v1.Compute/DkgJustify";
-    /// DkgFinish.
-    pub const DKG_FINISH: &str = "/cohortex.v1.Compute/DkgFinish";
-    /// Key ceremony, round 5.
-    pub const DKG_CONFIRM: &str = "/cohortex.v1.Compute/DkgConfirm";
-    /// Contribute.
-    pub const CONTRIBUTE: &str = "/cohortex.v1.Compute/Contribute";
-    /// ContributionParticipants.
-    pub const CONTRIBUTION_PARTICIPANTS: &str = "/cohortex.v1.Compute/ContributionParticipants";
-    /// AddNoise.
-    pub const ADD_NOISE: &str = "/cohortex.v1.Compute/AddNoise";
-    /// KeySwitch.
-    pub const KEY_SWITCH: &str = "/cohortex.v1.Compute/KeySwitch";
-    /// CosignReceipt.
-    pub const COSIGN_RECEIPT: &str = "/cohortex.v1.Compute/CosignReceipt";
-    /// PutEvaluationKey (a client stream, signed over an empty body).
-    pub const PUT_EVALUATION_KEY: &str = "/cohortex.v1.Compute/PutEvaluationKey";
-    /// Feasibility.
-    pub const FEASIBILITY: &str = "/cohortex.v1.Compute/Feasibility";
-    /// `Compute.AcceptInvitation`.
-    pub const ACCEPT_INVITATION: &str = "/cohortex.v1.Compute/AcceptInvitation";
-    /// Consent.ListCurrentConsents, called by the node.
-    pub const LIST_CURRENT_CONSENTS: &str = "/cohortex.v1.Consent/ListCurrentConsents";
-}
+/// Method paths, as signed in requests (defined once, in `cohortex_proto::methods`).
+pub use cohortex_proto::methods::compute as methods;
 
 /// The context key-switch shares of an order are bound to.
 pub fn release_context(order_id: &[u8]) -> Result<ProofContext, Status> {

@@ -1,5 +1,5 @@
-//! The market process's order coordinator and Market service, and the buyer and recruiter
-//! clients (see `docs/services.md`). The in-process cluster is the `cohortex-cluster` crate.
+//! The market process's order coordinator and Market service (see `docs/services.md`). The
+//! buyer, patient and recruiter clients are the `cohortex-client` crate. The in-process cluster is the `cohortex-cluster` crate.
 //!
 //! This crate depends on both `market` and `compute-node`: the coordinator compiles queries,
 //! batch-verifies contributions and combines results (compute-node, feature `protocol` only:
@@ -8,19 +8,14 @@
 #![deny(clippy::unwrap_used)]
 #![warn(missing_docs)]
 
-pub mod arrow_release;
-pub mod buyer;
 pub mod coordinator;
 pub mod error;
 #[cfg(feature = "tfhe")]
 pub mod evaluation_keys;
 mod kept_orders;
 pub mod market_service;
-#[cfg(feature = "tfhe")]
-pub mod recruiter;
 pub mod serve;
 pub mod standalone;
 
-pub use buyer::{Buyer, Release};
 pub use coordinator::{query_hash, Coordinator};
 pub use error::OrderError;

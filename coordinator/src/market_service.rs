@@ -26,15 +26,8 @@ use crate::coordinator::{
     compile_for, manifest_hash, query_hash, Coordinator, ListingInfo, OrderSpec, ReleaseIdentity,
 };
 
-/// Method paths, as signed in requests.
-pub mod methods {
-    /// GetOrder.
-    pub const GET_ORDER: &str = "/cohortex.v1.Market/GetOrder";
-    /// TrialReplies.
-    pub const TRIAL_REPLIES: &str = "/cohortex.v1.Market/TrialReplies";
-    /// PutEvaluationKey (a client stream, signed over an empty body).
-    pub const PUT_EVALUATION_KEY: &str = "/cohortex.v1.Market/PutEvaluationKey";
-}
+/// Method paths, as signed in requests (defined once, in `cohortex_proto::methods`).
+pub use cohortex_proto::methods::market as methods;
 
 /// The Market service.
 pub struct MarketService {

@@ -1,10 +1,10 @@
 //! The pieces of the in-process cluster (`cohortex-cluster`) that separate processes need: the market process opens
 //! (or creates) its ledger and admits the operator's accounts; once every admitted committee
 //! member has published its listing, it runs the key ceremony; a node publishes its listing
-//! over gRPC; and a client learns its account's next ledger nonce.
+//! over gRPC.
 //!
-//! `cohortex market serve`, `cohortex node serve`, `cohortex patient …` and
-//! `cohortex buyer …` are built on these.
+//! `cohortex market serve` and `cohortex node serve` are built on these; the clients'
+//! pieces (channels, nonces) are in `cohortex-client`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -13,41 +13,20 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use backon::BackoffBuilder as _;
+use cohortex_client::link::next_nonce_on;
 use cohortex_proto::tls::{endpoint as link, TlsIdentity};
-use cohortex_proto::v1::ledger_client::LedgerClient;
 use cohortex_proto::v1::market_client::MarketClient;
-use cohortex_proto::v1::{
-    GetAccountRequest, PublishListingRequest, SignedTransaction, TransactionResult,
-};
+use cohortex_proto::v1::{PublishListingRequest, SignedTransaction, TransactionResult};
 use ed25519_dalek::SigningKey;
 use market::server::{read_ledger, SharedLedger};
+use market::tx::sign_action;
 use market::{
     AccountId, Action, Genesis, Hash32, InProcessSequencer, Ledger, ListingId, ListingTerms, Role,
-    TxBody,
 };
-use tonic::transport::Channel;
 use tonic::Code;
 use zk::{MemberIndex, Wire};
 
 use crate::coordinator::{manifest_hash, Coordinator};
-
-/// Signs `action` as `key` at `nonce` on `chain_id`.
-pub fn sign_action(
-    key: &SigningKey,
-    chain_id: Hash32,
-    nonce: u64,
-    action: Action,
-) -> anyhow::Result<Vec<u8>> {
-    Ok(TxBody {
-        chain_id,
-        signer: AccountId::of(key),
-        nonce,
-        action,
-    }
-    .sign(key)
-    .map_err(|error| anyhow!("signing: {error}"))?
-    .bytes)
-}
 
 /// Opens the ledger at `path`, or creates it with `issuer` as its genesis issuer when the file
 /// does not exist yet. Returns the ledger and whether it was created.
@@ -318,46 +297,6 @@ async fn member_endpoints(
     Ok(endpoints)
 }
 
-/// Connects to a market endpoint (`https://host:port`), presenting `tls`.
-pub async fn connect(endpoint: &str, tls: Option<&TlsIdentity>) -> anyhow::Result<Channel> {
-    link(endpoint, tls)
-        .with_context(|| format!("market endpoint `{endpoint}`"))?
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .with_context(|| format!("connecting to the market at {endpoint}"))
-}
-
-/// The next nonce the ledger accepts from `key`'s account, or `None` when the account is not
-/// registered (`Ledger.GetAccount`).
-pub async fn next_nonce(
-    endpoint: &str,
-    tls: Option<&TlsIdentity>,
-    key: &SigningKey,
-) -> anyhow::Result<Option<u64>> {
-    let account = AccountId::of(key);
-    next_nonce_on(connect(endpoint, tls).await?, &account)
-        .await
-        .map_err(|status| anyhow!("reading account {account} from the ledger: {status}"))
-}
-
-/// [`next_nonce`] over an open channel to the market.
-async fn next_nonce_on(
-    channel: Channel,
-    account: &AccountId,
-) -> Result<Option<u64>, tonic::Status> {
-    match LedgerClient::new(channel)
-        .get_account(GetAccountRequest {
-            account: account.0.to_vec(),
-        })
-        .await
-    {
-        Ok(record) => Ok(Some(record.into_inner().next_nonce)),
-        Err(status) if status.code() == Code::NotFound => Ok(None),
-        Err(status) => Err(status),
-    }
-}
-
 /// Why a listing could not be published ([`publish_listing`]).
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -455,7 +394,8 @@ pub async fn publish_listing(
             schema_hash: manifest_hash(&publication.manifest),
             terms: publication.terms,
         },
-    )?;
+    )
+    .map_err(|error| anyhow!("signing the listing: {error}"))?;
     let result = MarketClient::new(channel)
         .publish_listing(PublishListingRequest {
             transaction: Some(SignedTransaction { envelope }),

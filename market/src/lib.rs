@@ -30,6 +30,8 @@ pub mod state;
 #[cfg(feature = "storage")]
 pub mod storage;
 pub mod tx;
+#[cfg(feature = "wire")]
+pub mod wire;
 
 pub use audit::{AuditFailure, AuditProblem, AuditReport, Auditor, SignatureCheck};
 pub use error::TxError;

@@ -682,6 +682,23 @@ impl TxBody {
     }
 }
 
+/// The envelope bytes of `action` signed by `key` (as its own account) at `nonce` on
+/// `chain_id`: what clients submit.
+pub fn sign_action(
+    key: &SigningKey,
+    chain_id: Hash32,
+    nonce: u64,
+    action: Action,
+) -> Result<Vec<u8>, TxError> {
+    let body = TxBody {
+        chain_id,
+        signer: AccountId::of(key),
+        nonce,
+        action,
+    };
+    Ok(body.sign(key)?.bytes)
+}
+
 /// The envelope bytes of a signed transaction, as stored and as hashed into the log.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct SignedTx {

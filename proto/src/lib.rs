@@ -3,8 +3,11 @@
 //! and server uses [`codec::CanonicalProstCodec`].
 #![deny(clippy::unwrap_used)]
 
+#[cfg(feature = "certs")]
 pub mod certs;
 pub mod codec;
+pub mod methods;
+#[cfg(feature = "serving")]
 pub mod serving;
 pub mod tls;
 

@@ -3,7 +3,7 @@
 //! Everything that touches a key or a ciphertext runs in Rust, as in the CLI: signing orders
 //! and consents, decrypting the release with the buyer's result key, checking the receipt's
 //! inclusion proof against the pinned ledger key. Python gets the released aggregates as a
-//! `pyarrow.Table` (see `coordinator/src/arrow_release.rs` for its schema and metadata) or a
+//! `pyarrow.Table` (see `client/src/arrow_release.rs` for its schema and metadata) or a
 //! `polars.DataFrame`.
 //!
 //! ```python
@@ -22,25 +22,21 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
-use cohortex_coordinator::arrow_release::{to_ipc_stream, Provenance};
-use cohortex_coordinator::standalone::{connect, next_nonce, sign_action};
-use cohortex_coordinator::Buyer;
+use cohortex_client::arrow_release::{to_ipc_stream, Provenance};
+use cohortex_client::keys;
+use cohortex_client::link::{connect, next_nonce};
+use cohortex_client::patient::epsilon_limit_micro;
+use cohortex_client::{Buyer, ConsentGrant, MarketPublic};
 use cohortex_proto::tls::TlsIdentity;
-use cohortex_proto::v1::consent_client::ConsentClient;
 use cohortex_proto::v1::market_client::MarketClient;
-use cohortex_proto::v1::{
-    ListConsentsRequest, ListEarningsRequest, ListListingsRequest, ListTrialsRequest,
-    SignedTransaction,
-};
+use cohortex_proto::v1::{ListListingsRequest, ListTrialsRequest};
+use cohortex_types::rpc::{purpose_field, MAX_MESSAGE_BYTES};
 use ed25519_dalek::{SigningKey, VerifyingKey};
-use market::server::auth::{signed_request, unix_now};
-use market::server::consent::{LIST_CONSENTS, LIST_EARNINGS};
-use market::{AccountId, Action, Hash32, ListingId, PayoutChoice, Role, TxId};
+use market::{AccountId, Hash32, ListingId, TxId};
 use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
-use zeroize::Zeroizing;
 use zk::{BsgsConfig, DecryptionTable};
 
 create_exception!(
@@ -82,26 +78,9 @@ fn block<T: Send>(
     py.detach(|| runtime.block_on(future)).map_err(refused)
 }
 
-/// Reads an account key file: 64 hex digits of an Ed25519 seed, readable by its owner only.
+/// Reads an account key file (`cohortex keygen`'s format), readable by its owner only.
 fn read_key(path: &Path, field: &str) -> PyResult<SigningKey> {
-    cohortex_types::private_file::check_owner_only(path).map_err(|error| match error {
-        cohortex_types::private_file::PrivateFileError::Unreadable { .. } => {
-            bad(format!("{field}: {error}"))
-        }
-        _ => bad(format!("{field}: the key file {error}")),
-    })?;
-    let text = Zeroizing::new(
-        std::fs::read_to_string(path)
-            .map_err(|error| bad(format!("{field}: cannot read {} ({error})", path.display())))?,
-    );
-    let mut seed = Zeroizing::new([0u8; 32]);
-    hex::decode_to_slice(text.trim(), seed.as_mut_slice()).map_err(|_| {
-        bad(format!(
-            "{field}: {} must hold a 32-byte Ed25519 seed as 64 hex digits",
-            path.display()
-        ))
-    })?;
-    Ok(SigningKey::from_bytes(&seed))
+    keys::read(path, field).map_err(|error| bad(format!("{error:#}")))
 }
 
 fn hex32(text: &str, field: &str) -> PyResult<[u8; 32]> {
@@ -111,19 +90,10 @@ fn hex32(text: &str, field: &str) -> PyResult<[u8; 32]> {
     Ok(bytes)
 }
 
-/// What `public.toml` (written by `cohortex market serve`) says about a market.
-#[derive(serde::Deserialize)]
-struct PublicFile {
-    endpoint: String,
-    chain_id: String,
-    ledger_key: String,
-    fund: Option<String>,
-}
-
-fn read_public(path: &Path) -> PyResult<PublicFile> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|error| bad(format!("public: cannot read {} ({error})", path.display())))?;
-    toml::from_str(&text).map_err(|error| bad(format!("public: {}: {error}", path.display())))
+/// The market's `public.toml` (written by `cohortex market serve`), read by the same strict
+/// parser as the CLI's.
+fn read_public(path: &Path) -> PyResult<MarketPublic> {
+    MarketPublic::load(path, "public").map_err(|error| bad(format!("{error:#}")))
 }
 
 /// A connection's parameters, shared by the buyer's and the patient's clients.
@@ -139,12 +109,12 @@ impl Link {
         py: Python<'_>,
         endpoint: String,
         (ca, cert, tls_key): (PathBuf, PathBuf, PathBuf),
-        chain_id: Option<&str>,
+        chain_id: Option<Hash32>,
     ) -> PyResult<Self> {
         let tls = TlsIdentity::load(&ca, &cert, &tls_key, "tls")
             .map_err(|error| bad(format!("{error}")))?;
         let chain_id = match chain_id {
-            Some(text) => Hash32(hex32(text, "chain_id")?),
+            Some(chain_id) => chain_id,
             None => {
                 let (endpoint, tls) = (endpoint.clone(), tls.clone());
                 block(py, async move {
@@ -179,7 +149,7 @@ impl Link {
     async fn listings(&self, purpose: &str) -> anyhow::Result<Vec<cohortex_proto::v1::Listing>> {
         Ok(
             MarketClient::new(connect(&self.endpoint, Some(&self.tls)).await?)
-                .max_decoding_message_size(market::server::MAX_MESSAGE_BYTES)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .list_listings(ListListingsRequest {
                     purpose: purpose.to_string(),
                 })
@@ -190,13 +160,6 @@ impl Link {
                 .into_inner()
                 .listings,
         )
-    }
-
-    /// A client of the market's Consent service.
-    async fn consent(&self) -> anyhow::Result<ConsentClient<tonic::transport::Channel>> {
-        Ok(ConsentClient::new(
-            connect(&self.endpoint, Some(&self.tls)).await?,
-        ))
     }
 }
 
@@ -262,11 +225,13 @@ impl Market {
     ) -> PyResult<Self> {
         let ledger_key = VerifyingKey::from_bytes(&hex32(ledger_key, "ledger_key")?)
             .map_err(|_| bad("ledger_key: not an Ed25519 public key".into()))?;
-        let key = read_key(&key, "key")?;
+        let chain_id = chain_id
+            .map(|text| hex32(text, "chain_id").map(Hash32))
+            .transpose()?;
         let link = Link::new(py, endpoint, (ca, cert, tls_key), chain_id)?;
         Ok(Self {
             link,
-            key,
+            key: read_key(&key, "key")?,
             ledger_key,
             table: OnceLock::new(),
         })
@@ -283,17 +248,19 @@ impl Market {
         cert: PathBuf,
         tls_key: PathBuf,
     ) -> PyResult<Self> {
-        let file = read_public(&public)?;
-        Self::new(
+        let public = read_public(&public)?;
+        let link = Link::new(
             py,
-            file.endpoint,
-            key,
-            ca,
-            cert,
-            tls_key,
-            &file.ledger_key,
-            Some(&file.chain_id),
-        )
+            public.endpoint,
+            (ca, cert, tls_key),
+            Some(public.chain_id),
+        )?;
+        Ok(Self {
+            link,
+            key: read_key(&key, "key")?,
+            ledger_key: public.ledger_key,
+            table: OnceLock::new(),
+        })
     }
 
     /// The buyer's account id (hex).
@@ -384,7 +351,7 @@ impl Market {
         epsilon: f64,
         listings: Option<Vec<String>>,
     ) -> PyResult<Vec<u8>> {
-        let purpose_value = market::server::purpose_field(purpose, "purpose")
+        let purpose_value = purpose_field(purpose, "purpose")
             .map_err(|status| bad(status.message().to_string()))?;
         if !(epsilon.is_finite() && epsilon > 0.0) {
             return Err(bad(format!(
@@ -452,38 +419,10 @@ impl Market {
 }
 
 /// A patient's client: registration, consents, earnings.
+/// A patient's client: registering, consents and earnings (`cohortex_client::Patient`).
 #[pyclass(module = "cohortex")]
 struct Patient {
-    link: Link,
-    key: SigningKey,
-    fund: Option<AccountId>,
-}
-
-impl Patient {
-    async fn submit(
-        link: &Link,
-        key: &SigningKey,
-        action: Action,
-        grant: bool,
-    ) -> anyhow::Result<u64> {
-        let nonce = next_nonce(&link.endpoint, Some(&link.tls), key)
-            .await?
-            .ok_or_else(|| {
-                anyhow::anyhow!(
-                    "patient {} is not registered; call Patient.register() first",
-                    AccountId::of(key)
-                )
-            })?;
-        let envelope = sign_action(key, link.chain_id, nonce, action)?;
-        let mut client = link.consent().await?;
-        let result = if grant {
-            client.grant(SignedTransaction { envelope }).await
-        } else {
-            client.revoke(SignedTransaction { envelope }).await
-        }
-        .map_err(|status| anyhow::anyhow!("{}", status.message()))?;
-        Ok(result.into_inner().height)
-    }
+    client: cohortex_client::Patient,
 }
 
 #[pymethods]
@@ -507,62 +446,49 @@ impl Patient {
         let fund = fund
             .map(|text| hex32(text, "fund").map(AccountId))
             .transpose()?;
+        let chain_id = chain_id
+            .map(|text| hex32(text, "chain_id").map(Hash32))
+            .transpose()?;
         let link = Link::new(py, endpoint, (ca, cert, tls_key), chain_id)?;
-        Ok(Self { link, key, fund })
+        Ok(Self {
+            client: cohortex_client::Patient::new(
+                key,
+                link.endpoint,
+                link.tls,
+                link.chain_id,
+                fund,
+            ),
+        })
     }
 
     /// A client configured from the market's `public.toml`.
     #[staticmethod]
     #[pyo3(signature = (public, key, *, ca, cert, tls_key))]
     fn from_public(
-        py: Python<'_>,
         public: PathBuf,
         key: PathBuf,
         ca: PathBuf,
         cert: PathBuf,
         tls_key: PathBuf,
     ) -> PyResult<Self> {
-        let file = read_public(&public)?;
-        Self::new(
-            py,
-            file.endpoint,
-            key,
-            ca,
-            cert,
-            tls_key,
-            Some(&file.chain_id),
-            file.fund.as_deref(),
-        )
+        let public = read_public(&public)?;
+        let tls = TlsIdentity::load(&ca, &cert, &tls_key, "tls")
+            .map_err(|error| bad(format!("{error}")))?;
+        Ok(Self {
+            client: cohortex_client::Patient::of_market(read_key(&key, "key")?, &public, tls),
+        })
     }
 
     /// The patient's account id (hex).
     #[getter]
     fn account(&self) -> String {
-        AccountId::of(&self.key).to_string()
+        self.client.account().to_string()
     }
 
     /// Registers the key's account as a patient; returns the ledger height.
     fn register(&self, py: Python<'_>) -> PyResult<u64> {
-        let (link, key) = (self.link.clone(), self.key.clone());
-        block(py, async move {
-            let account = AccountId::of(&key);
-            let envelope = sign_action(
-                &key,
-                link.chain_id,
-                0,
-                Action::RegisterAccount {
-                    account,
-                    role: Role::Patient,
-                },
-            )?;
-            let result = link
-                .consent()
-                .await?
-                .register(SignedTransaction { envelope })
-                .await
-                .map_err(|status| anyhow::anyhow!("registering {account}: {}", status.message()))?;
-            Ok(result.into_inner().height)
-        })
+        let client = self.client.clone();
+        block(py, async move { client.register().await })
     }
 
     /// Consents to `listing`'s use of the record for `purpose`; returns the ledger height.
@@ -576,76 +502,35 @@ impl Patient {
         expires_in_days: Option<u64>,
         epsilon_limit: Option<f64>,
     ) -> PyResult<u64> {
-        let purpose = market::server::purpose_field(purpose, "purpose")
-            .map_err(|status| bad(status.message().to_string()))?;
-        let payout = if donate {
-            PayoutChoice::DonateTo {
-                fund: self.fund.ok_or_else(|| {
-                    bad(
-                        "donate: this client knows no fund; pass fund= or use Patient.from_public"
-                            .into(),
-                    )
-                })?,
-            }
-        } else {
-            PayoutChoice::ToPatient
-        };
         if let Some(limit) = epsilon_limit {
-            if !(limit.is_finite() && limit > 0.0) {
-                return Err(bad(format!(
-                    "epsilon_limit: must be a positive number, not {limit}"
-                )));
-            }
+            epsilon_limit_micro(limit).map_err(|error| bad(format!("{error:#}")))?;
         }
-        let action = Action::GrantConsent {
-            patient: AccountId::of(&self.key),
+        let grant = ConsentGrant {
             listing: ListingId::new(listing),
-            purpose,
-            expires_at: expires_in_days.map(|days| unix_now() + days.saturating_mul(86_400)),
-            payout,
-            epsilon_limit_micro: epsilon_limit.map(|limit| (limit * 1e6).round() as u64),
+            purpose: purpose_field(purpose, "purpose")
+                .map_err(|status| bad(status.message().to_string()))?,
+            donate,
+            expires_in_days,
+            epsilon_limit,
         };
-        let (link, key) = (self.link.clone(), self.key.clone());
-        block(
-            py,
-            async move { Self::submit(&link, &key, action, true).await },
-        )
+        let client = self.client.clone();
+        block(py, async move { client.grant(&grant).await })
     }
 
     /// Revokes a consent; returns the ledger height.
     fn revoke(&self, py: Python<'_>, listing: String, purpose: &str) -> PyResult<u64> {
-        let purpose = market::server::purpose_field(purpose, "purpose")
+        let purpose = purpose_field(purpose, "purpose")
             .map_err(|status| bad(status.message().to_string()))?;
-        let action = Action::RevokeConsent {
-            listing: ListingId::new(listing),
-            purpose,
-        };
-        let (link, key) = (self.link.clone(), self.key.clone());
-        block(
-            py,
-            async move { Self::submit(&link, &key, action, false).await },
-        )
+        let client = self.client.clone();
+        block(py, async move {
+            client.revoke(&ListingId::new(listing), purpose).await
+        })
     }
 
     /// The patient's consents, as dicts (listing, purpose, active, epsilon spent and limit).
     fn consents<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        let (link, key) = (self.link.clone(), self.key.clone());
-        let response = block(py, async move {
-            let request = signed_request(
-                &key,
-                LIST_CONSENTS,
-                ListConsentsRequest {
-                    patient: AccountId::of(&key).0.to_vec(),
-                },
-            );
-            Ok(link
-                .consent()
-                .await?
-                .list_consents(request)
-                .await
-                .map_err(|status| anyhow::anyhow!("listing consents: {}", status.message()))?
-                .into_inner())
-        })?;
+        let client = self.client.clone();
+        let response = block(py, async move { client.consents().await })?;
         let list = PyList::empty(py);
         for consent in response.consents {
             let dict = PyDict::new(py);
@@ -665,23 +550,8 @@ impl Patient {
 
     /// The patient's balance, and what they were paid and donated, in credits.
     fn earnings<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let (link, key) = (self.link.clone(), self.key.clone());
-        let earnings = block(py, async move {
-            let request = signed_request(
-                &key,
-                LIST_EARNINGS,
-                ListEarningsRequest {
-                    patient: AccountId::of(&key).0.to_vec(),
-                },
-            );
-            Ok(link
-                .consent()
-                .await?
-                .list_earnings(request)
-                .await
-                .map_err(|status| anyhow::anyhow!("listing earnings: {}", status.message()))?
-                .into_inner())
-        })?;
+        let client = self.client.clone();
+        let earnings = block(py, async move { client.earnings().await })?;
         let dict = PyDict::new(py);
         dict.set_item("balance", earnings.balance)?;
         dict.set_item("paid", earnings.paid)?;

@@ -167,7 +167,7 @@ async fn python_client_queries_and_consents_against_a_live_federation() {
     let buyer_key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
     let buyer_path = dir.path().join("buyer.key");
     write_secret(&buyer_path, &hex::encode(buyer_key.to_bytes()));
-    let buyer = cohortex_coordinator::Buyer::new(
+    let buyer = cohortex_client::Buyer::new(
         buyer_key.clone(),
         cluster.chain_id,
         cluster.market_endpoint.clone(),

@@ -141,11 +141,11 @@ pub fn criteria(prefix: &str, sex: Option<&str>) -> Vec<Criterion> {
 
 pub async fn search(
     cluster: &Cluster,
-    buyer: &cohortex_coordinator::Buyer,
+    buyer: &cohortex_client::Buyer,
     prefix: &str,
     sex: Option<&str>,
     epsilon_micro: u64,
-) -> cohortex_coordinator::recruiter::FeasibilityRelease {
+) -> cohortex_client::recruiter::FeasibilityRelease {
     let keys = recruiter_keys();
     buyer
         .feasibility(

@@ -74,8 +74,8 @@ decimals = 1
     }
 }
 
+use cohortex_client::Buyer;
 use cohortex_cluster::{Cluster, ClusterOptions, NodeSetup, PatientEnrolment, Payout};
-use cohortex_coordinator::Buyer;
 use compute_node::fhir::{bundle_to_record, ProvenancePolicy};
 use compute_node::record::Value;
 use compute_node::server::Fault;
@@ -294,7 +294,7 @@ pub async fn query_sql(
     cluster: &Cluster,
     buyer: &Buyer,
     epsilon_micro: u64,
-) -> anyhow::Result<cohortex_coordinator::Release> {
+) -> anyhow::Result<cohortex_client::Release> {
     query(cluster, buyer, SQL, epsilon_micro).await
 }
 
@@ -305,7 +305,7 @@ pub async fn query(
     buyer: &Buyer,
     sql: &str,
     epsilon_micro: u64,
-) -> anyhow::Result<cohortex_coordinator::Release> {
+) -> anyhow::Result<cohortex_client::Release> {
     buyer
         .query(
             sql,

@@ -2,7 +2,8 @@
 //! queries and checks contributions without a vault, so it links no polars; the node's wire
 //! contract takes the ledger as the pure state machine, so it links no SQLite (the node's
 //! service does, for its replica); the shared types link neither
-//! the ledger nor the node. Checked on the resolved dependency graph (`cargo tree`, offline),
+//! the ledger nor the node; the clients (and the Python module built on them) link nothing a
+//! server needs. Checked on the resolved dependency graph (`cargo tree`, offline),
 //! so a dependency added in the wrong place fails here, not in a review.
 
 use std::process::Command;
@@ -92,11 +93,31 @@ fn shared_types_link_neither_the_ledger_nor_the_node() {
     );
 }
 
+/// What only servers need: the ledger's SQLite, the vault's polars, TFHE, the gRPC serving
+/// plumbing, the certificate issuer, and the server crates themselves.
+const SERVER_SIDE: &[&str] = &[
+    "rusqlite",
+    "libsqlite3-sys",
+    "polars",
+    "polars-core",
+    "tfhe",
+    "tonic-health",
+    "tonic-reflection",
+    "rcgen",
+    "cohortex-coordinator",
+    "cohortex-cluster",
+];
+
 #[test]
-fn python_client_links_no_polars_of_its_own() {
-    // The notebooks bring their own polars; the client's native module must not carry a
-    // second copy of the engine.
-    assert_links_none("cohortex-python", &[], &["polars", "polars-core"]);
+fn python_module_links_neither_sqlite_tfhe_nor_a_server() {
+    // The notebooks bring their own polars; the native module carries only the clients: no
+    // second copy of the engine, no ledger storage, no TFHE, no service.
+    assert_links_none("cohortex-python", &[], SERVER_SIDE);
+}
+
+#[test]
+fn client_crate_links_nothing_a_server_needs() {
+    assert_links_none("cohortex-client", &[], SERVER_SIDE);
 }
 
 /// The domain modules: the query (schema, dialect, plans, noise, combining), the vault, the

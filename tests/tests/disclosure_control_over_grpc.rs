@@ -99,8 +99,8 @@ fn epsilon_left(cluster: &cohortex_cluster::Cluster) -> Vec<u64> {
 
 async fn release(
     cluster: &cohortex_cluster::Cluster,
-    buyer: &cohortex_coordinator::Buyer,
-) -> anyhow::Result<cohortex_coordinator::Release> {
+    buyer: &cohortex_client::Buyer,
+) -> anyhow::Result<cohortex_client::Release> {
     query_sql(cluster, buyer, 1_000_000).await
 }
 

@@ -61,7 +61,7 @@ async fn ask_to_cosign(
 }
 
 /// The node positions of the members whose noise the release sums (its quorum).
-fn quorum_indices(release: &cohortex_coordinator::Release) -> Vec<usize> {
+fn quorum_indices(release: &cohortex_client::Release) -> Vec<usize> {
     release
         .status
         .noise_members

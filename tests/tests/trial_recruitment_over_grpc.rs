@@ -6,10 +6,10 @@
 
 #![cfg(feature = "tfhe")]
 
-use cohortex_cluster::Cluster;
-use cohortex_coordinator::recruiter::{
+use cohortex_client::recruiter::{
     accept_trial, acceptance_request, list_trials, send_acceptance, OpenedReply,
 };
+use cohortex_cluster::Cluster;
 use compute_node::recruitment::{seal_contact, Acceptance, ContactKey};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use market::{ListingId, Purpose};
@@ -64,7 +64,7 @@ async fn recruitment_cluster() -> (tempfile::TempDir, Cluster, Vec<Patient>) {
 }
 
 /// Posts the hypertension trial on every listing; returns the recruiter and its contact key.
-async fn post(cluster: &Cluster) -> (cohortex_coordinator::Buyer, ContactKey) {
+async fn post(cluster: &Cluster) -> (cohortex_client::Buyer, ContactKey) {
     let recruiter = buyer(cluster).await;
     let contact = ContactKey::generate(&mut rand::rngs::OsRng);
     let keys = recruiter_keys();

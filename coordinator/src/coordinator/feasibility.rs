@@ -30,18 +30,11 @@ use super::{
 };
 use crate::error::OrderError;
 
-/// Bytes per chunk when streaming an evaluation key.
-pub const KEY_CHUNK_BYTES: usize = 1 << 20;
+pub use compute_node::feasibility_wire::KEY_CHUNK_BYTES;
 
-/// The order of an evaluation key's chunks, as a stream for a gRPC call.
+/// An evaluation key's chunks, in order, as a stream for a gRPC call.
 pub fn key_chunks(bytes: &[u8]) -> impl tokio_stream::Stream<Item = EvaluationKeyChunk> {
-    let chunks: Vec<EvaluationKeyChunk> = bytes
-        .chunks(KEY_CHUNK_BYTES)
-        .map(|chunk| EvaluationKeyChunk {
-            data: chunk.to_vec(),
-        })
-        .collect();
-    tokio_stream::iter(chunks)
+    tokio_stream::iter(compute_node::feasibility_wire::evaluation_key_chunks(bytes))
 }
 
 impl Coordinator {

@@ -29,12 +29,8 @@ use crate::state::Consent;
 use crate::storage::Ledger;
 use crate::tx::{AccountId, Action, ListingId, PayoutChoice, Purpose, Role, TxBody};
 
-/// Method path of `ListConsents`, which its request signature covers.
-pub const LIST_CONSENTS: &str = "/cohortex.v1.Consent/ListConsents";
-/// Method path of `ListEarnings`, which its request signature covers.
-pub const LIST_EARNINGS: &str = "/cohortex.v1.Consent/ListEarnings";
-/// Method path of `ListCurrentConsents`, which its request signature covers.
-pub const LIST_CURRENT_CONSENTS: &str = "/cohortex.v1.Consent/ListCurrentConsents";
+/// Method paths, as signed in requests (defined once, in `cohortex_proto::methods`).
+pub use cohortex_proto::methods::consent::{LIST_CONSENTS, LIST_CURRENT_CONSENTS, LIST_EARNINGS};
 
 /// The Consent service over a shared ledger, with its own replay cache of request nonces.
 pub struct ConsentService {

@@ -20,11 +20,12 @@ use cohortex_proto::v1::ledger_server::Ledger as LedgerRpc;
 use super::rate::{caller_of, RateLimiter};
 use super::{
     account_field, action_name, envelope_field, latest_head, ledger_error_status, read_ledger,
-    split_hashes, submit, tx_error_status, tx_id_field, SharedLedger,
+    submit, tx_error_status, tx_id_field, SharedLedger,
 };
 use crate::log::SignedTreeHead;
 use crate::storage::{Ledger, LedgerError};
 use crate::tx::{Action, TxId, UncheckedTx};
+use crate::wire::split_hashes;
 
 /// The Ledger service over a shared ledger.
 pub struct LedgerService {

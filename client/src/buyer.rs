@@ -5,26 +5,27 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
-use cohortex_proto::tls::{endpoint as link, TlsIdentity};
+use cohortex_proto::methods::market as methods;
+use cohortex_proto::tls::TlsIdentity;
 use cohortex_proto::v1::ledger_client::LedgerClient;
 use cohortex_proto::v1::market_client::MarketClient;
 use cohortex_proto::v1::{
     GetOrderRequest, GetOrderResponse, GetReceiptRequest, OrderQueryRequest, OrderState,
     SignedTransaction,
 };
+use cohortex_types::auth::{signed_request, unix_now};
+use cohortex_types::rpc::MAX_MESSAGE_BYTES;
 use compute_node::combine::combine_release;
 use compute_node::noise::{count_slots, public_count_secret};
 use compute_node::{QueryAnswer, QueryPlan};
 use ed25519_dalek::{SigningKey, VerifyingKey};
-use market::server::auth::{signed_request, unix_now};
+use market::hash::query_hash;
 use market::{
     AccountId, Action, Hash32, ListingId, Purpose, Receipt, SignedTreeHead, TxBody, TxId,
 };
-use tonic::transport::Channel;
 use zk::{Ciphertext, DecryptionTable, KeyPair, Wire};
 
-use crate::coordinator::query_hash;
-use crate::market_service::methods;
+use crate::link::connect;
 
 /// A buyer: an account key, a result key pair, and the market's endpoint.
 pub struct Buyer {
@@ -49,15 +50,6 @@ pub struct Release {
     pub receipt: TxId,
     /// Whether the receipt's inclusion proof verified against a head signed by the ledger.
     pub receipt_verified: bool,
-}
-
-/// A connected channel to the market at `endpoint` (mutual TLS when `tls` is given).
-pub async fn channel(endpoint: &str, tls: Option<&TlsIdentity>) -> anyhow::Result<Channel> {
-    link(endpoint, tls)
-        .context("market endpoint")?
-        .connect()
-        .await
-        .with_context(|| format!("connecting to the market at {endpoint}"))
 }
 
 impl Buyer {
@@ -103,7 +95,7 @@ impl Buyer {
             account: self.account(),
             role: market::Role::Buyer,
         })?;
-        LedgerClient::new(channel(&self.market, self.tls.as_ref()).await?)
+        LedgerClient::new(connect(&self.market, self.tls.as_ref()).await?)
             .submit_transaction(SignedTransaction { envelope })
             .await
             .context("registering the buyer")?;
@@ -128,7 +120,7 @@ impl Buyer {
                 result_key: self.result_keys.public.to_bytes(),
             })
             .map_err(|error| tonic::Status::internal(error.to_string()))?;
-        let channel = channel(&self.market, self.tls.as_ref())
+        let channel = connect(&self.market, self.tls.as_ref())
             .await
             .map_err(|error| tonic::Status::unavailable(error.to_string()))?;
         let response = MarketClient::new(channel)
@@ -161,7 +153,7 @@ impl Buyer {
         let envelope = self.sign(Action::CancelOrder {
             order: market::OrderId(order),
         })?;
-        let result = LedgerClient::new(channel(&self.market, self.tls.as_ref()).await?)
+        let result = LedgerClient::new(connect(&self.market, self.tls.as_ref()).await?)
             .submit_transaction(SignedTransaction { envelope })
             .await;
         match result {
@@ -176,8 +168,8 @@ impl Buyer {
 
     /// Polls the order until it completes or fails.
     pub async fn wait(&self, order: TxId) -> anyhow::Result<GetOrderResponse> {
-        let mut client = MarketClient::new(channel(&self.market, self.tls.as_ref()).await?)
-            .max_decoding_message_size(market::server::MAX_MESSAGE_BYTES);
+        let mut client = MarketClient::new(connect(&self.market, self.tls.as_ref()).await?)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
         loop {
             let request = signed_request(
@@ -246,8 +238,8 @@ impl Buyer {
         receipt: TxId,
         ledger_key: &VerifyingKey,
     ) -> anyhow::Result<bool> {
-        let proof = MarketClient::new(channel(&self.market, self.tls.as_ref()).await?)
-            .max_decoding_message_size(market::server::MAX_MESSAGE_BYTES)
+        let proof = MarketClient::new(connect(&self.market, self.tls.as_ref()).await?)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .get_receipt(GetReceiptRequest {
                 receipt_id: receipt.0.as_bytes().to_vec(),
             })

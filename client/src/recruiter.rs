@@ -7,6 +7,7 @@
 use std::sync::atomic::Ordering;
 
 use anyhow::{bail, Context};
+use cohortex_proto::methods::market as methods;
 use cohortex_proto::tls::TlsIdentity;
 use cohortex_proto::v1::market_client::MarketClient;
 use cohortex_proto::v1::{
@@ -14,19 +15,19 @@ use cohortex_proto::v1::{
     OrderFeasibilityRequest, OrderState, PostTrialRequest, SignedTransaction, Trial,
     TrialRepliesRequest,
 };
+use cohortex_types::auth::{signed_request, signed_stream_request, unix_now};
 use compute_node::feasibility::{Criterion, EncryptedCriteria as Clauses};
+use compute_node::feasibility_wire::evaluation_key_chunks;
 use compute_node::feasibility_wire::{criteria_hash, criteria_to_wire};
 use compute_node::recruitment::{seal_contact, Acceptance, ContactKey};
 use ed25519_dalek::SigningKey;
 use ed25519_dalek::VerifyingKey;
-use market::server::auth::{signed_request, signed_stream_request, unix_now};
 use market::tx::trial_reply_hash;
 use market::{Action, Hash32, ListingId, Purpose, TxId};
 use zk::fhe::{EncryptedCount, EvaluationKey, FheSecretKey, GatedKey};
 
-use crate::buyer::{channel, Buyer};
-use crate::coordinator::key_chunks;
-use crate::market_service::methods;
+use crate::buyer::Buyer;
+use crate::link::connect;
 
 /// One site's answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,9 +57,12 @@ impl Buyer {
     /// Stores the evaluation key (`key`'s bytes, streamed in 1 MiB chunks) at the market;
     /// returns its fingerprint.
     pub async fn store_evaluation_key(&self, key: &[u8]) -> anyhow::Result<[u8; 32]> {
-        let request =
-            signed_stream_request(&self.key, methods::PUT_EVALUATION_KEY, key_chunks(key));
-        let answer = MarketClient::new(channel(&self.market, self.tls.as_ref()).await?)
+        let request = signed_stream_request(
+            &self.key,
+            methods::PUT_EVALUATION_KEY,
+            tokio_stream::iter(evaluation_key_chunks(key)),
+        );
+        let answer = MarketClient::new(connect(&self.market, self.tls.as_ref()).await?)
             .put_evaluation_key(request)
             .await
             .context("storing the evaluation key at the market")?
@@ -91,7 +95,7 @@ impl Buyer {
                 result_key: criteria.evaluation_key.clone(),
             })
             .map_err(|error| tonic::Status::internal(error.to_string()))?;
-        let channel = channel(&self.market, self.tls.as_ref())
+        let channel = connect(&self.market, self.tls.as_ref())
             .await
             .map_err(|error| tonic::Status::unavailable(error.to_string()))?;
         let response = MarketClient::new(channel)
@@ -199,7 +203,7 @@ impl Buyer {
             listings: listings.iter().map(ListingId::new).collect(),
             expires_at: unix_now() + days.saturating_mul(86_400),
         }))?;
-        let response = MarketClient::new(channel(&self.market, self.tls.as_ref()).await?)
+        let response = MarketClient::new(connect(&self.market, self.tls.as_ref()).await?)
             .post_trial(PostTrialRequest {
                 transaction: Some(SignedTransaction { envelope }),
             })
@@ -232,7 +236,7 @@ impl Buyer {
                 trial: trial.to_string(),
             },
         );
-        let mut stream = MarketClient::new(channel(&self.market, self.tls.as_ref()).await?)
+        let mut stream = MarketClient::new(connect(&self.market, self.tls.as_ref()).await?)
             .trial_replies(request)
             .await
             .context("reading the trial's replies")?
@@ -278,7 +282,7 @@ pub async fn list_trials(
     market: &str,
     tls: Option<&TlsIdentity>,
 ) -> anyhow::Result<(Vec<Trial>, Hash32)> {
-    let answer = MarketClient::new(channel(market, tls).await?)
+    let answer = MarketClient::new(connect(market, tls).await?)
         .list_trials(ListTrialsRequest {})
         .await
         .context("listing the trials")?
@@ -353,7 +357,7 @@ pub async fn send_acceptance(
     // Without the patient's certificate: the market relays the acceptance without learning
     // whose it is.
     let anonymous = tls.map(TlsIdentity::without_certificate);
-    let channel = channel(market, anonymous.as_ref())
+    let channel = connect(market, anonymous.as_ref())
         .await
         .map_err(|error| tonic::Status::unavailable(format!("{error:#}")))?;
     Ok(MarketClient::new(channel)

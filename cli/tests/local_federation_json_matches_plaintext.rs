@@ -68,7 +68,7 @@ fn local_federation_json_matches_the_plaintext_answer() {
         "SELECT sex, COUNT(*), AVG(sbp) FROM patients WHERE age >= 30 GROUP BY sex",
         // ε = 100000: the noise scale of every slot is below 0.1 fixed-point unit, so each draw
         // is zero but with probability about 1e-7 and the answer can be compared with the
-        // plaintext one. The noise itself is tested in compute-node/tests/differential_privacy.rs.
+        // plaintext one. The noise itself is tested in query/tests/differential_privacy.rs.
         "100000",
     );
     assert!(

@@ -20,8 +20,8 @@ use std::sync::Arc;
 
 use arrow_array::{ArrayRef, BooleanArray, Float64Array, RecordBatch, StringArray};
 use arrow_schema::{ArrowError, DataType, Field, Schema as ArrowSchema};
-use compute_node::plan::{Aggregate, Output};
-use compute_node::{Cell, QueryAnswer, QueryPlan, Schema};
+use cohortex_query::plan::{Aggregate, Output};
+use cohortex_query::{Cell, QueryAnswer, QueryPlan, Schema};
 
 /// The name of the Boolean column marking withheld rows.
 pub const SUPPRESSED_COLUMN: &str = "_suppressed";

@@ -13,11 +13,11 @@ use cohortex_proto::v1::{
     GetOrderRequest, GetOrderResponse, GetReceiptRequest, OrderQueryRequest, OrderState,
     SignedTransaction,
 };
+use cohortex_query::combine::combine_release;
+use cohortex_query::noise::{count_slots, public_count_secret};
+use cohortex_query::{QueryAnswer, QueryPlan};
 use cohortex_types::auth::{signed_request, unix_now};
 use cohortex_types::rpc::MAX_MESSAGE_BYTES;
-use compute_node::combine::combine_release;
-use compute_node::noise::{count_slots, public_count_secret};
-use compute_node::{QueryAnswer, QueryPlan};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use market::hash::query_hash;
 use market::{

@@ -1,6 +1,16 @@
-//! Cohortex compute node core: patient vaults, FHIR R4 and manifest-described CSV/Parquet
-//! ingest, the aggregate-only SQL dialect, local evaluation with polars, and encrypted,
-//! range-proven contributions.
+//! The Cohortex compute node: its gRPC Compute service and verified ledger replica (`server`),
+//! the key ceremony, the contract the coordinator speaks with it (`protocol`), blind
+//! feasibility search and trial replies (`tfhe`), and its durable state.
+//!
+//! The node is built from two crates that do one job each, re-exported here under their old
+//! paths:
+//!
+//! - `cohortex-query`: the query — schema, the aggregate-only SQL dialect, plans, DP
+//!   calibration, encrypted range-proven contributions, noise and combining. Everything that
+//!   reads a query or a release links only this (the coordinator, the clients).
+//! - `cohortex-vault` (feature `vault`): the patients' records — vaults, FHIR R4 and
+//!   manifest-described CSV/Parquet ingest, synthetic populations, local evaluation with
+//!   polars.
 //!
 //! Data flows one way:
 //!
@@ -22,43 +32,27 @@
 
 #[cfg(feature = "protocol")]
 pub mod ceremony;
-pub mod combine;
-pub mod contribution;
-pub mod dp;
 pub mod durable;
-#[cfg(feature = "vault")]
-pub mod evaluate;
 #[cfg(feature = "tfhe")]
 pub mod feasibility;
 #[cfg(all(feature = "protocol", feature = "tfhe"))]
 pub mod feasibility_wire;
-pub mod fhir;
 #[cfg(feature = "server")]
 pub mod follower;
-#[cfg(feature = "vault")]
-pub mod ingest;
-pub mod noise;
-pub mod plan;
 #[cfg(feature = "protocol")]
 pub mod protocol;
-pub mod record;
 #[cfg(feature = "protocol")]
 pub mod recruitment;
-pub mod schema;
 pub mod sealed_share;
 #[cfg(feature = "server")]
 pub mod server;
-pub mod sql;
-pub mod synth;
-#[cfg(feature = "vault")]
-pub mod vault;
 
-pub use combine::{combine, Cell, QueryAnswer};
-pub use contribution::{build_contribution, verify_contributions, Contribution, Statistics};
+pub use cohortex_query::{
+    build_contribution, compile, verify_contributions, Cell, Contribution, QueryAnswer, QueryError,
+    QueryPlan, Schema, Statistics,
+};
+pub use cohortex_query::{combine, contribution, dp, noise, plan, record, schema, sql};
 #[cfg(feature = "vault")]
-pub use evaluate::evaluate;
-pub use plan::QueryPlan;
-pub use schema::Schema;
-pub use sql::{compile, QueryError};
+pub use cohortex_vault::{evaluate, fhir, ingest, synth, vault};
 #[cfg(feature = "vault")]
-pub use vault::{ConsentBook, Vault};
+pub use cohortex_vault::{ConsentBook, Vault};

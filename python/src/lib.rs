@@ -372,9 +372,9 @@ impl Market {
                 .first()
                 .and_then(|id| offered.iter().find(|listing| &listing.id == id))
                 .ok_or_else(|| anyhow::anyhow!("no active listing to query allows {purpose}"))?;
-            let schema = compute_node::Schema::from_toml(&first.manifest, &first.id)
+            let schema = cohortex_query::Schema::from_toml(&first.manifest, &first.id)
                 .map_err(|error| anyhow::anyhow!("listing {}: manifest: {error}", first.id))?;
-            let plan = compute_node::compile(&sql, &schema)
+            let plan = cohortex_query::compile(&sql, &schema)
                 .map_err(|error| anyhow::anyhow!("sql: {error}"))?;
             let buyer = Self::buyer(&link, &key).await?;
             let release = buyer

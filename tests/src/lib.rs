@@ -88,7 +88,7 @@ pub const PER_NODE: u64 = 150;
 pub const PRICE: u64 = 1_000;
 /// ε = 10⁵ per order: every noise draw of these queries is then zero except with probability
 /// below e^−140, so these functional tests can compare with the plaintext answer exactly. The
-/// noise itself is tested in compute-node/tests/differential_privacy.rs, and the
+/// noise itself is tested in query/tests/differential_privacy.rs, and the
 /// disclosure-control tests use realistic ε.
 pub const EPSILON: u64 = 100_000_000_000;
 pub const SQL: &str = "SELECT COUNT(*), AVG(hba1c) FROM patients WHERE has_condition('E11') OR has_condition('44054006')";

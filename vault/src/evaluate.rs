@@ -9,15 +9,15 @@
 //! 5. Sum each statistic per cell.
 //!
 //! The result is the node's plaintext statistics vector; it never leaves the node except
-//! encrypted (see [`crate::contribution`]).
+//! encrypted (see [`cohortex_query::contribution`]).
 
 use polars::prelude::*;
 
-pub use crate::contribution::Statistics;
-use crate::plan::{Codec, Comparison, GroupKey, Literal, Predicate, QueryPlan, Statistic};
-use crate::record::Value;
-use crate::schema::ColumnType;
 use crate::vault::{ConsentBook, Vault};
+pub use cohortex_query::contribution::Statistics;
+use cohortex_query::plan::{Codec, Comparison, GroupKey, Literal, Predicate, QueryPlan, Statistic};
+use cohortex_query::record::Value;
+use cohortex_query::schema::ColumnType;
 
 /// Errors from evaluation.
 #[derive(Debug, thiserror::Error)]

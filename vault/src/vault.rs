@@ -17,8 +17,8 @@ use std::sync::OnceLock;
 
 use polars::prelude::*;
 
-use crate::record::{PatientRecord, Value, CODE_SEPARATOR};
-use crate::schema::{ColumnType, Schema, SchemaError};
+use cohortex_query::record::{PatientRecord, Value, CODE_SEPARATOR};
+use cohortex_query::schema::{ColumnType, Schema, SchemaError};
 
 /// File name of the feature table inside a vault directory.
 pub const FEATURES_FILE: &str = "features.parquet";

@@ -5,15 +5,15 @@
 //! Tolerances are a few standard errors of the estimate, computed from the sample size, so a
 //! wrong scale (off by more than a few per cent) fails while sampling error does not.
 
-use compute_node::contribution::verify_bounded;
-use compute_node::dp::{
+use cohortex_query::contribution::verify_bounded;
+use cohortex_query::dp::{
     bernoulli_exp_neg, calibrate, sample_discrete_laplace, SlotNoise, TAIL_SCALES,
 };
-use compute_node::noise::{
+use cohortex_query::noise::{
     apply_noise, build_noise_share, count_slots, noise_statement, released_value_slots,
     suppressed_cells,
 };
-use compute_node::{compile, Schema};
+use cohortex_query::{compile, Schema};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use zk::{BsgsConfig, DecryptionTable, KeyPair, ProofContext};

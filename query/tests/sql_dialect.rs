@@ -1,9 +1,9 @@
 //! The aggregate-only SQL dialect: what compiles, and what is refused with which reason.
 
-use compute_node::plan::{Aggregate, GroupKey, Output, Predicate, Statistic};
-use compute_node::{compile, QueryError, Schema};
+use cohortex_query::plan::{Aggregate, GroupKey, Output, Predicate, Statistic};
+use cohortex_query::{compile, QueryError, Schema};
 
-fn accept(sql: &str) -> compute_node::QueryPlan {
+fn accept(sql: &str) -> cohortex_query::QueryPlan {
     compile(sql, &Schema::fhir()).unwrap_or_else(|error| panic!("{sql}: {error}"))
 }
 
@@ -11,7 +11,7 @@ fn refuse(sql: &str) -> QueryError {
     compile(sql, &Schema::fhir()).expect_err(sql)
 }
 
-fn functions(plan: &compute_node::QueryPlan) -> Vec<Aggregate> {
+fn functions(plan: &cohortex_query::QueryPlan) -> Vec<Aggregate> {
     plan.outputs
         .iter()
         .filter_map(|output| match output {

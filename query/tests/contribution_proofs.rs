@@ -1,8 +1,8 @@
 //! Contributions: honest ones verify in a batch; tampered, replayed or oversized ones are
 //! rejected and named.
 
-use compute_node::contribution::{ContributionError, ContributionStatement};
-use compute_node::{build_contribution, compile, verify_contributions, Schema, Statistics};
+use cohortex_query::contribution::{ContributionError, ContributionStatement};
+use cohortex_query::{build_contribution, compile, verify_contributions, Schema, Statistics};
 use curve25519_dalek::scalar::Scalar;
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
@@ -11,7 +11,7 @@ use zk::{KeyPair, ProofContext};
 fn setup() -> (
     ChaCha20Rng,
     zk::PublicKey,
-    compute_node::QueryPlan,
+    cohortex_query::QueryPlan,
     Statistics,
 ) {
     let mut rng = ChaCha20Rng::seed_from_u64(3);

@@ -33,8 +33,8 @@ use base64::Engine as _;
 use ed25519_dalek::{Signature as Ed25519Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
-use crate::record::{is_valid_code, PatientRecord, Value};
-use crate::schema::Schema;
+use cohortex_query::record::{is_valid_code, PatientRecord, Value};
+use cohortex_query::schema::Schema;
 
 /// Code system URIs.
 pub mod systems {

@@ -14,9 +14,9 @@ use std::path::Path;
 use polars::prelude::*;
 
 use crate::fhir::{bundle_to_record_with_warnings, parse_public_key, Date, ProvenancePolicy};
-use crate::record::{PatientRecord, Value, CODE_SEPARATOR};
-use crate::schema::{ColumnSpec, ColumnType, Schema};
 use crate::vault::Vault;
+use cohortex_query::record::{PatientRecord, Value, CODE_SEPARATOR};
+use cohortex_query::schema::{ColumnSpec, ColumnType, Schema};
 
 /// Where a problem is: file, row (1-based data row; 0 for the header) and column.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -338,7 +338,7 @@ impl Schema {
         self.columns.iter().find(|column| column.name == name)
     }
 
-    /// The schema of vaults built from FHIR R4 bundles (see [`crate::fhir`]).
+    /// The schema of vaults built from FHIR R4 bundles (see `cohortex_vault::fhir`).
     pub fn fhir() -> Self {
         let float =
             |name: &str, unit: &str, coding: &str, bounds: [f64; 2], bins: &[f64]| ColumnSpec {

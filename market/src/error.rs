@@ -1,7 +1,7 @@
 //! Why a transaction is refused.
 //!
 //! A refused transaction changes nothing: the state machine checks every rule before it
-//! mutates anything (see `state.rs`).
+//! mutates anything (see `state/mod.rs`).
 //!
 //! Refusals reach callers as gRPC status messages, which travel in an HTTP/2 trailer of a few
 //! KiB, so no message quotes more than [`MAX_EXCERPT_BYTES`] of what a caller sent: listing ids

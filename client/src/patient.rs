@@ -263,6 +263,7 @@ pub fn epsilon_limit_micro(limit: f64) -> anyhow::Result<u64> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::epsilon_limit_micro;
 

@@ -7,27 +7,21 @@
 //! the receipt on the nodes' signatures (`RecordFeasibility`).
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use cohortex_proto::v1::compute_client::ComputeClient;
 use cohortex_proto::v1::{
     EncryptedCriteria, EvaluationKeyChunk, FeasibilityRequest, FeasibilityResponse, OrderState,
     SiteCount,
 };
-use compute_node::protocol::methods;
 use market::hash::tagged_hash;
-use market::server::auth::{signed_request_to, signed_stream_request_to};
 use market::{
     AccountId, Action, AttestationKind, ListingContribution, ListingId, OrderId, QueryReceipt,
     ReceiptId, TxId, MAX_STAGED_PER_TX,
 };
-use tonic::transport::Channel;
 use tonic::Status;
 
+use super::nodes::with_evaluation_key;
 use super::order::failed_reports;
-use super::{
-    connect, poisoned, Coordinator, NodeOutcome, NodeReport, OrderRecord, ReleaseIdentity,
-};
+use super::{poisoned, Coordinator, NodeOutcome, NodeReport, OrderRecord, ReleaseIdentity};
 use crate::error::OrderError;
 
 pub use compute_node::feasibility_wire::KEY_CHUNK_BYTES;
@@ -132,51 +126,21 @@ impl Coordinator {
         &self,
         endpoint: &str,
         request: FeasibilityRequest,
-        key: &[u8],
+        key: &Arc<Vec<u8>>,
     ) -> Result<FeasibilityResponse, Status> {
-        let mut client: ComputeClient<Channel> = connect(endpoint, self.tls.as_ref()).await?;
-        let ask = |client: &mut ComputeClient<Channel>| {
-            let signed = signed_request_to(
-                &self.account,
-                endpoint,
-                methods::FEASIBILITY,
-                request.clone(),
-            );
-            let mut client = client.clone();
-            let timeout = self.node_timeout;
-            async move {
-                tokio::time::timeout(timeout, client.feasibility(signed))
-                    .await
-                    .map_err(|_| Status::deadline_exceeded("node did not answer in time"))?
-                    .map(tonic::Response::into_inner)
-            }
-        };
-        // Over gRPC, as the rest of a search.
+        let nodes = self.nodes();
         let pages = super::order::PageSource {
-            nodes: Arc::new(self.grpc_nodes()),
+            nodes: Arc::clone(&nodes),
             endpoint: endpoint.to_string(),
             order_id: request.order_id.clone(),
         };
-        let mut response = match ask(&mut client).await {
-            Err(status)
-                if cohortex_types::rpc::Refusal::of(&status)
-                    == Some(cohortex_types::rpc::Refusal::EvaluationKeyMissing) =>
-            {
-                let upload = signed_stream_request_to(
-                    &self.account,
-                    endpoint,
-                    methods::PUT_EVALUATION_KEY,
-                    key_chunks(key),
-                );
-                tokio::time::timeout(Duration::from_secs(300), client.put_evaluation_key(upload))
-                    .await
-                    .map_err(|_| {
-                        Status::deadline_exceeded("node did not take the key in time")
-                    })??;
-                ask(&mut client).await
-            }
-            answer => answer,
-        }?;
+        let mut response = with_evaluation_key(
+            nodes.as_ref(),
+            endpoint,
+            || Ok(Arc::clone(key)),
+            || nodes.feasibility(endpoint, request.clone()),
+        )
+        .await?;
         // The rest of a long participant list, a page at a time.
         pages
             .fill(

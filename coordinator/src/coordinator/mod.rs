@@ -13,25 +13,21 @@ use std::sync::OnceLock;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cohortex_proto::tls::{endpoint as link, TlsIdentity};
-use cohortex_proto::v1::compute_client::ComputeClient;
+use cohortex_proto::tls::TlsIdentity;
 use cohortex_proto::v1::{
     DkgConfirmRequest, DkgDealRequest, DkgFinishRequest, DkgJustifyRequest, DkgPeer,
     DkgReceiveRequest, OrderState,
 };
-use compute_node::protocol::methods;
 use compute_node::{compile, QueryPlan, Schema};
 use ed25519_dalek::SigningKey;
-use market::server::auth::signed_request_to;
 use market::server::{
-    bounded_message, excerpt, read_ledger, submit, submit_together, SharedLedger, Submitted,
+    bounded_message, read_ledger, submit, submit_together, SharedLedger, Submitted,
 };
 use market::{
     AccountId, Action, Hash32, ListingContribution, ListingId, OrderId, Purpose, QueryReceipt,
     ReceiptCosignature, ReceiptId, SignedTx, TxBody, TxId, MAX_STAGED_PER_TX,
 };
 use rand::RngCore;
-use tonic::transport::Channel;
 use tonic::Status;
 use zk::{BsgsConfig, CommitteePublic, DecryptionTable, MemberIndex, PublicKey, Wire};
 
@@ -299,23 +295,6 @@ pub use order::OrderSpec;
 
 fn poisoned() -> Status {
     Status::internal("coordinator state lock poisoned")
-}
-
-async fn connect(
-    endpoint: &str,
-    tls: Option<&TlsIdentity>,
-) -> Result<ComputeClient<Channel>, Status> {
-    let channel = link(endpoint, tls)
-        .map_err(|error| Status::internal(format!("endpoint {}: {error}", excerpt(endpoint))))?
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .map_err(|error| {
-            Status::unavailable(format!("{} unreachable: {error}", excerpt(endpoint)))
-        })?;
-    Ok(ComputeClient::new(channel)
-        .max_decoding_message_size(market::server::MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(market::server::MAX_MESSAGE_BYTES))
 }
 
 impl Coordinator {
@@ -802,105 +781,59 @@ impl Coordinator {
                 endpoint: endpoint.clone(),
             })
             .collect();
-        let mut clients = Vec::new();
-        for (_, endpoint) in &members {
-            clients.push((
-                connect(endpoint, self.tls.as_ref()).await?,
-                endpoint.as_str(),
-            ));
-        }
+        let nodes = self.nodes();
+        let endpoints: Vec<&str> = members
+            .iter()
+            .map(|(_, endpoint)| endpoint.as_str())
+            .collect();
         // The coordinator only relays: every public message is signed by the member it comes
         // from and checked by every other member against its own pinned committee.
         let missing = |what: &str| Status::internal(format!("a member answered without {what}"));
         let mut broadcasts = Vec::new();
-        for (client, endpoint) in &mut clients {
+        for endpoint in &endpoints {
             let request = DkgDealRequest {
                 session_id: session_id.clone(),
                 threshold: u32::from(threshold),
                 peers: peers.clone(),
             };
-            let response = client
-                .dkg_deal(signed_request_to(
-                    &self.account,
-                    endpoint,
-                    methods::DKG_DEAL,
-                    request,
-                ))
-                .await?;
-            let broadcast = response.into_inner().broadcast;
+            let broadcast = nodes.dkg_deal(endpoint, request).await?.broadcast;
             broadcasts.push(broadcast.ok_or_else(|| missing("its broadcast"))?);
         }
         let mut complaints = Vec::new();
-        for (client, endpoint) in &mut clients {
+        for endpoint in &endpoints {
             let request = DkgReceiveRequest {
                 session_id: session_id.clone(),
                 broadcasts: broadcasts.clone(),
             };
-            let response = client
-                .dkg_receive(signed_request_to(
-                    &self.account,
-                    endpoint,
-                    methods::DKG_RECEIVE,
-                    request,
-                ))
-                .await?;
-            let statement = response.into_inner().complaints;
+            let statement = nodes.dkg_receive(endpoint, request).await?.complaints;
             complaints.push(statement.ok_or_else(|| missing("its complaints"))?);
         }
         let mut justifications = Vec::new();
-        for (client, endpoint) in &mut clients {
+        for endpoint in &endpoints {
             let request = DkgJustifyRequest {
                 session_id: session_id.clone(),
                 complaints: complaints.clone(),
             };
-            let response = client
-                .dkg_justify(signed_request_to(
-                    &self.account,
-                    endpoint,
-                    methods::DKG_JUSTIFY,
-                    request,
-                ))
-                .await?;
-            let statement = response.into_inner().justifications;
+            let statement = nodes.dkg_justify(endpoint, request).await?.justifications;
             justifications.push(statement.ok_or_else(|| missing("its justifications"))?);
         }
         let mut confirmations = Vec::new();
-        for (client, endpoint) in &mut clients {
+        for endpoint in &endpoints {
             let request = DkgFinishRequest {
                 session_id: session_id.clone(),
                 complaints: complaints.clone(),
                 justifications: justifications.clone(),
             };
-            let response = client
-                .dkg_finish(signed_request_to(
-                    &self.account,
-                    endpoint,
-                    methods::DKG_FINISH,
-                    request,
-                ))
-                .await?
-                .into_inner();
-            confirmations.push(
-                response
-                    .confirmation
-                    .ok_or_else(|| missing("its confirmation"))?,
-            );
+            let confirmation = nodes.dkg_finish(endpoint, request).await?.confirmation;
+            confirmations.push(confirmation.ok_or_else(|| missing("its confirmation"))?);
         }
         let mut committee: Option<Vec<u8>> = None;
-        for (client, endpoint) in &mut clients {
+        for endpoint in &endpoints {
             let request = DkgConfirmRequest {
                 session_id: session_id.clone(),
                 confirmations: confirmations.clone(),
             };
-            let response = client
-                .dkg_confirm(signed_request_to(
-                    &self.account,
-                    endpoint,
-                    methods::DKG_CONFIRM,
-                    request,
-                ))
-                .await?
-                .into_inner();
+            let response = nodes.dkg_confirm(endpoint, request).await?;
             match &committee {
                 Some(first) if first != &response.committee => {
                     return Err(Status::internal(

@@ -970,7 +970,13 @@ bounds = [0, 120]
         page: Answer<ContributionParticipantsResponse>,
         noise: Answer<AddNoiseResponse>,
         cosign: Answer<CosignReceiptResponse>,
+        deal: Answer<cohortex_proto::v1::DkgDealResponse>,
+        #[cfg(feature = "tfhe")]
+        feasibility: Answer<cohortex_proto::v1::FeasibilityResponse>,
         asked_for_noise: Mutex<Vec<String>>,
+        /// Endpoints sent an evaluation key, in order.
+        #[cfg(feature = "tfhe")]
+        keys_sent: Mutex<Vec<String>>,
     }
 
     impl Default for ScriptedNodes {
@@ -980,7 +986,12 @@ bounds = [0, 120]
                 page: Box::new(|_| Err(Status::unimplemented("not scripted"))),
                 noise: Box::new(|_| Err(Status::unimplemented("not scripted"))),
                 cosign: Box::new(|_| Err(Status::unimplemented("not scripted"))),
+                deal: Box::new(|_| Err(Status::unimplemented("not scripted"))),
+                #[cfg(feature = "tfhe")]
+                feasibility: Box::new(|_| Err(Status::unimplemented("not scripted"))),
                 asked_for_noise: Mutex::new(Vec::new()),
+                #[cfg(feature = "tfhe")]
+                keys_sent: Mutex::new(Vec::new()),
             }
         }
     }
@@ -1020,6 +1031,70 @@ bounds = [0, 120]
             _: CosignReceiptRequest,
         ) -> NodeCall<CosignReceiptResponse> {
             ready((self.cosign)(endpoint))
+        }
+
+        fn dkg_deal(
+            &self,
+            endpoint: &str,
+            _: cohortex_proto::v1::DkgDealRequest,
+        ) -> NodeCall<cohortex_proto::v1::DkgDealResponse> {
+            ready((self.deal)(endpoint))
+        }
+
+        fn dkg_receive(
+            &self,
+            _: &str,
+            _: cohortex_proto::v1::DkgReceiveRequest,
+        ) -> NodeCall<cohortex_proto::v1::DkgReceiveResponse> {
+            ready(Err(Status::unimplemented("not scripted")))
+        }
+
+        fn dkg_justify(
+            &self,
+            _: &str,
+            _: cohortex_proto::v1::DkgJustifyRequest,
+        ) -> NodeCall<cohortex_proto::v1::DkgJustifyResponse> {
+            ready(Err(Status::unimplemented("not scripted")))
+        }
+
+        fn dkg_finish(
+            &self,
+            _: &str,
+            _: cohortex_proto::v1::DkgFinishRequest,
+        ) -> NodeCall<cohortex_proto::v1::DkgFinishResponse> {
+            ready(Err(Status::unimplemented("not scripted")))
+        }
+
+        fn dkg_confirm(
+            &self,
+            _: &str,
+            _: cohortex_proto::v1::DkgConfirmRequest,
+        ) -> NodeCall<cohortex_proto::v1::DkgConfirmResponse> {
+            ready(Err(Status::unimplemented("not scripted")))
+        }
+
+        #[cfg(feature = "tfhe")]
+        fn feasibility(
+            &self,
+            endpoint: &str,
+            _: cohortex_proto::v1::FeasibilityRequest,
+        ) -> NodeCall<cohortex_proto::v1::FeasibilityResponse> {
+            ready((self.feasibility)(endpoint))
+        }
+
+        #[cfg(feature = "tfhe")]
+        fn accept_invitation(
+            &self,
+            _: &str,
+            _: cohortex_proto::v1::AcceptInvitationRequest,
+        ) -> NodeCall<cohortex_proto::v1::TrialReply> {
+            ready(Err(Status::unimplemented("not scripted")))
+        }
+
+        #[cfg(feature = "tfhe")]
+        fn put_evaluation_key(&self, endpoint: &str, _: Arc<Vec<u8>>) -> NodeCall<()> {
+            self.keys_sent.lock().unwrap().push(endpoint.to_string());
+            ready(Ok(()))
         }
     }
 
@@ -1342,5 +1417,88 @@ bounds = [0, 120]
         .await;
         assert!(shares.is_empty());
         assert_eq!(*nodes.asked_for_noise.lock().unwrap(), vec!["member-2"]);
+    }
+
+    #[tokio::test]
+    async fn key_ceremony_member_answering_without_its_broadcast_fails_and_keeps_the_committee() {
+        let f = fixture(ScriptedNodes {
+            deal: Box::new(|_| Ok(cohortex_proto::v1::DkgDealResponse { broadcast: None })),
+            ..ScriptedNodes::default()
+        })
+        .await;
+        let before = f.coordinator.committee.lock().unwrap().clone().unwrap();
+        let members = before.members.clone();
+        let refused = f
+            .coordinator
+            .run_key_ceremony(members, 2)
+            .await
+            .unwrap_err();
+        assert!(
+            refused.message().contains("without its broadcast"),
+            "{}",
+            refused.message()
+        );
+        let after = f.coordinator.committee.lock().unwrap().clone().unwrap();
+        assert_eq!(
+            after.public.collective_key(),
+            before.public.collective_key(),
+            "a failed ceremony replaces no committee"
+        );
+    }
+
+    #[cfg(feature = "tfhe")]
+    #[tokio::test]
+    async fn node_lacking_the_evaluation_key_is_sent_it_once_and_asked_again() {
+        use super::super::nodes::with_evaluation_key;
+        use cohortex_types::rpc::Refusal;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let asked = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&asked);
+        let nodes = Arc::new(ScriptedNodes {
+            feasibility: Box::new(move |_| {
+                // The first answer: no key; the second: a count.
+                if count.fetch_add(1, Ordering::SeqCst) == 0 {
+                    Err(Refusal::EvaluationKeyMissing
+                        .status(tonic::Code::FailedPrecondition, "no evaluation key"))
+                } else {
+                    Ok(cohortex_proto::v1::FeasibilityResponse {
+                        participant_count: 7,
+                        ..Default::default()
+                    })
+                }
+            }),
+            ..ScriptedNodes::default()
+        });
+        let answer = with_evaluation_key(
+            nodes.as_ref(),
+            "node-1",
+            || Ok(Arc::new(vec![1, 2, 3])),
+            || nodes.feasibility("node-1", Default::default()),
+        )
+        .await
+        .unwrap();
+        assert_eq!(answer.participant_count, 7);
+        assert_eq!(asked.load(Ordering::SeqCst), 2);
+        assert_eq!(*nodes.keys_sent.lock().unwrap(), vec!["node-1".to_string()]);
+    }
+
+    #[cfg(feature = "tfhe")]
+    #[tokio::test]
+    async fn node_refusing_for_another_reason_is_not_sent_the_evaluation_key() {
+        use super::super::nodes::with_evaluation_key;
+        let nodes = Arc::new(ScriptedNodes {
+            feasibility: Box::new(|_| Err(Status::permission_denied("not your coordinator"))),
+            ..ScriptedNodes::default()
+        });
+        let refused = with_evaluation_key(
+            nodes.as_ref(),
+            "node-1",
+            || panic!("the key is not needed"),
+            || nodes.feasibility("node-1", Default::default()),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+        assert!(nodes.keys_sent.lock().unwrap().is_empty());
     }
 }

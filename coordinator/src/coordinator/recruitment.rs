@@ -6,21 +6,15 @@
 //! Replies are kept in memory and, when the coordinator has a state file, as files beside it
 //! (`trial-replies/<trial>/<reply hash>.pb`), so that a restart loses none.
 
-use std::time::Duration;
-
-use cohortex_proto::v1::compute_client::ComputeClient;
 use cohortex_proto::v1::{AcceptInvitationRequest, AcceptInvitationResponse, TrialReply};
-use compute_node::protocol::methods;
 use market::hash::Hash32;
-use market::server::auth::{signed_request_to, signed_stream_request_to};
 use market::server::read_ledger;
 use market::{Action, ListingId};
 use prost::Message;
-use tonic::transport::Channel;
 use tonic::Status;
 
-use super::feasibility::key_chunks;
-use super::{connect, poisoned, Coordinator};
+use super::nodes::with_evaluation_key;
+use super::{poisoned, Coordinator};
 
 impl Coordinator {
     /// Relays one acceptance and records the node's reply (see the module documentation).
@@ -53,51 +47,22 @@ impl Coordinator {
             Status::unavailable("listing: no compute node is registered for it at this market")
         })?;
 
-        let mut client: ComputeClient<Channel> = connect(&info.endpoint, self.tls.as_ref()).await?;
-        let ask = |client: &ComputeClient<Channel>| {
-            let signed = signed_request_to(
-                &self.account,
-                &info.endpoint,
-                methods::ACCEPT_INVITATION,
-                request.clone(),
-            );
-            let mut client = client.clone();
-            let timeout = self.node_timeout;
-            async move {
-                tokio::time::timeout(timeout, client.accept_invitation(signed))
-                    .await
-                    .map_err(|_| Status::deadline_exceeded("the node did not answer in time"))?
-                    .map(tonic::Response::into_inner)
-            }
-        };
-        let reply = match ask(&client).await {
-            Err(status)
-                if cohortex_types::rpc::Refusal::of(&status)
-                    == Some(cohortex_types::rpc::Refusal::EvaluationKeyMissing) =>
-            {
-                let key = self
-                    .evaluation_key(&posting.evaluation_key)?
+        let nodes = self.nodes();
+        let reply = with_evaluation_key(
+            nodes.as_ref(),
+            &info.endpoint,
+            || {
+                self.evaluation_key(&posting.evaluation_key)?
                     .ok_or_else(|| {
                         Status::failed_precondition(
                             "trial.evaluation_key: the market no longer holds the recruiter's \
-                         evaluation key; the recruiter must store it again (PutEvaluationKey)",
+                             evaluation key; the recruiter must store it again (PutEvaluationKey)",
                         )
-                    })?;
-                let upload = signed_stream_request_to(
-                    &self.account,
-                    &info.endpoint,
-                    methods::PUT_EVALUATION_KEY,
-                    key_chunks(&key),
-                );
-                tokio::time::timeout(Duration::from_secs(300), client.put_evaluation_key(upload))
-                    .await
-                    .map_err(|_| {
-                        Status::deadline_exceeded("the node did not take the key in time")
-                    })??;
-                ask(&client).await?
-            }
-            answer => answer?,
-        };
+                    })
+            },
+            || nodes.accept_invitation(&info.endpoint, request.clone()),
+        )
+        .await?;
 
         // The node's reply must be its own, for this trial and listing.
         if reply.trial != trial || reply.listing != listing.0 {

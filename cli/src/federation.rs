@@ -699,16 +699,10 @@ async fn write_client_files(
 ) -> anyhow::Result<PathBuf> {
     let dir = cluster.dir.join("client");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let public = format!(
-        "# The demo market: how to reach and check it.\nendpoint = \"{}\"\nchain_id = \"{}\"\n\
-         ledger_key = \"{}\"\nfund = \"{}\"\n",
-        cluster.market_endpoint,
-        cluster.chain_id,
-        hex::encode(cluster.ledger_key.as_bytes()),
-        cluster.fund,
-    );
-    std::fs::write(dir.join("public.toml"), public)
-        .with_context(|| format!("writing {}", dir.join("public.toml").display()))?;
+    // The same file, written by the same code, as `cohortex market serve` writes.
+    cluster
+        .public()
+        .write(&dir.join(cohortex_client::public::PUBLIC_FILE))?;
     let buyer_path = dir.join("buyer.key");
     for stale in [buyer_path.clone(), buyer_path.with_extension("pub")] {
         if stale.exists() {

@@ -85,6 +85,11 @@ impl Patient {
         &self.key
     }
 
+    /// Where donated shares go, if this client knows the market's research fund.
+    pub fn fund(&self) -> Option<AccountId> {
+        self.fund
+    }
+
     /// The market's endpoint.
     pub fn market(&self) -> &str {
         &self.market

@@ -593,6 +593,18 @@ impl Cluster {
         self.dir.join("ledger.db")
     }
 
+    /// What the market publishes about itself (`public.toml`).
+    pub fn public(&self) -> cohortex_client::MarketPublic {
+        cohortex_client::MarketPublic {
+            endpoint: self.market_endpoint.clone(),
+            chain_id: self.chain_id,
+            ledger_key: self.ledger_key,
+            coordinator: self.coordinator.account(),
+            fund: self.fund,
+            issuer: AccountId::of(&self.issuer),
+        }
+    }
+
     /// A new buyer: registers itself and receives `credits` from the issuer, over gRPC.
     pub async fn new_buyer(&self, credits: u64) -> anyhow::Result<Buyer> {
         let key = SigningKey::generate(&mut OsRng);

@@ -228,10 +228,11 @@ impl Market {
         let chain_id = chain_id
             .map(|text| hex32(text, "chain_id").map(Hash32))
             .transpose()?;
+        let key = read_key(&key, "key")?;
         let link = Link::new(py, endpoint, (ca, cert, tls_key), chain_id)?;
         Ok(Self {
             link,
-            key: read_key(&key, "key")?,
+            key,
             ledger_key,
             table: OnceLock::new(),
         })
@@ -249,6 +250,7 @@ impl Market {
         tls_key: PathBuf,
     ) -> PyResult<Self> {
         let public = read_public(&public)?;
+        let key = read_key(&key, "key")?;
         let link = Link::new(
             py,
             public.endpoint,
@@ -257,7 +259,7 @@ impl Market {
         )?;
         Ok(Self {
             link,
-            key: read_key(&key, "key")?,
+            key,
             ledger_key: public.ledger_key,
             table: OnceLock::new(),
         })
@@ -418,7 +420,6 @@ impl Market {
     }
 }
 
-/// A patient's client: registration, consents, earnings.
 /// A patient's client: registering, consents and earnings (`cohortex_client::Patient`).
 #[pyclass(module = "cohortex")]
 struct Patient {
@@ -504,6 +505,11 @@ impl Patient {
     ) -> PyResult<u64> {
         if let Some(limit) = epsilon_limit {
             epsilon_limit_micro(limit).map_err(|error| bad(format!("{error:#}")))?;
+        }
+        if donate && self.client.fund().is_none() {
+            return Err(bad(
+                "donate: this client knows no fund; pass fund= or use Patient.from_public".into(),
+            ));
         }
         let grant = ConsentGrant {
             listing: ListingId::new(listing),

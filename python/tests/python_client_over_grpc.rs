@@ -140,6 +140,11 @@ newcomer.consent("clinic-1", "academic_research", epsilon_limit=5.0)
 out["new_consents"] = newcomer.consents()
 newcomer.revoke("clinic-1", "academic_research")
 out["after_revoke"] = newcomer.consents()
+# Configured from the market's public.toml (the notebooks' way).
+out["from_public"] = {
+    "market": cohortex.Market.from_public(args["public"], args["buyer_key"], **tls).account,
+    "patient": cohortex.Patient.from_public(args["public"], args["patient_key"], **tls).account,
+}
 print(json.dumps(out))
 "#;
 
@@ -194,6 +199,10 @@ async fn python_client_queries_and_consents_against_a_live_federation() {
     std::fs::write(dir.path().join("python.crt"), &issued.certificate_pem).unwrap();
     write_secret(&dir.path().join("python.key"), &issued.key_pem);
 
+    // The market's public.toml, as `market serve` and `demo` write it.
+    let public_path = dir.path().join("public.toml");
+    cluster.public().write(&public_path).unwrap();
+
     let arguments = serde_json::json!({
         "endpoint": cluster.market_endpoint,
         "buyer_key": buyer_path,
@@ -203,6 +212,7 @@ async fn python_client_queries_and_consents_against_a_live_federation() {
         "cert": dir.path().join("python.crt"),
         "tls_key": dir.path().join("python.key"),
         "ledger_key": hex::encode(cluster.ledger_key.as_bytes()),
+        "public": public_path,
         "epsilon": EPSILON,
     });
     let output = tokio::task::spawn_blocking(move || {
@@ -279,5 +289,10 @@ async fn python_client_queries_and_consents_against_a_live_federation() {
         serde_json::json!(5.0)
     );
     assert_eq!(out["after_revoke"][0]["active"], serde_json::json!(false));
+    assert_eq!(out["from_public"]["market"], out["account"]);
+    assert_eq!(
+        out["from_public"]["patient"],
+        serde_json::json!(AccountId::of(&patient_key).to_string())
+    );
     cluster.shutdown();
 }

@@ -258,7 +258,8 @@ pub struct Coordinator {
     /// Test hook: receipts are recorded without their settlement (see
     /// [`Coordinator::leave_orders_computed`]).
     leave_computed: std::sync::atomic::AtomicBool,
-    /// How long a node may take to contribute or key-switch.
+    /// How long a node may take to answer one call (a contribution, a key-switch share, a key
+    /// ceremony round, a feasibility count); an evaluation key's upload may take 300 s.
     pub node_timeout: Duration,
     /// Where the listings' endpoints and manifests and the committee are kept across
     /// restarts (`None`: memory only, as in the in-process cluster).
@@ -338,8 +339,9 @@ impl Coordinator {
         self
     }
 
-    /// The coordinator reaching the nodes of its orders through `nodes` instead of gRPC (the
-    /// key ceremony, feasibility searches and recruitment still use gRPC).
+    /// The coordinator reaching the nodes through `nodes` instead of gRPC: every node call
+    /// (an order's phases, the key ceremony, feasibility counts, trial acceptances,
+    /// evaluation keys).
     pub fn with_nodes(mut self, nodes: Arc<dyn ComputeNodes>) -> Self {
         self.nodes = Some(nodes);
         self

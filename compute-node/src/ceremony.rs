@@ -137,6 +137,25 @@ impl CeremonyError {
     }
 }
 
+/// A ceremony message refused, as the node's refusal of the same kind.
+impl From<CeremonyError> for crate::error::NodeError {
+    fn from(error: CeremonyError) -> Self {
+        use crate::error::NodeError;
+        let message = error.to_string();
+        match error {
+            CeremonyError::WrongCount { .. } | CeremonyError::Malformed { .. } => {
+                NodeError::BadRequest(message)
+            }
+            CeremonyError::BadMember { .. } | CeremonyError::NotSignedByMember { .. } => {
+                NodeError::NotPermitted(message)
+            }
+            CeremonyError::Diverged { .. } | CeremonyError::NotOwnBroadcast { .. } => {
+                NodeError::NotReady(message)
+            }
+        }
+    }
+}
+
 impl From<CeremonyError> for Status {
     fn from(error: CeremonyError) -> Self {
         Status::new(error.code(), error.to_string())

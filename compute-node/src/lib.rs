@@ -33,6 +33,7 @@
 #[cfg(feature = "protocol")]
 pub mod ceremony;
 pub mod durable;
+pub mod error;
 #[cfg(feature = "tfhe")]
 pub mod feasibility;
 #[cfg(all(feature = "protocol", feature = "tfhe"))]

@@ -148,7 +148,13 @@ fn query_crate_links_no_records_engine_storage_or_transport() {
 fn domain_modules_import_neither_tonic_nor_prost() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut files: Vec<std::path::PathBuf> = Vec::new();
-    for name in ["durable", "sealed_share", "feasibility", "recruitment"] {
+    for name in [
+        "durable",
+        "sealed_share",
+        "feasibility",
+        "recruitment",
+        "error",
+    ] {
         files.push(root.join(format!("compute-node/src/{name}.rs")));
     }
     for name in [

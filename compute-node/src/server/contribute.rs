@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use crate::error::NodeError;
 use cohortex_proto::v1::{
     ContributeRequest, ContributeResponse, ContributionParticipantsRequest,
     ContributionParticipantsResponse,
@@ -10,7 +11,6 @@ use cohortex_proto::v1::{
 use cohortex_types::text::bounded_message;
 use market::{AccountId, ListingContribution, ListingId};
 use rand::rngs::OsRng;
-use tonic::Status;
 use zk::Wire;
 
 use super::{order_id, order_key, Fault, NodeService, NodeState};
@@ -57,9 +57,9 @@ pub(super) struct OrderClaim<'a> {
 
 impl<'a> OrderClaim<'a> {
     /// Claims `order`, or refuses if this node answered it or is answering it.
-    pub(super) fn take(node: &'a NodeService, order: &[u8]) -> Result<Self, Status> {
+    pub(super) fn take(node: &'a NodeService, order: &[u8]) -> Result<Self, NodeError> {
         if !node.lock()?.contributed.insert(order.to_vec()) {
-            return Err(Status::already_exists(
+            return Err(NodeError::already_answered(
                 "order_id: this node already answered the order, or is answering it",
             ));
         }
@@ -97,7 +97,7 @@ impl NodeService {
     pub(super) fn contribution_participants(
         &self,
         message: ContributionParticipantsRequest,
-    ) -> Result<ContributionParticipantsResponse, Status> {
+    ) -> Result<ContributionParticipantsResponse, NodeError> {
         let order = order_id(&message.order_id)?;
         let list = self
             .lock()?
@@ -106,7 +106,7 @@ impl NodeService {
             .find(|(listed, _)| *listed == order)
             .map(|(_, list)| Arc::clone(list))
             .ok_or_else(|| {
-                Status::not_found(
+                NodeError::not_found(
                     "order_id: this node holds no participant list for the order (it did not \
                      contribute to it, or contributed to many orders since)",
                 )
@@ -115,7 +115,7 @@ impl NodeService {
             .ok()
             .filter(|offset| *offset <= list.len())
             .ok_or_else(|| {
-                Status::out_of_range(format!(
+                NodeError::out_of_range(format!(
                     "offset: the contribution has {} participants",
                     list.len()
                 ))
@@ -132,21 +132,21 @@ impl NodeService {
     pub(super) async fn contribution(
         &self,
         message: ContributeRequest,
-    ) -> Result<ContributeResponse, Status> {
+    ) -> Result<ContributeResponse, NodeError> {
         let order = order_id(&message.order_id)?;
         if message.listing != self.config.listing {
-            return Err(Status::invalid_argument(format!(
+            return Err(NodeError::bad_request(format!(
                 "listing: this node serves `{}`",
                 self.config.listing
             )));
         }
         if message.purpose.is_empty() {
-            return Err(Status::invalid_argument("purpose: empty"));
+            return Err(NodeError::bad_request("purpose: empty"));
         }
         let collective_key = {
             let state = self.lock()?;
             let Some((_, committee)) = &state.key else {
-                return Err(Status::failed_precondition(
+                return Err(NodeError::not_ready(
                     "no collective key yet: the committee's DKG has not run",
                 ));
             };
@@ -156,19 +156,19 @@ impl NodeService {
         // each make (and attest) a contribution.
         let claim = OrderClaim::take(self, &order)?;
         let plan = compile(&message.sql, self.vault.schema()).map_err(|error| {
-            Status::invalid_argument(format!("sql: {}", bounded_message(&error.to_string())))
+            NodeError::bad_request(format!("sql: {}", bounded_message(&error.to_string())))
         })?;
         // The buyer's signed order, not the coordinator, says what is asked, for which
         // purpose, and how much ε each included patient spends.
         let facts = self.order_facts(&order, &message.sql).await?;
         if !facts.listings.contains(&self.config.listing) {
-            return Err(Status::failed_precondition(format!(
+            return Err(NodeError::not_ready(format!(
                 "order_id: the order does not name listing {}",
                 self.config.listing
             )));
         }
         if cohortex_types::purpose_name(facts.purpose) != message.purpose {
-            return Err(Status::invalid_argument(format!(
+            return Err(NodeError::bad_request(format!(
                 "purpose: the order's purpose is {}",
                 cohortex_types::purpose_name(facts.purpose)
             )));
@@ -191,7 +191,7 @@ impl NodeService {
         let fault = self.fault();
         let (contribution, participants) = tokio::task::spawn_blocking(move || {
             let statistics = evaluate(&plan, &vault, &consents, &purpose)
-                .map_err(|error| Status::internal(format!("evaluation failed: {error}")))?;
+                .map_err(|error| NodeError::internal(format!("evaluation failed: {error}")))?;
             let mut contribution = build_contribution(
                 &context,
                 &collective_key,
@@ -200,7 +200,7 @@ impl NodeService {
                 vault.capacity(),
                 &mut OsRng,
             )
-            .map_err(|error| Status::internal(format!("proving failed: {error}")))?;
+            .map_err(|error| NodeError::internal(format!("proving failed: {error}")))?;
             if fault == Some(Fault::InflateAfterProving) {
                 contribution.ciphertexts[1] = contribution.ciphertexts[1]
                     .add_plaintext(&curve25519_dalek::Scalar::from(1_000_000_000u64));
@@ -214,10 +214,10 @@ impl NodeService {
                 .collect();
             participants.sort();
             participants.dedup();
-            Ok::<_, Status>((contribution, participants))
+            Ok::<_, NodeError>((contribution, participants))
         })
         .await
-        .map_err(|error| Status::internal(format!("worker failed: {error}")))??;
+        .map_err(|error| NodeError::internal(format!("worker failed: {error}")))??;
         let ciphertexts: Vec<Vec<u8>> = contribution
             .ciphertexts
             .iter()

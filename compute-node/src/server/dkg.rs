@@ -9,6 +9,7 @@
 //! the node's own pinned committee ([`crate::ceremony`]): the coordinator only relays. A node
 //! that holds a key refuses a new ceremony.
 
+use crate::error::NodeError;
 use cohortex_proto::tls::endpoint as link;
 use cohortex_proto::v1::{
     DeliverShareRequest, DeliverShareResponse, DkgComplaints, DkgConfirmRequest,
@@ -21,7 +22,6 @@ use cohortex_types::Hash32;
 use market::AccountId;
 use prost::Message;
 use rand::rngs::OsRng;
-use tonic::Status;
 use zk::dkg::messages::{Complaint, DealerBroadcast, DealerShare, Justification};
 use zk::dkg::{deal_with_rng, AwaitingJustifications, AwaitingShares, DkgOutput, DkgParameters};
 use zk::{CommitteePublic, KeyShare, MemberIndex, Wire};
@@ -73,14 +73,14 @@ pub(super) struct Finished {
     confirmation: Vec<u8>,
 }
 
-fn not_current() -> Status {
-    Status::invalid_argument("session_id: not the current session")
+fn not_current() -> NodeError {
+    NodeError::bad_request("session_id: not the current session")
 }
 
 impl DkgRound {
     /// Takes round 1 of `session` out, leaving the node idle. A request for another session
     /// leaves the round as it was.
-    fn take_dealt(&mut self, session: &[u8]) -> Result<Dealt, Status> {
+    fn take_dealt(&mut self, session: &[u8]) -> Result<Dealt, NodeError> {
         match std::mem::replace(self, DkgRound::Idle) {
             DkgRound::Dealt(dealt) if dealt.session.as_slice() == session => Ok(dealt),
             DkgRound::Dealt(dealt) => {
@@ -89,14 +89,14 @@ impl DkgRound {
             }
             other => {
                 *self = other;
-                Err(Status::failed_precondition("no DKG round 1 in progress"))
+                Err(NodeError::not_ready("no DKG round 1 in progress"))
             }
         }
     }
 
     /// Takes round 2 of `session` out, leaving the node idle. A request for another session
     /// leaves the round as it was.
-    fn take_received(&mut self, session: &[u8]) -> Result<Received, Status> {
+    fn take_received(&mut self, session: &[u8]) -> Result<Received, NodeError> {
         match std::mem::replace(self, DkgRound::Idle) {
             DkgRound::Received(received) if received.session.as_slice() == session => Ok(received),
             DkgRound::Received(received) => {
@@ -105,14 +105,14 @@ impl DkgRound {
             }
             other => {
                 *self = other;
-                Err(Status::failed_precondition("no DKG round 2 completed"))
+                Err(NodeError::not_ready("no DKG round 2 completed"))
             }
         }
     }
 
     /// Takes round 4 of `session` out, leaving the node idle. A request for another session
     /// leaves the round as it was.
-    fn take_finished(&mut self, session: &[u8]) -> Result<Finished, Status> {
+    fn take_finished(&mut self, session: &[u8]) -> Result<Finished, NodeError> {
         match std::mem::replace(self, DkgRound::Idle) {
             DkgRound::Finished(finished) if finished.session.as_slice() == session => Ok(finished),
             DkgRound::Finished(finished) => {
@@ -121,26 +121,26 @@ impl DkgRound {
             }
             other => {
                 *self = other;
-                Err(Status::failed_precondition("no DKG round 4 completed"))
+                Err(NodeError::not_ready("no DKG round 4 completed"))
             }
         }
     }
 
     /// The broadcast this node dealt in `session`, while it awaits round 2.
-    fn dealt_broadcast(&self, session: &[u8]) -> Result<&[u8], Status> {
+    fn dealt_broadcast(&self, session: &[u8]) -> Result<&[u8], NodeError> {
         match self {
             DkgRound::Dealt(dealt) if dealt.session.as_slice() == session => Ok(&dealt.broadcast),
             DkgRound::Dealt(_) => Err(not_current()),
-            _ => Err(Status::failed_precondition("no DKG round 1 in progress")),
+            _ => Err(NodeError::not_ready("no DKG round 1 in progress")),
         }
     }
 
     /// Round 2 of `session`, left in place (justifying does not end it).
-    fn received(&self, session: &[u8]) -> Result<&Received, Status> {
+    fn received(&self, session: &[u8]) -> Result<&Received, NodeError> {
         match self {
             DkgRound::Received(received) if received.session.as_slice() == session => Ok(received),
             DkgRound::Received(_) => Err(not_current()),
-            _ => Err(Status::failed_precondition("no DKG round 2 completed")),
+            _ => Err(NodeError::not_ready("no DKG round 2 completed")),
         }
     }
 }
@@ -152,11 +152,11 @@ impl Dealt {
         broadcasts: &[DealerBroadcast],
         shares: &[DealerShare],
         broadcasts_digest: Hash32,
-    ) -> Result<(Received, Vec<Complaint>), Status> {
+    ) -> Result<(Received, Vec<Complaint>), NodeError> {
         let (state, complaints) = self
             .state
             .receive(broadcasts, shares)
-            .map_err(|error| Status::invalid_argument(format!("broadcasts: {error}")))?;
+            .map_err(|error| NodeError::bad_request(format!("broadcasts: {error}")))?;
         let received = Received {
             session: self.session,
             state,
@@ -177,10 +177,10 @@ impl Received {
         self,
         complaints: &[Complaint],
         justifications: &[Justification],
-    ) -> Result<DkgOutput, Status> {
+    ) -> Result<DkgOutput, NodeError> {
         self.state
             .finish(complaints, justifications)
-            .map_err(|error| Status::failed_precondition(format!("dkg: {error}")))
+            .map_err(|error| NodeError::not_ready(format!("dkg: {error}")))
     }
 }
 
@@ -191,7 +191,7 @@ fn checked_complaints(
     statements: &[Statement],
     broadcasts_digest: &Hash32,
     session: &[u8],
-) -> Result<(Vec<Complaint>, Hash32), Status> {
+) -> Result<(Vec<Complaint>, Hash32), NodeError> {
     let mut complaints = Vec::new();
     for (index, statement) in statements.iter().enumerate() {
         let field = format!("complaints[{index}]");
@@ -222,9 +222,9 @@ fn checked_complaints(
 /// A live key is never replaced at the relay's request: re-keying would let whoever runs the
 /// ceremony start over until it can cheat, and would strand every release encrypted under the
 /// current key. Retiring a key is the member's own decision.
-fn refuse_if_keyed(holds_key: bool) -> Result<(), Status> {
+fn refuse_if_keyed(holds_key: bool) -> Result<(), NodeError> {
     if holds_key {
-        return Err(Status::failed_precondition(
+        return Err(NodeError::not_ready(
             "this node holds the committee's key share; it takes part in no new key ceremony \
              until its operator retires the share (docs/privacy.md, key rotation)",
         ));
@@ -256,7 +256,7 @@ impl NodeService {
         round: CeremonyRound,
         messages: &[SignedDkgMessage],
         field: &str,
-    ) -> Result<Vec<Statement>, Status> {
+    ) -> Result<Vec<Statement>, NodeError> {
         Ok(verify_round(
             &self.config.committee,
             &self.config.ledger.chain_id,
@@ -269,20 +269,20 @@ impl NodeService {
 
     /// Round 1: deals to the committee pinned in the node's own configuration, which the
     /// request may only name back, and delivers each private share straight to its member.
-    pub(super) async fn deal(&self, message: DkgDealRequest) -> Result<DkgDealResponse, Status> {
+    pub(super) async fn deal(&self, message: DkgDealRequest) -> Result<DkgDealResponse, NodeError> {
         // The committee is this node's own: the coordinator may only name it back. A request
         // naming another threshold, member or endpoint (say, the coordinator's own endpoint
         // on two seats, to collect t shares) gets nothing.
         let committee = &self.config.committee;
         if message.threshold != u32::from(committee.threshold()) {
-            return Err(Status::permission_denied(format!(
+            return Err(NodeError::not_permitted(format!(
                 "threshold: {} is not this node's pinned threshold {}",
                 message.threshold,
                 committee.threshold()
             )));
         }
         if message.peers.len() != committee.seats().len() {
-            return Err(Status::permission_denied(format!(
+            return Err(NodeError::not_permitted(format!(
                 "peers: {} named, this node's pinned committee has {} members",
                 message.peers.len(),
                 committee.seats().len()
@@ -297,7 +297,7 @@ impl NodeService {
                 normal_endpoint(&seat.endpoint) == normal_endpoint(&peer.endpoint)
             });
             if !matches {
-                return Err(Status::permission_denied(format!(
+                return Err(NodeError::not_permitted(format!(
                     "peers[{index}]: member {} at that endpoint is not in this node's pinned \
                      committee",
                     peer.member
@@ -311,7 +311,7 @@ impl NodeService {
             // this node's new dealing with its old, signed broadcast, so that it complains about
             // honest dealers and makes them reveal their shares for it.
             if state.dealt_sessions.contains(&message.session_id) {
-                return Err(Status::already_exists(
+                return Err(NodeError::already_answered(
                     "session_id: this node already dealt in this session",
                 ));
             }
@@ -325,30 +325,30 @@ impl NodeService {
             committee.seats().len() as u16,
             &message.session_id,
         )
-        .map_err(|error| Status::invalid_argument(format!("session_id: {error}")))?;
+        .map_err(|error| NodeError::bad_request(format!("session_id: {error}")))?;
         let (state, broadcast, shares) = deal_with_rng(&parameters, self.config.member, &mut OsRng)
-            .map_err(|error| Status::internal(format!("dealing failed: {error}")))?;
+            .map_err(|error| NodeError::internal(format!("dealing failed: {error}")))?;
         // Deliver each private share straight to its recipient, at its pinned endpoint, sealed
         // to its pinned account key (TLS alone would trust the federation's authority).
         for share in shares {
             let seat = committee.seat(share.recipient).ok_or_else(|| {
-                Status::internal(format!("no seat for member {}", share.recipient.get()))
+                NodeError::internal(format!("no seat for member {}", share.recipient.get()))
             })?;
             let recipient_key = seat.account.verifying_key().map_err(|error| {
-                Status::internal(format!(
+                NodeError::internal(format!(
                     "member {}'s pinned account is not a key: {error}",
                     seat.member.get()
                 ))
             })?;
             let sealed_share =
                 seal_share_with_rng(&share, &message.session_id, &recipient_key, &mut OsRng)
-                    .map_err(|error| Status::internal(error.to_string()))?;
+                    .map_err(|error| NodeError::internal(error.to_string()))?;
             let channel = link(&seat.endpoint, self.config.tls.as_ref())
-                .map_err(|error| Status::internal(format!("member endpoint: {error}")))?
+                .map_err(|error| NodeError::internal(format!("member endpoint: {error}")))?
                 .connect()
                 .await
                 .map_err(|error| {
-                    Status::unavailable(format!(
+                    NodeError::unavailable(format!(
                         "member {} unreachable: {error}",
                         seat.member.get()
                     ))
@@ -394,9 +394,9 @@ impl NodeService {
         &self,
         caller: AccountId,
         message: DeliverShareRequest,
-    ) -> Result<DeliverShareResponse, Status> {
+    ) -> Result<DeliverShareResponse, NodeError> {
         let Some(caller_seat) = self.config.committee.seat_of(&caller) else {
-            return Err(Status::permission_denied(format!(
+            return Err(NodeError::not_permitted(format!(
                 "account {caller} is not a committee member"
             )));
         };
@@ -412,14 +412,14 @@ impl NodeService {
         )
         .map_err(|error| match error {
             SealError::WrongSeats { .. } => {
-                Status::permission_denied(format!("sealed_share: {error}"))
+                NodeError::not_permitted(format!("sealed_share: {error}"))
             }
-            _ => Status::invalid_argument(format!("sealed_share: {error}")),
+            _ => NodeError::bad_request(format!("sealed_share: {error}")),
         })?;
         let mut state = self.lock()?;
         let inbox = state.inbox.entry(message.session_id).or_default();
         if inbox.iter().any(|held| held.dealer == share.dealer) {
-            return Err(Status::already_exists(
+            return Err(NodeError::already_answered(
                 "share: this dealer's share for the session was already delivered",
             ));
         }
@@ -432,7 +432,7 @@ impl NodeService {
     pub(super) fn receive_broadcasts(
         &self,
         message: DkgReceiveRequest,
-    ) -> Result<DkgReceiveResponse, Status> {
+    ) -> Result<DkgReceiveResponse, NodeError> {
         let session = message.session_id;
         let statements = self.verified(
             &session,
@@ -492,7 +492,10 @@ impl NodeService {
 
     /// Round 3: checks every member's signed complaints (over the broadcasts this node saw)
     /// and answers those against this node's dealing, signed.
-    pub(super) fn justify(&self, message: DkgJustifyRequest) -> Result<DkgJustifyResponse, Status> {
+    pub(super) fn justify(
+        &self,
+        message: DkgJustifyRequest,
+    ) -> Result<DkgJustifyResponse, NodeError> {
         let session = message.session_id;
         let statements = self.verified(
             &session,
@@ -528,7 +531,7 @@ impl NodeService {
     pub(super) fn finish_dkg(
         &self,
         message: DkgFinishRequest,
-    ) -> Result<DkgFinishResponse, Status> {
+    ) -> Result<DkgFinishResponse, NodeError> {
         let session = message.session_id;
         let complaint_statements = self.verified(
             &session,
@@ -601,7 +604,7 @@ impl NodeService {
     pub(super) fn confirm_dkg(
         &self,
         message: DkgConfirmRequest,
-    ) -> Result<DkgConfirmResponse, Status> {
+    ) -> Result<DkgConfirmResponse, NodeError> {
         let session = message.session_id;
         let statements = self.verified(
             &session,
@@ -611,7 +614,7 @@ impl NodeService {
         )?;
         let mut state = self.lock()?;
         if state.key.is_some() {
-            return Err(Status::failed_precondition(
+            return Err(NodeError::not_ready(
                 "this node already holds the committee's key share",
             ));
         }
@@ -622,7 +625,7 @@ impl NodeService {
         if let Some(path) = &self.config.key_share_file {
             store_key_share(path, &output.share, &output.committee).map_err(|error| {
                 tracing::error!(path = %path.display(), %error, "storing the key share");
-                Status::internal("the node could not store its key share")
+                NodeError::internal("the node could not store its key share")
             })?;
         }
         state.key = Some((output.share, output.committee));
@@ -729,7 +732,7 @@ mod tests {
     #[test]
     fn rounds_out_of_order_are_refused() {
         let mut round = DkgRound::Idle;
-        let code = |status: Status| status.code();
+        let code = |error: NodeError| error.code();
         assert_eq!(
             round.take_dealt(b"s").err().map(code),
             Some(Code::FailedPrecondition)

@@ -19,7 +19,9 @@ use cohortex_proto::v1::{
 };
 use market::{AccountId, AttestationKind, ListingContribution, ListingId, Purpose};
 use rand::rngs::OsRng;
-use tonic::{Response, Status};
+use tonic::Response;
+
+use crate::error::NodeError;
 use zk::fhe::{EvaluationKey, Evaluator};
 
 use super::contribute::{keep_for_paging, OrderClaim, PARTICIPANTS_PAGE};
@@ -30,9 +32,9 @@ use crate::feasibility_wire::{criteria_from_wire, criteria_hash, read_evaluation
 
 /// The noise of one count at ε = `epsilon_micro`/10⁶: scale b = 1/ε (sensitivity 1) and
 /// bound K = ⌈48·b⌉ + 1 (see docs/privacy.md, "Truncation").
-pub fn count_noise(epsilon_micro: u64) -> Result<SlotNoise, Status> {
+pub fn count_noise(epsilon_micro: u64) -> Result<SlotNoise, NodeError> {
     if epsilon_micro == 0 {
-        return Err(Status::failed_precondition("the order's ε is zero"));
+        return Err(NodeError::not_ready("the order's ε is zero"));
     }
     let scale_num = MICRO;
     let scale_den = u128::from(epsilon_micro);
@@ -41,7 +43,7 @@ pub fn count_noise(epsilon_micro: u64) -> Result<SlotNoise, Status> {
         .ok()
         .filter(|bound| *bound < 1 << 30)
         .ok_or_else(|| {
-            Status::failed_precondition("the order's ε is too small for a count to carry its noise")
+            NodeError::not_ready("the order's ε is too small for a count to carry its noise")
         })?;
     Ok(SlotNoise {
         scale_num,
@@ -57,7 +59,7 @@ impl NodeService {
     pub(super) async fn receive_evaluation_key(
         &self,
         mut stream: tonic::Streaming<EvaluationKeyChunk>,
-    ) -> Result<Response<PutEvaluationKeyResponse>, Status> {
+    ) -> Result<Response<PutEvaluationKeyResponse>, NodeError> {
         let bytes = read_evaluation_key(&mut stream).await?;
         let fingerprint = EvaluationKey::fingerprint_of(&bytes);
         let length = bytes.len() as u64;
@@ -67,8 +69,8 @@ impl NodeService {
                 EvaluationKey::from_bytes(&bytes).map(|key| key.expand())
             })
             .await
-            .map_err(|error| Status::internal(format!("worker failed: {error}")))?
-            .map_err(|error| Status::invalid_argument(format!("data: {error}")))?;
+            .map_err(|error| NodeError::internal(format!("worker failed: {error}")))?
+            .map_err(|error| NodeError::bad_request(format!("data: {error}")))?;
             tracing::info!(
                 fingerprint = %hex::encode(&fingerprint[..8]),
                 bytes = length,
@@ -78,7 +80,7 @@ impl NodeService {
             let mut keys = self
                 .evaluation_keys
                 .lock()
-                .map_err(|_| Status::internal("evaluation key cache poisoned"))?;
+                .map_err(|_| NodeError::internal("evaluation key cache poisoned"))?;
             keys.retain(|(kept, _)| *kept != fingerprint);
             keys.push((fingerprint, Arc::new(evaluator)));
             while keys.len() > EVALUATION_KEYS_KEPT {
@@ -94,11 +96,11 @@ impl NodeService {
     pub(super) fn evaluator(
         &self,
         fingerprint: &[u8; 32],
-    ) -> Result<Option<Arc<Evaluator>>, Status> {
+    ) -> Result<Option<Arc<Evaluator>>, NodeError> {
         let keys = self
             .evaluation_keys
             .lock()
-            .map_err(|_| Status::internal("evaluation key cache poisoned"))?;
+            .map_err(|_| NodeError::internal("evaluation key cache poisoned"))?;
         Ok(keys
             .iter()
             .find(|(kept, _)| kept == fingerprint)
@@ -109,11 +111,11 @@ impl NodeService {
     pub(super) async fn run_feasibility(
         &self,
         message: FeasibilityRequest,
-    ) -> Result<FeasibilityResponse, Status> {
+    ) -> Result<FeasibilityResponse, NodeError> {
         let order = order_id(&message.order_id)?;
         let order_key = order_key(&order)?;
         if message.listing != self.config.listing {
-            return Err(Status::invalid_argument(format!(
+            return Err(NodeError::bad_request(format!(
                 "listing: this node serves `{}`",
                 self.config.listing
             )));
@@ -121,17 +123,17 @@ impl NodeService {
         let wire = message
             .criteria
             .as_ref()
-            .ok_or_else(|| Status::invalid_argument("criteria: missing"))?;
+            .ok_or_else(|| NodeError::bad_request("criteria: missing"))?;
         let (fingerprint, criteria) = criteria_from_wire(wire, "criteria")?;
         criteria
             .check(self.vault.schema())
-            .map_err(|error| Status::invalid_argument(format!("criteria.{error}")))?;
+            .map_err(|error| NodeError::bad_request(format!("criteria.{error}")))?;
         let query_hash = criteria_hash(wire);
         let evaluator = self.evaluator(&fingerprint)?.ok_or_else(|| {
-            cohortex_types::rpc::Refusal::EvaluationKeyMissing.status(
-                tonic::Code::FailedPrecondition,
+            NodeError::EvaluationKeyMissing(
                 "criteria.evaluation_key: this node holds no evaluation key with this \
-                 fingerprint; send it with PutEvaluationKey first",
+                 fingerprint; send it with PutEvaluationKey first"
+                    .into(),
             )
         })?;
         // Claimed before any work, under the lock: two concurrent calls for one order must
@@ -157,31 +159,31 @@ impl NodeService {
             })
             .await
             .map_err(follow_status)?;
-        let found = found
-            .ok_or_else(|| Status::failed_precondition("order_id: no such order on the ledger"))?;
+        let found =
+            found.ok_or_else(|| NodeError::not_ready("order_id: no such order on the ledger"))?;
         if found.status != market::state::Settlement::Open {
-            return Err(Status::failed_precondition(
+            return Err(NodeError::not_ready(
                 "order_id: the order is no longer open on the ledger",
             ));
         }
         if time >= found.expires_at {
-            return Err(Status::failed_precondition(format!(
+            return Err(NodeError::not_ready(format!(
                 "order_id: the order expired at {} (ledger time {time})",
                 found.expires_at
             )));
         }
         if found.purpose != Purpose::TrialFeasibility {
-            return Err(Status::failed_precondition(
+            return Err(NodeError::not_ready(
                 "order_id: the order's purpose is not trial_feasibility",
             ));
         }
         if found.query_hash != query_hash {
-            return Err(Status::invalid_argument(
+            return Err(NodeError::bad_request(
                 "criteria: their hash is not the order's query_hash",
             ));
         }
         if result_key.as_deref() != Some(fingerprint.as_slice()) {
-            return Err(Status::invalid_argument(
+            return Err(NodeError::bad_request(
                 "criteria.evaluation_key: not the key the recruiter signed into the order",
             ));
         }
@@ -191,13 +193,13 @@ impl NodeService {
             .map(|ordered| ordered.listing.0.clone())
             .collect();
         if !listings.contains(&self.config.listing) {
-            return Err(Status::failed_precondition(format!(
+            return Err(NodeError::not_ready(format!(
                 "order_id: the order does not name listing {}",
                 self.config.listing
             )));
         }
         let min_cohort = min_cohort.ok_or_else(|| {
-            Status::failed_precondition("listing: this node's listing is not on the ledger")
+            NodeError::not_ready("listing: this node's listing is not on the ledger")
         })?;
         let epsilon_micro = found.epsilon_requested_micro;
         let noise = count_noise(epsilon_micro)?;
@@ -227,7 +229,7 @@ impl NodeService {
                     }
                 },
             )
-            .map_err(|error| Status::invalid_argument(format!("criteria.{error}")))?;
+            .map_err(|error| NodeError::bad_request(format!("criteria.{error}")))?;
             let mut participants: Vec<Vec<u8>> = vault
                 .records()
                 .iter()
@@ -237,10 +239,10 @@ impl NodeService {
                 .collect();
             participants.sort();
             participants.dedup();
-            Ok::<_, Status>((released, stats, participants))
+            Ok::<_, NodeError>((released, stats, participants))
         })
         .await
-        .map_err(|error| Status::internal(format!("worker failed: {error}")))??;
+        .map_err(|error| NodeError::internal(format!("worker failed: {error}")))??;
         tracing::info!(
             patients = stats.patients,
             tuples = stats.distinct_tuples,
@@ -287,15 +289,15 @@ impl NodeService {
 /// Keeps `claim` on a feasibility order once its answer is about to leave. When the node keeps
 /// its key share on disk, the record of the answer is written first, so that a restarted node
 /// does not answer the order again with fresh noise.
-async fn keep_answered(node: &NodeService, claim: OrderClaim<'_>) -> Result<(), Status> {
+async fn keep_answered(node: &NodeService, claim: OrderClaim<'_>) -> Result<(), NodeError> {
     if let Some(path) = answered_path(&node.config) {
         let order = claim.order().to_vec();
         let written = tokio::task::spawn_blocking(move || record_answered(&path, &order))
             .await
-            .map_err(|error| Status::internal(format!("worker failed: {error}")))?;
+            .map_err(|error| NodeError::internal(format!("worker failed: {error}")))?;
         written.map_err(|error| {
             tracing::error!(%error, "recording an answered feasibility search");
-            Status::internal("the node could not record its answer; it sends none")
+            NodeError::internal("the node could not record its answer; it sends none")
         })?;
     }
     claim.keep();

@@ -13,11 +13,70 @@ use cohortex_proto::v1::{
     KeySwitchResponse, PutEvaluationKeyResponse,
 };
 use cohortex_types::auth::unix_now;
+use cohortex_types::rpc::Refusal;
 use market::AccountId;
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 
 use super::NodeService;
+use crate::error::NodeError;
 use crate::protocol::methods;
+
+impl NodeError {
+    /// The gRPC code of this refusal: one closed mapping, so that a new kind must be given a
+    /// code here before the crate compiles.
+    pub fn code(&self) -> Code {
+        match self {
+            NodeError::BadRequest(_) => Code::InvalidArgument,
+            NodeError::NotPermitted(_) => Code::PermissionDenied,
+            NodeError::NotReady(_) | NodeError::EvaluationKeyMissing(_) => Code::FailedPrecondition,
+            NodeError::AlreadyAnswered(_) => Code::AlreadyExists,
+            NodeError::NotFound(_) => Code::NotFound,
+            NodeError::Unavailable(_) => Code::Unavailable,
+            NodeError::Unsupported(_) => Code::Unimplemented,
+            NodeError::OutOfRange(_) => Code::OutOfRange,
+            NodeError::Unauthenticated(_) => Code::Unauthenticated,
+            NodeError::Internal(_) => Code::Internal,
+        }
+    }
+}
+
+/// A refusal as the caller receives it: its code, its message, and for a missing evaluation
+/// key the machine-readable reason the coordinator acts on.
+impl From<NodeError> for Status {
+    fn from(error: NodeError) -> Self {
+        match error {
+            NodeError::EvaluationKeyMissing(message) => {
+                Refusal::EvaluationKeyMissing.status(Code::FailedPrecondition, message)
+            }
+            other => Status::new(other.code(), other.message().to_string()),
+        }
+    }
+}
+
+/// A status from a call this node made (to the market) or from the wire contract's checks, as
+/// the node's own refusal of the same kind.
+impl From<Status> for NodeError {
+    fn from(status: Status) -> Self {
+        let message = status.message().to_string();
+        if Refusal::of(&status) == Some(Refusal::EvaluationKeyMissing) {
+            return NodeError::EvaluationKeyMissing(message);
+        }
+        match status.code() {
+            Code::InvalidArgument => NodeError::BadRequest(message),
+            Code::PermissionDenied => NodeError::NotPermitted(message),
+            Code::FailedPrecondition | Code::Aborted => NodeError::NotReady(message),
+            Code::AlreadyExists => NodeError::AlreadyAnswered(message),
+            Code::NotFound => NodeError::NotFound(message),
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
+                NodeError::Unavailable(message)
+            }
+            Code::Unimplemented => NodeError::Unsupported(message),
+            Code::OutOfRange | Code::ResourceExhausted => NodeError::OutOfRange(message),
+            Code::Unauthenticated => NodeError::Unauthenticated(message),
+            _ => NodeError::Internal(message),
+        }
+    }
+}
 
 impl NodeService {
     /// Refuses a request not signed by this node's coordinator; any other caller is refused
@@ -53,7 +112,10 @@ impl Compute for NodeService {
         request: Request<DkgDealRequest>,
     ) -> Result<Response<DkgDealResponse>, Status> {
         self.check_coordinator(methods::DKG_DEAL, &request)?;
-        self.deal(request.into_inner()).await.map(Response::new)
+        self.deal(request.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(Status::from)
     }
 
     #[tracing::instrument(skip(self, request), fields(listing = %self.config.listing))]
@@ -77,6 +139,7 @@ impl Compute for NodeService {
                 )?;
         self.take_share(caller, request.into_inner())
             .map(Response::new)
+            .map_err(Status::from)
     }
 
     #[tracing::instrument(skip(self, request), fields(listing = %self.config.listing))]
@@ -87,6 +150,7 @@ impl Compute for NodeService {
         self.check_coordinator(methods::DKG_RECEIVE, &request)?;
         self.receive_broadcasts(request.into_inner())
             .map(Response::new)
+            .map_err(Status::from)
     }
 
     #[tracing::instrument(skip(self, request), fields(listing = %self.config.listing))]
@@ -95,7 +159,9 @@ impl Compute for NodeService {
         request: Request<DkgJustifyRequest>,
     ) -> Result<Response<DkgJustifyResponse>, Status> {
         self.check_coordinator(methods::DKG_JUSTIFY, &request)?;
-        self.justify(request.into_inner()).map(Response::new)
+        self.justify(request.into_inner())
+            .map(Response::new)
+            .map_err(Status::from)
     }
 
     #[tracing::instrument(skip(self, request), fields(listing = %self.config.listing))]
@@ -104,7 +170,9 @@ impl Compute for NodeService {
         request: Request<DkgFinishRequest>,
     ) -> Result<Response<DkgFinishResponse>, Status> {
         self.check_coordinator(methods::DKG_FINISH, &request)?;
-        self.finish_dkg(request.into_inner()).map(Response::new)
+        self.finish_dkg(request.into_inner())
+            .map(Response::new)
+            .map_err(Status::from)
     }
 
     #[tracing::instrument(skip(self, request), fields(listing = %self.config.listing))]
@@ -113,7 +181,9 @@ impl Compute for NodeService {
         request: Request<DkgConfirmRequest>,
     ) -> Result<Response<DkgConfirmResponse>, Status> {
         self.check_coordinator(methods::DKG_CONFIRM, &request)?;
-        self.confirm_dkg(request.into_inner()).map(Response::new)
+        self.confirm_dkg(request.into_inner())
+            .map(Response::new)
+            .map_err(Status::from)
     }
 
     #[tracing::instrument(skip(self, request), fields(listing = %self.config.listing))]
@@ -125,6 +195,7 @@ impl Compute for NodeService {
         self.contribution(request.into_inner())
             .await
             .map(Response::new)
+            .map_err(Status::from)
     }
 
     #[tracing::instrument(skip(self, request), fields(listing = %self.config.listing))]
@@ -135,6 +206,7 @@ impl Compute for NodeService {
         self.check_coordinator(methods::CONTRIBUTION_PARTICIPANTS, &request)?;
         self.contribution_participants(request.into_inner())
             .map(Response::new)
+            .map_err(Status::from)
     }
 
     #[tracing::instrument(skip(self, request), fields(listing = %self.config.listing))]
@@ -146,6 +218,7 @@ impl Compute for NodeService {
         self.noise_share(request.into_inner())
             .await
             .map(Response::new)
+            .map_err(Status::from)
     }
 
     #[tracing::instrument(skip(self, request), fields(listing = %self.config.listing))]
@@ -157,6 +230,7 @@ impl Compute for NodeService {
         self.key_switch_share(request.into_inner())
             .await
             .map(Response::new)
+            .map_err(Status::from)
     }
 
     #[tracing::instrument(skip(self, request), fields(listing = %self.config.listing))]
@@ -165,7 +239,10 @@ impl Compute for NodeService {
         request: Request<CosignReceiptRequest>,
     ) -> Result<Response<CosignReceiptResponse>, Status> {
         self.check_coordinator(methods::COSIGN_RECEIPT, &request)?;
-        self.cosign(request.into_inner()).await.map(Response::new)
+        self.cosign(request.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(Status::from)
     }
 
     #[tracing::instrument(skip(self, request), fields(listing = %self.config.listing))]
@@ -179,7 +256,9 @@ impl Compute for NodeService {
             unix_now(),
             |caller| self.coordinator_only(*caller),
         )?;
-        self.receive_evaluation_key(request.into_inner()).await
+        self.receive_evaluation_key(request.into_inner())
+            .await
+            .map_err(Status::from)
     }
 
     #[tracing::instrument(skip(self, request), fields(listing = %self.config.listing))]
@@ -191,6 +270,7 @@ impl Compute for NodeService {
         self.run_feasibility(request.into_inner())
             .await
             .map(Response::new)
+            .map_err(Status::from)
     }
 
     #[tracing::instrument(skip(self, request), fields(listing = %self.config.listing))]
@@ -202,5 +282,67 @@ impl Compute for NodeService {
         self.answer_acceptance(request.into_inner())
             .await
             .map(Response::new)
+            .map_err(Status::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_refusals_reach_the_caller_with_their_codes_and_messages() {
+        let cases = [
+            (
+                NodeError::bad_request("order_id: 3 bytes"),
+                Code::InvalidArgument,
+            ),
+            (
+                NodeError::not_permitted("not a member"),
+                Code::PermissionDenied,
+            ),
+            (
+                NodeError::not_ready("no key share yet"),
+                Code::FailedPrecondition,
+            ),
+            (NodeError::already_answered("answered"), Code::AlreadyExists),
+            (NodeError::not_found("no such trial"), Code::NotFound),
+            (NodeError::unavailable("node is down"), Code::Unavailable),
+            (NodeError::unsupported("no tfhe"), Code::Unimplemented),
+            (
+                NodeError::out_of_range("offset past the end"),
+                Code::OutOfRange,
+            ),
+            (
+                NodeError::unauthenticated("bad signature"),
+                Code::Unauthenticated,
+            ),
+            (NodeError::internal("worker failed"), Code::Internal),
+        ];
+        for (error, code) in cases {
+            let message = error.message().to_string();
+            let status = Status::from(error.clone());
+            assert_eq!(status.code(), code, "{error:?}");
+            assert_eq!(status.message(), message);
+            assert_eq!(Refusal::of(&status), None);
+            // A status the node receives comes back as the same kind.
+            assert_eq!(NodeError::from(status), error);
+        }
+    }
+
+    #[test]
+    fn missing_evaluation_key_carries_the_reason_the_coordinator_acts_on() {
+        let status = Status::from(NodeError::EvaluationKeyMissing(
+            "criteria.evaluation_key".into(),
+        ));
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        assert_eq!(Refusal::of(&status), Some(Refusal::EvaluationKeyMissing));
+        // A plain failed precondition is not mistaken for it.
+        let plain = Status::from(NodeError::not_ready("criteria.evaluation_key"));
+        assert_eq!(Refusal::of(&plain), None);
+        assert_eq!(
+            NodeError::from(status),
+            NodeError::EvaluationKeyMissing("criteria.evaluation_key".into())
+        );
     }
 }

@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
+use crate::error::NodeError;
 use cohortex_proto::serving::{health_and_reflection, server_builder, ServeError};
 use cohortex_proto::tls::{endpoint as link, TlsIdentity};
 use cohortex_proto::v1::compute_server::ComputeServer;
@@ -30,7 +31,6 @@ use market::{AccountId, Hash32, ListingId, OrderId, TxId};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Channel;
-use tonic::Status;
 use zk::dkg::messages::DealerShare;
 use zk::{CommitteePublic, KeyShare, MemberIndex};
 
@@ -61,8 +61,8 @@ impl NodeService {
     async fn receive_evaluation_key(
         &self,
         _: tonic::Streaming<cohortex_proto::v1::EvaluationKeyChunk>,
-    ) -> Result<tonic::Response<cohortex_proto::v1::PutEvaluationKeyResponse>, Status> {
-        Err(Status::unimplemented(
+    ) -> Result<tonic::Response<cohortex_proto::v1::PutEvaluationKeyResponse>, NodeError> {
+        Err(NodeError::unsupported(
             "this node was built without the `tfhe` feature: no blind feasibility search",
         ))
     }
@@ -70,8 +70,8 @@ impl NodeService {
     async fn answer_acceptance(
         &self,
         _: cohortex_proto::v1::AcceptInvitationRequest,
-    ) -> Result<cohortex_proto::v1::TrialReply, Status> {
-        Err(Status::unimplemented(
+    ) -> Result<cohortex_proto::v1::TrialReply, NodeError> {
+        Err(NodeError::unsupported(
             "this node was built without the `tfhe` feature: no trial recruitment",
         ))
     }
@@ -79,8 +79,8 @@ impl NodeService {
     async fn run_feasibility(
         &self,
         _: cohortex_proto::v1::FeasibilityRequest,
-    ) -> Result<cohortex_proto::v1::FeasibilityResponse, Status> {
-        Err(Status::unimplemented(
+    ) -> Result<cohortex_proto::v1::FeasibilityResponse, NodeError> {
+        Err(NodeError::unsupported(
             "this node was built without the `tfhe` feature: no blind feasibility search",
         ))
     }
@@ -193,15 +193,15 @@ pub struct NodeService {
 #[cfg(feature = "tfhe")]
 pub const EVALUATION_KEYS_KEPT: usize = 2;
 
-fn order_id(bytes: &[u8]) -> Result<Vec<u8>, Status> {
+fn order_id(bytes: &[u8]) -> Result<Vec<u8>, NodeError> {
     order_key(bytes).map(|_| bytes.to_vec())
 }
 
 /// The order id as the ledger keys it.
-fn order_key(bytes: &[u8]) -> Result<OrderId, Status> {
+fn order_key(bytes: &[u8]) -> Result<OrderId, NodeError> {
     <[u8; 32]>::try_from(bytes)
         .map(|id| OrderId(TxId(Hash32(id))))
-        .map_err(|_| Status::invalid_argument("order_id must be 32 bytes"))
+        .map_err(|_| NodeError::bad_request("order_id must be 32 bytes"))
 }
 
 impl NodeService {
@@ -294,10 +294,10 @@ impl NodeService {
         Arc::clone(&self.follower)
     }
 
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, NodeState>, Status> {
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, NodeState>, NodeError> {
         self.state
             .lock()
-            .map_err(|_| Status::internal("node state lock poisoned"))
+            .map_err(|_| NodeError::internal("node state lock poisoned"))
     }
 
     /// The fault this node plays (tests only: `None` unless built with `fault-injection`).
@@ -326,7 +326,7 @@ impl NodeService {
         purpose: market::Purpose,
         epsilon_micro: u64,
         order_listings: &[String],
-    ) -> Result<ConsentBook, Status> {
+    ) -> Result<ConsentBook, NodeError> {
         let channel = self.market_channel().await?;
         let listing = ListingId::new(self.config.listing.clone());
         let earlier: Vec<ListingId> = order_listings
@@ -376,10 +376,10 @@ impl NodeService {
 }
 
 /// How a failure to verify the ledger reaches the caller.
-fn follow_status(error: FollowError) -> Status {
+fn follow_status(error: FollowError) -> NodeError {
     match error {
-        FollowError::Unreachable(_) => Status::unavailable(error.to_string()),
-        other => Status::failed_precondition(format!(
+        FollowError::Unreachable(_) => NodeError::unavailable(error.to_string()),
+        other => NodeError::not_ready(format!(
             "ledger: {other} (this node acts only on a ledger verified against its pinned key)"
         )),
     }
@@ -388,14 +388,14 @@ fn follow_status(error: FollowError) -> Status {
 impl NodeService {
     /// The channel to the market, connected on first use and shared by every request after
     /// (tonic reconnects it if the market restarts).
-    async fn market_channel(&self) -> Result<Channel, Status> {
+    async fn market_channel(&self) -> Result<Channel, NodeError> {
         self.market
             .get_or_try_init(|| async {
                 link(&self.config.market_endpoint, self.config.tls.as_ref())
-                    .map_err(|error| Status::internal(format!("market endpoint: {error}")))?
+                    .map_err(|error| NodeError::internal(format!("market endpoint: {error}")))?
                     .connect()
                     .await
-                    .map_err(|error| Status::unavailable(format!("market unreachable: {error}")))
+                    .map_err(|error| NodeError::unavailable(format!("market unreachable: {error}")))
             })
             .await
             .cloned()
@@ -405,7 +405,7 @@ impl NodeService {
     /// verified replica of the ledger, and the listings' manifests from the market, each of
     /// which must hash to its listing's `schema_hash` on the ledger; compiles `sql` against
     /// them. ε, the purpose and the listings come from the order, never from the coordinator.
-    async fn order_facts(&self, order: &[u8], sql: &str) -> Result<OrderFacts, Status> {
+    async fn order_facts(&self, order: &[u8], sql: &str) -> Result<OrderFacts, NodeError> {
         let channel = self.market_channel().await?;
         let order_key = order_key(order)?;
         let now = unix_now();
@@ -438,24 +438,24 @@ impl NodeService {
             .map_err(follow_status)?;
         self.config.committee.check_ledger(registered.as_ref())?;
         let Some(found) = found else {
-            return Err(Status::failed_precondition(format!(
+            return Err(NodeError::not_ready(format!(
                 "order_id: no such order on the ledger (verified up to block {height})"
             )));
         };
         if found.status != market::state::Settlement::Open {
-            return Err(Status::failed_precondition(format!(
+            return Err(NodeError::not_ready(format!(
                 "order_id: the order is no longer open on the ledger ({:?})",
                 found.status
             )));
         }
         if time >= found.expires_at {
-            return Err(Status::failed_precondition(format!(
+            return Err(NodeError::not_ready(format!(
                 "order_id: the order expired at {} (ledger time {time})",
                 found.expires_at
             )));
         }
         if found.query_hash != market::hash::query_hash(sql) {
-            return Err(Status::invalid_argument(
+            return Err(NodeError::bad_request(
                 "sql: its hash is not the order's query_hash",
             ));
         }
@@ -464,13 +464,11 @@ impl NodeService {
         let mut on_ledger = Vec::with_capacity(ledger_listings.len());
         for (id, listing) in ledger_listings {
             let listing = listing.ok_or_else(|| {
-                Status::failed_precondition(format!(
-                    "listing {id} of the order is not on the ledger"
-                ))
+                NodeError::not_ready(format!("listing {id} of the order is not on the ledger"))
             })?;
             // The order's ε is reserved on every listing until its receipt or refund.
             if listing.epsilon_reserved_micro < epsilon_micro {
-                return Err(Status::failed_precondition(format!(
+                return Err(NodeError::not_ready(format!(
                     "listing {id}: the ledger holds no reservation of the order's ε"
                 )));
             }
@@ -490,30 +488,28 @@ impl NodeService {
                 .iter()
                 .find(|offer| offer.id == listing.0)
                 .ok_or_else(|| {
-                    Status::failed_precondition(format!(
-                        "listing {listing} of the order is not offered"
-                    ))
+                    NodeError::not_ready(format!("listing {listing} of the order is not offered"))
                 })?;
             // Noise is calibrated from the manifest's bounds: only the one the listing's owner
             // put on the ledger will do.
             if market::hash::manifest_hash(&offer.manifest) != ledger_listing.schema_hash {
-                return Err(Status::failed_precondition(format!(
+                return Err(NodeError::not_ready(format!(
                     "listing {listing}: the manifest the market served does not hash to the \
                      listing's schema_hash on the ledger"
                 )));
             }
             let schema = Schema::from_toml(&offer.manifest, &offer.id).map_err(|error| {
-                Status::failed_precondition(format!(
+                NodeError::not_ready(format!(
                     "listing {listing}: manifest: {}",
                     bounded_message(&error.to_string())
                 ))
             })?;
             let compiled = compile(sql, &schema).map_err(|error| {
-                Status::invalid_argument(format!("sql: {}", bounded_message(&error.to_string())))
+                NodeError::bad_request(format!("sql: {}", bounded_message(&error.to_string())))
             })?;
             match &plan {
                 Some(first) if first != &compiled => {
-                    return Err(Status::invalid_argument(
+                    return Err(NodeError::bad_request(
                         "sql: the ordered listings' schemas give different plans",
                     ))
                 }
@@ -523,7 +519,7 @@ impl NodeService {
             names.push(listing.0.clone());
         }
         Ok(OrderFacts {
-            plan: plan.ok_or_else(|| Status::failed_precondition("the order names no listing"))?,
+            plan: plan.ok_or_else(|| NodeError::not_ready("the order names no listing"))?,
             purpose,
             epsilon_micro,
             min_cohort,

@@ -13,10 +13,10 @@
 
 use std::sync::Arc;
 
+use crate::error::NodeError;
 use cohortex_proto::v1::{AcceptInvitationRequest, EncryptedCriteria as WireCriteria, TrialReply};
 use market::{ListingId, Purpose};
 use prost::Message;
-use tonic::Status;
 
 use super::{follow_status, unix_now, NodeService};
 use crate::feasibility::patient_match_bit;
@@ -26,10 +26,10 @@ use crate::recruitment::{Acceptance, RecruitmentError};
 /// How far an acceptance's signing time may be from the node's clock, in seconds.
 pub const ACCEPTANCE_SKEW_SECS: u64 = 600;
 
-fn refused(error: RecruitmentError) -> Status {
+fn refused(error: RecruitmentError) -> NodeError {
     match error {
-        RecruitmentError::BadSignature(_) => Status::unauthenticated(error.to_string()),
-        _ => Status::invalid_argument(format!("sealed: {error}")),
+        RecruitmentError::BadSignature(_) => NodeError::unauthenticated(error.to_string()),
+        _ => NodeError::bad_request(format!("sealed: {error}")),
     }
 }
 
@@ -38,9 +38,9 @@ impl NodeService {
     pub(super) async fn answer_acceptance(
         &self,
         message: AcceptInvitationRequest,
-    ) -> Result<TrialReply, Status> {
+    ) -> Result<TrialReply, NodeError> {
         if message.listing != self.config.listing {
-            return Err(Status::invalid_argument(format!(
+            return Err(NodeError::bad_request(format!(
                 "listing: this node serves `{}`",
                 self.config.listing
             )));
@@ -55,7 +55,7 @@ impl NodeService {
             .map_err(refused)?;
         let now = unix_now();
         if acceptance.signed_at.abs_diff(now) > ACCEPTANCE_SKEW_SECS {
-            return Err(Status::failed_precondition(format!(
+            return Err(NodeError::not_ready(format!(
                 "sealed: the acceptance was signed at {}, more than {ACCEPTANCE_SKEW_SECS} s from \
                  this node's clock ({now}); sign it again",
                 acceptance.signed_at
@@ -83,22 +83,22 @@ impl NodeService {
             .await
             .map_err(follow_status)?;
         let posting = posting.ok_or_else(|| {
-            Status::not_found("trial: no such trial on this node's ledger replica")
+            NodeError::not_found("trial: no such trial on this node's ledger replica")
         })?;
         if time >= posting.expires_at {
-            return Err(Status::failed_precondition(format!(
+            return Err(NodeError::not_ready(format!(
                 "trial: it expired at {} (ledger time {time})",
                 posting.expires_at
             )));
         }
         if !posting.listings.contains(&listing) {
-            return Err(Status::failed_precondition(format!(
+            return Err(NodeError::not_ready(format!(
                 "trial: it was not posted to listing {}",
                 self.config.listing
             )));
         }
         if !consents {
-            return Err(Status::failed_precondition(
+            return Err(NodeError::not_ready(
                 "sealed: the patient does not consent to trial_recruitment on this listing \
                  (cohortex patient consent --purpose trial_recruitment)",
             ));
@@ -111,36 +111,36 @@ impl NodeService {
             .find(|record| record.patient_key.as_deref() == Some(patient_hex.as_str()))
             .map(|record| record.values.clone())
             .ok_or_else(|| {
-                Status::failed_precondition("sealed: this node holds no record of the patient")
+                NodeError::not_ready("sealed: this node holds no record of the patient")
             })?;
         if self
             .lock()?
             .trial_replies
             .contains(&(trial.clone(), patient.0))
         {
-            return Err(Status::already_exists(
+            return Err(NodeError::already_answered(
                 "sealed: this patient's acceptance of the trial was already answered",
             ));
         }
 
         // The criteria as the ledger holds them.
         let wire = WireCriteria::decode(posting.criteria.as_slice()).map_err(|error| {
-            Status::failed_precondition(format!(
+            NodeError::not_ready(format!(
                 "trial: its criteria on the ledger do not decode ({error})"
             ))
         })?;
         let (fingerprint, criteria) = criteria_from_wire(&wire, "trial.criteria")
-            .map_err(|status| Status::failed_precondition(status.message().to_string()))?;
+            .map_err(|status| NodeError::not_ready(status.message().to_string()))?;
         if fingerprint != posting.evaluation_key {
-            return Err(Status::failed_precondition(
+            return Err(NodeError::not_ready(
                 "trial: its criteria name another evaluation key than the posting",
             ));
         }
         let evaluator = self.evaluator(&fingerprint)?.ok_or_else(|| {
-            cohortex_types::rpc::Refusal::EvaluationKeyMissing.status(
-                tonic::Code::FailedPrecondition,
+            NodeError::EvaluationKeyMissing(
                 "trial.evaluation_key: this node holds no evaluation key with this \
-                 fingerprint; send it with PutEvaluationKey first",
+                 fingerprint; send it with PutEvaluationKey first"
+                    .into(),
             )
         })?;
 
@@ -149,14 +149,14 @@ impl NodeService {
         let started = std::time::Instant::now();
         let gated = tokio::task::spawn_blocking(move || {
             let bit = patient_match_bit(&criteria, &evaluator, vault.schema(), &values)
-                .map_err(|error| Status::failed_precondition(format!("trial.criteria.{error}")))?;
+                .map_err(|error| NodeError::not_ready(format!("trial.criteria.{error}")))?;
             evaluator
                 .gate_key(&bit, &psk)
                 .map(|gated| gated.to_bytes())
-                .map_err(|error| Status::internal(format!("gating the key failed: {error}")))
+                .map_err(|error| NodeError::internal(format!("gating the key failed: {error}")))
         })
         .await
-        .map_err(|error| Status::internal(format!("worker failed: {error}")))??;
+        .map_err(|error| NodeError::internal(format!("worker failed: {error}")))??;
 
         let reply_hash =
             market::tx::trial_reply_hash(&trial, &listing, &acceptance.sealed_contact, &gated);
@@ -174,7 +174,7 @@ impl NodeService {
             .trial_replies
             .insert((trial.clone(), patient.0))
         {
-            return Err(Status::already_exists(
+            return Err(NodeError::already_answered(
                 "sealed: this patient's acceptance of the trial was already answered",
             ));
         }

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeSet;
 
+use crate::error::NodeError;
 use cohortex_proto::v1::{
     AddNoiseRequest, AddNoiseResponse, CosignReceiptRequest, CosignReceiptResponse, KeySwitchPhase,
     KeySwitchRequest, KeySwitchResponse,
@@ -12,7 +13,6 @@ use cohortex_proto::v1::{
 use cohortex_types::text::excerpt;
 use market::{AccountId, Hash32, ListingContribution, ListingId, QueryReceipt};
 use rand::rngs::OsRng;
-use tonic::Status;
 use zk::{
     Ciphertext, CiphertextRangeProof, CommitteePublic, KeySwitchShare, ProofContext, PublicKey,
     Wire,
@@ -86,21 +86,21 @@ impl Stage {
     }
 
     /// Refuses `phase` if it was already key-switched or comes out of order.
-    fn check(&self, phase: KeySwitchPhase) -> Result<(), Status> {
+    fn check(&self, phase: KeySwitchPhase) -> Result<(), NodeError> {
         match (self, phase) {
             (Stage::Noised, KeySwitchPhase::Counts)
             | (Stage::CountsSwitched { .. }, KeySwitchPhase::Values) => Ok(()),
-            (Stage::Noised, _) => Err(Status::failed_precondition(
+            (Stage::Noised, _) => Err(NodeError::not_ready(
                 "phase: the counts must be key-switched first",
             )),
-            _ => Err(Status::already_exists(
+            _ => Err(NodeError::already_answered(
                 "order_id: this phase of the release was already key-switched",
             )),
         }
     }
 
     /// Moves to the stage of `phase`, key-switched with `noise`.
-    fn advance(&mut self, phase: KeySwitchPhase, noise: Vec<u16>) -> Result<(), Status> {
+    fn advance(&mut self, phase: KeySwitchPhase, noise: Vec<u16>) -> Result<(), NodeError> {
         self.check(phase)?;
         *self = match phase {
             KeySwitchPhase::Counts => Stage::CountsSwitched { noise },
@@ -132,9 +132,9 @@ impl NodeService {
     pub(super) async fn noise_share(
         &self,
         message: AddNoiseRequest,
-    ) -> Result<AddNoiseResponse, Status> {
+    ) -> Result<AddNoiseResponse, NodeError> {
         if self.fault() == Some(Fault::DownAtKeySwitch) {
-            return Err(Status::unavailable("node is down"));
+            return Err(NodeError::unavailable("node is down"));
         }
         let order = order_id(&message.order_id)?;
         let committee = {
@@ -146,7 +146,7 @@ impl NodeService {
                 });
             }
             let Some((_, committee)) = &state.key else {
-                return Err(Status::failed_precondition(
+                return Err(NodeError::not_ready(
                     "no key share yet: the committee's DKG has not run",
                 ));
             };
@@ -157,7 +157,7 @@ impl NodeService {
         // committed release (it restarted, say) must not draw fresh noise: the operator could
         // open the same sum twice with different noise and average the two.
         if facts.release_committed {
-            return Err(Status::failed_precondition(
+            return Err(NodeError::not_ready(
                 "order_id: the order's release is committed on the ledger and this member holds \
                  no noise for it; it draws no fresh noise for a committed release",
             ));
@@ -167,13 +167,13 @@ impl NodeService {
         let mut summed_hashes = Vec::with_capacity(message.contributions.len());
         for (index, record) in message.contributions.iter().enumerate() {
             if !facts.listings.contains(&record.listing) {
-                return Err(Status::invalid_argument(format!(
+                return Err(NodeError::bad_request(format!(
                     "contributions[{index}].listing: {} is not in the order",
                     excerpt(&record.listing)
                 )));
             }
             if !seen.insert(record.listing.clone()) {
-                return Err(Status::invalid_argument(format!(
+                return Err(NodeError::bad_request(format!(
                     "contributions[{index}].listing: {} appears twice",
                     excerpt(&record.listing)
                 )));
@@ -201,7 +201,7 @@ impl NodeService {
             ));
         }
         if contributions.is_empty() {
-            return Err(Status::invalid_argument("contributions: none"));
+            return Err(NodeError::bad_request("contributions: none"));
         }
         let member = self.config.member.get();
         let context = noise_context(&order, member)?;
@@ -226,7 +226,7 @@ impl NodeService {
                     .iter()
                     .map(|(index, error)| format!("{}: {error}", contributions[*index].0))
                     .collect();
-                return Err(Status::invalid_argument(format!(
+                return Err(NodeError::bad_request(format!(
                     "contributions: do not verify ({})",
                     named.join("; ")
                 )));
@@ -237,7 +237,7 @@ impl NodeService {
                 .collect();
             let sum = sum_contributions(&summed);
             let calibration = calibrate(&facts.plan, facts.epsilon_micro)
-                .map_err(|error| Status::failed_precondition(format!("epsilon: {error}")))?;
+                .map_err(|error| NodeError::not_ready(format!("epsilon: {error}")))?;
             let own = build_noise_share(
                 &context,
                 committee.collective_key(),
@@ -245,8 +245,8 @@ impl NodeService {
                 member,
                 &mut OsRng,
             )
-            .map_err(|error| Status::internal(format!("noise share: {error}")))?;
-            Ok::<_, Status>(Release {
+            .map_err(|error| NodeError::internal(format!("noise share: {error}")))?;
+            Ok::<_, NodeError>(Release {
                 plan: facts.plan,
                 epsilon_micro: facts.epsilon_micro,
                 calibration,
@@ -260,7 +260,7 @@ impl NodeService {
             })
         })
         .await
-        .map_err(|error| Status::internal(format!("worker failed: {error}")))??;
+        .map_err(|error| NodeError::internal(format!("worker failed: {error}")))??;
         let mut state = self.lock()?;
         // A concurrent call may have won the race: keep the first share. It is on disk before
         // it leaves (the lock is held until then, so no other call answers with it first).
@@ -281,15 +281,15 @@ impl NodeService {
     pub(super) async fn key_switch_share(
         &self,
         message: KeySwitchRequest,
-    ) -> Result<KeySwitchResponse, Status> {
+    ) -> Result<KeySwitchResponse, NodeError> {
         if self.fault() == Some(Fault::DownAtKeySwitch) {
-            return Err(Status::unavailable("node is down"));
+            return Err(NodeError::unavailable("node is down"));
         }
         let order = order_id(&message.order_id)?;
         let phase = KeySwitchPhase::try_from(message.phase)
             .ok()
             .filter(|phase| *phase != KeySwitchPhase::Unspecified)
-            .ok_or_else(|| Status::invalid_argument("phase: COUNTS or VALUES"))?;
+            .ok_or_else(|| NodeError::bad_request("phase: COUNTS or VALUES"))?;
         let attested = self
             .check_committed_release(&order, &message.noise, phase, &message.recipient)
             .await?;
@@ -297,12 +297,12 @@ impl NodeService {
             let mut state = self.lock()?;
             let state = &mut *state;
             let Some((share, committee)) = &state.key else {
-                return Err(Status::failed_precondition(
+                return Err(NodeError::not_ready(
                     "no key share yet: the committee's DKG has not run",
                 ));
             };
             let Some(release) = state.releases.get_mut(&order) else {
-                return Err(Status::failed_precondition(
+                return Err(NodeError::not_ready(
                     "order_id: this member has added no noise to the order (call AddNoise first)",
                 ));
             };
@@ -317,7 +317,7 @@ impl NodeService {
                         },
                     );
                 if !same {
-                    return Err(Status::permission_denied(
+                    return Err(NodeError::not_permitted(
                         "order_id: the release committed on the ledger is of other \
                          contributions than this member verified and summed",
                     ));
@@ -338,7 +338,7 @@ impl NodeService {
         let (_members, noisy, plan, min_cohort) = release_view;
         let counts = count_slots(&plan);
         let count_ciphertexts: Vec<Ciphertext> = counts.iter().map(|&slot| noisy[slot]).collect();
-        let prepared = (|| -> Result<(ProofContext, Vec<Ciphertext>, PublicKey), Status> {
+        let prepared = (|| -> Result<(ProofContext, Vec<Ciphertext>, PublicKey), NodeError> {
             Ok(match phase {
                 KeySwitchPhase::Counts => (
                     counts_context(&order)?,
@@ -356,10 +356,10 @@ impl NodeService {
                             &shares,
                         )
                         .map_err(|error| {
-                            Status::invalid_argument(format!("count_shares: {error}"))
+                            NodeError::bad_request(format!("count_shares: {error}"))
                         })?;
                     if message.noisy_counts.len() != counts.len() {
-                        return Err(Status::invalid_argument(format!(
+                        return Err(NodeError::bad_request(format!(
                             "noisy_counts: {} values, the plan has {} count slots",
                             message.noisy_counts.len(),
                             counts.len()
@@ -372,7 +372,7 @@ impl NodeService {
                         .enumerate()
                     {
                         if !opens_to(ciphertext, value) {
-                            return Err(Status::invalid_argument(format!(
+                            return Err(NodeError::bad_request(format!(
                                 "noisy_counts[{index}]: not what the count shares decrypt to"
                             )));
                         }
@@ -380,7 +380,7 @@ impl NodeService {
                     let suppressed = suppressed_cells(&plan, &message.noisy_counts, min_cohort);
                     let slots = released_value_slots(&plan, &suppressed);
                     if slots.is_empty() {
-                        return Err(Status::failed_precondition(
+                        return Err(NodeError::not_ready(
                             "every cell is suppressed: nothing to release",
                         ));
                     }
@@ -416,7 +416,7 @@ impl NodeService {
             Ok(switched) => switched,
             Err(error) => {
                 undo(self);
-                return Err(Status::internal(format!("worker failed: {error}")));
+                return Err(NodeError::internal(format!("worker failed: {error}")));
             }
         };
         // The stage this share moves the release to is on disk before the share leaves; if
@@ -441,21 +441,21 @@ impl NodeService {
     pub(super) async fn cosign(
         &self,
         message: CosignReceiptRequest,
-    ) -> Result<CosignReceiptResponse, Status> {
+    ) -> Result<CosignReceiptResponse, NodeError> {
         let receipt = QueryReceipt::from_bytes(&message.receipt)
-            .map_err(|_| Status::invalid_argument("receipt: not a postcard-encoded receipt"))?;
+            .map_err(|_| NodeError::bad_request("receipt: not a postcard-encoded receipt"))?;
         let order = receipt.order.0 .0.as_bytes().to_vec();
         // 1. What this member verified and summed itself.
         let summed = {
             let state = self.lock()?;
             let release = state.releases.get(&order).ok_or_else(|| {
-                Status::failed_precondition(
+                NodeError::not_ready(
                     "receipt.order: this member added no noise to the order, so it cannot vouch \
                      for its receipt",
                 )
             })?;
             if !release.stage.counts_switched() || release.pending == Some(KeySwitchPhase::Counts) {
-                return Err(Status::failed_precondition(
+                return Err(NodeError::not_ready(
                     "receipt.order: this member has not key-switched the order's release",
                 ));
             }
@@ -470,7 +470,7 @@ impl NodeService {
                     part.listing.0 == *listing && part.contribution_hash == *hash
                 });
         if !same_contributions {
-            return Err(Status::permission_denied(
+            return Err(NodeError::not_permitted(
                 "receipt.listings: not the contributions this member verified and summed",
             ));
         }
@@ -478,7 +478,7 @@ impl NodeService {
             receipt.listings.iter().map(|part| &part.contribution_hash),
         );
         if receipt.contributions_root != root {
-            return Err(Status::invalid_argument(
+            return Err(NodeError::bad_request(
                 "receipt.contributions_root: not the root of its listings' contribution hashes",
             ));
         }
@@ -516,7 +516,7 @@ impl NodeService {
         let chain_id = self.config.ledger.chain_id;
         for (index, (part, (owner, staged))) in receipt.listings.iter().zip(owners).enumerate() {
             if !staged.is_empty() && !part.participants.is_empty() {
-                return Err(Status::invalid_argument(format!(
+                return Err(NodeError::bad_request(format!(
                     "receipt.listings[{index}].participants: staged on the ledger, so the \
                      receipt must name none"
                 )));
@@ -537,21 +537,20 @@ impl NodeService {
                     part.attested_by(&key, &chain_id, &order_key, &receipt.query_hash)
                 });
             if !attested {
-                return Err(Status::permission_denied(format!(
+                return Err(NodeError::not_permitted(format!(
                     "receipt.listings[{index}]: not attested by the listing's owner on the ledger"
                 )));
             }
         }
-        let found = found.ok_or_else(|| {
-            Status::failed_precondition("receipt.order: no such order on the ledger")
-        })?;
+        let found = found
+            .ok_or_else(|| NodeError::not_ready("receipt.order: no such order on the ledger"))?;
         if found.status != market::state::Settlement::Open {
-            return Err(Status::failed_precondition(
+            return Err(NodeError::not_ready(
                 "receipt.order: the order is no longer open on the ledger",
             ));
         }
         if found.query_hash != receipt.query_hash {
-            return Err(Status::invalid_argument(
+            return Err(NodeError::bad_request(
                 "receipt.query_hash: not the order's query hash",
             ));
         }
@@ -560,7 +559,7 @@ impl NodeService {
             .iter()
             .position(|part| part.epsilon_debited_micro != found.epsilon_requested_micro)
         {
-            return Err(Status::invalid_argument(format!(
+            return Err(NodeError::bad_request(format!(
                 "receipt.listings[{index}].epsilon_debited_micro: not the order's ε"
             )));
         }
@@ -569,7 +568,7 @@ impl NodeService {
             .as_ref()
             .is_some_and(|release| release.quorum.contains(&member));
         if !in_quorum {
-            return Err(Status::failed_precondition(
+            return Err(NodeError::not_ready(
                 "receipt.order: the ledger commits no release of the order with this member in \
                  its quorum",
             ));
@@ -580,11 +579,11 @@ impl NodeService {
         let release = state
             .releases
             .get_mut(&order)
-            .ok_or_else(|| Status::internal("the order's release was forgotten"))?;
+            .ok_or_else(|| NodeError::internal("the order's release was forgotten"))?;
         let signature = match &release.cosigned {
             Some((signed, signature)) if *signed == digest => signature.clone(),
             Some(_) => {
-                return Err(Status::permission_denied(
+                return Err(NodeError::not_permitted(
                     "receipt: this member already co-signed another receipt for the order",
                 ))
             }
@@ -617,7 +616,7 @@ impl NodeService {
         noise: &[cohortex_proto::v1::NoiseShare],
         phase: KeySwitchPhase,
         recipient: &[u8],
-    ) -> Result<Option<Vec<(ListingId, Hash32)>>, Status> {
+    ) -> Result<Option<Vec<(ListingId, Hash32)>>, NodeError> {
         let order_key = order_key(order)?;
         let channel = self.market_channel().await?;
         let now = cohortex_types::auth::unix_now();
@@ -641,50 +640,48 @@ impl NodeService {
         // nor does an expired one, which its buyer may take back (without a receipt, patients
         // would go unpaid and their budgets undebited for a release that happened).
         if status != Some(market::state::Settlement::Open) {
-            return Err(Status::failed_precondition(format!(
+            return Err(NodeError::not_ready(format!(
                 "order_id: the order is not open on the ledger ({status:?}); nothing more of it \
                  is key-switched"
             )));
         }
         if expired {
-            return Err(Status::failed_precondition(
+            return Err(NodeError::not_ready(
                 "order_id: the order has expired on the ledger; nothing more of it is key-switched",
             ));
         }
         if phase == KeySwitchPhase::Values && result_key.as_deref() != Some(recipient) {
-            return Err(Status::permission_denied(if result_key.is_none() {
+            return Err(NodeError::not_permitted(if result_key.is_none() {
                 "recipient: the order on the ledger names no result key, so its values go to no one"
             } else {
                 "recipient: not the result key the buyer signed into the order"
             }));
         }
         let committed = committed.ok_or_else(|| {
-            Status::failed_precondition(
-                "order_id: no release of the order is committed on the ledger",
-            )
+            NodeError::not_ready("order_id: no release of the order is committed on the ledger")
         })?;
         let mut requested: Vec<u16> = Vec::with_capacity(noise.len());
         for (index, share) in noise.iter().enumerate() {
             requested.push(u16::try_from(share.member).map_err(|_| {
-                Status::invalid_argument(format!("noise[{index}].member: not a member index"))
+                NodeError::bad_request(format!("noise[{index}].member: not a member index"))
             })?);
         }
         requested.sort_unstable();
         if requested != committed.noise_members {
-            return Err(Status::permission_denied(format!(
+            return Err(NodeError::not_permitted(format!(
                 "noise: the ledger commits the release to the noise of members {:?}, not {requested:?}",
                 committed.noise_members
             )));
         }
         if !committed.quorum.contains(&self.config.member.get()) {
-            return Err(Status::permission_denied(format!(
+            return Err(NodeError::not_permitted(format!(
                 "member {} is not in the quorum committed on the ledger ({:?})",
                 self.config.member.get(),
                 committed.quorum
             )));
         }
         if committed.quorum.len() < usize::from(self.config.committee.threshold()) {
-            return Err(Status::permission_denied(format!(
+            return Err(NodeError::not_permitted(format!(
                 "the committed quorum {:?} is smaller than the threshold {}",
                 committed.quorum,
                 self.config.committee.threshold()
@@ -701,7 +698,7 @@ fn noisy_sum(
     order: &[u8],
     committee: &CommitteePublic,
     wire: &[cohortex_proto::v1::NoiseShare],
-) -> Result<(Vec<u16>, Vec<Ciphertext>), Status> {
+) -> Result<(Vec<u16>, Vec<Ciphertext>), NodeError> {
     let shares: Vec<NoiseShare> = wire
         .iter()
         .enumerate()
@@ -710,13 +707,13 @@ fn noisy_sum(
     let mut members: Vec<u16> = shares.iter().map(|share| share.member).collect();
     members.sort_unstable();
     if members.windows(2).any(|pair| pair[0] == pair[1]) {
-        return Err(Status::invalid_argument(
+        return Err(NodeError::bad_request(
             "noise: a member's share appears twice",
         ));
     }
     let known: BTreeSet<u16> = committee.members().map(|member| member.get()).collect();
     if let Some(stranger) = members.iter().find(|member| !known.contains(member)) {
-        return Err(Status::invalid_argument(format!(
+        return Err(NodeError::bad_request(format!(
             "noise: member {stranger} is not on the committee"
         )));
     }
@@ -724,16 +721,16 @@ fn noisy_sum(
         .iter()
         .find(|share| share.member == release.own.member)
         .ok_or_else(|| {
-            Status::failed_precondition("noise: this member's own noise share is not included")
+            NodeError::not_ready("noise: this member's own noise share is not included")
         })?;
     if own != &release.own {
-        return Err(Status::invalid_argument(
+        return Err(NodeError::bad_request(
             "noise: this member's share was altered",
         ));
     }
     if let Some(fixed) = release.stage.fixed_noise() {
         if fixed != members.as_slice() {
-            return Err(Status::invalid_argument(format!(
+            return Err(NodeError::bad_request(format!(
                 "noise: the release already used the shares of members {fixed:?}"
             )));
         }
@@ -760,7 +757,7 @@ fn noisy_sum(
             .iter()
             .map(|(index, error)| format!("member {}: {error}", shares[*index].member))
             .collect();
-        return Err(Status::invalid_argument(format!(
+        return Err(NodeError::bad_request(format!(
             "noise: shares do not verify ({})",
             named.join("; ")
         )));
@@ -777,7 +774,7 @@ mod tests {
     use super::*;
     use tonic::Code;
 
-    fn code(result: Result<(), Status>) -> Option<Code> {
+    fn code(result: Result<(), NodeError>) -> Option<Code> {
         result.err().map(|status| status.code())
     }
 
@@ -885,7 +882,7 @@ impl ReleaseStore {
     }
 
     /// Writes `release` for `order` and waits until it is on disk.
-    fn save(&self, order: &[u8], release: &Release) -> Result<(), Status> {
+    fn save(&self, order: &[u8], release: &Release) -> Result<(), NodeError> {
         let Some(folder) = &self.folder else {
             return Ok(());
         };
@@ -928,7 +925,7 @@ impl ReleaseStore {
             });
         written.map_err(|error| {
             tracing::error!(%error, folder = %folder.display(), "cannot write a release to disk");
-            Status::internal(
+            NodeError::internal(
                 "this member cannot write the release to disk, so it sends no share of it",
             )
         })

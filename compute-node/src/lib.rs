@@ -31,6 +31,8 @@
 #![warn(missing_docs)]
 
 #[cfg(feature = "protocol")]
+pub mod calls;
+#[cfg(feature = "protocol")]
 pub mod ceremony;
 pub mod durable;
 pub mod error;

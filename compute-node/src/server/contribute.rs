@@ -4,16 +4,14 @@
 use std::sync::Arc;
 
 use crate::error::NodeError;
-use cohortex_proto::v1::{
-    ContributeRequest, ContributeResponse, ContributionParticipantsRequest,
-    ContributionParticipantsResponse,
-};
+use cohortex_proto::v1::{ContributeResponse, ContributionParticipantsResponse};
 use cohortex_types::text::bounded_message;
 use market::{AccountId, ListingContribution, ListingId};
 use rand::rngs::OsRng;
 use zk::Wire;
 
-use super::{order_id, order_key, Fault, NodeService, NodeState};
+use super::{order_key, Fault, NodeService, NodeState};
+use crate::calls::{ContributeCall, ParticipantsPageCall};
 use crate::contribution::build_contribution;
 use crate::evaluate::evaluate;
 use crate::protocol::contribution_context;
@@ -96,9 +94,9 @@ impl NodeService {
     /// feasibility count), from `offset` on.
     pub(super) fn contribution_participants(
         &self,
-        message: ContributionParticipantsRequest,
+        call: ParticipantsPageCall,
     ) -> Result<ContributionParticipantsResponse, NodeError> {
-        let order = order_id(&message.order_id)?;
+        let order = call.order.0 .0.as_bytes().to_vec();
         let list = self
             .lock()?
             .participant_lists
@@ -111,7 +109,7 @@ impl NodeService {
                      contribute to it, or contributed to many orders since)",
                 )
             })?;
-        let offset = usize::try_from(message.offset)
+        let offset = usize::try_from(call.offset)
             .ok()
             .filter(|offset| *offset <= list.len())
             .ok_or_else(|| {
@@ -131,17 +129,14 @@ impl NodeService {
     /// is asked, for which purpose and at what ε.
     pub(super) async fn contribution(
         &self,
-        message: ContributeRequest,
+        call: ContributeCall,
     ) -> Result<ContributeResponse, NodeError> {
-        let order = order_id(&message.order_id)?;
-        if message.listing != self.config.listing {
+        let order = call.order.0 .0.as_bytes().to_vec();
+        if call.listing.0 != self.config.listing {
             return Err(NodeError::bad_request(format!(
                 "listing: this node serves `{}`",
                 self.config.listing
             )));
-        }
-        if message.purpose.is_empty() {
-            return Err(NodeError::bad_request("purpose: empty"));
         }
         let collective_key = {
             let state = self.lock()?;
@@ -155,19 +150,19 @@ impl NodeService {
         // Claimed before any work, under the lock: two concurrent calls for one order must not
         // each make (and attest) a contribution.
         let claim = OrderClaim::take(self, &order)?;
-        let plan = compile(&message.sql, self.vault.schema()).map_err(|error| {
+        let plan = compile(&call.sql, self.vault.schema()).map_err(|error| {
             NodeError::bad_request(format!("sql: {}", bounded_message(&error.to_string())))
         })?;
         // The buyer's signed order, not the coordinator, says what is asked, for which
         // purpose, and how much ε each included patient spends.
-        let facts = self.order_facts(&order, &message.sql).await?;
+        let facts = self.order_facts(&order, &call.sql).await?;
         if !facts.listings.contains(&self.config.listing) {
             return Err(NodeError::not_ready(format!(
                 "order_id: the order does not name listing {}",
                 self.config.listing
             )));
         }
-        if cohortex_types::purpose_name(facts.purpose) != message.purpose {
+        if cohortex_types::purpose_name(facts.purpose) != call.purpose {
             return Err(NodeError::bad_request(format!(
                 "purpose: the order's purpose is {}",
                 cohortex_types::purpose_name(facts.purpose)
@@ -182,7 +177,7 @@ impl NodeService {
             .current_consents(facts.purpose, facts.epsilon_micro, &facts.listings)
             .await?;
         let vault = Arc::clone(&self.vault);
-        let purpose = message.purpose.clone();
+        let purpose = call.purpose.clone();
         let context_order = match self.fault() {
             Some(Fault::ProveForAnotherQuery) => vec![0xEE; 32],
             _ => order.clone(),
@@ -243,7 +238,7 @@ impl NodeService {
             &self.config.account,
             &self.config.ledger.chain_id,
             &order_key(&order)?,
-            &market::hash::query_hash(&message.sql),
+            &market::hash::query_hash(&call.sql),
         );
         let response = ContributeResponse {
             ciphertexts,

@@ -14,12 +14,85 @@ use cohortex_proto::v1::{
 };
 use cohortex_types::auth::unix_now;
 use cohortex_types::rpc::Refusal;
-use market::AccountId;
+use market::{AccountId, ListingId, QueryReceipt};
 use tonic::{Code, Request, Response, Status};
 
-use super::NodeService;
+use super::{order_key, NodeService};
+use crate::calls::{
+    ContributeCall, CosignCall, ListedContribution, NoiseCall, ParticipantsPageCall,
+};
+use crate::contribution::Contribution;
 use crate::error::NodeError;
-use crate::protocol::methods;
+use crate::protocol::{decode, decode_all, methods};
+
+impl TryFrom<ContributeRequest> for ContributeCall {
+    type Error = NodeError;
+
+    fn try_from(message: ContributeRequest) -> Result<Self, NodeError> {
+        let order = order_key(&message.order_id)?;
+        if message.purpose.is_empty() {
+            return Err(NodeError::bad_request("purpose: empty"));
+        }
+        Ok(ContributeCall {
+            order,
+            listing: ListingId::new(message.listing),
+            sql: message.sql,
+            purpose: message.purpose,
+        })
+    }
+}
+
+impl TryFrom<ContributionParticipantsRequest> for ParticipantsPageCall {
+    type Error = NodeError;
+
+    fn try_from(message: ContributionParticipantsRequest) -> Result<Self, NodeError> {
+        Ok(ParticipantsPageCall {
+            order: order_key(&message.order_id)?,
+            offset: message.offset,
+        })
+    }
+}
+
+impl TryFrom<AddNoiseRequest> for NoiseCall {
+    type Error = NodeError;
+
+    fn try_from(message: AddNoiseRequest) -> Result<Self, NodeError> {
+        let order = order_key(&message.order_id)?;
+        let contributions = message
+            .contributions
+            .into_iter()
+            .enumerate()
+            .map(|(index, record)| {
+                let ciphertexts = decode_all(
+                    &record.ciphertexts,
+                    &format!("contributions[{index}].ciphertexts"),
+                )?;
+                let proof = decode(&record.proof, &format!("contributions[{index}].proof"))?;
+                Ok(ListedContribution {
+                    hash: market::hash::contribution_hash(&record.ciphertexts, &record.proof),
+                    listing: record.listing,
+                    capacity: record.capacity,
+                    contribution: Contribution { ciphertexts, proof },
+                })
+            })
+            .collect::<Result<_, Status>>()?;
+        Ok(NoiseCall {
+            order,
+            sql: message.sql,
+            contributions,
+        })
+    }
+}
+
+impl TryFrom<CosignReceiptRequest> for CosignCall {
+    type Error = NodeError;
+
+    fn try_from(message: CosignReceiptRequest) -> Result<Self, NodeError> {
+        let receipt = QueryReceipt::from_bytes(&message.receipt)
+            .map_err(|_| NodeError::bad_request("receipt: not a postcard-encoded receipt"))?;
+        Ok(CosignCall { receipt })
+    }
+}
 
 impl NodeError {
     /// The gRPC code of this refusal: one closed mapping, so that a new kind must be given a
@@ -192,7 +265,7 @@ impl Compute for NodeService {
         request: Request<ContributeRequest>,
     ) -> Result<Response<ContributeResponse>, Status> {
         self.check_coordinator(methods::CONTRIBUTE, &request)?;
-        self.contribution(request.into_inner())
+        self.contribution(request.into_inner().try_into()?)
             .await
             .map(Response::new)
             .map_err(Status::from)
@@ -204,7 +277,7 @@ impl Compute for NodeService {
         request: Request<ContributionParticipantsRequest>,
     ) -> Result<Response<ContributionParticipantsResponse>, Status> {
         self.check_coordinator(methods::CONTRIBUTION_PARTICIPANTS, &request)?;
-        self.contribution_participants(request.into_inner())
+        self.contribution_participants(request.into_inner().try_into()?)
             .map(Response::new)
             .map_err(Status::from)
     }
@@ -215,7 +288,7 @@ impl Compute for NodeService {
         request: Request<AddNoiseRequest>,
     ) -> Result<Response<AddNoiseResponse>, Status> {
         self.check_coordinator(methods::ADD_NOISE, &request)?;
-        self.noise_share(request.into_inner())
+        self.noise_share(request.into_inner().try_into()?)
             .await
             .map(Response::new)
             .map_err(Status::from)
@@ -239,7 +312,7 @@ impl Compute for NodeService {
         request: Request<CosignReceiptRequest>,
     ) -> Result<Response<CosignReceiptResponse>, Status> {
         self.check_coordinator(methods::COSIGN_RECEIPT, &request)?;
-        self.cosign(request.into_inner())
+        self.cosign(request.into_inner().try_into()?)
             .await
             .map(Response::new)
             .map_err(Status::from)
@@ -287,6 +360,7 @@ impl Compute for NodeService {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -343,6 +417,78 @@ mod tests {
         assert_eq!(
             NodeError::from(status),
             NodeError::EvaluationKeyMissing("criteria.evaluation_key".into())
+        );
+    }
+
+    #[test]
+    fn calls_with_a_short_order_id_are_refused_naming_the_field() {
+        let short = vec![1u8; 31];
+        let contribute = ContributeCall::try_from(ContributeRequest {
+            order_id: short.clone(),
+            listing: "st-mary".into(),
+            sql: "SELECT COUNT(*) FROM patients".into(),
+            purpose: "academic_research".into(),
+        })
+        .unwrap_err();
+        let page = ParticipantsPageCall::try_from(ContributionParticipantsRequest {
+            order_id: short.clone(),
+            offset: 0,
+        })
+        .unwrap_err();
+        let noise = NoiseCall::try_from(AddNoiseRequest {
+            order_id: short,
+            ..Default::default()
+        })
+        .unwrap_err();
+        for error in [contribute, page, noise] {
+            assert!(matches!(error, NodeError::BadRequest(_)), "{error:?}");
+            assert!(error.message().starts_with("order_id"), "{error:?}");
+        }
+    }
+
+    #[test]
+    fn contribute_call_without_a_purpose_is_refused_naming_the_field() {
+        let error = ContributeCall::try_from(ContributeRequest {
+            order_id: vec![1; 32],
+            listing: "st-mary".into(),
+            sql: "SELECT COUNT(*) FROM patients".into(),
+            purpose: String::new(),
+        })
+        .unwrap_err();
+        assert_eq!(error, NodeError::bad_request("purpose: empty"));
+    }
+
+    #[test]
+    fn noise_call_with_a_contribution_that_does_not_decode_is_refused_naming_it() {
+        let error = NoiseCall::try_from(AddNoiseRequest {
+            order_id: vec![1; 32],
+            sql: "SELECT COUNT(*) FROM patients".into(),
+            contributions: vec![cohortex_proto::v1::ContributionRecord {
+                listing: "st-mary".into(),
+                capacity: 10,
+                ciphertexts: vec![vec![0xFF; 3]],
+                proof: vec![],
+            }],
+        })
+        .unwrap_err();
+        assert!(matches!(error, NodeError::BadRequest(_)), "{error:?}");
+        assert!(
+            error
+                .message()
+                .starts_with("contributions[0].ciphertexts[0]"),
+            "{error:?}"
+        );
+    }
+
+    #[test]
+    fn cosign_call_whose_receipt_does_not_decode_is_refused_naming_it() {
+        let error = CosignCall::try_from(CosignReceiptRequest {
+            receipt: vec![0xFF; 7],
+        })
+        .unwrap_err();
+        assert_eq!(
+            error,
+            NodeError::bad_request("receipt: not a postcard-encoded receipt")
         );
     }
 }

@@ -5,18 +5,15 @@
 
 use std::collections::BTreeSet;
 
+use crate::calls::{CosignCall, NoiseCall};
 use crate::error::NodeError;
 use cohortex_proto::v1::{
-    AddNoiseRequest, AddNoiseResponse, CosignReceiptRequest, CosignReceiptResponse, KeySwitchPhase,
-    KeySwitchRequest, KeySwitchResponse,
+    AddNoiseResponse, CosignReceiptResponse, KeySwitchPhase, KeySwitchRequest, KeySwitchResponse,
 };
 use cohortex_types::text::excerpt;
-use market::{AccountId, Hash32, ListingContribution, ListingId, QueryReceipt};
+use market::{AccountId, Hash32, ListingContribution, ListingId};
 use rand::rngs::OsRng;
-use zk::{
-    Ciphertext, CiphertextRangeProof, CommitteePublic, KeySwitchShare, ProofContext, PublicKey,
-    Wire,
-};
+use zk::{Ciphertext, CommitteePublic, KeySwitchShare, ProofContext, PublicKey, Wire};
 
 use super::{follow_status, order_id, order_key, Fault, NodeService};
 use crate::contribution::{
@@ -129,14 +126,11 @@ impl Stage {
 impl NodeService {
     /// Verifies and sums the order's contributions and draws this member's noise share, once
     /// per order: asked again, it returns the same share.
-    pub(super) async fn noise_share(
-        &self,
-        message: AddNoiseRequest,
-    ) -> Result<AddNoiseResponse, NodeError> {
+    pub(super) async fn noise_share(&self, call: NoiseCall) -> Result<AddNoiseResponse, NodeError> {
         if self.fault() == Some(Fault::DownAtKeySwitch) {
             return Err(NodeError::unavailable("node is down"));
         }
-        let order = order_id(&message.order_id)?;
+        let order = call.order.0 .0.as_bytes().to_vec();
         let committee = {
             let state = self.lock()?;
             if let Some(release) = state.releases.get(&order) {
@@ -152,7 +146,7 @@ impl NodeService {
             };
             committee.clone()
         };
-        let facts = self.order_facts(&order, &message.sql).await?;
+        let facts = self.order_facts(&order, &call.sql).await?;
         // A member that added noise answered from memory above; one that has none for a
         // committed release (it restarted, say) must not draw fresh noise: the operator could
         // open the same sum twice with different noise and average the two.
@@ -163,9 +157,9 @@ impl NodeService {
             ));
         }
         let mut seen = BTreeSet::new();
-        let mut contributions = Vec::with_capacity(message.contributions.len());
-        let mut summed_hashes = Vec::with_capacity(message.contributions.len());
-        for (index, record) in message.contributions.iter().enumerate() {
+        let mut contributions = Vec::with_capacity(call.contributions.len());
+        let mut summed_hashes = Vec::with_capacity(call.contributions.len());
+        for (index, record) in call.contributions.into_iter().enumerate() {
             if !facts.listings.contains(&record.listing) {
                 return Err(NodeError::bad_request(format!(
                     "contributions[{index}].listing: {} is not in the order",
@@ -178,26 +172,13 @@ impl NodeService {
                     excerpt(&record.listing)
                 )));
             }
-            let contribution = Contribution {
-                ciphertexts: decode_all(
-                    &record.ciphertexts,
-                    &format!("contributions[{index}].ciphertexts"),
-                )?,
-                proof: decode::<CiphertextRangeProof>(
-                    &record.proof,
-                    &format!("contributions[{index}].proof"),
-                )?,
-            };
             let context = contribution_context(&order, &record.listing)?;
-            summed_hashes.push((
-                record.listing.clone(),
-                market::hash::contribution_hash(&record.ciphertexts, &record.proof),
-            ));
+            summed_hashes.push((record.listing.clone(), record.hash));
             contributions.push((
-                record.listing.clone(),
+                record.listing,
                 record.capacity,
                 context,
-                contribution,
+                record.contribution,
             ));
         }
         if contributions.is_empty() {
@@ -440,10 +421,9 @@ impl NodeService {
     /// and the ledger agrees; one receipt per order.
     pub(super) async fn cosign(
         &self,
-        message: CosignReceiptRequest,
+        call: CosignCall,
     ) -> Result<CosignReceiptResponse, NodeError> {
-        let receipt = QueryReceipt::from_bytes(&message.receipt)
-            .map_err(|_| NodeError::bad_request("receipt: not a postcard-encoded receipt"))?;
+        let receipt = call.receipt;
         let order = receipt.order.0 .0.as_bytes().to_vec();
         // 1. What this member verified and summed itself.
         let summed = {

@@ -2,12 +2,15 @@
 //! decoded once, at the gRPC edge (`TryFrom<proto>` in `server/grpc.rs`, each error naming
 //! the field), so that the node's operations take these and never a wire message.
 //!
-//! Built so far for an order's contribution and its participant pages, a member's noise
-//! share and its receipt co-signature. The key ceremony's rounds, key-switch shares, blind
-//! feasibility and trial acceptances still take their proto messages (docs/services.md).
+//! Built for every call of an order: the contribution and its participant pages, a member's
+//! noise share, its key-switch shares and its receipt co-signature. The key ceremony's rounds,
+//! blind feasibility and trial acceptances still take their proto messages (docs/services.md).
+
+use market::{ListingId, OrderId, QueryReceipt};
+use zk::{KeySwitchShare, PublicKey};
 
 use crate::contribution::Contribution;
-use market::{ListingId, OrderId, QueryReceipt};
+use crate::noise::NoiseShare;
 
 /// A listing's node is asked for its contribution to an order.
 #[derive(Clone, Debug)]
@@ -62,4 +65,36 @@ pub struct NoiseCall {
 pub struct CosignCall {
     /// The receipt as the ledger will carry it.
     pub receipt: QueryReceipt,
+}
+
+/// A committee member is asked for its key-switch share of an order's release.
+#[derive(Clone, Debug)]
+pub struct KeySwitchCall {
+    /// The order.
+    pub order: OrderId,
+    /// The noise shares summed into the release (at least t, this member's among them).
+    pub noise: Vec<NoiseShare>,
+    /// What is switched.
+    pub phase: SwitchPhase,
+}
+
+/// The two phases of a release's key switch.
+#[derive(Clone, Debug)]
+pub enum SwitchPhase {
+    /// The count slots, towards the public count key.
+    Counts,
+    /// The values of the cells that pass the minimum cohort, towards the buyer.
+    Values(Box<ValuesSwitch>),
+}
+
+/// What phase VALUES needs beyond the order: where the values go, and the opened counts that
+/// say which cells are released.
+#[derive(Clone, Debug)]
+pub struct ValuesSwitch {
+    /// The buyer's result key (the ledger's record of the order must name it).
+    pub recipient: PublicKey,
+    /// The COUNTS phase's key-switch shares.
+    pub count_shares: Vec<KeySwitchShare>,
+    /// The noisy counts those shares decrypt to.
+    pub noisy_counts: Vec<i64>,
 }

@@ -9,7 +9,7 @@ use cohortex_proto::v1::{
     CosignReceiptResponse, DeliverShareRequest, DeliverShareResponse, DkgConfirmRequest,
     DkgConfirmResponse, DkgDealRequest, DkgDealResponse, DkgFinishRequest, DkgFinishResponse,
     DkgJustifyRequest, DkgJustifyResponse, DkgReceiveRequest, DkgReceiveResponse,
-    EvaluationKeyChunk, FeasibilityRequest, FeasibilityResponse, KeySwitchRequest,
+    EvaluationKeyChunk, FeasibilityRequest, FeasibilityResponse, KeySwitchPhase, KeySwitchRequest,
     KeySwitchResponse, PutEvaluationKeyResponse,
 };
 use cohortex_types::auth::unix_now;
@@ -19,11 +19,12 @@ use tonic::{Code, Request, Response, Status};
 
 use super::{order_key, NodeService};
 use crate::calls::{
-    ContributeCall, CosignCall, ListedContribution, NoiseCall, ParticipantsPageCall,
+    ContributeCall, CosignCall, KeySwitchCall, ListedContribution, NoiseCall, ParticipantsPageCall,
+    SwitchPhase, ValuesSwitch,
 };
 use crate::contribution::Contribution;
 use crate::error::NodeError;
-use crate::protocol::{decode, decode_all, methods};
+use crate::protocol::{decode, decode_all, decode_noise_share, methods};
 
 impl TryFrom<ContributeRequest> for ContributeCall {
     type Error = NodeError;
@@ -80,6 +81,34 @@ impl TryFrom<AddNoiseRequest> for NoiseCall {
             order,
             sql: message.sql,
             contributions,
+        })
+    }
+}
+
+impl TryFrom<KeySwitchRequest> for KeySwitchCall {
+    type Error = NodeError;
+
+    fn try_from(message: KeySwitchRequest) -> Result<Self, NodeError> {
+        let order = order_key(&message.order_id)?;
+        let phase = match KeySwitchPhase::try_from(message.phase) {
+            Ok(KeySwitchPhase::Counts) => SwitchPhase::Counts,
+            Ok(KeySwitchPhase::Values) => SwitchPhase::Values(Box::new(ValuesSwitch {
+                recipient: decode(&message.recipient, "recipient")?,
+                count_shares: decode_all(&message.count_shares, "count_shares")?,
+                noisy_counts: message.noisy_counts,
+            })),
+            _ => return Err(NodeError::bad_request("phase: COUNTS or VALUES")),
+        };
+        let noise = message
+            .noise
+            .iter()
+            .enumerate()
+            .map(|(index, share)| decode_noise_share(share, &format!("noise[{index}]")))
+            .collect::<Result<_, Status>>()?;
+        Ok(KeySwitchCall {
+            order,
+            noise,
+            phase,
         })
     }
 }
@@ -300,7 +329,7 @@ impl Compute for NodeService {
         request: Request<KeySwitchRequest>,
     ) -> Result<Response<KeySwitchResponse>, Status> {
         self.check_coordinator(methods::KEY_SWITCH, &request)?;
-        self.key_switch_share(request.into_inner())
+        self.key_switch_share(request.into_inner().try_into()?)
             .await
             .map(Response::new)
             .map_err(Status::from)
@@ -490,5 +519,39 @@ mod tests {
             error,
             NodeError::bad_request("receipt: not a postcard-encoded receipt")
         );
+    }
+
+    #[test]
+    fn key_switch_call_without_a_phase_is_refused_naming_it() {
+        let error = KeySwitchCall::try_from(KeySwitchRequest {
+            order_id: vec![1; 32],
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(error, NodeError::bad_request("phase: COUNTS or VALUES"));
+    }
+
+    #[test]
+    fn values_switch_to_a_recipient_that_does_not_decode_is_refused_naming_it() {
+        let error = KeySwitchCall::try_from(KeySwitchRequest {
+            order_id: vec![1; 32],
+            phase: KeySwitchPhase::Values as i32,
+            recipient: vec![0xFF; 5],
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(matches!(error, NodeError::BadRequest(_)), "{error:?}");
+        assert!(error.message().starts_with("recipient: "), "{error:?}");
+        // Phase COUNTS ignores the recipient, as the protocol says.
+        let counts = KeySwitchCall::try_from(KeySwitchRequest {
+            order_id: vec![1; 32],
+            phase: KeySwitchPhase::Counts as i32,
+            recipient: vec![0xFF; 5],
+            ..Default::default()
+        });
+        assert!(matches!(
+            counts.map(|call| call.phase),
+            Ok(SwitchPhase::Counts)
+        ));
     }
 }

@@ -5,17 +5,17 @@
 
 use std::collections::BTreeSet;
 
-use crate::calls::{CosignCall, NoiseCall};
+use crate::calls::{CosignCall, KeySwitchCall, NoiseCall, SwitchPhase};
 use crate::error::NodeError;
 use cohortex_proto::v1::{
-    AddNoiseResponse, CosignReceiptResponse, KeySwitchPhase, KeySwitchRequest, KeySwitchResponse,
+    AddNoiseResponse, CosignReceiptResponse, KeySwitchPhase, KeySwitchResponse,
 };
 use cohortex_types::text::excerpt;
 use market::{AccountId, Hash32, ListingContribution, ListingId};
 use rand::rngs::OsRng;
-use zk::{Ciphertext, CommitteePublic, KeySwitchShare, ProofContext, PublicKey, Wire};
+use zk::{Ciphertext, CommitteePublic, ProofContext, PublicKey, Wire};
 
-use super::{follow_status, order_id, order_key, Fault, NodeService};
+use super::{follow_status, order_key, Fault, NodeService};
 use crate::contribution::{
     sum_contributions, verify_bounded, verify_contributions, Contribution, ContributionStatement,
 };
@@ -26,8 +26,8 @@ use crate::noise::{
 };
 use crate::plan::QueryPlan;
 use crate::protocol::{
-    contribution_context, counts_context, decode, decode_all, decode_noise_share,
-    encode_noise_share, noise_context, release_context,
+    contribution_context, counts_context, decode, decode_noise_share, encode_noise_share,
+    noise_context, release_context,
 };
 
 /// What a member remembers of an order it added noise to. It is written to disk (see
@@ -261,18 +261,23 @@ impl NodeService {
     /// released values (phase VALUES), as the ledger commits the release.
     pub(super) async fn key_switch_share(
         &self,
-        message: KeySwitchRequest,
+        call: KeySwitchCall,
     ) -> Result<KeySwitchResponse, NodeError> {
         if self.fault() == Some(Fault::DownAtKeySwitch) {
             return Err(NodeError::unavailable("node is down"));
         }
-        let order = order_id(&message.order_id)?;
-        let phase = KeySwitchPhase::try_from(message.phase)
-            .ok()
-            .filter(|phase| *phase != KeySwitchPhase::Unspecified)
-            .ok_or_else(|| NodeError::bad_request("phase: COUNTS or VALUES"))?;
+        let order = call.order.0 .0.as_bytes().to_vec();
+        let (phase, values) = match call.phase {
+            SwitchPhase::Counts => (KeySwitchPhase::Counts, None),
+            SwitchPhase::Values(values) => (KeySwitchPhase::Values, Some(values)),
+        };
+        let noise_members: Vec<u16> = call.noise.iter().map(|share| share.member).collect();
         let attested = self
-            .check_committed_release(&order, &message.noise, phase, &message.recipient)
+            .check_committed_release(
+                &order,
+                &noise_members,
+                values.as_ref().map(|values| &values.recipient),
+            )
             .await?;
         let (share, committee, release_view) = {
             let mut state = self.lock()?;
@@ -304,7 +309,7 @@ impl NodeService {
                     ));
                 }
             }
-            let (members, noisy) = noisy_sum(release, &order, committee, &message.noise)?;
+            let (members, noisy) = noisy_sum(release, &order, committee, &call.noise)?;
             // Advanced now, under the lock, so that two concurrent requests cannot both pass.
             // It stays pending until the share leaves: undone if its checks fail below or
             // it cannot be written to disk, and never written as reached before.
@@ -320,36 +325,34 @@ impl NodeService {
         let counts = count_slots(&plan);
         let count_ciphertexts: Vec<Ciphertext> = counts.iter().map(|&slot| noisy[slot]).collect();
         let prepared = (|| -> Result<(ProofContext, Vec<Ciphertext>, PublicKey), NodeError> {
-            Ok(match phase {
-                KeySwitchPhase::Counts => (
+            Ok(match values {
+                None => (
                     counts_context(&order)?,
                     count_ciphertexts,
                     public_count_key(),
                 ),
-                _ => {
-                    let shares: Vec<KeySwitchShare> =
-                        decode_all(&message.count_shares, "count_shares")?;
+                Some(values) => {
                     let opened = committee
                         .combine(
                             &counts_context(&order)?,
                             &count_ciphertexts,
                             &public_count_key(),
-                            &shares,
+                            &values.count_shares,
                         )
                         .map_err(|error| {
                             NodeError::bad_request(format!("count_shares: {error}"))
                         })?;
-                    if message.noisy_counts.len() != counts.len() {
+                    if values.noisy_counts.len() != counts.len() {
                         return Err(NodeError::bad_request(format!(
                             "noisy_counts: {} values, the plan has {} count slots",
-                            message.noisy_counts.len(),
+                            values.noisy_counts.len(),
                             counts.len()
                         )));
                     }
                     for (index, (ciphertext, &value)) in opened
                         .ciphertexts
                         .iter()
-                        .zip(&message.noisy_counts)
+                        .zip(&values.noisy_counts)
                         .enumerate()
                     {
                         if !opens_to(ciphertext, value) {
@@ -358,18 +361,17 @@ impl NodeService {
                             )));
                         }
                     }
-                    let suppressed = suppressed_cells(&plan, &message.noisy_counts, min_cohort);
+                    let suppressed = suppressed_cells(&plan, &values.noisy_counts, min_cohort);
                     let slots = released_value_slots(&plan, &suppressed);
                     if slots.is_empty() {
                         return Err(NodeError::not_ready(
                             "every cell is suppressed: nothing to release",
                         ));
                     }
-                    let recipient: PublicKey = decode(&message.recipient, "recipient")?;
                     (
                         release_context(&order)?,
                         slots.iter().map(|&slot| noisy[slot]).collect(),
-                        recipient,
+                        values.recipient,
                     )
                 }
             })
@@ -593,9 +595,8 @@ impl NodeService {
     async fn check_committed_release(
         &self,
         order: &[u8],
-        noise: &[cohortex_proto::v1::NoiseShare],
-        phase: KeySwitchPhase,
-        recipient: &[u8],
+        noise_members: &[u16],
+        recipient: Option<&PublicKey>,
     ) -> Result<Option<Vec<(ListingId, Hash32)>>, NodeError> {
         let order_key = order_key(order)?;
         let channel = self.market_channel().await?;
@@ -630,7 +631,10 @@ impl NodeService {
                 "order_id: the order has expired on the ledger; nothing more of it is key-switched",
             ));
         }
-        if phase == KeySwitchPhase::Values && result_key.as_deref() != Some(recipient) {
+        let wrong_recipient = recipient.is_some_and(|recipient| {
+            result_key.as_deref() != Some(recipient.to_bytes().as_slice())
+        });
+        if wrong_recipient {
             return Err(NodeError::not_permitted(if result_key.is_none() {
                 "recipient: the order on the ledger names no result key, so its values go to no one"
             } else {
@@ -640,12 +644,7 @@ impl NodeService {
         let committed = committed.ok_or_else(|| {
             NodeError::not_ready("order_id: no release of the order is committed on the ledger")
         })?;
-        let mut requested: Vec<u16> = Vec::with_capacity(noise.len());
-        for (index, share) in noise.iter().enumerate() {
-            requested.push(u16::try_from(share.member).map_err(|_| {
-                NodeError::bad_request(format!("noise[{index}].member: not a member index"))
-            })?);
-        }
+        let mut requested = noise_members.to_vec();
         requested.sort_unstable();
         if requested != committed.noise_members {
             return Err(NodeError::not_permitted(format!(
@@ -677,13 +676,8 @@ fn noisy_sum(
     release: &Release,
     order: &[u8],
     committee: &CommitteePublic,
-    wire: &[cohortex_proto::v1::NoiseShare],
+    shares: &[NoiseShare],
 ) -> Result<(Vec<u16>, Vec<Ciphertext>), NodeError> {
-    let shares: Vec<NoiseShare> = wire
-        .iter()
-        .enumerate()
-        .map(|(index, share)| decode_noise_share(share, &format!("noise[{index}]")))
-        .collect::<Result<_, _>>()?;
     let mut members: Vec<u16> = shares.iter().map(|share| share.member).collect();
     members.sort_unstable();
     if members.windows(2).any(|pair| pair[0] == pair[1]) {

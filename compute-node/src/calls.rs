@@ -2,9 +2,10 @@
 //! decoded once, at the gRPC edge (`TryFrom<proto>` in `server/grpc.rs`, each error naming
 //! the field), so that the node's operations take these and never a wire message.
 //!
-//! Built for every call of an order: the contribution and its participant pages, a member's
-//! noise share, its key-switch shares and its receipt co-signature. The key ceremony's rounds,
-//! blind feasibility and trial acceptances still take their proto messages (docs/services.md).
+//! Built for every call of an order (the contribution and its participant pages, a member's
+//! noise share, its key-switch shares and its receipt co-signature), for a blind feasibility
+//! count and for a patient's trial acceptance. The key ceremony's rounds and evaluation-key
+//! uploads still take their proto messages (docs/services.md).
 
 use market::{ListingId, OrderId, QueryReceipt};
 use zk::{KeySwitchShare, PublicKey};
@@ -97,4 +98,33 @@ pub struct ValuesSwitch {
     pub count_shares: Vec<KeySwitchShare>,
     /// The noisy counts those shares decrypt to.
     pub noisy_counts: Vec<i64>,
+}
+
+/// A listing's node is asked for a noisy count of the patients meeting encrypted criteria
+/// (feature `tfhe`).
+#[cfg(feature = "tfhe")]
+#[derive(Clone)]
+pub struct FeasibilityCall {
+    /// The order.
+    pub order: OrderId,
+    /// The listing the coordinator believes this node serves.
+    pub listing: ListingId,
+    /// The fingerprint of the evaluation key the criteria are encrypted for.
+    pub fingerprint: [u8; 32],
+    /// The criteria, decoded.
+    pub criteria: crate::feasibility::EncryptedCriteria,
+    /// Their hash as sent, which must be the order's `query_hash`.
+    pub criteria_hash: market::Hash32,
+}
+
+/// A patient's sealed acceptance of a trial invitation, relayed to the node holding their
+/// record.
+#[derive(Clone, Debug)]
+pub struct AcceptanceCall {
+    /// The trial.
+    pub trial: String,
+    /// The listing the patient's record is in.
+    pub listing: ListingId,
+    /// The acceptance, sealed to this node's account key.
+    pub sealed: Vec<u8>,
 }

@@ -14,9 +14,7 @@
 
 use std::sync::Arc;
 
-use cohortex_proto::v1::{
-    EvaluationKeyChunk, FeasibilityRequest, FeasibilityResponse, PutEvaluationKeyResponse,
-};
+use cohortex_proto::v1::{EvaluationKeyChunk, FeasibilityResponse, PutEvaluationKeyResponse};
 use market::{AccountId, AttestationKind, ListingContribution, ListingId, Purpose};
 use rand::rngs::OsRng;
 use tonic::Response;
@@ -25,10 +23,11 @@ use crate::error::NodeError;
 use zk::fhe::{EvaluationKey, Evaluator};
 
 use super::contribute::{keep_for_paging, OrderClaim, PARTICIPANTS_PAGE};
-use super::{follow_status, order_id, order_key, NodeService, EVALUATION_KEYS_KEPT};
+use super::{follow_status, NodeService, EVALUATION_KEYS_KEPT};
+use crate::calls::FeasibilityCall;
 use crate::dp::{SlotNoise, MICRO, TAIL_SCALES};
 use crate::feasibility::{evaluate_feasibility, FeasibilityStep, ReleaseRule};
-use crate::feasibility_wire::{criteria_from_wire, criteria_hash, read_evaluation_key};
+use crate::feasibility_wire::read_evaluation_key;
 
 /// The noise of one count at ε = `epsilon_micro`/10⁶: scale b = 1/ε (sensitivity 1) and
 /// bound K = ⌈48·b⌉ + 1 (see docs/privacy.md, "Truncation").
@@ -110,25 +109,21 @@ impl NodeService {
     /// Answers one feasibility order for this node's listing (see the module documentation).
     pub(super) async fn run_feasibility(
         &self,
-        message: FeasibilityRequest,
+        call: FeasibilityCall,
     ) -> Result<FeasibilityResponse, NodeError> {
-        let order = order_id(&message.order_id)?;
-        let order_key = order_key(&order)?;
-        if message.listing != self.config.listing {
+        let order = call.order.0 .0.as_bytes().to_vec();
+        let order_key = call.order;
+        if call.listing.0 != self.config.listing {
             return Err(NodeError::bad_request(format!(
                 "listing: this node serves `{}`",
                 self.config.listing
             )));
         }
-        let wire = message
-            .criteria
-            .as_ref()
-            .ok_or_else(|| NodeError::bad_request("criteria: missing"))?;
-        let (fingerprint, criteria) = criteria_from_wire(wire, "criteria")?;
+        let (fingerprint, criteria, query_hash) =
+            (call.fingerprint, call.criteria, call.criteria_hash);
         criteria
             .check(self.vault.schema())
             .map_err(|error| NodeError::bad_request(format!("criteria.{error}")))?;
-        let query_hash = criteria_hash(wire);
         let evaluator = self.evaluator(&fingerprint)?.ok_or_else(|| {
             NodeError::EvaluationKeyMissing(
                 "criteria.evaluation_key: this node holds no evaluation key with this \

@@ -4,13 +4,13 @@
 
 use cohortex_proto::v1::compute_server::Compute;
 use cohortex_proto::v1::{
-    AddNoiseRequest, AddNoiseResponse, ContributeRequest, ContributeResponse,
-    ContributionParticipantsRequest, ContributionParticipantsResponse, CosignReceiptRequest,
-    CosignReceiptResponse, DeliverShareRequest, DeliverShareResponse, DkgConfirmRequest,
-    DkgConfirmResponse, DkgDealRequest, DkgDealResponse, DkgFinishRequest, DkgFinishResponse,
-    DkgJustifyRequest, DkgJustifyResponse, DkgReceiveRequest, DkgReceiveResponse,
-    EvaluationKeyChunk, FeasibilityRequest, FeasibilityResponse, KeySwitchPhase, KeySwitchRequest,
-    KeySwitchResponse, PutEvaluationKeyResponse,
+    AcceptInvitationRequest, AddNoiseRequest, AddNoiseResponse, ContributeRequest,
+    ContributeResponse, ContributionParticipantsRequest, ContributionParticipantsResponse,
+    CosignReceiptRequest, CosignReceiptResponse, DeliverShareRequest, DeliverShareResponse,
+    DkgConfirmRequest, DkgConfirmResponse, DkgDealRequest, DkgDealResponse, DkgFinishRequest,
+    DkgFinishResponse, DkgJustifyRequest, DkgJustifyResponse, DkgReceiveRequest,
+    DkgReceiveResponse, EvaluationKeyChunk, FeasibilityRequest, FeasibilityResponse,
+    KeySwitchPhase, KeySwitchRequest, KeySwitchResponse, PutEvaluationKeyResponse,
 };
 use cohortex_types::auth::unix_now;
 use cohortex_types::rpc::Refusal;
@@ -19,8 +19,8 @@ use tonic::{Code, Request, Response, Status};
 
 use super::{order_key, NodeService};
 use crate::calls::{
-    ContributeCall, CosignCall, KeySwitchCall, ListedContribution, NoiseCall, ParticipantsPageCall,
-    SwitchPhase, ValuesSwitch,
+    AcceptanceCall, ContributeCall, CosignCall, KeySwitchCall, ListedContribution, NoiseCall,
+    ParticipantsPageCall, SwitchPhase, ValuesSwitch,
 };
 use crate::contribution::Contribution;
 use crate::error::NodeError;
@@ -110,6 +110,38 @@ impl TryFrom<KeySwitchRequest> for KeySwitchCall {
             noise,
             phase,
         })
+    }
+}
+
+#[cfg(feature = "tfhe")]
+impl TryFrom<FeasibilityRequest> for crate::calls::FeasibilityCall {
+    type Error = NodeError;
+
+    fn try_from(message: FeasibilityRequest) -> Result<Self, NodeError> {
+        let order = order_key(&message.order_id)?;
+        let wire = message
+            .criteria
+            .as_ref()
+            .ok_or_else(|| NodeError::bad_request("criteria: missing"))?;
+        let (fingerprint, criteria) =
+            crate::feasibility_wire::criteria_from_wire(wire, "criteria")?;
+        Ok(crate::calls::FeasibilityCall {
+            order,
+            listing: ListingId::new(message.listing),
+            fingerprint,
+            criteria,
+            criteria_hash: crate::feasibility_wire::criteria_hash(wire),
+        })
+    }
+}
+
+impl From<AcceptInvitationRequest> for AcceptanceCall {
+    fn from(message: AcceptInvitationRequest) -> Self {
+        AcceptanceCall {
+            trial: message.trial,
+            listing: ListingId::new(message.listing),
+            sealed: message.sealed,
+        }
     }
 }
 
@@ -369,7 +401,11 @@ impl Compute for NodeService {
         request: Request<FeasibilityRequest>,
     ) -> Result<Response<FeasibilityResponse>, Status> {
         self.check_coordinator(methods::FEASIBILITY, &request)?;
-        self.run_feasibility(request.into_inner())
+        #[cfg(feature = "tfhe")]
+        let call = crate::calls::FeasibilityCall::try_from(request.into_inner())?;
+        #[cfg(not(feature = "tfhe"))]
+        let call = request.into_inner();
+        self.run_feasibility(call)
             .await
             .map(Response::new)
             .map_err(Status::from)
@@ -378,10 +414,10 @@ impl Compute for NodeService {
     #[tracing::instrument(skip(self, request), fields(listing = %self.config.listing))]
     async fn accept_invitation(
         &self,
-        request: Request<cohortex_proto::v1::AcceptInvitationRequest>,
+        request: Request<AcceptInvitationRequest>,
     ) -> Result<Response<cohortex_proto::v1::TrialReply>, Status> {
         self.check_coordinator(methods::ACCEPT_INVITATION, &request)?;
-        self.answer_acceptance(request.into_inner())
+        self.answer_acceptance(request.into_inner().into())
             .await
             .map(Response::new)
             .map_err(Status::from)
@@ -553,5 +589,33 @@ mod tests {
             counts.map(|call| call.phase),
             Ok(SwitchPhase::Counts)
         ));
+    }
+
+    #[cfg(feature = "tfhe")]
+    #[test]
+    fn feasibility_call_without_criteria_or_with_a_short_key_fingerprint_is_refused_naming_it() {
+        let missing = crate::calls::FeasibilityCall::try_from(FeasibilityRequest {
+            order_id: vec![1; 32],
+            listing: "st-mary".into(),
+            criteria: None,
+        })
+        .err()
+        .unwrap();
+        assert_eq!(missing, NodeError::bad_request("criteria: missing"));
+        let short = crate::calls::FeasibilityCall::try_from(FeasibilityRequest {
+            order_id: vec![1; 32],
+            listing: "st-mary".into(),
+            criteria: Some(cohortex_proto::v1::EncryptedCriteria {
+                evaluation_key: vec![7; 31],
+                ..Default::default()
+            }),
+        })
+        .err()
+        .unwrap();
+        assert!(matches!(short, NodeError::BadRequest(_)), "{short:?}");
+        assert!(
+            short.message().starts_with("criteria.evaluation_key"),
+            "{short:?}"
+        );
     }
 }

@@ -69,7 +69,7 @@ impl NodeService {
 
     async fn answer_acceptance(
         &self,
-        _: cohortex_proto::v1::AcceptInvitationRequest,
+        _: crate::calls::AcceptanceCall,
     ) -> Result<cohortex_proto::v1::TrialReply, NodeError> {
         Err(NodeError::unsupported(
             "this node was built without the `tfhe` feature: no trial recruitment",
@@ -192,10 +192,6 @@ pub struct NodeService {
 /// How many recruiters' expanded evaluation keys a node keeps.
 #[cfg(feature = "tfhe")]
 pub const EVALUATION_KEYS_KEPT: usize = 2;
-
-fn order_id(bytes: &[u8]) -> Result<Vec<u8>, NodeError> {
-    order_key(bytes).map(|_| bytes.to_vec())
-}
 
 /// The order id as the ledger keys it.
 fn order_key(bytes: &[u8]) -> Result<OrderId, NodeError> {

@@ -13,8 +13,9 @@
 
 use std::sync::Arc;
 
+use crate::calls::AcceptanceCall;
 use crate::error::NodeError;
-use cohortex_proto::v1::{AcceptInvitationRequest, EncryptedCriteria as WireCriteria, TrialReply};
+use cohortex_proto::v1::{EncryptedCriteria as WireCriteria, TrialReply};
 use market::{ListingId, Purpose};
 use prost::Message;
 
@@ -37,17 +38,17 @@ impl NodeService {
     /// Answers one acceptance (see the module documentation).
     pub(super) async fn answer_acceptance(
         &self,
-        message: AcceptInvitationRequest,
+        call: AcceptanceCall,
     ) -> Result<TrialReply, NodeError> {
-        if message.listing != self.config.listing {
+        if call.listing.0 != self.config.listing {
             return Err(NodeError::bad_request(format!(
                 "listing: this node serves `{}`",
                 self.config.listing
             )));
         }
         let listing = ListingId::new(self.config.listing.clone());
-        let trial = message.trial.clone();
-        let acceptance = Acceptance::open(&message.sealed, &self.config.account, &trial, &listing)
+        let trial = call.trial;
+        let acceptance = Acceptance::open(&call.sealed, &self.config.account, &trial, &listing)
             .map_err(refused)?;
         let chain_id = self.config.ledger.chain_id;
         let patient = acceptance

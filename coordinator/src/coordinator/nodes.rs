@@ -352,7 +352,7 @@ impl ComputeNodes for GrpcNodes {
             &self.account,
             endpoint,
             methods::PUT_EVALUATION_KEY,
-            tokio_stream::iter(compute_node::feasibility_wire::evaluation_key_chunks(&key)),
+            super::key_chunks(&key),
         );
         let endpoint = endpoint.to_string();
         let tls = self.tls.clone();

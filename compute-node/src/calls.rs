@@ -4,12 +4,13 @@
 //!
 //! Built for every call of an order (the contribution and its participant pages, a member's
 //! noise share, its key-switch shares and its receipt co-signature), for a blind feasibility
-//! count and for a patient's trial acceptance. The key ceremony's rounds and evaluation-key
-//! uploads still take their proto messages (docs/services.md).
+//! count, for a patient's trial acceptance and for each round of the key ceremony. An
+//! evaluation-key upload is a stream of chunks, which the node reassembles at the edge.
 
 use market::{ListingId, OrderId, QueryReceipt};
 use zk::{KeySwitchShare, PublicKey};
 
+use crate::ceremony::SignedStatement;
 use crate::contribution::Contribution;
 use crate::noise::NoiseShare;
 
@@ -127,4 +128,80 @@ pub struct AcceptanceCall {
     pub listing: ListingId,
     /// The acceptance, sealed to this node's account key.
     pub sealed: Vec<u8>,
+}
+
+/// A member of the committee as the coordinator names it for a key ceremony.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CeremonyPeer {
+    /// The 1-based member index, as sent.
+    pub member: u32,
+    /// Where it is reached, as sent.
+    pub endpoint: String,
+}
+
+/// Round 1 of a key ceremony: deal to the committee, which the call may only name back.
+#[derive(Clone, Debug)]
+pub struct DealCall {
+    /// The ceremony's session id.
+    pub session: Vec<u8>,
+    /// The threshold the coordinator names.
+    pub threshold: u32,
+    /// The members the coordinator names.
+    pub peers: Vec<CeremonyPeer>,
+}
+
+/// Another member delivers this member its private share of a dealing.
+#[derive(Clone, Debug)]
+pub struct ShareDelivery {
+    /// The ceremony's session id.
+    pub session: Vec<u8>,
+    /// The dealer's share, sealed to this member (`sealed_share`).
+    pub sealed_share: Vec<u8>,
+}
+
+/// Round 2: every member's signed broadcast.
+#[derive(Clone, Debug)]
+pub struct ReceiveCall {
+    /// The ceremony's session id.
+    pub session: Vec<u8>,
+    /// One signed `DealerBroadcast` per member.
+    pub broadcasts: Vec<SignedStatement>,
+}
+
+/// Round 3: every member's signed complaints, for this member to answer those against it.
+#[derive(Clone, Debug)]
+pub struct JustifyCall {
+    /// The ceremony's session id.
+    pub session: Vec<u8>,
+    /// One signed complaints statement per member.
+    pub complaints: Vec<SignedStatement>,
+}
+
+/// Round 4: every member's complaints and every dealer's answers, to derive the key from.
+#[derive(Clone, Debug)]
+pub struct FinishCall {
+    /// The ceremony's session id.
+    pub session: Vec<u8>,
+    /// One signed complaints statement per member.
+    pub complaints: Vec<SignedStatement>,
+    /// One signed justifications statement per member.
+    pub justifications: Vec<SignedStatement>,
+}
+
+/// What a member derived in round 4: the committee and its signed confirmation of it.
+#[derive(Clone, Debug)]
+pub struct CeremonyFinished {
+    /// The committee's public data, as derived.
+    pub committee: zk::CommitteePublic,
+    /// This member's signed confirmation of the transcript and committee.
+    pub confirmation: SignedStatement,
+}
+
+/// Round 5: every member's confirmation; the key is used once they all match.
+#[derive(Clone, Debug)]
+pub struct ConfirmCall {
+    /// The ceremony's session id.
+    pub session: Vec<u8>,
+    /// One signed confirmation per member.
+    pub confirmations: Vec<SignedStatement>,
 }

@@ -11,9 +11,9 @@
 //! | round | body | signed by |
 //! |---|---|---|
 //! | `broadcast` | the dealer's `DealerBroadcast` (Feldman commitments, proof of knowledge) | the dealer |
-//! | `complaints` | `DkgComplaints`: the digest of the broadcasts it checked and its complaints | each member |
-//! | `justifications` | `DkgJustifications`: the digest of the complaints it saw and its answers | each dealer |
-//! | `confirmation` | `DkgConfirmation`: the digest of the whole transcript and the committee it derived | each member |
+//! | `complaints` | [`ComplaintsBody`]: the digest of the broadcasts it checked and its complaints | each member |
+//! | `justifications` | [`JustificationsBody`]: the digest of the complaints it saw and its answers | each dealer |
+//! | `confirmation` | [`ConfirmationBody`]: the digest of the whole transcript and the committee it derived | each member |
 //!
 //! A relay can then neither substitute a dealer's commitments nor answer a complaint with a
 //! share of its own polynomial: neither would carry the dealer's signature. What a relay (or a
@@ -23,12 +23,9 @@
 //! n members have confirmed the same transcript and committee. One statement is required
 //! from every seat in every round, so nothing can be left out for some members only.
 
-use cohortex_proto::v1::{DkgComplaints, DkgConfirmation, DkgJustifications, SignedDkgMessage};
 use cohortex_types::labels::{LABEL_DKG_MESSAGE, LABEL_DKG_TRANSCRIPT};
 use cohortex_types::{tagged_hash, Hash32, TaggedHasher};
 use ed25519_dalek::{Signature, Signer, SigningKey};
-use prost::Message;
-use tonic::{Code, Status};
 use zk::MemberIndex;
 
 use crate::protocol::PinnedCommittee;
@@ -38,11 +35,11 @@ use crate::protocol::PinnedCommittee;
 pub enum CeremonyRound {
     /// A dealer's Feldman commitments and proof of knowledge (`DealerBroadcast`).
     Broadcast,
-    /// A member's complaints (`DkgComplaints`).
+    /// A member's complaints ([`ComplaintsBody`]).
     Complaints,
-    /// A dealer's answers to complaints (`DkgJustifications`).
+    /// A dealer's answers to complaints ([`JustificationsBody`]).
     Justifications,
-    /// A member's confirmation of the transcript (`DkgConfirmation`).
+    /// A member's confirmation of the transcript ([`ConfirmationBody`]).
     Confirmation,
 }
 
@@ -120,23 +117,6 @@ pub enum CeremonyError {
     },
 }
 
-impl CeremonyError {
-    /// The gRPC code the refusal carries.
-    pub fn code(&self) -> Code {
-        match self {
-            CeremonyError::WrongCount { .. } | CeremonyError::Malformed { .. } => {
-                Code::InvalidArgument
-            }
-            CeremonyError::BadMember { .. } | CeremonyError::NotSignedByMember { .. } => {
-                Code::PermissionDenied
-            }
-            CeremonyError::Diverged { .. } | CeremonyError::NotOwnBroadcast { .. } => {
-                Code::FailedPrecondition
-            }
-        }
-    }
-}
-
 /// A ceremony message refused, as the node's refusal of the same kind.
 impl From<CeremonyError> for crate::error::NodeError {
     fn from(error: CeremonyError) -> Self {
@@ -153,12 +133,6 @@ impl From<CeremonyError> for crate::error::NodeError {
                 NodeError::NotReady(message)
             }
         }
-    }
-}
-
-impl From<CeremonyError> for Status {
-    fn from(error: CeremonyError) -> Self {
-        Status::new(error.code(), error.to_string())
     }
 }
 
@@ -182,6 +156,19 @@ pub fn message_digest(
     )
 }
 
+/// A statement as a member signed it, or as the relay claims one did: checked only by
+/// [`verify_round`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignedStatement {
+    /// The member the statement claims to come from (1-based, as sent: not yet checked).
+    pub member: u32,
+    /// The round's statement: a `DealerBroadcast`, or a [`ComplaintsBody`],
+    /// [`JustificationsBody`] or [`ConfirmationBody`] in its signed encoding.
+    pub body: Vec<u8>,
+    /// The Ed25519 signature over [`message_digest`], as sent.
+    pub signature: Vec<u8>,
+}
+
 /// `key`'s signed statement for `member` in `round`.
 pub fn sign_statement(
     key: &SigningKey,
@@ -190,13 +177,50 @@ pub fn sign_statement(
     round: CeremonyRound,
     member: MemberIndex,
     body: Vec<u8>,
-) -> SignedDkgMessage {
+) -> SignedStatement {
     let digest = message_digest(chain_id, session, round, member, &body);
-    SignedDkgMessage {
+    SignedStatement {
         member: u32::from(member.get()),
         signature: key.sign(digest.as_bytes()).to_bytes().to_vec(),
         body,
     }
+}
+
+/// The body of a statement in its signed encoding (protobuf, `ceremony_wire`): the bytes a
+/// member signs are the bytes every other member decodes.
+pub trait SignedBody: Sized {
+    /// The signed encoding.
+    fn to_bytes(&self) -> Vec<u8>;
+    /// Reads a signed encoding; the error says why it does not decode.
+    fn from_bytes(bytes: &[u8]) -> Result<Self, String>;
+}
+
+/// A member's complaints (possibly none), over the broadcasts it checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ComplaintsBody {
+    /// The digest of every member's signed broadcast, as this member received them (32 bytes
+    /// when honest; checked by [`complaints_over`]).
+    pub broadcasts_digest: Vec<u8>,
+    /// Each an encoded `Complaint` naming this member as complainer.
+    pub complaints: Vec<Vec<u8>>,
+}
+
+/// A dealer's answers to the complaints against it (possibly none), over the complaints it saw.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JustificationsBody {
+    /// The digest of every member's signed complaints, as this dealer received them.
+    pub complaints_digest: Vec<u8>,
+    /// Each an encoded `Justification` naming this dealer.
+    pub justifications: Vec<Vec<u8>>,
+}
+
+/// A member's confirmation of the whole ceremony.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfirmationBody {
+    /// The digest of every signed broadcast, complaint and justification this member used.
+    pub transcript_digest: Vec<u8>,
+    /// The encoded `CommitteePublic` it derived.
+    pub committee: Vec<u8>,
 }
 
 /// One checked statement: the member that signed it and its body.
@@ -216,7 +240,7 @@ pub fn verify_round(
     chain_id: &Hash32,
     session: &[u8],
     round: CeremonyRound,
-    messages: &[SignedDkgMessage],
+    messages: &[SignedStatement],
     field: &str,
 ) -> Result<Vec<Statement>, CeremonyError> {
     let seats = committee.seats().len();
@@ -293,23 +317,20 @@ fn digest_field(bytes: &[u8], field: &str) -> Result<Hash32, CeremonyError> {
         })
 }
 
-fn decode_body<T: Message + Default>(
-    statement: &Statement,
-    field: &str,
-) -> Result<T, CeremonyError> {
-    T::decode(statement.body.as_slice()).map_err(|error| CeremonyError::Malformed {
+fn decode_body<T: SignedBody>(statement: &Statement, field: &str) -> Result<T, CeremonyError> {
+    T::from_bytes(&statement.body).map_err(|error| CeremonyError::Malformed {
         field: field.to_string(),
         reason: format!("the statement does not decode: {error}"),
     })
 }
 
-/// Decodes a member's `DkgComplaints` and checks it names the broadcasts this member saw.
+/// Decodes a member's [`ComplaintsBody`] and checks it names the broadcasts this member saw.
 pub fn complaints_over(
     statement: &Statement,
     broadcasts_digest: &Hash32,
     field: &str,
 ) -> Result<Vec<Vec<u8>>, CeremonyError> {
-    let body: DkgComplaints = decode_body(statement, field)?;
+    let body: ComplaintsBody = decode_body(statement, field)?;
     require_same_view(
         statement,
         &body.broadcasts_digest,
@@ -320,13 +341,13 @@ pub fn complaints_over(
     Ok(body.complaints)
 }
 
-/// Decodes a dealer's `DkgJustifications` and checks it names the complaints this member saw.
+/// Decodes a dealer's [`JustificationsBody`] and checks it names the complaints this member saw.
 pub fn justifications_over(
     statement: &Statement,
     complaints_digest: &Hash32,
     field: &str,
 ) -> Result<Vec<Vec<u8>>, CeremonyError> {
-    let body: DkgJustifications = decode_body(statement, field)?;
+    let body: JustificationsBody = decode_body(statement, field)?;
     require_same_view(
         statement,
         &body.complaints_digest,
@@ -357,11 +378,11 @@ fn require_same_view(
 
 /// The confirmation body a member signs: the transcript digest and the committee it derived.
 pub fn confirmation_body(transcript_digest: &Hash32, committee: Vec<u8>) -> Vec<u8> {
-    DkgConfirmation {
+    ConfirmationBody {
         transcript_digest: transcript_digest.as_bytes().to_vec(),
         committee,
     }
-    .encode_to_vec()
+    .to_bytes()
 }
 
 /// Checks that every member confirmed exactly what this member did.
@@ -403,7 +424,7 @@ mod tests {
         PinnedCommittee::new(2, seats).unwrap()
     }
 
-    fn signed(keys: &[SigningKey], chain: &Hash32, round: CeremonyRound) -> Vec<SignedDkgMessage> {
+    fn signed(keys: &[SigningKey], chain: &Hash32, round: CeremonyRound) -> Vec<SignedStatement> {
         keys.iter()
             .enumerate()
             .map(|(position, key)| {
@@ -450,7 +471,10 @@ mod tests {
                 matches!(refused, CeremonyError::NotSignedByMember { member: 1, .. }),
                 "{refused}"
             );
-            assert_eq!(refused.code(), Code::PermissionDenied);
+            assert!(matches!(
+                crate::error::NodeError::from(refused),
+                crate::error::NodeError::NotPermitted(_)
+            ));
         }
     }
 
@@ -496,11 +520,11 @@ mod tests {
     fn complaints_over_other_broadcasts_diverge() {
         let statement = Statement {
             member: MemberIndex::new(2).unwrap(),
-            body: DkgComplaints {
+            body: ComplaintsBody {
                 broadcasts_digest: vec![7; 32],
                 complaints: Vec::new(),
             }
-            .encode_to_vec(),
+            .to_bytes(),
         };
         assert!(complaints_over(&statement, &Hash32([7; 32]), "c").is_ok());
         let diverged = complaints_over(&statement, &Hash32([8; 32]), "c").unwrap_err();

@@ -34,6 +34,8 @@
 pub mod calls;
 #[cfg(feature = "protocol")]
 pub mod ceremony;
+#[cfg(feature = "protocol")]
+pub mod ceremony_wire;
 pub mod durable;
 pub mod error;
 #[cfg(feature = "tfhe")]

@@ -154,6 +154,8 @@ fn domain_modules_import_neither_tonic_nor_prost() {
         "feasibility",
         "recruitment",
         "error",
+        "calls",
+        "ceremony",
     ] {
         files.push(root.join(format!("compute-node/src/{name}.rs")));
     }

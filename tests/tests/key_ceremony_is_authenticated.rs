@@ -250,7 +250,8 @@ async fn dkg_messages_not_signed_by_their_dealer_are_refused() {
         CeremonyRound::Broadcast,
         member(3),
         operators_broadcast.to_bytes(),
-    );
+    )
+    .into();
     // The same commitments under member 3's real signature, which covers other bytes.
     let mut body_swapped = honest.clone();
     body_swapped[2].body = operators_broadcast.to_bytes();
@@ -337,7 +338,8 @@ async fn justification_forged_by_the_relay_is_refused() {
         CeremonyRound::Justifications,
         member(3),
         forged.clone(),
-    );
+    )
+    .into();
     // Member 2, turned hostile, signs the answer for dealer 3 itself.
     let mut in_another_dealers_name = justifications.clone();
     in_another_dealers_name[1] = sign_statement(
@@ -347,7 +349,8 @@ async fn justification_forged_by_the_relay_is_refused() {
         CeremonyRound::Justifications,
         member(2),
         forged,
-    );
+    )
+    .into();
     for node in [0, 2] {
         let refused = relay
             .finish(node, &complaints, &by_operator)
@@ -392,7 +395,8 @@ async fn members_shown_different_broadcasts_do_not_finish() {
         CeremonyRound::Broadcast,
         member(3),
         second.to_bytes(),
-    );
+    )
+    .into();
     let complaints = vec![
         relay.receive(0, &honest).await.unwrap(),
         relay.receive(1, &equivocated).await.unwrap(),

@@ -9,18 +9,15 @@
 //! the node's own pinned committee ([`crate::ceremony`]): the coordinator only relays. A node
 //! that holds a key refuses a new ceremony.
 
+use crate::calls::{
+    CeremonyFinished, ConfirmCall, DealCall, FinishCall, JustifyCall, ReceiveCall, ShareDelivery,
+};
 use crate::error::NodeError;
 use cohortex_proto::tls::endpoint as link;
-use cohortex_proto::v1::{
-    DeliverShareRequest, DeliverShareResponse, DkgComplaints, DkgConfirmRequest,
-    DkgConfirmResponse, DkgDealRequest, DkgDealResponse, DkgFinishRequest, DkgFinishResponse,
-    DkgJustifications, DkgJustifyRequest, DkgJustifyResponse, DkgReceiveRequest,
-    DkgReceiveResponse, SignedDkgMessage,
-};
+use cohortex_proto::v1::DeliverShareRequest;
 use cohortex_types::auth::signed_request_to;
 use cohortex_types::Hash32;
 use market::AccountId;
-use prost::Message;
 use rand::rngs::OsRng;
 use zk::dkg::messages::{Complaint, DealerBroadcast, DealerShare, Justification};
 use zk::dkg::{deal_with_rng, AwaitingJustifications, AwaitingShares, DkgOutput, DkgParameters};
@@ -29,7 +26,8 @@ use zk::{CommitteePublic, KeyShare, MemberIndex, Wire};
 use super::{NodeConfig, NodeService};
 use crate::ceremony::{
     check_confirmations, complaints_over, confirmation_body, justifications_over, round_digest,
-    sign_statement, verify_round, CeremonyError, CeremonyRound, Statement,
+    sign_statement, verify_round, CeremonyError, CeremonyRound, ComplaintsBody, JustificationsBody,
+    SignedBody, SignedStatement, Statement,
 };
 use crate::protocol::{decode, methods, normal_endpoint, CommitteeError};
 use crate::sealed_share::{open_share, seal_share_with_rng, SealError};
@@ -232,19 +230,19 @@ fn refuse_if_keyed(holds_key: bool) -> Result<(), NodeError> {
     Ok(())
 }
 
-fn sign_body<T: Message>(
+fn sign_body<T: SignedBody>(
     config: &NodeConfig,
     session: &[u8],
     round: CeremonyRound,
     body: &T,
-) -> SignedDkgMessage {
+) -> SignedStatement {
     sign_statement(
         &config.account,
         &config.ledger.chain_id,
         session,
         round,
         config.member,
-        body.encode_to_vec(),
+        body.to_bytes(),
     )
 }
 
@@ -254,7 +252,7 @@ impl NodeService {
         &self,
         session: &[u8],
         round: CeremonyRound,
-        messages: &[SignedDkgMessage],
+        messages: &[SignedStatement],
         field: &str,
     ) -> Result<Vec<Statement>, NodeError> {
         Ok(verify_round(
@@ -269,7 +267,7 @@ impl NodeService {
 
     /// Round 1: deals to the committee pinned in the node's own configuration, which the
     /// request may only name back, and delivers each private share straight to its member.
-    pub(super) async fn deal(&self, message: DkgDealRequest) -> Result<DkgDealResponse, NodeError> {
+    pub(super) async fn deal(&self, message: DealCall) -> Result<SignedStatement, NodeError> {
         // The committee is this node's own: the coordinator may only name it back. A request
         // naming another threshold, member or endpoint (say, the coordinator's own endpoint
         // on two seats, to collect t shares) gets nothing.
@@ -310,7 +308,7 @@ impl NodeService {
             // One polynomial per session: dealing again in a session would let the relay pair
             // this node's new dealing with its old, signed broadcast, so that it complains about
             // honest dealers and makes them reveal their shares for it.
-            if state.dealt_sessions.contains(&message.session_id) {
+            if state.dealt_sessions.contains(&message.session) {
                 return Err(NodeError::already_answered(
                     "session_id: this node already dealt in this session",
                 ));
@@ -318,12 +316,12 @@ impl NodeService {
             if state.dealt_sessions.len() >= SESSIONS_REMEMBERED {
                 state.dealt_sessions.pop_front();
             }
-            state.dealt_sessions.push_back(message.session_id.clone());
+            state.dealt_sessions.push_back(message.session.clone());
         }
         let parameters = DkgParameters::new(
             committee.threshold(),
             committee.seats().len() as u16,
-            &message.session_id,
+            &message.session,
         )
         .map_err(|error| NodeError::bad_request(format!("session_id: {error}")))?;
         let (state, broadcast, shares) = deal_with_rng(&parameters, self.config.member, &mut OsRng)
@@ -341,7 +339,7 @@ impl NodeService {
                 ))
             })?;
             let sealed_share =
-                seal_share_with_rng(&share, &message.session_id, &recipient_key, &mut OsRng)
+                seal_share_with_rng(&share, &message.session, &recipient_key, &mut OsRng)
                     .map_err(|error| NodeError::internal(error.to_string()))?;
             let channel = link(&seat.endpoint, self.config.tls.as_ref())
                 .map_err(|error| NodeError::internal(format!("member endpoint: {error}")))?
@@ -360,7 +358,7 @@ impl NodeService {
                     &seat.endpoint,
                     methods::DELIVER_SHARE,
                     DeliverShareRequest {
-                        session_id: message.session_id.clone(),
+                        session_id: message.session.clone(),
                         sealed_share,
                     },
                 ))
@@ -370,7 +368,7 @@ impl NodeService {
         let signed = sign_statement(
             &self.config.account,
             &self.config.ledger.chain_id,
-            &message.session_id,
+            &message.session,
             CeremonyRound::Broadcast,
             self.config.member,
             broadcast.clone(),
@@ -379,13 +377,11 @@ impl NodeService {
         // A ceremony confirmed while this one was dealing leaves the key in place.
         refuse_if_keyed(node.key.is_some())?;
         node.round = DkgRound::Dealt(Dealt {
-            session: message.session_id,
+            session: message.session,
             state,
             broadcast,
         });
-        Ok(DkgDealResponse {
-            broadcast: Some(signed),
-        })
+        Ok(signed)
     }
 
     /// Keeps a share another member dealt to this one: `caller` (authenticated) must hold a
@@ -393,8 +389,8 @@ impl NodeService {
     pub(super) fn take_share(
         &self,
         caller: AccountId,
-        message: DeliverShareRequest,
-    ) -> Result<DeliverShareResponse, NodeError> {
+        message: ShareDelivery,
+    ) -> Result<(), NodeError> {
         let Some(caller_seat) = self.config.committee.seat_of(&caller) else {
             return Err(NodeError::not_permitted(format!(
                 "account {caller} is not a committee member"
@@ -405,7 +401,7 @@ impl NodeService {
         // to this member's account key for this session.
         let share: DealerShare = open_share(
             &message.sealed_share,
-            &message.session_id,
+            &message.session,
             caller_member,
             self.config.member,
             &self.config.account,
@@ -417,23 +413,23 @@ impl NodeService {
             _ => NodeError::bad_request(format!("sealed_share: {error}")),
         })?;
         let mut state = self.lock()?;
-        let inbox = state.inbox.entry(message.session_id).or_default();
+        let inbox = state.inbox.entry(message.session).or_default();
         if inbox.iter().any(|held| held.dealer == share.dealer) {
             return Err(NodeError::already_answered(
                 "share: this dealer's share for the session was already delivered",
             ));
         }
         inbox.push(share);
-        Ok(DeliverShareResponse {})
+        Ok(())
     }
 
     /// Round 2: checks every member's signed broadcast against the shares delivered for the
     /// session; answers with this node's signed complaints, which name what it checked.
     pub(super) fn receive_broadcasts(
         &self,
-        message: DkgReceiveRequest,
-    ) -> Result<DkgReceiveResponse, NodeError> {
-        let session = message.session_id;
+        message: ReceiveCall,
+    ) -> Result<SignedStatement, NodeError> {
+        let session = message.session;
         let statements = self.verified(
             &session,
             CeremonyRound::Broadcast,
@@ -476,27 +472,22 @@ impl NodeService {
         let shares = state.inbox.remove(&session).unwrap_or_default();
         let (received, complaints) = dealt.receive(&broadcasts, &shares, broadcasts_digest)?;
         state.round = DkgRound::Received(received);
-        let body = DkgComplaints {
+        let body = ComplaintsBody {
             broadcasts_digest: broadcasts_digest.as_bytes().to_vec(),
             complaints: complaints.iter().map(Wire::to_bytes).collect(),
         };
-        Ok(DkgReceiveResponse {
-            complaints: Some(sign_body(
-                &self.config,
-                &session,
-                CeremonyRound::Complaints,
-                &body,
-            )),
-        })
+        Ok(sign_body(
+            &self.config,
+            &session,
+            CeremonyRound::Complaints,
+            &body,
+        ))
     }
 
     /// Round 3: checks every member's signed complaints (over the broadcasts this node saw)
     /// and answers those against this node's dealing, signed.
-    pub(super) fn justify(
-        &self,
-        message: DkgJustifyRequest,
-    ) -> Result<DkgJustifyResponse, NodeError> {
-        let session = message.session_id;
+    pub(super) fn justify(&self, message: JustifyCall) -> Result<SignedStatement, NodeError> {
+        let session = message.session;
         let statements = self.verified(
             &session,
             CeremonyRound::Complaints,
@@ -507,7 +498,7 @@ impl NodeService {
         let received = state.round.received(&session)?;
         let (complaints, complaints_digest) =
             checked_complaints(&statements, &received.broadcasts_digest, &session)?;
-        let body = DkgJustifications {
+        let body = JustificationsBody {
             complaints_digest: complaints_digest.as_bytes().to_vec(),
             justifications: received
                 .justify(&complaints)
@@ -515,24 +506,19 @@ impl NodeService {
                 .map(Wire::to_bytes)
                 .collect(),
         };
-        Ok(DkgJustifyResponse {
-            justifications: Some(sign_body(
-                &self.config,
-                &session,
-                CeremonyRound::Justifications,
-                &body,
-            )),
-        })
+        Ok(sign_body(
+            &self.config,
+            &session,
+            CeremonyRound::Justifications,
+            &body,
+        ))
     }
 
     /// Round 4: derives the key from every member's signed complaints and every dealer's
     /// signed justifications (over the same complaints), and signs a confirmation of the whole
     /// transcript. The key is not used until every member confirms the same.
-    pub(super) fn finish_dkg(
-        &self,
-        message: DkgFinishRequest,
-    ) -> Result<DkgFinishResponse, NodeError> {
-        let session = message.session_id;
+    pub(super) fn finish_dkg(&self, message: FinishCall) -> Result<CeremonyFinished, NodeError> {
+        let session = message.session;
         let complaint_statements = self.verified(
             &session,
             CeremonyRound::Complaints,
@@ -577,8 +563,8 @@ impl NodeService {
             &justification_statements,
         );
         let output = received.finish(&complaints, &justifications)?;
-        let committee = output.committee.to_bytes();
-        let confirmation = confirmation_body(&transcript_digest, committee.clone());
+        let committee = output.committee.clone();
+        let confirmation = confirmation_body(&transcript_digest, committee.to_bytes());
         let signed = sign_statement(
             &self.config.account,
             &self.config.ledger.chain_id,
@@ -592,20 +578,17 @@ impl NodeService {
             output,
             confirmation,
         });
-        Ok(DkgFinishResponse {
+        Ok(CeremonyFinished {
             committee,
-            confirmation: Some(signed),
+            confirmation: signed,
         })
     }
 
     /// Round 5: every member confirmed the transcript and committee this node derived; the key
     /// share is stored (if configured) and used from now on. A confirmation that differs
     /// abandons the ceremony.
-    pub(super) fn confirm_dkg(
-        &self,
-        message: DkgConfirmRequest,
-    ) -> Result<DkgConfirmResponse, NodeError> {
-        let session = message.session_id;
+    pub(super) fn confirm_dkg(&self, message: ConfirmCall) -> Result<CommitteePublic, NodeError> {
+        let session = message.session;
         let statements = self.verified(
             &session,
             CeremonyRound::Confirmation,
@@ -621,7 +604,7 @@ impl NodeService {
         let finished = state.round.take_finished(&session)?;
         check_confirmations(&statements, &finished.confirmation, "confirmations")?;
         let output = finished.output;
-        let committee = output.committee.to_bytes();
+        let committee = output.committee.clone();
         if let Some(path) = &self.config.key_share_file {
             store_key_share(path, &output.share, &output.committee).map_err(|error| {
                 tracing::error!(path = %path.display(), %error, "storing the key share");
@@ -629,7 +612,7 @@ impl NodeService {
             })?;
         }
         state.key = Some((output.share, output.committee));
-        Ok(DkgConfirmResponse { committee })
+        Ok(committee)
     }
 }
 

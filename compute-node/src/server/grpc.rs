@@ -19,12 +19,78 @@ use tonic::{Code, Request, Response, Status};
 
 use super::{order_key, NodeService};
 use crate::calls::{
-    AcceptanceCall, ContributeCall, CosignCall, KeySwitchCall, ListedContribution, NoiseCall,
-    ParticipantsPageCall, SwitchPhase, ValuesSwitch,
+    AcceptanceCall, CeremonyPeer, ConfirmCall, ContributeCall, CosignCall, DealCall, FinishCall,
+    JustifyCall, KeySwitchCall, ListedContribution, NoiseCall, ParticipantsPageCall, ReceiveCall,
+    ShareDelivery, SwitchPhase, ValuesSwitch,
 };
+use crate::ceremony_wire::statements;
 use crate::contribution::Contribution;
 use crate::error::NodeError;
 use crate::protocol::{decode, decode_all, decode_noise_share, methods};
+use zk::Wire;
+
+impl From<DkgDealRequest> for DealCall {
+    fn from(message: DkgDealRequest) -> Self {
+        DealCall {
+            session: message.session_id,
+            threshold: message.threshold,
+            peers: message
+                .peers
+                .into_iter()
+                .map(|peer| CeremonyPeer {
+                    member: peer.member,
+                    endpoint: peer.endpoint,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<DeliverShareRequest> for ShareDelivery {
+    fn from(message: DeliverShareRequest) -> Self {
+        ShareDelivery {
+            session: message.session_id,
+            sealed_share: message.sealed_share,
+        }
+    }
+}
+
+impl From<DkgReceiveRequest> for ReceiveCall {
+    fn from(message: DkgReceiveRequest) -> Self {
+        ReceiveCall {
+            session: message.session_id,
+            broadcasts: statements(message.broadcasts),
+        }
+    }
+}
+
+impl From<DkgJustifyRequest> for JustifyCall {
+    fn from(message: DkgJustifyRequest) -> Self {
+        JustifyCall {
+            session: message.session_id,
+            complaints: statements(message.complaints),
+        }
+    }
+}
+
+impl From<DkgFinishRequest> for FinishCall {
+    fn from(message: DkgFinishRequest) -> Self {
+        FinishCall {
+            session: message.session_id,
+            complaints: statements(message.complaints),
+            justifications: statements(message.justifications),
+        }
+    }
+}
+
+impl From<DkgConfirmRequest> for ConfirmCall {
+    fn from(message: DkgConfirmRequest) -> Self {
+        ConfirmCall {
+            session: message.session_id,
+            confirmations: statements(message.confirmations),
+        }
+    }
+}
 
 impl TryFrom<ContributeRequest> for ContributeCall {
     type Error = NodeError;
@@ -246,10 +312,10 @@ impl Compute for NodeService {
         request: Request<DkgDealRequest>,
     ) -> Result<Response<DkgDealResponse>, Status> {
         self.check_coordinator(methods::DKG_DEAL, &request)?;
-        self.deal(request.into_inner())
-            .await
-            .map(Response::new)
-            .map_err(Status::from)
+        let broadcast = self.deal(request.into_inner().into()).await?;
+        Ok(Response::new(DkgDealResponse {
+            broadcast: Some(broadcast.into()),
+        }))
     }
 
     #[tracing::instrument(skip(self, request), fields(listing = %self.config.listing))]
@@ -271,9 +337,8 @@ impl Compute for NodeService {
                         ))),
                     },
                 )?;
-        self.take_share(caller, request.into_inner())
-            .map(Response::new)
-            .map_err(Status::from)
+        self.take_share(caller, request.into_inner().into())?;
+        Ok(Response::new(DeliverShareResponse {}))
     }
 
     #[tracing::instrument(skip(self, request), fields(listing = %self.config.listing))]
@@ -282,9 +347,10 @@ impl Compute for NodeService {
         request: Request<DkgReceiveRequest>,
     ) -> Result<Response<DkgReceiveResponse>, Status> {
         self.check_coordinator(methods::DKG_RECEIVE, &request)?;
-        self.receive_broadcasts(request.into_inner())
-            .map(Response::new)
-            .map_err(Status::from)
+        let complaints = self.receive_broadcasts(request.into_inner().into())?;
+        Ok(Response::new(DkgReceiveResponse {
+            complaints: Some(complaints.into()),
+        }))
     }
 
     #[tracing::instrument(skip(self, request), fields(listing = %self.config.listing))]
@@ -293,9 +359,10 @@ impl Compute for NodeService {
         request: Request<DkgJustifyRequest>,
     ) -> Result<Response<DkgJustifyResponse>, Status> {
         self.check_coordinator(methods::DKG_JUSTIFY, &request)?;
-        self.justify(request.into_inner())
-            .map(Response::new)
-            .map_err(Status::from)
+        let justifications = self.justify(request.into_inner().into())?;
+        Ok(Response::new(DkgJustifyResponse {
+            justifications: Some(justifications.into()),
+        }))
     }
 
     #[tracing::instrument(skip(self, request), fields(listing = %self.config.listing))]
@@ -304,9 +371,11 @@ impl Compute for NodeService {
         request: Request<DkgFinishRequest>,
     ) -> Result<Response<DkgFinishResponse>, Status> {
         self.check_coordinator(methods::DKG_FINISH, &request)?;
-        self.finish_dkg(request.into_inner())
-            .map(Response::new)
-            .map_err(Status::from)
+        let finished = self.finish_dkg(request.into_inner().into())?;
+        Ok(Response::new(DkgFinishResponse {
+            committee: finished.committee.to_bytes(),
+            confirmation: Some(finished.confirmation.into()),
+        }))
     }
 
     #[tracing::instrument(skip(self, request), fields(listing = %self.config.listing))]
@@ -315,9 +384,10 @@ impl Compute for NodeService {
         request: Request<DkgConfirmRequest>,
     ) -> Result<Response<DkgConfirmResponse>, Status> {
         self.check_coordinator(methods::DKG_CONFIRM, &request)?;
-        self.confirm_dkg(request.into_inner())
-            .map(Response::new)
-            .map_err(Status::from)
+        let committee = self.confirm_dkg(request.into_inner().into())?;
+        Ok(Response::new(DkgConfirmResponse {
+            committee: committee.to_bytes(),
+        }))
     }
 
     #[tracing::instrument(skip(self, request), fields(listing = %self.config.listing))]

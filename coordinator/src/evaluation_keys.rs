@@ -14,8 +14,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::error::CoordinatorError;
 use market::AccountId;
-use tonic::Status;
 
 /// Keys one recruiter may hold at once.
 pub const KEYS_PER_RECRUITER: usize = 1;
@@ -47,7 +47,7 @@ impl EvaluationKeyStore {
         fingerprint: [u8; 32],
         bytes: Vec<u8>,
         now: Instant,
-    ) -> Result<(), Status> {
+    ) -> Result<(), CoordinatorError> {
         if self.kept.iter().any(|kept| kept.fingerprint == fingerprint) {
             // The same key again (from its owner or anyone who has its bytes): nothing new, and
             // not a use.
@@ -78,7 +78,7 @@ impl EvaluationKeyStore {
                     self.kept.remove(position);
                 }
                 None => {
-                    return Err(Status::resource_exhausted(format!(
+                    return Err(CoordinatorError::exhausted(format!(
                         "the market holds {KEYS_KEPT} recruiters' evaluation keys, all in use in \
                          the last {} s; retry later",
                         IDLE_BEFORE_EVICTION.as_secs()

@@ -16,6 +16,7 @@ mod kept_orders;
 pub mod market_service;
 pub mod serve;
 pub mod standalone;
+mod status;
 
 pub use coordinator::{query_hash, Coordinator};
-pub use error::OrderError;
+pub use error::{CoordinatorError, OrderError};

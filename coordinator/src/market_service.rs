@@ -686,11 +686,11 @@ impl MarketService {
         &self,
         message: AcceptInvitationRequest,
     ) -> Result<AcceptInvitationResponse, Status> {
-        self.coordinator.relay_acceptance(message).await
+        Ok(self.coordinator.relay_acceptance(message).await?)
     }
 
     async fn stored_replies(&self, trial: &str) -> Result<Vec<TrialReply>, Status> {
-        self.coordinator.trial_replies(trial).await
+        Ok(self.coordinator.trial_replies(trial).await?)
     }
 }
 

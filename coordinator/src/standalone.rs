@@ -270,7 +270,7 @@ pub async fn form_committee_when_published(
 async fn member_endpoints(
     coordinator: &Arc<Coordinator>,
     members: &[AccountId],
-) -> Result<Vec<(MemberIndex, String)>, tonic::Status> {
+) -> Result<Vec<(MemberIndex, String)>, crate::error::CoordinatorError> {
     let listings = coordinator.listings()?;
     let owners = read_ledger(coordinator.ledger(), move |ledger| {
         let state = ledger.state();
@@ -291,7 +291,7 @@ async fn member_endpoints(
         let index = u16::try_from(position + 1)
             .ok()
             .and_then(MemberIndex::new)
-            .ok_or_else(|| tonic::Status::internal("member index out of range"))?;
+            .ok_or_else(|| crate::error::CoordinatorError::internal("member index out of range"))?;
         endpoints.push((index, endpoint.clone()));
     }
     Ok(endpoints)

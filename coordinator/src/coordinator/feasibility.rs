@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+use crate::error::CoordinatorError;
 use cohortex_proto::v1::{
     EncryptedCriteria, EvaluationKeyChunk, FeasibilityRequest, FeasibilityResponse, OrderState,
     SiteCount,
@@ -39,7 +40,7 @@ impl Coordinator {
         owner: AccountId,
         fingerprint: [u8; 32],
         bytes: Vec<u8>,
-    ) -> Result<(), Status> {
+    ) -> Result<(), CoordinatorError> {
         self.evaluation_keys.lock().map_err(|_| poisoned())?.keep(
             owner,
             fingerprint,
@@ -49,7 +50,10 @@ impl Coordinator {
     }
 
     /// The bytes of the evaluation key with this fingerprint, if the market holds it.
-    pub fn evaluation_key(&self, fingerprint: &[u8; 32]) -> Result<Option<Arc<Vec<u8>>>, Status> {
+    pub fn evaluation_key(
+        &self,
+        fingerprint: &[u8; 32],
+    ) -> Result<Option<Arc<Vec<u8>>>, CoordinatorError> {
         Ok(self
             .evaluation_keys
             .lock()
@@ -61,11 +65,11 @@ impl Coordinator {
     /// [`CONCURRENT_UPLOADS`](crate::evaluation_keys::CONCURRENT_UPLOADS) are read at once.
     pub async fn evaluation_key_upload_turn(
         &self,
-    ) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, CoordinatorError> {
         Arc::clone(&self.evaluation_key_uploads)
             .acquire_owned()
             .await
-            .map_err(|_| Status::unavailable("the market is shutting down"))
+            .map_err(|_| CoordinatorError::unavailable("the market is shutting down"))
     }
 
     /// Records a new feasibility order (already escrowed on the ledger) and computes it in
@@ -78,7 +82,7 @@ impl Coordinator {
         key: Arc<Vec<u8>>,
         listings: Vec<ListingId>,
         epsilon_micro: u64,
-    ) -> Result<(), Status> {
+    ) -> Result<(), CoordinatorError> {
         let query_hash = compute_node::feasibility_wire::criteria_hash(&criteria);
         self.orders.lock().map_err(|_| poisoned())?.insert(
             order,

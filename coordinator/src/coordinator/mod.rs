@@ -13,6 +13,7 @@ use std::sync::OnceLock;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::error::CoordinatorError;
 use cohortex_proto::tls::TlsIdentity;
 use cohortex_proto::v1::{
     DkgConfirmRequest, DkgDealRequest, DkgFinishRequest, DkgJustifyRequest, DkgPeer,
@@ -294,8 +295,8 @@ mod recruitment;
 pub use nodes::{ComputeNodes, GrpcNodes, NodeCall};
 pub use order::OrderSpec;
 
-fn poisoned() -> Status {
-    Status::internal("coordinator state lock poisoned")
+fn poisoned() -> CoordinatorError {
+    CoordinatorError::poisoned()
 }
 
 impl Coordinator {
@@ -377,7 +378,7 @@ impl Coordinator {
     /// colluding with them would. For attack tests: the release must keep its ε as long as
     /// one honest member's share remains (members refuse to key-switch without their own).
     #[cfg(feature = "fault-injection")]
-    pub fn withhold_noise_of(&self, members: &[u16]) -> Result<(), Status> {
+    pub fn withhold_noise_of(&self, members: &[u16]) -> Result<(), CoordinatorError> {
         *self.withheld_noise.lock().map_err(|_| poisoned())? = members.iter().copied().collect();
         Ok(())
     }
@@ -386,7 +387,7 @@ impl Coordinator {
     /// buyer's, as a coordinator that wants to read them would. For attack tests: members
     /// key-switch only to the result key the buyer signed into the order.
     #[cfg(feature = "fault-injection")]
-    pub fn redirect_values_to(&self, key: PublicKey) -> Result<(), Status> {
+    pub fn redirect_values_to(&self, key: PublicKey) -> Result<(), CoordinatorError> {
         *self.values_redirected_to.lock().map_err(|_| poisoned())? = Some(key);
         Ok(())
     }
@@ -530,16 +531,16 @@ impl Coordinator {
         envelopes.push(self.sign_own(chain_id, nonce, last)?.bytes);
         let mut submitted = submit_together(&self.ledger, envelopes)
             .await
-            .map_err(OrderError::refused(what))?;
+            .map_err(|status| OrderError::refused(what)(status.into()))?;
         tracing::info!(
             order = %hex::encode(order.0 .0.as_bytes()),
             chunks,
             what,
             "participants staged"
         );
-        submitted
-            .pop()
-            .ok_or_else(|| OrderError::from(Status::internal("the ledger appended nothing")))
+        submitted.pop().ok_or_else(|| {
+            OrderError::from(CoordinatorError::internal("the ledger appended nothing"))
+        })
     }
 
     /// The ledger's chain id, and the owner of each of `listings` on it (`None` for one it does
@@ -586,7 +587,11 @@ impl Coordinator {
     }
 
     /// Records where a listing's node answers and its manifest.
-    pub async fn register_listing(&self, listing: &str, info: ListingInfo) -> Result<(), Status> {
+    pub async fn register_listing(
+        &self,
+        listing: &str,
+        info: ListingInfo,
+    ) -> Result<(), CoordinatorError> {
         self.listings
             .lock()
             .map_err(|_| poisoned())?
@@ -595,7 +600,7 @@ impl Coordinator {
     }
 
     /// A listing's information.
-    pub fn listing(&self, listing: &str) -> Result<Option<ListingInfo>, Status> {
+    pub fn listing(&self, listing: &str) -> Result<Option<ListingInfo>, CoordinatorError> {
         Ok(self
             .listings
             .lock()
@@ -605,12 +610,12 @@ impl Coordinator {
     }
 
     /// Every listing's information.
-    pub fn listings(&self) -> Result<BTreeMap<String, ListingInfo>, Status> {
+    pub fn listings(&self) -> Result<BTreeMap<String, ListingInfo>, CoordinatorError> {
         Ok(self.listings.lock().map_err(|_| poisoned())?.clone())
     }
 
     /// The committee, once the key ceremony has run.
-    pub fn committee(&self) -> Result<Option<Committee>, Status> {
+    pub fn committee(&self) -> Result<Option<Committee>, CoordinatorError> {
         Ok(self.committee.lock().map_err(|_| poisoned())?.clone())
     }
 
@@ -620,7 +625,7 @@ impl Coordinator {
         &self,
         identity: &ReleaseIdentity,
         now: u64,
-    ) -> Result<Option<TxId>, Status> {
+    ) -> Result<Option<TxId>, CoordinatorError> {
         let orders = self.orders.lock().map_err(|_| poisoned())?;
         Ok(orders
             .iter()
@@ -632,7 +637,7 @@ impl Coordinator {
     }
 
     /// An order's record.
-    pub fn order(&self, id: &TxId) -> Result<Option<OrderRecord>, Status> {
+    pub fn order(&self, id: &TxId) -> Result<Option<OrderRecord>, CoordinatorError> {
         Ok(self.orders.lock().map_err(|_| poisoned())?.get(id).cloned())
     }
 
@@ -642,23 +647,32 @@ impl Coordinator {
         &self,
         id: TxId,
         update: impl FnOnce(&mut OrderRecord),
-    ) -> Result<OrderRecord, Status> {
+    ) -> Result<OrderRecord, CoordinatorError> {
         let mut record = self
             .order(&id)?
-            .ok_or_else(|| Status::internal("the order's record is gone"))?;
+            .ok_or_else(|| CoordinatorError::internal("the order's record is gone"))?;
         update(&mut record);
         Ok(record)
     }
 
     /// Shows `record` to the buyer, with its receipt.
-    fn complete_order(&self, id: TxId, record: OrderRecord, receipt: TxId) -> Result<(), Status> {
+    fn complete_order(
+        &self,
+        id: TxId,
+        record: OrderRecord,
+        receipt: TxId,
+    ) -> Result<(), CoordinatorError> {
         self.update_order(id, |current| {
             *current = record;
             current.receipt = Some(receipt);
         })
     }
 
-    fn update_order(&self, id: TxId, update: impl FnOnce(&mut OrderRecord)) -> Result<(), Status> {
+    fn update_order(
+        &self,
+        id: TxId,
+        update: impl FnOnce(&mut OrderRecord),
+    ) -> Result<(), CoordinatorError> {
         let mut orders = self.orders.lock().map_err(|_| poisoned())?;
         if let Some(record) = orders.get_mut(&id) {
             update(record);
@@ -674,7 +688,7 @@ impl Coordinator {
         order: OrderId,
         receipt: QueryReceipt,
         cosignatures: Vec<ReceiptCosignature>,
-    ) -> Result<TxId, Status> {
+    ) -> Result<TxId, CoordinatorError> {
         let _guard = self.submit_lock.lock().await;
         let (chain_id, nonce) = self.own_next_nonce().await?;
         let recorded = self.sign_own(
@@ -708,7 +722,7 @@ impl Coordinator {
     /// Settles every order the ledger holds computed but not settled: at start-up, those are
     /// orders whose receipt an earlier run recorded before it stopped (or whose settlement
     /// the ledger refused). Returns the orders settled.
-    pub async fn settle_orders_left_computed(&self) -> Result<Vec<OrderId>, Status> {
+    pub async fn settle_orders_left_computed(&self) -> Result<Vec<OrderId>, CoordinatorError> {
         let computed: Vec<(OrderId, ReceiptId)> = read_ledger(&self.ledger, |ledger| {
             Ok(ledger
                 .state()
@@ -732,18 +746,18 @@ impl Coordinator {
     }
 
     /// Signs `action` with the coordinator's account at its next nonce and appends it.
-    pub async fn submit_own(&self, action: Action) -> Result<Submitted, Status> {
+    pub async fn submit_own(&self, action: Action) -> Result<Submitted, CoordinatorError> {
         let _guard = self.submit_lock.lock().await;
         let (chain_id, nonce) = self.own_next_nonce().await?;
         let envelope = self.sign_own(chain_id, nonce, action)?;
-        submit(&self.ledger, envelope.bytes).await
+        Ok(submit(&self.ledger, envelope.bytes).await?)
     }
 
     /// The chain id and the coordinator account's next nonce. The caller holds `submit_lock`
     /// until what it signs is appended.
-    async fn own_next_nonce(&self) -> Result<(Hash32, u64), Status> {
+    async fn own_next_nonce(&self) -> Result<(Hash32, u64), CoordinatorError> {
         let me = self.account();
-        read_ledger(&self.ledger, move |ledger| {
+        Ok(read_ledger(&self.ledger, move |ledger| {
             Ok((
                 ledger.chain_id(),
                 ledger
@@ -752,11 +766,16 @@ impl Coordinator {
                     .map_or(0, |account| account.next_nonce),
             ))
         })
-        .await
+        .await?)
     }
 
     /// `action` signed with the coordinator's account at `nonce`.
-    fn sign_own(&self, chain_id: Hash32, nonce: u64, action: Action) -> Result<SignedTx, Status> {
+    fn sign_own(
+        &self,
+        chain_id: Hash32,
+        nonce: u64,
+        action: Action,
+    ) -> Result<SignedTx, CoordinatorError> {
         TxBody {
             chain_id,
             signer: self.account(),
@@ -764,7 +783,7 @@ impl Coordinator {
             action,
         }
         .sign(&self.account)
-        .map_err(|error| Status::internal(format!("signing: {error}")))
+        .map_err(|error| CoordinatorError::internal(format!("signing: {error}")))
     }
 
     /// Runs the joint-Feldman key ceremony across `members` (index, endpoint) with threshold
@@ -773,7 +792,7 @@ impl Coordinator {
         &self,
         members: Vec<(MemberIndex, String)>,
         threshold: u16,
-    ) -> Result<CommitteePublic, Status> {
+    ) -> Result<CommitteePublic, CoordinatorError> {
         let mut session_id = vec![0u8; 16];
         rand::rngs::OsRng.fill_bytes(&mut session_id);
         let peers: Vec<DkgPeer> = members
@@ -790,7 +809,8 @@ impl Coordinator {
             .collect();
         // The coordinator only relays: every public message is signed by the member it comes
         // from and checked by every other member against its own pinned committee.
-        let missing = |what: &str| Status::internal(format!("a member answered without {what}"));
+        let missing =
+            |what: &str| CoordinatorError::internal(format!("a member answered without {what}"));
         let mut broadcasts = Vec::new();
         for endpoint in &endpoints {
             let request = DkgDealRequest {
@@ -838,7 +858,7 @@ impl Coordinator {
             let response = nodes.dkg_confirm(endpoint, request).await?;
             match &committee {
                 Some(first) if first != &response.committee => {
-                    return Err(Status::internal(
+                    return Err(CoordinatorError::internal(
                         "committee members disagree on the collective key",
                     ))
                 }
@@ -846,7 +866,7 @@ impl Coordinator {
             }
         }
         let public = CommitteePublic::from_bytes(&committee.unwrap_or_default())
-            .map_err(|error| Status::internal(format!("committee data: {error}")))?;
+            .map_err(|error| CoordinatorError::internal(format!("committee data: {error}")))?;
         *self.committee.lock().map_err(|_| poisoned())? = Some(Committee {
             public: public.clone(),
             members,
@@ -890,15 +910,15 @@ fn count_table() -> Result<&'static DecryptionTable, String> {
 }
 
 /// Compiles `sql` against every listing's schema; they must agree on the plan.
-pub fn compile_for(sql: &str, infos: &[ListingInfo]) -> Result<QueryPlan, Status> {
+pub fn compile_for(sql: &str, infos: &[ListingInfo]) -> Result<QueryPlan, CoordinatorError> {
     let mut plan: Option<QueryPlan> = None;
     for info in infos {
         let compiled = compile(sql, &info.schema).map_err(|error| {
-            Status::invalid_argument(format!("sql: {}", bounded_message(&error.to_string())))
+            CoordinatorError::bad_request(format!("sql: {}", bounded_message(&error.to_string())))
         })?;
         if let Some(first) = &plan {
             if first != &compiled {
-                return Err(Status::invalid_argument(
+                return Err(CoordinatorError::bad_request(
                     "sql: the listings' schemas give different plans for this query; order listings with the same manifest",
                 ));
             }
@@ -906,7 +926,7 @@ pub fn compile_for(sql: &str, infos: &[ListingInfo]) -> Result<QueryPlan, Status
             plan = Some(compiled);
         }
     }
-    plan.ok_or_else(|| Status::invalid_argument("transaction: the order names no listing"))
+    plan.ok_or_else(|| CoordinatorError::bad_request("transaction: the order names no listing"))
 }
 
 #[cfg(test)]
@@ -939,5 +959,54 @@ mod node_report_tests {
         };
         let refused = NodeReport::try_from(unknown).unwrap_err();
         assert!(refused.starts_with("outcome:"), "{refused}");
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod compile_tests {
+    use super::{compile_for, ListingInfo};
+    use crate::error::CoordinatorError;
+    use compute_node::Schema;
+
+    fn listing(bounds: &str) -> ListingInfo {
+        let manifest = format!(
+            "version = 1\ntable = \"patients\"\nid_column = \"patient_id\"\n\n[[columns]]\n\
+             name = \"age\"\ntype = \"integer\"\nbounds = {bounds}\n"
+        );
+        ListingInfo {
+            schema: Schema::from_toml(&manifest, "manifest").unwrap(),
+            manifest,
+            endpoint: "node".into(),
+        }
+    }
+
+    #[test]
+    fn order_whose_sql_does_not_compile_is_a_bad_request_naming_sql() {
+        let refused =
+            compile_for("SELECT AVG(weight) FROM patients", &[listing("[0, 120]")]).unwrap_err();
+        assert!(
+            matches!(refused, CoordinatorError::BadRequest(_)),
+            "{refused:?}"
+        );
+        assert!(refused.message().starts_with("sql: "), "{refused}");
+    }
+
+    #[test]
+    fn order_over_listings_that_plan_differently_is_a_bad_request() {
+        let refused = compile_for(
+            "SELECT AVG(age) FROM patients",
+            &[listing("[0, 120]"), listing("[0, 90]")],
+        )
+        .unwrap_err();
+        assert!(
+            matches!(refused, CoordinatorError::BadRequest(_)),
+            "{refused:?}"
+        );
+        assert!(refused.message().contains("different plans"), "{refused}");
+        assert!(matches!(
+            compile_for("SELECT COUNT(*) FROM patients", &[]),
+            Err(CoordinatorError::BadRequest(_))
+        ));
     }
 }

@@ -35,7 +35,7 @@ use market::server::excerpt;
 use tonic::transport::Channel;
 use tonic::Status;
 
-use crate::error::OrderError;
+use crate::error::{CoordinatorError, OrderError};
 
 /// A link to the node at `endpoint`, with the call bounds on message size.
 async fn connect(
@@ -379,11 +379,11 @@ impl From<Status> for OrderError {
 }
 
 impl OrderError {
-    /// The ledger refused `what` (a [`Status`] from submitting it).
-    pub fn refused(what: &'static str) -> impl Fn(Status) -> OrderError {
-        move |status| OrderError::LedgerRefused {
+    /// The ledger refused `what` (the coordinator's error from submitting it).
+    pub fn refused(what: &'static str) -> impl Fn(CoordinatorError) -> OrderError {
+        move |error| OrderError::LedgerRefused {
             what,
-            message: status.message().to_string(),
+            message: error.message().to_string(),
         }
     }
 }

@@ -36,7 +36,7 @@ use super::{
     count_table, query_hash, Committee, Coordinator, NodeOutcome, NodeReport, OrderRecord,
     PhaseClock, ReleaseIdentity,
 };
-use crate::error::OrderError;
+use crate::error::{CoordinatorError, OrderError};
 
 /// An order as the market accepted and escrowed it: what the coordinator computes.
 #[derive(Debug, Clone)]
@@ -118,9 +118,9 @@ struct Released {
 impl Coordinator {
     /// Records a new order (already escrowed on the ledger) and computes it in the
     /// background; if it cannot complete, the escrow is refunded.
-    pub fn start_order(self: &Arc<Self>, spec: OrderSpec) -> Result<(), Status> {
+    pub fn start_order(self: &Arc<Self>, spec: OrderSpec) -> Result<(), CoordinatorError> {
         let plan_json = serde_json::to_string(&spec.plan)
-            .map_err(|error| Status::internal(format!("plan: {error}")))?;
+            .map_err(|error| CoordinatorError::internal(format!("plan: {error}")))?;
         self.orders.lock().map_err(|_| super::poisoned())?.insert(
             spec.order,
             OrderRecord {

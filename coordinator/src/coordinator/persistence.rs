@@ -94,7 +94,7 @@ impl Coordinator {
 
     /// Writes the listings and committee to the state file, if there is one, replacing it
     /// whole ([`compute_node::durable::replace_file`]): a crash leaves the old or the new.
-    pub(super) async fn save(&self) -> Result<(), Status> {
+    pub(super) async fn save(&self) -> Result<(), CoordinatorError> {
         let Some(path) = self.state_file.clone() else {
             return Ok(());
         };
@@ -137,7 +137,7 @@ impl Coordinator {
             committee,
         };
         let text = serde_json::to_string_pretty(&saved).map_err(|error| {
-            Status::internal(format!("encoding the coordinator state: {error}"))
+            CoordinatorError::internal(format!("encoding the coordinator state: {error}"))
         })?;
         let written = tokio::task::spawn_blocking(move || {
             let _writing = writing;
@@ -145,10 +145,10 @@ impl Coordinator {
                 .map_err(|error| (path, error))
         })
         .await
-        .map_err(|error| Status::internal(format!("the state writer failed: {error}")))?;
+        .map_err(|error| CoordinatorError::internal(format!("the state writer failed: {error}")))?;
         written.map_err(|(path, error)| {
             tracing::error!(path = %path.display(), %error, "saving the coordinator state");
-            Status::internal("the market could not save its state")
+            CoordinatorError::internal("the market could not save its state")
         })
     }
 
@@ -156,7 +156,7 @@ impl Coordinator {
     /// computation a previous run of the market did not finish (it stopped or crashed). The
     /// escrow goes back to the buyer; the ε of an order whose release was committed stays
     /// spent (ledger rule). Returns the orders refunded.
-    pub async fn refund_orders_left_open(&self) -> Result<Vec<OrderId>, Status> {
+    pub async fn refund_orders_left_open(&self) -> Result<Vec<OrderId>, CoordinatorError> {
         let open: Vec<OrderId> = read_ledger(&self.ledger, |ledger| {
             Ok(ledger
                 .state()
@@ -177,7 +177,7 @@ impl Coordinator {
     /// ledger holds, and deletes the records of those it does not (refunded: their buyers did
     /// not pay). Call it after [`Coordinator::refund_orders_left_open`]. Returns how many
     /// orders are served again.
-    pub async fn resume_completed_orders(&self) -> Result<usize, Status> {
+    pub async fn resume_completed_orders(&self) -> Result<usize, CoordinatorError> {
         let Some(directory) = self.kept_orders_directory() else {
             return Ok(0);
         };
@@ -185,8 +185,10 @@ impl Coordinator {
             let directory = directory.clone();
             tokio::task::spawn_blocking(move || crate::kept_orders::read_all(&directory))
                 .await
-                .map_err(|error| Status::internal(format!("the order reader failed: {error}")))?
-                .map_err(|error| Status::internal(format!("kept orders: {error:#}")))?
+                .map_err(|error| {
+                    CoordinatorError::internal(format!("the order reader failed: {error}"))
+                })?
+                .map_err(|error| CoordinatorError::internal(format!("kept orders: {error:#}")))?
         };
         // The receipt of each kept order, if the ledger holds one for that order and buyer.
         let receipts: Vec<Option<ReceiptId>> = {
@@ -222,7 +224,9 @@ impl Coordinator {
                     resumed += 1;
                 }
                 None => crate::kept_orders::forget(&directory, &order).map_err(|error| {
-                    Status::internal(format!("deleting a refunded order's record: {error}"))
+                    CoordinatorError::internal(format!(
+                        "deleting a refunded order's record: {error}"
+                    ))
                 })?,
             }
         }
@@ -235,18 +239,20 @@ impl Coordinator {
         &self,
         order: TxId,
         record: &OrderRecord,
-    ) -> Result<(), Status> {
+    ) -> Result<(), CoordinatorError> {
         let Some(directory) = self.kept_orders_directory() else {
             return Ok(());
         };
         let bytes = crate::kept_orders::encode(order, record)
-            .map_err(|error| Status::internal(format!("encoding the order: {error}")))?;
+            .map_err(|error| CoordinatorError::internal(format!("encoding the order: {error}")))?;
         tokio::task::spawn_blocking(move || crate::kept_orders::keep(&directory, order, &bytes))
             .await
-            .map_err(|error| Status::internal(format!("the order writer failed: {error}")))?
+            .map_err(|error| {
+                CoordinatorError::internal(format!("the order writer failed: {error}"))
+            })?
             .map_err(|error| {
                 tracing::error!(%error, "keeping a completed order");
-                Status::internal("the market could not keep the order's result on disk")
+                CoordinatorError::internal("the market could not keep the order's result on disk")
             })
     }
 

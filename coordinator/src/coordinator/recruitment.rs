@@ -6,6 +6,7 @@
 //! Replies are kept in memory and, when the coordinator has a state file, as files beside it
 //! (`trial-replies/<trial>/<reply hash>.pb`), so that a restart loses none.
 
+use crate::error::CoordinatorError;
 use cohortex_proto::v1::{AcceptInvitationRequest, AcceptInvitationResponse, TrialReply};
 use market::hash::Hash32;
 use market::server::read_ledger;
@@ -21,7 +22,7 @@ impl Coordinator {
     pub async fn relay_acceptance(
         &self,
         request: AcceptInvitationRequest,
-    ) -> Result<AcceptInvitationResponse, Status> {
+    ) -> Result<AcceptInvitationResponse, CoordinatorError> {
         let trial = request.trial.clone();
         let listing = ListingId::new(request.listing.clone());
         let wanted = trial.clone();
@@ -34,17 +35,20 @@ impl Coordinator {
             ))
         })
         .await?;
-        let posting = posting.ok_or_else(|| Status::not_found("trial: no such trial is posted"))?;
+        let posting =
+            posting.ok_or_else(|| CoordinatorError::not_found("trial: no such trial is posted"))?;
         if !posting.listings.contains(&listing) {
-            return Err(Status::invalid_argument(
+            return Err(CoordinatorError::bad_request(
                 "listing: the trial was not posted to this listing",
             ));
         }
         let owner = owner
             .and_then(|owner| owner.verifying_key().ok())
-            .ok_or_else(|| Status::not_found("listing: not on the ledger"))?;
+            .ok_or_else(|| CoordinatorError::not_found("listing: not on the ledger"))?;
         let info = self.listing(&listing.0)?.ok_or_else(|| {
-            Status::unavailable("listing: no compute node is registered for it at this market")
+            CoordinatorError::unavailable(
+                "listing: no compute node is registered for it at this market",
+            )
         })?;
 
         let nodes = self.nodes();
@@ -54,11 +58,12 @@ impl Coordinator {
             || {
                 self.evaluation_key(&posting.evaluation_key)?
                     .ok_or_else(|| {
-                        Status::failed_precondition(
+                        CoordinatorError::not_ready(
                             "trial.evaluation_key: the market no longer holds the recruiter's \
                              evaluation key; the recruiter must store it again (PutEvaluationKey)",
                         )
                     })
+                    .map_err(Status::from)
             },
             || nodes.accept_invitation(&info.endpoint, request.clone()),
         )
@@ -66,23 +71,24 @@ impl Coordinator {
 
         // The node's reply must be its own, for this trial and listing.
         if reply.trial != trial || reply.listing != listing.0 {
-            return Err(Status::internal(
+            return Err(CoordinatorError::internal(
                 "the node answered for another trial or listing",
             ));
         }
-        zk::fhe::GatedKey::from_bytes(&reply.gated_key)
-            .map_err(|error| Status::internal(format!("the node's gated_key: {error}")))?;
+        zk::fhe::GatedKey::from_bytes(&reply.gated_key).map_err(|error| {
+            CoordinatorError::internal(format!("the node's gated_key: {error}"))
+        })?;
         let reply_hash =
             market::tx::trial_reply_hash(&trial, &listing, &reply.sealed_contact, &reply.gated_key);
         if reply.reply_hash != reply_hash.as_bytes() {
-            return Err(Status::internal(
+            return Err(CoordinatorError::internal(
                 "the node's reply_hash is not the hash of its reply",
             ));
         }
         let digest =
             market::tx::trial_reply_digest(&self.chain_id().await?, &trial, &listing, &reply_hash);
         if !market::tx::signed_by(&owner, &digest, &reply.attestation) {
-            return Err(Status::internal(
+            return Err(CoordinatorError::internal(
                 "the node's attestation is not the listing owner's signature over its reply",
             ));
         }
@@ -103,8 +109,8 @@ impl Coordinator {
         })
     }
 
-    async fn chain_id(&self) -> Result<Hash32, Status> {
-        read_ledger(&self.ledger, |ledger| Ok(ledger.chain_id())).await
+    async fn chain_id(&self) -> Result<Hash32, CoordinatorError> {
+        Ok(read_ledger(&self.ledger, |ledger| Ok(ledger.chain_id())).await?)
     }
 
     fn replies_dir(&self, trial: &str) -> Option<std::path::PathBuf> {
@@ -112,7 +118,11 @@ impl Coordinator {
         Some(parent.join("trial-replies").join(trial))
     }
 
-    async fn keep_trial_reply(&self, reply: TrialReply, hash: &Hash32) -> Result<(), Status> {
+    async fn keep_trial_reply(
+        &self,
+        reply: TrialReply,
+        hash: &Hash32,
+    ) -> Result<(), CoordinatorError> {
         if let Some(dir) = self.replies_dir(&reply.trial) {
             let path = dir.join(format!("{}.pb", hex::encode(hash.as_bytes())));
             let bytes = reply.encode_to_vec();
@@ -123,9 +133,9 @@ impl Coordinator {
                 std::fs::rename(&partial, &path)
             })
             .await
-            .map_err(|error| Status::internal(format!("worker failed: {error}")))?
+            .map_err(|error| CoordinatorError::internal(format!("worker failed: {error}")))?
             .map_err(|error| {
-                Status::internal(format!("keeping the trial reply failed: {error}"))
+                CoordinatorError::internal(format!("keeping the trial reply failed: {error}"))
             })?;
         }
         let mut replies = self.trial_replies.lock().map_err(|_| poisoned())?;
@@ -135,7 +145,7 @@ impl Coordinator {
 
     /// The replies kept for `trial` whose hashes the ledger recorded, in the ledger's order
     /// (read from the files beside the state file when not in memory).
-    pub async fn trial_replies(&self, trial: &str) -> Result<Vec<TrialReply>, Status> {
+    pub async fn trial_replies(&self, trial: &str) -> Result<Vec<TrialReply>, CoordinatorError> {
         let wanted = trial.to_string();
         let recorded: Vec<Hash32> = read_ledger(&self.ledger, move |ledger| {
             Ok(ledger
@@ -167,10 +177,12 @@ impl Coordinator {
             let path = dir.join(format!("{}.pb", hex::encode(hash.as_bytes())));
             let read = tokio::task::spawn_blocking(move || std::fs::read(path))
                 .await
-                .map_err(|error| Status::internal(format!("worker failed: {error}")))?;
+                .map_err(|error| CoordinatorError::internal(format!("worker failed: {error}")))?;
             if let Ok(bytes) = read {
                 let reply = TrialReply::decode(bytes.as_slice()).map_err(|error| {
-                    Status::internal(format!("a kept trial reply does not decode: {error}"))
+                    CoordinatorError::internal(format!(
+                        "a kept trial reply does not decode: {error}"
+                    ))
                 })?;
                 out.push(reply);
             }

@@ -325,9 +325,10 @@ async fn query(session: &Session, args: QueryArgs) -> anyhow::Result<()> {
         return crate::output::write_arrow(&bytes);
     }
     if format == crate::output::Format::Json {
+        let (columns, rows) = answer.with_error_columns();
         let output = serde_json::json!({
-            "columns": answer.columns,
-            "rows": answer.rows,
+            "columns": columns,
+            "rows": rows,
             "participants": answer.participants,
             "receipt": {
                 "id": hex::encode(receipt.0.as_bytes()),

@@ -269,9 +269,10 @@ pub async fn local(args: LocalArgs) -> anyhow::Result<()> {
         return crate::output::write_arrow(&bytes);
     }
     if args.format == crate::output::Format::Json {
+        let (columns, rows) = release.answer.with_error_columns();
         let output = serde_json::json!({
-            "columns": release.answer.columns,
-            "rows": release.answer.rows,
+            "columns": columns,
+            "rows": rows,
             "participants": release.answer.participants,
             "epsilon_spent": release.status.epsilon_micro as f64 / 1e6,
             "suppressed_cells": release.status.suppressed.iter().filter(|&&hidden| hidden).count(),
@@ -327,24 +328,51 @@ fn epsilon_left(cluster: &Cluster, listings: &[String]) -> anyhow::Result<Vec<(S
         .collect())
 }
 
+/// The answer as a table; each released number is followed by its 95 % interval, which
+/// holds both the sampling error and the DP noise.
 pub(crate) fn print_answer(answer: &QueryAnswer) {
     use comfy_table::{presets, CellAlignment, ContentArrangement, Table};
     let mut table = Table::new();
+    let mut header = Vec::new();
+    for (index, name) in answer.columns.iter().enumerate() {
+        header.push(name.clone());
+        if answer.has_error_bars(index) {
+            header.push("95 % interval".to_string());
+        }
+    }
     table
         .load_preset(presets::UTF8_HORIZONTAL_ONLY)
         .set_content_arrangement(ContentArrangement::Dynamic)
-        .set_header(&answer.columns);
-    for row in &answer.rows {
-        table.add_row(row.iter().map(|cell| {
+        .set_header(header);
+    for (row_index, row) in answer.rows.iter().enumerate() {
+        let mut cells = Vec::new();
+        for (index, cell) in row.iter().enumerate() {
             let text = comfy_table::Cell::new(cell.to_string());
-            match cell {
+            cells.push(match cell {
                 Cell::Text(_) => text,
                 _ => text.set_alignment(CellAlignment::Right),
+            });
+            if answer.has_error_bars(index) {
+                let interval = answer.error(row_index, index).map_or_else(
+                    || "—".to_string(),
+                    |bar| {
+                        format!(
+                            "[{}, {}]",
+                            Cell::Number(bar.ci_low),
+                            Cell::Number(bar.ci_high)
+                        )
+                    },
+                );
+                cells.push(comfy_table::Cell::new(interval).set_alignment(CellAlignment::Right));
             }
-        }));
+        }
+        table.add_row(cells);
     }
     for line in table.to_string().lines() {
         println!("  {line}");
+    }
+    if !answer.errors.is_empty() {
+        println!("  (95 % intervals hold both the sampling error and the DP noise; --format json adds _se, _noise_se, _ci_low and _ci_high)");
     }
 }
 

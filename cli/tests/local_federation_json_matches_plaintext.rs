@@ -79,7 +79,19 @@ fn local_federation_json_matches_the_plaintext_answer() {
     let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(
         json["columns"],
-        serde_json::json!(["sex", "count(*)", "avg(sbp)"])
+        serde_json::json!([
+            "sex",
+            "count(*)",
+            "count(*)_se",
+            "count(*)_noise_se",
+            "count(*)_ci_low",
+            "count(*)_ci_high",
+            "avg(sbp)",
+            "avg(sbp)_se",
+            "avg(sbp)_noise_se",
+            "avg(sbp)_ci_low",
+            "avg(sbp)_ci_high"
+        ])
     );
     assert_eq!(json["receipt"]["verified"], serde_json::json!(true));
     assert_eq!(json["epsilon_spent"], serde_json::json!(100000.0));
@@ -99,10 +111,13 @@ fn local_federation_json_matches_the_plaintext_answer() {
         assert_eq!(row[1].as_f64().unwrap(), values.len() as f64);
         let mean = values.iter().sum::<f64>() / values.len() as f64;
         assert!(
-            (row[2].as_f64().unwrap() - mean).abs() < 0.01,
+            (row[6].as_f64().unwrap() - mean).abs() < 0.01,
             "{} vs {mean}",
-            row[2]
+            row[6]
         );
+        // The 95 % interval holds the released mean.
+        assert!(row[9].as_f64().unwrap() <= row[6].as_f64().unwrap());
+        assert!(row[6].as_f64().unwrap() <= row[10].as_f64().unwrap());
     }
     // The run's ledger passes an independent audit.
     let verify = Command::new(env!("CARGO_BIN_EXE_cohortex"))
@@ -188,43 +203,48 @@ fn local_arrow_output_matches_the_plaintext_answer_and_carries_units() {
             .unwrap();
     let schema = reader.schema();
     let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-    assert_eq!(
-        names,
-        [
-            "sex",
-            "count(*)",
-            "avg(sbp)",
-            "var_samp(sbp)",
-            "_suppressed"
-        ]
-    );
+    // Every aggregate is followed by its error bar (issue 25).
+    let mut expected = vec!["sex".to_string()];
+    for aggregate in ["count(*)", "avg(sbp)", "var_samp(sbp)"] {
+        expected.push(aggregate.to_string());
+        for suffix in ["_se", "_noise_se", "_ci_low", "_ci_high"] {
+            expected.push(format!("{aggregate}{suffix}"));
+        }
+    }
+    expected.push("_suppressed".to_string());
+    assert_eq!(names, expected);
     let types: Vec<&DataType> = schema.fields().iter().map(|f| f.data_type()).collect();
+    assert_eq!(types[0], &DataType::Utf8);
+    assert!(types[1..types.len() - 1]
+        .iter()
+        .all(|kind| kind == &&DataType::Float64));
+    assert_eq!(types[types.len() - 1], &DataType::Boolean);
+    let at = |name: &str| schema.index_of(name).unwrap();
+    let unit = |name: &str| {
+        schema
+            .field(at(name))
+            .metadata()
+            .get("cohortex.unit")
+            .cloned()
+    };
+    assert_eq!(unit("count(*)").as_deref(), Some("{patients}"));
     assert_eq!(
-        types,
-        [
-            &DataType::Utf8,
-            &DataType::Float64,
-            &DataType::Float64,
-            &DataType::Float64,
-            &DataType::Boolean
-        ]
-    );
-    let unit = |index: usize| schema.field(index).metadata().get("cohortex.unit").cloned();
-    assert_eq!(unit(1).as_deref(), Some("{patients}"));
-    assert_eq!(
-        unit(2).as_deref(),
+        unit("avg(sbp)").as_deref(),
         Some("mm[Hg]"),
         "the manifest's unit of sbp"
     );
-    assert_eq!(unit(3).as_deref(), Some("(mm[Hg])2"));
-    assert_eq!(
+    assert_eq!(unit("var_samp(sbp)").as_deref(), Some("(mm[Hg])2"));
+    // An error bar is in its value's unit.
+    assert_eq!(unit("avg(sbp)_ci_low").as_deref(), Some("mm[Hg]"));
+    let kind = |name: &str| {
         schema
-            .field(2)
+            .field(at(name))
             .metadata()
             .get("cohortex.kind")
-            .map(String::as_str),
-        Some("avg")
-    );
+            .cloned()
+    };
+    assert_eq!(kind("avg(sbp)").as_deref(), Some("avg"));
+    assert_eq!(kind("avg(sbp)_noise_se").as_deref(), Some("noise_se"));
     let metadata = schema.metadata();
     assert_eq!(metadata["cohortex.receipt_verified"], "true");
     assert_eq!(metadata["cohortex.epsilon"], "100000");
@@ -239,22 +259,22 @@ fn local_arrow_output_matches_the_plaintext_answer_and_carries_units() {
         .downcast_ref::<StringArray>()
         .unwrap();
     let counts = batch
-        .column(1)
+        .column(at("count(*)"))
         .as_any()
         .downcast_ref::<Float64Array>()
         .unwrap();
     let means = batch
-        .column(2)
+        .column(at("avg(sbp)"))
         .as_any()
         .downcast_ref::<Float64Array>()
         .unwrap();
     let variances = batch
-        .column(3)
+        .column(at("var_samp(sbp)"))
         .as_any()
         .downcast_ref::<Float64Array>()
         .unwrap();
     let suppressed = batch
-        .column(4)
+        .column(at("_suppressed"))
         .as_any()
         .downcast_ref::<BooleanArray>()
         .unwrap();

@@ -3,9 +3,13 @@
 //! release's provenance (query, purpose, ε, receipt) in the schema metadata. pandas, polars,
 //! pyarrow and R's arrow read it as it is.
 //!
-//! Types: a GROUP BY label is `Utf8`; an aggregate is `Float64`. A cell that is undefined or
-//! withheld (below the minimum cohort) is null; the Boolean column `_suppressed` says which
-//! rows were withheld, so that a null from suppression is not read as "no data".
+//! Types: a GROUP BY label is `Utf8`; an aggregate is `Float64`, followed by its error bar as
+//! four `Float64` columns: `<name>_se` (sampling and noise together), `<name>_noise_se` (the
+//! DP noise's part), `<name>_ci_low` and `<name>_ci_high` (the 95 % interval), with
+//! `cohortex.kind` = `se`, `noise_se`, `ci_low` or `ci_high`, `cohortex.of` = the value's
+//! column and the value's unit. A cell that is undefined or withheld (below the minimum
+//! cohort) is null; the Boolean column `_suppressed` says which rows had a value withheld, so
+//! that a null from suppression is not read as "no data".
 //!
 //! Field metadata (`cohortex.*` keys): `kind` (`group` or the aggregate, e.g. `avg`),
 //! `arguments` (the columns an aggregate reads, comma-separated), `unit` (UCUM, derived from
@@ -21,6 +25,7 @@ use std::sync::Arc;
 use arrow_array::{ArrayRef, BooleanArray, Float64Array, RecordBatch, StringArray};
 use arrow_schema::{ArrowError, DataType, Field, Schema as ArrowSchema};
 use cohortex_query::plan::{Aggregate, Output};
+use cohortex_query::uncertainty::ERROR_COLUMNS;
 use cohortex_query::{Cell, QueryAnswer, QueryPlan, Schema};
 
 /// The name of the Boolean column marking withheld rows.
@@ -164,8 +169,34 @@ pub fn to_record_batch(
                 _ => None,
             })))
         };
+        let unit = field.metadata().get("cohortex.unit").cloned();
         fields.push(field);
         arrays.push(array);
+        if answer.has_error_bars(index) {
+            for (part, suffix) in ERROR_COLUMNS.iter().enumerate() {
+                let mut metadata = HashMap::from([
+                    (
+                        "cohortex.kind".to_string(),
+                        suffix.trim_start_matches('_').to_string(),
+                    ),
+                    ("cohortex.of".to_string(), name.clone()),
+                ]);
+                if part >= 2 {
+                    metadata.insert("cohortex.level".to_string(), "0.95".to_string());
+                }
+                if let Some(unit) = &unit {
+                    metadata.insert("cohortex.unit".to_string(), unit.clone());
+                }
+                fields.push(
+                    Field::new(format!("{name}{suffix}"), DataType::Float64, true)
+                        .with_metadata(metadata),
+                );
+                arrays.push(Arc::new(Float64Array::from_iter(
+                    (0..answer.rows.len())
+                        .map(|row| answer.error(row, index).map(|bar| bar.parts()[part])),
+                )));
+            }
+        }
     }
     fields.push(Field::new(SUPPRESSED_COLUMN, DataType::Boolean, false));
     arrays.push(Arc::new(BooleanArray::from_iter(answer.rows.iter().map(

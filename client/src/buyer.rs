@@ -14,7 +14,9 @@ use cohortex_proto::v1::{
     SignedTransaction,
 };
 use cohortex_query::combine::combine_release;
+use cohortex_query::dp::calibrate;
 use cohortex_query::noise::{count_slots, public_count_secret};
+use cohortex_query::uncertainty::ReleaseNoise;
 use cohortex_query::{QueryAnswer, QueryPlan};
 use cohortex_types::auth::{signed_request, unix_now};
 use cohortex_types::rpc::MAX_MESSAGE_BYTES;
@@ -207,7 +209,7 @@ impl Buyer {
             .enumerate()
             .map(|(slot, bytes)| {
                 if bytes.is_empty() {
-                    // A slot of a suppressed cell.
+                    // A slot withheld for the minimum cohort.
                     return Ok(None);
                 }
                 let ciphertext = Ciphertext::from_bytes(bytes)
@@ -224,12 +226,12 @@ impl Buyer {
                 Ok(Some(i128::from(total)))
             })
             .collect::<anyhow::Result<_>>()?;
-        let suppressed = if status.suppressed.is_empty() {
-            vec![false; plan.cells()]
-        } else {
-            status.suppressed.clone()
-        };
-        combine_release(&plan, &totals, &suppressed).context("combining the result")
+        // The noise of every slot is public: the order's ε calibrates each share, and the
+        // release sums the listed members' shares.
+        let calibration = calibrate(&plan, status.epsilon_micro)
+            .map_err(|error| anyhow!("the release's noise calibration: {error}"))?;
+        let noise = ReleaseNoise::of(&calibration, status.noise_members.len());
+        combine_release(&plan, &totals, &noise).context("combining the result")
     }
 
     /// Fetches a receipt and verifies it offline against the ledger's key.

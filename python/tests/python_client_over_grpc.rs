@@ -243,7 +243,19 @@ async fn python_client_queries_and_consents_against_a_live_federation() {
     );
     assert_eq!(
         out["columns"],
-        serde_json::json!(["count(*)", "avg(hba1c)", "_suppressed"])
+        serde_json::json!([
+            "count(*)",
+            "count(*)_se",
+            "count(*)_noise_se",
+            "count(*)_ci_low",
+            "count(*)_ci_high",
+            "avg(hba1c)",
+            "avg(hba1c)_se",
+            "avg(hba1c)_noise_se",
+            "avg(hba1c)_ci_low",
+            "avg(hba1c)_ci_high",
+            "_suppressed"
+        ])
     );
     // The plaintext answer: every consenting patient, and the mean of their HbA1c.
     let consenting = (3 * PER_NODE - 3 * PER_NODE / 5) as f64;

@@ -13,10 +13,14 @@
 //! The numerators are exact 128-bit integers, so no cancellation error creeps in before the
 //! final division. An aggregate that is undefined for its cell (an average of nobody, a
 //! variance of one patient, a correlation with a constant) is `Null`, as in SQL.
+//!
+//! A release also carries an [`ErrorBar`] for every number it releases: sampling error and DP
+//! noise together ([`crate::uncertainty`]).
 
 use serde::{Deserialize, Serialize};
 
 use crate::plan::{Aggregate, AggregateInputs, Output, QueryPlan};
+use crate::uncertainty::{error_bar, sampling_se, ErrorBar, Moments, ReleaseNoise, ERROR_COLUMNS};
 
 /// A cell of the answer.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -76,8 +80,62 @@ pub struct QueryAnswer {
     pub columns: Vec<String>,
     /// One row per cell.
     pub rows: Vec<Vec<Cell>>,
-    /// Patients whose consent covered the purpose, across all nodes.
+    /// Patients whose consent covered the purpose, across all nodes (0 if their noisy count
+    /// was below the minimum cohort, which withholds everything).
     pub participants: u64,
+    /// Per row and column, a released number's error bar: `None` for a label, a NULL or
+    /// withheld value. Empty for an exact (noiseless) answer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<Vec<Option<ErrorBar>>>,
+}
+
+impl QueryAnswer {
+    /// The error bar of row `row`, column `column`, if it has one.
+    pub fn error(&self, row: usize, column: usize) -> Option<&ErrorBar> {
+        self.errors.get(row)?.get(column)?.as_ref()
+    }
+
+    /// Whether column `column` carries error bars: an aggregate of a release (not a group
+    /// label, not an exact answer).
+    pub fn has_error_bars(&self, column: usize) -> bool {
+        !self.errors.is_empty()
+            && self
+                .rows
+                .iter()
+                .all(|row| !matches!(row.get(column), Some(Cell::Text(_))))
+    }
+
+    /// The answer as one flat table: each column of a release's aggregate followed by its
+    /// error columns ([`crate::uncertainty::ERROR_COLUMNS`]: `_se`, `_noise_se`, `_ci_low`,
+    /// `_ci_high`), NULL where the value has no error bar. An exact answer is unchanged.
+    pub fn with_error_columns(&self) -> (Vec<String>, Vec<Vec<Cell>>) {
+        let mut columns = Vec::new();
+        for (index, name) in self.columns.iter().enumerate() {
+            columns.push(name.clone());
+            if self.has_error_bars(index) {
+                columns.extend(ERROR_COLUMNS.iter().map(|suffix| format!("{name}{suffix}")));
+            }
+        }
+        let rows = self
+            .rows
+            .iter()
+            .enumerate()
+            .map(|(row_index, row)| {
+                let mut cells = Vec::with_capacity(columns.len());
+                for (index, cell) in row.iter().enumerate() {
+                    cells.push(cell.clone());
+                    if self.has_error_bars(index) {
+                        match self.error(row_index, index) {
+                            Some(bar) => cells.extend(bar.parts().map(Cell::Number)),
+                            None => cells.extend([Cell::Null, Cell::Null, Cell::Null, Cell::Null]),
+                        }
+                    }
+                }
+                cells
+            })
+            .collect();
+        (columns, rows)
+    }
 }
 
 /// Errors from combining.
@@ -89,6 +147,14 @@ pub enum CombineError {
         /// Slots supplied.
         got: usize,
         /// Slots needed.
+        expected: usize,
+    },
+    /// The noise given for a release does not cover every slot.
+    #[error("the release's noise covers {got} slots, the plan has {expected}")]
+    NoiseLength {
+        /// Slots covered.
+        got: usize,
+        /// Slots in the plan.
         expected: usize,
     },
     /// A decrypted sum is negative, which no honest set of nodes produces.
@@ -109,7 +175,7 @@ pub fn sum_vectors(vectors: &[Vec<u64>]) -> Vec<i128> {
         .collect()
 }
 
-/// Turns summed statistics into the answer.
+/// Turns summed statistics into the answer (exact: no noise, no error bars).
 pub fn combine(plan: &QueryPlan, totals: &[i128]) -> Result<QueryAnswer, CombineError> {
     if totals.len() != plan.vector_len() {
         return Err(CombineError::Length {
@@ -120,17 +186,22 @@ pub fn combine(plan: &QueryPlan, totals: &[i128]) -> Result<QueryAnswer, Combine
     if let Some((slot, &value)) = totals.iter().enumerate().find(|(_, &value)| value < 0) {
         return Err(CombineError::Negative { slot, value });
     }
-    Ok(combine_cells(plan, totals, &vec![false; plan.cells()]))
+    let released = vec![true; totals.len()];
+    let mut answer = combine_cells(plan, totals, &released, None);
+    answer.errors.clear();
+    Ok(answer)
 }
 
 /// Combines a differentially private release: `totals[s]` is `None` for a slot that was not
-/// released, and `suppressed[c]` marks the cells withheld for the minimum cohort. Noise can
-/// make a total negative; totals are clamped at 0 first (post-processing, which costs no
-/// privacy), and an aggregate the noisy totals leave undefined is NULL.
+/// released (withheld for the minimum cohort), and `noise` is the public noise of every slot.
+/// An aggregate is withheld (`Suppressed`) when any slot it reads is. Noise can make a total
+/// negative; totals are clamped at 0 first (post-processing, which costs no privacy), and an
+/// aggregate the noisy totals leave undefined is NULL. Every released number gets its
+/// [`ErrorBar`].
 pub fn combine_release(
     plan: &QueryPlan,
     totals: &[Option<i128>],
-    suppressed: &[bool],
+    noise: &ReleaseNoise,
 ) -> Result<QueryAnswer, CombineError> {
     if totals.len() != plan.vector_len() {
         return Err(CombineError::Length {
@@ -138,49 +209,168 @@ pub fn combine_release(
             expected: plan.vector_len(),
         });
     }
-    if suppressed.len() != plan.cells() {
-        return Err(CombineError::Length {
-            got: suppressed.len(),
-            expected: plan.cells(),
+    if noise.slot_std_dev.len() != plan.vector_len() {
+        return Err(CombineError::NoiseLength {
+            got: noise.slot_std_dev.len(),
+            expected: plan.vector_len(),
         });
     }
     let clamped: Vec<i128> = totals
         .iter()
         .map(|total| total.unwrap_or(0).max(0))
         .collect();
-    Ok(combine_cells(plan, &clamped, suppressed))
+    let released: Vec<bool> = totals.iter().map(Option::is_some).collect();
+    Ok(combine_cells(plan, &clamped, &released, Some(noise)))
 }
 
-fn combine_cells(plan: &QueryPlan, totals: &[i128], suppressed: &[bool]) -> QueryAnswer {
+fn combine_cells(
+    plan: &QueryPlan,
+    totals: &[i128],
+    released: &[bool],
+    noise: Option<&ReleaseNoise>,
+) -> QueryAnswer {
     let columns = plan
         .outputs
         .iter()
         .map(|output| output.name().to_string())
         .collect();
     let mut rows = Vec::with_capacity(plan.cells());
+    let mut errors = Vec::with_capacity(plan.cells());
     for cell in 0..plan.cells() {
         let keys = plan.cell_keys(cell);
         let statistic = |index: usize| totals[plan.slot(cell, index)];
-        let row = plan
-            .outputs
-            .iter()
-            .map(|output| match output {
-                Output::Group { key, .. } => Cell::Text(plan.groups[*key].label(keys[*key])),
-                Output::Aggregate { .. } if suppressed[cell] => Cell::Suppressed,
+        let mut row = Vec::with_capacity(plan.outputs.len());
+        let mut bars = Vec::with_capacity(plan.outputs.len());
+        for output in &plan.outputs {
+            let (value, bar) = match output {
+                Output::Group { key, .. } => {
+                    (Cell::Text(plan.groups[*key].label(keys[*key])), None)
+                }
+                Output::Aggregate { inputs, .. }
+                    if inputs
+                        .statistics()
+                        .any(|index| !released[plan.slot(cell, index)]) =>
+                {
+                    (Cell::Suppressed, None)
+                }
                 Output::Aggregate {
                     function,
                     arguments,
                     inputs,
                     ..
-                } => aggregate(plan, *function, arguments, inputs, &statistic),
-            })
-            .collect();
+                } => {
+                    let value = aggregate(plan, *function, arguments, inputs, &statistic);
+                    let bar = match (&value, noise) {
+                        (Cell::Number(number), Some(noise)) => uncertainty_of(
+                            plan, cell, *function, arguments, inputs, *number, totals, noise,
+                        ),
+                        _ => None,
+                    };
+                    (value, bar)
+                }
+            };
+            row.push(value);
+            bars.push(bar);
+        }
         rows.push(row);
+        errors.push(bars);
     }
     QueryAnswer {
         columns,
         rows,
-        participants: u64::try_from(totals[0]).unwrap_or(u64::MAX),
+        participants: if released[0] {
+            u64::try_from(totals[0]).unwrap_or(u64::MAX)
+        } else {
+            0
+        },
+        errors,
+    }
+}
+
+/// The error bar of one released aggregate of `cell`: its sampling standard error, and its
+/// noise standard error by the delta method, each derivative a central difference over one
+/// noise standard deviation of the slot (see [`crate::uncertainty`]).
+#[allow(clippy::too_many_arguments)]
+fn uncertainty_of(
+    plan: &QueryPlan,
+    cell: usize,
+    function: Aggregate,
+    arguments: &[String],
+    inputs: &AggregateInputs,
+    value: f64,
+    totals: &[i128],
+    noise: &ReleaseNoise,
+) -> Option<ErrorBar> {
+    let base = |index: usize| totals[plan.slot(cell, index)];
+    let mut noise_variance = 0.0;
+    for index in inputs.statistics() {
+        let std_dev = noise.slot_std_dev[plan.slot(cell, index)];
+        if std_dev <= 0.0 {
+            continue;
+        }
+        let step = std_dev.round().max(1.0);
+        let at = |shift: i128| {
+            let shifted = |read: usize| {
+                if read == index {
+                    (base(read) + shift).max(0)
+                } else {
+                    base(read)
+                }
+            };
+            aggregate(plan, function, arguments, inputs, &shifted).as_f64()
+        };
+        let h = step as i128;
+        let derivative = match (at(h), at(-h)) {
+            (Some(up), Some(down)) => (up - down) / (2.0 * step),
+            (Some(up), None) => (up - value) / step,
+            (None, Some(down)) => (value - down) / step,
+            (None, None) => return None,
+        };
+        noise_variance += (derivative * std_dev).powi(2);
+    }
+    let moments = moments(plan, arguments, inputs, &base);
+    let sampling = sampling_se(function, value, &moments)?;
+    let bar = error_bar(function, value, sampling, noise_variance.sqrt());
+    (bar.se.is_finite() && bar.ci_low.is_finite() && bar.ci_high.is_finite()).then_some(bar)
+}
+
+/// The cell's moments in original units, from its (clamped) totals.
+fn moments(
+    plan: &QueryPlan,
+    arguments: &[String],
+    inputs: &AggregateInputs,
+    statistic: &dyn Fn(usize) -> i128,
+) -> Moments {
+    let n = statistic(inputs.count);
+    let nf = n as f64;
+    let read = |slot: Option<usize>| slot.map(statistic).unwrap_or(0);
+    let codec = |position: usize| {
+        arguments
+            .get(position)
+            .and_then(|argument| plan.codecs.get(argument))
+            .map(|codec| codec.fixed_point())
+    };
+    let mean = |position: usize, sum: i128| {
+        codec(position).map_or(0.0, |codec| {
+            (n * i128::from(codec.encoded_lower()) + sum) as f64 / codec.scale() / nf
+        })
+    };
+    let spread = |squares: i128, sum: i128| (n * squares - sum * sum) as f64;
+    let scale = |position: usize| codec(position).map_or(1.0, |codec| codec.scale());
+    let pairs = (nf * (nf - 1.0)).max(1.0);
+    let (sum_y, sum_x) = (read(inputs.sum_y), read(inputs.sum_x));
+    Moments {
+        n: nf,
+        var_y: inputs.squares_y.map_or(0.0, |_| {
+            spread(read(inputs.squares_y), sum_y) / pairs / (scale(0) * scale(0))
+        }),
+        mean_x: mean(1, sum_x),
+        var_x: inputs.squares_x.map_or(0.0, |_| {
+            spread(read(inputs.squares_x), sum_x) / pairs / (scale(1) * scale(1))
+        }),
+        cov: inputs.products.map_or(0.0, |_| {
+            (n * read(inputs.products) - sum_y * sum_x) as f64 / pairs / (scale(0) * scale(1))
+        }),
     }
 }
 

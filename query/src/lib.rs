@@ -16,9 +16,11 @@ pub mod plan;
 pub mod record;
 pub mod schema;
 pub mod sql;
+pub mod uncertainty;
 
-pub use combine::{combine, Cell, QueryAnswer};
+pub use combine::{combine, combine_release, Cell, QueryAnswer};
 pub use contribution::{build_contribution, verify_contributions, Contribution, Statistics};
 pub use plan::QueryPlan;
 pub use schema::Schema;
 pub use sql::{compile, QueryError};
+pub use uncertainty::{ErrorBar, ReleaseNoise};

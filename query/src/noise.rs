@@ -12,8 +12,8 @@
 //!
 //! Minimum cohort: the count slots of a release (slot 0, the participants, and every COUNT
 //! statistic of every cell) are key-switched first to a public key, so their noisy values are
-//! public; a cell with a noisy count below the minimum is suppressed, and if the participants'
-//! noisy count is below it, everything is. The counts are slots of the same ε-DP release: the
+//! public; a statistic whose cell's noisy count over the same columns is below the minimum is
+//! withheld, and if the participants' noisy count is below it, everything is. The counts are slots of the same ε-DP release: the
 //! check spends no budget beyond the release's own ε, and the budget accounts for it.
 
 use curve25519_dalek::scalar::Scalar;
@@ -125,10 +125,13 @@ pub fn count_slots(plan: &QueryPlan) -> Vec<usize> {
     slots
 }
 
-/// Which cells a release suppresses, given the noisy values of [`count_slots`] (same order)
-/// and the minimum cohort: a cell is released only if every COUNT of the cell and the
-/// participants' count are at least the minimum.
-pub fn suppressed_cells(plan: &QueryPlan, noisy_counts: &[i64], min_cohort: u64) -> Vec<bool> {
+/// Which slots a release withholds, given the noisy values of [`count_slots`] (same order)
+/// and the minimum cohort, one entry per slot of the plan's vector. Each statistic is judged
+/// by its own count: a cell's statistic is released only if the COUNT over the same columns
+/// (its domain) in that cell is at least the minimum, so `COUNT(*)` is released beside a
+/// `COUNT(systolic_bp)` that is withheld. If the participants' own count is below the
+/// minimum, everything is withheld.
+pub fn withheld_slots(plan: &QueryPlan, noisy_counts: &[i64], min_cohort: u64) -> Vec<bool> {
     let slots = count_slots(plan);
     let value = |slot: usize| {
         slots
@@ -138,31 +141,46 @@ pub fn suppressed_cells(plan: &QueryPlan, noisy_counts: &[i64], min_cohort: u64)
             .unwrap_or(i64::MIN)
     };
     let min = i64::try_from(min_cohort).unwrap_or(i64::MAX);
-    let everything = value(0) < min;
+    if value(0) < min {
+        return vec![true; plan.vector_len()];
+    }
+    let mut withheld = vec![false; plan.vector_len()];
+    for cell in 0..plan.cells() {
+        for (index, statistic) in plan.statistics.iter().enumerate() {
+            let count = plan.count_of(statistic);
+            withheld[plan.slot(cell, index)] =
+                count.is_none_or(|count| value(plan.slot(cell, count)) < min);
+        }
+    }
+    withheld
+}
+
+/// The cells a release withholds entirely (every statistic of the cell withheld), one entry
+/// per cell: what the order's report counts as suppressed.
+pub fn suppressed_cells(plan: &QueryPlan, withheld: &[bool]) -> Vec<bool> {
     (0..plan.cells())
         .map(|cell| {
-            everything
-                || plan
-                    .statistics
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, statistic)| matches!(statistic, Statistic::Count { .. }))
-                    .any(|(index, _)| value(plan.slot(cell, index)) < min)
+            (0..plan.statistics.len()).all(|index| {
+                withheld
+                    .get(plan.slot(cell, index))
+                    .copied()
+                    .unwrap_or(true)
+            })
         })
         .collect()
 }
 
-/// The non-count slots of the cells a release does not suppress, ascending: what is
-/// key-switched to the buyer.
-pub fn released_value_slots(plan: &QueryPlan, suppressed: &[bool]) -> Vec<usize> {
+/// The non-count slots a release does not withhold, ascending: what is key-switched to the
+/// buyer.
+pub fn released_value_slots(plan: &QueryPlan, withheld: &[bool]) -> Vec<usize> {
     let mut slots = Vec::new();
-    for (cell, &hidden) in suppressed.iter().enumerate() {
-        if hidden {
-            continue;
-        }
+    for cell in 0..plan.cells() {
         for (index, statistic) in plan.statistics.iter().enumerate() {
-            if !matches!(statistic, Statistic::Count { .. }) {
-                slots.push(plan.slot(cell, index));
+            let slot = plan.slot(cell, index);
+            if !matches!(statistic, Statistic::Count { .. })
+                && !withheld.get(slot).copied().unwrap_or(true)
+            {
+                slots.push(slot);
             }
         }
     }

@@ -283,6 +283,23 @@ pub struct AggregateInputs {
     pub products: Option<usize>,
 }
 
+impl AggregateInputs {
+    /// Every statistic the aggregate reads.
+    pub fn statistics(&self) -> impl Iterator<Item = usize> + '_ {
+        std::iter::once(self.count).chain(
+            [
+                self.sum_y,
+                self.squares_y,
+                self.sum_x,
+                self.squares_x,
+                self.products,
+            ]
+            .into_iter()
+            .flatten(),
+        )
+    }
+}
+
 /// One output column.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Output {
@@ -391,6 +408,14 @@ impl QueryPlan {
             .iter()
             .zip(keys)
             .fold(0, |cell, (group, &key)| cell * group.cardinality() + key)
+    }
+
+    /// The index of the COUNT over the same columns as `statistic` (its domain), which decides
+    /// whether the statistic is released; the compiler adds one for every domain it uses.
+    pub fn count_of(&self, statistic: &Statistic) -> Option<usize> {
+        self.statistics.iter().position(|candidate| {
+            matches!(candidate, Statistic::Count { domain } if domain.as_slice() == statistic.domain())
+        })
     }
 
     /// Largest value one patient can add to each statistic (1 for counts).

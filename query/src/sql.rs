@@ -988,8 +988,13 @@ fn assign_statistics(
     let y = &arguments[0];
     inputs.sum_y = Some(sum(y, &mut index_of));
     match function {
-        Aggregate::Sum | Aggregate::Avg => {}
-        Aggregate::VarSamp | Aggregate::VarPop | Aggregate::StddevSamp | Aggregate::StddevPop => {
+        Aggregate::Sum => {}
+        // AVG reads the sum of squares too: its standard error needs the variance.
+        Aggregate::Avg
+        | Aggregate::VarSamp
+        | Aggregate::VarPop
+        | Aggregate::StddevSamp
+        | Aggregate::StddevPop => {
             inputs.squares_y = Some(squares(y, &mut index_of));
         }
         _ => {

@@ -5,15 +5,16 @@
 //! Tolerances are a few standard errors of the estimate, computed from the sample size, so a
 //! wrong scale (off by more than a few per cent) fails while sampling error does not.
 
+use cohortex_query::combine::combine_release;
 use cohortex_query::contribution::verify_bounded;
 use cohortex_query::dp::{
     bernoulli_exp_neg, calibrate, sample_discrete_laplace, SlotNoise, TAIL_SCALES,
 };
 use cohortex_query::noise::{
     apply_noise, build_noise_share, count_slots, noise_statement, released_value_slots,
-    suppressed_cells,
+    suppressed_cells, withheld_slots,
 };
-use cohortex_query::{compile, Schema};
+use cohortex_query::{compile, Cell, ReleaseNoise, Schema};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use zk::{BsgsConfig, DecryptionTable, KeyPair, ProofContext};
@@ -168,8 +169,9 @@ fn truncated_slot_delta(b: f64, bound: i64, sensitivity: i64) -> f64 {
 #[test]
 fn truncation_keeps_delta_negligible_at_every_epsilon() {
     // At a large ε the scale falls far below the sensitivity; the truncation bound must still
-    // leave the supports of neighbouring outputs overlapping by 48 scales.
-    let plan = compile("SELECT COUNT(*), AVG(hba1c) FROM patients", &schema()).expect("plan");
+    // leave the supports of neighbouring outputs overlapping by 48 scales. (SUM, not AVG:
+    // AVG also reads Σx², whose bound is too large to sum the pmf over here.)
+    let plan = compile("SELECT COUNT(*), SUM(hba1c) FROM patients", &schema()).expect("plan");
     for epsilon_micro in [100_000, 1_000_000, 1_000_000_000, 100_000_000_000] {
         let calibration = calibrate(&plan, epsilon_micro).expect("calibrates");
         for (slot, noise) in calibration.slots.iter().enumerate() {
@@ -352,13 +354,40 @@ fn small_cohort_cells_are_suppressed_and_others_released() {
     // Slot 0, then COUNT(*) and COUNT(hba1c) of each of the 2 cells.
     assert_eq!(counts.len(), 1 + 2 * 2);
     // female: 30 and 28 patients; male: 4 and 4. Minimum 10.
-    let suppressed = suppressed_cells(&plan, &[34, 30, 28, 4, 4], 10);
-    assert_eq!(suppressed, vec![false, true]);
-    let released = released_value_slots(&plan, &suppressed);
-    assert_eq!(released, vec![plan.slot(0, 2)]);
+    let withheld = withheld_slots(&plan, &[34, 30, 28, 4, 4], 10);
+    assert_eq!(suppressed_cells(&plan, &withheld), vec![false, true]);
+    // AVG(hba1c) reads Σ hba1c and Σ hba1c² (its error bar needs the variance).
+    let released = released_value_slots(&plan, &withheld);
+    assert_eq!(released, vec![plan.slot(0, 2), plan.slot(0, 3)]);
     // The participants' own count below the minimum suppresses everything.
-    assert_eq!(
-        suppressed_cells(&plan, &[9, 30, 28, 40, 40], 10),
-        vec![true, true]
-    );
+    let withheld = withheld_slots(&plan, &[9, 30, 28, 40, 40], 10);
+    assert!(withheld.iter().all(|&hidden| hidden));
+    assert_eq!(suppressed_cells(&plan, &withheld), vec![true, true]);
+}
+
+/// Issue 25: `SELECT COUNT(*), COUNT(systolic_bp)` over patients of whom nobody has a blood
+/// pressure withheld `COUNT(*)` as well, and the participants with it.
+#[test]
+fn each_aggregate_is_withheld_by_its_own_count() {
+    let plan = compile(
+        "SELECT COUNT(*), COUNT(hba1c), AVG(hba1c) FROM patients",
+        &schema(),
+    )
+    .expect("plan");
+    // Slot 0, COUNT(*), COUNT(hba1c): 12 participants, 12 patients, nobody with an HbA1c.
+    let withheld = withheld_slots(&plan, &[12, 12, 0], 10);
+    let combined = combine_release(
+        &plan,
+        &(0..plan.vector_len())
+            .map(|slot| (!withheld[slot]).then_some(if slot <= 1 { 12 } else { 0 }))
+            .collect::<Vec<_>>(),
+        &ReleaseNoise::none(plan.vector_len()),
+    )
+    .expect("combined");
+    assert_eq!(combined.participants, 12);
+    assert_eq!(combined.rows[0][0], Cell::Number(12.0));
+    assert_eq!(combined.rows[0][1], Cell::Suppressed);
+    assert_eq!(combined.rows[0][2], Cell::Suppressed);
+    assert!(released_value_slots(&plan, &withheld).is_empty());
+    assert_eq!(suppressed_cells(&plan, &withheld), vec![false]);
 }

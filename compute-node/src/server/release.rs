@@ -22,7 +22,7 @@ use crate::contribution::{
 use crate::dp::{calibrate, Calibration};
 use crate::noise::{
     apply_noise, build_noise_share, count_slots, noise_statement, opens_to, public_count_key,
-    released_value_slots, suppressed_cells, NoiseShare,
+    released_value_slots, withheld_slots, NoiseShare,
 };
 use crate::plan::QueryPlan;
 use crate::protocol::{
@@ -361,11 +361,11 @@ impl NodeService {
                             )));
                         }
                     }
-                    let suppressed = suppressed_cells(&plan, &values.noisy_counts, min_cohort);
-                    let slots = released_value_slots(&plan, &suppressed);
+                    let withheld = withheld_slots(&plan, &values.noisy_counts, min_cohort);
+                    let slots = released_value_slots(&plan, &withheld);
                     if slots.is_empty() {
                         return Err(NodeError::not_ready(
-                            "every cell is suppressed: nothing to release",
+                            "every value is withheld for the minimum cohort: nothing to release",
                         ));
                     }
                     (

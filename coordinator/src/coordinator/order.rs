@@ -15,7 +15,7 @@ use compute_node::contribution::{sum_contributions, Contribution, ContributionSt
 use compute_node::dp::calibrate;
 use compute_node::noise::{
     apply_noise, count_slots, public_count_key, public_count_secret, released_value_slots,
-    suppressed_cells, NoiseShare,
+    suppressed_cells, withheld_slots, NoiseShare,
 };
 use compute_node::protocol::{
     contribution_context, counts_context, decode_noise_share, encode_noise_share, release_context,
@@ -98,12 +98,13 @@ struct Noised {
     noisy: Vec<Ciphertext>,
 }
 
-/// After the counts phase: the counts opened, which cells are suppressed, and what is
-/// released so far.
+/// After the counts phase: the counts opened, which slots are withheld (and which cells
+/// entirely), and what is released so far.
 struct CountsOpened {
     opened: KeySwitchOutcome,
     count_shares: Vec<KeySwitchShare>,
     noisy_counts: Vec<i64>,
+    withheld: Vec<bool>,
     suppressed: Vec<bool>,
     min_cohort: u64,
 }
@@ -433,7 +434,7 @@ impl Coordinator {
     }
 
     /// Phase COUNTS: the noisy counts are key-switched to the public count key and decrypted;
-    /// cells below the minimum cohort are suppressed.
+    /// statistics whose count is below the minimum cohort are withheld.
     async fn switch_counts(
         &self,
         nodes: Arc<dyn ComputeNodes>,
@@ -485,11 +486,13 @@ impl Coordinator {
                 OrderError::Decryption(format!("decrypting the noisy counts: {error}"))
             })?;
         let min_cohort = self.min_cohort(&spec.listings).await?;
-        let suppressed = suppressed_cells(&spec.plan, &noisy_counts, min_cohort);
+        let withheld = withheld_slots(&spec.plan, &noisy_counts, min_cohort);
+        let suppressed = suppressed_cells(&spec.plan, &withheld);
         Ok(CountsOpened {
             opened,
             count_shares,
             noisy_counts,
+            withheld,
             suppressed,
             min_cohort,
         })
@@ -506,12 +509,10 @@ impl Coordinator {
     ) -> Result<Released, OrderError> {
         let plan = &spec.plan;
         let count_positions = count_slots(plan);
-        let value_slots = released_value_slots(plan, &counts.suppressed);
+        let value_slots = released_value_slots(plan, &counts.withheld);
         let mut result: Vec<Vec<u8>> = vec![Vec::new(); plan.vector_len()];
-        let everything_suppressed = counts.suppressed.iter().all(|&hidden| hidden);
         for (position, &slot) in count_positions.iter().enumerate() {
-            let cell_hidden = slot != 0 && counts.suppressed[(slot - 1) / plan.statistics.len()];
-            if !(cell_hidden || (slot == 0 && everything_suppressed)) {
+            if !counts.withheld[slot] {
                 result[slot] = counts.opened.ciphertexts.0[position].to_bytes();
             }
         }

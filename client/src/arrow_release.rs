@@ -138,6 +138,29 @@ fn field(plan: &QueryPlan, schema: &Schema, index: usize, name: &str) -> (Field,
     )
 }
 
+/// A column of a model's coefficient table: `term` is `Utf8`, the rest `Float64`; the kind is
+/// the column's name, and the model's family and outcome travel with every column.
+fn model_field(model: &cohortex_query::model::ModelSpec, name: &str) -> (Field, bool) {
+    let labels = name == "term";
+    let metadata = HashMap::from([
+        ("cohortex.kind".to_string(), name.to_string()),
+        (
+            "cohortex.model".to_string(),
+            format!("{:?}", model.family).to_lowercase(),
+        ),
+        ("cohortex.outcome".to_string(), model.outcome.clone()),
+    ]);
+    let data_type = if labels {
+        DataType::Utf8
+    } else {
+        DataType::Float64
+    };
+    (
+        Field::new(name, data_type, true).with_metadata(metadata),
+        labels,
+    )
+}
+
 /// The release as one record batch (see the module documentation).
 pub fn to_record_batch(
     answer: &QueryAnswer,
@@ -145,7 +168,12 @@ pub fn to_record_batch(
     schema: &Schema,
     provenance: &Provenance,
 ) -> Result<RecordBatch, ArrowError> {
-    if answer.columns.len() != plan.outputs.len() {
+    let model_columns = if plan.model.is_some() {
+        cohortex_query::model::MODEL_COLUMNS.len()
+    } else {
+        0
+    };
+    if answer.columns.len() != plan.outputs.len() + model_columns {
         return Err(ArrowError::SchemaError(format!(
             "the release has {} columns, its plan {}",
             answer.columns.len(),
@@ -155,7 +183,10 @@ pub fn to_record_batch(
     let mut fields = Vec::with_capacity(answer.columns.len() + 1);
     let mut arrays: Vec<ArrayRef> = Vec::with_capacity(answer.columns.len() + 1);
     for (index, name) in answer.columns.iter().enumerate() {
-        let (field, labels) = field(plan, schema, index, name);
+        let (field, labels) = match &plan.model {
+            Some(model) if index >= plan.outputs.len() => model_field(model, name),
+            _ => field(plan, schema, index, name),
+        };
         let cells = answer.rows.iter().map(|row| row.get(index));
         let array: ArrayRef = if labels {
             Arc::new(StringArray::from_iter(cells.map(|cell| match cell {

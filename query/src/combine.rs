@@ -19,6 +19,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::{fit, ModelSpec, INTERCEPT, MODEL_COLUMNS};
 use crate::plan::{Aggregate, AggregateInputs, Output, QueryPlan};
 use crate::uncertainty::{error_bar, sampling_se, ErrorBar, Moments, ReleaseNoise, ERROR_COLUMNS};
 
@@ -229,6 +230,9 @@ fn combine_cells(
     released: &[bool],
     noise: Option<&ReleaseNoise>,
 ) -> QueryAnswer {
+    if let Some(model) = &plan.model {
+        return combine_model(plan, model, totals, released, noise);
+    }
     let columns = plan
         .outputs
         .iter()
@@ -284,6 +288,92 @@ fn combine_cells(
             0
         },
         errors,
+    }
+}
+
+/// A model's answer: per cell, one row per coefficient (intercept first) after the cell's
+/// group labels, with [`MODEL_COLUMNS`]. A cell whose model statistics were withheld is
+/// `Suppressed`; one where the fit is undefined (too few patients, collinear covariates) is
+/// NULL. The error columns are the rows' own, so `errors` stays empty.
+fn combine_model(
+    plan: &QueryPlan,
+    model: &ModelSpec,
+    totals: &[i128],
+    released: &[bool],
+    noise: Option<&ReleaseNoise>,
+) -> QueryAnswer {
+    let mut columns: Vec<String> = plan
+        .outputs
+        .iter()
+        .map(|output| output.name().to_string())
+        .collect();
+    columns.extend(MODEL_COLUMNS.iter().map(|column| column.to_string()));
+    let no_noise = vec![0.0; totals.len()];
+    let std_devs = noise.map_or(no_noise.as_slice(), |noise| &noise.slot_std_dev);
+    let terms: Vec<String> = std::iter::once(INTERCEPT.to_string())
+        .chain(model.covariates.iter().cloned())
+        .collect();
+    let mut rows = Vec::with_capacity(plan.cells() * terms.len());
+    for cell in 0..plan.cells() {
+        let keys = plan.cell_keys(cell);
+        let labels: Vec<Cell> = plan
+            .outputs
+            .iter()
+            .map(|output| match output {
+                Output::Group { key, .. } => Cell::Text(plan.groups[*key].label(keys[*key])),
+                Output::Aggregate { .. } => Cell::Null,
+            })
+            .collect();
+        let withheld = model
+            .statistics()
+            .any(|index| !released[plan.slot(cell, index)]);
+        let fitted = if withheld {
+            None
+        } else {
+            fit(plan, model, cell, totals, std_devs).ok()
+        };
+        for (position, term) in terms.iter().enumerate() {
+            let mut row = labels.clone();
+            row.push(Cell::Text(term.clone()));
+            let values: Vec<Cell> = match (&fitted, withheld) {
+                (_, true) => vec![Cell::Suppressed; MODEL_COLUMNS.len() - 1],
+                (None, false) => vec![Cell::Null; MODEL_COLUMNS.len() - 1],
+                (Some(coefficients), false) => {
+                    let coefficient = &coefficients[position];
+                    let (low, high) = coefficient.interval();
+                    [
+                        coefficient.estimate,
+                        coefficient.std_error,
+                        coefficient.noise_se,
+                        coefficient.z(),
+                        coefficient.p_value(),
+                        low,
+                        high,
+                    ]
+                    .into_iter()
+                    .map(|value| {
+                        if value.is_finite() {
+                            Cell::Number(value)
+                        } else {
+                            Cell::Null
+                        }
+                    })
+                    .collect()
+                }
+            };
+            row.extend(values);
+            rows.push(row);
+        }
+    }
+    QueryAnswer {
+        columns,
+        rows,
+        participants: if released[0] {
+            u64::try_from(totals[0]).unwrap_or(u64::MAX)
+        } else {
+            0
+        },
+        errors: Vec::new(),
     }
 }
 

@@ -374,6 +374,10 @@ pub struct QueryPlan {
     pub statistics: Vec<Statistic>,
     /// Codecs of every column a statistic reads.
     pub codecs: BTreeMap<String, Codec>,
+    /// A regression model (`LINEAR(y ~ x1 + …)`): then the answer has one row per cell and
+    /// coefficient instead of the outputs' aggregates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<crate::model::ModelSpec>,
 }
 
 impl QueryPlan {

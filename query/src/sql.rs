@@ -15,6 +15,7 @@ use sqlparser::ast::{
 use sqlparser::dialect::GenericDialect;
 use sqlparser::parser::Parser;
 
+use crate::model::{assign_model_statistics, Family, ModelSpec, MAX_COVARIATES};
 use crate::plan::{
     Aggregate, AggregateInputs, Codec, Comparison, GroupKey, Literal, Output, Predicate, QueryPlan,
     Statistic,
@@ -118,6 +119,11 @@ enum Item {
     },
     Histogram {
         key: GroupKey,
+    },
+    Model {
+        family: Family,
+        outcome: String,
+        covariates: Vec<String>,
     },
 }
 
@@ -243,6 +249,35 @@ impl Compiler<'_> {
         }
         let mut statistics: Vec<Statistic> = Vec::new();
         let mut codecs = BTreeMap::new();
+        let mut model = None;
+        if let Some(position) = items
+            .iter()
+            .position(|item| matches!(item, Item::Model { .. }))
+        {
+            if items.len() != 1 {
+                return unsupported(
+                    "a model together with other select items; select the model alone (GROUP BY adds the group labels)",
+                );
+            }
+            let Item::Model {
+                family,
+                outcome,
+                covariates,
+            } = items.remove(position)
+            else {
+                unreachable!("position found a model");
+            };
+            for column in std::iter::once(&outcome).chain(&covariates) {
+                codecs.insert(column.clone(), self.codec(column)?);
+            }
+            let inputs = assign_model_statistics(&outcome, &covariates, &mut statistics);
+            model = Some(ModelSpec {
+                family,
+                outcome,
+                covariates,
+                inputs,
+            });
+        }
         for item in items {
             match item {
                 Item::Group { name, key } => {
@@ -275,6 +310,7 @@ impl Compiler<'_> {
                     });
                 }
                 Item::Histogram { .. } => unreachable!("histograms were rewritten above"),
+                Item::Model { .. } => unreachable!("the model was taken out above"),
             }
         }
         if statistics.is_empty() {
@@ -290,6 +326,7 @@ impl Compiler<'_> {
             outputs,
             statistics,
             codecs,
+            model,
         })
     }
 
@@ -423,6 +460,71 @@ impl Compiler<'_> {
         )))
     }
 
+    /// `outcome ~ covariate + covariate …`: every column numeric (or boolean) with bounds,
+    /// none twice, at most [`MAX_COVARIATES`] covariates.
+    fn model_item(&self, family: Family, formula: &Expr) -> Result<Item, QueryError> {
+        let Expr::BinaryOp {
+            left,
+            op: BinaryOperator::PGRegexMatch,
+            right,
+        } = formula
+        else {
+            return unsupported(format!(
+                "`{formula}`: a model takes a formula, outcome ~ covariate + covariate …"
+            ));
+        };
+        let Some(outcome) = self.column_name(left) else {
+            return unsupported(format!("`{left}`: the outcome must be a column"));
+        };
+        let mut covariates = Vec::new();
+        let mut pending = vec![right.as_ref()];
+        while let Some(term) = pending.pop() {
+            match term {
+                Expr::BinaryOp {
+                    left,
+                    op: BinaryOperator::Plus,
+                    right,
+                } => {
+                    pending.push(right);
+                    pending.push(left);
+                }
+                other => {
+                    let Some(column) = self.column_name(other) else {
+                        return unsupported(format!(
+                            "`{other}` in a formula: covariates are columns joined by +"
+                        ));
+                    };
+                    covariates.push(column);
+                }
+            }
+            if covariates.len() > MAX_COVARIATES {
+                return unsupported(format!(
+                    "more than {MAX_COVARIATES} covariates in one model"
+                ));
+            }
+        }
+        for column in std::iter::once(&outcome).chain(&covariates) {
+            let spec = self.column(column)?;
+            if spec.column_type == ColumnType::Category {
+                return unsupported(format!(
+                    "the categorical covariate `{column}` (dummy columns are not built yet; GROUP BY {column} fits one model per category)"
+                ));
+            }
+            self.codec(column)?;
+        }
+        let mut seen = BTreeSet::new();
+        for column in std::iter::once(&outcome).chain(&covariates) {
+            if !seen.insert(column) {
+                return unsupported(format!("`{column}` twice in one model"));
+            }
+        }
+        Ok(Item::Model {
+            family,
+            outcome,
+            covariates,
+        })
+    }
+
     fn item(
         &self,
         expr: &Expr,
@@ -503,6 +605,14 @@ impl Compiler<'_> {
             })
         };
         match function.as_str() {
+            "linear" => {
+                let [Some(formula)] = arguments.as_slice() else {
+                    return unsupported(
+                        "LINEAR takes one formula: LINEAR(outcome ~ covariate + covariate …)",
+                    );
+                };
+                self.model_item(Family::Linear, formula)
+            }
             "count" => match arguments.as_slice() {
                 [None] => Ok(Item::Aggregate {
                     name,

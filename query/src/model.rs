@@ -1,0 +1,353 @@
+//! Regression models over a release: multivariable linear regression fitted in one round from
+//! encrypted, range-proven, DP-noised sufficient statistics, with a standard error, z, p-value
+//! and 95 % interval per coefficient that include the DP noise.
+//!
+//! `SELECT LINEAR(y ~ x1 + x2 + …) FROM patients [WHERE …] [GROUP BY …]` asks every node,
+//! per cell, for the sums an ordinary least-squares fit needs over the patients with y and
+//! every covariate recorded: n, Σv and Σv² for each variable v, and Σv·w for every pair (the
+//! offset encodings of [`crate::plan`]). These are the plan's ordinary statistics, so they are
+//! encrypted, proven, noised, key-switched and receipted like any other. The buyer then
+//! solves the normal equations in centred form:
+//!
+//! ```text
+//! C_vw = Σ(v − v̄)(w − w̄) = (n·Σvw − Σv·Σw)/n        (exact 128-bit numerators)
+//! β = C_xx⁻¹ c_xy,   intercept = ȳ − β·x̄
+//! σ̂² = (C_yy − β·c_xy)/(n − p − 1)
+//! Var β = σ̂² C_xx⁻¹,   Var intercept = σ̂² (1/n + x̄ᵀ C_xx⁻¹ x̄)
+//! ```
+//!
+//! The DP noise's part of each coefficient's variance is found as for every other released
+//! number ([`crate::uncertainty`]): the delta method over every slot the fit reads, each
+//! derivative a central difference over one noise standard deviation. The reported standard
+//! error is √(sampling² + noise²), z = estimate/se, the p-value two-sided from the normal
+//! distribution, and the interval ± 1.96 se. docs/analytics.md says why this method, and what
+//! logistic and Poisson models will need instead.
+
+use nalgebra::{DMatrix, DVector};
+use serde::{Deserialize, Serialize};
+
+use crate::plan::{Codec, QueryPlan, Statistic};
+use crate::uncertainty::Z_95;
+
+/// At most this many covariates in one model.
+pub const MAX_COVARIATES: usize = 16;
+
+/// The columns of a model's answer after the group labels, one row per coefficient.
+pub const MODEL_COLUMNS: [&str; 8] = [
+    "term",
+    "estimate",
+    "std_error",
+    "noise_se",
+    "z",
+    "p_value",
+    "ci_low",
+    "ci_high",
+];
+
+/// The name of the intercept's row.
+pub const INTERCEPT: &str = "(intercept)";
+
+/// The model family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Family {
+    /// Ordinary least squares: y = β₀ + Σβⱼxⱼ + e.
+    Linear,
+}
+
+/// What a model reads, as indices into [`QueryPlan::statistics`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelInputs {
+    /// n: the patients with every variable recorded.
+    pub count: usize,
+    /// Σv per variable, the outcome first, then the covariates in order.
+    pub sums: Vec<usize>,
+    /// Σv·w per pair of variables (the diagonal is Σv²), row-major over the same order.
+    pub products: Vec<Vec<usize>>,
+}
+
+/// A regression model of a query.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelSpec {
+    /// The family.
+    pub family: Family,
+    /// The outcome column.
+    pub outcome: String,
+    /// The covariate columns, in the formula's order.
+    pub covariates: Vec<String>,
+    /// The statistics it reads.
+    pub inputs: ModelInputs,
+}
+
+impl ModelSpec {
+    /// The outcome followed by the covariates.
+    pub fn variables(&self) -> Vec<&str> {
+        std::iter::once(self.outcome.as_str())
+            .chain(self.covariates.iter().map(String::as_str))
+            .collect()
+    }
+
+    /// Every statistic the model reads.
+    pub fn statistics(&self) -> impl Iterator<Item = usize> + '_ {
+        std::iter::once(self.inputs.count)
+            .chain(self.inputs.sums.iter().copied())
+            .chain(self.inputs.products.iter().flatten().copied())
+    }
+}
+
+/// Adds (or reuses) the statistics a model of `outcome` on `covariates` needs.
+pub fn assign_model_statistics(
+    outcome: &str,
+    covariates: &[String],
+    statistics: &mut Vec<Statistic>,
+) -> ModelInputs {
+    let mut index_of = |statistic: Statistic| -> usize {
+        match statistics.iter().position(|known| known == &statistic) {
+            Some(index) => index,
+            None => {
+                statistics.push(statistic);
+                statistics.len() - 1
+            }
+        }
+    };
+    let variables: Vec<String> = std::iter::once(outcome.to_string())
+        .chain(covariates.iter().cloned())
+        .collect();
+    let mut domain = variables.clone();
+    domain.sort();
+    domain.dedup();
+    let count = index_of(Statistic::Count {
+        domain: domain.clone(),
+    });
+    let sums = variables
+        .iter()
+        .map(|column| {
+            index_of(Statistic::Sum {
+                column: column.clone(),
+                domain: domain.clone(),
+            })
+        })
+        .collect();
+    let mut products = vec![vec![0; variables.len()]; variables.len()];
+    for (row, left) in variables.iter().enumerate() {
+        for (column, right) in variables.iter().enumerate().skip(row) {
+            let index = if row == column {
+                index_of(Statistic::SumSquares {
+                    column: left.clone(),
+                    domain: domain.clone(),
+                })
+            } else {
+                let (first, second) = if left <= right {
+                    (left, right)
+                } else {
+                    (right, left)
+                };
+                index_of(Statistic::SumProducts {
+                    left: first.clone(),
+                    right: second.clone(),
+                    domain: domain.clone(),
+                })
+            };
+            products[row][column] = index;
+            products[column][row] = index;
+        }
+    }
+    ModelInputs {
+        count,
+        sums,
+        products,
+    }
+}
+
+/// One fitted coefficient.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Coefficient {
+    /// The intercept or the covariate's name.
+    pub term: String,
+    /// The estimate.
+    pub estimate: f64,
+    /// The standard error: sampling and DP noise together.
+    pub std_error: f64,
+    /// The DP noise's part of the standard error.
+    pub noise_se: f64,
+}
+
+impl Coefficient {
+    /// estimate / std_error.
+    pub fn z(&self) -> f64 {
+        self.estimate / self.std_error
+    }
+
+    /// The two-sided p-value of z under the standard normal distribution.
+    pub fn p_value(&self) -> f64 {
+        statrs::function::erf::erfc(self.z().abs() / std::f64::consts::SQRT_2)
+    }
+
+    /// The 95 % interval.
+    pub fn interval(&self) -> (f64, f64) {
+        (
+            self.estimate - Z_95 * self.std_error,
+            self.estimate + Z_95 * self.std_error,
+        )
+    }
+}
+
+/// Why a model could not be fitted in a cell.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FitError {
+    /// Fewer patients than parameters plus one.
+    #[error("{n} patients, too few for {parameters} coefficients")]
+    TooFew {
+        /// Patients.
+        n: i128,
+        /// Coefficients.
+        parameters: usize,
+    },
+    /// The covariates are collinear (or the noise made their cross-products so).
+    #[error("the covariates are collinear in this cell")]
+    Collinear,
+}
+
+/// The point estimates of one cell: intercept first, then each covariate.
+struct Estimates {
+    coefficients: Vec<f64>,
+    /// Var of each coefficient from sampling alone.
+    sampling_variance: Vec<f64>,
+}
+
+fn codec_of<'a>(plan: &'a QueryPlan, column: &str) -> Option<&'a Codec> {
+    plan.codecs.get(column)
+}
+
+/// The least-squares fit from the cell's totals (`statistic` reads them by statistic index).
+fn estimate(
+    plan: &QueryPlan,
+    model: &ModelSpec,
+    statistic: &dyn Fn(usize) -> i128,
+) -> Result<Estimates, FitError> {
+    let variables = model.variables();
+    let p = model.covariates.len();
+    let n = statistic(model.inputs.count);
+    if n <= (p + 1) as i128 {
+        return Err(FitError::TooFew {
+            n,
+            parameters: p + 1,
+        });
+    }
+    let nf = n as f64;
+    let codecs: Vec<(f64, f64)> = variables
+        .iter()
+        .map(|column| {
+            codec_of(plan, column).map_or((0.0, 1.0), |codec| {
+                let fixed = codec.fixed_point();
+                (fixed.encoded_lower() as f64, fixed.scale())
+            })
+        })
+        .collect();
+    let sums: Vec<i128> = model
+        .inputs
+        .sums
+        .iter()
+        .map(|&index| statistic(index))
+        .collect();
+    let means: Vec<f64> = sums
+        .iter()
+        .zip(&codecs)
+        .map(|(&sum, &(lower, scale))| (sum as f64 / nf + lower) / scale)
+        .collect();
+    // C_vw = (n·Σvw − Σv·Σw)/(n·s_v·s_w), the numerator exact.
+    let centred = |v: usize, w: usize| -> f64 {
+        let numerator = n * statistic(model.inputs.products[v][w]) - sums[v] * sums[w];
+        numerator as f64 / nf / (codecs[v].1 * codecs[w].1)
+    };
+    let cxx = DMatrix::from_fn(p, p, |row, column| centred(row + 1, column + 1));
+    let cxy = DVector::from_fn(p, |row, _| centred(row + 1, 0));
+    let cyy = centred(0, 0);
+    let cholesky = cxx.clone().cholesky().ok_or(FitError::Collinear)?;
+    let slopes = cholesky.solve(&cxy);
+    let inverse = cholesky.inverse();
+    let x_means = DVector::from_fn(p, |row, _| means[row + 1]);
+    let intercept = means[0] - slopes.dot(&x_means);
+    let residual = (cyy - slopes.dot(&cxy)).max(0.0);
+    let sigma2 = residual / (nf - p as f64 - 1.0);
+    let mut coefficients = vec![intercept];
+    coefficients.extend(slopes.iter().copied());
+    let mut sampling_variance = vec![sigma2 * (1.0 / nf + x_means.dot(&(&inverse * &x_means)))];
+    sampling_variance.extend((0..p).map(|j| sigma2 * inverse[(j, j)]));
+    Ok(Estimates {
+        coefficients,
+        sampling_variance,
+    })
+}
+
+/// Fits `model` in `cell` from its totals (clamped at 0) and the noise standard deviation of
+/// every slot (all 0 for an exact answer).
+pub fn fit(
+    plan: &QueryPlan,
+    model: &ModelSpec,
+    cell: usize,
+    totals: &[i128],
+    slot_std_dev: &[f64],
+) -> Result<Vec<Coefficient>, FitError> {
+    let base = |index: usize| totals[plan.slot(cell, index)];
+    let point = estimate(plan, model, &base)?;
+    let mut noise_variance = vec![0.0; point.coefficients.len()];
+    let mut read: Vec<usize> = model.statistics().collect();
+    read.sort_unstable();
+    read.dedup();
+    for index in read {
+        let std_dev = slot_std_dev
+            .get(plan.slot(cell, index))
+            .copied()
+            .unwrap_or(0.0);
+        if std_dev <= 0.0 {
+            continue;
+        }
+        let step = std_dev.round().max(1.0);
+        let at = |shift: i128| {
+            let shifted = |statistic: usize| {
+                if statistic == index {
+                    (base(statistic) + shift).max(0)
+                } else {
+                    base(statistic)
+                }
+            };
+            estimate(plan, model, &shifted).ok()
+        };
+        let h = step as i128;
+        let derivatives: Vec<f64> = match (at(h), at(-h)) {
+            (Some(up), Some(down)) => up
+                .coefficients
+                .iter()
+                .zip(&down.coefficients)
+                .map(|(up, down)| (up - down) / (2.0 * step))
+                .collect(),
+            (Some(up), None) => up
+                .coefficients
+                .iter()
+                .zip(&point.coefficients)
+                .map(|(up, at)| (up - at) / step)
+                .collect(),
+            (None, Some(down)) => point
+                .coefficients
+                .iter()
+                .zip(&down.coefficients)
+                .map(|(at, down)| (at - down) / step)
+                .collect(),
+            (None, None) => return Err(FitError::Collinear),
+        };
+        for (variance, derivative) in noise_variance.iter_mut().zip(derivatives) {
+            *variance += (derivative * std_dev).powi(2);
+        }
+    }
+    let terms = std::iter::once(INTERCEPT.to_string()).chain(model.covariates.iter().cloned());
+    Ok(terms
+        .zip(point.coefficients)
+        .zip(point.sampling_variance.iter().zip(noise_variance))
+        .map(|((term, estimate), (&sampling, noise))| Coefficient {
+            term,
+            estimate,
+            std_error: (sampling.max(0.0) + noise).sqrt(),
+            noise_se: noise.sqrt(),
+        })
+        .collect())
+}

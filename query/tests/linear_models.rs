@@ -317,9 +317,10 @@ fn linear_model_intervals_cover_the_true_coefficients_in_95_percent_of_releases(
             "term {position}: its 95 % intervals held the true coefficient in {percent:.1} % of {releases} releases"
         );
     }
-    // The noise is a real part of the error at this ε.
+    // At ε = 1,000 over 3,000 patients both the sampling error and the noise are real parts
+    // of every coefficient's error: an interval that left either out would miss.
     assert!(
-        noise_share.iter().all(|&share| share > 0.2),
+        noise_share.iter().all(|&share| (0.1..0.9).contains(&share)),
         "{noise_share:?}"
     );
 }

@@ -299,7 +299,12 @@ fn linear_model_intervals_cover_the_true_coefficients_in_95_percent_of_releases(
     for seed in 0..releases {
         let mut rng = ChaCha20Rng::seed_from_u64(9_000 + seed);
         let records = population(3_000, &mut rng);
-        let answer = release(&plan, &exact_totals(&plan, &records), 1_000_000_000, &mut rng);
+        let answer = release(
+            &plan,
+            &exact_totals(&plan, &records),
+            1_000_000_000,
+            &mut rng,
+        );
         for (position, fitted) in coefficients(&answer).iter().enumerate() {
             hits[position] +=
                 u32::from(fitted[3] <= TRUTH[position] && TRUTH[position] <= fitted[4]);

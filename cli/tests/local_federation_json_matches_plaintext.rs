@@ -320,3 +320,53 @@ fn local_with_json_and_format_arrow_says_what_to_fix() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--json and --format arrow"), "{stderr}");
 }
+
+/// Issue 25: `cohortex local` prints a model as a coefficient table, and every released
+/// aggregate with its 95 % interval.
+#[test]
+fn local_prints_a_coefficient_table_and_intervals() {
+    let dir = tempfile::tempdir().unwrap();
+    let (files, _) = write_inputs(dir.path());
+    let output = local_as(
+        dir.path(),
+        &files,
+        "SELECT LINEAR(sbp ~ age) FROM patients",
+        "100000",
+        &[],
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for column in [
+        "term",
+        "estimate",
+        "std_error",
+        "p_value",
+        "ci_low",
+        "ci_high",
+    ] {
+        assert!(stdout.contains(column), "no {column} in:\n{stdout}");
+    }
+    let age = stdout
+        .lines()
+        .find(|line| line.trim_start().starts_with("age"))
+        .unwrap_or_else(|| panic!("no row for age in:\n{stdout}"));
+    // sbp = 100 + 0.5·age + a small residual: the slope prints as about 0.5.
+    assert!(age.contains("0.5"), "{age}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let (files, _) = write_inputs(dir.path());
+    let output = local_as(
+        dir.path(),
+        &files,
+        "SELECT COUNT(*), AVG(sbp) FROM patients",
+        "1",
+        &[],
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success());
+    assert!(stdout.contains("95 % interval"), "{stdout}");
+}

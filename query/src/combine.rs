@@ -21,7 +21,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{fit, ModelSpec, INTERCEPT, MODEL_COLUMNS};
 use crate::plan::{Aggregate, AggregateInputs, Output, QueryPlan};
-use crate::uncertainty::{error_bar, sampling_se, ErrorBar, Moments, ReleaseNoise, ERROR_COLUMNS};
+use crate::uncertainty::{
+    error_bar, sampling_se, variance_error_bar, ErrorBar, Moments, ReleaseNoise, ERROR_COLUMNS,
+};
 
 /// A cell of the answer.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -392,6 +394,48 @@ fn uncertainty_of(
     noise: &ReleaseNoise,
 ) -> Option<ErrorBar> {
     let base = |index: usize| totals[plan.slot(cell, index)];
+    let moments_at =
+        |statistic: &dyn Fn(usize) -> i128| moments(plan, arguments, inputs, statistic);
+    if let Aggregate::VarSamp | Aggregate::VarPop | Aggregate::StddevSamp | Aggregate::StddevPop =
+        function
+    {
+        // On the variance's own scale, before it is cut at 0: there it is linear in the
+        // noisy sums, and a variance the noise pushed below 0 still gets its interval.
+        let population = matches!(function, Aggregate::VarPop | Aggregate::StddevPop);
+        let raw = |statistic: &dyn Fn(usize) -> i128| {
+            let m = moments_at(statistic);
+            let factor = if population { (m.n - 1.0) / m.n } else { 1.0 };
+            (m.n >= 2.0).then_some(m.var_y * factor)
+        };
+        let variance = raw(&base)?;
+        let noise_variance = noise_variance_of(plan, cell, inputs, totals, noise, variance, &raw)?;
+        let n = moments_at(&base).n;
+        let bar = variance_error_bar(function, variance, n, noise_variance.sqrt(), value);
+        return (bar.se.is_finite() && bar.ci_low.is_finite() && bar.ci_high.is_finite())
+            .then_some(bar);
+    }
+    let value_at = |statistic: &dyn Fn(usize) -> i128| {
+        aggregate(plan, function, arguments, inputs, statistic).as_f64()
+    };
+    let noise_variance = noise_variance_of(plan, cell, inputs, totals, noise, value, &value_at)?;
+    let sampling = sampling_se(function, value, &moments_at(&base))?;
+    let bar = error_bar(function, value, sampling, noise_variance.sqrt());
+    (bar.se.is_finite() && bar.ci_low.is_finite() && bar.ci_high.is_finite()).then_some(bar)
+}
+
+/// The noise variance of `f` (a number read from the cell's totals, `value` at the released
+/// totals) by the delta method: Σₛ (∂f/∂Tₛ·σₛ)², each derivative a central difference over
+/// one noise standard deviation of slot s (one-sided where `f` is undefined on one side).
+fn noise_variance_of(
+    plan: &QueryPlan,
+    cell: usize,
+    inputs: &AggregateInputs,
+    totals: &[i128],
+    noise: &ReleaseNoise,
+    value: f64,
+    f: &dyn Fn(&dyn Fn(usize) -> i128) -> Option<f64>,
+) -> Option<f64> {
+    let base = |index: usize| totals[plan.slot(cell, index)];
     let mut noise_variance = 0.0;
     for index in inputs.statistics() {
         let std_dev = noise.slot_std_dev[plan.slot(cell, index)];
@@ -407,7 +451,7 @@ fn uncertainty_of(
                     base(read)
                 }
             };
-            aggregate(plan, function, arguments, inputs, &shifted).as_f64()
+            f(&shifted)
         };
         let h = step as i128;
         let derivative = match (at(h), at(-h)) {
@@ -418,10 +462,7 @@ fn uncertainty_of(
         };
         noise_variance += (derivative * std_dev).powi(2);
     }
-    let moments = moments(plan, arguments, inputs, &base);
-    let sampling = sampling_se(function, value, &moments)?;
-    let bar = error_bar(function, value, sampling, noise_variance.sqrt());
-    (bar.se.is_finite() && bar.ci_low.is_finite() && bar.ci_high.is_finite()).then_some(bar)
+    Some(noise_variance)
 }
 
 /// The cell's moments in original units, from its (clamped) totals.

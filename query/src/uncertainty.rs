@@ -26,7 +26,9 @@
 //!
 //! The standard error is √(sampling² + noise²) and the 95 % interval is the estimate
 //! ± 1.96 standard errors (for CORR, tanh of atanh r ± 1.96·se/(1 − r²)); an interval for a
-//! count, a variance or a standard deviation is cut at 0, which none can be below.
+//! count is cut at 0. A variance is worked on its own scale before it is cut at 0 (where the
+//! noise may have pushed it), and a standard deviation's interval is the square roots of its
+//! variance's, so a released 0 still gets an interval that says how large it may be.
 //! `query/tests/error_bars.rs` checks that these intervals cover the true value at their
 //! nominal rate over 400 seeded releases.
 
@@ -105,7 +107,8 @@ pub(crate) struct Moments {
     pub cov: f64,
 }
 
-/// The sampling standard error of `function` at `value` (see the module documentation).
+/// The sampling standard error of `function` at `value` (see the module documentation);
+/// variances and standard deviations are [`variance_error_bar`]'s.
 pub(crate) fn sampling_se(
     function: crate::plan::Aggregate,
     value: f64,
@@ -122,17 +125,9 @@ pub(crate) fn sampling_se(
             }
             (positive(m.var_y) / n).sqrt()
         }
-        Aggregate::VarSamp | Aggregate::VarPop => {
-            if n < 2.0 {
-                return None;
-            }
-            positive(value) * (2.0 / (n - 1.0)).sqrt()
-        }
-        Aggregate::StddevSamp | Aggregate::StddevPop => {
-            if n < 2.0 {
-                return None;
-            }
-            positive(value) / (2.0 * (n - 1.0)).sqrt()
+        // Worked on the variance's own scale, before it is cut at 0: variance_error_bar.
+        Aggregate::VarSamp | Aggregate::VarPop | Aggregate::StddevSamp | Aggregate::StddevPop => {
+            return None
         }
         Aggregate::CovarSamp | Aggregate::CovarPop => {
             if n < 2.0 {
@@ -182,11 +177,7 @@ pub(crate) fn error_bar(
             let se_z = se / (1.0 - r * r);
             ((z - Z_95 * se_z).tanh(), (z + Z_95 * se_z).tanh())
         }
-        Aggregate::Count
-        | Aggregate::VarSamp
-        | Aggregate::VarPop
-        | Aggregate::StddevSamp
-        | Aggregate::StddevPop => ((value - Z_95 * se).max(0.0), value + Z_95 * se),
+        Aggregate::Count => ((value - Z_95 * se).max(0.0), value + Z_95 * se),
         _ => (value - Z_95 * se, value + Z_95 * se),
     };
     ErrorBar {
@@ -194,5 +185,48 @@ pub(crate) fn error_bar(
         noise_se: noise,
         ci_low,
         ci_high,
+    }
+}
+
+/// The error bar of a variance or standard deviation, worked on the variance's scale from its
+/// estimate before it is cut at 0 (`variance`, linear in the noisy sums, so the noise part is
+/// exact there): se² = (s²·√(2/(n − 1)))² + noise², the interval variance ± 1.96 se cut at 0,
+/// and for a standard deviation the square roots of that interval, with se = se_var/(2s)
+/// (half the interval over 1.96 where s is 0). `value` is the released (cut) number.
+pub(crate) fn variance_error_bar(
+    function: crate::plan::Aggregate,
+    variance: f64,
+    n: f64,
+    noise: f64,
+    value: f64,
+) -> ErrorBar {
+    use crate::plan::Aggregate;
+    let sampling = variance.max(0.0) * (2.0 / (n - 1.0)).sqrt();
+    let se = (sampling * sampling + noise * noise).sqrt();
+    let (low, high) = (
+        (variance - Z_95 * se).max(0.0),
+        (variance + Z_95 * se).max(0.0),
+    );
+    match function {
+        Aggregate::StddevSamp | Aggregate::StddevPop => {
+            let (ci_low, ci_high) = (low.sqrt(), high.sqrt());
+            let scale = if value > 0.0 {
+                1.0 / (2.0 * value)
+            } else {
+                (ci_high - ci_low) / (2.0 * Z_95) / se.max(f64::MIN_POSITIVE)
+            };
+            ErrorBar {
+                se: se * scale,
+                noise_se: noise * scale,
+                ci_low,
+                ci_high,
+            }
+        }
+        _ => ErrorBar {
+            se,
+            noise_se: noise,
+            ci_low: low,
+            ci_high: high,
+        },
     }
 }

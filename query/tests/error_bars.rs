@@ -209,3 +209,30 @@ fn intervals_cover_the_population_value_in_95_percent_of_releases() {
     );
     assert!(noise_share[1] > 0.8, "VAR_SAMP: {}", noise_share[1]);
 }
+
+/// A variance the noise pushed below 0 is released as 0; its interval still says how large it
+/// may be, instead of [0, 0].
+#[test]
+fn variance_the_noise_pushed_below_zero_still_gets_an_interval() {
+    let plan = plan("SELECT VAR_SAMP(x), STDDEV_SAMP(x) FROM patients");
+    // 50 patients all at x = 50.0 (x̃ = 500): Σx̃ = 25,000 and Σx̃² = 12,500,000. The noisy
+    // Σx̃² below that makes n·Σx̃² − (Σx̃)² negative.
+    let mut totals = vec![Some(0i128); plan.vector_len()];
+    for (index, statistic) in plan.statistics.iter().enumerate() {
+        totals[plan.slot(0, index)] = Some(match statistic {
+            Statistic::Count { .. } => 50,
+            Statistic::Sum { .. } => 25_000,
+            Statistic::SumSquares { .. } => 12_400_000,
+            Statistic::SumProducts { .. } => unreachable!("no products"),
+        });
+    }
+    totals[0] = Some(50);
+    let calibration = calibrate(&plan, 1_000_000).expect("calibration");
+    let answer = combine_release(&plan, &totals, &ReleaseNoise::of(&calibration, 2)).unwrap();
+    for column in 0..2 {
+        assert_eq!(answer.rows[0][column], Cell::Number(0.0));
+        let bar = answer.error(0, column).expect("an error bar");
+        assert_eq!(bar.ci_low, 0.0);
+        assert!(bar.ci_high > 0.0 && bar.se > 0.0, "{bar:?}");
+    }
+}

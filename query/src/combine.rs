@@ -423,6 +423,10 @@ fn uncertainty_of(
     (bar.se.is_finite() && bar.ci_low.is_finite() && bar.ci_high.is_finite()).then_some(bar)
 }
 
+/// A number computed from a cell's totals, read by statistic index (`None` where it is
+/// undefined).
+type ReadNumber<'a> = dyn Fn(&dyn Fn(usize) -> i128) -> Option<f64> + 'a;
+
 /// The noise variance of `f` (a number read from the cell's totals, `value` at the released
 /// totals) by the delta method: Σₛ (∂f/∂Tₛ·σₛ)², each derivative a central difference over
 /// one noise standard deviation of slot s (one-sided where `f` is undefined on one side).
@@ -433,7 +437,7 @@ fn noise_variance_of(
     totals: &[i128],
     noise: &ReleaseNoise,
     value: f64,
-    f: &dyn Fn(&dyn Fn(usize) -> i128) -> Option<f64>,
+    f: &ReadNumber,
 ) -> Option<f64> {
     let base = |index: usize| totals[plan.slot(cell, index)];
     let mut noise_variance = 0.0;

@@ -4,7 +4,8 @@
 //!
 //! `SELECT LINEAR(y ~ x1 + x2 + …) FROM patients [WHERE …] [GROUP BY …]` asks every node,
 //! per cell, for the sums an ordinary least-squares fit needs over the patients with y and
-//! every covariate recorded: n, Σv and Σv² for each variable v, and Σv·w for every pair (the
+//! every covariate recorded (a categorical covariate enters as one dummy column per category
+//! but its first, the reference, named `column=category`): n, Σv and Σv² for each variable v, and Σv·w for every pair (the
 //! offset encodings of [`crate::plan`]). These are the plan's ordinary statistics, so they are
 //! encrypted, proven, noised, key-switched and receipted like any other. The buyer then
 //! solves the normal equations in centred form:
@@ -94,10 +95,13 @@ impl ModelSpec {
     }
 }
 
-/// Adds (or reuses) the statistics a model of `outcome` on `covariates` needs.
+/// Adds (or reuses) the statistics a model of `outcome` on `covariates` needs, over the
+/// patients with every column of `domain` recorded (the model's real columns: a dummy's is its
+/// categorical column).
 pub fn assign_model_statistics(
     outcome: &str,
     covariates: &[String],
+    domain: &[String],
     statistics: &mut Vec<Statistic>,
 ) -> ModelInputs {
     let mut index_of = |statistic: Statistic| -> usize {
@@ -112,7 +116,7 @@ pub fn assign_model_statistics(
     let variables: Vec<String> = std::iter::once(outcome.to_string())
         .chain(covariates.iter().cloned())
         .collect();
-    let mut domain = variables.clone();
+    let mut domain = domain.to_vec();
     domain.sort();
     domain.dedup();
     let count = index_of(Statistic::Count {
@@ -259,20 +263,36 @@ fn estimate(
         let numerator = n * statistic(model.inputs.products[v][w]) - sums[v] * sums[w];
         numerator as f64 / nf / (codecs[v].1 * codecs[w].1)
     };
-    let cxx = DMatrix::from_fn(p, p, |row, column| centred(row + 1, column + 1));
-    let cxy = DVector::from_fn(p, |row, _| centred(row + 1, 0));
+    // A covariate that does not vary in the cell (a dummy whose category nobody holds) has no
+    // coefficient: it is left out of the fit and reported as NULL, as R reports NA.
+    let active: Vec<usize> = (0..p).filter(|&j| centred(j + 1, j + 1) > 0.0).collect();
+    let q = active.len();
+    let cxx = DMatrix::from_fn(q, q, |row, column| {
+        centred(active[row] + 1, active[column] + 1)
+    });
+    let cxy = DVector::from_fn(q, |row, _| centred(active[row] + 1, 0));
     let cyy = centred(0, 0);
-    let cholesky = cxx.clone().cholesky().ok_or(FitError::Collinear)?;
+    let cholesky = cxx.cholesky().ok_or(FitError::Collinear)?;
     let slopes = cholesky.solve(&cxy);
     let inverse = cholesky.inverse();
-    let x_means = DVector::from_fn(p, |row, _| means[row + 1]);
+    let x_means = DVector::from_fn(q, |row, _| means[active[row] + 1]);
     let intercept = means[0] - slopes.dot(&x_means);
     let residual = (cyy - slopes.dot(&cxy)).max(0.0);
-    let sigma2 = residual / (nf - p as f64 - 1.0);
+    let sigma2 = residual / (nf - q as f64 - 1.0);
     let mut coefficients = vec![intercept];
-    coefficients.extend(slopes.iter().copied());
     let mut sampling_variance = vec![sigma2 * (1.0 / nf + x_means.dot(&(&inverse * &x_means)))];
-    sampling_variance.extend((0..p).map(|j| sigma2 * inverse[(j, j)]));
+    for j in 0..p {
+        match active.iter().position(|&kept| kept == j) {
+            Some(row) => {
+                coefficients.push(slopes[row]);
+                sampling_variance.push(sigma2 * inverse[(row, row)]);
+            }
+            None => {
+                coefficients.push(f64::NAN);
+                sampling_variance.push(f64::NAN);
+            }
+        }
+    }
     Ok(Estimates {
         coefficients,
         sampling_variance,
@@ -346,8 +366,14 @@ pub fn fit(
         .map(|((term, estimate), (&sampling, noise))| Coefficient {
             term,
             estimate,
-            std_error: (sampling.max(0.0) + noise).sqrt(),
-            noise_se: noise.sqrt(),
+            // NaN (a covariate left out) stays NaN: `max` would turn it into 0.
+            std_error: (if sampling < 0.0 { 0.0 } else { sampling } + noise).sqrt(),
+            // A covariate left out of the fit has neither an estimate nor its errors.
+            noise_se: if estimate.is_nan() {
+                f64::NAN
+            } else {
+                noise.sqrt()
+            },
         })
         .collect())
 }

@@ -378,6 +378,27 @@ pub struct QueryPlan {
     /// coefficient instead of the outputs' aggregates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<crate::model::ModelSpec>,
+    /// A model's dummy columns, by name (`sex=male`): each is 1 where its categorical column
+    /// holds its category and 0 for the column's other categories. They have a codec in
+    /// [`QueryPlan::codecs`] ([0, 1], no decimals) but no column of their own.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub dummies: BTreeMap<String, Dummy>,
+}
+
+/// A dummy column of a model's categorical covariate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dummy {
+    /// The categorical column.
+    pub column: String,
+    /// The category the dummy is 1 for.
+    pub category: String,
+}
+
+impl Dummy {
+    /// The dummy's name: `column=category`.
+    pub fn name(&self) -> String {
+        format!("{}={}", self.column, self.category)
+    }
 }
 
 impl QueryPlan {

@@ -17,8 +17,8 @@ use sqlparser::parser::Parser;
 
 use crate::model::{assign_model_statistics, Family, ModelSpec, MAX_COVARIATES};
 use crate::plan::{
-    Aggregate, AggregateInputs, Codec, Comparison, GroupKey, Literal, Output, Predicate, QueryPlan,
-    Statistic,
+    Aggregate, AggregateInputs, Codec, Comparison, Dummy, GroupKey, Literal, Output, Predicate,
+    QueryPlan, Statistic,
 };
 use crate::schema::{ColumnSpec, ColumnType, Schema};
 
@@ -124,6 +124,8 @@ enum Item {
         family: Family,
         outcome: String,
         covariates: Vec<String>,
+        dummies: Vec<Dummy>,
+        domain: Vec<String>,
     },
 }
 
@@ -249,6 +251,7 @@ impl Compiler<'_> {
         }
         let mut statistics: Vec<Statistic> = Vec::new();
         let mut codecs = BTreeMap::new();
+        let mut dummies = BTreeMap::new();
         let mut model = None;
         if let Some(position) = items
             .iter()
@@ -263,14 +266,29 @@ impl Compiler<'_> {
                 family,
                 outcome,
                 covariates,
+                dummies: model_dummies,
+                domain,
             } = items.remove(position)
             else {
                 unreachable!("position found a model");
             };
-            for column in std::iter::once(&outcome).chain(&covariates) {
-                codecs.insert(column.clone(), self.codec(column)?);
+            for dummy in model_dummies {
+                codecs.insert(
+                    dummy.name(),
+                    Codec {
+                        lower: 0.0,
+                        upper: 1.0,
+                        decimals: 0,
+                    },
+                );
+                dummies.insert(dummy.name(), dummy);
             }
-            let inputs = assign_model_statistics(&outcome, &covariates, &mut statistics);
+            for column in std::iter::once(&outcome).chain(&covariates) {
+                if !dummies.contains_key(column) {
+                    codecs.insert(column.clone(), self.codec(column)?);
+                }
+            }
+            let inputs = assign_model_statistics(&outcome, &covariates, &domain, &mut statistics);
             model = Some(ModelSpec {
                 family,
                 outcome,
@@ -327,6 +345,7 @@ impl Compiler<'_> {
             statistics,
             codecs,
             model,
+            dummies,
         })
     }
 
@@ -503,25 +522,54 @@ impl Compiler<'_> {
                 ));
             }
         }
-        for column in std::iter::once(&outcome).chain(&covariates) {
-            let spec = self.column(column)?;
-            if spec.column_type == ColumnType::Category {
-                return unsupported(format!(
-                    "the categorical covariate `{column}` (dummy columns are not built yet; GROUP BY {column} fits one model per category)"
-                ));
-            }
-            self.codec(column)?;
-        }
         let mut seen = BTreeSet::new();
         for column in std::iter::once(&outcome).chain(&covariates) {
-            if !seen.insert(column) {
+            if !seen.insert(column.clone()) {
                 return unsupported(format!("`{column}` twice in one model"));
             }
         }
+        if self.column(&outcome)?.column_type == ColumnType::Category {
+            return unsupported(format!(
+                "the categorical outcome `{outcome}`: a linear model's outcome is numeric or boolean"
+            ));
+        }
+        self.codec(&outcome)?;
+        // A categorical covariate becomes one dummy column per category but the first (the
+        // reference).
+        let mut terms = Vec::new();
+        let mut dummies = Vec::new();
+        for column in &covariates {
+            let spec = self.column(column)?;
+            match (&spec.categories, spec.column_type) {
+                (Some(categories), ColumnType::Category) => {
+                    for category in categories.iter().skip(1) {
+                        let dummy = Dummy {
+                            column: column.clone(),
+                            category: category.clone(),
+                        };
+                        terms.push(dummy.name());
+                        dummies.push(dummy);
+                    }
+                }
+                _ => {
+                    self.codec(column)?;
+                    terms.push(column.clone());
+                }
+            }
+        }
+        if terms.len() > MAX_COVARIATES {
+            return unsupported(format!(
+                "{} covariate columns (with each category a column of its own); a model takes at most {MAX_COVARIATES} covariates",
+                terms.len()
+            ));
+        }
+        let domain: Vec<String> = std::iter::once(outcome.clone()).chain(covariates).collect();
         Ok(Item::Model {
             family,
             outcome,
-            covariates,
+            covariates: terms,
+            dummies,
+            domain,
         })
     }
 

@@ -86,7 +86,13 @@ fn population(n: usize, rng: &mut ChaCha20Rng) -> Vec<[f64; 4]> {
 /// The plan's statistics vector over `records`, every patient consenting, one cell.
 fn exact_totals(plan: &QueryPlan, records: &[[f64; 4]]) -> Vec<i128> {
     let value = |column: &str, record: &[f64; 4]| -> i128 {
-        let position = COLUMNS.iter().position(|name| *name == column).unwrap();
+        // `sex=male`, the dummy of LINEAR(… + sex), is 1 exactly for the smokers here.
+        let read = if column == "sex=male" {
+            "smoker"
+        } else {
+            column
+        };
+        let position = COLUMNS.iter().position(|name| *name == read).unwrap();
         i128::from(
             plan.codecs[column]
                 .fixed_point()
@@ -360,9 +366,45 @@ fn refusal(sql: &str) -> String {
 }
 
 #[test]
-fn model_with_a_categorical_covariate_is_refused_naming_it() {
-    let message = refusal("SELECT LINEAR(y ~ age + sex) FROM patients");
+fn model_with_a_categorical_outcome_is_refused_naming_it() {
+    let message = refusal("SELECT LINEAR(sex ~ age) FROM patients");
     assert!(message.contains("`sex`"), "{message}");
+}
+
+/// A categorical covariate enters as one dummy column per category but the first: with
+/// `sex = male` exactly for the smokers, `y ~ age + bmi + sex` is the textbook fit of
+/// `y ~ age + bmi + smoker`, its last term named `sex=male`.
+#[test]
+fn categorical_covariate_enters_as_dummy_columns() {
+    let plan = plan("SELECT LINEAR(y ~ age + bmi + sex) FROM patients");
+    assert_eq!(plan.dummies.len(), 1, "female is the reference");
+    let mut rng = ChaCha20Rng::seed_from_u64(9);
+    let records = population(1_000, &mut rng);
+    let (beta, se) = textbook_fit(&records);
+    let answer = combine(&plan, &exact_totals(&plan, &records)).unwrap();
+    assert_eq!(answer.rows[3][0], Cell::Text("sex=male".into()));
+    for (position, fitted) in coefficients(&answer).iter().enumerate() {
+        assert!((fitted[0] - beta[position]).abs() < 1e-6 * beta[position].abs());
+        assert!((fitted[1] - se[position]).abs() < 1e-6 * se[position]);
+    }
+}
+
+/// A covariate that does not vary in the cell has no coefficient: NULL, the rest fitted.
+#[test]
+fn covariate_that_does_not_vary_is_null_and_the_rest_is_fitted() {
+    let plan = plan(SQL);
+    let mut rng = ChaCha20Rng::seed_from_u64(10);
+    let mut records = population(500, &mut rng);
+    for record in &mut records {
+        record[3] = 0.0;
+    }
+    let answer = combine(&plan, &exact_totals(&plan, &records)).unwrap();
+    assert!(
+        answer.rows[3][1..].iter().all(|cell| *cell == Cell::Null),
+        "{:?}",
+        answer.rows[3]
+    );
+    assert!(answer.rows[1][1].as_f64().is_some());
 }
 
 #[test]

@@ -12,9 +12,10 @@ use compute_node::{Cell, Schema};
 use nalgebra::{DMatrix, DVector};
 use testkit::*;
 
-/// (systolic_bp, age, bmi) of every consenting patient with all three recorded, clipped to
-/// the FHIR schema's bounds and rounded to its one decimal, as the nodes encode them.
-fn consenting_records() -> Vec<[f64; 3]> {
+/// (systolic_bp, age, bmi) of every consenting patient, clipped to the FHIR schema's bounds
+/// and rounded to its one decimal as the nodes encode them (NaN where not recorded), with the
+/// patient's sex.
+fn consenting_records() -> Vec<([f64; 3], String)> {
     let schema = Schema::fhir();
     let position = |name: &str| {
         schema
@@ -39,48 +40,59 @@ fn consenting_records() -> Vec<[f64; 3]> {
             &ProvenancePolicy::default(),
         )
         .unwrap();
-        let mut row = [0.0; 3];
-        let mut complete = true;
+        let mut row = [f64::NAN; 3];
         for (slot, (column, lower, upper)) in columns.iter().enumerate() {
             match record.values[*column] {
                 Value::Float(x) => row[slot] = (x.clamp(*lower, *upper) * 10.0).round() / 10.0,
                 Value::Integer(x) => row[slot] = (x as f64).clamp(*lower, *upper),
-                _ => complete = false,
+                _ => {}
             }
         }
-        if complete {
-            records.push(row);
-        }
+        let sex = match &record.values[position("sex")] {
+            Value::Category(sex) => sex.clone(),
+            other => panic!("sex is {other:?}"),
+        };
+        records.push((row, sex));
     }
     records
 }
 
-/// Least squares by QR: β = R⁻¹Qᵀy, σ̂² = RSS/(n − 3), SE = √(σ̂²·diag((RᵀR)⁻¹)).
-fn qr_fit(records: &[[f64; 3]]) -> (Vec<f64>, Vec<f64>) {
-    let n = records.len();
-    let x = DMatrix::from_fn(n, 3, |row, column| match column {
-        0 => 1.0,
-        _ => records[row][column],
-    });
-    let y = DVector::from_fn(n, |row, _| records[row][0]);
+/// Least squares by QR of y on the columns `design` gives each record (a 1 for the intercept
+/// first): β = R⁻¹Qᵀy, σ̂² = RSS/(n − k), SE = √(σ̂²·diag((RᵀR)⁻¹)).
+fn qr_fit(y: &[f64], design: &[Vec<f64>]) -> (Vec<f64>, Vec<f64>) {
+    let n = y.len();
+    let k = design[0].len();
+    let x = DMatrix::from_fn(n, k, |row, column| design[row][column]);
+    let y = DVector::from_fn(n, |row, _| y[row]);
     let qr = x.clone().qr();
     let r = qr.r();
     let qty = qr.q().transpose() * &y;
     let beta = r.clone().try_inverse().unwrap() * qty;
     let residuals = &y - &x * &beta;
-    let sigma2 = residuals.norm_squared() / (n as f64 - 3.0);
+    let sigma2 = residuals.norm_squared() / (n - k) as f64;
     let covariance = (r.transpose() * r).try_inverse().unwrap() * sigma2;
     (
         beta.iter().copied().collect(),
-        (0..3).map(|i| covariance[(i, i)].sqrt()).collect(),
+        (0..k).map(|i| covariance[(i, i)].sqrt()).collect(),
     )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn linear_model_over_grpc_matches_a_plaintext_least_squares_fit() {
-    let records = consenting_records();
+    let everyone = consenting_records();
+    // The model's patients: those with every variable of the model recorded.
+    let records: Vec<_> = everyone
+        .iter()
+        .filter(|(row, _)| row.iter().all(|value| !value.is_nan()))
+        .cloned()
+        .collect();
     assert!(records.len() > 100, "{} complete records", records.len());
-    let (beta, se) = qr_fit(&records);
+    let y: Vec<f64> = records.iter().map(|(row, _)| row[0]).collect();
+    let design: Vec<Vec<f64>> = records
+        .iter()
+        .map(|(row, _)| vec![1.0, row[1], row[2]])
+        .collect();
+    let (beta, se) = qr_fit(&y, &design);
     let (_dir, cluster, _) = start([None, None, None]).await;
     let buyer = buyer(&cluster).await;
     let release = query(
@@ -129,6 +141,76 @@ async fn linear_model_over_grpc_matches_a_plaintext_least_squares_fit() {
         assert!(low < estimate && estimate < high);
     }
     assert!(release.receipt_verified);
+
+    // A categorical covariate: one dummy per category but female, the reference. A category
+    // nobody in the population holds has no coefficient (NULL), as in R.
+    let records: Vec<_> = everyone
+        .iter()
+        .filter(|(row, _)| !row[0].is_nan() && !row[1].is_nan())
+        .cloned()
+        .collect();
+    let y: Vec<f64> = records.iter().map(|(row, _)| row[0]).collect();
+    let held: Vec<&str> = ["male", "other", "unknown"]
+        .into_iter()
+        .filter(|category| records.iter().any(|(_, sex)| sex == category))
+        .collect();
+    assert!(
+        held.contains(&"male") && !held.contains(&"unknown"),
+        "{held:?}"
+    );
+    let design: Vec<Vec<f64>> = records
+        .iter()
+        .map(|(row, sex)| {
+            let mut columns = vec![1.0, row[1]];
+            columns.extend(
+                held.iter()
+                    .map(|category| f64::from(u8::from(sex == category))),
+            );
+            columns
+        })
+        .collect();
+    let (beta, se) = qr_fit(&y, &design);
+    let release = query(
+        &cluster,
+        &buyer,
+        "SELECT LINEAR(systolic_bp ~ age + sex) FROM patients",
+        EPSILON,
+    )
+    .await
+    .unwrap();
+    let terms: Vec<String> = release
+        .answer
+        .rows
+        .iter()
+        .map(|row| row[0].to_string())
+        .collect();
+    assert_eq!(
+        terms,
+        ["(intercept)", "age", "sex=male", "sex=other", "sex=unknown"]
+    );
+    let mut fitted = 0;
+    for (row, term) in release.answer.rows.iter().zip(&terms) {
+        let category = term.strip_prefix("sex=");
+        if category.is_some_and(|category| !held.contains(&category)) {
+            assert!(
+                row[1..].iter().all(|cell| *cell == Cell::Null),
+                "{term}: {row:?}"
+            );
+            continue;
+        }
+        let (estimate, std_error) = (row[1].as_f64().unwrap(), row[2].as_f64().unwrap());
+        let (want, want_se) = (beta[fitted], se[fitted]);
+        fitted += 1;
+        assert!(
+            (estimate - want).abs() <= 0.005 * want.abs(),
+            "{term}: {estimate} vs {want}"
+        );
+        assert!(
+            (std_error - want_se).abs() <= 0.005 * want_se,
+            "{term}: se {std_error} vs {want_se}"
+        );
+    }
+    assert_eq!(fitted, beta.len());
     books_balance(&cluster);
     cluster.shutdown();
 }

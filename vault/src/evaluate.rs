@@ -100,8 +100,12 @@ pub fn evaluate(
         frame.with_column(Column::new(code_column(index).into(), flags))?;
     }
     for column in plan.codecs.keys() {
-        if schema.column(column).is_none() {
-            return Err(EvaluateError::Mismatch(format!("no column `{column}`")));
+        let real = plan
+            .dummies
+            .get(column)
+            .map_or(column.as_str(), |dummy| dummy.column.as_str());
+        if schema.column(real).is_none() {
+            return Err(EvaluateError::Mismatch(format!("no column `{real}`")));
         }
     }
 
@@ -113,9 +117,12 @@ pub fn evaluate(
         rows = rows.filter(predicate_expr(filter, &code_matches)?);
     }
     // Offset fixed-point encodings of the aggregated columns, after clipping.
-    let clip_counts: Vec<Expr> = plan
-        .codecs
-        .iter()
+    let measured = || {
+        plan.codecs
+            .iter()
+            .filter(|(column, _)| !plan.dummies.contains_key(*column))
+    };
+    let clip_counts: Vec<Expr> = measured()
         .map(|(column, codec)| {
             col(column.as_str())
                 .cast(DataType::Float64)
@@ -128,11 +135,20 @@ pub fn evaluate(
                 .alias(format!("__clipped_{column}"))
         })
         .collect();
-    let encodings: Vec<Expr> = plan
-        .codecs
-        .iter()
+    let mut encodings: Vec<Expr> = measured()
         .map(|(column, codec)| encode_expr(column, codec).alias(encoded_column(column)))
         .collect();
+    // A model's dummy column: 1 for its category, 0 for the column's others (null stays null).
+    encodings.extend(plan.dummies.iter().map(|(name, dummy)| {
+        when(col(dummy.column.as_str()).is_null())
+            .then(lit(NULL).cast(DataType::Int64))
+            .otherwise(
+                when(col(dummy.column.as_str()).eq(lit(dummy.category.as_str())))
+                    .then(lit(1i64))
+                    .otherwise(lit(0i64)),
+            )
+            .alias(encoded_column(name))
+    }));
     if !encodings.is_empty() {
         rows = rows.with_columns(encodings);
     }
@@ -151,7 +167,7 @@ pub fn evaluate(
         .map(|(index, statistic)| statistic_expr(statistic).alias(statistic_column(index)))
         .collect();
 
-    let clipped_frame = if plan.codecs.is_empty() {
+    let clipped_frame = if clip_counts.is_empty() {
         None
     } else {
         Some(rows.clone().select(clip_counts).collect()?)
@@ -191,7 +207,7 @@ pub fn evaluate(
     }
     let mut clipped = Vec::new();
     if let Some(clipped_frame) = clipped_frame {
-        for column in plan.codecs.keys() {
+        for (column, _) in measured() {
             let count = clipped_frame
                 .column(&format!("__clipped_{column}"))?
                 .get(0)?

@@ -16,7 +16,7 @@ fn setup() -> (
 ) {
     let mut rng = ChaCha20Rng::seed_from_u64(3);
     let key = KeyPair::generate_with_rng(&mut rng).public;
-    let plan = compile("SELECT COUNT(*), AVG(hba1c) FROM patients", &Schema::fhir()).unwrap();
+    let plan = compile("SELECT COUNT(*), SUM(hba1c) FROM patients", &Schema::fhir()).unwrap();
     // participants, COUNT(*), n with hba1c, Σx̃ (offset hba1c in tenths).
     let statistics = Statistics {
         values: vec![900, 450, 400, 400 * 35],

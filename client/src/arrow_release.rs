@@ -138,18 +138,23 @@ fn field(plan: &QueryPlan, schema: &Schema, index: usize, name: &str) -> (Field,
     )
 }
 
-/// A column of a model's coefficient table: `term` is `Utf8`, the rest `Float64`; the kind is
-/// the column's name, and the model's family and outcome travel with every column.
-fn model_field(model: &cohortex_query::model::ModelSpec, name: &str) -> (Field, bool) {
+/// A column of a model's coefficient table or of a survival curve: `term` is `Utf8`, the rest
+/// `Float64`; the kind is the column's name, and the model's family and outcome, or the
+/// curve's time and event columns, travel with every column.
+fn extra_field(plan: &QueryPlan, name: &str) -> (Field, bool) {
     let labels = name == "term";
-    let metadata = HashMap::from([
-        ("cohortex.kind".to_string(), name.to_string()),
-        (
+    let mut metadata = HashMap::from([("cohortex.kind".to_string(), name.to_string())]);
+    if let Some(model) = &plan.model {
+        metadata.insert(
             "cohortex.model".to_string(),
             format!("{:?}", model.family).to_lowercase(),
-        ),
-        ("cohortex.outcome".to_string(), model.outcome.clone()),
-    ]);
+        );
+        metadata.insert("cohortex.outcome".to_string(), model.outcome.clone());
+    }
+    if let Some(survival) = &plan.survival {
+        metadata.insert("cohortex.time".to_string(), survival.time.clone());
+        metadata.insert("cohortex.event".to_string(), survival.event.clone());
+    }
     let data_type = if labels {
         DataType::Utf8
     } else {
@@ -168,12 +173,14 @@ pub fn to_record_batch(
     schema: &Schema,
     provenance: &Provenance,
 ) -> Result<RecordBatch, ArrowError> {
-    let model_columns = if plan.model.is_some() {
+    let extra_columns = if plan.model.is_some() {
         cohortex_query::model::MODEL_COLUMNS.len()
+    } else if plan.survival.is_some() {
+        cohortex_query::survival::SURVIVAL_COLUMNS.len()
     } else {
         0
     };
-    if answer.columns.len() != plan.outputs.len() + model_columns {
+    if answer.columns.len() != plan.outputs.len() + extra_columns {
         return Err(ArrowError::SchemaError(format!(
             "the release has {} columns, its plan {}",
             answer.columns.len(),
@@ -183,9 +190,10 @@ pub fn to_record_batch(
     let mut fields = Vec::with_capacity(answer.columns.len() + 1);
     let mut arrays: Vec<ArrayRef> = Vec::with_capacity(answer.columns.len() + 1);
     for (index, name) in answer.columns.iter().enumerate() {
-        let (field, labels) = match &plan.model {
-            Some(model) if index >= plan.outputs.len() => model_field(model, name),
-            _ => field(plan, schema, index, name),
+        let (field, labels) = if index >= plan.outputs.len() {
+            extra_field(plan, name)
+        } else {
+            field(plan, schema, index, name)
         };
         let cells = answer.rows.iter().map(|row| row.get(index));
         let array: ArrayRef = if labels {

@@ -235,6 +235,9 @@ fn combine_cells(
     if let Some(model) = &plan.model {
         return combine_model(plan, model, totals, released, noise);
     }
+    if let Some(survival) = &plan.survival {
+        return crate::survival::combine_survival(plan, survival, totals, released, noise);
+    }
     let columns = plan
         .outputs
         .iter()

@@ -17,6 +17,7 @@ pub mod plan;
 pub mod record;
 pub mod schema;
 pub mod sql;
+pub mod survival;
 pub mod uncertainty;
 
 pub use combine::{combine, combine_release, Cell, QueryAnswer};

@@ -378,6 +378,10 @@ pub struct QueryPlan {
     /// coefficient instead of the outputs' aggregates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<crate::model::ModelSpec>,
+    /// A Kaplan–Meier query (`KAPLAN_MEIER(time, event)`): then the last group key is the
+    /// time's bins and the answer is each group's curve.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub survival: Option<crate::survival::SurvivalSpec>,
     /// A model's dummy columns, by name (`sex=male`): each is 1 where its categorical column
     /// holds its category and 0 for the column's other categories. They have a codec in
     /// [`QueryPlan::codecs`] ([0, 1], no decimals) but no column of their own.

@@ -21,6 +21,7 @@ use crate::plan::{
     QueryPlan, Statistic,
 };
 use crate::schema::{ColumnSpec, ColumnType, Schema};
+use crate::survival::SurvivalSpec;
 
 /// Longest query text accepted.
 pub const MAX_QUERY_LEN: usize = 16 * 1024;
@@ -119,6 +120,10 @@ enum Item {
     },
     Histogram {
         key: GroupKey,
+    },
+    Survival {
+        time: String,
+        event: String,
     },
     Model {
         family: Family,
@@ -223,6 +228,29 @@ impl Compiler<'_> {
             ];
         }
 
+        // KAPLAN_MEIER(time, event) groups by the time's bins, after the query's own groups.
+        let mut survival = None;
+        if let Some(position) = items
+            .iter()
+            .position(|item| matches!(item, Item::Survival { .. }))
+        {
+            if items.len() != 1 {
+                return unsupported(
+                    "KAPLAN_MEIER together with other select items; select it alone (GROUP BY adds the group labels)",
+                );
+            }
+            let Item::Survival { time, event } = items.remove(position) else {
+                unreachable!("position found a survival curve");
+            };
+            if groups.iter().any(|group| group.column() == time) {
+                return Err(QueryError::Grouping(format!(
+                    "KAPLAN_MEIER groups by the bins of `{time}` itself; leave it out of GROUP BY"
+                )));
+            }
+            groups.push(self.bin_key(&time)?);
+            survival = Some((time, event));
+        }
+
         let cells: usize = groups.iter().map(GroupKey::cardinality).product();
         if cells > self.schema.max_groups {
             let described: Vec<String> = groups
@@ -296,6 +324,28 @@ impl Compiler<'_> {
                 inputs,
             });
         }
+        let survival = match survival {
+            Some((time, event)) => {
+                codecs.insert(event.clone(), self.codec(&event)?);
+                let mut domain = vec![time.clone(), event.clone()];
+                domain.sort();
+                let count = statistics.len();
+                statistics.push(Statistic::Count {
+                    domain: domain.clone(),
+                });
+                statistics.push(Statistic::Sum {
+                    column: event.clone(),
+                    domain,
+                });
+                Some(SurvivalSpec {
+                    time,
+                    event,
+                    count,
+                    events: count + 1,
+                })
+            }
+            None => None,
+        };
         for item in items {
             match item {
                 Item::Group { name, key } => {
@@ -329,6 +379,7 @@ impl Compiler<'_> {
                 }
                 Item::Histogram { .. } => unreachable!("histograms were rewritten above"),
                 Item::Model { .. } => unreachable!("the model was taken out above"),
+                Item::Survival { .. } => unreachable!("the survival curve was taken out above"),
             }
         }
         if statistics.is_empty() {
@@ -345,6 +396,7 @@ impl Compiler<'_> {
             statistics,
             codecs,
             model,
+            survival,
             dummies,
         })
     }
@@ -653,6 +705,18 @@ impl Compiler<'_> {
             })
         };
         match function.as_str() {
+            "kaplan_meier" => {
+                expect_arguments(2)?;
+                let time = column_of(0)?;
+                let event = column_of(1)?;
+                self.bin_key(&time)?;
+                if self.column(&event)?.column_type != ColumnType::Bool {
+                    return unsupported(format!(
+                        "KAPLAN_MEIER({time}, {event}): the event column must be boolean (true for the event, false for censoring)"
+                    ));
+                }
+                Ok(Item::Survival { time, event })
+            }
             "linear" => {
                 let [Some(formula)] = arguments.as_slice() else {
                     return unsupported(

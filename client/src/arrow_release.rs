@@ -173,8 +173,8 @@ pub fn to_record_batch(
     schema: &Schema,
     provenance: &Provenance,
 ) -> Result<RecordBatch, ArrowError> {
-    let extra_columns = if plan.model.is_some() {
-        cohortex_query::model::MODEL_COLUMNS.len()
+    let extra_columns = if let Some(model) = &plan.model {
+        cohortex_query::model::model_columns(model.family).len()
     } else if plan.survival.is_some() {
         cohortex_query::survival::SURVIVAL_COLUMNS.len()
     } else {

@@ -56,7 +56,10 @@ pub use cohortex_query::{
     build_contribution, compile, verify_contributions, Cell, Contribution, QueryAnswer, QueryError,
     QueryPlan, Schema, Statistics,
 };
-pub use cohortex_query::{combine, contribution, dp, noise, plan, record, schema, sql};
+pub use cohortex_query::{
+    combine, contribution, dp, logistic, model, noise, plan, record, schema, sql, survival,
+    uncertainty,
+};
 #[cfg(feature = "vault")]
 pub use cohortex_vault::{evaluate, fhir, ingest, synth, vault};
 #[cfg(feature = "vault")]

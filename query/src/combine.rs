@@ -19,7 +19,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{fit, ModelSpec, INTERCEPT, MODEL_COLUMNS};
+use crate::model::{fit, model_columns, Family, ModelSpec, INTERCEPT};
 use crate::plan::{Aggregate, AggregateInputs, Output, QueryPlan};
 use crate::uncertainty::{
     error_bar, sampling_se, variance_error_bar, ErrorBar, Moments, ReleaseNoise, ERROR_COLUMNS,
@@ -297,7 +297,7 @@ fn combine_cells(
 }
 
 /// A model's answer: per cell, one row per coefficient (intercept first) after the cell's
-/// group labels, with [`MODEL_COLUMNS`]. A cell whose model statistics were withheld is
+/// group labels, with [`model_columns`]. A cell whose model statistics were withheld is
 /// `Suppressed`; one where the fit is undefined (too few patients, collinear covariates) is
 /// NULL. The error columns are the rows' own, so `errors` stays empty.
 fn combine_model(
@@ -312,7 +312,8 @@ fn combine_model(
         .iter()
         .map(|output| output.name().to_string())
         .collect();
-    columns.extend(MODEL_COLUMNS.iter().map(|column| column.to_string()));
+    let model_columns = model_columns(model.family);
+    columns.extend(model_columns.iter().map(|column| column.to_string()));
     let no_noise = vec![0.0; totals.len()];
     let std_devs = noise.map_or(no_noise.as_slice(), |noise| &noise.slot_std_dev);
     let terms: Vec<String> = std::iter::once(INTERCEPT.to_string())
@@ -331,6 +332,7 @@ fn combine_model(
             .collect();
         let withheld = model
             .statistics()
+            .into_iter()
             .any(|index| !released[plan.slot(cell, index)]);
         let fitted = if withheld {
             None
@@ -341,12 +343,12 @@ fn combine_model(
             let mut row = labels.clone();
             row.push(Cell::Text(term.clone()));
             let values: Vec<Cell> = match (&fitted, withheld) {
-                (_, true) => vec![Cell::Suppressed; MODEL_COLUMNS.len() - 1],
-                (None, false) => vec![Cell::Null; MODEL_COLUMNS.len() - 1],
+                (_, true) => vec![Cell::Suppressed; model_columns.len() - 1],
+                (None, false) => vec![Cell::Null; model_columns.len() - 1],
                 (Some(coefficients), false) => {
                     let coefficient = &coefficients[position];
                     let (low, high) = coefficient.interval();
-                    [
+                    let mut values = vec![
                         coefficient.estimate,
                         coefficient.std_error,
                         coefficient.noise_se,
@@ -354,16 +356,20 @@ fn combine_model(
                         coefficient.p_value(),
                         low,
                         high,
-                    ]
-                    .into_iter()
-                    .map(|value| {
-                        if value.is_finite() {
-                            Cell::Number(value)
-                        } else {
-                            Cell::Null
-                        }
-                    })
-                    .collect()
+                    ];
+                    if model.family == Family::Logistic {
+                        values.extend([coefficient.estimate.exp(), low.exp(), high.exp()]);
+                    }
+                    values
+                        .into_iter()
+                        .map(|value| {
+                            if value.is_finite() {
+                                Cell::Number(value)
+                            } else {
+                                Cell::Null
+                            }
+                        })
+                        .collect()
                 }
             };
             row.extend(values);

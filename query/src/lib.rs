@@ -11,6 +11,7 @@
 pub mod combine;
 pub mod contribution;
 pub mod dp;
+pub mod logistic;
 pub mod model;
 pub mod noise;
 pub mod plan;

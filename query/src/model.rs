@@ -45,6 +45,19 @@ pub const MODEL_COLUMNS: [&str; 8] = [
     "ci_high",
 ];
 
+/// The columns a logistic model adds after [`MODEL_COLUMNS`]: the odds ratio e^β and its
+/// 95 % interval.
+pub const ODDS_RATIO_COLUMNS: [&str; 3] = ["odds_ratio", "or_ci_low", "or_ci_high"];
+
+/// The columns of a model's answer after the group labels.
+pub fn model_columns(family: Family) -> Vec<&'static str> {
+    let mut columns = MODEL_COLUMNS.to_vec();
+    if family == Family::Logistic {
+        columns.extend(ODDS_RATIO_COLUMNS);
+    }
+    columns
+}
+
 /// The name of the intercept's row.
 pub const INTERCEPT: &str = "(intercept)";
 
@@ -53,11 +66,32 @@ pub const INTERCEPT: &str = "(intercept)";
 pub enum Family {
     /// Ordinary least squares: y = β₀ + Σβⱼxⱼ + e.
     Linear,
+    /// Logistic regression: logit P(y) = β₀ + Σβⱼxⱼ, one Newton–Raphson step per release.
+    Logistic,
 }
 
-/// What a model reads, as indices into [`QueryPlan::statistics`].
+/// What a model reads, as indices into [`QueryPlan::statistics`], by how it is fitted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ModelInputs {
+    /// A least-squares fit: the linear model's sufficient statistics.
+    LeastSquares(LeastSquaresInputs),
+    /// One Newton–Raphson step of a logistic model ([`crate::logistic`]).
+    Newton(crate::logistic::NewtonInputs),
+}
+
+impl ModelInputs {
+    /// The patients with every variable recorded.
+    pub fn count(&self) -> usize {
+        match self {
+            ModelInputs::LeastSquares(inputs) => inputs.count,
+            ModelInputs::Newton(inputs) => inputs.count,
+        }
+    }
+}
+
+/// A least-squares fit's statistics.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ModelInputs {
+pub struct LeastSquaresInputs {
     /// n: the patients with every variable recorded.
     pub count: usize,
     /// Σv per variable, the outcome first, then the covariates in order.
@@ -88,10 +122,14 @@ impl ModelSpec {
     }
 
     /// Every statistic the model reads.
-    pub fn statistics(&self) -> impl Iterator<Item = usize> + '_ {
-        std::iter::once(self.inputs.count)
-            .chain(self.inputs.sums.iter().copied())
-            .chain(self.inputs.products.iter().flatten().copied())
+    pub fn statistics(&self) -> Vec<usize> {
+        match &self.inputs {
+            ModelInputs::LeastSquares(inputs) => std::iter::once(inputs.count)
+                .chain(inputs.sums.iter().copied())
+                .chain(inputs.products.iter().flatten().copied())
+                .collect(),
+            ModelInputs::Newton(inputs) => inputs.statistics(),
+        }
     }
 }
 
@@ -103,7 +141,7 @@ pub fn assign_model_statistics(
     covariates: &[String],
     domain: &[String],
     statistics: &mut Vec<Statistic>,
-) -> ModelInputs {
+) -> LeastSquaresInputs {
     let mut index_of = |statistic: Statistic| -> usize {
         match statistics.iter().position(|known| known == &statistic) {
             Some(index) => index,
@@ -155,7 +193,7 @@ pub fn assign_model_statistics(
             products[column][row] = index;
         }
     }
-    ModelInputs {
+    LeastSquaresInputs {
         count,
         sums,
         products,
@@ -212,10 +250,10 @@ pub enum FitError {
 }
 
 /// The point estimates of one cell: intercept first, then each covariate.
-struct Estimates {
-    coefficients: Vec<f64>,
+pub(crate) struct Estimates {
+    pub(crate) coefficients: Vec<f64>,
     /// Var of each coefficient from sampling alone.
-    sampling_variance: Vec<f64>,
+    pub(crate) sampling_variance: Vec<f64>,
 }
 
 fn codec_of<'a>(plan: &'a QueryPlan, column: &str) -> Option<&'a Codec> {
@@ -228,9 +266,15 @@ fn estimate(
     model: &ModelSpec,
     statistic: &dyn Fn(usize) -> i128,
 ) -> Result<Estimates, FitError> {
+    let inputs = match &model.inputs {
+        ModelInputs::LeastSquares(inputs) => inputs,
+        ModelInputs::Newton(inputs) => {
+            return crate::logistic::newton_step(plan, model, inputs, statistic)
+        }
+    };
     let variables = model.variables();
     let p = model.covariates.len();
-    let n = statistic(model.inputs.count);
+    let n = statistic(inputs.count);
     if n <= (p + 1) as i128 {
         return Err(FitError::TooFew {
             n,
@@ -247,12 +291,7 @@ fn estimate(
             })
         })
         .collect();
-    let sums: Vec<i128> = model
-        .inputs
-        .sums
-        .iter()
-        .map(|&index| statistic(index))
-        .collect();
+    let sums: Vec<i128> = inputs.sums.iter().map(|&index| statistic(index)).collect();
     let means: Vec<f64> = sums
         .iter()
         .zip(&codecs)
@@ -260,7 +299,7 @@ fn estimate(
         .collect();
     // C_vw = (n·Σvw − Σv·Σw)/(n·s_v·s_w), the numerator exact.
     let centred = |v: usize, w: usize| -> f64 {
-        let numerator = n * statistic(model.inputs.products[v][w]) - sums[v] * sums[w];
+        let numerator = n * statistic(inputs.products[v][w]) - sums[v] * sums[w];
         numerator as f64 / nf / (codecs[v].1 * codecs[w].1)
     };
     // A covariate that does not vary in the cell (a dummy whose category nobody holds) has no
@@ -311,7 +350,7 @@ pub fn fit(
     let base = |index: usize| totals[plan.slot(cell, index)];
     let point = estimate(plan, model, &base)?;
     let mut noise_variance = vec![0.0; point.coefficients.len()];
-    let mut read: Vec<usize> = model.statistics().collect();
+    let mut read: Vec<usize> = model.statistics();
     read.sort_unstable();
     read.dedup();
     for index in read {

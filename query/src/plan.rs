@@ -223,6 +223,24 @@ pub enum Statistic {
         /// Columns that must be present.
         domain: Vec<String>,
     },
+    /// Σ r̃·x̃ (x̃ = 1 without a column): a logistic model's score at the plan's coefficients
+    /// ([`crate::logistic`]).
+    Score {
+        /// The covariate, or none for the intercept.
+        column: Option<String>,
+        /// Columns that must be present.
+        domain: Vec<String>,
+    },
+    /// Σ w̃·x̃ₗ·x̃ᵣ (x̃ = 1 without a column): a logistic model's information at the plan's
+    /// coefficients ([`crate::logistic`]).
+    Information {
+        /// First covariate, or none.
+        left: Option<String>,
+        /// Second covariate, or none.
+        right: Option<String>,
+        /// Columns that must be present.
+        domain: Vec<String>,
+    },
 }
 
 impl Statistic {
@@ -232,7 +250,9 @@ impl Statistic {
             Statistic::Count { domain }
             | Statistic::Sum { domain, .. }
             | Statistic::SumSquares { domain, .. }
-            | Statistic::SumProducts { domain, .. } => domain,
+            | Statistic::SumProducts { domain, .. }
+            | Statistic::Score { domain, .. }
+            | Statistic::Information { domain, .. } => domain,
         }
     }
 }
@@ -455,6 +475,12 @@ impl QueryPlan {
             Statistic::Sum { column, .. } => span(column),
             Statistic::SumSquares { column, .. } => span(column).saturating_mul(span(column)),
             Statistic::SumProducts { left, right, .. } => span(left).saturating_mul(span(right)),
+            Statistic::Score { column, .. } => {
+                (2 * crate::logistic::SCORE_SCALE).saturating_mul(column.as_deref().map_or(1, span))
+            }
+            Statistic::Information { left, right, .. } => (crate::logistic::WEIGHT_SCALE / 4)
+                .saturating_mul(left.as_deref().map_or(1, span))
+                .saturating_mul(right.as_deref().map_or(1, span)),
         }
     }
 

@@ -15,7 +15,8 @@ use sqlparser::ast::{
 use sqlparser::dialect::GenericDialect;
 use sqlparser::parser::Parser;
 
-use crate::model::{assign_model_statistics, Family, ModelSpec, MAX_COVARIATES};
+use crate::logistic::assign_newton_statistics;
+use crate::model::{assign_model_statistics, Family, ModelInputs, ModelSpec, MAX_COVARIATES};
 use crate::plan::{
     Aggregate, AggregateInputs, Codec, Comparison, Dummy, GroupKey, Literal, Output, Predicate,
     QueryPlan, Statistic,
@@ -131,6 +132,7 @@ enum Item {
         covariates: Vec<String>,
         dummies: Vec<Dummy>,
         domain: Vec<String>,
+        at: Vec<f64>,
     },
 }
 
@@ -296,6 +298,7 @@ impl Compiler<'_> {
                 covariates,
                 dummies: model_dummies,
                 domain,
+                at,
             } = items.remove(position)
             else {
                 unreachable!("position found a model");
@@ -316,7 +319,20 @@ impl Compiler<'_> {
                     codecs.insert(column.clone(), self.codec(column)?);
                 }
             }
-            let inputs = assign_model_statistics(&outcome, &covariates, &domain, &mut statistics);
+            let inputs = match family {
+                Family::Linear => ModelInputs::LeastSquares(assign_model_statistics(
+                    &outcome,
+                    &covariates,
+                    &domain,
+                    &mut statistics,
+                )),
+                Family::Logistic => ModelInputs::Newton(assign_newton_statistics(
+                    &covariates,
+                    &domain,
+                    at,
+                    &mut statistics,
+                )),
+            };
             model = Some(ModelSpec {
                 family,
                 outcome,
@@ -533,7 +549,7 @@ impl Compiler<'_> {
 
     /// `outcome ~ covariate + covariate …`: every column numeric (or boolean) with bounds,
     /// none twice, at most [`MAX_COVARIATES`] covariates.
-    fn model_item(&self, family: Family, formula: &Expr) -> Result<Item, QueryError> {
+    fn model_item(&self, family: Family, formula: &Expr, at: &[f64]) -> Result<Item, QueryError> {
         let Expr::BinaryOp {
             left,
             op: BinaryOperator::PGRegexMatch,
@@ -580,9 +596,15 @@ impl Compiler<'_> {
                 return unsupported(format!("`{column}` twice in one model"));
             }
         }
-        if self.column(&outcome)?.column_type == ColumnType::Category {
+        let outcome_type = self.column(&outcome)?.column_type;
+        if outcome_type == ColumnType::Category {
             return unsupported(format!(
                 "the categorical outcome `{outcome}`: a linear model's outcome is numeric or boolean"
+            ));
+        }
+        if family == Family::Logistic && outcome_type != ColumnType::Bool {
+            return unsupported(format!(
+                "LOGISTIC({outcome} ~ …): the outcome must be a boolean column"
             ));
         }
         self.codec(&outcome)?;
@@ -616,12 +638,26 @@ impl Compiler<'_> {
             ));
         }
         let domain: Vec<String> = std::iter::once(outcome.clone()).chain(covariates).collect();
+        let at = match family {
+            Family::Linear => Vec::new(),
+            Family::Logistic if at.is_empty() => vec![0.0; terms.len() + 1],
+            Family::Logistic if at.len() == terms.len() + 1 => at.to_vec(),
+            Family::Logistic => {
+                return unsupported(format!(
+                    "LOGISTIC: {} coefficients given; this model has {} (the intercept, then {})",
+                    at.len(),
+                    terms.len() + 1,
+                    terms.join(", ")
+                ))
+            }
+        };
         Ok(Item::Model {
             family,
             outcome,
             covariates: terms,
             dummies,
             domain,
+            at,
         })
     }
 
@@ -723,7 +759,28 @@ impl Compiler<'_> {
                         "LINEAR takes one formula: LINEAR(outcome ~ covariate + covariate …)",
                     );
                 };
-                self.model_item(Family::Linear, formula)
+                self.model_item(Family::Linear, formula, &[])
+            }
+            "logistic" => {
+                let Some((Some(formula), at)) = arguments.split_first() else {
+                    return unsupported(
+                        "LOGISTIC takes a formula and, for a Newton step, the coefficients it starts from: LOGISTIC(outcome ~ covariate + …[, b0, b1, …])",
+                    );
+                };
+                let mut coefficients = Vec::with_capacity(at.len());
+                for (position, argument) in at.iter().enumerate() {
+                    match argument.and_then(|expr| self.literal(expr)) {
+                        Some(Literal::Number(number)) if number.is_finite() => {
+                            coefficients.push(number)
+                        }
+                        _ => {
+                            return unsupported(format!(
+                                "LOGISTIC: coefficient {position} must be a finite number"
+                            ))
+                        }
+                    }
+                }
+                self.model_item(Family::Logistic, formula, &coefficients)
             }
             "count" => match arguments.as_slice() {
                 [None] => Ok(Item::Aggregate {

@@ -82,6 +82,7 @@ fn exact_totals(plan: &QueryPlan, records: &[(f64, f64)]) -> Vec<i128> {
                 Statistic::SumProducts { left, right, .. } => {
                     value(left, record) * value(right, record)
                 }
+                other => panic!("no aggregate here reads {other:?}"),
             };
         }
     }
@@ -223,7 +224,7 @@ fn variance_the_noise_pushed_below_zero_still_gets_an_interval() {
             Statistic::Count { .. } => 50,
             Statistic::Sum { .. } => 25_000,
             Statistic::SumSquares { .. } => 12_400_000,
-            Statistic::SumProducts { .. } => unreachable!("no products"),
+            other => unreachable!("VAR_SAMP reads no {other:?}"),
         });
     }
     totals[0] = Some(50);

@@ -15,6 +15,8 @@ use polars::prelude::*;
 
 use crate::vault::{ConsentBook, Vault};
 pub use cohortex_query::contribution::Statistics;
+use cohortex_query::logistic::{patient_terms, NewtonInputs};
+use cohortex_query::model::{ModelInputs, ModelSpec};
 use cohortex_query::plan::{Codec, Comparison, GroupKey, Literal, Predicate, QueryPlan, Statistic};
 use cohortex_query::record::Value;
 use cohortex_query::schema::ColumnType;
@@ -172,6 +174,9 @@ pub fn evaluate(
     } else {
         Some(rows.clone().select(clip_counts).collect()?)
     };
+    // A logistic step's score and information need e^(−z) per patient: summed here, in Rust,
+    // over the same rows (the polars sums of those statistics are placeholders).
+    let newton_rows = rows.clone();
     let aggregated = if plan.groups.is_empty() {
         rows.select(sums).collect()?
     } else {
@@ -203,6 +208,11 @@ pub fn evaluate(
                 .extract::<i64>()
                 .unwrap_or(0);
             values[slot] = u64::try_from(sum).map_err(|_| EvaluateError::Overflow { slot })?;
+        }
+    }
+    if let Some(model) = &plan.model {
+        if let ModelInputs::Newton(newton) = &model.inputs {
+            add_newton_terms(plan, model, newton, newton_rows, &mut values)?;
         }
     }
     let mut clipped = Vec::new();
@@ -270,6 +280,94 @@ fn domain_mask(domain: &[String]) -> Expr {
         .unwrap_or(col(CONSENTED))
 }
 
+/// The score and information sums of a logistic model's Newton step
+/// (`cohortex_query::logistic`), per cell, over `rows` (filtered, encoded, grouped).
+fn add_newton_terms(
+    plan: &QueryPlan,
+    model: &ModelSpec,
+    newton: &NewtonInputs,
+    rows: LazyFrame,
+    values: &mut [u64],
+) -> Result<(), EvaluateError> {
+    let domain = plan.statistics[newton.count].domain();
+    let mut selected = vec![col(encoded_column(&model.outcome))];
+    selected.extend(
+        model
+            .covariates
+            .iter()
+            .map(|column| col(encoded_column(column))),
+    );
+    selected.extend((0..plan.groups.len()).map(|index| col(group_column(index))));
+    let frame = rows
+        .filter(domain_mask(domain))
+        .select(selected)
+        .collect()?;
+    let outcome = frame.column(&encoded_column(&model.outcome))?.i64()?;
+    let covariates = model
+        .covariates
+        .iter()
+        .map(|column| frame.column(&encoded_column(column))?.i64())
+        .collect::<Result<Vec<_>, _>>()?;
+    let groups = (0..plan.groups.len())
+        .map(|index| frame.column(&group_column(index))?.i64())
+        .collect::<Result<Vec<_>, _>>()?;
+    let codecs: Vec<Codec> = model
+        .covariates
+        .iter()
+        .map(|column| {
+            plan.codecs
+                .get(column)
+                .copied()
+                .ok_or_else(|| EvaluateError::Mismatch(format!("no codec for `{column}`")))
+        })
+        .collect::<Result<_, _>>()?;
+    let terms = model.covariates.len() + 1;
+    let mut score = vec![vec![0i128; terms]; plan.cells()];
+    let mut information = vec![vec![vec![0i128; terms]; terms]; plan.cells()];
+    let mut encoded = vec![0i64; terms - 1];
+    'rows: for row in 0..frame.height() {
+        let mut keys = Vec::with_capacity(groups.len());
+        for group in &groups {
+            let Some(key) = group.get(row).and_then(|key| usize::try_from(key).ok()) else {
+                continue 'rows;
+            };
+            keys.push(key);
+        }
+        let Some(y) = outcome.get(row) else { continue };
+        for (slot, column) in encoded.iter_mut().zip(&covariates) {
+            let Some(x) = column.get(row) else {
+                continue 'rows;
+            };
+            *slot = x;
+        }
+        let cell = plan.cell_of(&keys);
+        let (r, w) = patient_terms(&newton.at, &codecs, y as f64, &encoded);
+        let a: Vec<i128> = std::iter::once(1)
+            .chain(encoded.iter().map(|&x| i128::from(x)))
+            .collect();
+        for (i, &left) in a.iter().enumerate() {
+            score[cell][i] += i128::from(r) * left;
+            for (j, &right) in a.iter().enumerate().skip(i) {
+                information[cell][i][j] += i128::from(w) * left * right;
+            }
+        }
+    }
+    let mut write = |cell: usize, statistic: usize, total: i128| {
+        let slot = plan.slot(cell, statistic);
+        values[slot] = u64::try_from(total).map_err(|_| EvaluateError::Overflow { slot })?;
+        Ok::<(), EvaluateError>(())
+    };
+    for (cell, (score, information)) in score.iter().zip(&information).enumerate() {
+        for (i, (&statistic, &total)) in newton.score.iter().zip(score).enumerate() {
+            write(cell, statistic, total)?;
+            for (&statistic, &total) in newton.information[i].iter().zip(&information[i]).skip(i) {
+                write(cell, statistic, total)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 fn statistic_expr(statistic: &Statistic) -> Expr {
     let mask = domain_mask(statistic.domain());
     let encoded = |column: &str| col(encoded_column(column));
@@ -278,6 +376,8 @@ fn statistic_expr(statistic: &Statistic) -> Expr {
         Statistic::Sum { column, .. } => encoded(column),
         Statistic::SumSquares { column, .. } => encoded(column) * encoded(column),
         Statistic::SumProducts { left, right, .. } => encoded(left) * encoded(right),
+        // Summed in Rust (`add_newton_terms`): they need e^(−z) per patient.
+        Statistic::Score { .. } | Statistic::Information { .. } => lit(0i64),
     };
     when(mask).then(term).otherwise(lit(0i64)).sum()
 }

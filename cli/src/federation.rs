@@ -109,6 +109,8 @@ pub struct LocalArgs {
     pub state_dir: Option<PathBuf>,
     /// ε of the release, micro-ε.
     pub epsilon_micro: u64,
+    /// Newton steps of a logistic model.
+    pub steps: usize,
 }
 
 /// Runs `cohortex local`.
@@ -235,17 +237,35 @@ pub async fn local(args: LocalArgs) -> anyhow::Result<()> {
         .map(|node| node.listing.clone())
         .collect();
     let bar = spinner("running the federated query", quiet);
-    let release = buyer
-        .query(
+    let mut releases = buyer
+        .fit(
             &args.query,
             &listings,
             purpose,
             args.epsilon_micro,
+            args.steps,
             &table,
             &cluster.ledger_key,
+            |step, steps| {
+                if steps > 1 {
+                    bar.set_message(format!(
+                        "Newton step {step} of {steps}: a release of the score and information"
+                    ));
+                }
+            },
         )
         .await?;
     bar.finish_and_clear();
+    // A logistic fit spent ε on every step; each release carries its own.
+    let steps = releases.len();
+    let epsilon_spent = releases
+        .iter()
+        .map(|release| release.status.epsilon_micro)
+        .sum::<u64>() as f64
+        / 1e6;
+    let release = releases
+        .pop()
+        .ok_or_else(|| anyhow::anyhow!("no release came back"))?;
     let ledger_path = cluster.ledger_path();
     cluster.shutdown();
     if args.format == crate::output::Format::Arrow {
@@ -274,7 +294,8 @@ pub async fn local(args: LocalArgs) -> anyhow::Result<()> {
             "columns": columns,
             "rows": rows,
             "participants": release.answer.participants,
-            "epsilon_spent": release.status.epsilon_micro as f64 / 1e6,
+            "epsilon_spent": epsilon_spent,
+            "steps": steps,
             "suppressed_cells": release.status.suppressed.iter().filter(|&&hidden| hidden).count(),
             "receipt": {
                 "id": hex::encode(release.receipt.0.as_bytes()),
@@ -286,6 +307,12 @@ pub async fn local(args: LocalArgs) -> anyhow::Result<()> {
     } else {
         print_answer(&release.answer);
         println!();
+        if steps > 1 {
+            println!(
+                "fitted by {steps} Newton–Raphson steps, each its own release and receipt at ε = {}; ε spent in all: {epsilon_spent}",
+                release.status.epsilon_micro as f64 / 1e6
+            );
+        }
         println!(
             "released with ε = {} differential privacy per listing: noise added under encryption by committee members {:?}",
             release.status.epsilon_micro as f64 / 1e6,

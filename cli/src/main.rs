@@ -171,6 +171,10 @@ struct LocalCmd {
     /// noisier; see docs/privacy.md).
     #[arg(long, default_value_t = 1.0, value_parser = parse_epsilon, allow_negative_numbers = true)]
     epsilon: f64,
+    /// Newton–Raphson steps of a LOGISTIC model, each its own release at ε/steps (other
+    /// queries are one release at ε).
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u16).range(1..=50))]
+    steps: u16,
 }
 
 /// Parses `--epsilon`: a finite number from 0.000001 to 1,000,000.
@@ -292,6 +296,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 format: output::resolve(args.format, args.json)?,
                 state_dir: args.state_dir,
                 epsilon_micro: (args.epsilon * 1e6).round() as u64,
+                steps: usize::from(args.steps),
             }))
             .map(|()| ExitCode::SUCCESS),
     }

@@ -16,8 +16,9 @@ use cohortex_proto::v1::{
 use cohortex_query::combine::combine_release;
 use cohortex_query::dp::calibrate;
 use cohortex_query::noise::{count_slots, public_count_secret};
+use cohortex_query::sql::newton_step_sql;
 use cohortex_query::uncertainty::ReleaseNoise;
-use cohortex_query::{QueryAnswer, QueryPlan};
+use cohortex_query::{Cell, QueryAnswer, QueryPlan};
 use cohortex_types::auth::{signed_request, unix_now};
 use cohortex_types::rpc::MAX_MESSAGE_BYTES;
 use ed25519_dalek::{SigningKey, VerifyingKey};
@@ -293,4 +294,69 @@ impl Buyer {
             receipt_verified,
         })
     }
+
+    /// [`Buyer::query`] for a query of any kind. A logistic model is fitted by `steps`
+    /// Newton–Raphson steps, each its own order, release and receipt at ε/steps, from the
+    /// coefficients the step before released (the first from those `sql` gives, or 0;
+    /// docs/analytics.md); any other query is one order at ε. `progress` hears of each step
+    /// (1-based, of `steps`) before it is ordered. Returns every step's release, the fit last.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn fit(
+        &self,
+        sql: &str,
+        listings: &[String],
+        purpose: Purpose,
+        epsilon_micro: u64,
+        steps: usize,
+        table: &DecryptionTable,
+        ledger_key: &VerifyingKey,
+        progress: impl Fn(usize, usize),
+    ) -> anyhow::Result<Vec<Release>> {
+        let logistic = newton_step_sql(sql, &[])
+            .map_err(|error| anyhow!("--query: {error}"))?
+            .is_some();
+        if !logistic {
+            progress(1, 1);
+            let release = self
+                .query(sql, listings, purpose, epsilon_micro, table, ledger_key)
+                .await?;
+            return Ok(vec![release]);
+        }
+        let steps = steps.max(1);
+        let per_step = epsilon_micro / steps as u64;
+        if per_step == 0 {
+            bail!("ε = {epsilon_micro} micro-ε cannot be split over {steps} Newton steps; order a larger ε or fewer steps");
+        }
+        let mut releases: Vec<Release> = Vec::with_capacity(steps);
+        for step in 0..steps {
+            progress(step + 1, steps);
+            let step_sql = match releases.last() {
+                None => sql.to_string(),
+                Some(previous) => {
+                    let at = estimates(&previous.answer).ok_or_else(|| {
+                        anyhow!("Newton step {step} left a coefficient undefined (a covariate that does not vary, or a fit that diverged); nothing more was ordered")
+                    })?;
+                    newton_step_sql(sql, &at)
+                        .map_err(|error| anyhow!("Newton step {}: {error}", step + 1))?
+                        .ok_or_else(|| anyhow!("the query lost its logistic model"))?
+                }
+            };
+            let release = self
+                .query(&step_sql, listings, purpose, per_step, table, ledger_key)
+                .await
+                .with_context(|| format!("Newton step {} of {steps}", step + 1))?;
+            releases.push(release);
+        }
+        Ok(releases)
+    }
+}
+
+/// A model answer's estimates, one per row (the model has one cell: no GROUP BY).
+fn estimates(answer: &QueryAnswer) -> Option<Vec<f64>> {
+    let column = answer.columns.iter().position(|name| name == "estimate")?;
+    answer
+        .rows
+        .iter()
+        .map(|row| row.get(column).and_then(Cell::as_f64))
+        .collect()
 }

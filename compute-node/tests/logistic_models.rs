@@ -270,3 +270,32 @@ fn logistic_step_with_the_wrong_number_of_coefficients_is_refused() {
         "{message}"
     );
 }
+
+#[test]
+fn newton_step_sql_carries_the_coefficients_into_the_plan() {
+    let schema = Schema::from_toml(MANIFEST, "m").unwrap();
+    let sql = "SELECT LOGISTIC(stroke ~ age + sex) FROM patients WHERE bmi > 20";
+    let step = compute_node::sql::newton_step_sql(sql, &[-7.25, 0.0625, 1.5e-3])
+        .unwrap()
+        .expect("a logistic model");
+    let plan = compile(&step, &schema).unwrap();
+    let model = plan.model.expect("a model");
+    let compute_node::model::ModelInputs::Newton(newton) = model.inputs else {
+        panic!("a Newton step");
+    };
+    assert_eq!(newton.at, [-7.25, 0.0625, 1.5e-3]);
+    assert!(plan.filter.is_some(), "the WHERE clause is kept: {step}");
+    assert_eq!(
+        compute_node::sql::newton_step_sql("SELECT COUNT(*) FROM patients", &[1.0]).unwrap(),
+        None
+    );
+}
+
+#[test]
+fn logistic_model_with_group_by_is_refused() {
+    let message = refusal("SELECT LOGISTIC(stroke ~ age) FROM patients GROUP BY sex");
+    assert!(
+        message.contains("fit one model per group with WHERE"),
+        "{message}"
+    );
+}

@@ -104,6 +104,62 @@ pub fn compile(sql: &str, schema: &Schema) -> Result<QueryPlan, QueryError> {
     Compiler { schema }.select(sql, select)
 }
 
+/// The SQL of a logistic model's Newton step from `at` (intercept first): `sql` with its
+/// `LOGISTIC(formula, …)` item's coefficients replaced by `at`. `None` when `sql` asks for no
+/// logistic model. The client orders the steps (docs/analytics.md).
+pub fn newton_step_sql(sql: &str, at: &[f64]) -> Result<Option<String>, QueryError> {
+    let mut statements = Parser::parse_sql(&GenericDialect {}, sql)
+        .map_err(|error| QueryError::Syntax(error.to_string()))?;
+    let [Statement::Query(query)] = statements.as_mut_slice() else {
+        return Ok(None);
+    };
+    let SetExpr::Select(select) = query.body.as_mut() else {
+        return Ok(None);
+    };
+    let mut found = false;
+    for item in &mut select.projection {
+        let (SelectItem::UnnamedExpr(Expr::Function(function))
+        | SelectItem::ExprWithAlias {
+            expr: Expr::Function(function),
+            ..
+        }) = item
+        else {
+            continue;
+        };
+        let is_logistic = matches!(
+            function.name.0.as_slice(),
+            [ObjectNamePart::Identifier(ident)] if ident.value.eq_ignore_ascii_case("logistic")
+        );
+        let FunctionArguments::List(list) = &mut function.args else {
+            continue;
+        };
+        if !is_logistic || list.args.is_empty() {
+            continue;
+        }
+        list.args.truncate(1);
+        for &coefficient in at {
+            if !coefficient.is_finite() {
+                return Err(QueryError::Unsupported(format!(
+                    "a Newton step from the coefficient {coefficient}: the fit diverged"
+                )));
+            }
+            let number = Expr::value(SqlValue::Number(format!("{:e}", coefficient.abs()), false));
+            list.args.push(FunctionArg::Unnamed(FunctionArgExpr::Expr(
+                if coefficient < 0.0 {
+                    Expr::UnaryOp {
+                        op: UnaryOperator::Minus,
+                        expr: Box::new(number),
+                    }
+                } else {
+                    number
+                },
+            )));
+        }
+        found = true;
+    }
+    Ok(found.then(|| statements[0].to_string()))
+}
+
 struct Compiler<'a> {
     schema: &'a Schema,
 }
@@ -290,6 +346,18 @@ impl Compiler<'_> {
             if items.len() != 1 {
                 return unsupported(
                     "a model together with other select items; select the model alone (GROUP BY adds the group labels)",
+                );
+            }
+            if matches!(
+                items[0],
+                Item::Model {
+                    family: Family::Logistic,
+                    ..
+                }
+            ) && !groups.is_empty()
+            {
+                return unsupported(
+                    "LOGISTIC with GROUP BY: its Newton steps carry one set of coefficients; fit one model per group with WHERE (… WHERE sex = 'male')",
                 );
             }
             let Item::Model {

@@ -297,6 +297,7 @@ pub async fn local(args: LocalArgs) -> anyhow::Result<()> {
             "epsilon_spent": epsilon_spent,
             "steps": steps,
             "suppressed_cells": release.status.suppressed.iter().filter(|&&hidden| hidden).count(),
+            "withheld_values": release.answer.rows.iter().flatten().filter(|cell| matches!(cell, Cell::Suppressed)).count(),
             "receipt": {
                 "id": hex::encode(release.receipt.0.as_bytes()),
                 "verified": release.receipt_verified,

@@ -184,7 +184,7 @@ pub fn to_record_batch(
         return Err(ArrowError::SchemaError(format!(
             "the release has {} columns, its plan {}",
             answer.columns.len(),
-            plan.outputs.len()
+            plan.outputs.len() + extra_columns
         )));
     }
     let mut fields = Vec::with_capacity(answer.columns.len() + 1);

@@ -333,8 +333,8 @@ impl Buyer {
             let step_sql = match releases.last() {
                 None => sql.to_string(),
                 Some(previous) => {
-                    let at = estimates(&previous.answer).ok_or_else(|| {
-                        anyhow!("Newton step {step} left a coefficient undefined (a covariate that does not vary, or a fit that diverged); nothing more was ordered")
+                    let at = estimates(&previous.answer).map_err(|why| {
+                        anyhow!("Newton step {step} {why}; nothing more was ordered")
                     })?;
                     newton_step_sql(sql, &at)
                         .map_err(|error| anyhow!("Newton step {}: {error}", step + 1))?
@@ -351,12 +351,25 @@ impl Buyer {
     }
 }
 
-/// A model answer's estimates, one per row (the model has one cell: no GROUP BY).
-fn estimates(answer: &QueryAnswer) -> Option<Vec<f64>> {
-    let column = answer.columns.iter().position(|name| name == "estimate")?;
-    answer
-        .rows
+/// A model answer's estimates, one per row (the model has one cell: no GROUP BY), to start
+/// the next Newton step from. A covariate left out of the fit (NULL: it does not vary) carries
+/// 0, which changes nothing for a column that is constant.
+fn estimates(answer: &QueryAnswer) -> Result<Vec<f64>, &'static str> {
+    let column = answer
+        .columns
         .iter()
-        .map(|row| row.get(column).and_then(Cell::as_f64))
-        .collect()
+        .position(|name| name == "estimate")
+        .ok_or("answered without estimates")?;
+    let read = |row: &Vec<Cell>| match row.get(column) {
+        Some(Cell::Number(estimate)) => Ok(*estimate),
+        Some(Cell::Null) => Ok(0.0),
+        Some(Cell::Suppressed) => Err("was withheld for the minimum cohort"),
+        _ => Err("left a coefficient undefined"),
+    };
+    let at: Vec<f64> = answer.rows.iter().map(read).collect::<Result<_, _>>()?;
+    // An intercept that is NULL means the fit itself failed (too few patients, collinear).
+    match answer.rows.first().and_then(|row| row.get(column)) {
+        Some(Cell::Number(_)) => Ok(at),
+        _ => Err("could not be fitted (too few patients, or collinear covariates)"),
+    }
 }

@@ -299,3 +299,38 @@ fn logistic_model_with_group_by_is_refused() {
         "{message}"
     );
 }
+
+/// A category nobody holds has no coefficient (NULL), under noise too, and the rest is fitted.
+#[test]
+fn logistic_category_nobody_holds_is_null_and_the_rest_is_fitted() {
+    let mut records = population(5_000, 3);
+    for record in &mut records {
+        record[2] = 0.0;
+    }
+    let vault = vault(&records);
+    let consents = ConsentBook::everyone(&vault, "research");
+    let plan = compile(
+        "SELECT LOGISTIC(stroke ~ age + bmi + sex) FROM patients",
+        vault.schema(),
+    )
+    .unwrap();
+    let statistics = evaluate(&plan, &vault, &consents, "research").unwrap();
+    let totals = sum_vectors(std::slice::from_ref(&statistics.values));
+    let calibration = calibrate(&plan, 1_000_000_000).unwrap();
+    let mut rng = ChaCha20Rng::seed_from_u64(6);
+    let noisy: Vec<Option<i128>> = totals
+        .iter()
+        .zip(&calibration.slots)
+        .map(|(&total, slot)| Some(total + i128::from(slot.sample(&mut rng))))
+        .collect();
+    let answer = combine_release(&plan, &noisy, &ReleaseNoise::of(&calibration, 1)).unwrap();
+    assert_eq!(answer.rows[3][0], Cell::Text("sex=male".into()));
+    assert!(
+        answer.rows[3][1..].iter().all(|cell| *cell == Cell::Null),
+        "{:?}",
+        answer.rows[3]
+    );
+    for row in &answer.rows[..3] {
+        assert!(row[1].as_f64().is_some(), "{row:?}");
+    }
+}

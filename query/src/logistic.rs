@@ -156,6 +156,7 @@ pub(crate) fn newton_step(
     model: &ModelSpec,
     inputs: &NewtonInputs,
     statistic: &dyn Fn(usize) -> i128,
+    kept: &[bool],
 ) -> Result<Estimates, FitError> {
     let p = model.covariates.len();
     let n = statistic(inputs.count);
@@ -179,7 +180,14 @@ pub(crate) fn newton_step(
     let scale_of = |term: usize| if term == 0 { 1.0 } else { scales[term - 1] };
     let r = SCORE_SCALE as f64;
     let w = WEIGHT_SCALE as f64;
-    let gradient = DVector::from_fn(p + 1, |term, _| {
+    // The intercept and the covariates that enter the fit; one left out keeps its coefficient
+    // from the step before in the shift below and is reported as NaN.
+    let active: Vec<usize> = std::iter::once(0)
+        .chain((1..=p).filter(|&term| kept.get(term - 1) == Some(&true)))
+        .collect();
+    let q = active.len();
+    let gradient = DVector::from_fn(q, |row, _| {
+        let term = active[row];
         let score = statistic(inputs.score[term]) as f64 / r;
         if term == 0 {
             score - n as f64
@@ -187,8 +195,9 @@ pub(crate) fn newton_step(
             (score - statistic(inputs.sums[term - 1]) as f64) / scale_of(term)
         }
     });
-    let hessian = DMatrix::from_fn(p + 1, p + 1, |row, column| {
-        statistic(inputs.information[row][column]) as f64 / w / (scale_of(row) * scale_of(column))
+    let hessian = DMatrix::from_fn(q, q, |row, column| {
+        let (left, right) = (active[row], active[column]);
+        statistic(inputs.information[left][right]) as f64 / w / (scale_of(left) * scale_of(right))
     });
     let cholesky = hessian.cholesky().ok_or(FitError::Collinear)?;
     let step = cholesky.solve(&gradient);
@@ -197,20 +206,32 @@ pub(crate) fn newton_step(
     let at = |term: usize| inputs.at.get(term).copied().unwrap_or(0.0);
     let mut gamma: Vec<f64> = (0..=p).map(at).collect();
     gamma[0] += (1..=p).map(|term| at(term) * shifts[term - 1]).sum::<f64>();
-    for (value, delta) in gamma.iter_mut().zip(step.iter()) {
-        *value += delta;
+    for (&term, delta) in active.iter().zip(step.iter()) {
+        gamma[term] += delta;
     }
-    // Back: β₀ = γ₀ − Σγⱼaⱼ, and Var β₀ = tᵀ·Cov·t with t = (1, −a).
+    // Back: β₀ = γ₀ − Σγⱼaⱼ, and Var β₀ = tᵀ·Cov·t with t = (1, −a) over the active terms.
     let mut coefficients = gamma.clone();
     coefficients[0] -= (1..=p)
         .map(|term| gamma[term] * shifts[term - 1])
         .sum::<f64>();
-    let t = DVector::from_fn(
-        p + 1,
-        |term, _| if term == 0 { 1.0 } else { -shifts[term - 1] },
-    );
+    let t = DVector::from_fn(q, |row, _| {
+        let term = active[row];
+        if term == 0 {
+            1.0
+        } else {
+            -shifts[term - 1]
+        }
+    });
     let mut sampling_variance = vec![t.dot(&(&covariance * &t))];
-    sampling_variance.extend((1..=p).map(|term| covariance[(term, term)]));
+    for (term, coefficient) in coefficients.iter_mut().enumerate().skip(1) {
+        match active.iter().position(|&kept| kept == term) {
+            Some(row) => sampling_variance.push(covariance[(row, row)]),
+            None => {
+                *coefficient = f64::NAN;
+                sampling_variance.push(f64::NAN);
+            }
+        }
+    }
     Ok(Estimates {
         coefficients,
         sampling_variance,

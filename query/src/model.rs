@@ -261,15 +261,18 @@ fn codec_of<'a>(plan: &'a QueryPlan, column: &str) -> Option<&'a Codec> {
 }
 
 /// The least-squares fit from the cell's totals (`statistic` reads them by statistic index).
+/// `kept[j]` says whether covariate j enters the fit ([`kept_covariates`]); one left out has no
+/// coefficient (NaN).
 fn estimate(
     plan: &QueryPlan,
     model: &ModelSpec,
     statistic: &dyn Fn(usize) -> i128,
+    kept: &[bool],
 ) -> Result<Estimates, FitError> {
     let inputs = match &model.inputs {
         ModelInputs::LeastSquares(inputs) => inputs,
         ModelInputs::Newton(inputs) => {
-            return crate::logistic::newton_step(plan, model, inputs, statistic)
+            return crate::logistic::newton_step(plan, model, inputs, statistic, kept)
         }
     };
     let variables = model.variables();
@@ -302,9 +305,7 @@ fn estimate(
         let numerator = n * statistic(inputs.products[v][w]) - sums[v] * sums[w];
         numerator as f64 / nf / (codecs[v].1 * codecs[w].1)
     };
-    // A covariate that does not vary in the cell (a dummy whose category nobody holds) has no
-    // coefficient: it is left out of the fit and reported as NULL, as R reports NA.
-    let active: Vec<usize> = (0..p).filter(|&j| centred(j + 1, j + 1) > 0.0).collect();
+    let active: Vec<usize> = (0..p).filter(|&j| kept.get(j) == Some(&true)).collect();
     let q = active.len();
     let cxx = DMatrix::from_fn(q, q, |row, column| {
         centred(active[row] + 1, active[column] + 1)
@@ -338,6 +339,52 @@ fn estimate(
     })
 }
 
+/// Which covariates enter the fit of `cell`. One that does not vary there (a dummy whose
+/// category nobody in the cell holds) has no coefficient: it is left out and reported as
+/// NULL, as R reports NA. With noise, "does not vary" is judged against the noise: the
+/// covariate's own spread (C_jj for least squares, the information's diagonal for a Newton
+/// step) must exceed three noise standard deviations of the slot it comes from, so a category
+/// nobody holds is not kept for noise alone. The set is decided once, at the released totals,
+/// and held fixed while the noise's derivatives are taken.
+fn kept_covariates(
+    plan: &QueryPlan,
+    model: &ModelSpec,
+    cell: usize,
+    statistic: &dyn Fn(usize) -> i128,
+    slot_std_dev: &[f64],
+) -> Vec<bool> {
+    let noise_of = |index: usize| {
+        slot_std_dev
+            .get(plan.slot(cell, index))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    let count = statistic(model.inputs.count());
+    (0..model.covariates.len())
+        .map(|j| {
+            // The spread and its slot, in the slot's own (encoded) units.
+            let (spread, slot) = match &model.inputs {
+                ModelInputs::LeastSquares(inputs) => {
+                    let sum = statistic(inputs.sums[j + 1]);
+                    let squares = inputs.products[j + 1][j + 1];
+                    if count <= 0 {
+                        return false;
+                    }
+                    (
+                        (count * statistic(squares) - sum * sum) as f64 / count as f64,
+                        squares,
+                    )
+                }
+                ModelInputs::Newton(inputs) => {
+                    let diagonal = inputs.information[j + 1][j + 1];
+                    (statistic(diagonal) as f64, diagonal)
+                }
+            };
+            spread > 0.0 && spread > 3.0 * noise_of(slot)
+        })
+        .collect()
+}
+
 /// Fits `model` in `cell` from its totals (clamped at 0) and the noise standard deviation of
 /// every slot (all 0 for an exact answer).
 pub fn fit(
@@ -348,7 +395,8 @@ pub fn fit(
     slot_std_dev: &[f64],
 ) -> Result<Vec<Coefficient>, FitError> {
     let base = |index: usize| totals[plan.slot(cell, index)];
-    let point = estimate(plan, model, &base)?;
+    let kept = kept_covariates(plan, model, cell, &base, slot_std_dev);
+    let point = estimate(plan, model, &base, &kept)?;
     let mut noise_variance = vec![0.0; point.coefficients.len()];
     let mut read: Vec<usize> = model.statistics();
     read.sort_unstable();
@@ -370,7 +418,7 @@ pub fn fit(
                     base(statistic)
                 }
             };
-            estimate(plan, model, &shifted).ok()
+            estimate(plan, model, &shifted, &kept).ok()
         };
         let h = step as i128;
         let derivatives: Vec<f64> = match (at(h), at(-h)) {
@@ -392,7 +440,8 @@ pub fn fit(
                 .zip(&down.coefficients)
                 .map(|(at, down)| (at - down) / step)
                 .collect(),
-            (None, None) => return Err(FitError::Collinear),
+            // Undefined on both sides of this slot: it adds nothing the estimate can show.
+            (None, None) => continue,
         };
         for (variance, derivative) in noise_variance.iter_mut().zip(derivatives) {
             *variance += (derivative * std_dev).powi(2);

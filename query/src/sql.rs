@@ -665,14 +665,14 @@ impl Compiler<'_> {
             }
         }
         let outcome_type = self.column(&outcome)?.column_type;
-        if outcome_type == ColumnType::Category {
-            return unsupported(format!(
-                "the categorical outcome `{outcome}`: a linear model's outcome is numeric or boolean"
-            ));
-        }
         if family == Family::Logistic && outcome_type != ColumnType::Bool {
             return unsupported(format!(
                 "LOGISTIC({outcome} ~ …): the outcome must be a boolean column"
+            ));
+        }
+        if outcome_type == ColumnType::Category {
+            return unsupported(format!(
+                "the categorical outcome `{outcome}`: a linear model's outcome is numeric or boolean"
             ));
         }
         self.codec(&outcome)?;

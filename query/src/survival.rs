@@ -25,7 +25,8 @@
 //! covariance); it is computed from the noisy counts and carries no error bar of its own.
 //!
 //! A group any of whose bins is withheld for the minimum cohort is withheld whole: its curve
-//! after that bin, and its patients at risk before it, would need the withheld count.
+//! after that bin, and its patients at risk before it, would need the withheld count. The
+//! log-rank test is then NULL: it compares every group or none.
 
 use nalgebra::{DMatrix, DVector};
 use serde::{Deserialize, Serialize};
@@ -176,7 +177,13 @@ pub(crate) fn combine_survival(
         .filter(|&group| !withheld[group])
         .map(|group| cell_counts(group, &base))
         .collect();
-    let test = log_rank(&released_groups);
+    // The test compares every group or none: one over the released groups alone would answer
+    // another question than the query asked.
+    let test = if withheld.iter().any(|&hidden| hidden) {
+        None
+    } else {
+        log_rank(&released_groups)
+    };
     let p_value = test.and_then(|(chi2, df)| {
         ChiSquared::new(df as f64)
             .ok()

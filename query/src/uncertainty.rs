@@ -20,7 +20,7 @@
 //! | VAR_SAMP, VAR_POP | s²·√(2/(n − 1)) |
 //! | STDDEV_SAMP, STDDEV_POP | s/√(2(n − 1)) |
 //! | COVAR_SAMP, COVAR_POP | √((sₓ²·s_y² + sₓᵧ²)/(n − 1)) |
-//! | CORR | (1 − r²)/√(n − 1), its interval on Fisher's z = atanh r |
+//! | CORR | (1 − r²)/√(n − 3), its interval on Fisher's z = atanh r (whose se is 1/√(n − 3)) |
 //! | REGR_SLOPE | √(σ̂²/Sₓₓ), σ̂² = (S_yy − b·Sₓᵧ)/(n − 2) |
 //! | REGR_INTERCEPT | √(σ̂²·(1/n + x̄²/Sₓₓ)) |
 //!
@@ -136,10 +136,11 @@ pub(crate) fn sampling_se(
             ((positive(m.var_x) * positive(m.var_y) + m.cov * m.cov) / (n - 1.0)).sqrt()
         }
         Aggregate::Corr => {
-            if n < 2.0 {
+            // Fisher: atanh r has standard error 1/√(n − 3), so r's is (1 − r²)/√(n − 3).
+            if n < 4.0 {
                 return None;
             }
-            (1.0 - value * value).max(0.0) / (n - 1.0).sqrt()
+            (1.0 - value * value).max(0.0) / (n - 3.0).sqrt()
         }
         Aggregate::RegrSlope | Aggregate::RegrIntercept => {
             if n < 3.0 || m.var_x <= 0.0 {

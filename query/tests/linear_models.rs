@@ -434,3 +434,33 @@ fn model_without_a_formula_is_refused() {
     let message = refusal("SELECT LINEAR(y + age) FROM patients");
     assert!(message.contains("outcome ~ covariate"), "{message}");
 }
+
+/// Under noise, a category nobody in the cell holds is still left out: its noisy spread is
+/// within three noise standard deviations of 0, so the fit does not take noise for data.
+#[test]
+fn category_nobody_holds_is_null_under_noise_and_the_rest_is_fitted() {
+    let plan = plan("SELECT LINEAR(y ~ age + bmi + sex) FROM patients");
+    let mut rng = ChaCha20Rng::seed_from_u64(14);
+    let mut records = population(3_000, &mut rng);
+    for record in &mut records {
+        record[3] = 0.0;
+    }
+    let answer = release(
+        &plan,
+        &exact_totals(&plan, &records),
+        1_000_000_000,
+        &mut rng,
+    );
+    assert_eq!(answer.rows[3][0], Cell::Text("sex=male".into()));
+    assert!(
+        answer.rows[3][1..].iter().all(|cell| *cell == Cell::Null),
+        "{:?}",
+        answer.rows[3]
+    );
+    for row in &answer.rows[..3] {
+        assert!(
+            row[1..].iter().all(|cell| cell.as_f64().is_some()),
+            "{row:?}"
+        );
+    }
+}

@@ -14,10 +14,9 @@
 
 use std::sync::Arc;
 
-use cohortex_proto::v1::{EvaluationKeyChunk, FeasibilityResponse, PutEvaluationKeyResponse};
+use cohortex_proto::v1::{FeasibilityResponse, PutEvaluationKeyResponse};
 use market::{AccountId, AttestationKind, ListingContribution, ListingId, Purpose};
 use rand::rngs::OsRng;
-use tonic::Response;
 
 use crate::error::NodeError;
 use zk::fhe::{EvaluationKey, Evaluator};
@@ -27,7 +26,6 @@ use super::{follow_status, NodeService, EVALUATION_KEYS_KEPT};
 use crate::calls::FeasibilityCall;
 use crate::dp::{SlotNoise, MICRO, TAIL_SCALES};
 use crate::feasibility::{evaluate_feasibility, FeasibilityStep, ReleaseRule};
-use crate::feasibility_wire::read_evaluation_key;
 
 /// The noise of one count at ε = `epsilon_micro`/10⁶: scale b = 1/ε (sensitivity 1) and
 /// bound K = ⌈48·b⌉ + 1 (see docs/privacy.md, "Truncation").
@@ -52,14 +50,13 @@ pub fn count_noise(epsilon_micro: u64) -> Result<SlotNoise, NodeError> {
 }
 
 impl NodeService {
-    /// Receives an evaluation key in chunks ([`read_evaluation_key`]), checks that
+    /// Takes an evaluation key (its chunks reassembled at the gRPC edge), checks that
     /// it decodes for this build's parameters, expands it off the async workers and keeps it
     /// by fingerprint.
     pub(super) async fn receive_evaluation_key(
         &self,
-        mut stream: tonic::Streaming<EvaluationKeyChunk>,
-    ) -> Result<Response<PutEvaluationKeyResponse>, NodeError> {
-        let bytes = read_evaluation_key(&mut stream).await?;
+        bytes: Vec<u8>,
+    ) -> Result<PutEvaluationKeyResponse, NodeError> {
         let fingerprint = EvaluationKey::fingerprint_of(&bytes);
         let length = bytes.len() as u64;
         if self.evaluator(&fingerprint)?.is_none() {
@@ -86,10 +83,10 @@ impl NodeService {
                 keys.remove(0);
             }
         }
-        Ok(Response::new(PutEvaluationKeyResponse {
+        Ok(PutEvaluationKeyResponse {
             fingerprint: fingerprint.to_vec(),
             bytes: length,
-        }))
+        })
     }
 
     pub(super) fn evaluator(

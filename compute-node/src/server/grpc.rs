@@ -460,8 +460,18 @@ impl Compute for NodeService {
             unix_now(),
             |caller| self.coordinator_only(*caller),
         )?;
-        self.receive_evaluation_key(request.into_inner())
+        // The chunks are reassembled here, at the edge: the node's operation takes the key's
+        // bytes (a node built without `tfhe` refuses without reading them).
+        #[cfg(feature = "tfhe")]
+        let key = crate::feasibility_wire::read_evaluation_key(&mut request.into_inner()).await?;
+        #[cfg(not(feature = "tfhe"))]
+        let key = {
+            drop(request);
+            Vec::new()
+        };
+        self.receive_evaluation_key(key)
             .await
+            .map(Response::new)
             .map_err(Status::from)
     }
 

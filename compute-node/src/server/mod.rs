@@ -60,8 +60,8 @@ use release::{Release, ReleaseStore};
 impl NodeService {
     async fn receive_evaluation_key(
         &self,
-        _: tonic::Streaming<cohortex_proto::v1::EvaluationKeyChunk>,
-    ) -> Result<tonic::Response<cohortex_proto::v1::PutEvaluationKeyResponse>, NodeError> {
+        _: Vec<u8>,
+    ) -> Result<cohortex_proto::v1::PutEvaluationKeyResponse, NodeError> {
         Err(NodeError::unsupported(
             "this node was built without the `tfhe` feature: no blind feasibility search",
         ))

@@ -628,15 +628,17 @@ impl Coordinator {
             .map(|share| u32::from(share.member))
             .collect();
         let hidden = counts.suppressed.iter().filter(|&&hidden| hidden).count();
+        let withheld = counts.withheld.iter().filter(|&&hidden| hidden).count();
         let completed = self.completed_record(spec.order, |record| {
             record.state = OrderState::Completed;
             record.message = format!(
-                "computed by {} listing(s); noise added by members {:?} (ε = {}); key-switched by members {:?}; {hidden} of {} cell(s) suppressed below the minimum cohort of {}; receipt recorded and escrow settled",
+                "computed by {} listing(s); noise added by members {:?} (ε = {}); key-switched by members {:?}; {hidden} of {} cell(s) suppressed and {withheld} of {} slot(s) withheld below the minimum cohort of {}; receipt recorded and escrow settled",
                 verified.reports.len(),
                 noise_members,
                 spec.epsilon_micro as f64 / 1e6,
                 used,
                 counts.suppressed.len(),
+                counts.withheld.len(),
                 counts.min_cohort,
             );
             record.result = released.result;

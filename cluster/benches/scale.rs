@@ -3,7 +3,9 @@
 //!
 //! Run: `cargo bench --workspace --bench scale -- --json` (12 nodes × 50,000 patients × 12
 //! columns: 25 statistics). Options: `--nodes N`, `--patients P` (per node), `--columns C`,
-//! `--prio3`.
+//! `--prio3`, `--epsilon-micro E` (default 10⁶: ε = 1), and `--model logistic` (a logistic regression of a boolean outcome on the C
+//! columns, fitted by 6 Newton steps, each its own release: issue 25) or
+//! `--model kaplan-meier` (Kaplan–Meier over 50 day bins × 2 arms, with the log-rank test).
 //! It prints, as one JSON object with `--json` (a table otherwise):
 //! - the set-up, per step (creating the ledger, starting the nodes, enrolling the patients
 //!   and their consents, the key ceremony, the nodes replaying and verifying the ledger);
@@ -34,7 +36,32 @@ use market::Purpose;
 use rand::rngs::OsRng;
 use zk::{BsgsConfig, DecryptionTable, KeyPair, ProofContext};
 
+/// What the bench asks.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Model {
+    /// `COUNT(*)`, and the mean and variance of each column.
+    Aggregates,
+    /// `LOGISTIC(stroke ~ x1 + … + xC)`, fitted by its Newton steps.
+    Logistic,
+    /// `KAPLAN_MEIER(days, died) … GROUP BY arm`: 50 day bins × 2 arms.
+    KaplanMeier,
+}
+
+impl Model {
+    fn name(self) -> &'static str {
+        match self {
+            Model::Aggregates => "aggregates",
+            Model::Logistic => "logistic",
+            Model::KaplanMeier => "kaplan_meier",
+        }
+    }
+}
+
+/// Newton steps of the logistic bench.
+const NEWTON_STEPS: usize = 6;
+
 struct Config {
+    model: Model,
     nodes: usize,
     patients: u64,
     columns: usize,
@@ -44,13 +71,38 @@ struct Config {
     prio3: bool,
 }
 
-/// Record `index` of the population: its age and its C column values in tenths (0 to 1000).
+/// SplitMix64's finaliser: a well-mixed 64-bit value from a counter.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Record `index` of the population: its age and its C column values in tenths (0 to 1000),
+/// each column drawn apart (a regression over them must not find them collinear).
 fn record(index: u64, columns: usize) -> (u64, Vec<u64>) {
     let age = 18 + (index * 7_919) % 80;
     let tenths = (0..columns as u64)
-        .map(|column| (index * 104_729 + column * 7_777) % 1_000)
+        .map(|column| mix(index * 64 + column) % 1_000)
         .collect();
     (age, tenths)
+}
+
+/// Record `index`'s outcomes, from the same deterministic stream: a stroke with
+/// logit −2 + 0.03·(age − 60) + 0.02·(x₁ − 50), the arm (a or b, alternating), and days to
+/// death (hazard 0.04 a day in arm a, 0.025 in b), censored at day 50.
+fn outcomes(index: u64, age: u64, tenths: &[u64]) -> (bool, i64, bool, &'static str) {
+    let uniform =
+        |salt: u64| ((index.wrapping_mul(2_654_435_761) ^ salt) % 100_003) as f64 / 100_003.0;
+    let x1 = tenths.first().map_or(50.0, |&x| x as f64 / 10.0);
+    let z = -2.0 + 0.03 * (age as f64 - 60.0) + 0.02 * (x1 - 50.0);
+    let stroke = uniform(17) < 1.0 / (1.0 + (-z).exp());
+    let arm = if index % 2 == 0 { "a" } else { "b" };
+    let hazard = if arm == "a" { 0.04 } else { 0.025 };
+    let time = -(uniform(91).max(1e-9)).ln() / hazard;
+    let died = time < 50.0;
+    (stroke, time.min(49.0).floor() as i64, died, arm)
 }
 
 fn arg(args: &[String], name: &str) -> Option<u64> {
@@ -68,7 +120,7 @@ fn arg(args: &[String], name: &str) -> Option<u64> {
 fn manifest(columns: usize) -> String {
     let mut text = String::from(
         "version = 1\ntable = \"patients\"\nid_column = \"patient_id\"\n\
-         key_column = \"patient_key\"\n\n[[columns]]\nname = \"age\"\ntype = \"integer\"\n\
+         key_column = \"patient_key\"\nmax_groups = 128\n\n[[columns]]\nname = \"age\"\ntype = \"integer\"\n\
          bounds = [0, 120]\n",
     );
     for column in 1..=columns {
@@ -77,17 +129,40 @@ fn manifest(columns: usize) -> String {
              decimals = 1\n"
         ));
     }
+    let edges: Vec<String> = (0..=50).map(|day| day.to_string()).collect();
+    text.push_str(&format!(
+        "\n[[columns]]\nname = \"stroke\"\ntype = \"bool\"\n\
+         \n[[columns]]\nname = \"days\"\ntype = \"integer\"\nbounds = [0, 50]\nbins = [{}]\n\
+         \n[[columns]]\nname = \"died\"\ntype = \"bool\"\n\
+         \n[[columns]]\nname = \"arm\"\ntype = \"category\"\ncategories = [\"a\", \"b\"]\n",
+        edges.join(", ")
+    ));
     text
 }
 
-fn sql(columns: usize) -> String {
-    let statistics: Vec<String> = (1..=columns)
-        .map(|column| format!("AVG(x{column}), VAR_SAMP(x{column})"))
-        .collect();
-    format!(
-        "SELECT COUNT(*), {} FROM patients WHERE age >= 40",
-        statistics.join(", ")
-    )
+fn sql(model: Model, columns: usize) -> String {
+    match model {
+        Model::Aggregates => {
+            let statistics: Vec<String> = (1..=columns)
+                .map(|column| format!("AVG(x{column}), VAR_SAMP(x{column})"))
+                .collect();
+            format!(
+                "SELECT COUNT(*), {} FROM patients WHERE age >= 40",
+                statistics.join(", ")
+            )
+        }
+        Model::Logistic => {
+            let covariates: Vec<String> =
+                (1..=columns).map(|column| format!("x{column}")).collect();
+            format!(
+                "SELECT LOGISTIC(stroke ~ {}) FROM patients",
+                covariates.join(" + ")
+            )
+        }
+        Model::KaplanMeier => {
+            "SELECT KAPLAN_MEIER(days, died) FROM patients GROUP BY arm".to_string()
+        }
+    }
 }
 
 /// The node set-ups, and the plaintext count of consenting patients aged 40 or more.
@@ -107,6 +182,13 @@ fn population(config: &Config, schema: &Schema) -> (Vec<NodeSetup>, u64) {
                     .iter()
                     .map(|&tenths| Value::Float(tenths as f64 / 10.0)),
             );
+            let (stroke, days, died, arm) = outcomes(index, age, &tenths);
+            values.extend([
+                Value::Bool(stroke),
+                Value::Integer(days),
+                Value::Bool(died),
+                Value::Category(arm.to_string()),
+            ]);
             vault
                 .upsert(PatientRecord {
                     patient_id: format!("p{index}"),
@@ -136,7 +218,7 @@ fn population(config: &Config, schema: &Schema) -> (Vec<NodeSetup>, u64) {
 
 /// One node's evaluation, and its encryption and proving, timed apart.
 fn node_split(config: &Config, schema: &Schema, vault: &Vault) -> (Duration, Duration) {
-    let plan = compile(&sql(config.columns), schema).expect("the query compiles");
+    let plan = compile(&sql(config.model, config.columns), schema).expect("the query compiles");
     let consents = ConsentBook::everyone(vault, "research");
     let started = Instant::now();
     let statistics = evaluate(&plan, vault, &consents, "research").expect("evaluates");
@@ -357,45 +439,90 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let buyer = cluster.new_buyer(1_000 * config.nodes as u64).await?;
     // The buyer's steps, timed apart: placing the order (the market checks it and appends it),
     // waiting for the computation, decrypting, and verifying the receipt's inclusion.
-    let sql = sql(config.columns);
-    let started = Instant::now();
-    let order = buyer
-        .order(
-            &sql,
-            &listings,
-            Purpose::AcademicResearch,
-            config.epsilon_micro,
-        )
-        .await?;
-    let placed = started.elapsed();
-    let status = buyer.wait(order).await?;
-    let computed = started.elapsed();
-    anyhow::ensure!(
-        status.state == cohortex_proto::v1::OrderState::Completed as i32,
-        "order failed: {}",
-        status.message
-    );
-    let answer = buyer.open(&status, &table)?;
-    let opened = started.elapsed();
-    let receipt = market::TxId(market::Hash32(
-        status
-            .receipt_id
-            .as_slice()
-            .try_into()
-            .map_err(|_| anyhow::anyhow!("completed order without a receipt id"))?,
-    ));
-    let receipt_verified = buyer.verify_receipt(receipt, &cluster.ledger_key).await?;
-    let order_to_receipt = started.elapsed();
-    anyhow::ensure!(receipt_verified, "the receipt did not verify");
-    let buyer_steps = vec![
-        ("place the order".to_string(), placed),
-        ("wait for the computation".to_string(), computed - placed),
-        ("decrypt and combine".to_string(), opened - computed),
+    let sql = sql(config.model, config.columns);
+    let mut newton_steps: Vec<Duration> = Vec::new();
+    let (order, status, answer, order_to_receipt, buyer_steps) = if config.model == Model::Logistic
+    {
+        // The fit: every Newton step is its own order, release and receipt at ε/steps.
+        let marks = std::sync::Mutex::new(Vec::new());
+        let started = Instant::now();
+        let mut releases = buyer
+            .fit(
+                &sql,
+                &listings,
+                Purpose::AcademicResearch,
+                config.epsilon_micro,
+                NEWTON_STEPS,
+                &table,
+                &cluster.ledger_key,
+                |_, _| {
+                    if let Ok(mut marks) = marks.lock() {
+                        marks.push(Instant::now());
+                    }
+                },
+            )
+            .await?;
+        let fitted = started.elapsed();
+        let mut marks = marks
+            .into_inner()
+            .map_err(|_| anyhow::anyhow!("step clock poisoned"))?;
+        marks.push(started + fitted);
+        newton_steps = marks.windows(2).map(|pair| pair[1] - pair[0]).collect();
+        anyhow::ensure!(
+            releases.iter().all(|release| release.receipt_verified),
+            "a step's receipt did not verify"
+        );
+        let last = releases
+            .pop()
+            .ok_or_else(|| anyhow::anyhow!("the fit released nothing"))?;
         (
-            "verify the receipt's inclusion".to_string(),
-            order_to_receipt - opened,
-        ),
-    ];
+            last.order,
+            last.status,
+            last.answer,
+            fitted,
+            vec![("fit by Newton steps".to_string(), fitted)],
+        )
+    } else {
+        let started = Instant::now();
+        let order = buyer
+            .order(
+                &sql,
+                &listings,
+                Purpose::AcademicResearch,
+                config.epsilon_micro,
+            )
+            .await?;
+        let placed = started.elapsed();
+        let status = buyer.wait(order).await?;
+        let computed = started.elapsed();
+        anyhow::ensure!(
+            status.state == cohortex_proto::v1::OrderState::Completed as i32,
+            "order failed: {}",
+            status.message
+        );
+        let answer = buyer.open(&status, &table)?;
+        let opened = started.elapsed();
+        let receipt = market::TxId(market::Hash32(
+            status
+                .receipt_id
+                .as_slice()
+                .try_into()
+                .map_err(|_| anyhow::anyhow!("completed order without a receipt id"))?,
+        ));
+        let receipt_verified = buyer.verify_receipt(receipt, &cluster.ledger_key).await?;
+        let order_to_receipt = started.elapsed();
+        anyhow::ensure!(receipt_verified, "the receipt did not verify");
+        let buyer_steps = vec![
+            ("place the order".to_string(), placed),
+            ("wait for the computation".to_string(), computed - placed),
+            ("decrypt and combine".to_string(), opened - computed),
+            (
+                "verify the receipt's inclusion".to_string(),
+                order_to_receipt - opened,
+            ),
+        ];
+        (order, status, answer, order_to_receipt, buyer_steps)
+    };
     let released_count = answer.rows[0][0].as_f64().unwrap_or(f64::NAN);
     if config.smoke {
         anyhow::ensure!(
@@ -423,7 +550,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         None
     };
 
-    let statistics = 1 + 2 * config.columns;
+    let statistics = compile(&sql, &schema)?.statistics.len();
     if config.json {
         let object = |pairs: &[(String, Duration)]| {
             serde_json::Value::Object(
@@ -439,6 +566,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
             .collect();
         let report = serde_json::json!({
             "bench": "scale",
+            "model": config.model.name(),
+            "newton_steps_s": newton_steps.iter().map(|step| seconds(*step)).collect::<Vec<_>>(),
+            "order_state": status.message,
             "nodes": config.nodes,
             "patients_per_node": config.patients,
             "patients": config.nodes as u64 * config.patients,
@@ -468,7 +598,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
         println!("{report}");
     } else {
         println!(
-            "{} nodes × {} patients, {statistics} statistics, ε = {}",
+            "{}: {} nodes × {} patients, {statistics} statistics, ε = {}",
+            config.model.name(),
             config.nodes,
             config.patients,
             config.epsilon_micro as f64 / 1e6
@@ -532,8 +663,23 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let smoke = !args.iter().any(|arg| arg == "--bench");
+    let model = match args
+        .iter()
+        .position(|arg| arg == "--model")
+        .and_then(|position| args.get(position + 1))
+        .map(String::as_str)
+    {
+        None | Some("aggregates") => Model::Aggregates,
+        Some("logistic") => Model::Logistic,
+        Some("kaplan-meier") => Model::KaplanMeier,
+        Some(other) => {
+            eprintln!("--model takes aggregates, logistic or kaplan-meier, not `{other}`");
+            std::process::exit(2);
+        }
+    };
     let config = if smoke {
         Config {
+            model: Model::Aggregates,
             nodes: 3,
             patients: 200,
             columns: 2,
@@ -546,13 +692,15 @@ fn main() -> anyhow::Result<()> {
         }
     } else {
         Config {
+            model,
             nodes: arg(&args, "--nodes").unwrap_or(12) as usize,
             patients: arg(&args, "--patients").unwrap_or(50_000),
             columns: arg(&args, "--columns").unwrap_or(12) as usize,
-            epsilon_micro: 1_000_000,
+            epsilon_micro: arg(&args, "--epsilon-micro").unwrap_or(1_000_000),
             json: args.iter().any(|arg| arg == "--json"),
             smoke,
-            prio3: args.iter().any(|arg| arg == "--prio3"),
+            // Prio3 answers the aggregates only.
+            prio3: model == Model::Aggregates && args.iter().any(|arg| arg == "--prio3"),
         }
     };
     if config.nodes < 2 || config.patients == 0 || config.columns == 0 {

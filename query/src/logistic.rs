@@ -6,8 +6,8 @@
 //! covariate recorded. Per patient, with z = b·(1, x) and μ = 1/(1 + e^(−z)):
 //!
 //! ```text
-//! r̃ = round((y − μ + 1)·R) ∈ [0, 2R]        R = SCORE_SCALE
-//! w̃ = round(μ(1 − μ)·W)   ∈ [0, W/4]       W = WEIGHT_SCALE
+//! r̃ = round((y − μ + 1)·R) ∈ [0, 2R]        R = SCORE_SCALE = 1,000
+//! w̃ = round(μ(1 − μ)·W)   ∈ [0, W/4]       W = WEIGHT_SCALE = 1,000
 //! ```
 //!
 //! and the node sums n, Σx̃ⱼ, Σr̃·(1, x̃) and Σw̃·(1, x̃)(1, x̃)ᵀ over the offset encodings x̃ of
@@ -35,10 +35,14 @@ use crate::model::{Estimates, FitError, ModelSpec};
 use crate::plan::{Codec, QueryPlan, Statistic};
 
 /// Scale of a patient's score term: r̃ = round((y − μ + 1)·R).
-pub const SCORE_SCALE: u64 = 10_000;
+///
+/// R and W are kept small because the buyer decrypts every released sum by baby-step
+/// giant-step within ±2⁴⁰: Σw̃·x̃ₗ·x̃ᵣ grows as n·W/4·spanₗ·spanᵣ (docs/analytics.md). The
+/// rounding they cost is unbiased and averages out over the patients.
+pub const SCORE_SCALE: u64 = 1_000;
 
 /// Scale of a patient's weight: w̃ = round(μ(1 − μ)·W), at most W/4.
-pub const WEIGHT_SCALE: u64 = 100_000;
+pub const WEIGHT_SCALE: u64 = 1_000;
 
 /// What one Newton step of a logistic model reads, as indices into
 /// [`QueryPlan::statistics`], and where it stands.

@@ -296,6 +296,46 @@ fn combine_cells(
     }
 }
 
+/// The group labels of `cell`, one per output (an answer of rows per cell and term or bin
+/// starts each row with them).
+pub(crate) fn cell_labels(plan: &QueryPlan, cell: usize) -> Vec<Cell> {
+    let keys = plan.cell_keys(cell);
+    plan.outputs
+        .iter()
+        .map(|output| match output {
+            Output::Group { key, .. } => Cell::Text(plan.groups[*key].label(keys[*key])),
+            Output::Aggregate { .. } => Cell::Null,
+        })
+        .collect()
+}
+
+/// An answer whose columns are the plan's outputs (its group labels) followed by `extra`,
+/// with its own error columns (so `errors` is empty), and the participants if released.
+pub(crate) fn labelled_answer(
+    plan: &QueryPlan,
+    extra: &[&str],
+    rows: Vec<Vec<Cell>>,
+    totals: &[i128],
+    released: &[bool],
+) -> QueryAnswer {
+    let columns = plan
+        .outputs
+        .iter()
+        .map(|output| output.name().to_string())
+        .chain(extra.iter().map(|column| column.to_string()))
+        .collect();
+    QueryAnswer {
+        columns,
+        rows,
+        participants: if released[0] {
+            u64::try_from(totals[0]).unwrap_or(u64::MAX)
+        } else {
+            0
+        },
+        errors: Vec::new(),
+    }
+}
+
 /// A model's answer: per cell, one row per coefficient (intercept first) after the cell's
 /// group labels, with [`model_columns`]. A cell whose model statistics were withheld is
 /// `Suppressed`; one where the fit is undefined (too few patients, collinear covariates) is
@@ -307,13 +347,7 @@ fn combine_model(
     released: &[bool],
     noise: Option<&ReleaseNoise>,
 ) -> QueryAnswer {
-    let mut columns: Vec<String> = plan
-        .outputs
-        .iter()
-        .map(|output| output.name().to_string())
-        .collect();
     let model_columns = model_columns(model.family);
-    columns.extend(model_columns.iter().map(|column| column.to_string()));
     let no_noise = vec![0.0; totals.len()];
     let std_devs = noise.map_or(no_noise.as_slice(), |noise| &noise.slot_std_dev);
     let terms: Vec<String> = std::iter::once(INTERCEPT.to_string())
@@ -321,15 +355,7 @@ fn combine_model(
         .collect();
     let mut rows = Vec::with_capacity(plan.cells() * terms.len());
     for cell in 0..plan.cells() {
-        let keys = plan.cell_keys(cell);
-        let labels: Vec<Cell> = plan
-            .outputs
-            .iter()
-            .map(|output| match output {
-                Output::Group { key, .. } => Cell::Text(plan.groups[*key].label(keys[*key])),
-                Output::Aggregate { .. } => Cell::Null,
-            })
-            .collect();
+        let labels = cell_labels(plan, cell);
         let withheld = model
             .statistics()
             .into_iter()
@@ -376,16 +402,7 @@ fn combine_model(
             rows.push(row);
         }
     }
-    QueryAnswer {
-        columns,
-        rows,
-        participants: if released[0] {
-            u64::try_from(totals[0]).unwrap_or(u64::MAX)
-        } else {
-            0
-        },
-        errors: Vec::new(),
-    }
+    labelled_answer(plan, &model_columns, rows, totals, released)
 }
 
 /// The error bar of one released aggregate of `cell`: its sampling standard error, and its

@@ -32,7 +32,7 @@ use nalgebra::{DMatrix, DVector};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{Estimates, FitError, ModelSpec};
-use crate::plan::{Codec, QueryPlan, Statistic};
+use crate::plan::{count_and_sums, intern, Codec, QueryPlan, Statistic};
 
 /// Scale of a patient's score term: r̃ = round((y − μ + 1)·R).
 ///
@@ -79,30 +79,8 @@ pub fn assign_newton_statistics(
     at: Vec<f64>,
     statistics: &mut Vec<Statistic>,
 ) -> NewtonInputs {
-    let mut index_of = |statistic: Statistic| -> usize {
-        match statistics.iter().position(|known| known == &statistic) {
-            Some(index) => index,
-            None => {
-                statistics.push(statistic);
-                statistics.len() - 1
-            }
-        }
-    };
-    let mut domain = domain.to_vec();
-    domain.sort();
-    domain.dedup();
-    let count = index_of(Statistic::Count {
-        domain: domain.clone(),
-    });
-    let sums = covariates
-        .iter()
-        .map(|column| {
-            index_of(Statistic::Sum {
-                column: column.clone(),
-                domain: domain.clone(),
-            })
-        })
-        .collect();
+    let (domain, count, sums) = count_and_sums(domain, covariates, statistics);
+    let mut index_of = |statistic: Statistic| intern(statistics, statistic);
     let terms: Vec<Option<String>> = std::iter::once(None)
         .chain(covariates.iter().cloned().map(Some))
         .collect();

@@ -27,7 +27,7 @@
 use nalgebra::{DMatrix, DVector};
 use serde::{Deserialize, Serialize};
 
-use crate::plan::{Codec, QueryPlan, Statistic};
+use crate::plan::{count_and_sums, intern, Codec, QueryPlan, Statistic};
 use crate::uncertainty::Z_95;
 
 /// At most this many covariates in one model.
@@ -142,33 +142,11 @@ pub fn assign_model_statistics(
     domain: &[String],
     statistics: &mut Vec<Statistic>,
 ) -> LeastSquaresInputs {
-    let mut index_of = |statistic: Statistic| -> usize {
-        match statistics.iter().position(|known| known == &statistic) {
-            Some(index) => index,
-            None => {
-                statistics.push(statistic);
-                statistics.len() - 1
-            }
-        }
-    };
     let variables: Vec<String> = std::iter::once(outcome.to_string())
         .chain(covariates.iter().cloned())
         .collect();
-    let mut domain = domain.to_vec();
-    domain.sort();
-    domain.dedup();
-    let count = index_of(Statistic::Count {
-        domain: domain.clone(),
-    });
-    let sums = variables
-        .iter()
-        .map(|column| {
-            index_of(Statistic::Sum {
-                column: column.clone(),
-                domain: domain.clone(),
-            })
-        })
-        .collect();
+    let (domain, count, sums) = count_and_sums(domain, &variables, statistics);
+    let mut index_of = |statistic: Statistic| intern(statistics, statistic);
     let mut products = vec![vec![0; variables.len()]; variables.len()];
     for (row, left) in variables.iter().enumerate() {
         for (column, right) in variables.iter().enumerate().skip(row) {

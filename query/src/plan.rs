@@ -303,6 +303,49 @@ pub struct AggregateInputs {
     pub products: Option<usize>,
 }
 
+/// The index of `statistic` in `statistics`, adding it if it is not there yet: every output
+/// that needs the same sum reads the same slot.
+pub fn intern(statistics: &mut Vec<Statistic>, statistic: Statistic) -> usize {
+    match statistics.iter().position(|known| known == &statistic) {
+        Some(index) => index,
+        None => {
+            statistics.push(statistic);
+            statistics.len() - 1
+        }
+    }
+}
+
+/// A model's domain (sorted, without repeats), and the indices of its COUNT and of the sum of
+/// each of `columns` over it, interned in `statistics`.
+pub fn count_and_sums(
+    domain: &[String],
+    columns: &[String],
+    statistics: &mut Vec<Statistic>,
+) -> (Vec<String>, usize, Vec<usize>) {
+    let mut domain = domain.to_vec();
+    domain.sort();
+    domain.dedup();
+    let count = intern(
+        statistics,
+        Statistic::Count {
+            domain: domain.clone(),
+        },
+    );
+    let sums = columns
+        .iter()
+        .map(|column| {
+            intern(
+                statistics,
+                Statistic::Sum {
+                    column: column.clone(),
+                    domain: domain.clone(),
+                },
+            )
+        })
+        .collect();
+    (domain, count, sums)
+}
+
 impl AggregateInputs {
     /// Every statistic the aggregate reads.
     pub fn statistics(&self) -> impl Iterator<Item = usize> + '_ {

@@ -18,8 +18,8 @@ use sqlparser::parser::Parser;
 use crate::logistic::assign_newton_statistics;
 use crate::model::{assign_model_statistics, Family, ModelInputs, ModelSpec, MAX_COVARIATES};
 use crate::plan::{
-    Aggregate, AggregateInputs, Codec, Comparison, Dummy, GroupKey, Literal, Output, Predicate,
-    QueryPlan, Statistic,
+    intern, Aggregate, AggregateInputs, Codec, Comparison, Dummy, GroupKey, Literal, Output,
+    Predicate, QueryPlan, Statistic,
 };
 use crate::schema::{ColumnSpec, ColumnType, Schema};
 use crate::survival::SurvivalSpec;
@@ -1294,15 +1294,7 @@ fn assign_statistics(
     arguments: &[String],
     statistics: &mut Vec<Statistic>,
 ) -> AggregateInputs {
-    let mut index_of = |statistic: Statistic| -> usize {
-        match statistics.iter().position(|known| known == &statistic) {
-            Some(index) => index,
-            None => {
-                statistics.push(statistic);
-                statistics.len() - 1
-            }
-        }
-    };
+    let mut index_of = |statistic: Statistic| intern(statistics, statistic);
     let mut domain: Vec<String> = arguments.to_vec();
     domain.sort();
     domain.dedup();

@@ -32,8 +32,8 @@ use nalgebra::{DMatrix, DVector};
 use serde::{Deserialize, Serialize};
 use statrs::distribution::{ChiSquared, ContinuousCDF};
 
-use crate::combine::{Cell, QueryAnswer};
-use crate::plan::{Output, QueryPlan};
+use crate::combine::{cell_labels, labelled_answer, Cell, QueryAnswer};
+use crate::plan::QueryPlan;
 use crate::uncertainty::{ReleaseNoise, Z_95};
 
 /// The columns of a survival answer after the group labels and the time bin.
@@ -145,12 +145,6 @@ pub(crate) fn combine_survival(
     released: &[bool],
     noise: Option<&ReleaseNoise>,
 ) -> QueryAnswer {
-    let mut columns: Vec<String> = plan
-        .outputs
-        .iter()
-        .map(|output| output.name().to_string())
-        .collect();
-    columns.extend(SURVIVAL_COLUMNS.iter().map(|column| column.to_string()));
     let bins = plan.groups.last().map_or(1, |key| key.cardinality());
     let groups = plan.cells() / bins;
     let cell_counts = |group: usize, read: &dyn Fn(usize) -> f64| Counts {
@@ -225,16 +219,7 @@ pub(crate) fn combine_survival(
             }
         }
         for bin in 0..bins {
-            let cell = group * bins + bin;
-            let keys = plan.cell_keys(cell);
-            let mut row: Vec<Cell> = plan
-                .outputs
-                .iter()
-                .map(|output| match output {
-                    Output::Group { key, .. } => Cell::Text(plan.groups[*key].label(keys[*key])),
-                    Output::Aggregate { .. } => Cell::Null,
-                })
-                .collect();
+            let mut row = cell_labels(plan, group * bins + bin);
             if group_withheld {
                 row.extend(std::iter::repeat_n(
                     Cell::Suppressed,
@@ -270,14 +255,5 @@ pub(crate) fn combine_survival(
             rows.push(row);
         }
     }
-    QueryAnswer {
-        columns,
-        rows,
-        participants: if released[0] {
-            u64::try_from(totals[0]).unwrap_or(u64::MAX)
-        } else {
-            0
-        },
-        errors: Vec::new(),
-    }
+    labelled_answer(plan, &SURVIVAL_COLUMNS, rows, totals, released)
 }

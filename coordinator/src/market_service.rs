@@ -686,7 +686,12 @@ impl MarketService {
         &self,
         message: AcceptInvitationRequest,
     ) -> Result<AcceptInvitationResponse, Status> {
-        Ok(self.coordinator.relay_acceptance(message).await?)
+        let call = compute_node::calls::AcceptanceCall {
+            trial: message.trial,
+            listing: market::ListingId::new(message.listing),
+            sealed: message.sealed,
+        };
+        Ok(self.coordinator.relay_acceptance(call).await?)
     }
 
     async fn stored_replies(&self, trial: &str) -> Result<Vec<TrialReply>, Status> {

@@ -10,21 +10,28 @@ use crate::error::CoordinatorError;
 use cohortex_proto::v1::{AcceptInvitationRequest, AcceptInvitationResponse, TrialReply};
 use market::hash::Hash32;
 use market::server::read_ledger;
-use market::{Action, ListingId};
+use market::Action;
 use prost::Message;
 use tonic::Status;
 
 use super::nodes::with_evaluation_key;
 use super::{poisoned, Coordinator};
+use compute_node::calls::AcceptanceCall;
 
 impl Coordinator {
     /// Relays one acceptance and records the node's reply (see the module documentation).
     pub async fn relay_acceptance(
         &self,
-        request: AcceptInvitationRequest,
+        call: AcceptanceCall,
     ) -> Result<AcceptInvitationResponse, CoordinatorError> {
-        let trial = request.trial.clone();
-        let listing = ListingId::new(request.listing.clone());
+        let trial = call.trial.clone();
+        let listing = call.listing.clone();
+        // Relayed to the node as the patient sealed it.
+        let request = AcceptInvitationRequest {
+            trial: call.trial,
+            listing: call.listing.0,
+            sealed: call.sealed,
+        };
         let wanted = trial.clone();
         let wanted_listing = listing.clone();
         let (posting, owner) = read_ledger(&self.ledger, move |ledger| {

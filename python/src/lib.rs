@@ -309,9 +309,10 @@ impl Market {
 
     /// Orders `sql` over `listings` (default: every listing allowing `purpose`) at `epsilon`,
     /// waits, decrypts the release and verifies its receipt: a `pyarrow.Table` with the
-    /// columns' types and units, and the receipt, in its metadata. Raises `CohortexError` if
-    /// the order fails or the receipt does not verify.
-    #[pyo3(signature = (sql, purpose="academic_research", epsilon=1.0, listings=None))]
+    /// columns' types and units, and the receipt, in its metadata. A `LOGISTIC` model is
+    /// fitted by `steps` Newton steps, each its own order at `epsilon`/`steps` (the table is
+    /// the last step's). Raises `CohortexError` if an order fails or a receipt does not verify.
+    #[pyo3(signature = (sql, purpose="academic_research", epsilon=1.0, listings=None, steps=6))]
     fn query<'py>(
         &self,
         py: Python<'py>,
@@ -319,8 +320,9 @@ impl Market {
         purpose: &str,
         epsilon: f64,
         listings: Option<Vec<String>>,
+        steps: usize,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let bytes = self.query_ipc(py, sql, purpose, epsilon, listings)?;
+        let bytes = self.query_ipc(py, sql, purpose, epsilon, listings, steps)?;
         let pyarrow = py.import("pyarrow")?;
         let buffer = PyBytes::new(py, &bytes);
         let reader = pyarrow
@@ -330,7 +332,7 @@ impl Market {
     }
 
     /// [`Market::query`] as a `polars.DataFrame`.
-    #[pyo3(signature = (sql, purpose="academic_research", epsilon=1.0, listings=None))]
+    #[pyo3(signature = (sql, purpose="academic_research", epsilon=1.0, listings=None, steps=6))]
     fn query_polars<'py>(
         &self,
         py: Python<'py>,
@@ -338,13 +340,14 @@ impl Market {
         purpose: &str,
         epsilon: f64,
         listings: Option<Vec<String>>,
+        steps: usize,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let table = self.query(py, sql, purpose, epsilon, listings)?;
+        let table = self.query(py, sql, purpose, epsilon, listings, steps)?;
         py.import("polars")?.call_method1("from_arrow", (table,))
     }
 
     /// The release of [`Market::query`] as the bytes of an Arrow IPC stream.
-    #[pyo3(signature = (sql, purpose="academic_research", epsilon=1.0, listings=None))]
+    #[pyo3(signature = (sql, purpose="academic_research", epsilon=1.0, listings=None, steps=6))]
     fn query_ipc(
         &self,
         py: Python<'_>,
@@ -352,6 +355,7 @@ impl Market {
         purpose: &str,
         epsilon: f64,
         listings: Option<Vec<String>>,
+        steps: usize,
     ) -> PyResult<Vec<u8>> {
         let purpose_value = purpose_field(purpose, "purpose")
             .map_err(|status| bad(status.message().to_string()))?;
@@ -380,15 +384,19 @@ impl Market {
                 .map_err(|error| anyhow::anyhow!("sql: {error}"))?;
             let buyer = Self::buyer(&link, &key).await?;
             let release = buyer
-                .query(
+                .fit(
                     &sql,
                     &chosen,
                     purpose_value,
                     epsilon_micro,
+                    steps,
                     &table,
                     &ledger_key,
+                    |_, _| {},
                 )
-                .await?;
+                .await?
+                .pop()
+                .ok_or_else(|| anyhow::anyhow!("no release came back"))?;
             if !release.receipt_verified {
                 anyhow::bail!(
                     "the receipt's inclusion proof did not verify against the ledger key"

@@ -120,6 +120,13 @@ frame = market.query_polars(
 out["polars"] = {"type": type(frame).__module__.split(".")[0], "height": frame.height,
                  "total": float(frame["count(*)"].sum())}
 
+model = market.query(
+    "SELECT LINEAR(systolic_bp ~ age + bmi) FROM patients", purpose="academic_research",
+    epsilon=args["epsilon"]
+)
+out["model"] = {"columns": model.column_names, "terms": model.column("term").to_pylist(),
+                "kind": (model.schema.field("estimate").metadata or {}).get(b"cohortex.kind", b"").decode()}
+
 try:
     market.query("SELECT * FROM patients", purpose="academic_research", epsilon=1.0)
     out["row_level"] = "accepted"
@@ -271,6 +278,26 @@ async fn python_client_queries_and_consents_against_a_live_federation() {
     assert_eq!(out["receipt_verified"], serde_json::json!("true"));
     assert_eq!(out["verify_again"], serde_json::json!(true));
     assert_eq!(out["polars"]["type"], serde_json::json!("polars"));
+    // A model through pyarrow: one row per coefficient, its columns typed and named.
+    assert_eq!(
+        out["model"]["columns"],
+        serde_json::json!([
+            "term",
+            "estimate",
+            "std_error",
+            "noise_se",
+            "z",
+            "p_value",
+            "ci_low",
+            "ci_high",
+            "_suppressed"
+        ])
+    );
+    assert_eq!(
+        out["model"]["terms"],
+        serde_json::json!(["(intercept)", "age", "bmi"])
+    );
+    assert_eq!(out["model"]["kind"], serde_json::json!("estimate"));
     assert_eq!(out["polars"]["total"].as_f64().unwrap(), consenting);
     assert!(
         out["row_level"].as_str().unwrap().contains("aggregate"),

@@ -361,10 +361,11 @@ fn epsilon_left(cluster: &Cluster, listings: &[String]) -> anyhow::Result<Vec<(S
 pub(crate) fn print_answer(answer: &QueryAnswer) {
     use comfy_table::{presets, CellAlignment, ContentArrangement, Table};
     let mut table = Table::new();
+    let barred = answer.error_bar_columns();
     let mut header = Vec::new();
     for (index, name) in answer.columns.iter().enumerate() {
         header.push(name.clone());
-        if answer.has_error_bars(index) {
+        if barred[index] {
             header.push("95 % interval".to_string());
         }
     }
@@ -380,7 +381,7 @@ pub(crate) fn print_answer(answer: &QueryAnswer) {
                 Cell::Text(_) => text,
                 _ => text.set_alignment(CellAlignment::Right),
             });
-            if answer.has_error_bars(index) {
+            if barred[index] {
                 let interval = answer.error(row_index, index).map_or_else(
                     || "—".to_string(),
                     |bar| {

@@ -108,14 +108,22 @@ impl QueryAnswer {
                 .all(|row| !matches!(row.get(column), Some(Cell::Text(_))))
     }
 
+    /// [`QueryAnswer::has_error_bars`] of every column, worked out once.
+    pub fn error_bar_columns(&self) -> Vec<bool> {
+        (0..self.columns.len())
+            .map(|column| self.has_error_bars(column))
+            .collect()
+    }
+
     /// The answer as one flat table: each column of a release's aggregate followed by its
     /// error columns ([`crate::uncertainty::ERROR_COLUMNS`]: `_se`, `_noise_se`, `_ci_low`,
     /// `_ci_high`), NULL where the value has no error bar. An exact answer is unchanged.
     pub fn with_error_columns(&self) -> (Vec<String>, Vec<Vec<Cell>>) {
+        let barred = self.error_bar_columns();
         let mut columns = Vec::new();
         for (index, name) in self.columns.iter().enumerate() {
             columns.push(name.clone());
-            if self.has_error_bars(index) {
+            if barred[index] {
                 columns.extend(ERROR_COLUMNS.iter().map(|suffix| format!("{name}{suffix}")));
             }
         }
@@ -127,7 +135,7 @@ impl QueryAnswer {
                 let mut cells = Vec::with_capacity(columns.len());
                 for (index, cell) in row.iter().enumerate() {
                     cells.push(cell.clone());
-                    if self.has_error_bars(index) {
+                    if barred[index] {
                         match self.error(row_index, index) {
                             Some(bar) => cells.extend(bar.parts().map(Cell::Number)),
                             None => cells.extend([Cell::Null, Cell::Null, Cell::Null, Cell::Null]),

@@ -132,14 +132,12 @@ pub fn count_slots(plan: &QueryPlan) -> Vec<usize> {
 /// `COUNT(systolic_bp)` that is withheld. If the participants' own count is below the
 /// minimum, everything is withheld.
 pub fn withheld_slots(plan: &QueryPlan, noisy_counts: &[i64], min_cohort: u64) -> Vec<bool> {
-    let slots = count_slots(plan);
-    let value = |slot: usize| {
-        slots
-            .iter()
-            .position(|&candidate| candidate == slot)
-            .and_then(|position| noisy_counts.get(position).copied())
-            .unwrap_or(i64::MIN)
-    };
+    // The noisy value of every count slot, looked up by slot (a missing one counts as none).
+    let counts: std::collections::HashMap<usize, i64> = count_slots(plan)
+        .into_iter()
+        .zip(noisy_counts.iter().copied())
+        .collect();
+    let value = |slot: usize| counts.get(&slot).copied().unwrap_or(i64::MIN);
     let min = i64::try_from(min_cohort).unwrap_or(i64::MAX);
     if value(0) < min {
         return vec![true; plan.vector_len()];
